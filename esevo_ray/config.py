@@ -1,0 +1,230 @@
+"""Typed run configuration: one YAML file per run, validated before anything starts.
+
+Every section forbids unknown keys, so a typo fails on the driver in a second, naming
+the key and the file, instead of after Ray workers have started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used, with the file and key at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    # A local folder with a Hugging Face model; None means the default SmolLM2-135M-Instruct,
+    # converted once by `esevo model prepare` into the cache directory.
+    path: str | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class DataSection(Section):
+    # None: $ESEVO_DATA_DIR, else ../shared/data when it exists.
+    data_dir: str | None = None
+    # Seed contexts for preference data: ExTES / ServeForEmo when present, else the ESConv pool.
+    seed_sources: list[Literal["esconv", "extes", "serveforemo"]] = ["esconv"]
+    extes_path: str | None = None
+    serveforemo_path: str | None = None
+    drop_greetings: bool = True
+    # Dialogue subsets (None = all); chosen by seed, recorded in the output manifest.
+    max_train_dialogues: int | None = None
+    max_eval_dialogues: int | None = None
+    max_seed_dialogues: int | None = None
+    alpaca_samples: int = 500
+    seed: int = 42
+    on_bad_record: Literal["error", "skip"] = "error"
+
+
+class DecodingSection(Section):
+    temperature: float = 0.9
+    top_p: float = 0.8
+    top_k: int = 50
+    repetition_penalty: float = 1.2
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+class GenerationSection(Section):
+    engine: Literal["vllm", "hf"] = "vllm"
+    num_actors: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    # "joint": one call returns reflection + refinement (Appendix E.1);
+    # "two_step": reflect (Eq. 4), then refine with u_n, s_n, y (Eq. 5).
+    reflection_mode: Literal["joint", "two_step"] = "joint"
+    max_attempts: int = Field(3, ge=1)
+    max_contexts: int | None = None
+    max_model_len: int = 2048
+    # Cap on the tokens of dialogue context; older turns are dropped first.
+    max_context_tokens: int = 1024
+    decoding: DecodingSection = DecodingSection()
+    reflection_decoding: DecodingSection = DecodingSection(max_new_tokens=384)
+    # Extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization).
+    vllm: dict[str, Any] = {}
+
+
+class LoraSection(Section):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    max_failures: int = 0
+
+
+class TrainSection(Section):
+    learning_rate: float = 5e-6
+    warmup_ratio: float = 0.01
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 2
+    num_epochs: float = 2
+    max_steps: int = -1
+    early_stopping_patience: int | None = 3
+    eval_fraction: float = 0.05
+    eval_steps: int = 50
+    save_steps: int = 50
+    logging_steps: int = 10
+    max_length: int = 1024
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    seed: int = 42
+    lora: LoraSection = LoraSection()
+    scaling: ScalingSection = ScalingSection()
+    # Passed through to the TRL config; keys are checked against its fields up front.
+    trl: dict[str, Any] = {}
+
+
+class DpoSection(TrainSection):
+    beta: float = 0.1
+    # Weight of the SFT (NLL) term on chosen responses: L = L_DPO + gamma * L_SFT.
+    gamma: float = 1.0
+
+
+class EvolveSection(Section):
+    iterations: int = Field(2, ge=0)
+
+
+class EvalSection(Section):
+    max_examples: int | None = None
+    bertscore_model: str | None = None
+    bertscore_num_layers: int = 6
+    judge_samples: int = 100
+
+
+class RunConfig(Section):
+    name: str = "esevo"
+    output_dir: str = "runs"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    generation: GenerationSection = GenerationSection()
+    sft: TrainSection = TrainSection()
+    dpo: DpoSection = DpoSection()
+    evolve: EvolveSection = EvolveSection()
+    eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
+        return self
+
+    def digest(self) -> str:
+        """A short stable hash of the resolved config, recorded in manifests."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _expand_env(node: Any) -> Any:
+    """Expand `$VAR` / `${VAR}` in string values (model and data paths)."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v) for v in node]
+    return os.path.expandvars(node) if isinstance(node, str) else node
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{where}'")
+        else:
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config, apply `key.sub=value` overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, or a key or value is invalid;
+            the message names the file and the key.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = _expand_env(apply_overrides(data, overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from esevo_ray.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,226 @@
+"""Readers for ESConv (both layouts), ExTES, ServeForEmo and Alpaca.
+
+Each reader turns one file into `Dialogue`s (or instruction dicts) and reports a bad record
+with the file, the record number and the field at fault. With `on_bad="skip"` the record
+is skipped and counted in `Loaded.skipped` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from esevo_ray.data.dialogue import SEEKER, SUPPORTER, DataError, Dialogue, Turn
+
+OnBad = Literal["error", "skip"]
+
+ESCONV_ROLES = {
+    "usr": SEEKER, "seeker": SEEKER, "speaker": SEEKER,
+    "sys": SUPPORTER, "supporter": SUPPORTER, "listener": SUPPORTER,
+}  # fmt: skip
+
+# ServeForEmo has no public release; its loader maps these fields onto the dialogue model.
+# Layout: a JSON array (or JSON lines) of sessions
+#   {"id": str, "scenario": str, "situation": str, "emotion": str,
+#    "dialogue": [{"role": "Seeker" | "Supporter" | "Strategy Counselor",
+#                  "content": str, "strategy": str | null}, ...]}
+# Strategy Counselor turns are not utterances: their `strategy` labels the next supporter turn.
+SERVEFOREMO_FIELDS = {
+    "id": "id",
+    "problem_type": "scenario",
+    "situation": "situation",
+    "emotion_type": "emotion",
+    "turns": "dialogue",
+    "role": "role",
+    "text": "content",
+    "strategy": "strategy",
+}
+SERVEFOREMO_ROLES = {"seeker": SEEKER, "supporter": SUPPORTER, "strategy counselor": None}
+
+
+@dataclass
+class Loaded:
+    """Records read from one file, and how many bad ones were skipped (with why)."""
+
+    items: list = field(default_factory=list)
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (record number, JSON value) from a JSON array or a JSON-lines file.
+
+    Record numbers are 1-based line numbers for JSON lines and 0-based indices for arrays.
+    """
+    text = path.read_text(encoding="utf-8")
+    head = text.lstrip()[:1]
+    if head == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON at line {e.lineno}: {e.msg}") from None
+        yield from enumerate(data)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield lineno, DataError(f"not valid JSON: {e.msg} (column {e.colno})")
+
+
+def _load(path: str | Path, parse: Callable[[Any, str], Any], on_bad: OnBad, label: str) -> Loaded:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{label} file not found: {path}")
+    out = Loaded()
+    for n, record in _records(path):
+        where = f"{path}: record {n}"
+        try:
+            if isinstance(record, DataError):
+                raise record
+            if not isinstance(record, dict):
+                raise DataError(f"expected an object, got {type(record).__name__}")
+            out.items.append(parse(record, f"{path.stem}-{n}"))
+        except DataError as e:
+            if on_bad == "error":
+                raise DataError(f"{where}: {e}") from None
+            out.skipped += 1
+            out.problems.append(f"{where}: {e}")
+    return out
+
+
+def _text(value: Any, field_name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"field {field_name!r} must be a non-empty string, got {value!r}")
+    return " ".join(value.split())
+
+
+def _optional_str(record: dict, key: str) -> str:
+    value = record.get(key) or ""
+    if not isinstance(value, str):
+        raise DataError(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _esconv_record(record: dict, default_id: str, source: str, split: str) -> Dialogue:
+    dialog = record.get("dialog")
+    if not isinstance(dialog, list) or not dialog:
+        raise DataError(f"field 'dialog' must be a non-empty list, got {dialog!r:.60}")
+    turns = []
+    for i, utt in enumerate(dialog):
+        if not isinstance(utt, dict):
+            raise DataError(f"dialog[{i}] must be an object")
+        speaker = utt.get("speaker")
+        if speaker not in ESCONV_ROLES:
+            raise DataError(f"dialog[{i}].speaker is {speaker!r}, want one of {list(ESCONV_ROLES)}")
+        # HF split files carry `text`/`strategy`; the original ESConv.json `content`/`annotation`.
+        key = "text" if "text" in utt else "content"
+        text = _text(utt.get(key), f"dialog[{i}].{key}")
+        strategy = utt.get("strategy") or (utt.get("annotation") or {}).get("strategy")
+        role = ESCONV_ROLES[speaker]
+        turns.append(Turn(role, text, strategy if role == SUPPORTER else None))
+    return Dialogue(
+        dialogue_id=str(record.get("id") or record.get("dialogue_id") or default_id),
+        source=source,
+        turns=turns,
+        split=split,
+        situation=_optional_str(record, "situation"),
+        emotion_type=_optional_str(record, "emotion_type"),
+        problem_type=_optional_str(record, "problem_type"),
+    )
+
+
+def load_esconv(path: str | Path, split: str, on_bad: OnBad = "error") -> Loaded:
+    """ESConv: the Hugging Face JSON-lines splits or the original `ESConv.json` array."""
+    return _load(path, lambda r, i: _esconv_record(r, i, "esconv", split), on_bad, "ESConv")
+
+
+def _extes_record(record: dict, default_id: str) -> Dialogue:
+    content = record.get("content")
+    if not isinstance(content, list) or not content:
+        raise DataError(f"field 'content' must be a non-empty list, got {content!r:.60}")
+    turns = []
+    for i, item in enumerate(content):
+        if not isinstance(item, dict):
+            raise DataError(f"content[{i}] must be an object")
+        if "User" in item:
+            turns.append(Turn(SEEKER, _text(item["User"], f"content[{i}].User")))
+        elif "AI" in item:
+            value = item["AI"]
+            if isinstance(value, dict):  # some copies nest the text under "Response"
+                value = value.get("Response")
+            strategy = item.get("AI Strategy") or None
+            turns.append(Turn(SUPPORTER, _text(value, f"content[{i}].AI"), strategy))
+        else:
+            raise DataError(f"content[{i}] has neither 'User' nor 'AI' (keys {list(item)})")
+    return Dialogue(
+        dialogue_id=str(record.get("id") or default_id),
+        source="extes",
+        turns=turns,
+        split="seed",
+        situation=_optional_str(record, "description"),
+        problem_type=_optional_str(record, "scene"),
+    )
+
+
+def load_extes(path: str | Path, on_bad: OnBad = "error") -> Loaded:
+    """ExTES: `{scene, description, content: [{"User": ..} | {"AI": .., "AI Strategy": ..}]}`."""
+    return _load(path, _extes_record, on_bad, "ExTES")
+
+
+def _serveforemo_record(record: dict, default_id: str) -> Dialogue:
+    f = SERVEFOREMO_FIELDS
+    items = record.get(f["turns"])
+    if not isinstance(items, list) or not items:
+        raise DataError(f"field {f['turns']!r} must be a non-empty list")
+    turns, pending = [], None
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{f['turns']}[{i}] must be an object")
+        raw_role = str(item.get(f["role"], "")).strip().lower()
+        if raw_role not in SERVEFOREMO_ROLES:
+            raise DataError(
+                f"{f['turns']}[{i}].{f['role']} is {item.get(f['role'])!r}, "
+                f"want one of {list(SERVEFOREMO_ROLES)}"
+            )
+        role = SERVEFOREMO_ROLES[raw_role]
+        if role is None:
+            pending = item.get(f["strategy"]) or pending
+            continue
+        text = _text(item.get(f["text"]), f"{f['turns']}[{i}].{f['text']}")
+        strategy = (item.get(f["strategy"]) or pending) if role == SUPPORTER else None
+        pending = None if role == SUPPORTER else pending
+        turns.append(Turn(role, text, strategy))
+    return Dialogue(
+        dialogue_id=str(record.get(f["id"]) or default_id),
+        source="serveforemo",
+        turns=turns,
+        split="seed",
+        situation=_optional_str(record, f["situation"]),
+        emotion_type=_optional_str(record, f["emotion_type"]),
+        problem_type=_optional_str(record, f["problem_type"]),
+    )
+
+
+def load_serveforemo(path: str | Path, on_bad: OnBad = "error") -> Loaded:
+    """ServeForEmo through `SERVEFOREMO_FIELDS` (see its comment for the layout)."""
+    return _load(path, _serveforemo_record, on_bad, "ServeForEmo")
+
+
+def _alpaca_record(record: dict, default_id: str) -> dict:
+    for key in ("instruction", "input", "output"):
+        if not isinstance(record.get(key), str):
+            raise DataError(f"field {key!r} must be a string, got {record.get(key)!r:.60}")
+    if not record["instruction"].strip():
+        raise DataError("field 'instruction' must not be empty")
+    return {"example_id": default_id, **{k: record[k] for k in ("instruction", "input", "output")}}
+
+
+def load_alpaca(path: str | Path, on_bad: OnBad = "error") -> Loaded:
+    """Alpaca: a JSON array of `{instruction, input, output}`."""
+    return _load(path, _alpaca_record, on_bad, "Alpaca")

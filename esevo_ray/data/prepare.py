@@ -1,0 +1,173 @@
+"""Read the raw corpora, normalise, split, and write the Parquet datasets of a run.
+
+Outputs (one folder, written atomically):
+    dialogues.parquet        every normalised dialogue (DIALOGUES)
+    train_contexts.parquet   ESConv training pool, turn-level (CONTEXTS)
+    eval_contexts.parquet    ESConv test split, turn-level (CONTEXTS)
+    seed_contexts.parquet    seed contexts for preference data (CONTEXTS)
+    sft.parquet              SFT rows: ESConv + Alpaca replay (SFT_ROWS)
+    manifest.json            config hash, counts, chosen ids, skipped records
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import pyarrow as pa
+
+from esevo_ray import prompts, schema
+from esevo_ray.config import DataSection
+from esevo_ray.data.dialogue import SEEKER, SUPPORTER, Dialogue, context_rows, merge_runs, normalised
+from esevo_ray.data.loaders import Loaded, load_alpaca, load_esconv, load_extes, load_serveforemo
+from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_dir(cfg: DataSection | None = None) -> Path:
+    """config `data.data_dir`, else `$ESEVO_DATA_DIR`, else `../shared/data` beside the repo."""
+    if cfg is not None and cfg.data_dir:
+        return Path(cfg.data_dir)
+    if os.environ.get("ESEVO_DATA_DIR"):
+        return Path(os.environ["ESEVO_DATA_DIR"])
+    for candidate in (Path.cwd() / "../shared/data", REPO_ROOT / "../shared/data"):
+        if candidate.exists():
+            return candidate.resolve()
+    raise FileNotFoundError("no data directory: set ESEVO_DATA_DIR or data.data_dir in the config")
+
+
+def load_esconv_splits(root: Path, on_bad: str = "error") -> dict[str, Loaded]:
+    return {split: load_esconv(root / "esconv" / f"{split}.json", split, on_bad) for split in ("train", "test")}
+
+
+def esconv_stats(dialogues: list[Dialogue]) -> dict:
+    """Table 1 statistics: utterances after merging same-speaker runs and trimming to
+    seeker-first / supporter-last; words are whitespace tokens."""
+    sessions = [normalised(d).turns for d in dialogues]
+    utts = [t for s in sessions for t in s]
+
+    def avg_words(turns: list) -> float:
+        return round(sum(len(t.text.split()) for t in turns) / max(len(turns), 1), 2)
+
+    raw = [t for d in dialogues for t in d.turns]
+    return {
+        "sessions": len(sessions),
+        "avg_session_len": round(len(utts) / max(len(sessions), 1), 2),
+        "avg_utterance_len": avg_words(utts),
+        "avg_seeker_utterance_len": avg_words([t for t in utts if t.role == SEEKER]),
+        "avg_supporter_utterance_len": avg_words([t for t in utts if t.role == SUPPORTER]),
+        "raw_utterances_per_session": round(len(raw) / max(len(dialogues), 1), 2),
+        "merged_utterances_per_session": round(
+            sum(len(merge_runs(d.turns)) for d in dialogues) / max(len(dialogues), 1), 2
+        ),
+    }
+
+
+def _subset(items: list, n: int | None, rng: random.Random) -> list:
+    items = list(items)
+    rng.shuffle(items)
+    return items if n is None else items[:n]
+
+
+def _context_table(dialogues: list[Dialogue], drop_greetings: bool) -> pa.Table:
+    rows = [r for d in dialogues for r in context_rows(d, drop_greetings=drop_greetings)]
+    return schema.conform(pa.Table.from_pylist(rows, schema=schema.CONTEXTS), schema.CONTEXTS)
+
+
+def sft_rows(contexts: pa.Table, alpaca: list[dict]) -> pa.Table:
+    """ESConv examples as (P_task || C_n -> golden) plus Alpaca instructions as replay."""
+    rows = [
+        {
+            "example_id": f"{r['dialogue_id']}:{r['turn_index']}",
+            "source": r["source"],
+            "prompt": prompts.task_messages(r["context"]),
+            "completion": [{"role": "assistant", "content": r["golden"]}],
+        }
+        for r in contexts.to_pylist()
+    ]
+    for a in alpaca:
+        user = a["instruction"] if not a["input"] else f"{a['instruction']}\n\n{a['input']}"
+        rows.append(
+            {
+                "example_id": f"alpaca:{a['example_id']}",
+                "source": "alpaca",
+                "prompt": [{"role": "user", "content": user}],
+                "completion": [{"role": "assistant", "content": a["output"]}],
+            }
+        )
+    return schema.conform(pa.Table.from_pylist(rows, schema=schema.SFT_ROWS), schema.SFT_ROWS)
+
+
+def _seed_dialogues(cfg: DataSection, root: Path, pool: list[Dialogue], report: dict) -> list[Dialogue]:
+    seeds: list[Dialogue] = []
+    for source in cfg.seed_sources:
+        if source == "esconv":
+            seeds += pool
+            continue
+        path = cfg.extes_path if source == "extes" else cfg.serveforemo_path
+        loader = load_extes if source == "extes" else load_serveforemo
+        if not path:
+            raise FileNotFoundError(f"data.seed_sources has {source!r} but data.{source}_path is not set")
+        loaded = loader(Path(path), cfg.on_bad_record)
+        report["skipped"][source] = loaded.skipped
+        seeds += loaded.items
+    return seeds
+
+
+def prepare_data(cfg: DataSection, out_dir: str | Path) -> dict:
+    """Write the run's datasets into `out_dir` (atomically) and return its manifest."""
+    root = data_dir(cfg)
+    rng = random.Random(cfg.seed)
+    report: dict = {"data_dir": str(root), "seed": cfg.seed, "skipped": {}, "problems": []}
+
+    splits = load_esconv_splits(root, cfg.on_bad_record)
+    for split, loaded in splits.items():
+        report["skipped"][f"esconv_{split}"] = loaded.skipped
+        report["problems"] += loaded.problems[:20]
+    train_pool = [normalised(d) for d in splits["train"].items]
+    test = [normalised(d) for d in splits["test"].items]
+
+    shuffled = _subset(train_pool, None, rng)
+    n_sft = cfg.max_train_dialogues or len(shuffled)
+    sft_dialogues = shuffled[:n_sft]
+    # With ESConv as the seed source, seed dialogues come after the SFT subset when the pool
+    # is large enough, so a small demo does not generate pairs for contexts it trained on.
+    rest = shuffled[n_sft:] or shuffled
+    seed_pool = [normalised(d) for d in _seed_dialogues(cfg, root, rest, report)]
+    seed_dialogues = _subset(seed_pool, cfg.max_seed_dialogues, rng)
+    eval_dialogues = _subset(test, cfg.max_eval_dialogues, rng)
+
+    alpaca = load_alpaca(root / "alpaca" / "alpaca_data.json", cfg.on_bad_record)
+    usable = [a for a in alpaca.items if a["output"].strip() and "<nooutput>" not in a["output"]]
+    report["alpaca_unusable"] = len(alpaca.items) - len(usable)
+    replay = rng.sample(usable, min(cfg.alpaca_samples, len(usable)))
+
+    train_ctx = _context_table(sft_dialogues, cfg.drop_greetings)
+    tables = {
+        "dialogues": pa.Table.from_pylist(
+            [d.to_row() for d in train_pool + test], schema=schema.DIALOGUES
+        ),
+        "train_contexts": train_ctx,
+        "eval_contexts": _context_table(eval_dialogues, cfg.drop_greetings),
+        "seed_contexts": _context_table(seed_dialogues, cfg.drop_greetings),
+        "sft": sft_rows(train_ctx, replay),
+    }
+    report["rows"] = {name: t.num_rows for name, t in tables.items()}
+    report["dialogue_ids"] = {
+        "sft": [d.dialogue_id for d in sft_dialogues],
+        "seed": [d.dialogue_id for d in seed_dialogues],
+        "eval": [d.dialogue_id for d in eval_dialogues],
+    }
+    report["alpaca_ids"] = [a["example_id"] for a in replay]
+    with atomic_dir(out_dir) as tmp:
+        for name, table in tables.items():
+            write_parquet(table, tmp / f"{name}.parquet")
+        atomic_write_text(tmp / "manifest.json", json.dumps(report, indent=2))
+    logger.info("prepared data in %s: %s", out_dir, report["rows"])
+    return report

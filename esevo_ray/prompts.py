@@ -1,0 +1,122 @@
+"""Prompts (paper Appendix E.1, reworded): the task prompt P_task and the reflection prompts.
+
+Prompt builders are pure functions from a context row to chat messages, so SFT, generation,
+evaluation and serving all speak to the model the same way.
+"""
+
+from __future__ import annotations
+
+import json
+
+# The eight ESConv strategies with their descriptions (Liu et al., 2021).
+STRATEGIES: dict[str, str] = {
+    "Question": "ask about the problem to help the seeker put into words what they face.",
+    "Affirmation and Reassurance": "affirm the seeker's feelings or experiences and reassure them.",
+    "Reflection of feelings": "name and describe the feelings the seeker is expressing.",
+    "Information": "give useful facts, resources or views, or answer their questions.",
+    "Providing Suggestions": "suggest ways to approach the issue without dictating what to do.",
+    "Restatement or Paraphrasing": "restate what the seeker said, more concisely, to add clarity.",
+    "Self-disclosure": "share a similar experience or feeling to show empathy.",
+    "Others": "exchange pleasantries or give other kinds of emotional support.",
+}
+
+_STRATEGY_LINES = "\n".join(f"{i}. {k}: {v}" for i, (k, v) in enumerate(STRATEGIES.items(), 1))
+
+VANILLA_PROMPT = (
+    "You are an emotional support expert.\n"
+    "You can use these strategies to engage with users:\n"
+    f"[{', '.join(STRATEGIES)}]"
+)
+
+# P_task: the task and strategy description used for SFT, rejected responses and evaluation.
+TASK_PROMPT = (
+    "You are an emotional support expert. You can use these strategies to engage with users:\n"
+    f"{_STRATEGY_LINES}\n"
+    "Reply to the user with one short, natural supportive message."
+)
+
+SELF_REFLECTION_PROMPT = (
+    f"{TASK_PROMPT}\n\n"
+    "Before you answer, work through these steps:\n"
+    "1. Understand the user: their profile, traits, emotional needs and the preferences they "
+    "reveal in the conversation.\n"
+    "2. Select a strategy that fits those needs and preferences.\n"
+    "3. Respond with a message that uses the selected strategy.\n"
+    'Answer with a JSON object: {"strategy": <one of the strategies>, "text": <your response>}'
+)
+
+REFLECTION_KEYS = ("user_profile", "user_emotion", "user_personality", "user_intention")
+
+# The chosen-response prompt (Appendix E.1): understand, evaluate, give feedback, refine.
+REFINE_PROMPT = (
+    "You are an emotional support expert. You can use these strategies to engage with users:\n"
+    f"{_STRATEGY_LINES}\n\n"
+    "Your task is to evaluate the target supporter response to the conversation and refine it:\n"
+    "1. Understand the user: their profile, traits, emotional needs and the preferences they "
+    "reveal in the conversation.\n"
+    "2. Evaluate the response: rate it from 1 to 5 for how well it meets the user's needs, "
+    "fits their preferences and gives suitable emotional support.\n"
+    "3. Give feedback: name the weaknesses of the response (tone, empathy, relevance) and how "
+    "to improve it.\n"
+    "4. Refine the response: write a better version that fits the user's emotional needs and "
+    "preferences.\n\n"
+    "Answer with one JSON object inside a markdown code block, exactly these keys:\n"
+    "```json\n"
+    '{"understanding": {"user_profile": <profile of the user>, '
+    '"user_emotion": <emotion of the user>, '
+    '"user_personality": <personality of the user, e.g. MBTI>, '
+    '"user_intention": <intention of the user>}, '
+    '"evaluation_score": <1-5>, '
+    '"feedback": <weaknesses of the response and how to improve it>, '
+    '"refined_response": <your refined response, short!>}\n'
+    "```"
+)
+
+# Two-step mode, Eq. 4: reflect on the user only.
+REFLECT_PROMPT = (
+    "You are an emotional support expert. Read the conversation and understand the user: "
+    "their profile, traits, emotional needs and the preferences they reveal.\n"
+    "Answer with one JSON object inside a markdown code block, exactly these keys:\n"
+    "```json\n"
+    '{"user_profile": <profile of the user>, "user_emotion": <emotion of the user>, '
+    '"user_personality": <personality of the user, e.g. MBTI>, '
+    '"user_intention": <intention of the user>}\n'
+    "```"
+)
+
+# Two-step mode, Eq. 5: refine y given the reflection (u_n, s_n).
+REFINE_WITH_REFLECTION_PROMPT = (
+    f"{REFINE_PROMPT}\n\n"
+    "An analysis of the user is given with the conversation; use it for step 1."
+)
+
+
+def render_conversation(context: list[dict]) -> str:
+    """The dialogue as plain text, one `user:` / `supporter:` line per turn.
+
+    Turn texts are JSON-escaped, so text inside a user message cannot close the block or
+    pose as a new instruction line.
+    """
+    names = {"user": "user", "assistant": "supporter"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {json.dumps(m['content'])}" for m in context)
+
+
+def task_messages(context: list[dict], system: str = TASK_PROMPT) -> list[dict]:
+    """P_task || C_n as chat messages: the system prompt, then the dialogue turns."""
+    return [{"role": "system", "content": system}, *context]
+
+
+def refine_messages(context: list[dict], response: str, reflection: dict | None = None) -> list[dict]:
+    """The chosen-response request for response y to context C_n (joint or Eq. 5)."""
+    parts = [f"<conversation>\n{render_conversation(context)}\n</conversation>"]
+    if reflection is not None:
+        parts.append(f"<user_analysis>\n{json.dumps(reflection)}\n</user_analysis>")
+    parts.append(f"<target_response>\n{json.dumps(response)}\n</target_response>")
+    system = REFINE_PROMPT if reflection is None else REFINE_WITH_REFLECTION_PROMPT
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(parts)}]
+
+
+def reflect_messages(context: list[dict]) -> list[dict]:
+    """The user-reflection request (Eq. 4)."""
+    body = f"<conversation>\n{render_conversation(context)}\n</conversation>"
+    return [{"role": "system", "content": REFLECT_PROMPT}, {"role": "user", "content": body}]

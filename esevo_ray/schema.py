@@ -1,0 +1,122 @@
+"""Column names and Arrow schemas of every Parquet artifact, defined once.
+
+Every writer calls `conform(table, SCHEMA)` before writing; every reader calls
+`read_table(path, SCHEMA)`, so a file from another version fails loudly, not later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+# Chat messages in the OpenAI / TRL conversational layout.
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+# A dialogue turn after normalisation: role is "seeker" or "supporter".
+TURN = pa.struct([("role", pa.string()), ("text", pa.string()), ("strategy", pa.string())])
+
+DIALOGUES = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("situation", pa.string()),
+        ("emotion_type", pa.string()),
+        ("problem_type", pa.string()),
+        ("turns", pa.list_(TURN)),
+    ]
+)
+
+# Turn-level examples: the context C_n (seeker = "user", supporter = "assistant") and the
+# golden supporter response at `turn_index` (its index in the normalised turns).
+CONTEXTS = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("turn_index", pa.int32()),
+        ("context", MESSAGES),
+        ("golden", pa.string()),
+        ("strategy", pa.string()),
+        ("situation", pa.string()),
+        ("emotion_type", pa.string()),
+        ("problem_type", pa.string()),
+    ]
+)
+
+# Supervised rows in TRL's prompt-completion conversational layout (loss on completion only).
+SFT_ROWS = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("source", pa.string()),
+        ("prompt", MESSAGES),
+        ("completion", MESSAGES),
+    ]
+)
+
+CHOSEN_SOURCES = ("refined", "golden_parse_failure", "golden_length_rule")
+
+# Preference pairs in TRL's conversational preference layout, plus lineage.
+PAIRS = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("turn_index", pa.int32()),
+        ("iteration", pa.int32()),
+        ("source", pa.string()),
+        ("prompt", MESSAGES),
+        ("chosen", MESSAGES),
+        ("rejected", MESSAGES),
+        ("golden", pa.string()),
+        ("chosen_source", pa.string()),
+        ("generator_model", pa.string()),
+        ("adapter_hash", pa.string()),
+        ("user_profile", pa.string()),
+        ("user_emotion", pa.string()),
+        ("user_personality", pa.string()),
+        ("user_intention", pa.string()),
+        ("evaluation_score", pa.float32()),
+        ("feedback", pa.string()),
+        ("attempts", pa.int32()),
+        ("prompt_tokens", pa.int32()),
+        ("rejected_tokens", pa.int32()),
+        ("reflection_tokens", pa.int32()),
+        ("generation_seconds", pa.float32()),
+    ]
+)
+
+PAIR_KEY = ("dialogue_id", "turn_index", "iteration")
+
+
+class SchemaError(ValueError):
+    """A table or file whose columns do not match the expected schema."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, where: str = "table") -> pa.Table:
+    """Select the schema's columns in order and cast them; fail on any missing column.
+
+    Raises:
+        SchemaError: a column is missing or cannot be cast; the message names it.
+    """
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise SchemaError(f"{where}: missing columns {missing} (has {table.column_names})")
+    columns = []
+    for field in schema:
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            got = table.schema.field(field.name).type
+            raise SchemaError(f"{where}: column {field.name!r} is {got}, want {field.type}: {e}")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    """Read a Parquet file or folder of files and check it against `schema`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no Parquet data at {path}")
+    table = ds.dataset(path, format="parquet", exclude_invalid_files=True).to_table()
+    return conform(table, schema, where=str(path))

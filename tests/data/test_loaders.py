@@ -1,0 +1,134 @@
+import json
+
+import pytest
+
+from esevo_ray.data import DataError, context_rows, load_alpaca, load_esconv, load_extes, load_serveforemo
+from esevo_ray.data.dialogue import SEEKER, SUPPORTER, Dialogue, Turn, normalise
+
+from ..conftest import ASSETS
+
+
+def roles(turns):
+    return [t.role for t in turns]
+
+
+def test_normalise_merges_runs_and_trims_to_seeker_first_supporter_last():
+    turns = [
+        Turn(SUPPORTER, "Hello", "Others"),
+        Turn(SEEKER, "hi"),
+        Turn(SEEKER, "I am sad"),
+        Turn(SUPPORTER, "Why?", "Question"),
+        Turn(SUPPORTER, "Tell me.", None),
+        Turn(SEEKER, "bye"),
+    ]
+    out = normalise(turns)
+    assert roles(out) == [SEEKER, SUPPORTER]
+    assert out[0].text == "hi I am sad"
+    assert out[1].text == "Why? Tell me." and out[1].strategy == "Question"
+
+
+def test_context_rows_drop_first_exchange_and_last_two_turns():
+    turns = []
+    for i in range(4):
+        turns += [Turn(SEEKER, f"q{i}"), Turn(SUPPORTER, f"r{i}", "Question")]
+    d = Dialogue("d1", "esconv", turns)
+    rows = context_rows(d, drop_greetings=True)
+    assert [r["golden"] for r in rows] == ["r1", "r2"]
+    assert rows[0]["turn_index"] == 3
+    assert rows[0]["context"] == [
+        {"role": "user", "content": "q0"},
+        {"role": "assistant", "content": "r0"},
+        {"role": "user", "content": "q1"},
+    ]
+    assert [r["golden"] for r in context_rows(d, drop_greetings=False)] == ["r0", "r1", "r2", "r3"]
+
+
+def test_esconv_split_files_load(data_root):
+    loaded = load_esconv(data_root / "esconv" / "test.json", "test")
+    assert len(loaded.items) == 195 and loaded.skipped == 0
+    first = loaded.items[0]
+    assert first.emotion_type == "depression" and first.turns[0].role == SUPPORTER
+    assert first.turns[0].strategy == "Others" and first.turns[1].strategy is None
+
+
+def test_esconv_original_layout_loads_both_role_spellings():
+    loaded = load_esconv(ASSETS / "esconv_original_sample.json", "train")
+    a, b = loaded.items
+    assert roles(a.turns) == [SEEKER, SUPPORTER, SEEKER, SUPPORTER]
+    assert a.turns[0].text == "Hi, I am worried about my job."  # newline normalised
+    assert a.turns[1].strategy == "Question"
+    assert roles(normalise(b.turns)) == [SEEKER, SUPPORTER]
+
+
+def test_extes_loader_handles_nested_response_and_runs():
+    loaded = load_extes(ASSETS / "extes_sample.json")
+    d = loaded.items[0]
+    assert d.source == "extes" and d.problem_type == "Communication Challenges"
+    assert d.turns[5].text == "Feeling accused unfairly hurts."
+    assert d.turns[5].strategy == "Emotional Validation"
+    assert d.turns[0].strategy is None  # "" on greetings becomes no label
+    n = normalise(d.turns)
+    assert n[0].text == "I keep fighting with my roommate. It is about chores, again."
+    assert n[0].role == SEEKER and n[-1].role == SUPPORTER
+
+
+def test_serveforemo_counsellor_strategy_labels_next_supporter_turn():
+    d = load_serveforemo(ASSETS / "serveforemo_sample.json").items[0]
+    assert d.dialogue_id == "sfe-1" and d.emotion_type == "sadness"
+    assert roles(d.turns) == [SEEKER, SUPPORTER, SEEKER, SUPPORTER, SEEKER, SUPPORTER]
+    assert d.turns[1].strategy == "Reflection of feelings"
+    assert d.turns[3].strategy == "Question"
+
+
+def _write_lines(path, records):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+
+
+GOOD = {"situation": "s", "dialog": [{"speaker": "usr", "text": "hi"}, {"speaker": "sys", "text": "hello", "strategy": "Others"}]}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"dialog": [', "record 2: not valid JSON"),
+        ({"dialog": []}, "record 2: field 'dialog' must be a non-empty list"),
+        ({"dialog": [{"speaker": "bot", "text": "x"}]}, "dialog[0].speaker is 'bot'"),
+        ({"dialog": [{"speaker": "usr", "text": "  "}]}, "dialog[0].text"),
+        ({"situation": 3, "dialog": GOOD["dialog"]}, "field 'situation' must be a string"),
+        ([1, 2], "expected an object"),
+    ],
+)
+def test_malformed_esconv_records_name_file_record_and_field(tmp_path, bad, message):
+    path = tmp_path / "train.json"
+    _write_lines(path, [GOOD, bad, GOOD])
+    with pytest.raises(DataError) as e:
+        load_esconv(path, "train")
+    assert str(path) in str(e.value) and message in str(e.value)
+    skipped = load_esconv(path, "train", on_bad="skip")
+    assert len(skipped.items) == 2 and skipped.skipped == 1
+    assert message in skipped.problems[0]
+
+
+def test_malformed_extes_and_serveforemo(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps([{"content": [{"Bot": "hi"}]}]))
+    with pytest.raises(DataError, match=r"record 0: content\[0\] has neither 'User' nor 'AI'"):
+        load_extes(tmp_path / "x.json")
+    (tmp_path / "s.json").write_text(json.dumps([{"dialogue": [{"role": "Therapist", "content": "hi"}]}]))
+    with pytest.raises(DataError, match=r"dialogue\[0\].role is 'Therapist'"):
+        load_serveforemo(tmp_path / "s.json")
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_extes(tmp_path / "broken.json")
+
+
+def test_alpaca_loads_and_rejects_missing_fields(data_root, tmp_path):
+    loaded = load_alpaca(data_root / "alpaca" / "alpaca_data.json")
+    assert len(loaded.items) == 52002
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "x", "output": "y"}]))
+    with pytest.raises(DataError, match="field 'input' must be a string"):
+        load_alpaca(tmp_path / "a.json")
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ExTES file not found"):
+        load_extes(tmp_path / "nope.json")

@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from esevo_ray import schema
+from esevo_ray.config import load_config
+from esevo_ray.data.prepare import prepare_data
+
+from ..conftest import ASSETS
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, data_root):
+    cfg = load_config(
+        None,
+        [
+            "data.max_train_dialogues=12", "data.max_seed_dialogues=4", "data.max_eval_dialogues=5",
+            "data.alpaca_samples=7", "data.seed_sources=[esconv,extes,serveforemo]",
+            f"data.extes_path={ASSETS / 'extes_sample.json'}",
+            f"data.serveforemo_path={ASSETS / 'serveforemo_sample.json'}",
+        ],
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("prep") / "data"
+    return out, prepare_data(cfg.data, out), cfg
+
+
+def test_prepare_writes_every_dataset_with_its_schema(prepared):
+    out, report, _ = prepared
+    for name, sch in [
+        ("train_contexts", schema.CONTEXTS), ("eval_contexts", schema.CONTEXTS),
+        ("seed_contexts", schema.CONTEXTS), ("sft", schema.SFT_ROWS), ("dialogues", schema.DIALOGUES),
+    ]:  # fmt: skip
+        table = schema.read_table(out / f"{name}.parquet", sch)
+        assert table.num_rows == report["rows"][name] > 0
+    assert not list(out.parent.glob(".data.*")), "temporary folder left behind"
+
+
+def test_splits_are_disjoint_and_recorded(prepared):
+    out, report, _ = prepared
+    ids = report["dialogue_ids"]
+    assert len(ids["sft"]) == 12 and len(ids["eval"]) == 5
+    assert all(i.startswith("test-") for i in ids["eval"])
+    assert not set(ids["sft"]) & set(ids["seed"]), "demo seeds overlap the SFT subset"
+    seed = pl.read_parquet(out / "seed_contexts.parquet")
+    assert set(seed["source"].unique()) <= {"esconv", "extes", "serveforemo"}
+    assert json.loads((out / "manifest.json").read_text())["rows"] == report["rows"]
+
+
+def test_prepare_is_deterministic_by_seed(prepared, tmp_path):
+    out, report, cfg = prepared
+    again = prepare_data(cfg.data, tmp_path / "again")
+    assert again["dialogue_ids"] == report["dialogue_ids"]
+    assert again["alpaca_ids"] == report["alpaca_ids"]
+
+
+def test_sft_rows_are_prompt_completion_with_task_prompt_and_replay(prepared):
+    out, _, _ = prepared
+    sft = pl.read_parquet(out / "sft.parquet")
+    assert (sft["source"] == "alpaca").sum() == 7
+    row = sft.filter(pl.col("source") == "esconv").row(0, named=True)
+    assert row["prompt"][0]["role"] == "system" and "emotional support expert" in row["prompt"][0]["content"]
+    assert row["prompt"][-1]["role"] == "user"
+    assert [m["role"] for m in row["completion"]] == ["assistant"]
+
+
+def test_stats_cli_matches_paper_counting():
+    proc = subprocess.run(
+        [sys.executable, "-m", "esevo_ray.cli", "data", "stats", "--dataset", "esconv", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stats = json.loads(proc.stdout)
+    assert stats["sessions"] == 1105
+    assert stats["avg_session_len"] == pytest.approx(22.60, abs=0.01)
+    assert stats["avg_utterance_len"] == pytest.approx(21.11, abs=0.01)
+    for key in ("avg_seeker_utterance_len", "avg_supporter_utterance_len"):
+        assert 15 < stats[key] < 30
+
+
+def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
+    root = tmp_path / "data"
+    (root / "esconv").mkdir(parents=True)
+    (root / "alpaca").mkdir()
+    good = (data_root / "esconv" / "test.json").read_text().splitlines()[:6]
+    (root / "esconv" / "train.json").write_text("\n".join([*good[:3], "{oops", *good[3:]]) + "\n")
+    (root / "esconv" / "test.json").write_text("\n".join(good) + "\n")
+    (root / "alpaca" / "alpaca_data.json").write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
+    env = {"ESEVO_DATA_DIR": str(root), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "esevo_ray.cli", "data", "prepare", "--out", str(tmp_path / "out")]
+    cmd += ["--config", str(tmp_path / "c.yaml")]
+    (tmp_path / "c.yaml").write_text("name: t\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert "train.json: record 4: not valid JSON" in proc.stderr
+    assert not (tmp_path / "out").exists(), "nothing may be written on error"
+    proc = subprocess.run([*cmd, "--on-bad-record", "skip"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["skipped"]["esconv_train"] == 1

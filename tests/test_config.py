@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from esevo_ray.config import ConfigError, RunConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert cfg.dpo.lora.r == 8 and cfg.dpo.lora.alpha == 16
+
+
+def test_gpu_configs_carry_the_paper_hyperparameters():
+    for path in CONFIGS:
+        if path.stem == "cpu-demo":
+            continue
+        cfg = load_config(path)
+        assert cfg.sft.learning_rate == 5e-6 and cfg.sft.warmup_ratio == 0.01
+        assert cfg.sft.per_device_batch_size == 4 and cfg.sft.gradient_accumulation_steps == 2
+        assert cfg.sft.num_epochs == 2 and cfg.sft.early_stopping_patience == 3
+        d = cfg.generation.decoding
+        assert (d.temperature, d.top_p, d.top_k, d.repetition_penalty) == (0.9, 0.8, 50, 1.2)
+        assert (cfg.dpo.beta, cfg.dpo.gamma) == (0.1, 1.0)
+        assert cfg.dpo.scaling.use_gpu and cfg.generation.engine == "vllm"
+        assert "GB" in path.read_text().split("name:")[0], "memory estimate missing"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndpo:\n  betta: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "dpo.betta" in str(e.value) and str(path) in str(e.value)
+
+
+def test_overrides_apply_and_validate(tmp_path):
+    cfg = load_config(None, ["dpo.beta=0.5", "generation.decoding.top_k=7", "data.seed_sources=[esconv]"])
+    assert cfg.dpo.beta == 0.5 and cfg.generation.decoding.top_k == 7
+    with pytest.raises(ConfigError, match="generation.num_actors"):
+        load_config(None, ["generation.num_actors=0"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, ["dpo.beta"])
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        load_config(None, ["nope=1"])
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_env_vars_expand_in_paths(monkeypatch):
+    monkeypatch.setenv("ESEVO_MODELS", "/models")
+    cfg = load_config(None, ["model.path=${ESEVO_MODELS}/m"])
+    assert cfg.model.path == "/models/m"
+
+
+def test_digest_changes_with_config():
+    assert RunConfig().digest() == RunConfig().digest()
+    assert RunConfig().digest() != load_config(None, ["dpo.beta=0.2"]).digest()

@@ -1,0 +1,40 @@
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from esevo_ray.models import adapter_hash
+
+
+def test_tiny_model_loads_and_speaks_chatml(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    text = tok.apply_chat_template([{"role": "user", "content": "I feel sad."}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = tok(text, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4
+    assert model.config.head_dim == 64
+
+
+def test_adapter_hash_tracks_content(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"one")
+    h1 = adapter_hash(tmp_path / "a")
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"two")
+    assert adapter_hash(tmp_path / "a") != h1 and adapter_hash(None) == ""
+
+
+def test_default_model_converts_from_packaged_gguf(tmp_path, monkeypatch):
+    import torch
+
+    from esevo_ray.models import GGUF_FILE, gguf_source, prepare_default_model
+
+    monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path))
+    out = prepare_default_model(dtype="float32")
+    assert out.is_relative_to(tmp_path) and (out / "model.safetensors").exists()
+    assert "quantization_config" not in (out / "config.json").read_text()
+    converted = AutoModelForCausalLM.from_pretrained(out)
+    src = gguf_source()
+    original = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=GGUF_FILE)
+    ids = AutoTokenizer.from_pretrained(out)("I lost my job today.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(converted(ids).logits, original(ids).logits)
+    assert prepare_default_model() == out  # second call reuses the folder
