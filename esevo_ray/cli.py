@@ -25,7 +25,7 @@ logger = logging.getLogger("esevo_ray")
 USER_ERRORS = (ConfigError, DataError, SchemaError, FileNotFoundError, ValueError)
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
+def load_args_config(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides or [])
     if getattr(args, "on_bad_record", None):
         overrides.append(f"data.on_bad_record={args.on_bad_record}")
@@ -39,10 +39,14 @@ def run_dir(cfg: RunConfig) -> Path:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from esevo_ray.data.prepare import prepare_data
 
-    cfg = _config(args)
+    cfg = load_args_config(args)
     out = Path(args.out) if args.out else run_dir(cfg) / "data"
     report = prepare_data(cfg.data, out)
-    print(json.dumps({"out": str(out), "rows": report["rows"], "skipped": report["skipped"]}, indent=2))
+    print(
+        json.dumps(
+            {"out": str(out), "rows": report["rows"], "skipped": report["skipped"]}, indent=2
+        )
+    )
     return 0
 
 
@@ -69,7 +73,7 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="YAML run config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
 
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True
     )
     p = data.add_parser("prepare", help="write the run's Parquet datasets")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--out", help="output folder (default: <output_dir>/<name>/data)")
     p.add_argument("--on-bad-record", choices=["error", "skip"])
     p.set_defaults(func=cmd_data_prepare)
@@ -101,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = model.add_parser("prepare", help="convert the packaged SmolLM2 GGUF to safetensors")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_model_prepare)
+
+    from esevo_ray.generation.cli import add_parsers as add_generation
+
+    add_generation(sub)
     return parser
 
 
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_job(func: Callable[[RunConfig], object]) -> None:
     """Entry point for `jobs/*.py`: `--config FILE [key=value ...]` then `func(cfg)`."""
     parser = argparse.ArgumentParser()
-    _add_config_args(parser)
+    add_config_args(parser)
     args = parser.parse_args()
     setup_logging()
     try:

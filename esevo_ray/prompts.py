@@ -86,8 +86,7 @@ REFLECT_PROMPT = (
 
 # Two-step mode, Eq. 5: refine y given the reflection (u_n, s_n).
 REFINE_WITH_REFLECTION_PROMPT = (
-    f"{REFINE_PROMPT}\n\n"
-    "An analysis of the user is given with the conversation; use it for step 1."
+    f"{REFINE_PROMPT}\n\nAn analysis of the user is given with the conversation; use it for step 1."
 )
 
 
@@ -98,7 +97,11 @@ def render_conversation(context: list[dict]) -> str:
     pose as a new instruction line.
     """
     names = {"user": "user", "assistant": "supporter"}
-    return "\n".join(f"{names.get(m['role'], m['role'])}: {json.dumps(m['content'])}" for m in context)
+    lines = [
+        f"{names.get(m['role'], m['role'])}: {json.dumps(m['content'], ensure_ascii=False)}"
+        for m in context
+    ]
+    return "\n".join(lines)
 
 
 def task_messages(context: list[dict], system: str = TASK_PROMPT) -> list[dict]:
@@ -106,12 +109,18 @@ def task_messages(context: list[dict], system: str = TASK_PROMPT) -> list[dict]:
     return [{"role": "system", "content": system}, *context]
 
 
-def refine_messages(context: list[dict], response: str, reflection: dict | None = None) -> list[dict]:
+def refine_messages(
+    context: list[dict], response: str, reflection: dict | None = None
+) -> list[dict]:
     """The chosen-response request for response y to context C_n (joint or Eq. 5)."""
     parts = [f"<conversation>\n{render_conversation(context)}\n</conversation>"]
     if reflection is not None:
-        parts.append(f"<user_analysis>\n{json.dumps(reflection)}\n</user_analysis>")
-    parts.append(f"<target_response>\n{json.dumps(response)}\n</target_response>")
+        parts.append(
+            f"<user_analysis>\n{json.dumps(reflection, ensure_ascii=False)}\n</user_analysis>"
+        )
+    parts.append(
+        f"<target_response>\n{json.dumps(response, ensure_ascii=False)}\n</target_response>"
+    )
     system = REFINE_PROMPT if reflection is None else REFINE_WITH_REFLECTION_PROMPT
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(parts)}]
 
@@ -120,3 +129,26 @@ def reflect_messages(context: list[dict]) -> list[dict]:
     """The user-reflection request (Eq. 4)."""
     body = f"<conversation>\n{render_conversation(context)}\n</conversation>"
     return [{"role": "system", "content": REFLECT_PROMPT}, {"role": "user", "content": body}]
+
+
+def _text_field(max_length: int) -> dict:
+    return {"type": "string", "maxLength": max_length}
+
+
+# JSON schemas for engines that constrain decoding (`generation.guided_json`): small models
+# then always emit parseable answers; the Appendix A retry and fallback rules still apply.
+REFLECT_SCHEMA = {
+    "type": "object",
+    "properties": {k: _text_field(200) for k in REFLECTION_KEYS},
+    "required": list(REFLECTION_KEYS),
+}
+REFINE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "understanding": REFLECT_SCHEMA,
+        "evaluation_score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "feedback": _text_field(300),
+        "refined_response": _text_field(400),
+    },
+    "required": ["understanding", "evaluation_score", "feedback", "refined_response"],
+}

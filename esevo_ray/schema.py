@@ -109,7 +109,7 @@ def conform(table: pa.Table, schema: pa.Schema, *, where: str = "table") -> pa.T
             columns.append(table.column(field.name).cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             got = table.schema.field(field.name).type
-            raise SchemaError(f"{where}: column {field.name!r} is {got}, want {field.type}: {e}")
+            raise SchemaError(f"{where}: column {field.name!r} is {got}, want {field.type}: {e}") from None
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -120,3 +120,31 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
         raise FileNotFoundError(f"no Parquet data at {path}")
     table = ds.dataset(path, format="parquet", exclude_invalid_files=True).to_table()
     return conform(table, schema, where=str(path))
+
+
+# One model's responses on the evaluation contexts (the eval folder's responses.parquet).
+EVAL_RESPONSES = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("turn_index", pa.int32()),
+        ("model", pa.string()),
+        ("context", MESSAGES),
+        ("golden", pa.string()),
+        ("response", pa.string()),
+    ]
+)
+
+# LLM-as-a-judge verdicts, one row per (response, dimension); score is null when missing.
+JUDGE_SCORES = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("turn_index", pa.int32()),
+        ("model", pa.string()),
+        ("dimension", pa.string()),
+        ("score", pa.float32()),
+        ("explanation", pa.string()),
+        ("attempts", pa.int32()),
+        ("error", pa.string()),
+        ("judge_model", pa.string()),
+    ]
+)

@@ -38,7 +38,9 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 
 def test_overrides_apply_and_validate(tmp_path):
-    cfg = load_config(None, ["dpo.beta=0.5", "generation.decoding.top_k=7", "data.seed_sources=[esconv]"])
+    cfg = load_config(
+        None, ["dpo.beta=0.5", "generation.decoding.top_k=7", "data.seed_sources=[esconv]"]
+    )
     assert cfg.dpo.beta == 0.5 and cfg.generation.decoding.top_k == 7
     with pytest.raises(ConfigError, match="generation.num_actors"):
         load_config(None, ["generation.num_actors=0"])

@@ -6,7 +6,9 @@ from esevo_ray.models import adapter_hash
 def test_tiny_model_loads_and_speaks_chatml(tiny_model):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    text = tok.apply_chat_template([{"role": "user", "content": "I feel sad."}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "I feel sad."}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
     ids = tok(text, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
@@ -34,7 +36,9 @@ def test_default_model_converts_from_packaged_gguf(tmp_path, monkeypatch):
     converted = AutoModelForCausalLM.from_pretrained(out)
     src = gguf_source()
     original = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=GGUF_FILE)
-    ids = AutoTokenizer.from_pretrained(out)("I lost my job today.", return_tensors="pt")["input_ids"]
+    ids = AutoTokenizer.from_pretrained(out)("I lost my job today.", return_tensors="pt")[
+        "input_ids"
+    ]
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, original(ids).logits)
     assert prepare_default_model() == out  # second call reuses the folder

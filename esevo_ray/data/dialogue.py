@@ -72,8 +72,14 @@ def normalise(turns: list[Turn]) -> list[Turn]:
 
 def normalised(d: Dialogue) -> Dialogue:
     return Dialogue(
-        d.dialogue_id, d.source, normalise(d.turns), d.split, d.situation, d.emotion_type,
-        d.problem_type, d.meta,
+        d.dialogue_id,
+        d.source,
+        normalise(d.turns),
+        d.split,
+        d.situation,
+        d.emotion_type,
+        d.problem_type,
+        d.meta,
     )
 
 

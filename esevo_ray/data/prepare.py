@@ -21,7 +21,14 @@ import pyarrow as pa
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DataSection
-from esevo_ray.data.dialogue import SEEKER, SUPPORTER, Dialogue, context_rows, merge_runs, normalised
+from esevo_ray.data.dialogue import (
+    SEEKER,
+    SUPPORTER,
+    Dialogue,
+    context_rows,
+    merge_runs,
+    normalised,
+)
 from esevo_ray.data.loaders import Loaded, load_alpaca, load_esconv, load_extes, load_serveforemo
 from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
 
@@ -43,7 +50,10 @@ def data_dir(cfg: DataSection | None = None) -> Path:
 
 
 def load_esconv_splits(root: Path, on_bad: str = "error") -> dict[str, Loaded]:
-    return {split: load_esconv(root / "esconv" / f"{split}.json", split, on_bad) for split in ("train", "test")}
+    return {
+        split: load_esconv(root / "esconv" / f"{split}.json", split, on_bad)
+        for split in ("train", "test")
+    }
 
 
 def esconv_stats(dialogues: list[Dialogue]) -> dict:
@@ -104,7 +114,9 @@ def sft_rows(contexts: pa.Table, alpaca: list[dict]) -> pa.Table:
     return schema.conform(pa.Table.from_pylist(rows, schema=schema.SFT_ROWS), schema.SFT_ROWS)
 
 
-def _seed_dialogues(cfg: DataSection, root: Path, pool: list[Dialogue], report: dict) -> list[Dialogue]:
+def _seed_dialogues(
+    cfg: DataSection, root: Path, pool: list[Dialogue], report: dict
+) -> list[Dialogue]:
     seeds: list[Dialogue] = []
     for source in cfg.seed_sources:
         if source == "esconv":
@@ -113,7 +125,9 @@ def _seed_dialogues(cfg: DataSection, root: Path, pool: list[Dialogue], report: 
         path = cfg.extes_path if source == "extes" else cfg.serveforemo_path
         loader = load_extes if source == "extes" else load_serveforemo
         if not path:
-            raise FileNotFoundError(f"data.seed_sources has {source!r} but data.{source}_path is not set")
+            raise FileNotFoundError(
+                f"data.seed_sources has {source!r} but data.{source}_path is not set"
+            )
         loaded = loader(Path(path), cfg.on_bad_record)
         report["skipped"][source] = loaded.skipped
         seeds += loaded.items

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from esevo_ray.data import DataError, context_rows, load_alpaca, load_esconv, load_extes, load_serveforemo
+from esevo_ray.data import (
+    DataError,
+    context_rows,
+    load_alpaca,
+    load_esconv,
+    load_extes,
+    load_serveforemo,
+)
 from esevo_ray.data.dialogue import SEEKER, SUPPORTER, Dialogue, Turn, normalise
 
 from ..conftest import ASSETS
@@ -84,7 +91,13 @@ def _write_lines(path, records):
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
 
 
-GOOD = {"situation": "s", "dialog": [{"speaker": "usr", "text": "hi"}, {"speaker": "sys", "text": "hello", "strategy": "Others"}]}
+GOOD = {
+    "situation": "s",
+    "dialog": [
+        {"speaker": "usr", "text": "hi"},
+        {"speaker": "sys", "text": "hello", "strategy": "Others"},
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -113,7 +126,9 @@ def test_malformed_extes_and_serveforemo(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps([{"content": [{"Bot": "hi"}]}]))
     with pytest.raises(DataError, match=r"record 0: content\[0\] has neither 'User' nor 'AI'"):
         load_extes(tmp_path / "x.json")
-    (tmp_path / "s.json").write_text(json.dumps([{"dialogue": [{"role": "Therapist", "content": "hi"}]}]))
+    (tmp_path / "s.json").write_text(
+        json.dumps([{"dialogue": [{"role": "Therapist", "content": "hi"}]}])
+    )
     with pytest.raises(DataError, match=r"dialogue\[0\].role is 'Therapist'"):
         load_serveforemo(tmp_path / "s.json")
     (tmp_path / "broken.json").write_text("[{")

@@ -61,7 +61,10 @@ def test_sft_rows_are_prompt_completion_with_task_prompt_and_replay(prepared):
     sft = pl.read_parquet(out / "sft.parquet")
     assert (sft["source"] == "alpaca").sum() == 7
     row = sft.filter(pl.col("source") == "esconv").row(0, named=True)
-    assert row["prompt"][0]["role"] == "system" and "emotional support expert" in row["prompt"][0]["content"]
+    assert (
+        row["prompt"][0]["role"] == "system"
+        and "emotional support expert" in row["prompt"][0]["content"]
+    )
     assert row["prompt"][-1]["role"] == "user"
     assert [m["role"] for m in row["completion"]] == ["assistant"]
 
@@ -86,7 +89,9 @@ def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
     good = (data_root / "esconv" / "test.json").read_text().splitlines()[:6]
     (root / "esconv" / "train.json").write_text("\n".join([*good[:3], "{oops", *good[3:]]) + "\n")
     (root / "esconv" / "test.json").write_text("\n".join(good) + "\n")
-    (root / "alpaca" / "alpaca_data.json").write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
+    (root / "alpaca" / "alpaca_data.json").write_text(
+        json.dumps([{"instruction": "a", "input": "", "output": "b"}])
+    )
     env = {"ESEVO_DATA_DIR": str(root), "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, "-m", "esevo_ray.cli", "data", "prepare", "--out", str(tmp_path / "out")]
     cmd += ["--config", str(tmp_path / "c.yaml")]
@@ -95,6 +100,8 @@ def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
     assert proc.returncode == 2
     assert "train.json: record 4: not valid JSON" in proc.stderr
     assert not (tmp_path / "out").exists(), "nothing may be written on error"
-    proc = subprocess.run([*cmd, "--on-bad-record", "skip"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [*cmd, "--on-bad-record", "skip"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["skipped"]["esconv_train"] == 1

@@ -1,0 +1,1 @@
+"""Preference-pair generation: engines, prompts, robust parsing, and the Ray Data pipeline."""

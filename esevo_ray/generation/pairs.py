@@ -1,0 +1,187 @@
+"""One batch of seed contexts -> preference pairs (Section 2.2.1 and Appendix A).
+
+Stage 1 (rejected): y = M^t(P_task || C_n).
+Stage 2 (chosen): reflect on the user and refine y, as one joint call (Appendix E.1) or as
+two calls (Eq. 4 then Eq. 5). A parse failure is regenerated up to `max_attempts` times, then
+the golden response is used; a refined response more than `length_ratio` times longer than the
+rejected or the golden one is replaced by the golden response. `chosen_source` records which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from esevo_ray import prompts
+from esevo_ray.config import GenerationSection
+from esevo_ray.generation.engines import Engine
+from esevo_ray.generation.parsing import ParseError, parse_refinement, parse_reflection
+
+
+def request_seed(
+    base: int, dialogue_id: str, turn_index: int, iteration: int, stage: str, attempt: int
+) -> int:
+    """A per-request seed that does not depend on batch composition or actor."""
+    key = f"{base}:{dialogue_id}:{turn_index}:{iteration}:{stage}:{attempt}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+def fit_context(engine: Engine, context: list[dict], cfg: GenerationSection) -> list[dict]:
+    """Drop the oldest turns until every request built on C_n fits the model.
+
+    P_task || C_n must fit `max_context_tokens`, and the refinement request, with room for the
+    rejected response inside it and the refined answer after it, must fit `max_model_len`.
+    The last turn always stays.
+    """
+    refine_budget = (
+        cfg.max_model_len - cfg.reflection_decoding.max_new_tokens - cfg.decoding.max_new_tokens
+    )
+
+    def fits(ctx: list[dict]) -> bool:
+        return (
+            engine.count_tokens(prompts.task_messages(ctx)) <= cfg.max_context_tokens
+            and engine.count_tokens(prompts.refine_messages(ctx, "")) <= refine_budget
+        )
+
+    start = 0
+    while start < len(context) - 1 and not fits(context[start:]):
+        start += 2 if start + 2 < len(context) else 1
+    context = context[start:]
+    # A single turn too long on its own keeps its most recent words.
+    last = context[-1]["content"].split()
+    while not fits(context) and len(last) > 8:
+        last = last[len(last) // 2 :]
+        context = [*context[:-1], {**context[-1], "content": " ".join(last)}]
+    if not fits(context):
+        task = engine.count_tokens(prompts.task_messages(context))
+        refine = engine.count_tokens(prompts.refine_messages(context, ""))
+        raise ValueError(
+            f"the prompts do not fit: P_task takes {task} tokens (generation.max_context_tokens="
+            f"{cfg.max_context_tokens}), the refinement request {refine} (budget {refine_budget} "
+            f"from generation.max_model_len={cfg.max_model_len})"
+        )
+    return context
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def choose(refined: str | None, rejected: str, golden: str, length_ratio: float) -> tuple[str, str]:
+    """Appendix A filters: (chosen text, chosen_source)."""
+    if refined is None:
+        return golden, "golden_parse_failure"
+    if words(refined) > length_ratio * words(rejected) or words(refined) > length_ratio * words(
+        golden
+    ):
+        return golden, "golden_length_rule"
+    return refined, "refined"
+
+
+def _retry(
+    engine: Engine,
+    cfg: GenerationSection,
+    build: list[list[dict]],
+    parse,
+    seed_of,
+    json_schema: dict,
+) -> tuple[list[Any], list[int], list[int]]:
+    """Generate and parse each request, regenerating failures up to `max_attempts` times.
+
+    Returns the parsed values (None where every attempt failed), attempts and output tokens.
+    """
+    n = len(build)
+    parsed: list[Any] = [None] * n
+    attempts, tokens = [0] * n, [0] * n
+    pending = list(range(n))
+    for attempt in range(cfg.max_attempts):
+        if not pending:
+            break
+        outs = engine.chat(
+            [build[i] for i in pending],
+            cfg.reflection_decoding,
+            [seed_of(i, attempt) for i in pending],
+            json_schema if cfg.guided_json else None,
+        )
+        still = []
+        for i, out in zip(pending, outs, strict=True):
+            attempts[i] += 1
+            tokens[i] += out.output_tokens
+            try:
+                parsed[i] = parse(out.text)
+            except ParseError:
+                still.append(i)
+        pending = still
+    return parsed, attempts, tokens
+
+
+def make_pairs(
+    engine: Engine, cfg: GenerationSection, rows: list[dict], iteration: int
+) -> list[dict]:
+    """Turn context rows (CONTEXTS schema) into pair rows (PAIRS schema)."""
+    t0 = time.perf_counter()
+    seed = cfg.decoding.seed
+
+    def seed_of(stage: str):
+        return lambda i, attempt: request_seed(
+            seed, rows[i]["dialogue_id"], rows[i]["turn_index"], iteration, stage, attempt
+        )
+
+    contexts = [fit_context(engine, r["context"], cfg) for r in rows]
+    task = [prompts.task_messages(c) for c in contexts]
+    rejected = engine.chat(
+        task, cfg.decoding, [seed_of("rejected")(i, 0) for i in range(len(rows))]
+    )
+    reject_texts = [r.text.strip() for r in rejected]
+
+    reflection_tokens = [0] * len(rows)
+    attempts = [0] * len(rows)
+    reflections: list[dict | None] = [None] * len(rows)
+    if cfg.reflection_mode == "two_step":
+        build = [prompts.reflect_messages(c) for c in contexts]
+        reflections, attempts, reflection_tokens = _retry(
+            engine, cfg, build, parse_reflection, seed_of("reflect"), prompts.REFLECT_SCHEMA
+        )
+    build = [
+        prompts.refine_messages(c, y, reflections[i] if cfg.reflection_mode == "two_step" else None)
+        for i, (c, y) in enumerate(zip(contexts, reject_texts, strict=True))
+    ]
+    refined, refine_attempts, refine_tokens = _retry(
+        engine, cfg, build, parse_refinement, seed_of("refine"), prompts.REFINE_SCHEMA
+    )
+
+    seconds = (time.perf_counter() - t0) / max(len(rows), 1)
+    out = []
+    for i, row in enumerate(rows):
+        ref = refined[i] or {}
+        understanding = (
+            reflections[i] if cfg.reflection_mode == "two_step" and reflections[i] else ref
+        )
+        chosen, source = choose(
+            ref.get("refined_response"), reject_texts[i], row["golden"], cfg.length_ratio
+        )
+        out.append(
+            {
+                "dialogue_id": row["dialogue_id"],
+                "turn_index": row["turn_index"],
+                "iteration": iteration,
+                "source": row["source"],
+                "prompt": task[i],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": reject_texts[i]}],
+                "golden": row["golden"],
+                "chosen_source": source,
+                "generator_model": engine.model_id,
+                "adapter_hash": engine.adapter_hash,
+                **{k: understanding.get(k, "") for k in prompts.REFLECTION_KEYS},
+                "evaluation_score": ref.get("evaluation_score"),
+                "feedback": ref.get("feedback", ""),
+                "attempts": attempts[i] + refine_attempts[i],
+                "prompt_tokens": rejected[i].prompt_tokens,
+                "rejected_tokens": rejected[i].output_tokens,
+                "reflection_tokens": reflection_tokens[i] + refine_tokens[i],
+                "generation_seconds": seconds,
+            }
+        )
+    return out

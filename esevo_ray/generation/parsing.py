@@ -1,0 +1,144 @@
+"""Parse the JSON a model emits for reflection and refinement, the way small models emit it.
+
+Handles markdown fences, single-quoted keys (as in the paper's own template), trailing or
+leading prose, Python literals, trailing commas and nested quotes. Only the first balanced
+`{...}` object is read, so text after it (or a second object smuggled in by a user message
+quoted in the answer) cannot change the result.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+from esevo_ray.prompts import REFLECTION_KEYS
+
+
+class ParseError(ValueError):
+    """The model's answer holds no usable JSON object; the message says why."""
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+def _balanced_object(text: str) -> str | None:
+    """The first balanced {...} span, respecting quoted strings of either quote style."""
+    start = text.find("{")
+    while start != -1:
+        depth, quote, escaped = 0, None, False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if quote:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == quote:
+                    quote = None
+            elif ch in "\"'":
+                # An apostrophe inside a word ("I'm") does not open a string.
+                if ch == "'" and i > 0 and text[i - 1].isalnum():
+                    continue
+                quote = ch
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start : i + 1]
+        start = text.find("{", start + 1)
+    return None
+
+
+def _load(candidate: str) -> Any:
+    for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
+        try:
+            return json.loads(attempt)
+        except json.JSONDecodeError:
+            pass
+        try:
+            # Single-quoted keys and values, True/None: a Python literal, evaluated safely.
+            return ast.literal_eval(attempt)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            pass
+    raise ParseError(f"not a JSON object: {candidate[:80]!r}")
+
+
+def extract_object(text: str) -> dict[str, Any]:
+    """The first JSON-like object in `text` (inside a fence if there is one)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ParseError("empty answer")
+    sources = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    last_error: ParseError | None = None
+    for source in sources:
+        candidate = _balanced_object(source)
+        if candidate is None:
+            continue
+        try:
+            value = _load(candidate)
+        except ParseError as e:
+            last_error = e
+            continue
+        if isinstance(value, dict):
+            return value
+    raise last_error or ParseError("no {...} object in the answer")
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _as_score(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        score = float(value)
+    else:
+        match = re.search(r"\d+(?:\.\d+)?", str(value))
+        if not match:
+            return None
+        score = float(match.group())
+    return score if 1 <= score <= 5 else None
+
+
+def _lower_keys(d: dict) -> dict:
+    return {str(k).strip().lower().replace(" ", "_"): v for k, v in d.items()}
+
+
+def parse_reflection(text: str) -> dict[str, str]:
+    """The four user-understanding fields; any may be empty but one must be present."""
+    obj = _lower_keys(extract_object(text))
+    inner = obj.get("understanding")
+    if isinstance(inner, dict):
+        obj = {**obj, **_lower_keys(inner)}
+    out = {key: _as_text(obj.get(key)) for key in REFLECTION_KEYS}
+    if not any(out.values()):
+        raise ParseError(f"none of {list(REFLECTION_KEYS)} in the answer")
+    return out
+
+
+def parse_refinement(text: str) -> dict[str, Any]:
+    """Reflection fields, evaluation_score, feedback and the refined response.
+
+    Raises:
+        ParseError: no object, or no non-empty `refined_response`.
+    """
+    obj = _lower_keys(extract_object(text))
+    refined = _as_text(obj.get("refined_response"))
+    if not refined:
+        raise ParseError("no non-empty 'refined_response'")
+    inner = obj.get("understanding")
+    understanding = _lower_keys(inner) if isinstance(inner, dict) else obj
+    return {
+        **{key: _as_text(understanding.get(key)) for key in REFLECTION_KEYS},
+        "evaluation_score": _as_score(obj.get("evaluation_score")),
+        "feedback": _as_text(obj.get("feedback")),
+        "refined_response": refined,
+    }

@@ -1,0 +1,70 @@
+from esevo_ray.generation.pairs import choose, request_seed
+
+
+def test_refined_kept_when_short_enough():
+    assert choose("I hear how tired you are.", "That is sad to hear.", "Tell me more.", 2.0) == (
+        "I hear how tired you are.",
+        "refined",
+    )
+
+
+def test_parse_failure_falls_back_to_golden():
+    assert choose(None, "y", "golden text", 2.0) == ("golden text", "golden_parse_failure")
+
+
+def test_length_rule_against_rejected_and_golden():
+    long = " ".join(["word"] * 9)
+    assert choose(long, "four words in here", "a much longer golden response with many words", 2.0)[
+        1
+    ] == ("golden_length_rule")
+    assert choose(
+        long, "a much longer rejected response with many words", "four words in here", 2.0
+    )[1] == ("golden_length_rule")
+    assert choose(long, "one two three four five", "one two three four five", 2.0)[1] == "refined"
+
+
+def test_request_seed_is_stable_and_distinct():
+    a = request_seed(0, "d1", 3, 1, "refine", 0)
+    assert a == request_seed(0, "d1", 3, 1, "refine", 0)
+    assert (
+        len({a, request_seed(0, "d1", 3, 1, "refine", 1), request_seed(0, "d1", 3, 2, "refine", 0)})
+        == 3
+    )
+
+
+class _WordEngine:
+    """Counts one token per word: enough to test the context budget without a model."""
+
+    def count_tokens(self, messages):
+        return sum(len(m["content"].split()) for m in messages)
+
+
+def test_fit_context_drops_oldest_turns_then_shortens_the_last():
+    from esevo_ray.config import load_config
+    from esevo_ray.generation.pairs import fit_context
+    from esevo_ray.prompts import TASK_PROMPT
+
+    base = len(TASK_PROMPT.split())
+    cfg = load_config(
+        None,
+        [f"generation.max_context_tokens={base + 12}", "generation.max_model_len=4096",
+         "generation.decoding.max_new_tokens=8"],
+    ).generation  # fmt: skip
+    ctx = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"w{i} " * 5} for i in range(7)
+    ]
+    fitted = fit_context(_WordEngine(), ctx, cfg)
+    assert fitted == ctx[-2:] or fitted == ctx[-1:]
+    assert fitted[-1] == ctx[-1]
+    huge = [{"role": "user", "content": " ".join(f"x{i}" for i in range(500))}]
+    short = fit_context(_WordEngine(), huge, cfg)
+    assert short[0]["content"].endswith("x499") and len(short[0]["content"].split()) <= 12
+
+
+def test_config_rejects_context_longer_than_model():
+    import pytest
+
+    from esevo_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="must not exceed max_model_len"):
+        load_config(None, ["generation.max_model_len=512", "generation.max_context_tokens=500"])
