@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from esevo_ray.generation.cli import add_parsers as add_generation
 
     add_generation(sub)
+    from esevo_ray.evaluation.cli import add_parsers as add_evaluation
+
+    add_evaluation(sub)
     return parser
 
 

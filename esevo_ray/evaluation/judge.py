@@ -1,0 +1,281 @@
+"""LLM-as-a-judge (paper Table 7) against any OpenAI-compatible chat endpoint.
+
+Requests run on a bounded thread pool under a shared rate limit. Transport errors (timeouts,
+429, 5xx) are retried with exponential backoff; an unparseable verdict is asked again up to
+`parse_retries` times and then recorded as missing (score None), never as a number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from esevo_ray.config import JudgeSection
+from esevo_ray.evaluation.judge_prompts import judge_messages
+from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
+
+logger = logging.getLogger(__name__)
+
+SCORE_RANGE = (1.0, 5.0)
+_RETRY_STATUS = {408, 409, 429}
+_FATAL_STATUS = {401, 403, 404}
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint cannot be used at all (bad key, unknown model or URL)."""
+
+
+class VerdictError(ValueError):
+    """A judge reply that holds no valid JSON verdict."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score: float | None
+    explanation: str | None
+    attempts: int
+    error: str | None = None
+
+
+def parse_verdict(text: str | None) -> tuple[float, str | None]:
+    """The (score, explanation) in a judge reply: a JSON object, possibly in a code fence.
+
+    Raises:
+        VerdictError: no JSON object with a numeric `score` in [1, 5].
+    """
+    if not text:
+        raise VerdictError("empty reply")
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        fields = {str(k).strip().lower(): v for k, v in obj.items()}
+        if "score" not in fields:
+            continue
+        score = _number(fields["score"])
+        if score is None or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+            raise VerdictError(f"score {fields['score']!r} is not a number in {SCORE_RANGE}")
+        explanation = fields.get("explanation")
+        return score, None if explanation is None else str(explanation)
+    raise VerdictError(f"no JSON object with a score in reply {text[:80]!r}")
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+class RateLimiter:
+    """Spaces request starts at least 1/rate seconds apart, across threads."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class JudgeClient:
+    """One judge model behind an OpenAI-compatible endpoint."""
+
+    def __init__(
+        self,
+        cfg: JudgeSection,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+    ):
+        from openai import OpenAI
+
+        self.cfg = cfg
+        self.base_url = base_url or cfg.base_url
+        self.model = model or cfg.model
+        if not self.base_url or not self.model:
+            raise ValueError(
+                "the judge needs an endpoint and a model: set eval.judge.base_url "
+                "and eval.judge.model, or pass --endpoint and --model"
+            )
+        key = api_key or os.environ.get(cfg.api_key_env)
+        if not key:
+            logger.info("$%s is not set; sending a placeholder API key", cfg.api_key_env)
+        self._client = OpenAI(
+            base_url=self.base_url, api_key=key or "EMPTY", max_retries=0, timeout=cfg.timeout_s
+        )
+        self._limiter = RateLimiter(cfg.requests_per_second)
+
+    def complete(self, messages: list[dict]) -> str | None:
+        """One chat completion, retrying transport errors with exponential backoff.
+
+        Raises:
+            JudgeError: the endpoint rejects the key, model or URL (401, 403, 404).
+            openai.APIError: a transport error that outlasted the retries, or another 4xx.
+        """
+        import openai
+
+        cfg = self.cfg
+        for attempt in range(cfg.max_retries + 1):
+            self._limiter.wait()
+            try:
+                reply = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens,
+                    extra_body=None if cfg.top_k is None else {"top_k": cfg.top_k},
+                )
+                return reply.choices[0].message.content if reply.choices else None
+            except openai.APIStatusError as e:
+                if e.status_code in _FATAL_STATUS:
+                    raise JudgeError(
+                        f"judge endpoint {self.base_url} model {self.model!r}: "
+                        f"HTTP {e.status_code}: {e.message}"
+                    ) from e
+                if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
+                    raise
+                error: Exception = e
+            except openai.APIConnectionError as e:  # includes timeouts
+                error = e
+            if attempt == cfg.max_retries:
+                raise error
+            delay = cfg.backoff_s * 2**attempt * (1 + 0.25 * random.random())
+            logger.debug("judge request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def judge(self, dimension: str, context: list[dict], response: str) -> Verdict:
+        """Score one response on one dimension; missing (None) after repeated bad replies."""
+        import openai
+
+        messages = judge_messages(dimension, context, response)
+        error = None
+        for attempt in range(1, self.cfg.parse_retries + 2):
+            try:
+                text = self.complete(messages)
+            except openai.APIError as e:
+                return Verdict(None, None, attempt, f"request failed: {e}")
+            try:
+                score, explanation = parse_verdict(text)
+                return Verdict(score, explanation, attempt)
+            except VerdictError as e:
+                error = f"unparseable verdict: {e}"
+                logger.debug("%s (attempt %d)", error, attempt)
+        return Verdict(None, None, self.cfg.parse_retries + 1, error)
+
+
+def sample_keys(table: pa.Table, n: int | None, seed: int) -> list[tuple[str, int]]:
+    """`n` (dialogue_id, turn_index) keys drawn by `seed`; the same for every model's file."""
+    keys = sorted(
+        set(
+            zip(
+                table.column("dialogue_id").to_pylist(),
+                table.column("turn_index").to_pylist(),
+                strict=True,
+            )
+        )
+    )
+    if n is None or n >= len(keys):
+        return keys
+    return sorted(random.Random(seed).sample(keys, n))
+
+
+def judge_responses(
+    table: pa.Table,
+    client: JudgeClient,
+    *,
+    dimensions: Sequence[str],
+    n_samples: int | None,
+    seed: int,
+) -> pa.Table:
+    """Judge the responses of `n_samples` contexts (all models in the table) on `dimensions`."""
+    chosen = set(sample_keys(table, n_samples, seed))
+    rows = [r for r in table.to_pylist() if (r["dialogue_id"], r["turn_index"]) in chosen]
+    rows.sort(key=lambda r: (r["model"], r["dialogue_id"], r["turn_index"]))
+    tasks = [(row, dim) for row in rows for dim in dimensions]
+    logger.info(
+        "judging %d responses x %d dimensions with %s", len(rows), len(dimensions), client.model
+    )
+    with ThreadPoolExecutor(max_workers=client.cfg.concurrency) as pool:
+        futures = [
+            pool.submit(client.judge, dim, row["context"], row["response"] or "")
+            for row, dim in tasks
+        ]
+        step, verdicts = max(1, len(futures) // 10), []
+        try:
+            for i, future in enumerate(futures, 1):
+                verdicts.append(future.result())
+                if i % step == 0 or i == len(futures):
+                    logger.info("judged %d/%d", i, len(futures))
+        except JudgeError:
+            pool.shutdown(cancel_futures=True)  # the endpoint is unusable: stop at once
+            raise
+    out = [
+        {
+            "dialogue_id": row["dialogue_id"],
+            "turn_index": row["turn_index"],
+            "model": row["model"],
+            "dimension": dim,
+            "score": v.score,
+            "explanation": v.explanation,
+            "attempts": v.attempts,
+            "error": v.error,
+            "judge_model": client.model,
+        }
+        for (row, dim), v in zip(tasks, verdicts, strict=True)
+    ]
+    missing = sum(v.score is None for v in verdicts)
+    if missing:
+        logger.warning("%d of %d verdicts missing", missing, len(verdicts))
+    return conform(pa.Table.from_pylist(out, schema=JUDGE_SCORES), JUDGE_SCORES)
+
+
+def judge_file(
+    responses: str | Path,
+    out: str | Path,
+    cfg: JudgeSection,
+    *,
+    n_samples: int | None,
+    base_url: str | None = None,
+    model: str | None = None,
+) -> pa.Table:
+    """Judge a responses.parquet (EVAL_RESPONSES) and write the JUDGE_SCORES parquet `out`."""
+    from esevo_ray.io import write_parquet
+
+    table = read_table(responses, EVAL_RESPONSES)
+    client = JudgeClient(cfg, base_url=base_url, model=model)
+    scores = judge_responses(
+        table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed
+    )
+    write_parquet(scores, out)
+    return scores

@@ -1,0 +1,281 @@
+"""The Markdown evaluation report of a run directory, with tables laid out like Tables 2 and 7.
+
+Expected layout (missing parts are skipped):
+
+    <run>/m0/eval/{responses.parquet, metrics.json, judge_scores.parquet}
+    <run>/iter_<k>/pairs/            preference pairs of iteration k (PAIRS; or pairs.parquet)
+    <run>/iter_<k>/eval/...          model M<k>
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+
+from esevo_ray.evaluation import analysis, plots
+from esevo_ray.evaluation.tables import (
+    METRIC_COLUMNS,
+    judge_table,
+    markdown_table,
+    metrics_table,
+    scores_of,
+)
+from esevo_ray.io import atomic_dir, atomic_write_text
+from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, PAIRS, read_table
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """One model of the run: M0 (the SFT model) or M<k> after iteration k."""
+
+    label: str
+    index: int
+    folder: Path
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.folder / "eval"
+
+    @cached_property
+    def metrics(self) -> dict | None:
+        path = self.eval_dir / "metrics.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @cached_property
+    def responses(self) -> pa.Table | None:
+        path = self.eval_dir / "responses.parquet"
+        return read_table(path, EVAL_RESPONSES) if path.exists() else None
+
+    @cached_property
+    def judge(self) -> pa.Table | None:
+        path = self.eval_dir / "judge_scores.parquet"
+        return read_table(path, JUDGE_SCORES) if path.exists() else None
+
+    @cached_property
+    def pairs(self) -> pa.Table | None:
+        for path in (self.folder / "pairs", self.folder / "pairs.parquet"):
+            if self.index > 0 and path.exists():
+                return read_table(path, PAIRS)
+        return None
+
+
+def find_stages(run_dir: str | Path) -> list[Stage]:
+    """M0 and every iter_<k> folder of a run, in iteration order."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    stages = [Stage("M0", 0, run_dir / "m0")] if (run_dir / "m0").is_dir() else []
+    for path in run_dir.iterdir():
+        match = re.fullmatch(r"iter_(\d+)", path.name)
+        if match and path.is_dir():
+            stages.append(Stage(f"M{int(match[1])}", int(match[1]), path))
+    return sorted(stages, key=lambda s: s.index)
+
+
+def write_report(run_dir: str | Path, *, relevance: analysis.Method = "embedding") -> Path:
+    """Write <run_dir>/report/report.md and its PNG figures; return the report's path.
+
+    Raises:
+        FileNotFoundError: the run directory does not exist or holds no evaluated model.
+    """
+    run_dir = Path(run_dir)
+    stages = [s for s in find_stages(run_dir) if s.eval_dir.is_dir() or s.pairs is not None]
+    evaluated = [s for s in stages if s.metrics is not None or s.responses is not None]
+    if not evaluated:
+        raise FileNotFoundError(f"{run_dir}: no m0/eval or iter_<k>/eval folder with results")
+    with atomic_dir(run_dir / "report") as out:
+        text = _render(run_dir, stages, evaluated, out, relevance)
+        atomic_write_text(out / "report.md", text)
+    logger.info("report written to %s", run_dir / "report" / "report.md")
+    return run_dir / "report" / "report.md"
+
+
+def _render(
+    run_dir: Path,
+    stages: list[Stage],
+    evaluated: list[Stage],
+    out: Path,
+    relevance: analysis.Method,
+) -> str:
+    md = [
+        f"# Evaluation report: {run_dir.name}",
+        "",
+        "## Automatic metrics (Table 2 layout)",
+        "",
+        metrics_table({s.label: s.metrics for s in evaluated}),
+        "",
+        "Scores x100. In brackets: change from the previous model, in points. "
+        "BERTScore uses the backbone named in its column and is not comparable with "
+        "roberta-large BERTScores.",
+        "",
+    ]
+    scores = {s.label: scores_of(s.metrics) for s in evaluated}
+    figure = plots.grouped_bars(
+        scores,
+        list(METRIC_COLUMNS),
+        out / "metrics.png",
+        title="Automatic metrics",
+        ylabel="score x100",
+        group_labels=list(METRIC_COLUMNS.values()),
+    )
+    md += [f"![automatic metrics]({figure})", ""]
+
+    judged = {s.label: t for s in evaluated if (t := s.judge) is not None}
+    if judged:
+        md += [
+            "## LLM-as-a-judge (Table 7 layout)",
+            "",
+            judge_table(judged),
+            "",
+            "Mean score on a 1-5 scale over non-missing verdicts; `missing` counts "
+            "verdicts that stayed unparseable or failed.",
+            "",
+        ]
+
+    responses = {s.label: t for s in evaluated if (t := s.responses) is not None}
+    if responses:
+        md += _response_sections(responses, out, relevance)
+    pairs = {f"iteration {s.index}": t for s in stages if (t := s.pairs) is not None}
+    if pairs:
+        md += _pairs_sections(pairs, out, relevance)
+    return "\n".join(md)
+
+
+def _response_sections(
+    responses: dict[str, pa.Table], out: Path, relevance: analysis.Method
+) -> list[str]:
+    texts = {m: [r or "" for r in t.column("response").to_pylist()] for m, t in responses.items()}
+    formulaic = analysis.formulaic_report(texts)
+    phrases = formulaic["phrases"]
+    rows = [[m, *(f"{formulaic['shares'][m][p]:.1f}" for p in phrases)] for m in texts]
+    figure = plots.grouped_bars(
+        formulaic["shares"],
+        phrases,
+        out / "phrases.png",
+        title="Responses containing each phrase",
+        ylabel="% of responses",
+    )
+    md = [
+        "## Formulaic phrases",
+        "",
+        markdown_table(["Model", *(f'"{p}"' for p in phrases)], rows),
+        "",
+        "Percent of responses that contain the phrase (the paper's two phrases, then the most "
+        "frequent three-word openers over all models).",
+        "",
+        f"![phrases]({figure})",
+        "",
+    ]
+
+    lengths = {m: analysis.length_stats(t) for m, t in texts.items()}
+    rows = [
+        [m, str(s["n"]), f"{s['mean']:.1f}", f"{s['median']:.1f}", str(s["p90"]), str(s["max"])]
+        for m, s in lengths.items()
+        if s["n"]
+    ]
+    figure = plots.boxplot(
+        {m: [len(x.split()) for x in t] for m, t in texts.items()},
+        out / "lengths.png",
+        title="Response length",
+        ylabel="words",
+    )
+    md += [
+        "## Response length",
+        "",
+        markdown_table(["Model", "n", "mean", "median", "p90", "max"], rows),
+        "",
+        f"![lengths]({figure})",
+        "",
+    ]
+
+    rel = {m: analysis.responses_analysis(t, relevance)["relevance"] for m, t in responses.items()}
+    first = next(iter(responses.values()))
+    user = [analysis.user_statements(c) for c in first.column("context").to_pylist()]
+    golden = [g or "" for g in first.column("golden").to_pylist()]
+    rel["golden"] = analysis.similarity(user, golden, relevance)
+    rows = [
+        [m, *(f"{analysis.distribution(v)[k]:.3f}" for k in ("mean", "median", "stdev"))]
+        for m, v in rel.items()
+        if v
+    ]
+    figure = plots.histograms({"responses": rel}, out / "relevance.png", xlabel=_axis(relevance))
+    md += [
+        "## Relevance to the user's last turn",
+        "",
+        markdown_table(["Model", "mean", "median", "stdev"], rows),
+        "",
+        f"Measure: {_measure(relevance)}.",
+        "",
+        f"![relevance]({figure})",
+        "",
+    ]
+    return md
+
+
+def _pairs_sections(pairs: dict[str, pa.Table], out: Path, relevance: analysis.Method) -> list[str]:
+    results = {it: analysis.pairs_analysis(t, relevance) for it, t in pairs.items()}
+    sources = list(dict.fromkeys(s for r in results.values() for s in r["fallback_rates"]))
+    rows = []
+    for it, r in results.items():
+        means = [
+            analysis.distribution(r[k]).get("mean")
+            for k in ("relevance_chosen", "relevance_rejected", "similarity")
+        ]
+        rows.append(
+            [
+                it,
+                str(r["n"]),
+                *("–" if m is None else f"{m:.3f}" for m in means),
+                *(f"{r['fallback_rates'].get(s, 0.0):.1f}" for s in sources),
+            ]
+        )
+    header = [
+        "Iteration",
+        "pairs",
+        "relevance chosen",
+        "relevance rejected",
+        "chosen-rejected similarity",
+        *(f"% {s}" for s in sources),
+    ]
+    panels = {
+        it: {"chosen": r["relevance_chosen"], "rejected": r["relevance_rejected"]}
+        for it, r in results.items()
+    }
+    rel_fig = plots.histograms(panels, out / "pairs_relevance.png", xlabel=_axis(relevance))
+    sim_fig = plots.histograms(
+        {"chosen vs rejected": {it: r["similarity"] for it, r in results.items()}},
+        out / "pairs_similarity.png",
+        xlabel=_axis(relevance),
+    )
+    return [
+        "## Preference pairs per iteration",
+        "",
+        markdown_table(header, rows),
+        "",
+        f"Relevance to the user's last turn and similarity: {_measure(relevance)}. "
+        "`% <source>`: share of pairs whose chosen response came from that source "
+        "(refined, or a golden fallback).",
+        "",
+        f"![pair relevance]({rel_fig})",
+        "",
+        f"![pair similarity]({sim_fig})",
+        "",
+    ]
+
+
+def _measure(method: analysis.Method) -> str:
+    if method == "embedding":
+        return "cosine of MiniLM-L6 mean-pooled sentence embeddings"
+    return "Jaccard index of the word sets"
+
+
+def _axis(method: analysis.Method) -> str:
+    return "cosine similarity" if method == "embedding" else "Jaccard index"

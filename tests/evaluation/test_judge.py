@@ -1,0 +1,320 @@
+"""LLM-as-a-judge client against a real local OpenAI-compatible HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pytest
+
+from esevo_ray.config import JUDGE_DIMENSIONS, JudgeSection, load_config
+from esevo_ray.evaluation import cli
+from esevo_ray.evaluation.judge import (
+    JudgeClient,
+    JudgeError,
+    RateLimiter,
+    VerdictError,
+    judge_responses,
+    parse_verdict,
+    sample_keys,
+)
+from esevo_ray.evaluation.judge_prompts import judge_messages, rubric
+from esevo_ray.schema import JUDGE_SCORES, read_table
+from tests.evaluation.helpers import responses_table, write_responses
+
+DELAY_S = 0.05
+
+
+class JudgeServer:
+    """Canned but varied verdicts, chosen by a tag in the judged response.
+
+    [ok] valid verdict (score varies with the prompt), [flaky] one malformed reply then
+    valid, [bad] always malformed, [e500] one HTTP 500 then valid, [down] always HTTP 503.
+    Model "forbidden" gets HTTP 401.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen: Counter = Counter()
+        self.bodies: list[dict] = []
+        self.auth: set[str] = set()
+        self.inflight = 0
+        self.max_inflight = 0
+        self.scores: dict[tuple[str, str], int] = {}
+
+    def reply(self, body: dict) -> tuple[int, str]:
+        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+        key = (system, user)
+        with self.lock:
+            self.seen[key] += 1
+            n = self.seen[key]
+        if body["model"] == "forbidden":
+            return 401, "bad key"
+        if "[down]" in user or ("[e500]" in user and n == 1):
+            return 503 if "[down]" in user else 500, "overloaded"
+        if "[bad]" in user or ("[flaky]" in user and n == 1):
+            return 200, "I would rate this response fairly well overall."
+        score = (len(system) + len(user)) % 5 + 1
+        self.scores[key] = score
+        formats = [
+            json.dumps({"explanation": "fine", "score": score}),
+            f'Here is my verdict:\n```json\n{{"Explanation": "ok", "Score": "{score}"}}\n```',
+            f'{{"score": {score}.0}}',
+        ]
+        return 200, formats[score % 3]
+
+    def handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(body)
+                    server.auth.add(self.headers.get("Authorization", ""))
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    time.sleep(DELAY_S)
+                    status, content = server.reply(body)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+                if status == 200:
+                    payload = {
+                        "id": "cmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content},
+                            }
+                        ],
+                    }
+                else:
+                    payload = {"error": {"message": content, "type": "server_error"}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    state = JudgeServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def server(http_server):
+    http_server.reset()
+    return http_server
+
+
+def judge_cfg(**kw) -> JudgeSection:
+    base = dict(
+        concurrency=4,
+        requests_per_second=1000,
+        max_retries=2,
+        backoff_s=0.01,
+        parse_retries=2,
+        timeout_s=10,
+    )
+    return JudgeSection(**{**base, **kw})
+
+
+def test_parse_verdict_formats():
+    assert parse_verdict('{"explanation": "good", "score": 4}') == (4.0, "good")
+    assert parse_verdict('Verdict:\n```json\n{"Score": "3", "Explanation": "x"}\n```') == (3.0, "x")
+    assert parse_verdict('{"note": {"a": 1}} then {"score": 5}') == (5.0, None)
+    for bad in [
+        "",
+        None,
+        "Score: 4",
+        '{"score": 7}',
+        '{"score": true}',
+        '{"score": "high"}',
+        '{"explanation": "no score"}',
+    ]:
+        with pytest.raises(VerdictError):
+            parse_verdict(bad)
+
+
+def test_rubrics_follow_the_paper_structure():
+    for dim in JUDGE_DIMENSIONS:
+        text = rubric(dim)
+        for section in (
+            "[Task Description]",
+            "[Rating Criteria]",
+            "[Critical Penalties]",
+            "[Output Format]",
+            '"score"',
+            '"explanation"',
+        ):
+            assert section in text, (dim, section)
+    assert "5 = " in rubric("empathy") and "1 = " in rubric("empathy")
+    with pytest.raises(ValueError, match="known"):
+        rubric("fluency")
+    messages = judge_messages("empathy", [{"role": "user", "content": "I feel low"}], "Why?")
+    assert "I feel low" in messages[1]["content"] and "supporter: Why?" in messages[1]["content"]
+
+
+def test_judge_responses_retries_parses_and_records_missing(server, monkeypatch):
+    monkeypatch.setenv("ESEVO_JUDGE_API_KEY", "sk-test")
+    table = pa.concat_tables(
+        [
+            responses_table("M0", ["[ok] a", "[flaky] b", "[bad] c"]),
+            responses_table("M1", ["[e500] d", "[down] e", "[ok] f"]),
+        ]
+    )
+    client = JudgeClient(judge_cfg(), base_url=server.url, model="judge-x")
+    dims = ["empathy", "overall"]
+    out = judge_responses(table, client, dimensions=dims, n_samples=None, seed=0)
+    assert out.schema == JUDGE_SCORES and out.num_rows == 6 * 2
+    rows = {(r["model"], r["dialogue_id"], r["dimension"]): r for r in out.to_pylist()}
+
+    for (model, did, dim), row in rows.items():
+        response = next(
+            r for r in table.to_pylist() if r["model"] == model and r["dialogue_id"] == did
+        )
+        messages = judge_messages(dim, response["context"], response["response"])
+        key = (messages[0]["content"], messages[1]["content"])
+        tag = response["response"].split()[0]
+        if tag in ("[ok]", "[flaky]", "[e500]"):
+            assert row["score"] == server.scores[key], row  # the server's verdict, parsed
+            assert row["error"] is None
+        else:
+            assert row["score"] is None, row  # missing, never a number
+        assert (
+            row["attempts"] == {"[ok]": 1, "[flaky]": 2, "[bad]": 3, "[e500]": 1, "[down]": 1}[tag]
+        )
+        # Requests seen by the server: parse retries and transport retries.
+        assert (
+            server.seen[key] == {"[ok]": 1, "[flaky]": 2, "[bad]": 3, "[e500]": 2, "[down]": 3}[tag]
+        )
+        if tag == "[bad]":
+            assert row["error"].startswith("unparseable verdict")
+        if tag == "[down]":
+            assert row["error"].startswith("request failed")
+    assert 1 < server.max_inflight <= 4
+    assert server.auth == {"Bearer sk-test"}
+    body = server.bodies[0]
+    assert (body["model"], body["temperature"], body["top_p"], body["top_k"]) == (
+        "judge-x",
+        0.8,
+        0.95,
+        50,
+    )
+
+
+def test_concurrency_bound_of_one_and_top_k_left_out(server):
+    table = responses_table("M0", ["[ok] a", "[ok] b", "[ok] c"])
+    client = JudgeClient(judge_cfg(concurrency=1, top_k=None), base_url=server.url, model="j")
+    judge_responses(table, client, dimensions=["coherence"], n_samples=None, seed=0)
+    assert server.max_inflight == 1
+    assert len(server.bodies) == 3 and all("top_k" not in b for b in server.bodies)
+
+
+def test_fatal_status_raises(server):
+    client = JudgeClient(judge_cfg(), base_url=server.url, model="forbidden")
+    with pytest.raises(JudgeError, match="HTTP 401"):
+        judge_responses(
+            responses_table("M0", ["a", "b", "c"]),
+            client,
+            dimensions=["empathy"],
+            n_samples=1,
+            seed=0,
+        )
+
+
+def test_rate_limiter_spaces_requests_across_threads():
+    limiter = RateLimiter(rate=50)
+    start = time.monotonic()
+    threads = [threading.Thread(target=limiter.wait) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - start >= 5 / 50 - 0.005
+
+
+def test_sample_keys_same_for_every_model_and_seed_dependent():
+    a = responses_table("M0", ["x", "y", "z"])
+    b = responses_table("M1", ["p", "q", "r"])
+    assert sample_keys(a, 2, seed=3) == sample_keys(b, 2, seed=3)
+    assert len(sample_keys(a, 2, seed=3)) == 2
+    assert len(sample_keys(a, None, seed=3)) == 3
+    draws = {tuple(sample_keys(a, 1, seed=s)) for s in range(20)}
+    assert len(draws) > 1
+
+
+def test_judge_cli_writes_scores(server, tmp_path, capsys):
+    path = write_responses(
+        tmp_path / "eval" / "responses.parquet", "M0", ["[ok] a", "[bad] b", "[ok] c"]
+    )
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "judge",
+            "--responses",
+            str(path),
+            "--endpoint",
+            server.url,
+            "--model",
+            "judge-x",
+            "--samples",
+            "2",
+            "eval.judge.dimensions=[coherence,empathy]",
+            "eval.judge.backoff_s=0.01",
+            "eval.judge.requests_per_second=200",
+        ]
+    )
+    assert args.func(args) == 0
+    scores = read_table(tmp_path / "eval" / "judge_scores.parquet", JUDGE_SCORES)
+    assert scores.num_rows == 2 * 2
+    assert set(scores.column("dimension").to_pylist()) == {"coherence", "empathy"}
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["verdicts"] == 4 and "M0" in printed["summary"]
+
+
+def test_judge_config_defaults_follow_the_paper():
+    judge = load_config().eval.judge
+    assert (judge.temperature, judge.top_p, judge.top_k) == (0.8, 0.95, 50)
+    assert load_config().eval.judge_samples == 100
+    assert list(judge.dimensions) == list(JUDGE_DIMENSIONS)
+
+
+def test_judge_cli_reports_a_rejected_key(server, tmp_path, capsys):
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["a", "b", "c"])
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers(dest="command"))
+    argv = ["judge", "--responses", str(path), "--endpoint", server.url, "--model", "forbidden"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 2
+    assert "HTTP 401" in capsys.readouterr().err
+    assert not (tmp_path / "judge_scores.parquet").exists()

