@@ -18,11 +18,12 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 from esevo_ray.config import ConfigError, RunConfig, load_config  # noqa: E402
 from esevo_ray.data.dialogue import DataError  # noqa: E402
+from esevo_ray.pipeline.manifest import RunConflict  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
 
 logger = logging.getLogger("esevo_ray")
 
-USER_ERRORS = (ConfigError, DataError, SchemaError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, SchemaError, RunConflict, FileNotFoundError, ValueError)
 
 
 def load_args_config(args: argparse.Namespace) -> RunConfig:
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from esevo_ray.evaluation.cli import add_parsers as add_evaluation
 
     add_evaluation(sub)
+    from esevo_ray.pipeline.cli import add_parsers as add_pipeline
+
+    add_pipeline(sub)
     return parser
 
 

@@ -57,3 +57,43 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--samples", type=int, default=3)
     p.set_defaults(func=cmd_inspect_pairs)
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from esevo_ray.cli import load_args_config, run_dir
+    from esevo_ray.generation.bench import bench_generate
+    from esevo_ray.io import atomic_write_text
+    from esevo_ray.models import resolve_model
+
+    cfg = load_args_config(args)
+    contexts = (
+        Path(args.contexts) if args.contexts else run_dir(cfg) / "data" / "seed_contexts.parquet"
+    )
+    if not contexts.exists():
+        raise FileNotFoundError(
+            f"no contexts at {contexts}: run `esevo data prepare` or pass --contexts"
+        )
+    report = bench_generate(
+        cfg, contexts, resolve_model(cfg.model.path), n=args.contexts_n, naive_n=args.naive_n,
+        repeats=args.repeats,
+    )  # fmt: skip
+    text = json.dumps(report, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
+    from esevo_ray.cli import add_config_args
+
+    p = bench.add_parser(
+        "generate", help="tokens/s: Ray Data pipeline vs engine alone vs naive loop"
+    )
+    add_config_args(p)
+    p.add_argument("--contexts", help="contexts Parquet (default: the run's seed contexts)")
+    p.add_argument("-n", "--contexts-n", type=int, default=64, help="contexts per run")
+    p.add_argument("--naive-n", type=int, default=8, help="contexts for the naive loop")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="also write the JSON report here")
+    p.set_defaults(func=cmd_bench_generate)

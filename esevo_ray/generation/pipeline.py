@@ -1,10 +1,12 @@
-"""The Ray Data pipeline: seed contexts sharded across generation actors, pairs to Parquet.
+"""The Ray Data pipeline: contexts sharded across engine actors, results to Parquet parts.
 
 Each actor holds one engine and writes every finished batch as its own Parquet part, named by
-a hash of the batch's keys and written atomically. So:
+a hash of the batch's (dialogue_id, turn_index) keys and written atomically. So:
 - a rerun into the same folder skips keys already written (resume);
 - a batch retried after an actor dies rewrites the same part, never a second copy;
 - the driver can be stopped at any time without losing finished batches.
+
+Two actors use it: `Generator` (preference pairs) and `Responder` (evaluation responses).
 """
 
 from __future__ import annotations
@@ -18,73 +20,178 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from esevo_ray import schema
+from esevo_ray import prompts, schema
 from esevo_ray.config import GenerationSection, RunConfig
 from esevo_ray.generation.engines import build_engine
-from esevo_ray.generation.pairs import make_pairs
+from esevo_ray.generation.pairs import fit_context, make_pairs, request_seed
 from esevo_ray.io import atomic_write_text, write_parquet
 
 logger = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.parquet"
+KEY = ("dialogue_id", "turn_index")
 
 
-def part_name(rows: list[dict], iteration: int) -> str:
+def part_name(rows: list[dict]) -> str:
     keys = sorted(f"{r['dialogue_id']}\x00{r['turn_index']}" for r in rows)
-    digest = hashlib.sha256("\n".join(keys).encode() + str(iteration).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
+    return f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
+
+
+def read_parts(out_dir: str | Path, sch: pa.Schema) -> pa.Table:
+    """All rows written so far into `out_dir` (an empty table if none)."""
+    parts = sorted(Path(out_dir).glob(PART_GLOB))
+    if not parts:
+        return sch.empty_table()
+    return pa.concat_tables([schema.read_table(p, sch) for p in parts])
 
 
 def read_pairs(out_dir: str | Path) -> pa.Table:
-    """All pair rows written so far (empty table if none)."""
-    parts = sorted(Path(out_dir).glob(PART_GLOB))
-    if not parts:
-        return schema.PAIRS.empty_table()
-    return pa.concat_tables([schema.read_table(p, schema.PAIRS) for p in parts])
+    return read_parts(out_dir, schema.PAIRS)
 
 
-class Generator:
+def _keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(
+        table["dialogue_id"], pc.cast(table["turn_index"], pa.string()), "\x00"
+    )
+
+
+class _EngineActor:
     """A Ray Data actor: one engine, whole batches in, one Parquet part out per batch."""
 
+    output_schema: pa.Schema
+
     def __init__(
-        self,
-        cfg: GenerationSection,
-        model_path: str,
-        adapter: str | None,
-        dtype: str,
-        iteration: int,
-        out_dir: str,
+        self, gen: GenerationSection, model_path: str, adapter: str | None, dtype: str, out_dir: str
     ):
         import torch
 
-        torch.set_num_threads(max(1, int(cfg.cpus_per_actor)))
-        self.cfg, self.iteration, self.out_dir = cfg, iteration, Path(out_dir)
+        torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
+        self.gen, self.out_dir = gen, Path(out_dir)
         self.engine = build_engine(
-            cfg.engine, model_path, adapter, dtype=dtype, max_model_len=cfg.max_model_len,
-            lora_mode=cfg.lora_mode, extra=cfg.vllm,
+            gen.engine, model_path, adapter, dtype=dtype, max_model_len=gen.max_model_len,
+            lora_mode=gen.lora_mode, extra=gen.vllm,
         )  # fmt: skip
+
+    def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
+        """Output rows for a batch of contexts, and the number of tokens generated."""
+        raise NotImplementedError
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        path = self.out_dir / part_name(rows, self.iteration)
-        if not path.exists():  # a retried batch whose part was already written
-            pairs = make_pairs(self.engine, self.cfg, rows, self.iteration)
-            table = pa.Table.from_pylist(pairs, schema=schema.PAIRS)
-            write_parquet(schema.conform(table, schema.PAIRS), path)
-        done = schema.read_table(path, schema.PAIRS)
-        return done.select(["dialogue_id", "chosen_source", "rejected_tokens", "reflection_tokens"])
+        path = self.out_dir / part_name(rows)
+        tokens = 0
+        if not path.exists():  # else: a retried batch whose part was already written
+            out, tokens = self.produce(rows)
+            table = pa.Table.from_pylist(out, schema=self.output_schema)
+            write_parquet(schema.conform(table, self.output_schema), path)
+        return pa.table({"rows": [len(rows)], "tokens": [tokens]})
 
 
-def _todo(contexts: pa.Table, done: pa.Table) -> pa.Table:
-    if done.num_rows == 0:
-        return contexts
-    finished = pc.binary_join_element_wise(
-        done["dialogue_id"], pc.cast(done["turn_index"], pa.string()), "\x00"
+class Generator(_EngineActor):
+    """Preference pairs of iteration `iteration` (Section 2.2.1)."""
+
+    output_schema = schema.PAIRS
+
+    def __init__(self, *args, iteration: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.iteration = iteration
+
+    def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
+        pairs = make_pairs(self.engine, self.gen, rows, self.iteration)
+        return pairs, sum(p["rejected_tokens"] + p["reflection_tokens"] for p in pairs)
+
+
+class Responder(_EngineActor):
+    """Responses r_n = M(P_task || C_n) for evaluation with the ground-truth context."""
+
+    output_schema = schema.EVAL_RESPONSES
+
+    def __init__(self, *args, model_name: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_name = model_name
+
+    def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
+        contexts = [fit_context(self.engine, r["context"], self.gen) for r in rows]
+        seeds = [
+            request_seed(self.gen.decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0)
+            for r in rows
+        ]
+        outs = self.engine.chat(
+            [prompts.task_messages(c) for c in contexts], self.gen.decoding, seeds
+        )
+        out = [
+            {**{k: r[k] for k in ("dialogue_id", "turn_index", "context", "golden")},
+             "model": self.model_name, "response": o.text.strip()}
+            for r, o in zip(rows, outs, strict=True)
+        ]  # fmt: skip
+        return out, sum(o.output_tokens for o in outs)
+
+
+def run_engine_actors(
+    cfg: RunConfig,
+    contexts: pa.Table,
+    out_dir: Path,
+    actor: type[_EngineActor],
+    *,
+    model_path: str | Path,
+    adapter: str | Path | None,
+    label: str,
+    **actor_kwargs,
+) -> tuple[float, int]:
+    """Map the contexts not yet in `out_dir` through a pool of engine actors.
+
+    Returns wall seconds and output tokens generated by this call.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    gen = cfg.generation
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = read_parts(out_dir, actor.output_schema)
+    todo = contexts
+    if written.num_rows:
+        todo = contexts.filter(pc.invert(pc.is_in(_keys(contexts), value_set=_keys(written))))
+    total, remaining = contexts.num_rows, todo.num_rows
+    logger.info(
+        "%s: %d contexts, %d already done, %d to go", label, total, total - remaining, remaining
     )
-    keys = pc.binary_join_element_wise(
-        contexts["dialogue_id"], pc.cast(contexts["turn_index"], pa.string()), "\x00"
-    )
-    return contexts.filter(pc.invert(pc.is_in(keys, value_set=finished)))
+    t0 = time.perf_counter()
+    if not remaining:
+        return 0.0, 0
+    if not ray.is_initialized():
+        ray.init()
+    DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.from_arrow(todo).repartition(max(1, -(-remaining // gen.batch_size)))
+    ds = ds.map_batches(
+        actor,
+        fn_constructor_kwargs=dict(
+            gen=gen, model_path=str(model_path), adapter=str(adapter) if adapter else None,
+            dtype=cfg.model.dtype, out_dir=str(out_dir.resolve()), **actor_kwargs,
+        ),
+        batch_size=gen.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=gen.num_actors),
+        num_cpus=gen.cpus_per_actor,
+    )  # fmt: skip
+    done = tokens = 0
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        done += pc.sum(batch["rows"]).as_py()
+        tokens += pc.sum(batch["tokens"]).as_py()
+        elapsed = time.perf_counter() - t0
+        logger.info(
+            "%s: %d/%d rows, %.1f output tok/s, ETA %.0fs", label, total - remaining + done,
+            total, tokens / elapsed, elapsed / done * (remaining - done),
+        )  # fmt: skip
+    return time.perf_counter() - t0, tokens
+
+
+def check_complete(table: pa.Table, expected: int, where: Path) -> None:
+    """Every key exactly once, none missing."""
+    unique = len(pc.unique(_keys(table)))
+    if unique != table.num_rows:
+        raise RuntimeError(f"{where}: {table.num_rows - unique} duplicate keys")
+    if table.num_rows < expected:
+        raise RuntimeError(f"{where}: {table.num_rows} of {expected} rows written")
 
 
 def generate_pairs(
@@ -100,84 +207,16 @@ def generate_pairs(
 
     Returns the manifest written to `out_dir/manifest.json`.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    gen = cfg.generation
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
-    if gen.max_contexts is not None:
-        contexts = contexts.slice(0, gen.max_contexts)
-    written = read_pairs(out_dir)
-    todo = _todo(contexts, written.filter(pc.equal(written["iteration"], iteration)))
-    total, remaining = contexts.num_rows, todo.num_rows
-    logger.info(
-        "generation: %d contexts, %d already done, %d to go", total, total - remaining, remaining
-    )
-
-    t0 = time.perf_counter()
-    if remaining:
-        if not ray.is_initialized():
-            ray.init()
-        blocks = max(1, -(-remaining // gen.batch_size))
-        ds = ray.data.from_arrow(todo).repartition(blocks).map_batches(
-            Generator,
-            fn_constructor_kwargs=dict(
-                cfg=gen, model_path=str(model_path), adapter=str(adapter) if adapter else None,
-                dtype=cfg.model.dtype, iteration=iteration, out_dir=str(out_dir.resolve()),
-            ),
-            batch_size=gen.batch_size,
-            batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=gen.num_actors),
-            num_cpus=gen.cpus_per_actor,
-        )  # fmt: skip
-        done, tokens = 0, 0
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            done += batch.num_rows
-            tokens += (
-                pc.sum(batch["rejected_tokens"]).as_py()
-                + pc.sum(batch["reflection_tokens"]).as_py()
-            )
-            elapsed = time.perf_counter() - t0
-            eta = elapsed / done * (remaining - done)
-            logger.info(
-                "generation: %d/%d rows, %.1f output tok/s, ETA %.0fs",
-                total - remaining + done, total, tokens / elapsed, eta,
-            )  # fmt: skip
-    return finalize(
-        out_dir,
-        cfg,
-        model_path,
-        adapter,
-        iteration,
-        expected=total,
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def finalize(
-    out_dir: Path,
-    cfg: RunConfig,
-    model_path,
-    adapter,
-    iteration: int,
-    expected: int,
-    seconds: float,
-) -> dict:
-    """Check every key is present exactly once and write the manifest."""
+    if cfg.generation.max_contexts is not None:
+        contexts = contexts.slice(0, cfg.generation.max_contexts)
+    seconds, _ = run_engine_actors(
+        cfg, contexts, out_dir, Generator, model_path=model_path, adapter=adapter,
+        label=f"pairs iteration {iteration}", iteration=iteration,
+    )  # fmt: skip
     pairs = read_pairs(out_dir)
-    keys = pc.binary_join_element_wise(
-        pairs["dialogue_id"],
-        pc.cast(pairs["turn_index"], pa.string()),
-        pc.cast(pairs["iteration"], pa.string()),
-        "\x00",
-    )
-    unique = len(pc.unique(keys))
-    if unique != pairs.num_rows:
-        raise RuntimeError(f"{out_dir}: {pairs.num_rows - unique} duplicate pair keys")
-    if pairs.num_rows < expected:
-        raise RuntimeError(f"{out_dir}: {pairs.num_rows} of {expected} pairs written")
+    check_complete(pairs, contexts.num_rows, out_dir)
     sources = pairs["chosen_source"].value_counts().to_pylist()
     manifest = {
         "iteration": iteration,
@@ -193,3 +232,27 @@ def finalize(
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def generate_responses(
+    cfg: RunConfig,
+    contexts_path: str | Path,
+    out_dir: str | Path,
+    *,
+    model_path: str | Path,
+    adapter: str | Path | None = None,
+    model_name: str,
+) -> Path:
+    """Responses of one model to the evaluation contexts; returns `out_dir/responses.parquet`."""
+    out_dir = Path(out_dir)
+    contexts = schema.read_table(contexts_path, schema.CONTEXTS)
+    if cfg.eval.max_examples is not None:
+        contexts = contexts.slice(0, cfg.eval.max_examples)
+    parts = out_dir / "parts"
+    run_engine_actors(
+        cfg, contexts, parts, Responder, model_path=model_path, adapter=adapter,
+        label=f"eval responses {model_name}", model_name=model_name,
+    )  # fmt: skip
+    table = read_parts(parts, schema.EVAL_RESPONSES)
+    check_complete(table, contexts.num_rows, parts)
+    return write_parquet(table, out_dir / "responses.parquet")

@@ -162,3 +162,18 @@ def test_generation_uses_exactly_m_t(tiny_model, contexts, tmp_path):
     # Same model and seeds: the same pairs again.
     again = make_pairs(HfEngine(tiny_model, tmp_path / "a"), cfg, rows, iteration=1)
     assert [p["rejected"][0]["content"] for p in again] == results["a"]
+
+
+def test_eval_responses_cover_every_context_once(ray_local, tiny_model, contexts, tmp_path):
+    from esevo_ray.generation.pipeline import generate_responses
+
+    path, n = contexts
+    cfg = _cfg(**{"eval.max_examples": 5})
+    out = generate_responses(cfg, path, tmp_path / "eval", model_path=tiny_model, model_name="m0")
+    table = schema.read_table(out, schema.EVAL_RESPONSES)
+    assert table.num_rows == 5 and set(table["model"].to_pylist()) == {"m0"}
+    expected = pa.parquet.read_table(path).slice(0, 5)
+    assert sorted(zip(table["dialogue_id"].to_pylist(), table["turn_index"].to_pylist())) == sorted(
+        zip(expected["dialogue_id"].to_pylist(), expected["turn_index"].to_pylist())
+    )
+    assert table["golden"].to_pylist() != table["response"].to_pylist()

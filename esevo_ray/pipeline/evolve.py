@@ -1,0 +1,155 @@
+"""The self-evolution loop (Figure 2) as one resumable job.
+
+    data -> SFT -> M0 -> eval(M0)
+    for t in 1..T: pairs(M^{t-1}) -> DPO -> M^t -> eval(M^t)
+    -> report
+
+Run directory:
+    runs/<name>/manifest.json         config, versions, stage status, times, row counts
+    runs/<name>/data/                 prepared datasets
+    runs/<name>/m0/{adapter,eval}/
+    runs/<name>/iter_<t>/{pairs,adapter,eval}/
+    runs/<name>/report/
+
+Stages hand each other paths. A stage whose outputs exist and whose manifest entry is "done"
+is skipped, so rerunning the same command after a stop continues at the first unfinished one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from esevo_ray.config import RunConfig
+from esevo_ray.models import resolve_model
+from esevo_ray.pipeline.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def model_dir(root: Path, t: int) -> Path:
+    """Folder of M^t: m0 for the SFT model, iter_<t> for the DPO iterations."""
+    return root / ("m0" if t == 0 else f"iter_{t}")
+
+
+class Runner:
+    """Runs stages in order, recording each in the manifest and skipping finished ones."""
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+        self.timings: dict[str, float] = {}
+
+    def stage(
+        self,
+        name: str,
+        inputs: dict[str, Path],
+        outputs: dict[str, Path],
+        fn: Callable[[], dict | None],
+    ) -> None:
+        if self.manifest.done(name):
+            logger.info("stage %s: done, reusing %s", name, ", ".join(map(str, outputs.values())))
+            return
+        logger.info("stage %s: start", name)
+        self.manifest.start(name, {k: str(v) for k, v in inputs.items()})
+        t0 = time.perf_counter()
+        try:
+            info = fn() or {}
+        except BaseException as e:
+            self.manifest.fail(name, f"{type(e).__name__}: {e}")
+            raise
+        seconds = round(time.perf_counter() - t0, 1)
+        self.timings[name] = seconds
+        self.manifest.finish(name, {k: str(v) for k, v in outputs.items()}, seconds=seconds, **info)
+        logger.info("stage %s: done in %.1fs", name, seconds)
+
+
+def _evaluate(
+    cfg: RunConfig, root: Path, base: Path, t: int, adapter: Path | None, runner: Runner
+) -> None:
+    from esevo_ray.evaluation.metrics import score_responses
+    from esevo_ray.generation.pipeline import generate_responses
+
+    out = model_dir(root, t) / "eval"
+    name = f"m{t}"
+
+    def run() -> dict:
+        responses = generate_responses(
+            cfg,
+            root / "data" / "eval_contexts.parquet",
+            out,
+            model_path=base,
+            adapter=adapter,
+            model_name=name,
+        )
+        metrics = score_responses(responses, out, cfg)
+        return {"scores": metrics.get("scores", {})}
+
+    runner.stage(
+        f"eval_{name}",
+        {"contexts": root / "data" / "eval_contexts.parquet", "adapter": adapter or base},
+        {"responses": out / "responses.parquet", "metrics": out / "metrics.json"},
+        run,
+    )
+
+
+def evolve(cfg: RunConfig) -> Path:
+    """Run (or continue) the whole loop for `cfg`; returns the run directory."""
+    from esevo_ray.data.prepare import prepare_data
+    from esevo_ray.generation.inspect import pairs_summary
+    from esevo_ray.generation.pipeline import generate_pairs
+    from esevo_ray.training.dpo import train_dpo
+    from esevo_ray.training.sft import train_sft
+
+    root = run_dir(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    runner = Runner(Manifest.open(root, cfg))
+    base = resolve_model(cfg.model.path)
+    data = root / "data"
+
+    runner.stage(
+        "data", {"data_dir": Path(cfg.data.data_dir or "default")}, {"data": data / "manifest.json"},
+        lambda: {"rows": prepare_data(cfg.data, data)["rows"]},
+    )  # fmt: skip
+    adapter = model_dir(root, 0) / "adapter"
+    runner.stage(
+        "sft_m0", {"sft": data / "sft.parquet", "base": base}, {"adapter": adapter},
+        lambda: {"adapter": str(train_sft(cfg, data, adapter))},
+    )  # fmt: skip
+    _evaluate(cfg, root, base, 0, adapter, runner)
+
+    for t in range(1, cfg.evolve.iterations + 1):
+        folder = model_dir(root, t)
+        pairs, prev = folder / "pairs", adapter
+        runner.stage(
+            f"pairs_{t}", {"contexts": data / "seed_contexts.parquet", "generator": prev},
+            {"pairs": pairs / "manifest.json"},
+            lambda prev=prev, pairs=pairs, t=t: generate_pairs(
+                cfg, data / "seed_contexts.parquet", pairs, model_path=base, adapter=prev, iteration=t
+            ),
+        )  # fmt: skip
+        adapter = folder / "adapter"
+        runner.stage(
+            f"dpo_m{t}", {"pairs": pairs, "init": prev}, {"adapter": adapter},
+            lambda prev=prev, pairs=pairs, adapter=adapter: {
+                "adapter": str(train_dpo(cfg, pairs, prev, adapter)),
+                "pairs": {k: v for k, v in pairs_summary(pairs, samples=0).items() if k != "samples"},
+            },
+        )  # fmt: skip
+        _evaluate(cfg, root, base, t, adapter, runner)
+
+    runner.stage(
+        "report", {"run": root}, {"report": root / "report" / "report.md"}, lambda: _report(root)
+    )
+    return root
+
+
+def _report(root: Path) -> dict:
+    from esevo_ray.evaluation.report import write_report
+
+    return {"report": str(write_report(root))}

