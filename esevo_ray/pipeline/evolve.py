@@ -65,7 +65,8 @@ class Runner:
             raise
         seconds = round(time.perf_counter() - t0, 1)
         self.timings[name] = seconds
-        self.manifest.finish(name, {k: str(v) for k, v in outputs.items()}, seconds=seconds, **info)
+        outputs_ = {k: str(v) for k, v in outputs.items()}
+        self.manifest.finish(name, outputs_, {**info, "seconds": seconds})
         logger.info("stage %s: done in %.1fs", name, seconds)
 
 

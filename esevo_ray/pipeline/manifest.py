@@ -93,9 +93,10 @@ class Manifest:
         self.data["stages"][stage] = {"status": "running", "start": _now(), "inputs": inputs}
         self.save()
 
-    def finish(self, stage: str, outputs: dict[str, str], **info: Any) -> None:
+    def finish(self, stage: str, outputs: dict[str, str], info: dict[str, Any]) -> None:
         entry = self.data["stages"][stage]
-        entry.update(status="done", end=_now(), outputs=outputs, **info)
+        entry.update(info)
+        entry.update(status="done", end=_now(), outputs=outputs)
         self.save()
 
     def fail(self, stage: str, error: str) -> None:

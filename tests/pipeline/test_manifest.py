@@ -13,7 +13,7 @@ def test_manifest_records_stages_and_refuses_a_changed_config(tmp_path):
     m.start("data", {"src": "x"})
     assert not m.done("data")
     out.write_text("ok")
-    m.finish("data", {"out": str(out)}, rows=3)
+    m.finish("data", {"out": str(out)}, {"rows": 3})
     saved = json.loads((tmp_path / "manifest.json").read_text())
     assert saved["stages"]["data"]["status"] == "done" and saved["stages"]["data"]["rows"] == 3
     assert saved["config_digest"] == cfg.digest() and "ray" in saved["versions"]

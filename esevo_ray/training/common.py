@@ -1,0 +1,284 @@
+"""Shared training glue: model and LoRA building, TRL arguments, eval split, driver checks.
+
+`sft.py` and `dpo.py` add only their row mapping and trainer builder on top of this module;
+`raytrain.py` runs any builder under Ray Train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+
+from esevo_ray.config import LoraSection, RunConfig, TrainSection
+from esevo_ray.schema import read_table
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import Trainer
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["sft", "dpo"]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What one stage trains, as paths, so a worker on any node can rebuild it."""
+
+    stage: Stage
+    model_path: str
+    data_path: str
+    init_adapter: str | None = None
+
+    def section(self, cfg: RunConfig) -> TrainSection:
+        return cfg.sft if self.stage == "sft" else cfg.dpo
+
+
+# (cfg, job, HF output dir, extra callbacks) -> a ready TRL trainer.
+TrainerBuilder = Callable[[RunConfig, TrainJob, str, Sequence[Any]], "Trainer"]
+
+
+def lora_config(section: LoraSection) -> Any:
+    """A LoRA config on every linear layer of the transformer blocks by default."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=section.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_policy(cfg: RunConfig, job: TrainJob) -> tuple[Any, Any]:
+    """The model to train and the LoRA config to hand to TRL (None if already a PEFT model).
+
+    Without an init adapter: the frozen base plus a fresh LoRA config. With one (M^t): the
+    base with M^t loaded as the trainable "default" adapter; its own LoRA shape is kept.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        job.model_path, dtype=getattr(torch, cfg.model.dtype)
+    )
+    if job.init_adapter is None:
+        return model, lora_config(job.section(cfg).lora)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True), None
+
+
+def split_eval(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table | None]:
+    """Hold out floor(fraction * rows) rows chosen by `seed`; None when that is zero rows."""
+    import numpy as np
+
+    n_eval = int(table.num_rows * fraction)
+    if n_eval == 0:
+        return table, None
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    return table.take(np.sort(order[n_eval:])), table.take(np.sort(order[:n_eval]))
+
+
+def fit_prompt(
+    tokenizer: Any, prompt: list[dict], answers: list[list[dict]], max_length: int
+) -> list[dict]:
+    """Drop the oldest dialogue turns of `prompt` until prompt + the longest answer fits.
+
+    TRL truncates the token sequence instead, which cuts the response (and then drops the
+    row) or the system prompt; dropping whole early turns keeps both. A leading system
+    message and the last turn always stay.
+    """
+
+    def length(messages: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    turns = prompt[len(system) :]
+    longest = max(answers, key=lambda a: sum(len(m["content"]) for m in a))
+    while len(turns) > 1 and length([*system, *turns, *longest]) > max_length:
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
+    return [*system, *turns]
+
+
+def fit_table(
+    table: pa.Table, tokenizer: Any, max_length: int, answer_columns: Sequence[str]
+) -> pa.Table:
+    """`fit_prompt` on every row's `prompt` column."""
+    prompts = [
+        fit_prompt(tokenizer, row["prompt"], [row[c] for c in answer_columns], max_length)
+        for row in table.select(["prompt", *answer_columns]).to_pylist()
+    ]
+    index = table.column_names.index("prompt")
+    return table.set_column(
+        index, "prompt", pa.array(prompts, type=table.schema.field("prompt").type)
+    )
+
+
+def load_split(
+    path: str,
+    schema: pa.Schema,
+    columns: Sequence[str],
+    section: TrainSection,
+    tokenizer: Any = None,
+) -> tuple[Dataset, Dataset | None]:
+    """Read a stage's Parquet input, check its schema, keep `columns`, split off eval rows.
+
+    With a tokenizer, prompts are first fitted to `section.max_length` (see `fit_prompt`).
+    """
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    table = read_table(path, schema).select(list(columns))
+    if tokenizer is not None:
+        table = fit_table(
+            table, tokenizer, section.max_length, [c for c in columns if c != "prompt"]
+        )
+    train, held_out = split_eval(table, section.eval_fraction, section.seed)
+    if train.num_rows == 0:
+        raise ValueError(f"{path}: no training rows left after the eval split")
+    as_dataset = lambda t: Dataset(InMemoryTable(t))  # noqa: E731
+    return as_dataset(train), (as_dataset(held_out) if held_out is not None else None)
+
+
+def check_trl_keys(config_cls: type, section: TrainSection, where: str) -> None:
+    """Fail on `<stage>.trl` keys that the TRL config class does not have."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(section.trl) - names)
+    if unknown:
+        raise ValueError(
+            f"{where}.trl: unknown {config_cls.__name__} keys {unknown} "
+            "(see the TRL documentation of that class for the allowed keys)"
+        )
+
+
+def early_stopping_on(section: TrainSection, has_eval: bool) -> bool:
+    return has_eval and section.early_stopping_patience is not None
+
+
+def trainer_args(
+    config_cls: type,
+    section: TrainSection,
+    *,
+    where: str,
+    output_dir: str,
+    has_eval: bool,
+    **stage: Any,
+) -> Any:
+    """The TRL config (SFTConfig / DPOConfig) for a stage; `<stage>.trl` keys override last."""
+    check_trl_keys(config_cls, section, where)
+    early = early_stopping_on(section, has_eval)
+    kwargs: dict[str, Any] = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=section.per_device_batch_size,
+        per_device_eval_batch_size=section.per_device_batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        optim="adamw_torch",
+        learning_rate=section.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=section.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        num_train_epochs=section.num_epochs,
+        max_steps=section.max_steps,
+        logging_steps=section.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=section.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=section.eval_steps,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        max_length=section.max_length,
+        bf16=section.bf16,
+        gradient_checkpointing=section.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_cpu=not section.scaling.use_gpu,
+        ddp_find_unused_parameters=False,
+        seed=section.seed,
+        data_seed=section.seed,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    kwargs.update(stage)
+    kwargs.update(section.trl)
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"{where}: invalid training settings for {config_cls.__name__}: {e}"
+        ) from e
+
+
+def with_early_stopping(args: Any, section: TrainSection, callbacks: Sequence[Any]) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
+    extra = (
+        [EarlyStoppingCallback(section.early_stopping_patience)]
+        if args.load_best_model_at_end
+        else []
+    )
+    return [*callbacks, *extra]
+
+
+def check_eval_rows(trainer: Any, where: str, section: TrainSection) -> None:
+    """Fail clearly when every held-out row was dropped (no eval loss to stop early on)."""
+    if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
+        raise ValueError(
+            f"{where}: every held-out row was dropped because its prompt fills "
+            f"{where}.max_length={section.max_length}; raise max_length or set eval_fraction=0"
+        )
+
+
+def save_adapter(trainer: Trainer, path: Path) -> None:
+    """The trainable ("default") adapter and the tokenizer; a frozen "ref" copy is left out."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.save_pretrained(path, selected_adapters=["default"])
+    trainer.processing_class.save_pretrained(path)
+
+
+def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type) -> dict[str, int]:
+    """Driver-side checks before any worker starts; returns the train/eval row counts."""
+    section = job.section(cfg)
+    check_trl_keys(config_cls, section, job.stage)
+    if job.init_adapter is not None:
+        adapter_cfg = Path(job.init_adapter) / "adapter_config.json"
+        if not adapter_cfg.exists():
+            raise FileNotFoundError(f"init adapter {job.init_adapter} has no adapter_config.json")
+        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        if base and Path(base).name != Path(job.model_path).name:
+            logger.warning(
+                "init adapter %s was trained on %s, not on %s",
+                job.init_adapter,
+                base,
+                job.model_path,
+            )
+    rows = read_table(job.data_path, schema).num_rows
+    n_eval = int(rows * section.eval_fraction)
+    if rows - n_eval <= 0:
+        raise ValueError(f"{job.data_path}: {rows} rows leave nothing to train on")
+    if early_stopping_on(section, n_eval > 0) and section.save_steps % section.eval_steps:
+        raise ValueError(
+            f"{job.stage}.save_steps ({section.save_steps}) must be a multiple of "
+            f"{job.stage}.eval_steps ({section.eval_steps}) when early stopping is on"
+        )
+    return {"train_rows": rows - n_eval, "eval_rows": n_eval}

@@ -1,0 +1,226 @@
+"""Ray Train wiring shared by SFT and DPO: one TorchTrainer run per stage.
+
+    driver:  TorchTrainer.fit -> copy the final adapter (last Ray checkpoint) to out_dir
+    worker:  resume from ray.train.get_checkpoint() -> build the TRL trainer -> train
+             -> rank 0 reports the final adapter as the run's last checkpoint
+
+Every worker builds the same trainer; DDP across workers comes from the process group that
+TorchTrainer sets up. Each HF save is reported to Ray Train (rank 0 sends adapter, optimizer
+and scheduler state, every rank its RNG state) and a restarted worker group resumes the HF
+Trainer from the latest one. The final adapter travels as a Ray checkpoint, so workers on
+other nodes never write into the driver's folders; the driver writes the output atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from esevo_ray.config import RunConfig, save_config
+from esevo_ray.io import atomic_dir, atomic_write_text
+from esevo_ray.models import adapter_hash
+from esevo_ray.training.common import TrainerBuilder, TrainJob, save_adapter
+
+# Ray Train's print patch rewrites every worker print; plain logs are easier to read.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "train_summary.json"
+FINAL_DIR = "adapter"  # in the last Ray checkpoint of a run: the trained adapter
+HF_DIR = "checkpoint"  # in every other Ray checkpoint: the HF Trainer checkpoint
+
+
+def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: str | Path) -> Path:
+    """Train one stage under Ray Train and write its adapter folder (atomically) to `out_dir`.
+
+    Raises:
+        ray.train.TrainingFailedError: the run failed more often than scaling.max_failures.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    section, out_dir = job.section(cfg), Path(out_dir).resolve()
+    scaling = section.scaling
+    # A unique name per run: a rerun never resumes another run's checkpoints.
+    name = f"{cfg.name}-{job.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    storage = scaling.storage_path or str(out_dir.parent / "ray_train")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "job": dataclasses.asdict(job),
+            "builder": builder,
+            "run_name": name,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    logger.info(
+        "%s: Ray Train run %s, %d worker(s), storage %s",
+        job.stage,
+        name,
+        scaling.num_workers,
+        storage,
+    )
+    start = time.time()
+    result = trainer.fit()
+    return export(
+        result, cfg, job, out_dir, {"run_name": name, "wall_seconds": time.time() - start}
+    )
+
+
+def export(
+    result: Any, cfg: RunConfig, job: TrainJob, out_dir: Path, extra: dict[str, Any]
+) -> Path:
+    """Copy the final adapter of a finished run to `out_dir` with its summary and config."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"{job.stage} run {extra['run_name']} finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt:
+        src = Path(ckpt) / FINAL_DIR
+        if not (src / "adapter_model.safetensors").exists():
+            raise RuntimeError(
+                f"the last checkpoint of {extra['run_name']} ({ckpt}) holds no adapter"
+            )
+        summary = json.loads((src / SUMMARY_FILE).read_text())
+        summary.update(
+            extra,
+            ray_run_path=result.path,
+            config_digest=cfg.digest(),
+            model_path=job.model_path,
+            data_path=job.data_path,
+            init_adapter=job.init_adapter,
+            init_adapter_hash=adapter_hash(job.init_adapter),
+        )
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            save_config(cfg, tmp / "config.yaml")
+            atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+    logger.info("%s: adapter written to %s (%d steps)", job.stage, out_dir, summary["global_step"])
+    return out_dir
+
+
+def new_work_dir(run_name: str, rank: int) -> Path:
+    """A worker-local folder for HF Trainer checkpoints, stable across restarts of a run."""
+    path = Path(tempfile.gettempdir()) / "esevo_train" / run_name / f"rank{rank}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def setup_worker_logging(rank: int) -> None:
+    """Rank 0 logs progress at INFO; other ranks only warnings and errors."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    package = logging.getLogger("esevo_ray")
+    package.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        package.addHandler(handler)
+        package.propagate = False
+    if rank != 0:
+        transformers.logging.set_verbosity_error()
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """`train_loop_per_worker` of TorchTrainer: build the stage's trainer, resume, train."""
+    import ray.train
+    from transformers.trainer_callback import PrinterCallback
+
+    from esevo_ray.training.callbacks import FailureInjector, ProgressLogger, RayReportCallback
+
+    rank = ray.train.get_context().get_world_rank()
+    setup_worker_logging(rank)
+    cfg = RunConfig.model_validate(config["cfg"])
+    job = TrainJob(**config["job"])
+    scaling = job.section(cfg).scaling
+    work = new_work_dir(config["run_name"], rank)
+    restored = restore(ray.train.get_checkpoint(), work)
+    if restored is not None and (restored / FINAL_DIR).exists():
+        logger.info("%s: the run had finished; nothing to resume", job.stage)
+        return json.loads((restored / FINAL_DIR / SUMMARY_FILE).read_text())
+    resume = str(restored / HF_DIR) if restored is not None else None
+
+    callbacks: list[Any] = [ProgressLogger(job.stage), RayReportCallback()]
+    if scaling.inject_failure_at_step is not None and resume is None:
+        callbacks.append(FailureInjector(scaling.inject_failure_at_step))
+    trainer = config["builder"](cfg, job, str(work / "hf"), callbacks)
+    trainer.remove_callback(PrinterCallback)  # ProgressLogger reports instead, on rank 0 only
+    start = time.time()
+    output = trainer.train(resume_from_checkpoint=resume)
+    summary = summarize(job.stage, trainer, output, time.time() - start, resume)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        final = None
+        if rank == 0:
+            save_adapter(trainer, Path(tmp) / FINAL_DIR)
+            (Path(tmp) / FINAL_DIR / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            final = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({**summary["last_metrics"], "final": 1}, checkpoint=final)
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.parent.rmdir()  # the last rank to finish removes the run's folder
+    return summary
+
+
+def restore(checkpoint: Any, work: Path) -> Path | None:
+    """Copy the latest reported Ray checkpoint (if any) into the worker's folder."""
+    if checkpoint is None:
+        return None
+    restored = Path(checkpoint.to_directory(str(work / f"restored-{time.time_ns()}")))
+    if (restored / HF_DIR).exists():
+        logger.info("resuming from the checkpoint at step %d", checkpoint_step(restored / HF_DIR))
+    return restored
+
+
+def checkpoint_step(hf_checkpoint: str | Path) -> int:
+    return json.loads((Path(hf_checkpoint) / "trainer_state.json").read_text())["global_step"]
+
+
+def summarize(
+    stage: str, trainer: Any, output: Any, seconds: float, resumed: str | None
+) -> dict[str, Any]:
+    """Steps, losses, timing and early-stopping outcome of one finished `train()`."""
+    from esevo_ray.training.callbacks import latest_metrics
+
+    state = trainer.state
+    history = state.log_history
+    return {
+        "stage": stage,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epoch": state.epoch,
+        "stopped_early": state.global_step < state.max_steps,
+        "train_loss": output.training_loss,
+        "train_metrics": output.metrics,
+        "last_metrics": latest_metrics(history),
+        "eval_losses": [[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h],
+        "best_eval_loss": state.best_metric,
+        "train_seconds": seconds,
+        "world_size": trainer.args.world_size,
+        "resumed_from_step": checkpoint_step(resumed) if resumed else None,
+    }

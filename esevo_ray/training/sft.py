@@ -1,0 +1,83 @@
+"""SFT (-> M0): a LoRA adapter on ESConv turn-level examples plus Alpaca replay (paper Eq. 1).
+
+Rows are SFT_ROWS in TRL's prompt-completion conversational layout: the prompt holds the
+task system prompt and the dialogue context, the completion the supporter response. The
+loss covers the completion tokens only (`completion_only_loss=True`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from esevo_ray import schema
+from esevo_ray.config import RunConfig
+from esevo_ray.models import resolve_model
+from esevo_ray.training import common, raytrain
+from esevo_ray.training.common import TrainJob
+
+logger = logging.getLogger(__name__)
+
+SFT_FILE = "sft.parquet"
+COLUMNS = ("prompt", "completion")
+
+
+def build_sft_trainer(
+    cfg: RunConfig, job: TrainJob, output_dir: str, callbacks: Sequence[Any] = ()
+) -> Any:
+    """An SFTTrainer for `job` (also usable without Ray, e.g. in tests and benchmarks)."""
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = common.load_tokenizer(job.model_path)
+    train, held_out = common.load_split(job.data_path, schema.SFT_ROWS, COLUMNS, cfg.sft, tokenizer)
+    args = common.trainer_args(
+        SFTConfig,
+        cfg.sft,
+        where="sft",
+        output_dir=output_dir,
+        has_eval=held_out is not None,
+        completion_only_loss=True,
+    )
+    model, peft_config = common.build_policy(cfg, job)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=common.with_early_stopping(args, cfg.sft, callbacks),
+    )
+    common.check_eval_rows(trainer, "sft", cfg.sft)
+    dropped = len(train) - len(trainer.train_dataset)
+    if dropped:
+        # TRL truncates keeping the start, then drops rows left without response tokens.
+        logger.warning(
+            "sft: %d of %d training rows dropped: the prompt fills sft.max_length=%d",
+            dropped,
+            len(train),
+            cfg.sft.max_length,
+        )
+    return trainer
+
+
+def sft_job(cfg: RunConfig, data_dir: str | Path) -> TrainJob:
+    data = Path(data_dir) / SFT_FILE
+    if not data.exists():
+        raise FileNotFoundError(f"no {SFT_FILE} in {data_dir} (write it with `esevo data prepare`)")
+    return TrainJob("sft", str(resolve_model(cfg.model.path)), str(data.resolve()))
+
+
+def train_sft(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Train M0 on `data_dir/sft.parquet` under Ray Train; returns the adapter folder.
+
+    The folder holds adapter_config.json, adapter_model.safetensors, the tokenizer,
+    config.yaml and train_summary.json.
+    """
+    from trl import SFTConfig
+
+    job = sft_job(cfg, data_dir)
+    common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig)
+    return raytrain.run_stage(cfg, job, build_sft_trainer, out_dir)

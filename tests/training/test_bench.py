@@ -1,0 +1,48 @@
+"""`esevo bench train`: steady-state DPO throughput, in-process and under Ray Train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from esevo_ray.io import write_parquet
+from esevo_ray.training.bench import steady_state
+from esevo_ray.training.cli import main
+from tests.training.tables import pairs_table
+
+
+def test_steady_state_drops_warmup_steps():
+    run = {
+        "marks": [(0.0, 1, 100.0), (10.0, 2, 200.0), (12.0, 3, 300.0), (14.0, 4, 400.0)],
+        "pairs_per_step": 4,
+        "world_size": 1,
+    }
+    got = steady_state(run, warmup=2)
+    assert got["steps"] == 2 and got["seconds"] == 4.0
+    assert got["pairs_per_s"] == 2.0 and got["tokens_per_s"] == 50.0
+    with pytest.raises(ValueError, match="warm-up"):
+        steady_state(run, warmup=4)
+
+
+@pytest.mark.slow
+def test_bench_train_reports_both_modes(ray_local, tiny_model, tmp_path):
+    pairs = write_parquet(pairs_table(), tmp_path / "pairs.parquet")
+    config = {
+        "model": {"path": str(tiny_model), "dtype": "float32"},
+        "dpo": {
+            "per_device_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "max_length": 640,
+            "learning_rate": 1e-3,
+        },
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    argv = ["bench", "train", "--config", str(tmp_path / "run.yaml"), "--pairs", str(pairs)]
+    argv += ["--steps", "3", "--warmup", "1", "--out", str(tmp_path / "bench.json")]
+    assert main(argv) == 0  # the entry point of jobs/train.py
+    report = json.loads((tmp_path / "bench.json").read_text())
+    for mode in ("plain", "ray_train"):
+        assert report[mode]["steps"] == 3 and report[mode]["world_size"] == 1
+        assert report[mode]["pairs_per_s"] > 0 and report[mode]["tokens_per_s"] > 0

@@ -1,0 +1,127 @@
+"""SFT trainer built from config, without Ray: label mask, LoRA-only updates, config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esevo_ray.prompts import TASK_PROMPT
+from esevo_ray.training import common
+from esevo_ray.training.common import TrainJob
+from esevo_ray.training.sft import build_sft_trainer, sft_job
+from tests.training.tables import GOOD, sft_table
+
+BLOCK_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_labels_cover_only_the_supporter_response(make_cfg, sft_dir, tmp_path):
+    cfg = make_cfg()
+    trainer = build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
+    tok = trainer.processing_class
+    row = sft_table().to_pylist()[0]
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    supervised = labels != -100
+
+    prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert not supervised[:n_prompt].any()  # system prompt, context, assistant header
+    assert supervised[n_prompt:].all()
+    assert tok.decode(ids[supervised]).startswith(GOOD[0] + "<|im_end|>")
+    assert TASK_PROMPT in tok.decode(ids[~supervised])
+    assert torch.equal(labels[supervised], ids[supervised])
+
+
+def test_a_step_changes_lora_weights_and_not_the_base(make_cfg, sft_dir, tmp_path):
+    cfg = make_cfg()
+    trainer = build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
+    model = trainer.model
+    assert model.peft_config["default"].r == 8 and model.peft_config["default"].lora_alpha == 16
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # LoRA sits on every linear layer of the transformer blocks, not on the LM head.
+    wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in trainable if ".lora_A" in n}
+    assert wrapped == BLOCK_LINEARS
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    after = dict(model.named_parameters())
+    assert trainer.state.global_step == 2
+    changed = {n for n, old in before.items() if not torch.equal(old, after[n].detach())}
+    assert changed == trainable  # every LoRA matrix moved; no base parameter did
+
+
+def test_unknown_trl_key_fails_before_loading_a_model(make_cfg, sft_dir, tmp_path):
+    cfg = make_cfg("sft.trl={bogus_key: 1}")
+    with pytest.raises(ValueError, match="bogus_key"):
+        build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
+
+
+def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
+    from trl import SFTConfig
+
+    from esevo_ray import schema
+
+    cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=3")
+    job = sft_job(cfg, sft_dir)
+    with pytest.raises(ValueError, match="save_steps"):
+        common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig)
+    cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=4")
+    assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
+        "train_rows": 6,
+        "eval_rows": 2,
+    }
+    missing = TrainJob("sft", job.model_path, job.data_path, init_adapter=str(sft_dir))
+    with pytest.raises(FileNotFoundError, match="adapter_config"):
+        common.preflight(cfg, missing, schema.SFT_ROWS, SFTConfig)
+
+
+def test_eval_split_is_seeded_and_disjoint():
+    table = sft_table(20)
+    train, held = common.split_eval(table, 0.25, seed=3)
+    again = common.split_eval(table, 0.25, seed=3)[1]
+    other = common.split_eval(table, 0.25, seed=4)[1]
+    ids = lambda t: t.column("example_id").to_pylist()  # noqa: E731
+    assert held.num_rows == 5 and train.num_rows == 15
+    assert ids(held) == ids(again) and ids(held) != ids(other)
+    assert common.split_eval(table, 0.0, seed=3) == (table, None)
+
+
+def test_early_stopping_is_wired_when_there_is_an_eval_split(make_cfg, sft_dir, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    cfg = make_cfg(
+        "sft.eval_fraction=0.25",
+        "sft.eval_steps=1",
+        "sft.save_steps=1",
+        "sft.early_stopping_patience=1",
+        "sft.gradient_checkpointing=true",
+    )
+    trainer = build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
+    args = trainer.args
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
+    assert args.gradient_checkpointing and not args.bf16 and args.warmup_steps == 0
+    assert len(trainer.eval_dataset) == 2 and len(trainer.train_dataset) == 6
+    assert any(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks)
+
+
+def test_fit_prompt_drops_oldest_turns_and_keeps_system_and_answer(tiny_model):
+    from transformers import AutoTokenizer
+
+    from esevo_ray.training.common import fit_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    system = {"role": "system", "content": "be kind"}
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20}
+        for i in range(9)
+    ]
+    answer = [{"role": "assistant", "content": "I hear you."}]
+    full = tok.apply_chat_template([system, *turns, *answer], tokenize=False)
+    budget = len(tok.encode(full, add_special_tokens=False)) // 2
+    fitted = fit_prompt(tok, [system, *turns], [answer], budget)
+    assert fitted[0] == system and fitted[-1] == turns[-1]
+    assert 1 < len(fitted) < len(turns) + 1
+    kept = tok.apply_chat_template([*fitted, *answer], tokenize=False)
+    assert len(tok.encode(kept, add_special_tokens=False)) <= budget
+    assert fit_prompt(tok, [system, *turns], [answer], 10**6) == [system, *turns]
