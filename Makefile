@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo lint clean
+.PHONY: venv browser test demo lint clean
 
 venv: $(VENV)/.installed
 
@@ -28,13 +28,21 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -c "import vllm, ray, trl, peft, polars; print('environment ok')"
 	touch $@
 
-test: venv
+# Debian's Chromium and ChromeDriver for the human-evaluation page test (needs root/apt;
+# without them that one test is skipped with a message).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium not installed: the browser test will be skipped"
+
+test: venv browser
 	$(BIN)/python -m pytest -q tests
 
 demo: venv
-	$(BIN)/esevo model prepare
-	$(BIN)/esevo data prepare --config $(CONFIG)
 	$(BIN)/esevo data stats --dataset esconv --json
+	$(BIN)/esevo model prepare
+	$(BIN)/esevo evolve --config $(CONFIG)
 
 lint: venv
 	$(BIN)/ruff check esevo_ray jobs tests

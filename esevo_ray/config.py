@@ -133,6 +133,17 @@ class TrainSection(Section):
     # Passed through to the TRL config; keys are checked against its fields up front.
     trl: dict[str, Any] = {}
 
+    @model_validator(mode="after")
+    def _check_early_stopping(self) -> TrainSection:
+        # HF keeps the best checkpoint only if every save step is also an eval step.
+        early = self.early_stopping_patience is not None and self.eval_fraction > 0
+        if early and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                f"({self.eval_steps}) when early stopping is on (or set eval_fraction: 0)"
+            )
+        return self
+
 
 class DpoSection(TrainSection):
     beta: float = 0.1

@@ -1,0 +1,60 @@
+"""Wiring of the Serve application: generator and ingress deployments from a run config.
+
+`build_app` is the Serve import path (`esevo_ray.serving.deploy:build_app`, used by
+cluster/serve.yaml); `esevo serve` calls `build_application` with a loaded config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from esevo_ray.config import RunConfig, load_config
+from esevo_ray.serving.app import Ingress
+from esevo_ray.serving.generator import Generator
+from esevo_ray.serving.registry import check_host_key
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.serve.run_dir) if cfg.serve.run_dir else Path(cfg.output_dir) / cfg.name
+
+
+def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
+    """The Serve application for `cfg`, serving the models of `run_dir` (default from cfg)."""
+    from esevo_ray.models import resolve_model
+
+    check_host_key(cfg.serve)
+    s = cfg.serve
+    run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
+    base = str(resolve_model(cfg.model.path).resolve())
+    db = Path(s.human_eval.db_path) if s.human_eval.db_path else run / "human_eval" / "db.sqlite"
+    generator = Generator.options(
+        num_replicas=s.num_replicas,
+        max_ongoing_requests=s.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+        user_config={
+            "max_batch_size": s.max_batch_size,
+            "batch_wait_timeout_s": s.batch_wait_timeout_s,
+        },
+    ).bind(
+        base,
+        s.engine,
+        s.dtype or cfg.model.dtype,
+        s.max_model_len,
+        s.max_loaded_models,
+        cfg.generation.lora_mode,
+        cfg.generation.vllm,
+    )
+    actor: dict = {"num_cpus": 0}
+    if os.environ.get(s.api_key_env):
+        # The replica may start in a process that does not inherit this shell's environment.
+        actor["runtime_env"] = {"env_vars": {s.api_key_env: os.environ[s.api_key_env]}}
+    return Ingress.options(
+        max_ongoing_requests=4 * s.max_ongoing_requests, ray_actor_options=actor
+    ).bind(generator, cfg.model_dump(mode="json"), str(run), base, str(db.resolve()))
+
+
+def build_app(args: dict):
+    """Serve import path: `args` = {"config": YAML path, "run_dir": ..., "overrides": [...]}."""
+    cfg = load_config(args.get("config"), list(args.get("overrides") or []))
+    return build_application(cfg, args.get("run_dir"))

@@ -1,0 +1,104 @@
+"""One Serve application for the serving tests: tiny model, LoRA adapters m0 (and m1 later)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+API_KEY = "test-key-123"
+KEY_ENV = "ESEVO_TEST_SERVE_KEY"
+APP = "esevo"
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A small random (non-identity) LoRA adapter saved as a PEFT folder, written atomically."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from esevo_ray.io import atomic_dir
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with atomic_dir(out) as tmp:
+        peft_model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    run_dir: Path
+    db: Path
+    base: Path
+    cfg: object
+    headers: dict
+
+
+def serve_overrides(base: Path, port: int, db: Path) -> list[str]:
+    return [
+        f"model.path={base}",
+        "model.dtype=float32",
+        "generation.engine=hf",
+        "generation.decoding.max_new_tokens=16",
+        f"serve.port={port}",
+        f"serve.api_key_env={KEY_ENV}",
+        "serve.rescan_s=0.2",
+        "serve.max_tokens=64",
+        "serve.max_messages=16",
+        "serve.max_chars=4000",
+        "serve.max_body_bytes=65536",
+        "serve.batch_wait_timeout_s=0.1",
+        f"serve.human_eval.db_path={db}",
+        "serve.human_eval.models=[m0, base]",
+        "serve.human_eval.min_turns_pointwise=2",
+        "serve.human_eval.min_turns_pairwise=2",
+    ]
+
+
+@pytest.fixture(scope="package")
+def served(ray_local, tiny_model, tmp_path_factory) -> Served:
+    """The application on 127.0.0.1:<free port>, with only m0 finished at start."""
+    import httpx
+    from ray import serve
+
+    from esevo_ray.config import load_config
+    from esevo_ray.serving.cli import start_app
+
+    root = tmp_path_factory.mktemp("serving")
+    run_dir = root / "runs" / "demo"
+    make_adapter(tiny_model, run_dir / "m0" / "adapter", seed=1)
+    db = root / "human.sqlite"
+    cfg = load_config(None, serve_overrides(tiny_model, free_port(), db))
+    os.environ[KEY_ENV] = API_KEY
+    url = start_app(cfg, run_dir, name=APP)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/health").status_code != 200:
+        assert time.monotonic() < deadline, "the application did not become healthy"
+        time.sleep(0.2)
+    yield Served(url, run_dir, db, tiny_model, cfg, headers)
+    serve.shutdown()
+    os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture
+def http(served):
+    import httpx
+
+    with httpx.Client(base_url=served.url, headers=served.headers, timeout=60) as client:
+        yield client

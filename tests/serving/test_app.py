@@ -1,0 +1,208 @@
+"""The OpenAI-compatible routes on a live Serve application (tiny model, hf engine)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.serving.conftest import API_KEY, APP, make_adapter
+
+USER = [{"role": "user", "content": "I feel anxious about my job."}]
+
+
+@pytest.fixture
+def client(served):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{served.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def test_health_and_models(served, client, http):
+    assert http.get("/health").json()["status"] == "ok"
+    cards = {m.id: m for m in client.models.list().data}
+    assert {"base", "m0", "current"} <= set(cards)
+    newest = max((n for n in cards if n.startswith("m")), key=lambda n: int(n[1:]))
+    assert cards["current"].alias_of == newest
+
+
+def test_chat_with_openai_client_uses_task_prompt(served, client):
+    from transformers import AutoTokenizer
+
+    from esevo_ray.prompts import task_messages
+
+    out = client.chat.completions.create(model="m0", messages=USER, max_tokens=8, seed=3)
+    assert out.object == "chat.completion" and out.model == "m0"
+    assert isinstance(out.choices[0].message.content, str)
+    assert out.choices[0].finish_reason in ("stop", "length")
+    assert 1 <= out.usage.completion_tokens <= 8
+    # No system message: P_task is put first, exactly as in training and evaluation.
+    tok = AutoTokenizer.from_pretrained(served.base)
+    text = tok.apply_chat_template(task_messages(USER), tokenize=False, add_generation_prompt=True)
+    assert out.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False))
+    own = [{"role": "system", "content": "Be brief."}, *USER]
+    out2 = client.chat.completions.create(model="base", messages=own, max_tokens=4)
+    assert out2.usage.prompt_tokens < out.usage.prompt_tokens
+
+
+def test_streaming_with_openai_client(client):
+    stream = client.chat.completions.create(
+        model="current",
+        messages=USER,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
+    usage = chunks[-1].usage
+    assert usage is not None and 1 <= usage.completion_tokens <= 12
+    assert isinstance(text, str)
+
+
+def test_openai_client_errors(client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError, match="model 'm9' not found"):
+        client.chat.completions.create(model="m9", messages=USER)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="m0", messages=USER, max_tokens=10_000)
+
+
+BAD_REQUESTS = [
+    # (description, body or raw bytes, expected status, expected code or None)
+    ("malformed JSON", b'{"model": "m0", "messages": [', 400, "invalid_value"),
+    ("not an object", b"[1, 2, 3]", 400, "invalid_value"),
+    ("messages is a string", {"model": "m0", "messages": "hi"}, 400, "invalid_value"),
+    ("wrong role", {"model": "m0", "messages": [{"role": "robot", "content": "x"}]}, 400, None),
+    ("no messages", {"model": "m0", "messages": []}, 400, None),
+    ("max_tokens is text", {"model": "m0", "messages": USER, "max_tokens": "many"}, 400, None),
+    ("n > 1", {"model": "m0", "messages": USER, "n": 2}, 400, None),
+    ("unknown model", {"model": "gpt-9", "messages": USER}, 404, "model_not_found"),
+    ("too many messages", {"model": "m0", "messages": USER * 17}, 400, "too_many_messages"),
+    (
+        "too many characters",
+        {"model": "m0", "messages": [{"role": "user", "content": "a" * 4001}]},
+        400,
+        "too_many_characters",
+    ),
+    (
+        "max_tokens over limit",
+        {"model": "m0", "messages": USER, "max_tokens": 65},
+        400,
+        "invalid_value",
+    ),
+    (
+        "lone surrogate",
+        b'{"model": "m0", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        400,
+        None,
+    ),
+    (
+        "body too large",
+        {"model": "m0", "messages": [{"role": "user", "content": "a" * 70000}]},
+        413,
+        "request_too_large",
+    ),
+]
+
+
+@pytest.mark.parametrize("what,body,status,code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_openai_errors(http, what, body, status, code):
+    if isinstance(body, bytes):
+        r = http.post(
+            "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+        )
+    else:
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    if code is not None:
+        assert err["code"] == code
+
+
+def test_auth(served):
+    body = {"model": "m0", "messages": USER, "max_tokens": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+        r = httpx.post(f"{served.url}/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{served.url}/v1/models").status_code == 401
+    assert httpx.get(f"{served.url}/nowhere", headers=served.headers).status_code == 404
+
+
+def test_crisis_guard_on_live_replies(served, http):
+    crisis = served.cfg.serve.crisis_text
+
+    def reply(text: str) -> str:
+        body = {"model": "m0", "messages": [{"role": "user", "content": text}], "max_tokens": 4}
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    assert reply("Sometimes I think about killing myself.").startswith(crisis)
+    assert crisis not in reply("This deadline is killing me, honestly.")
+
+
+def test_concurrent_requests_are_batched(served):
+    from ray import serve
+
+    results: list[int] = []
+
+    def call(i: int) -> None:
+        body = {"model": ["m0", "base"][i % 2], "messages": USER, "max_tokens": 4, "seed": i}
+        r = httpx.post(
+            f"{served.url}/v1/chat/completions", json=body, headers=served.headers, timeout=60
+        )
+        results.append(r.status_code)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 8
+    stats = serve.get_deployment_handle("Generator", APP).stats.remote().result()
+    assert max(stats["batch_sizes"]) > 1, stats
+
+
+def test_current_follows_new_iteration_without_failing_inflight(served, http):
+    body = {"model": "current", "messages": USER, "max_tokens": 32, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as inflight:
+        lines = inflight.iter_lines()
+        first = json.loads(next(lines)[len("data: ") :])
+        assert first["model"] == "m0"  # resolved before the new iteration exists
+        make_adapter(served.base, served.run_dir / "iter_1" / "adapter", seed=2)
+        deadline = time.monotonic() + 20
+        while True:
+            cards = {c["id"]: c for c in http.get("/v1/models").json()["data"]}
+            if cards["current"]["alias_of"] == "m1":
+                break
+            assert time.monotonic() < deadline, "current never switched to m1"
+            time.sleep(0.1)
+        switched = http.post(
+            "/v1/chat/completions", json={"model": "current", "messages": USER, "max_tokens": 4}
+        )
+        assert switched.status_code == 200 and switched.json()["model"] == "m1"
+        rest = list(lines)
+    events = [ln[len("data: ") :] for ln in rest if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all("error" not in c and c["model"] == "m0" for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_bench_serve_on_loopback(served):
+    from esevo_ray.serving.bench import bench_serve
+
+    report = bench_serve(served.url, "m0", clients=2, duration_s=1.0, max_tokens=4, api_key=API_KEY)
+    assert report["requests"] > 0 and report["errors"] == 0, report
+    assert 0 < report["ttft_p50_s"] <= report["latency_p99_s"]
+    with pytest.raises(ValueError, match="loopback"):
+        bench_serve("http://192.0.2.1:8000", duration_s=0.1)

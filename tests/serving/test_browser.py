@@ -1,0 +1,132 @@
+"""The human evaluation page in a real headless Chromium: one point-wise, one pair-wise session."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+
+from tests.serving.conftest import API_KEY
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+DIMS = [
+    "coherence",
+    "understanding",
+    "empathy",
+    "engagement",
+    "informativeness",
+    "helpfulness",
+    "overall",
+]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _page(browser, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{url}/human")
+    wait = WebDriverWait(browser, 30)
+    key = browser.find_element(By.ID, "apikey")
+    wait.until(lambda d: key.is_displayed())  # the server asks for a key: one is configured
+    key.send_keys(API_KEY)
+    browser.find_element(By.ID, "rater").send_keys("browser-rater")
+    return wait, By
+
+
+def _say(browser, wait, By, text: str, turns: int) -> None:
+    box = browser.find_element(By.ID, "message")
+    wait.until(lambda d: box.is_displayed())
+    box.send_keys(text)
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_element(By.ID, "turn-count").text.startswith(f"Turns: {turns} "))
+
+
+def _session_id(browser) -> str:
+    return browser.execute_script("return localStorage.getItem('esevo-session')")
+
+
+def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
+    wait, By = _page(browser, served.url)
+
+    browser.find_element(By.ID, "start-pointwise").click()
+    _say(browser, wait, By, "I have been feeling lonely since I moved.", 1)
+    assert browser.find_element(By.ID, "rating-form").is_displayed() is False
+    _say(browser, wait, By, "I don't know anyone in this city.", 2)
+    form = browser.find_element(By.ID, "rating-form")
+    wait.until(lambda d: form.is_displayed())
+    for i, dim in enumerate(DIMS):
+        browser.find_element(By.ID, f"{dim}-{1 + i % 5}").click()
+    browser.find_element(By.ID, "submit-rating").click()
+    wait.until(lambda d: "rating is saved" in d.find_element(By.ID, "status").text)
+    point_sid = _session_id(browser)
+
+    browser.find_element(By.ID, "start-pairwise").click()
+    wait.until(lambda d: _session_id(d) != point_sid)
+    _say(browser, wait, By, "My exams are next week and I can't focus.", 1)
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".pair .bot")) == 2
+    browser.find_element(By.ID, "vote-A").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#reply-0-A.kept"))
+    _say(browser, wait, By, "Thanks, that helps a bit.", 2)
+    browser.find_element(By.ID, "vote-tie").click()
+    browser.find_element(By.ID, "continue-B").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#reply-1-B.kept"))
+    pair_sid = _session_id(browser)
+
+    conn = sqlite3.connect(served.db)
+    try:
+        mode, rater = conn.execute(
+            "SELECT mode, rater FROM sessions WHERE session_id = ?", (point_sid,)
+        ).fetchone()
+        assert (mode, rater) == ("pointwise", "browser-rater")
+        assert conn.execute(
+            "SELECT user_text FROM turns WHERE session_id = ? ORDER BY turn_index", (point_sid,)
+        ).fetchall() == [
+            ("I have been feeling lonely since I moved.",),
+            ("I don't know anyone in this city.",),
+        ]
+        ratings = dict(
+            conn.execute(
+                "SELECT dimension, score FROM ratings WHERE session_id = ?", (point_sid,)
+            ).fetchall()
+        )
+        assert ratings == {dim: 1 + i % 5 for i, dim in enumerate(DIMS)}
+        votes = conn.execute(
+            "SELECT turn_index, choice, continue_with FROM votes "
+            "WHERE session_id = ? ORDER BY turn_index",
+            (pair_sid,),
+        ).fetchall()
+        assert votes == [(0, "A", "A"), (1, "tie", "B")]
+    finally:
+        conn.close()

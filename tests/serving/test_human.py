@@ -1,0 +1,129 @@
+"""Human evaluation API: session rules, durable rows, and a replica crash mid-session."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import httpx
+
+from esevo_ray.serving.human import history
+from tests.serving.conftest import APP
+
+DIMS = [
+    "coherence",
+    "understanding",
+    "empathy",
+    "engagement",
+    "informativeness",
+    "helpfulness",
+    "overall",
+]
+
+
+def rows(db, sql: str, *args) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_history_continues_with_the_kept_reply():
+    turns = [
+        {"user_text": "u0", "reply_a": "a0", "reply_b": "b0", "continue_with": "B"},
+        {"user_text": "u1", "reply_a": "a1", "reply_b": None, "continue_with": None},
+    ]
+    assert [m["content"] for m in history(turns)] == ["u0", "b0", "u1", "a1"]
+
+
+def test_pointwise_session_rules_and_rows(served, http):
+    assert http.get("/human/api/config").json()["auth_required"] is True
+    sid = http.post("/human/api/sessions", json={"mode": "pointwise", "rater": "r1"}).json()
+    sid = sid["session_id"]
+    scores = dict.fromkeys(DIMS, 4)
+    assert http.post(f"/human/api/sessions/{sid}/ratings", json=scores).status_code == 409
+    vote = {"turn_index": 0, "choice": "A"}
+    assert http.post(f"/human/api/sessions/{sid}/votes", json=vote).status_code == 409
+    for i in range(2):
+        r = http.post(f"/human/api/sessions/{sid}/turns", json={"message": f"hello {i}"})
+        assert r.status_code == 200 and r.json()["turn_index"] == i
+        assert len(r.json()["replies"]) == 1
+    assert (
+        http.post(f"/human/api/sessions/{sid}/ratings", json={**scores, "empathy": 6}).status_code
+        == 400
+    )
+    assert http.post(f"/human/api/sessions/{sid}/ratings", json=scores).status_code == 200
+    assert http.post(f"/human/api/sessions/{sid}/ratings", json=scores).status_code == 409
+    assert http.post(f"/human/api/sessions/{sid}/turns", json={"message": "x"}).status_code == 409
+    (model,) = rows(served.db, "SELECT model_a FROM sessions WHERE session_id = ?", sid)[0]
+    assert model in ("m0", "base")
+    assert rows(served.db, "SELECT COUNT(*) FROM turns WHERE session_id = ?", sid) == [(2,)]
+    stored = rows(
+        served.db, "SELECT model, dimension, score FROM ratings WHERE session_id = ?", sid
+    )
+    assert sorted(stored) == sorted((model, d, 4) for d in DIMS)
+    # Blinded: nothing the rater's page reads names a model.
+    state = http.get(f"/human/api/sessions/{sid}").text
+    assert '"m0"' not in state and '"base"' not in state
+
+
+def _kill_ingress() -> None:
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{APP}#Ingress#")
+    ]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+def test_pairwise_session_survives_a_replica_crash(served, http):
+    sid = http.post("/human/api/sessions", json={"mode": "pairwise", "rater": "r2"}).json()
+    sid = sid["session_id"]
+    first = http.post(f"/human/api/sessions/{sid}/turns", json={"message": "I lost my job."})
+    assert first.status_code == 200 and len(first.json()["replies"]) == 2
+    assert (
+        http.post(f"/human/api/sessions/{sid}/turns", json={"message": "too early"}).status_code
+        == 409
+    )
+    votes = f"/human/api/sessions/{sid}/votes"
+    assert http.post(votes, json={"turn_index": 0, "choice": "tie"}).status_code == 400
+    assert (
+        http.post(votes, json={"turn_index": 0, "choice": "A", "continue_with": "B"}).status_code
+        == 400
+    )
+    assert (
+        http.post(votes, json={"turn_index": 0, "choice": "tie", "continue_with": "B"}).status_code
+        == 200
+    )
+    assert http.post(votes, json={"turn_index": 0, "choice": "A"}).status_code == 409
+    assert (
+        http.post(f"/human/api/sessions/{sid}/turns", json={"message": "Yes."}).status_code == 200
+    )
+
+    _kill_ingress()  # stopped mid-session, with turn 1 still waiting for its vote
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{served.url}/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the ingress did not come back"
+        time.sleep(0.5)
+    state = http.get(f"/human/api/sessions/{sid}").json()
+    assert [t["user"] for t in state["turns"]] == ["I lost my job.", "Yes."]
+    assert state["turns"][0]["choice"] == "tie" and state["turns"][0]["continue_with"] == "B"
+    assert state["turns"][1]["choice"] is None
+    assert http.post(votes, json={"turn_index": 1, "choice": "B"}).status_code == 200
+    stored = rows(
+        served.db,
+        "SELECT turn_index, model_a, model_b, choice, continue_with "
+        "FROM votes WHERE session_id = ? ORDER BY turn_index",
+        sid,
+    )
+    assert [(r[0], r[3], r[4]) for r in stored] == [(0, "tie", "B"), (1, "B", "B")]
+    assert all({r[1], r[2]} == {"m0", "base"} for r in stored)

@@ -1,0 +1,110 @@
+"""Model discovery in a run directory, the loopback/API-key rule and the Serve config file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from esevo_ray.config import ConfigError, load_config
+from esevo_ray.serving.registry import (
+    check_host_key,
+    current_name,
+    is_loopback,
+    resolve,
+    scan_models,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _adapter(path: Path, finished: bool = True) -> None:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    if finished:
+        (path / "adapter_model.safetensors").write_bytes(b"weights")
+
+
+def test_scan_finds_finished_iterations_in_order(tmp_path):
+    assert list(scan_models(None)) == ["base"]
+    assert current_name(scan_models(tmp_path)) is None
+    _adapter(tmp_path / "m0" / "adapter")
+    _adapter(tmp_path / "iter_2" / "adapter")
+    _adapter(tmp_path / "iter_10" / "adapter")
+    _adapter(tmp_path / "iter_11" / "adapter", finished=False)  # still training
+    _adapter(tmp_path / "iter_x" / "adapter")
+    _adapter(tmp_path / "iter_0" / "adapter")  # M0 lives in m0/, not iter_0/
+    models = scan_models(tmp_path)
+    assert list(models) == ["base", "m0", "m2", "m10"]
+    assert models["base"].adapter is None
+    assert models["m2"].adapter == str(tmp_path / "iter_2" / "adapter")
+    assert current_name(models) == "m10"
+    assert resolve(models, "current") == models["m10"]
+    assert resolve(models, "m11") is None
+
+
+def test_rewritten_adapter_gets_a_new_key(tmp_path):
+    _adapter(tmp_path / "m0" / "adapter")
+    key = scan_models(tmp_path)["m0"].key
+    weights = tmp_path / "m0" / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(b"new weights")
+    import os
+
+    os.utime(weights, ns=(1, 10**18))
+    assert scan_models(tmp_path)["m0"].key != key
+
+
+@pytest.mark.parametrize(
+    "host,loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("example.org", False),
+    ],
+)
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_non_loopback_host_needs_a_key(monkeypatch):
+    monkeypatch.delenv("ESEVO_SERVE_API_KEY", raising=False)
+    check_host_key(load_config(None).serve)  # loopback default: no key needed
+    public = load_config(None, ["serve.host=0.0.0.0"]).serve
+    with pytest.raises(ConfigError, match=r"serve.host='0.0.0.0'.*\$ESEVO_SERVE_API_KEY"):
+        check_host_key(public)
+    monkeypatch.setenv("ESEVO_SERVE_API_KEY", "secret")
+    check_host_key(public)
+
+
+def test_esevo_serve_refuses_a_public_host_without_key(monkeypatch, tmp_path):
+    from esevo_ray.serving.cli import add_parsers
+
+    monkeypatch.delenv("ESEVO_SERVE_API_KEY", raising=False)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("name: demo\n")
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--config", str(cfg), "--host", "0.0.0.0"])
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        args.func(args)
+
+
+def test_serve_config_file_is_valid():
+    from ray.serve.schema import ServeDeploySchema
+
+    from esevo_ray.serving.deploy import build_app
+
+    data = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(data)
+    (app,) = schema.applications
+    module, attr = app.import_path.split(":")
+    assert module == build_app.__module__ and attr == build_app.__name__
+    assert (REPO / app.args["config"]).exists()
+    assert schema.http_options.host == "127.0.0.1"

@@ -1,0 +1,146 @@
+"""`esevo report human`: statistics, figures and the CLI, on a database written by the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from esevo_ray.serving.report import (
+    human_report,
+    model_order,
+    pairwise_summary,
+    pointwise_summary,
+    wilson,
+)
+from esevo_ray.serving.store import HumanEvalStore
+
+DIMS = [
+    "coherence",
+    "understanding",
+    "empathy",
+    "engagement",
+    "informativeness",
+    "helpfulness",
+    "overall",
+]
+
+
+def test_wilson_interval():
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
+    lo, hi = wilson(0, 5)
+    assert lo == 0.0 and 0 < hi < 0.5
+
+
+def test_model_order():
+    assert sorted(["m10", "m2", "base", "m0", "x"], key=model_order) == [
+        "base",
+        "m0",
+        "m2",
+        "m10",
+        "x",
+    ]
+
+
+def test_pointwise_summary_means_and_intervals():
+    ratings = [
+        {"model": m, "dimension": d, "score": s}
+        for m, scores in {"m0": [3, 3, 4], "m1": [4, 5, 5]}.items()
+        for s in scores
+        for d in DIMS
+    ]
+    summary = pointwise_summary(ratings)
+    assert list(summary) == ["m0", "m1"]
+    e = summary["m1"]["empathy"]
+    assert e["n"] == 3 and e["mean"] == pytest.approx(14 / 3)
+    assert 4 <= e["ci_low"] <= e["mean"] <= e["ci_high"] <= 5
+
+
+def test_pairwise_summary_counts_from_the_later_models_side():
+    votes = [
+        {"model_a": "m1", "model_b": "m0", "choice": "A"},  # m1 wins
+        {"model_a": "m0", "model_b": "m1", "choice": "B"},  # m1 wins (sides swapped)
+        {"model_a": "m0", "model_b": "m1", "choice": "A"},  # m1 loses
+        {"model_a": "m1", "model_b": "m0", "choice": "tie"},
+    ]
+    (entry,) = pairwise_summary(votes)
+    assert (entry["model"], entry["opponent"], entry["n"]) == ("m1", "m0", 4)
+    assert [entry[o]["count"] for o in ("win", "tie", "loss")] == [2, 1, 1]
+    assert math.isclose(sum(entry[o]["rate"] for o in ("win", "tie", "loss")), 1.0)
+
+
+def _fill(db) -> None:
+    store = HumanEvalStore(db)
+    for i, (model, score) in enumerate([("m0", 3), ("m1", 4), ("m2", 5), ("m1", 5)]):
+        store.add_session(f"p{i}", "pointwise", "r", model, None, 2)
+        store.add_ratings(f"p{i}", model, dict.fromkeys(DIMS, score))
+    store.add_session("q", "pairwise", "r", "m2", "m0", 2)
+    for t, (a, b, choice, cont) in enumerate(
+        [("m2", "m0", "A", "A"), ("m0", "m2", "B", "B"), ("m0", "m2", "tie", "A")]
+    ):
+        store.add_turn("q", t, "hi", a, "x", b, "y", False)
+        store.add_vote("q", t, a, b, choice, cont)
+    store.close()
+
+
+def test_human_report_writes_tables_and_figures(tmp_path):
+    db = tmp_path / "db.sqlite"
+    _fill(db)
+    report = human_report(db, tmp_path / "out")
+    assert list(report["pointwise"]) == ["m0", "m1", "m2"]
+    assert report["pointwise"]["m1"]["overall"]["mean"] == pytest.approx(4.5)
+    (pair,) = report["pairwise"]
+    assert (pair["model"], pair["win"]["count"], pair["tie"]["count"]) == ("m2", 2, 1)
+    for name in ("human_pointwise.png", "human_pairwise.png"):
+        data = (tmp_path / "out" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    saved = json.loads((tmp_path / "out" / "human_report.json").read_text())
+    assert saved["pairwise"][0]["n"] == 3
+    assert "| m2 vs m0 | 3 |" in (tmp_path / "out" / "human_report.md").read_text()
+
+
+def test_missing_database_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="human evaluation database not found"):
+        human_report(tmp_path / "none.sqlite", tmp_path / "out")
+
+
+def _parser(with_evaluation_report: bool) -> argparse.ArgumentParser:
+    from esevo_ray.serving.cli import add_parsers
+
+    parser = argparse.ArgumentParser(prog="esevo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    if with_evaluation_report:
+        from esevo_ray.evaluation.cli import add_parsers as add_evaluation  # the real one
+
+        add_evaluation(sub)
+    add_parsers(sub)
+    return parser
+
+
+@pytest.mark.parametrize("with_evaluation_report", [True, False])
+def test_cli_report_human(tmp_path, capsys, with_evaluation_report):
+    db = tmp_path / "db.sqlite"
+    _fill(db)
+    args = _parser(with_evaluation_report).parse_args(
+        ["report", "human", "--db", str(db), "--human-out", str(tmp_path / "rep")]
+    )
+    assert args.func(args) == 0
+    assert (tmp_path / "rep" / "human_pairwise.png").exists()
+    assert "m2 vs m0" in capsys.readouterr().out
+
+
+def test_cli_report_still_dispatches_other_reports(tmp_path):
+    from esevo_ray.serving.cli import add_parsers
+
+    parser = argparse.ArgumentParser(prog="esevo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    existing = sub.add_parser("report")
+    existing.add_argument("run_dir")
+    existing.set_defaults(func=lambda a: f"run report of {a.run_dir}")
+    add_parsers(sub)
+    args = parser.parse_args(["report", str(tmp_path)])
+    assert args.func(args) == f"run report of {tmp_path}"
