@@ -102,13 +102,13 @@ class Generator(_EngineActor):
 
 
 class Responder(_EngineActor):
-    """Responses r_n = M(P_task || C_n) for evaluation with the ground-truth context."""
+    """Responses r_n = M(P || C_n) for evaluation with the ground-truth context (P = P_task)."""
 
     output_schema = schema.EVAL_RESPONSES
 
-    def __init__(self, *args, model_name: str, **kwargs):
+    def __init__(self, *args, model_name: str, system_prompt: str = prompts.TASK_PROMPT, **kwargs):
         super().__init__(*args, **kwargs)
-        self.model_name = model_name
+        self.model_name, self.system_prompt = model_name, system_prompt
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
         contexts = [fit_context(self.engine, r["context"], self.gen) for r in rows]
@@ -117,7 +117,9 @@ class Responder(_EngineActor):
             for r in rows
         ]
         outs = self.engine.chat(
-            [prompts.task_messages(c) for c in contexts], self.gen.decoding, seeds
+            [prompts.task_messages(c, self.system_prompt) for c in contexts],
+            self.gen.decoding,
+            seeds,
         )
         out = [
             {**{k: r[k] for k in ("dialogue_id", "turn_index", "context", "golden")},
@@ -161,7 +163,10 @@ def run_engine_actors(
     if not ray.is_initialized():
         ray.init()
     DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.from_arrow(todo).repartition(max(1, -(-remaining // gen.batch_size)))
+    # One block per batch, made on the driver: a repartition task would need a CPU that
+    # the actors may already hold all of (e.g. one actor with every core).
+    blocks = [todo.slice(i, gen.batch_size) for i in range(0, remaining, gen.batch_size)]
+    ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
         actor,
         fn_constructor_kwargs=dict(
@@ -242,8 +247,12 @@ def generate_responses(
     model_path: str | Path,
     adapter: str | Path | None = None,
     model_name: str,
+    system_prompt: str = prompts.TASK_PROMPT,
 ) -> Path:
-    """Responses of one model to the evaluation contexts; returns `out_dir/responses.parquet`."""
+    """Responses of one model to the evaluation contexts; returns `out_dir/responses.parquet`.
+
+    `system_prompt` replaces P_task (the prompt ablation of Table 3).
+    """
     out_dir = Path(out_dir)
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
     if cfg.eval.max_examples is not None:
@@ -251,7 +260,7 @@ def generate_responses(
     parts = out_dir / "parts"
     run_engine_actors(
         cfg, contexts, parts, Responder, model_path=model_path, adapter=adapter,
-        label=f"eval responses {model_name}", model_name=model_name,
+        label=f"eval responses {model_name}", model_name=model_name, system_prompt=system_prompt,
     )  # fmt: skip
     table = read_parts(parts, schema.EVAL_RESPONSES)
     check_complete(table, contexts.num_rows, parts)

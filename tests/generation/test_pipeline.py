@@ -168,7 +168,8 @@ def test_eval_responses_cover_every_context_once(ray_local, tiny_model, contexts
     from esevo_ray.generation.pipeline import generate_responses
 
     path, n = contexts
-    cfg = _cfg(**{"eval.max_examples": 5})
+    # One actor holding every CPU of the cluster must not starve the pipeline of tasks.
+    cfg = _cfg(**{"eval.max_examples": 5, "generation.cpus_per_actor": 2})
     out = generate_responses(cfg, path, tmp_path / "eval", model_path=tiny_model, model_name="m0")
     table = schema.read_table(out, schema.EVAL_RESPONSES)
     assert table.num_rows == 5 and set(table["model"].to_pylist()) == {"m0"}
