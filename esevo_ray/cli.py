@@ -116,17 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     from esevo_ray.evaluation.cli import add_parsers as add_evaluation
 
     add_evaluation(sub)
+    from esevo_ray.serving.cli import add_parsers as add_serving
+
+    add_serving(sub)  # after evaluation: it extends `esevo report` with `report human`
     from esevo_ray.pipeline.cli import add_parsers as add_pipeline
 
     add_pipeline(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    from esevo_ray.evaluation.cli import add_bench_parsers as add_evaluation_bench
     from esevo_ray.generation.cli import add_bench_parsers as add_generation_bench
     from esevo_ray.training.cli import add_bench_parsers as add_training_bench
 
     add_generation_bench(bench_sub)
     add_training_bench(bench_sub)
+    from esevo_ray.serving.cli import add_bench_parsers as add_serving_bench
+
+    add_serving_bench(bench_sub)
+    add_evaluation_bench(bench_sub)
     return parser
 
 

@@ -63,3 +63,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def emit_json(report: dict, out: str | Path | None = None) -> None:
+    """Print a JSON report and, if `out` is given, also write it there atomically."""
+    import json
+
+    text = json.dumps(report, indent=2)
+    if out:
+        atomic_write_text(out, text)
+    print(text)

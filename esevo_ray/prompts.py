@@ -136,10 +136,11 @@ def _text_field(max_length: int) -> dict:
 
 
 # JSON schemas for engines that constrain decoding (`generation.guided_json`): small models
-# then always emit parseable answers; the Appendix A retry and fallback rules still apply.
+# then emit parseable answers unless the token budget cuts them off (the Appendix A retry
+# and fallback rules still apply). Field caps keep a whole answer within ~250 tokens.
 REFLECT_SCHEMA = {
     "type": "object",
-    "properties": {k: _text_field(200) for k in REFLECTION_KEYS},
+    "properties": {k: _text_field(100) for k in REFLECTION_KEYS},
     "required": list(REFLECTION_KEYS),
 }
 REFINE_SCHEMA = {
@@ -147,8 +148,8 @@ REFINE_SCHEMA = {
     "properties": {
         "understanding": REFLECT_SCHEMA,
         "evaluation_score": {"type": "integer", "minimum": 1, "maximum": 5},
-        "feedback": _text_field(300),
-        "refined_response": _text_field(400),
+        "feedback": _text_field(150),
+        "refined_response": _text_field(300),
     },
     "required": ["understanding", "evaluation_score", "feedback", "refined_response"],
 }

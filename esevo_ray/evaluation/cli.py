@@ -1,4 +1,5 @@
-"""`esevo report` and `esevo judge`: registered on the `esevo` parser by `add_parsers(sub)`."""
+"""`esevo eval`, `report`, `judge`, `ablate` and `bench llm`: registered by `add_parsers(sub)`
+and `add_bench_parsers(bench)`."""
 
 from __future__ import annotations
 
@@ -51,8 +52,125 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _contexts(args: argparse.Namespace, root: Path) -> Path:
+    path = Path(args.contexts) if args.contexts else root / "data" / "eval_contexts.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no evaluation contexts at {path}: run `esevo data prepare --config {args.config}` "
+            "or pass --contexts"
+        )
+    return path
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from esevo_ray.cli import load_args_config, run_dir
+    from esevo_ray.evaluation.endpoint import EndpointError, is_endpoint
+    from esevo_ray.evaluation.evaluate import default_name, evaluate_model
+    from esevo_ray.models import resolve_model
+
+    cfg = load_args_config(args)
+    root = run_dir(cfg)
+    contexts = _contexts(args, root)
+    model = args.model if args.model and is_endpoint(args.model) else None
+    model = model or resolve_model(args.model or cfg.model.path)
+    name = args.name or (args.served_model if is_endpoint(model) else None)
+    name = name or default_name(model, args.adapter)
+    try:
+        manifest = evaluate_model(
+            cfg, model, contexts, Path(args.out) if args.out else root / "eval" / name,
+            name=name, adapter=args.adapter, served_model=args.served_model,
+            api_key_env=args.api_key_env, concurrency=args.concurrency, tokenizer=args.tokenizer,
+            sampling_extras=not args.no_sampling_extras, bertscore=not args.no_bertscore,
+        )  # fmt: skip
+    except EndpointError as e:
+        print(f"esevo: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def cmd_ablate_prompts(args: argparse.Namespace) -> int:
+    from esevo_ray.cli import load_args_config, run_dir
+    from esevo_ray.evaluation.ablation import ablate_prompts
+    from esevo_ray.models import resolve_model
+
+    cfg = load_args_config(args)
+    root = run_dir(cfg)
+    out = Path(args.out) if args.out else root / "ablation" / "prompts"
+    ablate_prompts(
+        cfg, _contexts(args, root), out, model_path=resolve_model(args.model or cfg.model.path),
+        names=tuple(args.prompts.split(",")), bertscore=args.bertscore,
+    )  # fmt: skip
+    print((out / "table.md").read_text())
+    return 0
+
+
+def cmd_ablate_pairs(args: argparse.Namespace) -> int:
+    from esevo_ray.evaluation.ablation import human_reference_pairs
+
+    manifest = human_reference_pairs(args.pairs, args.out)
+    print(json.dumps({"out": args.out, **manifest}, indent=2))
+    return 0
+
+
+def cmd_ablate_table(args: argparse.Namespace) -> int:
+    from esevo_ray.evaluation.ablation import ablation_table
+    from esevo_ray.io import atomic_write_text
+
+    metrics = {}
+    for item in args.evals:
+        label, sep, folder = item.partition("=")
+        path = Path(folder) / "metrics.json"
+        if not sep or not path.exists():
+            raise FileNotFoundError(f"{item!r}: want LABEL=EVAL_DIR with a metrics.json ({path})")
+        metrics[label] = json.loads(path.read_text())
+    table = ablation_table(metrics, tuple(args.columns.split(",")), relative=args.relative)
+    if args.out:
+        atomic_write_text(args.out, table + "\n")
+    print(table)
+    return 0
+
+
+def cmd_bench_llm(args: argparse.Namespace) -> int:
+    from esevo_ray.evaluation.llm_bench import BenchUnavailable, run_lm_eval
+
+    try:
+        result = run_lm_eval(
+            args.endpoint, [t for t in args.tasks.split(",") if t], args.out,
+            served_model=args.served_model, api=args.api, tokenizer=args.tokenizer,
+            limit=args.limit, num_fewshot=args.num_fewshot, concurrency=args.concurrency,
+        )  # fmt: skip
+    except BenchUnavailable as e:
+        print(f"esevo: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add the `report` and `judge` subcommands to the `esevo` subparsers."""
+    """Add `eval`, `report`, `judge` and `ablate` to the `esevo` subparsers."""
+    from esevo_ray.cli import add_config_args
+    from esevo_ray.evaluation.ablation import PROMPTS, TABLE5_COLUMNS
+
+    p = sub.add_parser("eval", help="responses + metrics of one model on the ESConv eval split")
+    add_config_args(p)
+    p.add_argument("--model", help="local model folder or http(s) endpoint (default: model.path)")
+    p.add_argument("--adapter", help="LoRA adapter folder for a local model")
+    p.add_argument("--name", help="model label (default: adapter folder, or --served-model)")
+    p.add_argument("--out", help="output folder (default: <run>/eval/<name>)")
+    p.add_argument(
+        "--contexts", help="contexts Parquet (default: <run>/data/eval_contexts.parquet)"
+    )
+    p.add_argument("--served-model", help="model name at the endpoint")
+    p.add_argument("--api-key-env", default="ESEVO_EVAL_API_KEY", help="env var with its key")
+    p.add_argument("--concurrency", type=int, default=4, help="endpoint requests in flight")
+    p.add_argument("--tokenizer", help="local tokenizer folder to cut contexts for an endpoint")
+    p.add_argument(
+        "--no-sampling-extras", action="store_true", help="do not send top_k/repetition_penalty"
+    )
+    p.add_argument("--no-bertscore", action="store_true", help="skip BERTScore")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("report", help="write <run>/report/report.md and plots")
     p.add_argument("run_dir", help="run directory (<output_dir>/<name>)")
     p.add_argument(
@@ -74,3 +192,46 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML run config for eval.judge settings")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=cmd_judge)
+
+    ablate = sub.add_parser("ablate", help="prompt and preference-pair ablations").add_subparsers(
+        dest="ablate_command", required=True
+    )
+    p = ablate.add_parser("prompts", help="Table 3: the base model under each system prompt")
+    add_config_args(p)
+    p.add_argument("--model", help="model folder (default: model.path)")
+    p.add_argument(
+        "--contexts", help="contexts Parquet (default: <run>/data/eval_contexts.parquet)"
+    )
+    p.add_argument("--out", help="output folder (default: <run>/ablation/prompts)")
+    p.add_argument("--prompts", default=",".join(PROMPTS), help=f"subset of {list(PROMPTS)}")
+    p.add_argument("--bertscore", action="store_true", help="also compute BERTScore")
+    p.set_defaults(func=cmd_ablate_prompts)
+
+    p = ablate.add_parser("pairs", help="Table 5: {human reference, policy} pairs from {SR, P}")
+    p.add_argument("--pairs", required=True, help="self-refined pairs (PAIRS folder or file)")
+    p.add_argument("--out", required=True, help="output folder for the {HM, P} pairs")
+    p.set_defaults(func=cmd_ablate_pairs)
+
+    p = ablate.add_parser("table", help="Markdown table of several eval folders (Table 5)")
+    p.add_argument("evals", nargs="+", help="LABEL=EVAL_DIR (a folder with metrics.json)")
+    p.add_argument("--columns", default=",".join(TABLE5_COLUMNS), help="metric keys")
+    p.add_argument("--relative", action="store_true", help="add %% change from the first row")
+    p.add_argument("--out", help="also write the table to this file")
+    p.set_defaults(func=cmd_ablate_table)
+
+
+def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
+    """Add `llm` (lm-evaluation-harness, Table 4) to the `esevo bench` subcommands."""
+    from esevo_ray.evaluation.llm_bench import PAPER_TASKS
+
+    p = bench.add_parser("llm", help="lm-evaluation-harness tasks against a served model")
+    p.add_argument("--endpoint", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--tasks", default=",".join(PAPER_TASKS), help="comma-separated lm-eval tasks")
+    p.add_argument("--served-model", default="current", help="model name at the endpoint")
+    p.add_argument("--api", choices=["chat", "completions"], default="chat")
+    p.add_argument("--tokenizer", help="tokenizer for --api completions")
+    p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--out", default="bench/llm", help="folder for results.json and table.md")
+    p.set_defaults(func=cmd_bench_llm)

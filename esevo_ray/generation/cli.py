@@ -62,7 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     from esevo_ray.cli import load_args_config, run_dir
     from esevo_ray.generation.bench import bench_generate
-    from esevo_ray.io import atomic_write_text
+    from esevo_ray.io import emit_json
     from esevo_ray.models import resolve_model
 
     cfg = load_args_config(args)
@@ -77,10 +77,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         cfg, contexts, resolve_model(cfg.model.path), n=args.contexts_n, naive_n=args.naive_n,
         repeats=args.repeats,
     )  # fmt: skip
-    text = json.dumps(report, indent=2)
-    if args.out:
-        atomic_write_text(args.out, text)
-    print(text)
+    emit_json(report, args.out)
     return 0
 
 

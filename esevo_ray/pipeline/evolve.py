@@ -3,6 +3,7 @@
     data -> SFT -> M0 -> eval(M0)
     for t in 1..T: pairs(M^{t-1}) -> DPO -> M^t -> eval(M^t)
     -> report
+Each eval(M^t) is followed by LLM-as-a-judge (stage judge_m<t>) when eval.judge is set.
 
 Run directory:
     runs/<name>/manifest.json         config, versions, stage status, times, row counts
@@ -95,6 +96,40 @@ def _evaluate(
         f"eval_{name}",
         {"contexts": root / "data" / "eval_contexts.parquet", "adapter": adapter or base},
         {"responses": out / "responses.parquet", "metrics": out / "metrics.json"},
+        run,
+    )
+    _judge(cfg, out, name, runner)
+
+
+def _judge(cfg: RunConfig, out: Path, name: str, runner: Runner) -> None:
+    """LLM-as-a-judge of one model's eval responses (Table 7), when eval.judge is set."""
+    judge = cfg.eval.judge
+    if not (judge.base_url and judge.model):
+        logger.info("eval.judge.base_url/model not set: LLM-as-a-judge of %s skipped", name)
+        return
+
+    def run() -> dict:
+        from esevo_ray.evaluation.judge import judge_file
+        from esevo_ray.evaluation.judge_scores import summarize
+
+        n = cfg.eval.judge_samples if cfg.eval.judge_samples > 0 else None
+        scores = judge_file(
+            out / "responses.parquet", out / "judge_scores.parquet", judge, n_samples=n
+        )
+        missing = scores.column("score").null_count
+        if scores.num_rows and missing == scores.num_rows:
+            raise RuntimeError(f"judge {judge.model} at {judge.base_url}: every verdict missing")
+        return {
+            "judge": f"{judge.model} at {judge.base_url}",
+            "verdicts": scores.num_rows,
+            "missing": missing,
+            "summary": summarize(scores),
+        }
+
+    runner.stage(
+        f"judge_{name}",
+        {"responses": out / "responses.parquet"},
+        {"judge_scores": out / "judge_scores.parquet"},
         run,
     )
 

@@ -145,12 +145,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         max_tokens=args.max_tokens,
     )
-    text = json.dumps(report, indent=2)
-    if args.out:
-        from esevo_ray.io import atomic_write_text
+    from esevo_ray.io import emit_json
 
-        atomic_write_text(args.out, text)
-    print(text)
+    emit_json(report, args.out)
     return 0
 
 

@@ -46,16 +46,13 @@ def cmd_dpo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from esevo_ray.io import atomic_write_text
+    from esevo_ray.io import emit_json
     from esevo_ray.training.bench import bench_train
 
     cfg = load_config(args.config, args.overrides)
     init = None if args.init is None or args.init.lower() == FRESH else Path(args.init)
     report = bench_train(cfg, Path(args.pairs), init, steps=args.steps, warmup=args.warmup)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        atomic_write_text(args.out, text)
-    print(text)
+    emit_json(report, args.out)
     return 0
 
 

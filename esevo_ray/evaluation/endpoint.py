@@ -1,0 +1,201 @@
+"""Evaluation responses from a served model: any OpenAI-compatible chat-completions endpoint.
+
+The requests carry the run's decoding settings (`generation.decoding`) and per-context seeds,
+so a served M^t is evaluated like the same model on the Ray Data engine path. Requests run on
+a bounded thread pool; finished batches are written as Parquet parts (the layout of the engine
+pipeline), so a rerun into the same folder asks only for the contexts still missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+from esevo_ray import prompts, schema
+from esevo_ray.config import DecodingSection, RunConfig
+from esevo_ray.generation.pairs import fit_context, request_seed
+from esevo_ray.generation.pipeline import _keys, check_complete, part_name, read_parts
+from esevo_ray.io import write_parquet
+
+logger = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 409, 429}
+
+
+class EndpointError(RuntimeError):
+    """The endpoint cannot answer: unreachable, bad key, unknown model, or a failing request."""
+
+
+def is_endpoint(model: str | os.PathLike) -> bool:
+    return str(model).startswith(("http://", "https://"))
+
+
+def base_url(url: str) -> str:
+    """The OpenAI client's base URL: `url` itself, or `url/v1` when it has no path."""
+    url = url.rstrip("/")
+    return url if urlparse(url).path not in ("", "/") else f"{url}/v1"
+
+
+class ChatEndpoint:
+    """One model behind an OpenAI-compatible chat endpoint, with retries on transport errors.
+
+    Args:
+        url: the server (`http://host:8000`) or its base URL (`http://host:8000/v1`).
+        model: the served model name sent in each request.
+        api_key_env: environment variable holding the bearer key (a placeholder when unset).
+        sampling_extras: also send `top_k` and `repetition_penalty` (vLLM and `esevo serve`
+            accept them; servers that reject unknown fields need False).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key_env: str = "ESEVO_EVAL_API_KEY",
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        sampling_extras: bool = True,
+    ):
+        from openai import OpenAI
+
+        self.url, self.model = base_url(url), model
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.sampling_extras = sampling_extras
+        key = os.environ.get(api_key_env)
+        if not key:
+            logger.info("$%s is not set; sending a placeholder API key", api_key_env)
+        self._client = OpenAI(
+            base_url=self.url, api_key=key or "EMPTY", max_retries=0, timeout=timeout_s
+        )
+
+    def chat(self, messages: list[dict], decoding: DecodingSection, seed: int) -> str:
+        """One completion; transport errors (timeouts, 408/409/429, 5xx) are retried.
+
+        Raises:
+            EndpointError: any other HTTP error, or a transport error after the retries.
+        """
+        import openai
+
+        extra = {"top_k": decoding.top_k, "repetition_penalty": decoding.repetition_penalty}
+        for attempt in range(self.max_retries + 1):
+            try:
+                reply = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    temperature=decoding.temperature,
+                    top_p=decoding.top_p,
+                    max_tokens=decoding.max_new_tokens,
+                    seed=seed,
+                    extra_body=extra if self.sampling_extras else None,
+                )
+                return (reply.choices[0].message.content or "").strip() if reply.choices else ""
+            except openai.APIStatusError as e:
+                if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
+                    raise EndpointError(self._where(f"HTTP {e.status_code}: {e.message}")) from e
+                error: Exception = e
+            except openai.APIConnectionError as e:  # includes timeouts
+                error = e
+            if attempt == self.max_retries:
+                raise EndpointError(self._where(f"{error} after {attempt + 1} attempts")) from error
+            time.sleep(self.backoff_s * 2**attempt * (1 + 0.25 * random.random()))
+        raise AssertionError("unreachable")
+
+    def _where(self, what: str) -> str:
+        return f"endpoint {self.url} model {self.model!r}: {what}"
+
+
+class TokenCounter:
+    """Counts chat tokens with a local tokenizer, for `fit_context` without an engine."""
+
+    def __init__(self, tokenizer_path: str | Path):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def endpoint_responses(
+    cfg: RunConfig,
+    contexts_path: str | Path,
+    out_dir: str | Path,
+    endpoint: ChatEndpoint,
+    *,
+    model_name: str,
+    concurrency: int = 4,
+    system_prompt: str = prompts.TASK_PROMPT,
+    tokenizer: str | Path | None = None,
+) -> Path:
+    """Responses of the served model to the evaluation contexts -> `out_dir/responses.parquet`.
+
+    At most `concurrency` requests are in flight; every `generation.batch_size` contexts are
+    written as one part as soon as they are answered. With `tokenizer` (a local folder with the
+    served model's tokenizer) contexts are cut to `generation.max_context_tokens` as on the
+    engine path; without it they are sent whole.
+
+    Raises:
+        EndpointError: a request failed for good; parts already written are kept.
+    """
+    import pyarrow.compute as pc
+
+    out_dir, parts = Path(out_dir), Path(out_dir) / "parts"
+    contexts = schema.read_table(contexts_path, schema.CONTEXTS)
+    if cfg.eval.max_examples is not None:
+        contexts = contexts.slice(0, cfg.eval.max_examples)
+    done = read_parts(parts, schema.EVAL_RESPONSES)
+    todo = contexts
+    if done.num_rows:
+        todo = contexts.filter(pc.invert(pc.is_in(_keys(contexts), value_set=_keys(done))))
+    rows = todo.to_pylist()
+    logger.info(
+        "endpoint %s (%s): %d contexts, %d to go", endpoint.url, model_name, contexts.num_rows,
+        len(rows),
+    )  # fmt: skip
+    sent = [r["context"] for r in rows]
+    if tokenizer is not None:
+        counter = TokenCounter(tokenizer)
+        sent = [fit_context(counter, c, cfg.generation) for c in sent]
+    decoding, size = cfg.generation.decoding, cfg.generation.batch_size
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures: list[Future] = [
+            pool.submit(
+                endpoint.chat,
+                prompts.task_messages(c, system_prompt),
+                decoding,
+                request_seed(decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0),
+            )
+            for r, c in zip(rows, sent, strict=True)
+        ]
+        try:
+            for start in range(0, len(rows), size):
+                batch = rows[start : start + size]
+                texts = [f.result() for f in futures[start : start + size]]
+                out = [
+                    {**{k: r[k] for k in ("dialogue_id", "turn_index", "context", "golden")},
+                     "model": model_name, "response": t}
+                    for r, t in zip(batch, texts, strict=True)
+                ]  # fmt: skip
+                table = pa.Table.from_pylist(out, schema=schema.EVAL_RESPONSES)
+                write_parquet(schema.conform(table, schema.EVAL_RESPONSES), parts / part_name(out))
+                logger.info(
+                    "endpoint %s: %d/%d answered", model_name, start + len(batch), len(rows)
+                )
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    table = read_parts(parts, schema.EVAL_RESPONSES)
+    check_complete(table, contexts.num_rows, parts)
+    return write_parquet(table, out_dir / "responses.parquet")

@@ -1,0 +1,98 @@
+"""A small OpenAI-compatible chat-completions server on 127.0.0.1 for evaluation tests.
+
+Replies depend on the requested model:
+- "judge": a JSON verdict {"score": 4, ...} (LLM-as-a-judge);
+- "missing": HTTP 404 (unknown model);
+- "flaky-*": HTTP 503 for the first request of each conversation, then like any other model;
+- anything else: "reply to: <the last user message>".
+Every request body and Authorization header is recorded, with the peak number in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DELAY_S = 0.1
+JUDGE_SCORE = 4
+
+
+def reply_text(messages: list[dict]) -> str:
+    return "reply to: " + next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+class ChatServer:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def reset(self) -> None:
+        self.bodies: list[dict] = []
+        self.auth: list[str] = []
+        self.seen: Counter = Counter()
+        self.inflight = self.max_inflight = 0
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def reply(self, body: dict) -> tuple[int, str]:
+        model = body["model"]
+        key = json.dumps(body["messages"])
+        with self.lock:
+            self.seen[key] += 1
+            first = self.seen[key] == 1
+        if model == "missing":
+            return 404, f"model {model} not found"
+        if model.startswith("flaky") and first:
+            return 503, "overloaded"
+        if model == "judge":
+            return 200, json.dumps({"explanation": "clear and kind", "score": JUDGE_SCORE})
+        return 200, reply_text(body["messages"])
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(body)
+                    server.auth.append(self.headers.get("Authorization", ""))
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    time.sleep(DELAY_S)
+                    status, content = server.reply(body)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+                if self.path != "/v1/chat/completions":
+                    status, content = 404, f"no route {self.path}"
+                if status == 200:
+                    message = {"role": "assistant", "content": content}
+                    payload = {
+                        "id": "cmpl-1", "object": "chat.completion", "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }  # fmt: skip
+                else:
+                    payload = {"error": {"message": content, "type": "server_error"}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

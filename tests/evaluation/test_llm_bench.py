@@ -1,0 +1,33 @@
+"""`esevo bench llm` without lm-evaluation-harness: a clear message, nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from esevo_ray import cli
+from esevo_ray.evaluation.llm_bench import PAPER_TASKS, primary_score
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm_eval is installed")
+def test_bench_llm_without_lm_eval_says_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "llm", "--endpoint", "http://127.0.0.1:9", "--tasks", "gsm8k,ifeval"]
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "lm-evaluation-harness is not installed (no Python module 'lm_eval')" in err
+    assert 'pip install "lm-eval[api]"' in err and "datasets cache" in err
+    assert not out.exists()
+
+
+def test_paper_tasks_and_primary_metric():
+    assert PAPER_TASKS == ("gsm8k", "ifeval", "truthfulqa_mc2", "openbookqa", "mmlu_pro")
+    metrics = {
+        "alias": "gsm8k",
+        "exact_match,strict-match": 0.5,
+        "exact_match_stderr,strict-match": 0.1,
+    }
+    assert primary_score("gsm8k", metrics) == 50.0
+    assert primary_score("other", {"alias": "x", "acc_stderr,none": 0.1, "acc,none": 0.25}) == 25.0
+    assert primary_score("other", {"alias": "x"}) is None
