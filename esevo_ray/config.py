@@ -87,7 +87,8 @@ class GenerationSection(Section):
         if self.max_context_tokens + self.decoding.max_new_tokens > self.max_model_len:
             raise ValueError(
                 f"max_context_tokens ({self.max_context_tokens}) + decoding.max_new_tokens "
-                f"({self.decoding.max_new_tokens}) must not exceed max_model_len ({self.max_model_len})"
+                f"({self.decoding.max_new_tokens}) must not exceed "
+                f"max_model_len ({self.max_model_len})"
             )
         return self
 

@@ -8,6 +8,7 @@ one context at a time. Same contexts, model, decoding settings; medians of `repe
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import statistics
@@ -50,7 +51,8 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int]:
     from esevo_ray.generation.pairs import fit_context
 
     gen = cfg.generation
-    torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
+    if gen.engine == "hf":  # vLLM binds its own CPU threads
+        torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
     engine = build_engine(
         gen.engine, model, dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm
@@ -114,7 +116,8 @@ def bench_generate(
             )
     med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
     return {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
         "model": str(model.name),
         "engine": cfg.generation.engine,
         "contexts": n,

@@ -63,17 +63,22 @@ def pairs_summary(path: str | Path, samples: int = 3) -> dict:
 
 
 def format_summary(s: dict) -> str:
+    rate = s["chosen_source_rate"]
     lines = [
         f"pairs: {s['path']}",
         f"rows {s['rows']}, unique keys {s['unique_keys']}, iterations {s['iterations']}",
         f"generator: {', '.join(s['generator_models'])}",
         "chosen source:",
-        *(f"  {k:22s} {v:6d}  ({s['chosen_source_rate'][k]:.1%})" for k, v in s["chosen_source"].items()),
+        *(f"  {k:22s} {v:6d}  ({rate[k]:.1%})" for k, v in s["chosen_source"].items()),
         "length (words):",
-        *(f"  {k:9s} mean {v['mean']:6.1f}  median {v['median']:5.0f}  max {v['max']}" for k, v in s["length_words"].items()),
-        f"evaluation_score: {s['evaluation_score_histogram']} (missing {s['evaluation_score_missing']})",
+        *(
+            f"  {k:9s} mean {v['mean']:6.1f}  median {v['median']:5.0f}  max {v['max']}"
+            for k, v in s["length_words"].items()
+        ),
+        f"evaluation_score: {s['evaluation_score_histogram']} "
+        f"(missing {s['evaluation_score_missing']})",
         "samples:",
-    ]  # fmt: skip
+    ]
     for x in s["samples"]:
         lines += [
             f"  [{x['dialogue_id']}:{x['turn_index']}] user: {x['last_user'][:100]}",

@@ -65,7 +65,8 @@ class _EngineActor:
     ):
         import torch
 
-        torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
+        if gen.engine == "hf":  # vLLM binds its own CPU threads
+            torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
         self.gen, self.out_dir = gen, Path(out_dir)
         self.engine = build_engine(
             gen.engine, model_path, adapter, dtype=dtype, max_model_len=gen.max_model_len,

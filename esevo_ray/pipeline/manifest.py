@@ -60,9 +60,10 @@ class Manifest:
         path = run_dir / "manifest.json"
         if path.exists():
             data = json.loads(path.read_text())
-            if data.get("config_digest") != cfg.digest():
+            old = data.get("config_digest")
+            if old != cfg.digest():
                 raise RunConflict(
-                    f"{run_dir} was made by a different config (digest {data.get('config_digest')}, "
+                    f"{run_dir} was made by a different config (digest {old}, "
                     f"now {cfg.digest()}); rerun with --new-run to start a new run directory, "
                     "or restore the original config to continue this one"
                 )

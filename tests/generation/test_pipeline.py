@@ -174,7 +174,9 @@ def test_eval_responses_cover_every_context_once(ray_local, tiny_model, contexts
     table = schema.read_table(out, schema.EVAL_RESPONSES)
     assert table.num_rows == 5 and set(table["model"].to_pylist()) == {"m0"}
     expected = pa.parquet.read_table(path).slice(0, 5)
-    assert sorted(zip(table["dialogue_id"].to_pylist(), table["turn_index"].to_pylist())) == sorted(
-        zip(expected["dialogue_id"].to_pylist(), expected["turn_index"].to_pylist())
-    )
+
+    def keys(t):
+        return sorted(zip(t["dialogue_id"].to_pylist(), t["turn_index"].to_pylist(), strict=True))  # noqa: E731
+
+    assert keys(table) == keys(expected)
     assert table["golden"].to_pylist() != table["response"].to_pylist()
