@@ -276,9 +276,4 @@ def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type
     n_eval = int(rows * section.eval_fraction)
     if rows - n_eval <= 0:
         raise ValueError(f"{job.data_path}: {rows} rows leave nothing to train on")
-    if early_stopping_on(section, n_eval > 0) and section.save_steps % section.eval_steps:
-        raise ValueError(
-            f"{job.stage}.save_steps ({section.save_steps}) must be a multiple of "
-            f"{job.stage}.eval_steps ({section.eval_steps}) when early stopping is on"
-        )
     return {"train_rows": rows - n_eval, "eval_rows": n_eval}

@@ -62,11 +62,11 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
 
     from esevo_ray import schema
 
-    cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=3")
-    job = sft_job(cfg, sft_dir)
-    with pytest.raises(ValueError, match="save_steps"):
-        common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig)
+    # Caught when the config loads, before any data is read.
+    with pytest.raises(ValueError, match=r"save_steps \(3\) must be a multiple of eval_steps \(2\)"):
+        make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=3")
     cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=4")
+    job = sft_job(cfg, sft_dir)
     assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
         "train_rows": 6,
         "eval_rows": 2,
