@@ -178,7 +178,13 @@ JudgeDimension = Literal[
 
 
 class JudgeSection(Section):
-    # Any OpenAI-compatible chat endpoint; the key is read from the named env variable.
+    # "endpoint": any OpenAI-compatible chat endpoint (base_url, model; the key is read from
+    # the named env variable). "vllm" / "hf": a local engine on `local_model` (None: the
+    # run's base model), batched, verdicts JSON-schema-guided on vLLM when `guided_json`.
+    backend: Literal["endpoint", "vllm", "hf"] = "endpoint"
+    local_model: str | None = None
+    guided_json: bool = True
+    max_model_len: int = 2048
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "ESEVO_JUDGE_API_KEY"

@@ -56,7 +56,7 @@ def parse_verdict(text: str | None) -> tuple[float, str | None]:
     """
     if not text:
         raise VerdictError("empty reply")
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # control characters inside strings are harmless
     for match in re.finditer(r"\{", text):
         try:
             obj, _ = decoder.raw_decode(text, match.start())
@@ -226,6 +226,11 @@ def judge_responses(
     logger.info(
         "judging %d responses x %d dimensions with %s", len(rows), len(dimensions), client.model
     )
+    if hasattr(client, "judge_many"):  # a local engine judges whole batches
+        verdicts = client.judge_many(
+            [(dim, row["context"], row["response"] or "") for row, dim in tasks]
+        )
+        return _table(tasks, verdicts, client.model)
     with ThreadPoolExecutor(max_workers=client.cfg.concurrency) as pool:
         futures = [
             pool.submit(client.judge, dim, row["context"], row["response"] or "")
@@ -240,6 +245,10 @@ def judge_responses(
         except JudgeError:
             pool.shutdown(cancel_futures=True)  # the endpoint is unusable: stop at once
             raise
+    return _table(tasks, verdicts, client.model)
+
+
+def _table(tasks: list[tuple[dict, str]], verdicts: list[Verdict], judge_model: str) -> pa.Table:
     out = [
         {
             "dialogue_id": row["dialogue_id"],
@@ -250,7 +259,7 @@ def judge_responses(
             "explanation": v.explanation,
             "attempts": v.attempts,
             "error": v.error,
-            "judge_model": client.model,
+            "judge_model": judge_model,
         }
         for (row, dim), v in zip(tasks, verdicts, strict=True)
     ]
@@ -268,12 +277,25 @@ def judge_file(
     n_samples: int | None,
     base_url: str | None = None,
     model: str | None = None,
+    local_model: str | Path | None = None,
 ) -> pa.Table:
-    """Judge a responses.parquet (EVAL_RESPONSES) and write the JUDGE_SCORES parquet `out`."""
+    """Judge a responses.parquet (EVAL_RESPONSES) and write the JUDGE_SCORES parquet `out`.
+
+    With `cfg.backend` "vllm" or "hf" the judge is `cfg.local_model` (else `local_model`)
+    loaded locally; with "endpoint" it is `base_url`/`model` (else the config's).
+    """
     from esevo_ray.io import write_parquet
 
     table = read_table(responses, EVAL_RESPONSES)
-    client = JudgeClient(cfg, base_url=base_url, model=model)
+    if cfg.backend == "endpoint":
+        client = JudgeClient(cfg, base_url=base_url, model=model)
+    else:
+        from esevo_ray.evaluation.local_judge import LocalJudge
+
+        path = cfg.local_model or local_model
+        if path is None:
+            raise ValueError("eval.judge.backend is local but no eval.judge.local_model is set")
+        client = LocalJudge(cfg, path)
     scores = judge_responses(
         table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed
     )

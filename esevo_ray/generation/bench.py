@@ -24,13 +24,24 @@ from esevo_ray.config import RunConfig
 logger = logging.getLogger(__name__)
 
 
-def _pipeline(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int]:
+def steady(batches: list[tuple[float, int]]) -> dict[str, float]:
+    """Start-up (to the first batch) and tokens/s over the batches after the first."""
+    first, last = batches[0][0], batches[-1][0]
+    later = sum(tokens for _, tokens in batches[1:])
+    return {
+        "startup_s": round(first, 2),
+        "tok_per_s": later / (last - first) if last > first else float("nan"),
+        "total_tok_per_s": sum(t for _, t in batches) / last,
+    }
+
+
+def _pipeline(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, int]]:
     from esevo_ray.generation.pipeline import Responder, run_engine_actors
 
     out = Path(tempfile.mkdtemp(prefix="bench-gen-"))
     try:
         table = pa.Table.from_pylist(rows, schema=schema.CONTEXTS)
-        return run_engine_actors(
+        progress = run_engine_actors(
             cfg,
             table,
             out,
@@ -40,15 +51,17 @@ def _pipeline(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int
             label="bench",
             model_name="bench",
         )
+        return progress.batches
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int]:
+def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, int]]:
+    """The same engine and batches, called in this process without Ray."""
     import torch
 
     from esevo_ray.generation.engines import build_engine
-    from esevo_ray.generation.pairs import fit_context
+    from esevo_ray.generation.pairs import fit_context, request_seed
 
     gen = cfg.generation
     if gen.engine == "hf":  # vLLM binds its own CPU threads
@@ -57,28 +70,31 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int]:
     engine = build_engine(
         gen.engine, model, dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm
     )
-    tokens = 0
+    batches = []
     for i in range(0, len(rows), gen.batch_size):
         batch = rows[i : i + gen.batch_size]
         convs = [prompts.task_messages(fit_context(engine, r["context"], gen)) for r in batch]
-        outs = engine.chat(convs, gen.decoding, [gen.decoding.seed + j for j in range(len(batch))])
-        tokens += sum(o.output_tokens for o in outs)
-    seconds = time.perf_counter() - t0
+        seeds = [
+            request_seed(gen.decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0)
+            for r in batch
+        ]
+        outs = engine.chat(convs, gen.decoding, seeds)
+        batches.append((time.perf_counter() - t0, sum(o.output_tokens for o in outs)))
     del engine
-    return seconds, tokens
+    return batches
 
 
-def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int]:
+def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, int]]:
     """One context at a time through `model.generate`, as a first script would."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(max(1, int(cfg.generation.cpus_per_actor)))
+    torch.set_num_threads(os.cpu_count() or 1)
     d = cfg.generation.decoding
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, cfg.model.dtype))
-    tokens = 0
+    batches = [(time.perf_counter() - t0, 0)]  # loading counts as start-up
     for r in rows:
         messages = prompts.task_messages(r["context"])
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -88,44 +104,50 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> tuple[float, int]:
             repetition_penalty=d.repetition_penalty, max_new_tokens=d.max_new_tokens,
             pad_token_id=tok.pad_token_id or tok.eos_token_id,
         )  # fmt: skip
-        tokens += out.shape[1] - ids["input_ids"].shape[1]
-    return time.perf_counter() - t0, tokens
+        batches.append((time.perf_counter() - t0, out.shape[1] - ids["input_ids"].shape[1]))
+    return batches
 
 
 def bench_generate(
-    cfg: RunConfig, contexts: Path, model: Path, *, n: int = 64, naive_n: int = 8, repeats: int = 3
+    cfg: RunConfig, contexts: Path, model: Path, *, n: int = 128, naive_n: int = 8, repeats: int = 3
 ) -> dict:
-    """Median tokens/s of (a) pipeline, (b) engine alone, (c) naive loop, and their ratios."""
+    """Median steady-state tokens/s of (a) pipeline, (b) engine alone, (c) naive loop.
+
+    Steady state excludes start-up (engine or model load, and for (a) Ray worker start and
+    the first batch), which is reported separately as seconds to the first batch.
+    """
     rows = schema.read_table(contexts, schema.CONTEXTS).slice(0, n).to_pylist()
-    runs: dict[str, list[float]] = {"pipeline": [], "engine": [], "naive": []}
+    modes = {
+        "pipeline": lambda: _pipeline(cfg, rows, model),
+        "engine": lambda: _direct(cfg, rows, model),
+        "naive": lambda: _naive(cfg, rows[:naive_n], model),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in modes}
     for r in range(repeats):
-        for name, fn in (
-            ("pipeline", lambda: _pipeline(cfg, rows, model)),
-            ("engine", lambda: _direct(cfg, rows, model)),
-            ("naive", lambda: _naive(cfg, rows[:naive_n], model)),
-        ):
-            seconds, tokens = fn()
-            runs[name].append(tokens / seconds)
-            logger.info(
-                "bench run %d %s: %d tokens in %.1fs = %.1f tok/s",
-                r + 1,
-                name,
-                tokens,
-                seconds,
-                tokens / seconds,
-            )
-    med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+        for name, fn in modes.items():  # side by side in each repeat: same machine state
+            result = steady(fn())
+            runs[name].append(result)
+            logger.info("bench run %d %s: %s", r + 1, name, result)
+    med = {
+        name: {k: round(statistics.median(x[k] for x in results), 2) for k in results[0]}
+        for name, results in runs.items()
+    }
+    tps = {name: m["tok_per_s"] for name, m in med.items()}
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "model": str(model.name),
         "engine": cfg.generation.engine,
-        "contexts": n,
-        "naive_contexts": naive_n,
+        "dtype": cfg.model.dtype,
+        "contexts": len(rows),
+        "naive_contexts": min(naive_n, len(rows)),
         "batch_size": cfg.generation.batch_size,
+        "actors": cfg.generation.num_actors,
+        "cpus_per_actor": cfg.generation.cpus_per_actor,
         "decoding": cfg.generation.decoding.model_dump(),
-        "runs_tok_per_s": runs,
-        "median_tok_per_s": med,
-        "pipeline_over_naive": round(med["pipeline"] / med["naive"], 2),
-        "pipeline_over_engine": round(med["pipeline"] / med["engine"], 3),
+        "repeats": repeats,
+        "median": med,
+        "runs": runs,
+        "pipeline_over_naive": round(tps["pipeline"] / tps["naive"], 2),
+        "pipeline_over_engine": round(tps["pipeline"] / tps["engine"], 3),
     }

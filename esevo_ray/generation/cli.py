@@ -89,7 +89,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     )
     add_config_args(p)
     p.add_argument("--contexts", help="contexts Parquet (default: the run's seed contexts)")
-    p.add_argument("-n", "--contexts-n", type=int, default=64, help="contexts per run")
+    p.add_argument("-n", "--contexts-n", type=int, default=128, help="contexts per run")
     p.add_argument("--naive-n", type=int, default=8, help="contexts for the naive loop")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="also write the JSON report here")

@@ -91,7 +91,13 @@ class VllmEngine(_Base):
 
             kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
             self.lora_request = LoRARequest("m_t", 1, str(adapter))
-        kwargs.setdefault("enforce_eager", not torch.cuda.is_available())
+        on_cpu = not torch.cuda.is_available()
+        kwargs.setdefault("enforce_eager", on_cpu)
+        if on_cpu:
+            # A partially prefilled request rewinds its seeded generator, which CPU
+            # generators cannot do ("CPU Generator does not use offset"): prefill whole.
+            kwargs.setdefault("enable_chunked_prefill", False)
+            kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         kwargs.setdefault("dtype", dtype)
         self.llm = LLM(model=str(path), max_model_len=max_model_len, seed=0, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()

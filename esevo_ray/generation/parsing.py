@@ -56,7 +56,7 @@ def _balanced_object(text: str) -> str | None:
 def _load(candidate: str) -> Any:
     for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
         try:
-            return json.loads(attempt)
+            return json.loads(attempt, strict=False)  # raw control characters in strings
         except json.JSONDecodeError:
             pass
         try:

@@ -99,15 +99,20 @@ def _evaluate(
         outputs={"responses": out / "responses.parquet", "metrics": out / "metrics.json"},
         fn=run,
     )
-    _judge(cfg, out, name, runner)
+    _judge(cfg, out, name, base, runner)
 
 
-def _judge(cfg: RunConfig, out: Path, name: str, runner: Runner) -> None:
+def _judge(cfg: RunConfig, out: Path, name: str, base: Path, runner: Runner) -> None:
     """LLM-as-a-judge of one model's eval responses (Table 7), when eval.judge is set."""
     judge = cfg.eval.judge
-    if not (judge.base_url and judge.model):
+    if judge.backend == "endpoint" and not (judge.base_url and judge.model):
         logger.info("eval.judge.base_url/model not set: LLM-as-a-judge of %s skipped", name)
         return
+    where = (
+        f"{judge.model} at {judge.base_url}"
+        if judge.backend == "endpoint"
+        else (f"local {judge.backend} judge {judge.local_model or base}")
+    )
 
     def run() -> dict:
         from esevo_ray.evaluation.judge import judge_file
@@ -115,13 +120,14 @@ def _judge(cfg: RunConfig, out: Path, name: str, runner: Runner) -> None:
 
         n = cfg.eval.judge_samples if cfg.eval.judge_samples > 0 else None
         scores = judge_file(
-            out / "responses.parquet", out / "judge_scores.parquet", judge, n_samples=n
-        )
+            out / "responses.parquet", out / "judge_scores.parquet", judge, n_samples=n,
+            local_model=base,
+        )  # fmt: skip
         missing = scores.column("score").null_count
         if scores.num_rows and missing == scores.num_rows:
-            raise RuntimeError(f"judge {judge.model} at {judge.base_url}: every verdict missing")
+            raise RuntimeError(f"judge {where}: every verdict missing")
         return {
-            "judge": f"{judge.model} at {judge.base_url}",
+            "judge": where,
             "verdicts": scores.num_rows,
             "missing": missing,
             "summary": summarize(scores),

@@ -318,3 +318,12 @@ def test_judge_cli_reports_a_rejected_key(server, tmp_path, capsys):
     assert args.func(args) == 2
     assert "HTTP 401" in capsys.readouterr().err
     assert not (tmp_path / "judge_scores.parquet").exists()
+
+
+def test_verdict_with_control_characters_in_the_explanation_parses():
+    from esevo_ray.evaluation.judge import parse_verdict
+
+    assert parse_verdict('{"score": 4, "explanation": "ok\x1b\x08 fine"}') == (
+        4.0,
+        "ok\x1b\x08 fine",
+    )

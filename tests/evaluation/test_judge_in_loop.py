@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
+
+import pytest
 
 from esevo_ray.config import JUDGE_DIMENSIONS, load_config
 from esevo_ray.evaluation.report import write_report
@@ -58,8 +61,54 @@ def test_judge_skipped_with_one_log_line_when_not_configured(tmp_path, caplog):
     root.mkdir()
     runner = Runner(Manifest.open(root, cfg))
     with caplog.at_level(logging.INFO, logger="esevo_ray.pipeline.evolve"):
-        _judge(cfg, root / "m0" / "eval", "m0", runner)
+        _judge(cfg, root / "m0" / "eval", "m0", Path("unused"), runner)
     lines = [r.getMessage() for r in caplog.records if r.name == "esevo_ray.pipeline.evolve"]
     assert lines == ["eval.judge.base_url/model not set: LLM-as-a-judge of m0 skipped"]
     assert "judge_m0" not in json.loads((root / "manifest.json").read_text())["stages"]
     assert not (root / "m0").exists()
+
+
+def _responses(tmp_path):
+    import pyarrow as pa
+
+    from esevo_ray.schema import EVAL_RESPONSES
+
+    ctx = [{"role": "user", "content": "I lost my job and I feel useless."}]
+    rows = [
+        {"dialogue_id": f"d{i}", "turn_index": 1, "model": "m0", "context": ctx,
+         "golden": "That sounds hard.", "response": f"I am sorry, tell me more ({i})."}
+        for i in range(2)
+    ]  # fmt: skip
+    path = tmp_path / "responses.parquet"
+    pa.parquet.write_table(pa.Table.from_pylist(rows, schema=EVAL_RESPONSES), path)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_local_engine_judge_scores_or_records_missing(tmp_path, tiny_model, backend):
+    from esevo_ray.evaluation.judge import judge_file
+
+    cfg = load_config(
+        None,
+        [f"eval.judge.backend={backend}", "eval.judge.max_tokens=400", "eval.judge.parse_retries=1",
+         "eval.judge.dimensions=[empathy,coherence]"],
+    ).eval.judge  # fmt: skip
+    scores = judge_file(
+        _responses(tmp_path),
+        tmp_path / "judge.parquet",
+        cfg,
+        n_samples=None,
+        local_model=tiny_model,
+    )
+    assert scores.num_rows == 2 * 2
+    assert set(scores.column("judge_model").to_pylist()) == {tiny_model.name}
+    values = scores.column("score").to_pylist()
+    if backend == "vllm":
+        # Decoding constrained to the verdict schema: every score is an integer from 1 to 5.
+        assert all(v in {1, 2, 3, 4, 5} for v in values), values
+        assert all(a == 1 for a in scores.column("attempts").to_pylist())
+    else:
+        # A random model writes no JSON: each verdict is asked twice, then recorded as missing.
+        assert values == [None] * 4
+        assert scores.column("attempts").to_pylist() == [2] * 4
+        assert all("unparseable" in e for e in scores.column("error").to_pylist())

@@ -68,3 +68,10 @@ def test_config_rejects_context_longer_than_model():
 
     with pytest.raises(ConfigError, match="must not exceed max_model_len"):
         load_config(None, ["generation.max_model_len=512", "generation.max_context_tokens=500"])
+
+
+def test_bench_steady_state_excludes_the_first_batch():
+    from esevo_ray.generation.bench import steady
+
+    out = steady([(10.0, 100), (12.0, 50), (14.0, 50)])
+    assert out == {"startup_s": 10.0, "tok_per_s": 25.0, "total_tok_per_s": 200 / 14}

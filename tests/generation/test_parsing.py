@@ -96,3 +96,9 @@ def test_deeply_nested_or_huge_input_does_not_crash():
     with pytest.raises(ParseError):
         extract_object("{" * 5000)
     assert extract_object('{"a": ' + "[" * 50 + "]" * 50 + "}")["a"]
+
+
+def test_raw_control_characters_inside_strings_are_accepted():
+    # Small models under guided decoding emit these; the JSON is otherwise well formed.
+    out = parse_refinement('{"feedback": "a\x1bb", "refined_response": "I hear\x08 you."}')
+    assert out["refined_response"] == "I hear\x08 you."

@@ -63,7 +63,9 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
     from esevo_ray import schema
 
     # Caught when the config loads, before any data is read.
-    with pytest.raises(ValueError, match=r"save_steps \(3\) must be a multiple of eval_steps \(2\)"):
+    with pytest.raises(
+        ValueError, match=r"save_steps \(3\) must be a multiple of eval_steps \(2\)"
+    ):
         make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=3")
     cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=4")
     job = sft_job(cfg, sft_dir)
