@@ -51,7 +51,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     init = None if args.init is None or args.init.lower() == FRESH else Path(args.init)
-    report = bench_train(cfg, Path(args.pairs), init, steps=args.steps, warmup=args.warmup)
+    report = bench_train(
+        cfg, Path(args.pairs), init, steps=args.steps, warmup=args.warmup, repeats=args.repeats
+    )
     emit_json(report, args.out)
     return 0
 
@@ -87,6 +89,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help=f"adapter M^t (default or '{FRESH}': a fresh adapter)")
     p.add_argument("--steps", type=int, default=8, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the measurement")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each mode (medians)")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=cmd_bench_train)

@@ -40,9 +40,19 @@ def test_bench_train_reports_both_modes(ray_local, tiny_model, tmp_path):
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     argv = ["bench", "train", "--config", str(tmp_path / "run.yaml"), "--pairs", str(pairs)]
-    argv += ["--steps", "3", "--warmup", "1", "--out", str(tmp_path / "bench.json")]
+    argv += [
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path / "bench.json"),
+    ]
     assert main(argv) == 0  # the entry point of jobs/train.py
     report = json.loads((tmp_path / "bench.json").read_text())
     for mode in ("plain", "ray_train"):
         assert report[mode]["steps"] == 3 and report[mode]["world_size"] == 1
         assert report[mode]["pairs_per_s"] > 0 and report[mode]["tokens_per_s"] > 0
+        assert 0 < report[mode]["startup_s"] < report[mode]["wall_s"]
