@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -157,24 +157,11 @@ class EvolveSection(Section):
 
 
 # The seven judge dimensions of the paper's Table 7, in its column order.
-JUDGE_DIMENSIONS = (
-    "coherence",
-    "understanding",
-    "empathy",
-    "engagement",
-    "informativeness",
-    "helpfulness",
-    "overall",
-)
 JudgeDimension = Literal[
-    "coherence",
-    "understanding",
-    "empathy",
-    "engagement",
-    "informativeness",
-    "helpfulness",
+    "coherence", "understanding", "empathy", "engagement", "informativeness", "helpfulness",
     "overall",
-]
+]  # fmt: skip
+JUDGE_DIMENSIONS: tuple[str, ...] = get_args(JudgeDimension)
 
 
 class JudgeSection(Section):

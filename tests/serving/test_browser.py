@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from esevo_ray.config import JUDGE_DIMENSIONS
 from tests.serving.conftest import API_KEY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -15,15 +16,7 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
 )
-DIMS = [
-    "coherence",
-    "understanding",
-    "empathy",
-    "engagement",
-    "informativeness",
-    "helpfulness",
-    "overall",
-]
+DIMS = list(JUDGE_DIMENSIONS)
 
 
 @pytest.fixture

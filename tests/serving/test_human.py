@@ -7,18 +7,11 @@ import time
 
 import httpx
 
+from esevo_ray.config import JUDGE_DIMENSIONS  # noqa: E402
 from esevo_ray.serving.human import history
 from tests.serving.conftest import APP
 
-DIMS = [
-    "coherence",
-    "understanding",
-    "empathy",
-    "engagement",
-    "informativeness",
-    "helpfulness",
-    "overall",
-]
+DIMS = list(JUDGE_DIMENSIONS)
 
 
 def rows(db, sql: str, *args) -> list[tuple]:

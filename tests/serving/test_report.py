@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from esevo_ray.config import JUDGE_DIMENSIONS  # noqa: E402
 from esevo_ray.serving.report import (
     human_report,
     model_order,
@@ -17,15 +18,7 @@ from esevo_ray.serving.report import (
 )
 from esevo_ray.serving.store import HumanEvalStore
 
-DIMS = [
-    "coherence",
-    "understanding",
-    "empathy",
-    "engagement",
-    "informativeness",
-    "helpfulness",
-    "overall",
-]
+DIMS = list(JUDGE_DIMENSIONS)
 
 
 def test_wilson_interval():
