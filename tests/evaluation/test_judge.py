@@ -6,8 +6,6 @@ import argparse
 import json
 import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pytest
@@ -25,12 +23,13 @@ from esevo_ray.evaluation.judge import (
 )
 from esevo_ray.evaluation.judge_prompts import judge_messages, rubric
 from esevo_ray.schema import JUDGE_SCORES, read_table
+from tests.evaluation.chat_server import ChatServer
 from tests.evaluation.helpers import responses_table, write_responses
 
 DELAY_S = 0.05
 
 
-class JudgeServer:
+class JudgeServer(ChatServer):
     """Canned but varied verdicts, chosen by a tag in the judged response.
 
     [ok] valid verdict (score varies with the prompt), [flaky] one malformed reply then
@@ -38,16 +37,8 @@ class JudgeServer:
     Model "forbidden" gets HTTP 401.
     """
 
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.reset()
-
     def reset(self) -> None:
-        self.seen: Counter = Counter()
-        self.bodies: list[dict] = []
-        self.auth: set[str] = set()
-        self.inflight = 0
-        self.max_inflight = 0
+        super().reset()
         self.scores: dict[tuple[str, str], int] = {}
 
     def reply(self, body: dict) -> tuple[int, str]:
@@ -71,62 +62,13 @@ class JudgeServer:
         ]
         return 200, formats[score % 3]
 
-    def handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(body)
-                    server.auth.add(self.headers.get("Authorization", ""))
-                    server.inflight += 1
-                    server.max_inflight = max(server.max_inflight, server.inflight)
-                try:
-                    time.sleep(DELAY_S)
-                    status, content = server.reply(body)
-                finally:
-                    with server.lock:
-                        server.inflight -= 1
-                if status == 200:
-                    payload = {
-                        "id": "cmpl-1",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": content},
-                            }
-                        ],
-                    }
-                else:
-                    payload = {"error": {"message": content, "type": "server_error"}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
-
 
 @pytest.fixture(scope="module")
 def http_server():
     state = JudgeServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    state.url += "/v1"
     yield state
-    httpd.shutdown()
-    httpd.server_close()
+    state.close()
 
 
 @pytest.fixture
@@ -221,7 +163,7 @@ def test_judge_responses_retries_parses_and_records_missing(server, monkeypatch)
         if tag == "[down]":
             assert row["error"].startswith("request failed")
     assert 1 < server.max_inflight <= 4
-    assert server.auth == {"Bearer sk-test"}
+    assert set(server.auth) == {"Bearer sk-test"}
     body = server.bodies[0]
     assert (body["model"], body["temperature"], body["top_p"], body["top_k"]) == (
         "judge-x",
