@@ -1,0 +1,24 @@
+"""vLLM serves M^t either as merged weights or as a LoRA request: the same model either way."""
+
+from esevo_ray.config import DecodingSection
+from esevo_ray.generation.engines import VllmEngine
+
+from .test_pipeline import _random_adapter
+
+GREEDY = DecodingSection(temperature=0, max_new_tokens=8)
+MESSAGES = [[{"role": "user", "content": "I feel sad about my exam."}], [{"role": "user", "content": "hello"}]]
+
+
+def _texts(engine):
+    return [c.text for c in engine.chat(MESSAGES, GREEDY, [1, 2])]
+
+
+def test_vllm_lora_request_matches_merged_weights(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path / "cache"))
+    adapter = _random_adapter(tiny_model, tmp_path / "a", seed=3)
+    kwargs = dict(dtype="float32", max_model_len=1024)
+    as_request = _texts(VllmEngine(tiny_model, adapter, lora_mode="adapter", **kwargs))
+    merged_engine = VllmEngine(tiny_model, adapter, lora_mode="merge", **kwargs)
+    assert merged_engine.adapter_hash and (tmp_path / "cache" / "merged").exists()
+    assert as_request == _texts(merged_engine)
+    assert as_request != _texts(VllmEngine(tiny_model, **kwargs))
