@@ -240,6 +240,48 @@ def with_early_stopping(args: Any, section: TrainSection, callbacks: Sequence[An
     return [*callbacks, *extra]
 
 
+def build_trainer(
+    cfg: RunConfig,
+    job: TrainJob,
+    output_dir: str,
+    callbacks: Sequence[Any],
+    *,
+    where: str,
+    section: TrainSection,
+    table_schema: pa.Schema,
+    columns: Sequence[str],
+    config_cls: type,
+    trainer_cls: type,
+    **stage: Any,
+) -> tuple[Any, int]:
+    """The glue SFT and DPO share: data, TRL config, policy, trainer; returns (trainer, rows).
+
+    `stage` holds the stage's own TRL config keys (e.g. beta and the loss terms for DPO).
+    """
+    tokenizer = load_tokenizer(job.model_path)
+    train, held_out = load_split(job.data_path, table_schema, columns, section, tokenizer)
+    args = trainer_args(
+        config_cls,
+        section,
+        where=where,
+        output_dir=output_dir,
+        has_eval=held_out is not None,
+        **stage,
+    )
+    model, peft_config = build_policy(cfg, job)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=with_early_stopping(args, section, callbacks),
+    )
+    check_eval_rows(trainer, where, section)
+    return trainer, len(train)
+
+
 def check_eval_rows(trainer: Any, where: str, section: TrainSection) -> None:
     """Fail clearly when every held-out row was dropped (no eval loss to stop early on)."""
     if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:

@@ -48,30 +48,13 @@ def build_dpo_trainer(
     """A DPOTrainer for `job` whose reference is the init adapter (or the base without one)."""
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = common.load_tokenizer(job.model_path)
-    train, held_out = common.load_split(job.data_path, schema.PAIRS, COLUMNS, cfg.dpo, tokenizer)
-    args = common.trainer_args(
-        DPOConfig,
-        cfg.dpo,
-        where="dpo",
-        output_dir=output_dir,
-        has_eval=held_out is not None,
-        beta=cfg.dpo.beta,
-        **dpo_loss_terms(cfg.dpo.gamma),
-    )
-    model, peft_config = common.build_policy(cfg, job)
     # With a PEFT model and no ref_model / peft_config, DPOTrainer copies "default" into a
     # frozen "ref" adapter before any step: the reference is exactly M^t.
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=held_out,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=common.with_early_stopping(args, cfg.dpo, callbacks),
-    )
-    common.check_eval_rows(trainer, "dpo", cfg.dpo)
+    trainer, _ = common.build_trainer(
+        cfg, job, output_dir, callbacks, where="dpo", section=cfg.dpo, table_schema=schema.PAIRS,
+        columns=COLUMNS, config_cls=DPOConfig, trainer_cls=DPOTrainer, beta=cfg.dpo.beta,
+        **dpo_loss_terms(cfg.dpo.gamma),
+    )  # fmt: skip
     return trainer
 
 

@@ -30,34 +30,17 @@ def build_sft_trainer(
     """An SFTTrainer for `job` (also usable without Ray, e.g. in tests and benchmarks)."""
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = common.load_tokenizer(job.model_path)
-    train, held_out = common.load_split(job.data_path, schema.SFT_ROWS, COLUMNS, cfg.sft, tokenizer)
-    args = common.trainer_args(
-        SFTConfig,
-        cfg.sft,
-        where="sft",
-        output_dir=output_dir,
-        has_eval=held_out is not None,
-        completion_only_loss=True,
-    )
-    model, peft_config = common.build_policy(cfg, job)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=held_out,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=common.with_early_stopping(args, cfg.sft, callbacks),
-    )
-    common.check_eval_rows(trainer, "sft", cfg.sft)
-    dropped = len(train) - len(trainer.train_dataset)
+    trainer, rows = common.build_trainer(
+        cfg, job, output_dir, callbacks, where="sft", section=cfg.sft, table_schema=schema.SFT_ROWS,
+        columns=COLUMNS, config_cls=SFTConfig, trainer_cls=SFTTrainer, completion_only_loss=True,
+    )  # fmt: skip
+    dropped = rows - len(trainer.train_dataset)
     if dropped:
         # TRL truncates keeping the start, then drops rows left without response tokens.
         logger.warning(
             "sft: %d of %d training rows dropped: the prompt fills sft.max_length=%d",
             dropped,
-            len(train),
+            rows,
             cfg.sft.max_length,
         )
     return trainer
