@@ -107,34 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_model_prepare)
 
-    from esevo_ray.generation.cli import add_parsers as add_generation
+    # Each stage's module adds its own subcommands; the order matters once: serving extends
+    # the `report` command that evaluation adds (`esevo report human`).
+    from esevo_ray.evaluation import cli as evaluation
+    from esevo_ray.generation import cli as generation
+    from esevo_ray.pipeline import cli as pipeline
+    from esevo_ray.serving import cli as serving
+    from esevo_ray.training import cli as training
 
-    add_generation(sub)
-    from esevo_ray.training.cli import add_parsers as add_training
-
-    add_training(sub)
-    from esevo_ray.evaluation.cli import add_parsers as add_evaluation
-
-    add_evaluation(sub)
-    from esevo_ray.serving.cli import add_parsers as add_serving
-
-    add_serving(sub)  # after evaluation: it extends `esevo report` with `report human`
-    from esevo_ray.pipeline.cli import add_parsers as add_pipeline
-
-    add_pipeline(sub)
-
+    for module in (generation, training, evaluation, serving, pipeline):
+        module.add_parsers(sub)
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    from esevo_ray.evaluation.cli import add_bench_parsers as add_evaluation_bench
-    from esevo_ray.generation.cli import add_bench_parsers as add_generation_bench
-    from esevo_ray.training.cli import add_bench_parsers as add_training_bench
-
-    add_generation_bench(bench_sub)
-    add_training_bench(bench_sub)
-    from esevo_ray.serving.cli import add_bench_parsers as add_serving_bench
-
-    add_serving_bench(bench_sub)
-    add_evaluation_bench(bench_sub)
+    for module in (generation, training, serving, evaluation):
+        module.add_bench_parsers(bench_sub)
     return parser
 
 
