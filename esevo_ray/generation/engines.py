@@ -18,6 +18,8 @@ from esevo_ray.models import adapter_hash, merge_adapter
 
 logger = logging.getLogger(__name__)
 
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
+
 
 @dataclass
 class Completion:
@@ -177,11 +179,14 @@ class HfEngine(_Base):
         enc = enc.to(self.device)
         # One seed per batch: transformers samples the whole batch from one generator.
         torch.manual_seed(seeds[0] if seeds else decoding.seed)
+        # Like vLLM, a temperature this close to 0 means greedy decoding: dividing the logits
+        # by it overflows to inf and sampling fails.
+        sample = decoding.temperature >= GREEDY_BELOW
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
-                do_sample=decoding.temperature > 0,
-                temperature=decoding.temperature or None,
+                do_sample=sample,
+                temperature=decoding.temperature if sample else None,
                 top_p=decoding.top_p,
                 top_k=decoding.top_k,
                 repetition_penalty=decoding.repetition_penalty,

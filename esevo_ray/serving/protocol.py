@@ -38,7 +38,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
+    # torch and vLLM seeds are 64-bit: larger ones are a 4xx, not an overflow inside the engine.
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None

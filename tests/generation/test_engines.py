@@ -6,7 +6,10 @@ from esevo_ray.generation.engines import VllmEngine
 from .test_pipeline import _random_adapter
 
 GREEDY = DecodingSection(temperature=0, max_new_tokens=8)
-MESSAGES = [[{"role": "user", "content": "I feel sad about my exam."}], [{"role": "user", "content": "hello"}]]
+MESSAGES = [
+    [{"role": "user", "content": "I feel sad about my exam."}],
+    [{"role": "user", "content": "hello"}],
+]
 
 
 def _texts(engine):
@@ -22,3 +25,12 @@ def test_vllm_lora_request_matches_merged_weights(tiny_model, tmp_path, monkeypa
     assert merged_engine.adapter_hash and (tmp_path / "cache" / "merged").exists()
     assert as_request == _texts(merged_engine)
     assert as_request != _texts(VllmEngine(tiny_model, **kwargs))
+
+
+def test_hf_engine_treats_a_vanishing_temperature_as_greedy(tiny_model):
+    from esevo_ray.generation.engines import HfEngine
+
+    engine = HfEngine(tiny_model)
+    tiny = DecodingSection(temperature=2.3e-234, max_new_tokens=GREEDY.max_new_tokens)
+    # A request seen in the wild (schemathesis): sampling at this temperature overflowed.
+    assert [c.text for c in engine.chat(MESSAGES, tiny, [1, 2])] == _texts(engine)
