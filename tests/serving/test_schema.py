@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 MAX_EXAMPLES = 30
+# Deterministic by default, so a commit's CI result does not depend on the draw; set
+# ESEVO_FUZZ_RANDOM=1 to explore new inputs (that is how the vanishing-temperature 500 was found).
+DERANDOMIZE = not os.environ.get("ESEVO_FUZZ_RANDOM")
 
 
 def _fuzz(op, mode, headers: dict, statuses: dict[int, int]) -> None:
@@ -33,6 +37,7 @@ def _fuzz(op, mode, headers: dict, statuses: dict[int, int]) -> None:
 
     @settings(
         max_examples=MAX_EXAMPLES,
+        derandomize=DERANDOMIZE,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
