@@ -214,7 +214,7 @@ DEFAULT_CRISIS_TEXT = (
 
 
 class HumanEvalSection(Section):
-    # SQLite file (WAL); None: <run_dir>/human_eval/human_eval.sqlite.
+    # SQLite file (WAL); None: <run_dir>/human_eval/db.sqlite.
     db_path: str | None = None
     # Models drawn for blinded sessions; None: every finished iteration (m0, m1, ...).
     models: list[str] | None = None

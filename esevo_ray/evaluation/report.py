@@ -139,6 +139,7 @@ def _render(
             "verdicts that stayed unparseable or failed.",
             "",
         ]
+        md += _human_agreement(run_dir, judged)
 
     responses = {s.label: t for s in evaluated if (t := s.responses) is not None}
     if responses:
@@ -279,3 +280,37 @@ def _measure(method: analysis.Method) -> str:
 
 def _axis(method: analysis.Method) -> str:
     return "cosine similarity" if method == "embedding" else "Jaccard index"
+
+
+def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
+    """Table 7's p row: per dimension, Pearson r of judge and human point-wise means across
+    models, when the run has a human-evaluation database with ratings."""
+    from esevo_ray.config import JUDGE_DIMENSIONS
+    from esevo_ray.evaluation.judge_scores import pearson_by_dimension
+    from esevo_ray.serving.report import load_rows
+
+    db = run_dir / "human_eval" / "db.sqlite"
+    if not db.exists():
+        return []
+    ratings, _ = load_rows(db)
+    if not ratings:
+        return []
+    human = pa.Table.from_pylist(
+        [
+            {"model": r["model"], "dimension": r["dimension"], "score": float(r["score"])}
+            for r in ratings
+        ]
+    )
+    judge = pa.concat_tables([t.select(["model", "dimension", "score"]) for t in judged.values()])
+    rho = pearson_by_dimension(judge, human, on=("model",))
+    cells = [f"{100 * r:.2f}%" if (r := rho.get(d)) is not None else "–" for d in JUDGE_DIMENSIONS]
+    return [
+        "Agreement with human point-wise ratings (Pearson r of per-model means, "
+        f"{len(ratings)} ratings in `human_eval/db.sqlite`; – where fewer than two models "
+        "have both):",
+        "",
+        "| | " + " | ".join(d.capitalize() for d in JUDGE_DIMENSIONS) + " |",
+        "|---|" + "---|" * len(JUDGE_DIMENSIONS),
+        "| p | " + " | ".join(cells) + " |",
+        "",
+    ]

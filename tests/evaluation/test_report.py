@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from esevo_ray.evaluation import cli, score_responses
+from esevo_ray.evaluation.judge_scores import pearson
 from esevo_ray.evaluation.report import find_stages, write_report
 from esevo_ray.io import write_parquet
 from esevo_ray.schema import JUDGE_SCORES, conform
@@ -134,3 +135,33 @@ def test_report_on_empty_run_fails_clearly(tmp_path):
         write_report(tmp_path)
     with pytest.raises(FileNotFoundError, match="run directory not found"):
         write_report(tmp_path / "absent")
+
+
+def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
+    from esevo_ray.serving.store import HumanEvalStore
+
+    run = tmp_path / "demo"
+    for stage, texts in RESPONSES.items():
+        eval_dir = run / stage / "eval"
+        score_responses(
+            write_responses(eval_dir / "responses.parquet", stage, texts), eval_dir, bertscore=False
+        )
+    # Judge means per model: coherence m0 2.5, iter_1 4.0, iter_2 5.0 (empathy likewise).
+    write_parquet(judge_table("m0", [3, 2]), run / "m0/eval/judge_scores.parquet")
+    write_parquet(judge_table("iter_1", [4, 4]), run / "iter_1/eval/judge_scores.parquet")
+    write_parquet(judge_table("iter_2", [5, 5]), run / "iter_2/eval/judge_scores.parquet")
+    store = HumanEvalStore(run / "human_eval" / "db.sqlite")
+    # Human coherence means rise with the judge's (r = 1); empathy falls (r = -1); the other
+    # dimensions have no judge scores.
+    for i, (model, coh, emp) in enumerate([("m0", 1, 5), ("iter_1", 3, 3), ("iter_2", 4, 2)]):
+        store.add_session(f"s{i}", "pointwise", "r", model, None, 1)
+        store.add_ratings(f"s{i}", model, {"coherence": coh, "empathy": emp})
+    store.close()
+    text = write_report(run, relevance="overlap").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| p |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    coherence = 100 * pearson([2.5, 4.0, 5.0], [1, 3, 4])
+    assert cells[0] == f"{coherence:.2f}%" and float(cells[0].rstrip("%")) > 95
+    assert float(cells[2].rstrip("%")) < -95  # empathy
+    assert cells[1] == "–"  # understanding: no judge scores
+    assert "6 ratings" in text
