@@ -29,6 +29,34 @@ logger = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429}
 
 
+def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: float, before=None):
+    """`client.chat.completions.create(**request)`, retrying transport errors.
+
+    Timeouts, connection errors, 408/409/429 and 5xx are retried with exponential backoff and
+    jitter; `before()` (e.g. a rate limiter) runs before every attempt. Any other HTTP error
+    raises `openai.APIStatusError` at once; after the retries the last error is raised.
+    """
+    import openai
+
+    for attempt in range(max_retries + 1):
+        if before is not None:
+            before()
+        try:
+            return client.chat.completions.create(**request)
+        except openai.APIStatusError as e:
+            if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
+                raise
+            error: Exception = e
+        except openai.APIConnectionError as e:  # includes timeouts
+            error = e
+        if attempt == max_retries:
+            raise error
+        delay = backoff_s * 2**attempt * (1 + 0.25 * random.random())
+        logger.debug("request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 class EndpointError(RuntimeError):
     """The endpoint cannot answer: unreachable, bad key, unknown model, or a failing request."""
 
@@ -86,28 +114,20 @@ class ChatEndpoint:
         import openai
 
         extra = {"top_k": decoding.top_k, "repetition_penalty": decoding.repetition_penalty}
-        for attempt in range(self.max_retries + 1):
-            try:
-                reply = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    temperature=decoding.temperature,
-                    top_p=decoding.top_p,
-                    max_tokens=decoding.max_new_tokens,
-                    seed=seed,
-                    extra_body=extra if self.sampling_extras else None,
-                )
-                return (reply.choices[0].message.content or "").strip() if reply.choices else ""
-            except openai.APIStatusError as e:
-                if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
-                    raise EndpointError(self._where(f"HTTP {e.status_code}: {e.message}")) from e
-                error: Exception = e
-            except openai.APIConnectionError as e:  # includes timeouts
-                error = e
-            if attempt == self.max_retries:
-                raise EndpointError(self._where(f"{error} after {attempt + 1} attempts")) from error
-            time.sleep(self.backoff_s * 2**attempt * (1 + 0.25 * random.random()))
-        raise AssertionError("unreachable")
+        request = dict(
+            model=self.model, messages=messages, temperature=decoding.temperature,
+            top_p=decoding.top_p, max_tokens=decoding.max_new_tokens, seed=seed,
+            extra_body=extra if self.sampling_extras else None,
+        )  # fmt: skip
+        try:
+            reply = create_with_retries(
+                self._client, request, max_retries=self.max_retries, backoff_s=self.backoff_s
+            )
+        except openai.APIStatusError as e:
+            raise EndpointError(self._where(f"HTTP {e.status_code}: {e.message}")) from e
+        except openai.APIError as e:
+            raise EndpointError(self._where(f"{e} after {self.max_retries + 1} attempts")) from e
+        return (reply.choices[0].message.content or "").strip() if reply.choices else ""
 
     def _where(self, what: str) -> str:
         return f"endpoint {self.url} model {self.model!r}: {what}"

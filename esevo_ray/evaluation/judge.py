@@ -28,7 +28,6 @@ from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
 logger = logging.getLogger(__name__)
 
 SCORE_RANGE = (1.0, 5.0)
-_RETRY_STATUS = {408, 409, 429}
 _FATAL_STATUS = {401, 403, 404}
 
 
@@ -143,36 +142,27 @@ class JudgeClient:
         """
         import openai
 
+        from esevo_ray.evaluation.endpoint import create_with_retries
+
         cfg = self.cfg
-        for attempt in range(cfg.max_retries + 1):
-            self._limiter.wait()
-            try:
-                reply = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    extra_body=None if cfg.top_k is None else {"top_k": cfg.top_k},
-                )
-                return reply.choices[0].message.content if reply.choices else None
-            except openai.APIStatusError as e:
-                if e.status_code in _FATAL_STATUS:
-                    raise JudgeError(
-                        f"judge endpoint {self.base_url} model {self.model!r}: "
-                        f"HTTP {e.status_code}: {e.message}"
-                    ) from e
-                if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
-                    raise
-                error: Exception = e
-            except openai.APIConnectionError as e:  # includes timeouts
-                error = e
-            if attempt == cfg.max_retries:
-                raise error
-            delay = cfg.backoff_s * 2**attempt * (1 + 0.25 * random.random())
-            logger.debug("judge request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+        extra = None if cfg.top_k is None else {"top_k": cfg.top_k}
+        request = dict(
+            model=self.model, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens, extra_body=extra,
+        )  # fmt: skip
+        try:
+            reply = create_with_retries(
+                self._client, request, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+                before=self._limiter.wait,
+            )  # fmt: skip
+        except openai.APIStatusError as e:
+            if e.status_code in _FATAL_STATUS:
+                raise JudgeError(
+                    f"judge endpoint {self.base_url} model {self.model!r}: "
+                    f"HTTP {e.status_code}: {e.message}"
+                ) from e
+            raise
+        return reply.choices[0].message.content if reply.choices else None
 
     def judge(self, dimension: str, context: list[dict], response: str) -> Verdict:
         """Score one response on one dimension; missing (None) after repeated bad replies."""
