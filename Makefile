@@ -44,9 +44,11 @@ demo: venv
 	$(BIN)/esevo model prepare
 	$(BIN)/esevo evolve --config $(CONFIG)
 
+# Style, and the layering contracts of pyproject.toml's [tool.importlinter].
 lint: venv
 	$(BIN)/ruff check esevo_ray jobs tests
 	$(BIN)/ruff format --check esevo_ray jobs tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

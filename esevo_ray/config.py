@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,8 +131,50 @@ class TrainSection(Section):
     seed: int = 42
     lora: LoraSection = LoraSection()
     scaling: ScalingSection = ScalingSection()
-    # Passed through to the TRL config; keys are checked against its fields up front.
+    # Passed through to the TRL config (SFTConfig / DPOConfig); checked when the config loads.
     trl: dict[str, Any] = {}
+
+    # The TRL config class of this stage, and the TRL keys its first-class fields set.
+    _trl_class: ClassVar[str] = "SFTConfig"
+    _trl_keys: ClassVar[dict[str, str]] = {
+        "learning_rate": "learning_rate",
+        "per_device_train_batch_size": "per_device_batch_size",
+        "per_device_eval_batch_size": "per_device_batch_size",
+        "gradient_accumulation_steps": "gradient_accumulation_steps",
+        "warmup_steps": "warmup_ratio",
+        "warmup_ratio": "warmup_ratio",
+        "num_train_epochs": "num_epochs",
+        "max_steps": "max_steps",
+        "eval_steps": "eval_steps",
+        "save_steps": "save_steps",
+        "logging_steps": "logging_steps",
+        "max_length": "max_length",
+        "gradient_checkpointing": "gradient_checkpointing",
+        "bf16": "bf16",
+        "seed": "seed",
+        "data_seed": "seed",
+    }
+
+    @model_validator(mode="after")
+    def _check_trl(self) -> TrainSection:
+        """`trl` keys must exist in the TRL config class and not repeat a first-class field."""
+        twice = {k: self._trl_keys[k] for k in self.trl if k in self._trl_keys}
+        if twice:
+            both = ", ".join(f"trl.{k} and {field}" for k, field in twice.items())
+            raise ValueError(f"{both} set the same TRL setting: keep only the field")
+        if self.trl:
+            import dataclasses
+
+            import trl
+
+            config_cls = getattr(trl, self._trl_class)
+            unknown = sorted(set(self.trl) - {f.name for f in dataclasses.fields(config_cls)})
+            if unknown:
+                raise ValueError(
+                    f"trl: unknown {self._trl_class} keys {unknown} (see the TRL documentation "
+                    "of that class for the allowed keys)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_early_stopping(self) -> TrainSection:
@@ -147,9 +189,17 @@ class TrainSection(Section):
 
 
 class DpoSection(TrainSection):
-    beta: float = 0.1
+    beta: float = Field(0.1, gt=0)
     # Weight of the SFT (NLL) term on chosen responses: L = L_DPO + gamma * L_SFT.
-    gamma: float = 1.0
+    gamma: float = Field(1.0, ge=0)
+
+    _trl_class: ClassVar[str] = "DPOConfig"
+    _trl_keys: ClassVar[dict[str, str]] = {
+        **TrainSection._trl_keys,
+        "beta": "beta",
+        "loss_type": "gamma",
+        "loss_weights": "gamma",
+    }
 
 
 class EvolveSection(Section):

@@ -120,7 +120,16 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no Parquet data at {path}")
-    table = ds.dataset(path, format="parquet", exclude_invalid_files=True).to_table()
+    if path.is_dir():
+        dataset = ds.dataset(path, format="parquet", exclude_invalid_files=True)
+        if not dataset.files:
+            raise FileNotFoundError(f"no Parquet files in {path}")
+        table = dataset.to_table()
+    else:
+        try:
+            table = ds.dataset(path, format="parquet").to_table()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SchemaError(f"{path}: not a Parquet file ({e})") from None
     return conform(table, schema, where=str(path))
 
 

@@ -1,12 +1,10 @@
-"""Generate one iteration of preference pairs with M^t on a Ray cluster.
+"""Generate the preference pairs of iteration t with m<t-1> on a Ray cluster.
 
 ray job submit --working-dir . -- python jobs/generate_pairs.py \
-    --config configs/cpu-demo.yaml --adapter runs/cpu-demo/m0/adapter --iteration 1
+    --config configs/cpu-demo.yaml --iteration 1
 """
 
-import sys
-
-from esevo_ray.cli import main
+from esevo_ray.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["generate", *sys.argv[1:]]))
+    run_job(["generate"])

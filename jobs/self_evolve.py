@@ -3,9 +3,7 @@
 ray job submit --working-dir . -- python jobs/self_evolve.py --config configs/cpu-demo.yaml
 """
 
-import sys
-
-from esevo_ray.cli import main
+from esevo_ray.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["evolve", *sys.argv[1:]]))
+    run_job(["evolve"])

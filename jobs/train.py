@@ -1,13 +1,11 @@
-"""Train one stage on a Ray cluster: SFT (-> M0) or DPO (M^t -> M^{t+1}).
+"""Train one stage on a Ray cluster: SFT (-> m0) or DPO (m<t-1> -> m<t>).
 
 ray job submit --working-dir . -- python jobs/train.py sft --config configs/cpu-demo.yaml
 ray job submit --working-dir . -- python jobs/train.py dpo --config configs/cpu-demo.yaml \
-    --pairs runs/cpu-demo/iter_0/pairs.parquet --init runs/cpu-demo/sft
+    --iteration 1
 """
 
-import sys
-
-from esevo_ray.training.cli import main
+from esevo_ray.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job([])

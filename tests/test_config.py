@@ -67,3 +67,25 @@ def test_env_vars_expand_in_paths(monkeypatch):
 def test_digest_changes_with_config():
     assert RunConfig().digest() == RunConfig().digest()
     assert RunConfig().digest() != load_config(None, ["dpo.beta=0.2"]).digest()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dpo.trl={beta: 0.3}", "trl.beta and beta set the same TRL setting"),
+        ("sft.trl={num_train_epochs: 1}", "trl.num_train_epochs and num_epochs"),
+        ("dpo.trl={loss_weights: [1, 2]}", "trl.loss_weights and gamma"),
+        ("dpo.trl={rpo_alpha: 1.0}", r"unknown DPOConfig keys \['rpo_alpha'\]"),
+        ("sft.trl={bogus: 1}", r"unknown SFTConfig keys \['bogus'\]"),
+        ("dpo.gamma=-0.5", "dpo.gamma: Input should be greater than or equal to 0"),
+    ],
+)
+def test_training_settings_are_checked_when_the_config_loads(override, message):
+    # A typo here used to surface only when DPO started, after data, SFT and generation.
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_known_trl_key_passes_through():
+    cfg = load_config(None, ["dpo.trl={label_smoothing: 0.1}"])
+    assert cfg.dpo.trl == {"label_smoothing": 0.1}

@@ -100,7 +100,7 @@ def ablate_prompts(
     Returns:
         The summary written to `out/summary.json`: per prompt the scores, rows and fallbacks.
     """
-    from esevo_ray.generation.pipeline import generate_responses
+    from esevo_ray.evaluation.responses import generate_responses
 
     unknown = [n for n in names if n not in PROMPTS]
     if unknown:

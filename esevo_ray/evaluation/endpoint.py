@@ -16,13 +16,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pyarrow as pa
-
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, RunConfig
 from esevo_ray.generation.pairs import fit_context, request_seed
-from esevo_ray.generation.pipeline import _keys, check_complete, part_name, read_parts
 from esevo_ray.io import write_parquet
+from esevo_ray.parts import check_complete, read_parts, unwritten, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -169,17 +167,11 @@ def endpoint_responses(
     Raises:
         EndpointError: a request failed for good; parts already written are kept.
     """
-    import pyarrow.compute as pc
-
     out_dir, parts = Path(out_dir), Path(out_dir) / "parts"
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
     if cfg.eval.max_examples is not None:
         contexts = contexts.slice(0, cfg.eval.max_examples)
-    done = read_parts(parts, schema.EVAL_RESPONSES)
-    todo = contexts
-    if done.num_rows:
-        todo = contexts.filter(pc.invert(pc.is_in(_keys(contexts), value_set=_keys(done))))
-    rows = todo.to_pylist()
+    rows = unwritten(contexts, read_parts(parts, schema.EVAL_RESPONSES)).to_pylist()
     logger.info(
         "endpoint %s (%s): %d contexts, %d to go", endpoint.url, model_name, contexts.num_rows,
         len(rows),
@@ -208,8 +200,7 @@ def endpoint_responses(
                      "model": model_name, "response": t}
                     for r, t in zip(batch, texts, strict=True)
                 ]  # fmt: skip
-                table = pa.Table.from_pylist(out, schema=schema.EVAL_RESPONSES)
-                write_parquet(schema.conform(table, schema.EVAL_RESPONSES), parts / part_name(out))
+                write_part(parts, out, schema.EVAL_RESPONSES)
                 logger.info(
                     "endpoint %s: %d/%d answered", model_name, start + len(batch), len(rows)
                 )

@@ -59,7 +59,7 @@ def evaluate_model(
         FileNotFoundError: no contexts file, or no model folder.
         EndpointError: the endpoint failed for good.
     """
-    from esevo_ray.generation.pipeline import generate_responses
+    from esevo_ray.evaluation.responses import generate_responses
     from esevo_ray.models import adapter_hash, resolve_model
 
     contexts, out = Path(contexts), Path(out)

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 from esevo_ray.config import DecodingSection, JudgeSection
-from esevo_ray.evaluation.judge import Verdict, VerdictError, parse_verdict
 from esevo_ray.evaluation.judge_prompts import judge_messages
+from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 
 logger = logging.getLogger(__name__)
 

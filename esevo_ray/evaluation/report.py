@@ -1,17 +1,12 @@
 """The Markdown evaluation report of a run directory, with tables laid out like Tables 2 and 7.
 
-Expected layout (missing parts are skipped):
-
-    <run>/m0/eval/{responses.parquet, metrics.json, judge_scores.parquet}
-    <run>/iter_<k>/pairs/            preference pairs of iteration k (PAIRS; or pairs.parquet)
-    <run>/iter_<k>/eval/...          model M<k>
+Reads each model's eval folder and pairs through `RunLayout`; missing parts are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +22,7 @@ from esevo_ray.evaluation.tables import (
     scores_of,
 )
 from esevo_ray.io import atomic_dir, atomic_write_text
+from esevo_ray.layout import RunLayout
 from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, PAIRS, read_table
 
 logger = logging.getLogger(__name__)
@@ -38,11 +34,11 @@ class Stage:
 
     label: str
     index: int
-    folder: Path
+    run: RunLayout
 
     @property
     def eval_dir(self) -> Path:
-        return self.folder / "eval"
+        return self.run.eval(self.index)
 
     @cached_property
     def metrics(self) -> dict | None:
@@ -56,28 +52,22 @@ class Stage:
 
     @cached_property
     def judge(self) -> pa.Table | None:
-        path = self.eval_dir / "judge_scores.parquet"
+        path = self.run.judge_scores(self.index)
         return read_table(path, JUDGE_SCORES) if path.exists() else None
 
     @cached_property
     def pairs(self) -> pa.Table | None:
-        for path in (self.folder / "pairs", self.folder / "pairs.parquet"):
-            if self.index > 0 and path.exists():
-                return read_table(path, PAIRS)
+        if self.index > 0 and self.run.pairs(self.index).exists():
+            return read_table(self.run.pairs(self.index), PAIRS)
         return None
 
 
 def find_stages(run_dir: str | Path) -> list[Stage]:
-    """M0 and every iter_<k> folder of a run, in iteration order."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    stages = [Stage("M0", 0, run_dir / "m0")] if (run_dir / "m0").is_dir() else []
-    for path in run_dir.iterdir():
-        match = re.fullmatch(r"iter_(\d+)", path.name)
-        if match and path.is_dir():
-            stages.append(Stage(f"M{int(match[1])}", int(match[1]), path))
-    return sorted(stages, key=lambda s: s.index)
+    """Every m<k> folder of a run, in iteration order."""
+    run = RunLayout(Path(run_dir))
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run.root}")
+    return [Stage(f"M{t}", t, run) for t in run.model_indices()]
 
 
 def write_report(run_dir: str | Path, *, relevance: analysis.Method = "embedding") -> Path:
@@ -90,12 +80,13 @@ def write_report(run_dir: str | Path, *, relevance: analysis.Method = "embedding
     stages = [s for s in find_stages(run_dir) if s.eval_dir.is_dir() or s.pairs is not None]
     evaluated = [s for s in stages if s.metrics is not None or s.responses is not None]
     if not evaluated:
-        raise FileNotFoundError(f"{run_dir}: no m0/eval or iter_<k>/eval folder with results")
-    with atomic_dir(run_dir / "report") as out:
+        raise FileNotFoundError(f"{run_dir}: no m<t>/eval folder with results")
+    run = RunLayout(run_dir)
+    with atomic_dir(run.report_dir) as out:
         text = _render(run_dir, stages, evaluated, out, relevance)
-        atomic_write_text(out / "report.md", text)
-    logger.info("report written to %s", run_dir / "report" / "report.md")
-    return run_dir / "report" / "report.md"
+        atomic_write_text(out / run.report.name, text)
+    logger.info("report written to %s", run.report)
+    return run.report
 
 
 def _render(
@@ -289,7 +280,7 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
     from esevo_ray.evaluation.judge_scores import pearson_by_dimension
     from esevo_ray.serving.report import load_rows
 
-    db = run_dir / "human_eval" / "db.sqlite"
+    db = RunLayout(run_dir).human_db
     if not db.exists():
         return []
     ratings, _ = load_rows(db)
@@ -306,7 +297,7 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
     cells = [f"{100 * r:.2f}%" if (r := rho.get(d)) is not None else "–" for d in JUDGE_DIMENSIONS]
     return [
         "Agreement with human point-wise ratings (Pearson r of per-model means, "
-        f"{len(ratings)} ratings in `human_eval/db.sqlite`; – where fewer than two models "
+        f"{len(ratings)} ratings in `{db.relative_to(run_dir)}`; – where fewer than two models "
         "have both):",
         "",
         "| | " + " | ".join(d.capitalize() for d in JUDGE_DIMENSIONS) + " |",

@@ -11,7 +11,6 @@ Two actors use it: `Generator` (preference pairs) and `Responder` (evaluation re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -25,38 +24,17 @@ from esevo_ray import prompts, schema
 from esevo_ray.config import GenerationSection, RunConfig
 from esevo_ray.generation.engines import build_engine
 from esevo_ray.generation.pairs import fit_context, make_pairs, request_seed
-from esevo_ray.io import atomic_write_text, write_parquet
+from esevo_ray.io import atomic_write_text
+from esevo_ray.parts import check_complete, part_name, read_parts, unwritten, write_part
 
 logger = logging.getLogger(__name__)
-
-PART_GLOB = "part-*.parquet"
-KEY = ("dialogue_id", "turn_index")
-
-
-def part_name(rows: list[dict]) -> str:
-    keys = sorted(f"{r['dialogue_id']}\x00{r['turn_index']}" for r in rows)
-    return f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
-
-
-def read_parts(out_dir: str | Path, sch: pa.Schema) -> pa.Table:
-    """All rows written so far into `out_dir` (an empty table if none)."""
-    parts = sorted(Path(out_dir).glob(PART_GLOB))
-    if not parts:
-        return sch.empty_table()
-    return pa.concat_tables([schema.read_table(p, sch) for p in parts])
 
 
 def read_pairs(out_dir: str | Path) -> pa.Table:
     return read_parts(out_dir, schema.PAIRS)
 
 
-def _keys(table: pa.Table) -> pa.Array:
-    return pc.binary_join_element_wise(
-        table["dialogue_id"], pc.cast(table["turn_index"], pa.string()), "\x00"
-    )
-
-
-class _EngineActor:
+class EngineActor:
     """A Ray Data actor: one engine, whole batches in, one Parquet part out per batch."""
 
     output_schema: pa.Schema
@@ -80,16 +58,14 @@ class _EngineActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        path = self.out_dir / part_name(rows)
         tokens = 0
-        if not path.exists():  # else: a retried batch whose part was already written
+        if not (self.out_dir / part_name(rows)).exists():  # else: a retried batch, written
             out, tokens = self.produce(rows)
-            table = pa.Table.from_pylist(out, schema=self.output_schema)
-            write_parquet(schema.conform(table, self.output_schema), path)
+            write_part(self.out_dir, out, self.output_schema)
         return pa.table({"rows": [len(rows)], "tokens": [tokens]})
 
 
-class Generator(_EngineActor):
+class Generator(EngineActor):
     """Preference pairs of iteration `iteration` (Section 2.2.1)."""
 
     output_schema = schema.PAIRS
@@ -103,7 +79,7 @@ class Generator(_EngineActor):
         return pairs, sum(p["rejected_tokens"] + p["reflection_tokens"] for p in pairs)
 
 
-class Responder(_EngineActor):
+class Responder(EngineActor):
     """Responses r_n = M(P || C_n) for evaluation with the ground-truth context (P = P_task)."""
 
     output_schema = schema.EVAL_RESPONSES
@@ -145,7 +121,7 @@ def run_engine_actors(
     cfg: RunConfig,
     contexts: pa.Table,
     out_dir: Path,
-    actor: type[_EngineActor],
+    actor: type[EngineActor],
     *,
     model_path: str | Path,
     adapter: str | Path | None,
@@ -158,10 +134,7 @@ def run_engine_actors(
 
     gen = cfg.generation
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = read_parts(out_dir, actor.output_schema)
-    todo = contexts
-    if written.num_rows:
-        todo = contexts.filter(pc.invert(pc.is_in(_keys(contexts), value_set=_keys(written))))
+    todo = unwritten(contexts, read_parts(out_dir, actor.output_schema))
     total, remaining = contexts.num_rows, todo.num_rows
     logger.info(
         "%s: %d contexts, %d already done, %d to go", label, total, total - remaining, remaining
@@ -202,15 +175,6 @@ def run_engine_actors(
     return progress
 
 
-def check_complete(table: pa.Table, expected: int, where: Path) -> None:
-    """Every key exactly once, none missing."""
-    unique = len(pc.unique(_keys(table)))
-    if unique != table.num_rows:
-        raise RuntimeError(f"{where}: {table.num_rows - unique} duplicate keys")
-    if table.num_rows < expected:
-        raise RuntimeError(f"{where}: {table.num_rows} of {expected} rows written")
-
-
 def generate_pairs(
     cfg: RunConfig,
     contexts_path: str | Path,
@@ -249,31 +213,3 @@ def generate_pairs(
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
-
-
-def generate_responses(
-    cfg: RunConfig,
-    contexts_path: str | Path,
-    out_dir: str | Path,
-    *,
-    model_path: str | Path,
-    adapter: str | Path | None = None,
-    model_name: str,
-    system_prompt: str = prompts.TASK_PROMPT,
-) -> Path:
-    """Responses of one model to the evaluation contexts; returns `out_dir/responses.parquet`.
-
-    `system_prompt` replaces P_task (the prompt ablation of Table 3).
-    """
-    out_dir = Path(out_dir)
-    contexts = schema.read_table(contexts_path, schema.CONTEXTS)
-    if cfg.eval.max_examples is not None:
-        contexts = contexts.slice(0, cfg.eval.max_examples)
-    parts = out_dir / "parts"
-    run_engine_actors(
-        cfg, contexts, parts, Responder, model_path=model_path, adapter=adapter,
-        label=f"eval responses {model_name}", model_name=model_name, system_prompt=system_prompt,
-    )  # fmt: skip
-    table = read_parts(parts, schema.EVAL_RESPONSES)
-    check_complete(table, contexts.num_rows, parts)
-    return write_parquet(table, out_dir / "responses.parquet")

@@ -1,5 +1,5 @@
-"""The self-evolution loop, its run directory and manifest."""
+"""The self-evolution loop and its manifest."""
 
-from esevo_ray.pipeline.evolve import evolve, run_dir
+from esevo_ray.pipeline.evolve import evolve
 
-__all__ = ["evolve", "run_dir"]
+__all__ = ["evolve"]

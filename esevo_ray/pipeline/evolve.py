@@ -4,13 +4,8 @@
     for t in 1..T: pairs(M^{t-1}) -> DPO -> M^t -> eval(M^t)
     -> report
 Each eval(M^t) is followed by LLM-as-a-judge (stage judge_m<t>) when eval.judge is set.
-
-Run directory:
-    runs/<name>/manifest.json         config, versions, stage status, times, row counts
-    runs/<name>/data/                 prepared datasets
-    runs/<name>/m0/{adapter,eval}/
-    runs/<name>/iter_<t>/{pairs,adapter,eval}/
-    runs/<name>/report/
+Every path comes from `RunLayout` (esevo_ray/layout.py), and every stage is named after the
+model it makes or scores: sft_m0, eval_m0, judge_m0, pairs_m1, dpo_m1, eval_m1, ...
 
 Stages hand each other paths. A stage whose outputs exist and whose manifest entry is "done"
 is skipped, so rerunning the same command after a stop continues at the first unfinished one.
@@ -24,19 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from esevo_ray.config import RunConfig
+from esevo_ray.layout import RunLayout, model_name
 from esevo_ray.models import resolve_model
 from esevo_ray.pipeline.manifest import Manifest
 
 logger = logging.getLogger(__name__)
-
-
-def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.output_dir) / cfg.name
-
-
-def model_dir(root: Path, t: int) -> Path:
-    """Folder of M^t: m0 for the SFT model, iter_<t> for the DPO iterations."""
-    return root / ("m0" if t == 0 else f"iter_{t}")
 
 
 class Runner:
@@ -73,38 +60,32 @@ class Runner:
 
 
 def _evaluate(
-    cfg: RunConfig, root: Path, base: Path, t: int, adapter: Path | None, runner: Runner
+    cfg: RunConfig, run: RunLayout, base: Path, t: int, adapter: Path, runner: Runner
 ) -> None:
     from esevo_ray.evaluation.metrics import score_responses
-    from esevo_ray.generation.pipeline import generate_responses
+    from esevo_ray.evaluation.responses import generate_responses
 
-    out = model_dir(root, t) / "eval"
-    name = f"m{t}"
+    name, out = model_name(t), run.eval(t)
 
-    def run() -> dict:
+    def score() -> dict:
         responses = generate_responses(
-            cfg,
-            root / "data" / "eval_contexts.parquet",
-            out,
-            model_path=base,
-            adapter=adapter,
-            model_name=name,
+            cfg, run.eval_contexts, out, model_path=base, adapter=adapter, model_name=name
         )
         metrics = score_responses(responses, out, cfg)
         return {"scores": metrics.get("scores", {})}
 
     runner.stage(
         f"eval_{name}",
-        inputs={"contexts": root / "data" / "eval_contexts.parquet", "adapter": adapter or base},
+        inputs={"contexts": run.eval_contexts, "adapter": adapter},
         outputs={"responses": out / "responses.parquet", "metrics": out / "metrics.json"},
-        fn=run,
+        fn=score,
     )
-    _judge(cfg, out, name, base, runner)
+    _judge(cfg, run, t, base, runner)
 
 
-def _judge(cfg: RunConfig, out: Path, name: str, base: Path, runner: Runner) -> None:
+def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -> None:
     """LLM-as-a-judge of one model's eval responses (Table 7), when eval.judge is set."""
-    judge = cfg.eval.judge
+    judge, name = cfg.eval.judge, model_name(t)
     if judge.backend == "endpoint" and not (judge.base_url and judge.model):
         logger.info("eval.judge.base_url/model not set: LLM-as-a-judge of %s skipped", name)
         return
@@ -113,16 +94,14 @@ def _judge(cfg: RunConfig, out: Path, name: str, base: Path, runner: Runner) -> 
         if judge.backend == "endpoint"
         else (f"local {judge.backend} judge {judge.local_model or base}")
     )
+    responses = run.eval(t) / "responses.parquet"
 
-    def run() -> dict:
+    def score() -> dict:
         from esevo_ray.evaluation.judge import judge_file
         from esevo_ray.evaluation.judge_scores import summarize
 
         n = cfg.eval.judge_samples if cfg.eval.judge_samples > 0 else None
-        scores = judge_file(
-            out / "responses.parquet", out / "judge_scores.parquet", judge, n_samples=n,
-            local_model=base,
-        )  # fmt: skip
+        scores = judge_file(responses, run.judge_scores(t), judge, n_samples=n, local_model=base)
         missing = scores.column("score").null_count
         if scores.num_rows and missing == scores.num_rows:
             raise RuntimeError(f"judge {where}: every verdict missing")
@@ -135,74 +114,74 @@ def _judge(cfg: RunConfig, out: Path, name: str, base: Path, runner: Runner) -> 
 
     runner.stage(
         f"judge_{name}",
-        inputs={"responses": out / "responses.parquet"},
-        outputs={"judge_scores": out / "judge_scores.parquet"},
-        fn=run,
+        inputs={"responses": responses},
+        outputs={"judge_scores": run.judge_scores(t)},
+        fn=score,
     )
 
 
-def evolve(cfg: RunConfig) -> Path:
-    """Run (or continue) the whole loop for `cfg`; returns the run directory."""
+def evolve(cfg: RunConfig) -> RunLayout:
+    """Run (or continue) the whole loop for `cfg`; returns the run's layout."""
     from esevo_ray.data.prepare import prepare_data
     from esevo_ray.training.sft import train_sft
 
-    root = run_dir(cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    runner = Runner(Manifest.open(root, cfg))
+    run = RunLayout.of(cfg)
+    run.migrate()
+    run.root.mkdir(parents=True, exist_ok=True)
+    runner = Runner(Manifest.open(run.root, cfg))
     base = resolve_model(cfg.model.path)
-    data = root / "data"
 
     runner.stage(
         "data",
         inputs={"data_dir": Path(cfg.data.data_dir or "default")},
-        outputs={"data": data / "manifest.json"},
-        fn=lambda: {"rows": prepare_data(cfg.data, data)["rows"]},
+        outputs={"data": run.data / "manifest.json"},
+        fn=lambda: {"rows": prepare_data(cfg.data, run.data)["rows"]},
     )
-    adapter = model_dir(root, 0) / "adapter"
     runner.stage(
-        "sft_m0",
-        inputs={"sft": data / "sft.parquet", "base": base},
-        outputs={"adapter": adapter},
-        fn=lambda: {"adapter": str(train_sft(cfg, data, adapter))},
+        f"sft_{model_name(0)}",
+        inputs={"sft": run.sft_data, "base": base},
+        outputs={"adapter": run.adapter(0)},
+        fn=lambda: {"adapter": str(train_sft(cfg, run.data, run.adapter(0)))},
     )
-    _evaluate(cfg, root, base, 0, adapter, runner)
+    _evaluate(cfg, run, base, 0, run.adapter(0), runner)
     for t in range(1, cfg.evolve.iterations + 1):
-        adapter = _iteration(cfg, root, base, t, adapter, runner)
-        _evaluate(cfg, root, base, t, adapter, runner)
+        _iteration(cfg, run, base, t, runner)
+        _evaluate(cfg, run, base, t, run.adapter(t), runner)
 
     runner.stage(
         "report",
-        inputs={"run": root},
-        outputs={"report": root / "report" / "report.md"},
-        fn=lambda: _report(root),
+        inputs={"run": run.root},
+        outputs={"report": run.report},
+        fn=lambda: _report(run.root),
     )
-    return root
+    return run
 
 
-def _iteration(cfg: RunConfig, root: Path, base: Path, t: int, prev: Path, runner: Runner) -> Path:
-    """Pairs generated by M^{t-1} (adapter `prev`), then DPO from it: returns M^t's adapter."""
+def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runner) -> None:
+    """Pairs generated by M^{t-1}, then DPO from it: M^t."""
     from esevo_ray.generation.inspect import pairs_summary
     from esevo_ray.generation.pipeline import generate_pairs
     from esevo_ray.training.dpo import train_dpo
 
-    contexts = root / "data" / "seed_contexts.parquet"
-    pairs, adapter = model_dir(root, t) / "pairs", model_dir(root, t) / "adapter"
+    name, prev, pairs = model_name(t), run.adapter(t - 1), run.pairs(t)
     runner.stage(
-        f"pairs_{t}",
-        inputs={"contexts": contexts, "generator": prev},
+        f"pairs_{name}",
+        inputs={"contexts": run.seed_contexts, "generator": prev},
         outputs={"pairs": pairs / "manifest.json"},
-        fn=lambda: generate_pairs(cfg, contexts, pairs, model_path=base, adapter=prev, iteration=t),
+        fn=lambda: generate_pairs(
+            cfg, run.seed_contexts, pairs, model_path=base, adapter=prev, iteration=t
+        ),
     )
 
     def dpo() -> dict:
         summary = pairs_summary(pairs, samples=0)
         summary.pop("samples")
-        return {"adapter": str(train_dpo(cfg, pairs, prev, adapter)), "pairs": summary}
+        return {"adapter": str(train_dpo(cfg, pairs, prev, run.adapter(t))), "pairs": summary}
 
     runner.stage(
-        f"dpo_m{t}", inputs={"pairs": pairs, "init": prev}, outputs={"adapter": adapter}, fn=dpo
-    )
-    return adapter
+        f"dpo_{name}", inputs={"pairs": pairs, "init": prev}, outputs={"adapter": run.adapter(t)},
+        fn=dpo,
+    )  # fmt: skip
 
 
 def _report(root: Path) -> dict:

@@ -112,8 +112,7 @@ def bench_serve_app(
 
     from ray import serve
 
-    from esevo_ray.serving.cli import start_app
-    from esevo_ray.serving.deploy import build_application
+    from esevo_ray.serving.deploy import build_application, start_app
 
     url = start_app(cfg, run_dir)
     key = os.environ.get(cfg.serve.api_key_env)

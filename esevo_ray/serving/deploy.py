@@ -1,7 +1,7 @@
 """Wiring of the Serve application: generator and ingress deployments from a run config.
 
 `build_app` is the Serve import path (`esevo_ray.serving.deploy:build_app`, used by
-cluster/serve.yaml); `esevo serve` calls `build_application` with a loaded config.
+cluster/serve.yaml); `esevo serve` and the serving benchmark call `start_app`.
 """
 
 from __future__ import annotations
@@ -10,13 +10,23 @@ import os
 from pathlib import Path
 
 from esevo_ray.config import RunConfig, load_config
+from esevo_ray.layout import RunLayout
 from esevo_ray.serving.app import Ingress
 from esevo_ray.serving.generator import Generator
 from esevo_ray.serving.registry import check_host_key
 
+APP_NAME = "esevo"
+
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.serve.run_dir) if cfg.serve.run_dir else Path(cfg.output_dir) / cfg.name
+    return Path(cfg.serve.run_dir) if cfg.serve.run_dir else RunLayout.of(cfg).root
+
+
+def human_db(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """serve.human_eval.db_path, else the run's human-evaluation database."""
+    if cfg.serve.human_eval.db_path:
+        return Path(cfg.serve.human_eval.db_path)
+    return RunLayout(Path(run_dir) if run_dir is not None else default_run_dir(cfg)).human_db
 
 
 def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
@@ -27,7 +37,7 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     s = cfg.serve
     run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
     base = str(resolve_model(cfg.model.path).resolve())
-    db = Path(s.human_eval.db_path) if s.human_eval.db_path else run / "human_eval" / "db.sqlite"
+    db = human_db(cfg, run)
     generator = Generator.options(
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
@@ -58,3 +68,16 @@ def build_app(args: dict):
     """Serve import path: `args` = {"config": YAML path, "run_dir": ..., "overrides": [...]}."""
     cfg = load_config(args.get("config"), list(args.get("overrides") or []))
     return build_application(cfg, args.get("run_dir"))
+
+
+def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
+    """Start Serve on cfg.serve.host:port with the application; returns the base URL."""
+    import ray
+    from ray import serve
+
+    app = build_application(cfg, run_dir)  # checks host and key before anything starts
+    if not ray.is_initialized():
+        ray.init()
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(app, name=name, route_prefix="/")
+    return f"http://{cfg.serve.host}:{cfg.serve.port}"

@@ -1,24 +1,22 @@
-"""The models of a run directory: the base model, M0, M1, ... and the alias "current".
+"""The models of a run directory: the base model, m0, m1, ... and the alias "current".
 
-A stage is finished when its adapter folder holds `adapter_model.safetensors`:
-`<run>/m0/adapter` is M0 and `<run>/iter_<k>/adapter` is M^k. The registry is a pure
-function of the directory, so a rescan picks up an iteration the loop has just finished.
+Which models are finished, and where their adapters are, is `RunLayout.finished()`; served
+names are the layout's model names. The registry is a pure function of the directory, so a
+rescan picks up an iteration the loop has just finished.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from esevo_ray.config import ConfigError, ServeSection
+from esevo_ray.layout import ADAPTER_FILE, RunLayout, model_index, model_name
 
 BASE = "base"
 CURRENT = "current"
-ADAPTER_FILE = "adapter_model.safetensors"
-_ITER = re.compile(r"^iter_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -35,40 +33,24 @@ class ServedModel:
         return f"{self.name}@{self.stamp}"
 
 
-def _finished(adapter_dir: Path) -> ServedModel | None:
-    weights = adapter_dir / ADAPTER_FILE
-    try:
-        stamp = weights.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
-    return ServedModel("", str(adapter_dir), stamp)
-
-
 def scan_models(run_dir: str | Path | None) -> dict[str, ServedModel]:
     """Every servable model of `run_dir`, in iteration order: base, m0, m1, ..."""
     models = {BASE: ServedModel(BASE, None, 0)}
     if run_dir is None:
         return models
-    run = Path(run_dir)
-    found: dict[int, Path] = {}
-    if (run / "m0" / "adapter").is_dir():
-        found[0] = run / "m0" / "adapter"
-    if run.is_dir():
-        for child in run.iterdir():
-            m = _ITER.match(child.name)
-            if m and int(m.group(1)) >= 1:
-                found[int(m.group(1))] = child / "adapter"
-    for k in sorted(found):
-        entry = _finished(found[k])
-        if entry is not None:
-            models[f"m{k}"] = ServedModel(f"m{k}", entry.adapter, entry.stamp)
+    for t, adapter in RunLayout(Path(run_dir)).finished().items():
+        try:
+            stamp = (adapter / ADAPTER_FILE).stat().st_mtime_ns
+        except FileNotFoundError:  # removed between the listing and now
+            continue
+        models[model_name(t)] = ServedModel(model_name(t), str(adapter), stamp)
     return models
 
 
 def current_name(models: dict[str, ServedModel]) -> str | None:
     """The newest finished iteration, or None when no iteration has finished."""
-    iterations = [n for n in models if n != BASE]
-    return max(iterations, key=lambda n: int(n[1:])) if iterations else None
+    iterations = [n for n in models if model_index(n) is not None]
+    return max(iterations, key=model_index) if iterations else None
 
 
 def resolve(models: dict[str, ServedModel], name: str) -> ServedModel | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from esevo_ray.training.raytrain import HF_DIR
+from esevo_ray.training.common import HF_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 from esevo_ray.config import RunConfig, save_config
 from esevo_ray.io import atomic_dir, atomic_write_text
 from esevo_ray.models import adapter_hash
-from esevo_ray.training.common import TrainerBuilder, TrainJob, save_adapter
+from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
 
 # Ray Train's print patch rewrites every worker print; plain logs are easier to read.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
 FINAL_DIR = "adapter"  # in the last Ray checkpoint of a run: the trained adapter
-HF_DIR = "checkpoint"  # in every other Ray checkpoint: the HF Trainer checkpoint
 
 
 def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: str | Path) -> Path:

@@ -107,7 +107,7 @@ def sr_pairs(tmp_path):
     table = table.set_column(
         table.schema.get_field_index("chosen"), "chosen", pa.array(chosen, table["chosen"].type)
     )
-    folder = tmp_path / "iter_1" / "pairs"
+    folder = tmp_path / "m1" / "pairs"
     write_parquet(table, folder / "part-a.parquet")
     (folder / "manifest.json").write_text("{}")
     return folder, table

@@ -8,7 +8,7 @@ import polars as pl
 
 from esevo_ray import cli, prompts
 from esevo_ray.generation.pairs import request_seed
-from esevo_ray.generation.pipeline import PART_GLOB
+from esevo_ray.parts import PART_GLOB
 from esevo_ray.schema import CONTEXTS, EVAL_RESPONSES, read_table
 from tests.evaluation.chat_server import reply_text
 from tests.evaluation.conftest import write_config, write_contexts

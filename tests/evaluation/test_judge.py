@@ -10,8 +10,8 @@ import time
 import pyarrow as pa
 import pytest
 
+from esevo_ray.cli import evaluate as cli
 from esevo_ray.config import JUDGE_DIMENSIONS, JudgeSection, load_config
-from esevo_ray.evaluation import cli
 from esevo_ray.evaluation.judge import (
     JudgeClient,
     JudgeError,
@@ -263,7 +263,7 @@ def test_judge_cli_reports_a_rejected_key(server, tmp_path, capsys):
 
 
 def test_verdict_with_control_characters_in_the_explanation_parses():
-    from esevo_ray.evaluation.judge import parse_verdict
+    from esevo_ray.evaluation.verdicts import parse_verdict
 
     assert parse_verdict('{"score": 4, "explanation": "ok\x1b\x08 fine"}') == (
         4.0,

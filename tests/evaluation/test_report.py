@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from esevo_ray.evaluation import cli, score_responses
+from esevo_ray.cli import evaluate as cli
+from esevo_ray.evaluation import score_responses
 from esevo_ray.evaluation.judge_scores import pearson
 from esevo_ray.evaluation.report import find_stages, write_report
 from esevo_ray.io import write_parquet
@@ -22,12 +23,12 @@ RESPONSES = {
         "It sounds like that hurts.",
         "I'm sorry to hear that.",
     ],
-    "iter_1": [
+    "m1": [
         "Losing a job is hard. What work did you do?",
         "That must hurt. Do you know why?",
         "Exam stress can keep anyone awake.",
     ],
-    "iter_2": [
+    "m2": [
         "Losing a job is hard. What kind of work were you doing?",
         "That must hurt. Do you know why your friend stopped talking to you?",
         "Have you tried a short routine before bed?",
@@ -62,7 +63,7 @@ def run_dir(tmp_path_factory) -> Path:
         path = write_responses(eval_dir / "responses.parquet", stage, texts)
         score_responses(path, eval_dir)
     write_parquet(judge_table("m0", [3, 2, None]), run / "m0/eval/judge_scores.parquet")
-    write_parquet(judge_table("iter_1", [4, 4, 5]), run / "iter_1/eval/judge_scores.parquet")
+    write_parquet(judge_table("m1", [4, 4, 5]), run / "m1/eval/judge_scores.parquet")
     write_parquet(
         pairs_table(
             1,
@@ -70,7 +71,7 @@ def run_dir(tmp_path_factory) -> Path:
             ["It sounds like you are sad.", "It sounds like you are sad."],
             ["refined", "golden_parse_failure"],
         ),
-        run / "iter_1/pairs/part-0.parquet",
+        run / "m1/pairs/part-0.parquet",
     )
     (run / "data").mkdir()
     return run
@@ -93,7 +94,7 @@ def test_write_report_tables_and_plots(run_dir):
     rows = {line.split(" | ")[0][2:]: line for line in lines[6:9]}
     assert list(rows) == ["M0", "M1", "M2"]
     m0 = json.loads((run_dir / "m0/eval/metrics.json").read_text())["scores"]
-    m1 = json.loads((run_dir / "iter_1/eval/metrics.json").read_text())["scores"]
+    m1 = json.loads((run_dir / "m1/eval/metrics.json").read_text())["scores"]
     assert f"| {m0['bleu_2']:.2f} |" in rows["M0"]
     assert f"{m1['bleu_2']:.2f} ({m1['bleu_2'] - m0['bleu_2']:+.2f})" in rows["M1"]
 
@@ -131,7 +132,7 @@ def test_report_cli_prints_main_table(run_dir, capsys):
 
 
 def test_report_on_empty_run_fails_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no m0/eval"):
+    with pytest.raises(FileNotFoundError, match="no m<t>/eval"):
         write_report(tmp_path)
     with pytest.raises(FileNotFoundError, match="run directory not found"):
         write_report(tmp_path / "absent")
@@ -146,14 +147,14 @@ def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
         score_responses(
             write_responses(eval_dir / "responses.parquet", stage, texts), eval_dir, bertscore=False
         )
-    # Judge means per model: coherence m0 2.5, iter_1 4.0, iter_2 5.0 (empathy likewise).
+    # Judge means per model: coherence m0 2.5, m1 4.0, m2 5.0 (empathy likewise).
     write_parquet(judge_table("m0", [3, 2]), run / "m0/eval/judge_scores.parquet")
-    write_parquet(judge_table("iter_1", [4, 4]), run / "iter_1/eval/judge_scores.parquet")
-    write_parquet(judge_table("iter_2", [5, 5]), run / "iter_2/eval/judge_scores.parquet")
+    write_parquet(judge_table("m1", [4, 4]), run / "m1/eval/judge_scores.parquet")
+    write_parquet(judge_table("m2", [5, 5]), run / "m2/eval/judge_scores.parquet")
     store = HumanEvalStore(run / "human_eval" / "db.sqlite")
     # Human coherence means rise with the judge's (r = 1); empathy falls (r = -1); the other
     # dimensions have no judge scores.
-    for i, (model, coh, emp) in enumerate([("m0", 1, 5), ("iter_1", 3, 3), ("iter_2", 4, 2)]):
+    for i, (model, coh, emp) in enumerate([("m0", 1, 5), ("m1", 3, 3), ("m2", 4, 2)]):
         store.add_session(f"s{i}", "pointwise", "r", model, None, 1)
         store.add_ratings(f"s{i}", model, {"coherence": coh, "empathy": emp})
     store.close()

@@ -16,8 +16,9 @@ from esevo_ray.data import load_extes
 from esevo_ray.data.dialogue import context_rows, normalised
 from esevo_ray.generation.engines import HfEngine
 from esevo_ray.generation.pairs import make_pairs
-from esevo_ray.generation.pipeline import PART_GLOB, generate_pairs
+from esevo_ray.generation.pipeline import generate_pairs
 from esevo_ray.models import adapter_hash
+from esevo_ray.parts import PART_GLOB
 
 from ..conftest import ASSETS
 
@@ -165,7 +166,7 @@ def test_generation_uses_exactly_m_t(tiny_model, contexts, tmp_path):
 
 
 def test_eval_responses_cover_every_context_once(ray_local, tiny_model, contexts, tmp_path):
-    from esevo_ray.generation.pipeline import generate_responses
+    from esevo_ray.evaluation.responses import generate_responses
 
     path, n = contexts
     # One actor holding every CPU of the cluster must not starve the pipeline of tasks.

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from esevo_ray.generation.pipeline import PART_GLOB
+from esevo_ray.parts import PART_GLOB
 
 TIMEOUT = 600
 
@@ -79,11 +79,11 @@ def _stage(run: Path, name: str) -> str | None:
 @pytest.mark.slow
 def test_loop_resumes_after_kills_during_generation_and_training(config, data_root):
     path, run = config
-    pairs = run / "iter_1" / "pairs"
+    pairs = run / "m1" / "pairs"
 
     first = _start(path)
     _kill_when(first, lambda: len(list(pairs.glob(PART_GLOB))) >= 2, "generation wrote a batch")
-    assert _stage(run, "sft_m0") == "done" and _stage(run, "pairs_1") == "running"
+    assert _stage(run, "sft_m0") == "done" and _stage(run, "pairs_m1") == "running"
     m0 = run / "m0" / "adapter" / "adapter_model.safetensors"
     m0_stamp = m0.stat().st_mtime_ns
     parts_before = {p.name: p.stat().st_mtime_ns for p in pairs.glob(PART_GLOB)}
@@ -91,10 +91,10 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
     second = _start(path)
     _kill_when(
         second,
-        lambda: _stage(run, "dpo_m1") == "running" and (run / "iter_1" / "ray_train").exists(),
+        lambda: _stage(run, "dpo_m1") == "running" and (run / "m1" / "ray_train").exists(),
         "DPO started",
     )
-    assert _stage(run, "pairs_1") == "done"
+    assert _stage(run, "pairs_m1") == "done"
     for name, stamp in parts_before.items():
         assert (pairs / name).stat().st_mtime_ns == stamp, "finished batches were regenerated"
 
@@ -109,7 +109,7 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
     assert m0.stat().st_mtime_ns == m0_stamp, "the finished SFT stage was rerun"
     df = pl.read_parquet(pairs / PART_GLOB)
     assert df.height == 10 and df.select("dialogue_id", "turn_index").unique().height == 10
-    assert (run / "iter_1" / "adapter" / "adapter_model.safetensors").exists()
+    assert (run / "m1" / "adapter" / "adapter_model.safetensors").exists()
     assert (run / "report" / "report.md").exists()
 
     changed = subprocess.run(

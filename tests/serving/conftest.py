@@ -77,7 +77,7 @@ def served(ray_local, tiny_model, tmp_path_factory) -> Served:
     from ray import serve
 
     from esevo_ray.config import load_config
-    from esevo_ray.serving.cli import start_app
+    from esevo_ray.serving.deploy import start_app
 
     root = tmp_path_factory.mktemp("serving")
     run_dir = root / "runs" / "demo"

@@ -178,7 +178,7 @@ def test_current_follows_new_iteration_without_failing_inflight(served, http):
         lines = inflight.iter_lines()
         first = json.loads(next(lines)[len("data: ") :])
         assert first["model"] == "m0"  # resolved before the new iteration exists
-        make_adapter(served.base, served.run_dir / "iter_1" / "adapter", seed=2)
+        make_adapter(served.base, served.run_dir / "m1" / "adapter", seed=2)
         deadline = time.monotonic() + 20
         while True:
             cards = {c["id"]: c for c in http.get("/v1/models").json()["data"]}

@@ -31,15 +31,15 @@ def test_scan_finds_finished_iterations_in_order(tmp_path):
     assert list(scan_models(None)) == ["base"]
     assert current_name(scan_models(tmp_path)) is None
     _adapter(tmp_path / "m0" / "adapter")
-    _adapter(tmp_path / "iter_2" / "adapter")
-    _adapter(tmp_path / "iter_10" / "adapter")
-    _adapter(tmp_path / "iter_11" / "adapter", finished=False)  # still training
-    _adapter(tmp_path / "iter_x" / "adapter")
-    _adapter(tmp_path / "iter_0" / "adapter")  # M0 lives in m0/, not iter_0/
+    _adapter(tmp_path / "m2" / "adapter")
+    _adapter(tmp_path / "m10" / "adapter")
+    _adapter(tmp_path / "m11" / "adapter", finished=False)  # still training
+    _adapter(tmp_path / "mx" / "adapter")
+    _adapter(tmp_path / "eval" / "adapter")  # not a model folder
     models = scan_models(tmp_path)
     assert list(models) == ["base", "m0", "m2", "m10"]
     assert models["base"].adapter is None
-    assert models["m2"].adapter == str(tmp_path / "iter_2" / "adapter")
+    assert models["m2"].adapter == str(tmp_path / "m2" / "adapter")
     assert current_name(models) == "m10"
     assert resolve(models, "current") == models["m10"]
     assert resolve(models, "m11") is None
@@ -84,7 +84,7 @@ def test_non_loopback_host_needs_a_key(monkeypatch):
 
 
 def test_esevo_serve_refuses_a_public_host_without_key(monkeypatch, tmp_path):
-    from esevo_ray.serving.cli import add_parsers
+    from esevo_ray.cli.serve import add_parsers
 
     monkeypatch.delenv("ESEVO_SERVE_API_KEY", raising=False)
     cfg = tmp_path / "run.yaml"

@@ -102,12 +102,12 @@ def test_missing_database_is_a_clear_error(tmp_path):
 
 
 def _parser(with_evaluation_report: bool) -> argparse.ArgumentParser:
-    from esevo_ray.serving.cli import add_parsers
+    from esevo_ray.cli.serve import add_parsers
 
     parser = argparse.ArgumentParser(prog="esevo")
     sub = parser.add_subparsers(dest="command", required=True)
     if with_evaluation_report:
-        from esevo_ray.evaluation.cli import add_parsers as add_evaluation  # the real one
+        from esevo_ray.cli.evaluate import add_parsers as add_evaluation  # the real one
 
         add_evaluation(sub)
     add_parsers(sub)
@@ -127,7 +127,7 @@ def test_cli_report_human(tmp_path, capsys, with_evaluation_report):
 
 
 def test_cli_report_still_dispatches_other_reports(tmp_path):
-    from esevo_ray.serving.cli import add_parsers
+    from esevo_ray.cli.serve import add_parsers
 
     parser = argparse.ArgumentParser(prog="esevo")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
+from esevo_ray.cli import main
 from esevo_ray.io import write_parquet
 from esevo_ray.training.bench import steady_state
-from esevo_ray.training.cli import main
 from tests.training.tables import pairs_table
 
 

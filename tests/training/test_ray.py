@@ -13,10 +13,10 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from esevo_ray.cli.train import add_parsers
 from esevo_ray.config import load_config
 from esevo_ray.io import write_parquet
 from esevo_ray.models import adapter_hash
-from esevo_ray.training.cli import add_parsers
 from esevo_ray.training.dpo import train_dpo
 from tests.training.tables import TINY_TRAIN, pairs_table, sft_table
 

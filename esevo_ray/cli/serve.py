@@ -1,56 +1,38 @@
 """`esevo serve`, `esevo report human` and `esevo bench serve`.
 
 `add_parsers(sub)` adds `serve` and extends an existing `report` parser (the evaluation
-report's, whose positional run_dir then also accepts the word `human`); register it after
-the evaluation CLI. `add_bench_parsers(bench)` adds `serve` to the `bench` subcommands.
+report's, whose positional run_dir then also accepts the word `human`), so it is registered
+after `esevo_ray.cli.evaluate`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
-APP_NAME = "esevo"
+from esevo_ray.cli.common import existing, load_args_config
 
 
 def _load(args: argparse.Namespace):
-    from esevo_ray.config import load_config
-
-    overrides = list(getattr(args, "overrides", None) or [])
-    for key, value in (
-        ("serve.host", getattr(args, "host", None)),
-        ("serve.port", getattr(args, "port", None)),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(getattr(args, "config", None), overrides)
-
-
-def start_app(cfg, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
-    """Start Serve on cfg.serve.host:port with the application; returns the base URL."""
-    import ray
-    from ray import serve
-
-    from esevo_ray.serving.deploy import build_application
-
-    app = build_application(cfg, run_dir)  # checks host and key before anything starts
-    if not ray.is_initialized():
-        ray.init()
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=name, route_prefix="/")
-    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            args.overrides = [
+                *(getattr(args, "overrides", None) or []),
+                f"serve.{key}={getattr(args, key)}",
+            ]
+    return load_args_config(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
+    from esevo_ray.serving.deploy import start_app
+
     cfg = _load(args)
-    url = start_app(cfg, args.run_dir)
+    run_dir = existing(args.run_dir, "--run-dir", "run directory") if args.run_dir else None
+    url = start_app(cfg, run_dir)
     print(f"serving on {url}/v1 (chat completions), {url}/human (human evaluation); Ctrl-C stops")
     try:
         while True:
@@ -63,16 +45,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def human_db_path(args: argparse.Namespace) -> Path:
-    """--db, else the config's serve.human_eval.db_path, else <run_dir>/human_eval/db.sqlite."""
+    """--db, else the config's serve.human_eval.db_path, else <run>/human_eval/db.sqlite."""
     if args.db:
-        return Path(args.db)
-    from esevo_ray.serving.deploy import default_run_dir
+        return existing(args.db, "--db", "human-evaluation database")
+    from esevo_ray.serving.deploy import human_db
 
-    cfg = _load(args)
-    if cfg.serve.human_eval.db_path:
-        return Path(cfg.serve.human_eval.db_path)
-    run = Path(args.human_run_dir) if args.human_run_dir else default_run_dir(cfg)
-    return run / "human_eval" / "db.sqlite"
+    return human_db(_load(args), args.human_run_dir)
 
 
 def cmd_report_human(args: argparse.Namespace) -> int:
@@ -110,7 +88,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add `serve`; add `human` to `report` (extending the evaluation report's parser)."""
     p = sub.add_parser("serve", help="serve the run's models (OpenAI API + human evaluation)")
     p.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
-    p.add_argument("--run-dir", help="run directory with m0/, iter_1/, ... (default from config)")
+    p.add_argument("--run-dir", help="run directory with m0/, m1/, ... (default from config)")
     p.add_argument("--host", help="override serve.host")
     p.add_argument("--port", type=int, help="override serve.port")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")

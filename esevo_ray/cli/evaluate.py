@@ -1,5 +1,4 @@
-"""`esevo eval`, `report`, `judge`, `ablate` and `bench llm`: registered by `add_parsers(sub)`
-and `add_bench_parsers(bench)`."""
+"""`esevo eval`, `esevo report`, `esevo judge`, `esevo ablate` and `esevo bench llm`."""
 
 from __future__ import annotations
 
@@ -8,27 +7,37 @@ import json
 import sys
 from pathlib import Path
 
+from esevo_ray.cli.common import (
+    adapter_arg,
+    add_config_args,
+    existing,
+    layout_of,
+    load_args_config,
+)
+from esevo_ray.layout import RunLayout
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.report import find_stages, write_report
     from esevo_ray.evaluation.tables import metrics_table
 
-    path = write_report(args.run_dir, relevance=args.relevance)
-    stages = [s for s in find_stages(args.run_dir) if s.metrics is not None]
+    layout = RunLayout(existing(args.run_dir, "run_dir", "run directory"))
+    layout.migrate()
+    path = write_report(layout.root, relevance=args.relevance)
+    stages = [s for s in find_stages(layout.root) if s.metrics is not None]
     print(metrics_table({s.label: s.metrics for s in stages}))
     print(f"\nreport: {path}")
     return 0
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from esevo_ray.config import load_config
     from esevo_ray.evaluation.judge import JudgeError, judge_file
     from esevo_ray.evaluation.judge_scores import summarize
 
-    overrides = list(args.overrides or [])
     if args.samples is not None:
-        overrides.append(f"eval.judge_samples={args.samples}")
-    cfg = load_config(args.config, overrides)
+        args.overrides = [*(args.overrides or []), f"eval.judge_samples={args.samples}"]
+    cfg = load_args_config(args)
+    existing(args.responses, "--responses", "responses Parquet")
     out = Path(args.out) if args.out else Path(args.responses).parent / "judge_scores.parquet"
     n_samples = None if cfg.eval.judge_samples <= 0 else cfg.eval.judge_samples
     try:
@@ -52,32 +61,29 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _contexts(args: argparse.Namespace, root: Path) -> Path:
-    path = Path(args.contexts) if args.contexts else root / "data" / "eval_contexts.parquet"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no evaluation contexts at {path}: run `esevo data prepare --config {args.config}` "
-            "or pass --contexts"
-        )
-    return path
+def _contexts(args: argparse.Namespace, layout) -> Path:
+    return existing(
+        args.contexts or layout.eval_contexts, "--contexts", "evaluation contexts",
+        f"run `esevo data prepare --config {args.config}` or pass --contexts",
+    )  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from esevo_ray.cli import load_args_config, run_dir
     from esevo_ray.evaluation.endpoint import EndpointError, is_endpoint
     from esevo_ray.evaluation.evaluate import default_name, evaluate_model
     from esevo_ray.models import resolve_model
 
     cfg = load_args_config(args)
-    root = run_dir(cfg)
-    contexts = _contexts(args, root)
+    layout = layout_of(cfg)
+    contexts = _contexts(args, layout)
+    adapter_arg(args.adapter)
     model = args.model if args.model and is_endpoint(args.model) else None
     model = model or resolve_model(args.model or cfg.model.path)
     name = args.name or (args.served_model if is_endpoint(model) else None)
     name = name or default_name(model, args.adapter)
     try:
         manifest = evaluate_model(
-            cfg, model, contexts, Path(args.out) if args.out else root / "eval" / name,
+            cfg, model, contexts, Path(args.out) if args.out else layout.eval(name),
             name=name, adapter=args.adapter, served_model=args.served_model,
             api_key_env=args.api_key_env, concurrency=args.concurrency, tokenizer=args.tokenizer,
             sampling_extras=not args.no_sampling_extras, bertscore=not args.no_bertscore,
@@ -90,15 +96,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate_prompts(args: argparse.Namespace) -> int:
-    from esevo_ray.cli import load_args_config, run_dir
     from esevo_ray.evaluation.ablation import ablate_prompts
     from esevo_ray.models import resolve_model
 
     cfg = load_args_config(args)
-    root = run_dir(cfg)
-    out = Path(args.out) if args.out else root / "ablation" / "prompts"
+    layout = layout_of(cfg)
+    out = Path(args.out) if args.out else layout.ablation("prompts")
     ablate_prompts(
-        cfg, _contexts(args, root), out, model_path=resolve_model(args.model or cfg.model.path),
+        cfg, _contexts(args, layout), out, model_path=resolve_model(args.model or cfg.model.path),
         names=tuple(args.prompts.split(",")), bertscore=args.bertscore,
     )  # fmt: skip
     print((out / "table.md").read_text())
@@ -149,7 +154,6 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add `eval`, `report`, `judge` and `ablate` to the `esevo` subparsers."""
-    from esevo_ray.cli import add_config_args
     from esevo_ray.evaluation.ablation import PROMPTS, TABLE5_COLUMNS
 
     p = sub.add_parser("eval", help="responses + metrics of one model on the ESConv eval split")
@@ -157,7 +161,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="local model folder or http(s) endpoint (default: model.path)")
     p.add_argument("--adapter", help="LoRA adapter folder for a local model")
     p.add_argument("--name", help="model label (default: adapter folder, or --served-model)")
-    p.add_argument("--out", help="output folder (default: <run>/eval/<name>)")
+    p.add_argument(
+        "--out", help="output folder (default: <run>/m<t>/eval for m<t>, else <run>/eval/<name>)"
+    )
     p.add_argument(
         "--contexts", help="contexts Parquet (default: <run>/data/eval_contexts.parquet)"
     )

@@ -1,0 +1,46 @@
+"""`esevo` command line: parse arguments, load the config, call one library function.
+
+One module per stage registers its subcommands (`add_parsers`) and benchmarks
+(`add_bench_parsers`); `common` holds what they share. The library never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from esevo_ray.cli import data, evaluate, evolve, generate, serve, train
+from esevo_ray.cli.common import USER_ERRORS, setup_logging
+
+# Registration order is the order of `esevo --help`; `serve` extends the `report` command
+# that `evaluate` adds (`esevo report human`), so it comes after it.
+STAGES = (data, generate, train, evaluate, serve, evolve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esevo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in STAGES:
+        module.add_parsers(sub)
+    bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    for module in STAGES:
+        if hasattr(module, "add_bench_parsers"):
+            module.add_bench_parsers(bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"esevo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_job(command: list[str]) -> None:
+    """Entry point of `jobs/*.py`: `esevo <command> <the script's arguments>`."""
+    sys.exit(main([*command, *sys.argv[1:]]))

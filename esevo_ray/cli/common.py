@@ -1,0 +1,78 @@
+"""What every `esevo` subcommand shares: config arguments, the run layout, path checks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+# Everything runs offline: no code path may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+from esevo_ray.config import ConfigError, RunConfig, load_config  # noqa: E402
+from esevo_ray.data.dialogue import DataError  # noqa: E402
+from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
+from esevo_ray.pipeline.manifest import RunConflict  # noqa: E402
+from esevo_ray.schema import SchemaError  # noqa: E402
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot be used; the message names the argument."""
+
+
+# Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
+# bug and keeps its traceback.
+USER_ERRORS = (ConfigError, DataError, SchemaError, RunConflict, UsageError, FileNotFoundError)
+
+
+def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="YAML run config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. dpo.beta=0.1")
+
+
+def load_args_config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "on_bad_record", None):
+        overrides.append(f"data.on_bad_record={args.on_bad_record}")
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def layout_of(cfg: RunConfig) -> RunLayout:
+    """The run directory of `cfg`, with an old (iter_<t>) layout migrated first."""
+    layout = RunLayout.of(cfg)
+    layout.migrate()
+    return layout
+
+
+def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> Path:
+    """`path` as a Path, or a UsageError naming `flag` when it does not exist."""
+    if path is None or not Path(path).exists():
+        raise UsageError(f"{flag} {path}: no {what} there{'; ' + hint if hint else ''}")
+    return Path(path)
+
+
+def adapter_arg(path: str | Path | None, flag: str = "--adapter") -> Path | None:
+    """A LoRA adapter folder given on the command line, checked before any work starts."""
+    if path is None:
+        return None
+    folder = existing(path, flag, "adapter folder")
+    if not is_adapter(folder):
+        raise UsageError(
+            f"{flag} {folder}: not a LoRA adapter folder (want adapter_config.json and "
+            "adapter_model.safetensors, as `esevo sft` / `esevo dpo` write)"
+        )
+    return folder
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Ray Data logs every execution plan and operator; the pipeline logs its own progress.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -1,0 +1,74 @@
+"""`esevo data prepare`, `esevo data stats` and `esevo model prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from esevo_ray.cli.common import UsageError, add_config_args, layout_of, load_args_config
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from esevo_ray.data.prepare import prepare_data
+
+    cfg = load_args_config(args)
+    out = Path(args.out) if args.out else layout_of(cfg).data
+    report = prepare_data(cfg.data, out)
+    print(
+        json.dumps(
+            {"out": str(out), "rows": report["rows"], "skipped": report["skipped"]}, indent=2
+        )
+    )
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from esevo_ray.data.prepare import data_dir, esconv_stats, load_esconv_splits
+
+    if args.dataset != "esconv":
+        raise UsageError(f"--dataset {args.dataset!r}: only 'esconv' is available here")
+    splits = load_esconv_splits(data_dir(), args.on_bad_record or "error")
+    unknown = sorted(set(args.splits.split(",")) - set(splits))
+    if unknown:
+        raise UsageError(f"--splits: unknown splits {unknown}; known: {sorted(splits)}")
+    dialogues = [d for s in args.splits.split(",") for d in splits[s].items]
+    stats = esconv_stats(dialogues)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        for key, value in stats.items():
+            print(f"{key:32s} {value}")
+    return 0
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from esevo_ray.models import prepare_default_model
+
+    print(prepare_default_model(force=args.force))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="prepare datasets, print statistics").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("prepare", help="write the run's Parquet datasets")
+    add_config_args(p)
+    p.add_argument("--out", help="output folder (default: <run>/data)")
+    p.add_argument("--on-bad-record", choices=["error", "skip"])
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = data.add_parser("stats", help="Table 1 statistics of a dataset")
+    p.add_argument("--dataset", default="esconv")
+    p.add_argument("--splits", default="train,test")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--on-bad-record", choices=["error", "skip"])
+    p.set_defaults(func=cmd_data_stats)
+
+    model = sub.add_parser("model", help="prepare the default model").add_subparsers(
+        dest="model_command", required=True
+    )
+    p = model.add_parser("prepare", help="convert the packaged SmolLM2 GGUF to safetensors")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_model_prepare)

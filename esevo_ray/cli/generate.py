@@ -1,0 +1,113 @@
+"""`esevo generate`, `esevo inspect pairs` and `esevo bench generate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from esevo_ray.cli.common import (
+    adapter_arg,
+    add_config_args,
+    existing,
+    layout_of,
+    load_args_config,
+)
+
+logger = logging.getLogger(__name__)
+BASE = "none"
+
+
+def _generator_adapter(args: argparse.Namespace, layout) -> Path | None:
+    """--adapter, else the run's M^{t-1} when it is finished, else the base model."""
+    if args.adapter is not None:
+        return None if args.adapter.lower() == BASE else adapter_arg(args.adapter)
+    previous = layout.finished().get(args.iteration - 1)
+    if previous is None:
+        logger.info("no finished m%d in %s: generating with the base model", args.iteration - 1,
+                    layout.root)  # fmt: skip
+    return previous
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from esevo_ray.generation.pipeline import generate_pairs
+    from esevo_ray.models import resolve_model
+
+    cfg = load_args_config(args)
+    layout = layout_of(cfg)
+    contexts = existing(
+        args.contexts or layout.seed_contexts, "--contexts", "seed contexts",
+        f"run `esevo data prepare --config {args.config}` or pass --contexts",
+    )  # fmt: skip
+    adapter = _generator_adapter(args, layout)
+    out = Path(args.out) if args.out else layout.pairs(args.iteration)
+    model = resolve_model(args.model or cfg.model.path)
+    manifest = generate_pairs(
+        cfg, contexts, out, model_path=model, adapter=adapter, iteration=args.iteration
+    )
+    print(json.dumps({"out": str(out), **manifest}, indent=2))
+    return 0
+
+
+def cmd_inspect_pairs(args: argparse.Namespace) -> int:
+    from esevo_ray.generation.inspect import format_summary, pairs_summary
+
+    summary = pairs_summary(existing(args.path, "pairs", "pairs folder or file"), args.samples)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from esevo_ray.generation.bench import bench_generate
+    from esevo_ray.io import emit_json
+    from esevo_ray.models import resolve_model
+
+    cfg = load_args_config(args)
+    contexts = existing(
+        args.contexts or layout_of(cfg).seed_contexts, "--contexts", "contexts",
+        "run `esevo data prepare` or pass --contexts",
+    )  # fmt: skip
+    report = bench_generate(
+        cfg, contexts, resolve_model(cfg.model.path), n=args.contexts_n, naive_n=args.naive_n,
+        repeats=args.repeats,
+    )  # fmt: skip
+    emit_json(report, args.out)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate preference pairs with M^t (Ray Data + engines)")
+    add_config_args(p)
+    p.add_argument("--iteration", type=int, default=1, help="t: these pairs train m<t>")
+    p.add_argument("--contexts", help="seed contexts Parquet (default: the run's data folder)")
+    p.add_argument("--out", help="output folder (default: <run>/m<t>/pairs)")
+    p.add_argument("--model", help="base model folder (default: model.path or SmolLM2)")
+    p.add_argument(
+        "--adapter",
+        help=f"LoRA adapter of the generator (default: the run's m<t-1> when finished, else "
+        f"the base model; '{BASE}': the base model)",
+    )
+    p.set_defaults(func=cmd_generate)
+
+    inspect = sub.add_parser("inspect", help="summarise a dataset").add_subparsers(
+        dest="inspect_command", required=True
+    )
+    p = inspect.add_parser("pairs", help="row counts, fallback rates, lengths, samples")
+    p.add_argument("path", help="pairs folder (<run>/m<t>/pairs) or Parquet file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--samples", type=int, default=3)
+    p.set_defaults(func=cmd_inspect_pairs)
+
+
+def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser(
+        "generate", help="tokens/s: Ray Data pipeline vs engine alone vs naive loop"
+    )
+    add_config_args(p)
+    p.add_argument("--contexts", help="contexts Parquet (default: the run's seed contexts)")
+    p.add_argument("-n", "--contexts-n", type=int, default=128, help="contexts per run")
+    p.add_argument("--naive-n", type=int, default=8, help="contexts for the naive loop")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="also write the JSON report here")
+    p.set_defaults(func=cmd_bench_generate)

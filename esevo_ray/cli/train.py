@@ -1,0 +1,104 @@
+"""`esevo sft`, `esevo dpo` and `esevo bench train`.
+
+By default both write where the loop would: `esevo sft` makes the run's m0, `esevo dpo
+--iteration t` trains m<t> from m<t-1> on the pairs of m<t>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from esevo_ray.cli.common import (
+    adapter_arg,
+    add_config_args,
+    existing,
+    layout_of,
+    load_args_config,
+)
+
+FRESH = "none"
+
+
+def _print_result(out: Path) -> None:
+    summary = json.loads((out / "train_summary.json").read_text())
+    keys = ("global_step", "train_loss", "best_eval_loss", "stopped_early", "wall_seconds")
+    print(json.dumps({"out": str(out), **{k: summary.get(k) for k in keys}}, indent=2))
+
+
+def _init_adapter(value: str | None, default: Path) -> Path | None:
+    if value is not None and value.lower() == FRESH:
+        return None
+    return adapter_arg(value or default, "--init")
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from esevo_ray.training.sft import train_sft
+
+    cfg = load_args_config(args)
+    layout = layout_of(cfg)
+    data = existing(args.data or layout.data, "--data", "prepared data folder",
+                    f"run `esevo data prepare --config {args.config}`")  # fmt: skip
+    out = train_sft(cfg, data, Path(args.out) if args.out else layout.adapter(0))
+    _print_result(out)
+    return 0
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from esevo_ray.training.dpo import train_dpo
+
+    cfg = load_args_config(args)
+    layout, t = layout_of(cfg), args.iteration
+    pairs = existing(args.pairs or layout.pairs(t), "--pairs", "preference pairs",
+                     f"run `esevo generate --config {args.config} --iteration {t}`")  # fmt: skip
+    init = _init_adapter(args.init, layout.adapter(t - 1))
+    out = train_dpo(cfg, pairs, init, Path(args.out) if args.out else layout.adapter(t))
+    _print_result(out)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from esevo_ray.io import emit_json
+    from esevo_ray.training.bench import bench_train
+
+    cfg = load_args_config(args)
+    init = None if args.init is None or args.init.lower() == FRESH else adapter_arg(args.init)
+    pairs = existing(args.pairs, "--pairs", "preference pairs")
+    report = bench_train(
+        cfg, pairs, init, steps=args.steps, warmup=args.warmup, repeats=args.repeats
+    )
+    emit_json(report, args.out)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="train the SFT LoRA adapter M0 on Ray Train")
+    add_config_args(p)
+    p.add_argument("--data", help="folder with sft.parquet (default: <run>/data)")
+    p.add_argument("--out", help="adapter folder (default: <run>/m0/adapter)")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("dpo", help="train m<t> from m<t-1> on preference pairs on Ray Train")
+    add_config_args(p)
+    p.add_argument("--iteration", type=int, default=1, help="t: the model to train, m<t>")
+    p.add_argument("--pairs", help="pairs Parquet file or folder (default: <run>/m<t>/pairs)")
+    p.add_argument(
+        "--init",
+        help=f"adapter M^t to start from and to use as the reference (default: <run>/m<t-1>/"
+        f"adapter); '{FRESH}' trains a fresh adapter against the base model",
+    )
+    p.add_argument("--out", help="adapter folder (default: <run>/m<t>/adapter)")
+    p.set_defaults(func=cmd_dpo)
+
+
+def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("train", help="DPO pairs/s and tokens/s: Ray Train vs a plain process")
+    add_config_args(p)
+    p.add_argument("--pairs", required=True, help="pairs Parquet file or folder (PAIRS schema)")
+    p.add_argument("--init", help=f"adapter M^t (default or '{FRESH}': a fresh adapter)")
+    p.add_argument("--steps", type=int, default=8, help="measured steps after warm-up")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the measurement")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each mode (medians)")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=cmd_bench_train)

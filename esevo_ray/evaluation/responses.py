@@ -1,0 +1,44 @@
+"""Responses of a local model to the evaluation contexts: responses.parquet of an eval folder.
+
+r_n = M(P || C_n) with the ground-truth context C_n and P = P_task, answered by the Ray Data
+engine actors (`Responder`), one Parquet part per batch (resumable, see `esevo_ray.parts`).
+The HTTP twin for a served model is `esevo_ray.evaluation.endpoint.endpoint_responses`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from esevo_ray import prompts, schema
+from esevo_ray.config import RunConfig
+from esevo_ray.generation.pipeline import Responder, run_engine_actors
+from esevo_ray.io import write_parquet
+from esevo_ray.parts import check_complete, read_parts
+
+
+def generate_responses(
+    cfg: RunConfig,
+    contexts_path: str | Path,
+    out_dir: str | Path,
+    *,
+    model_path: str | Path,
+    adapter: str | Path | None = None,
+    model_name: str,
+    system_prompt: str = prompts.TASK_PROMPT,
+) -> Path:
+    """Responses of one model to the evaluation contexts; returns `out_dir/responses.parquet`.
+
+    `system_prompt` replaces P_task (the prompt ablation of Table 3).
+    """
+    out_dir = Path(out_dir)
+    contexts = schema.read_table(contexts_path, schema.CONTEXTS)
+    if cfg.eval.max_examples is not None:
+        contexts = contexts.slice(0, cfg.eval.max_examples)
+    parts = out_dir / "parts"
+    run_engine_actors(
+        cfg, contexts, parts, Responder, model_path=model_path, adapter=adapter,
+        label=f"eval responses {model_name}", model_name=model_name, system_prompt=system_prompt,
+    )  # fmt: skip
+    table = read_parts(parts, schema.EVAL_RESPONSES)
+    check_complete(table, contexts.num_rows, parts)
+    return write_parquet(table, out_dir / "responses.parquet")

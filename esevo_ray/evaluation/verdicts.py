@@ -1,0 +1,64 @@
+"""A judge's verdict: one score in [1, 5] and its explanation, parsed from a model's reply.
+
+Shared by the endpoint judge (`judge.py`) and the local-engine judge (`local_judge.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+SCORE_RANGE = (1.0, 5.0)
+
+
+class VerdictError(ValueError):
+    """A judge reply that holds no valid JSON verdict."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score: float | None
+    explanation: str | None
+    attempts: int
+    error: str | None = None
+
+
+def parse_verdict(text: str | None) -> tuple[float, str | None]:
+    """The (score, explanation) in a judge reply: a JSON object, possibly in a code fence.
+
+    Raises:
+        VerdictError: no JSON object with a numeric `score` in [1, 5].
+    """
+    if not text:
+        raise VerdictError("empty reply")
+    decoder = json.JSONDecoder(strict=False)  # control characters inside strings are harmless
+    for match in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        fields = {str(k).strip().lower(): v for k, v in obj.items()}
+        if "score" not in fields:
+            continue
+        score = _number(fields["score"])
+        if score is None or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+            raise VerdictError(f"score {fields['score']!r} is not a number in {SCORE_RANGE}")
+        explanation = fields.get("explanation")
+        return score, None if explanation is None else str(explanation)
+    raise VerdictError(f"no JSON object with a score in reply {text[:80]!r}")
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
