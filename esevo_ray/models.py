@@ -169,6 +169,31 @@ def build_tiny_model(path: str | Path, vocab_size: int = 512, seed: int = 0) -> 
     return path
 
 
+def build_tiny_adapter(
+    base: str | Path, out: str | Path, seed: int = 0, rank: int = 4, scale: float = 0.5
+) -> Path:
+    """A random LoRA adapter on every linear layer of `base`, saved with its tokenizer.
+
+    lora_B is drawn from N(0, scale^2) instead of zeros, so the adapter changes the model and
+    two seeds give two different models (tests of "which M^t answered").
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, scale)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    return Path(out)
+
+
 def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32") -> Path:
     """Base + LoRA adapter merged into plain weights, cached by adapter hash (vLLM loads it)."""
     import torch

@@ -15,14 +15,10 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 from esevo_ray.config import ConfigError, RunConfig, load_config  # noqa: E402
 from esevo_ray.data.dialogue import DataError  # noqa: E402
+from esevo_ray.errors import UsageError  # noqa: E402
 from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
 from esevo_ray.pipeline.manifest import RunConflict  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
-
-
-class UsageError(ValueError):
-    """A command-line argument that cannot be used; the message names the argument."""
-
 
 # Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
 # bug and keeps its traceback.

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
+from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, markdown_table, scores_of
 from esevo_ray.generation.parsing import ParseError, extract_object
@@ -104,7 +105,7 @@ def ablate_prompts(
 
     unknown = [n for n in names if n not in PROMPTS]
     if unknown:
-        raise ValueError(f"unknown prompts {unknown}; choose from {list(PROMPTS)}")
+        raise UsageError(f"unknown prompts {unknown}; choose from {list(PROMPTS)}")
     out = Path(out)
     summary: dict = {"model": str(model_path), "config_digest": cfg.digest(), "prompts": {}}
     metrics: dict[str, dict] = {}
@@ -153,11 +154,11 @@ def human_reference_pairs(pairs: str | Path, out: str | Path) -> dict:
     Returns:
         The manifest written to `out/manifest.json`.
     Raises:
-        ValueError: `out` is the source folder or lies inside it (or the reverse).
+        UsageError: `out` is the source folder or lies inside it (or the reverse).
     """
     src, out = Path(pairs).resolve(), Path(out).resolve()
     if out == src or src in out.parents or out in src.parents:
-        raise ValueError(f"--out {out} must not be, contain or lie inside the source pairs {src}")
+        raise UsageError(f"--out {out} must not be, contain or lie inside the source pairs {src}")
     table = schema.read_table(src, schema.PAIRS)
     golden = pc.fill_null(table.column("golden"), "")
     keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(golden)), 0)

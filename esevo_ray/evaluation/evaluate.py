@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from esevo_ray.config import RunConfig, save_config
+from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.endpoint import ChatEndpoint, endpoint_responses, is_endpoint
 from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.io import atomic_write_text
@@ -55,7 +56,7 @@ def evaluate_model(
     Returns:
         The manifest written to `out/manifest.json` (model, source, rows, scores, seconds).
     Raises:
-        ValueError: an adapter with an endpoint, or an endpoint without `served_model`.
+        UsageError: an adapter with an endpoint, or an endpoint without `served_model`.
         FileNotFoundError: no contexts file, or no model folder.
         EndpointError: the endpoint failed for good.
     """
@@ -68,12 +69,12 @@ def evaluate_model(
     t0 = time.perf_counter()
     if is_endpoint(model):
         if adapter is not None:
-            raise ValueError(
+            raise UsageError(
                 f"--adapter applies to a local model folder, not to the endpoint {model}: "
                 "serve M^t there and name it with --served-model"
             )
         if not served_model:
-            raise ValueError(f"--served-model is required with the endpoint {model}")
+            raise UsageError(f"--served-model is required with the endpoint {model}")
         name = name or served_model
         endpoint = ChatEndpoint(
             str(model), served_model, api_key_env=api_key_env, sampling_extras=sampling_extras

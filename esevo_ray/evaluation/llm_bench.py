@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.endpoint import base_url
 from esevo_ray.evaluation.tables import markdown_table
 from esevo_ray.io import atomic_write_text
@@ -76,17 +77,17 @@ def run_lm_eval(
 
     Raises:
         BenchUnavailable: lm_eval is not installed, or a task's data cannot be loaded.
-        ValueError: an unknown task name or `api`.
+        UsageError: an unknown task name or `api`.
     """
     require_lm_eval()
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     if api not in ("chat", "completions"):
-        raise ValueError(f"api must be 'chat' or 'completions', got {api!r}")
+        raise UsageError(f"api must be 'chat' or 'completions', got {api!r}")
     unknown = [t for t in tasks if t not in TaskManager().all_tasks]
     if unknown:
-        raise ValueError(f"lm-eval has no tasks {unknown} (see `lm-eval ls tasks`)")
+        raise UsageError(f"lm-eval has no tasks {unknown} (see `lm-eval ls tasks`)")
     route = "chat/completions" if api == "chat" else "completions"
     model_args = {
         "model": served_model,

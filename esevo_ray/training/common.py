@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from esevo_ray.config import LoraSection, RunConfig, TrainSection
+from esevo_ray.data.dialogue import DataError
 from esevo_ray.schema import read_table
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ def load_split(
         )
     train, held_out = split_eval(table, section.eval_fraction, section.seed)
     if train.num_rows == 0:
-        raise ValueError(f"{path}: no training rows left after the eval split")
+        raise DataError(f"{path}: no training rows left after the eval split")
     as_dataset = lambda t: Dataset(InMemoryTable(t))  # noqa: E731
     return as_dataset(train), (as_dataset(held_out) if held_out is not None else None)
 
@@ -306,5 +307,5 @@ def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type
     rows = read_table(job.data_path, schema).num_rows
     n_eval = int(rows * section.eval_fraction)
     if rows - n_eval <= 0:
-        raise ValueError(f"{job.data_path}: {rows} rows leave nothing to train on")
+        raise DataError(f"{job.data_path}: {rows} rows leave nothing to train on")
     return {"train_rows": rows - n_eval, "eval_rows": n_eval}

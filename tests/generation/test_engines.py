@@ -2,8 +2,7 @@
 
 from esevo_ray.config import DecodingSection
 from esevo_ray.generation.engines import VllmEngine
-
-from .test_pipeline import _random_adapter
+from esevo_ray.models import build_tiny_adapter
 
 GREEDY = DecodingSection(temperature=0, max_new_tokens=8)
 MESSAGES = [
@@ -18,7 +17,7 @@ def _texts(engine):
 
 def test_vllm_lora_request_matches_merged_weights(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path / "cache"))
-    adapter = _random_adapter(tiny_model, tmp_path / "a", seed=3)
+    adapter = build_tiny_adapter(tiny_model, tmp_path / "a", seed=3)
     kwargs = dict(dtype="float32", max_model_len=1024)
     as_request = _texts(VllmEngine(tiny_model, adapter, lora_mode="adapter", **kwargs))
     merged_engine = VllmEngine(tiny_model, adapter, lora_mode="merge", **kwargs)

@@ -8,7 +8,6 @@ import time
 import polars as pl
 import pyarrow as pa
 import pytest
-import torch
 
 from esevo_ray import schema
 from esevo_ray.config import load_config
@@ -17,7 +16,7 @@ from esevo_ray.data.dialogue import context_rows, normalised
 from esevo_ray.generation.engines import HfEngine
 from esevo_ray.generation.pairs import make_pairs
 from esevo_ray.generation.pipeline import generate_pairs
-from esevo_ray.models import adapter_hash
+from esevo_ray.models import adapter_hash, build_tiny_adapter
 from esevo_ray.parts import PART_GLOB
 
 from ..conftest import ASSETS
@@ -125,30 +124,13 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_local, tiny_model, contex
     _check_pairs(out, n)
 
 
-def _random_adapter(base, path, seed):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft = get_peft_model(
-        model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-    )
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    peft.save_pretrained(path)
-    return path
-
-
 def test_generation_uses_exactly_m_t(tiny_model, contexts, tmp_path):
     path, _ = contexts
     rows = pa.parquet.read_table(path).slice(0, 3).to_pylist()
     cfg = _cfg().generation
     results = {}
     for name, seed in [("a", 1), ("b", 2)]:
-        adapter = _random_adapter(tiny_model, tmp_path / name, seed)
+        adapter = build_tiny_adapter(tiny_model, tmp_path / name, seed)
         pairs = make_pairs(HfEngine(tiny_model, adapter), cfg, rows, iteration=1)
         assert {p["adapter_hash"] for p in pairs} == {adapter_hash(adapter)}
         assert {p["generator_model"] for p in pairs} == {

@@ -16,21 +16,9 @@ APP = "esevo"
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A small random (non-identity) LoRA adapter saved as a PEFT folder, written atomically."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from esevo_ray.models import build_tiny_adapter
 
-    from esevo_ray.io import atomic_dir
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    with atomic_dir(out) as tmp:
-        peft_model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-    return out
+    return build_tiny_adapter(base, out, seed=seed)
 
 
 def free_port() -> int:

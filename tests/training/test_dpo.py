@@ -7,23 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from esevo_ray.models import build_tiny_adapter
 from esevo_ray.training.callbacks import copy_trainable_checkpoint
-from esevo_ray.training.common import lora_config, save_adapter
+from esevo_ray.training.common import save_adapter
 from esevo_ray.training.dpo import build_dpo_trainer, dpo_job, dpo_loss_terms
 
 
 @pytest.fixture
 def mt_adapter(tiny_model, make_cfg, tmp_path) -> Path:
     """An M^t adapter whose LoRA weights are not zero, so M^t differs from the base."""
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(make_cfg().dpo.lora)
-    )
-    _perturb(model, "default", seed=1, scale=0.3)
-    model.save_pretrained(tmp_path / "m_t")
-    return tmp_path / "m_t"
+    return build_tiny_adapter(tiny_model, tmp_path / "m_t", seed=1, rank=8, scale=0.3)
 
 
 def _perturb(model, adapter: str, seed: int, scale: float) -> None:

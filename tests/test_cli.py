@@ -1,0 +1,59 @@
+"""The `esevo` command line: paths checked before any work, user errors as one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from esevo_ray.cli import main
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\n")
+    return str(path)
+
+
+def test_eval_refuses_a_folder_without_adapter_files(tmp_path, config, capsys):
+    (tmp_path / "not-an-adapter").mkdir()
+    (tmp_path / "contexts.parquet").write_bytes(b"")
+    argv = ["eval", "--config", config, "--adapter", str(tmp_path / "not-an-adapter")]
+    argv += ["--contexts", str(tmp_path / "contexts.parquet")]
+    assert main(argv) == 2
+    assert "not a LoRA adapter folder" in _error(capsys)
+
+
+def test_missing_inputs_name_the_flag_and_what_to_run(config, capsys):
+    assert main(["generate", "--config", config]) == 2
+    err = _error(capsys)
+    assert err.startswith("esevo: error: --contexts") and "esevo data prepare" in err
+    assert main(["dpo", "--config", config, "--iteration", "2"]) == 2
+    assert "--pairs" in (err := _error(capsys)) and "--iteration 2" in err
+
+
+def test_inspect_pairs_says_what_is_wrong_with_the_path(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", "pairs", str(tmp_path / "empty")]) == 2
+    assert "no Parquet files in" in _error(capsys)
+    (tmp_path / "notes.txt").write_text("not parquet")
+    assert main(["inspect", "pairs", str(tmp_path / "notes.txt")]) == 2
+    assert "not a Parquet file" in _error(capsys)
+    assert main(["inspect", "pairs", str(tmp_path / "absent")]) == 2
+    assert "no pairs folder or file there" in _error(capsys)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    # A plain ValueError from inside the library is not a user error: it must not be
+    # reduced to one line.
+    def broken(**_):
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr("esevo_ray.models.prepare_default_model", broken)
+    with pytest.raises(ValueError, match="internal invariant broken"):
+        main(["model", "prepare"])
