@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from esevo_ray.cli import data, evaluate, evolve, generate, serve, train
-from esevo_ray.cli.common import USER_ERRORS, setup_logging
+from esevo_ray.cli.common import USER_ERRORS, command_group, setup_logging
 
 # Registration order is the order of `esevo --help`; `serve` extends the `report` command
 # that `evaluate` adds (`esevo report human`), so it comes after it.
@@ -23,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in STAGES:
         module.add_parsers(sub)
-    bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bench_sub = command_group(sub, "bench", "benchmarks (results go to BENCHMARKS.md)")
     for module in STAGES:
         if hasattr(module, "add_bench_parsers"):
             module.add_bench_parsers(bench_sub)

@@ -15,19 +15,27 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 from esevo_ray.config import ConfigError, RunConfig, load_config  # noqa: E402
 from esevo_ray.data.dialogue import DataError  # noqa: E402
-from esevo_ray.errors import UsageError  # noqa: E402
+from esevo_ray.errors import BenchUnavailable, EndpointError, JudgeError, UsageError  # noqa: E402
 from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
 from esevo_ray.pipeline.manifest import RunConflict  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
 
 # Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
 # bug and keeps its traceback.
-USER_ERRORS = (ConfigError, DataError, SchemaError, RunConflict, UsageError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError, DataError, SchemaError, RunConflict, UsageError, FileNotFoundError,
+    EndpointError, JudgeError, BenchUnavailable,
+)  # fmt: skip
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="YAML run config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. dpo.beta=0.1")
+
+
+def command_group(sub: argparse._SubParsersAction, name: str, help: str):
+    """`esevo <name> <subcommand>`: a command whose subcommands are added to the result."""
+    return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
 
 
 def load_args_config(args: argparse.Namespace) -> RunConfig:

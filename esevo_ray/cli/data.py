@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from esevo_ray.cli.common import UsageError, add_config_args, layout_of, load_args_config
+from esevo_ray.cli.common import (
+    UsageError,
+    add_config_args,
+    command_group,
+    layout_of,
+    load_args_config,
+)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -50,9 +56,7 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="prepare datasets, print statistics").add_subparsers(
-        dest="data_command", required=True
-    )
+    data = command_group(sub, "data", "prepare datasets, print statistics")
     p = data.add_parser("prepare", help="write the run's Parquet datasets")
     add_config_args(p)
     p.add_argument("--out", help="output folder (default: <run>/data)")
@@ -66,9 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-bad-record", choices=["error", "skip"])
     p.set_defaults(func=cmd_data_stats)
 
-    model = sub.add_parser("model", help="prepare the default model").add_subparsers(
-        dest="model_command", required=True
-    )
+    model = command_group(sub, "model", "prepare the default model")
     p = model.add_parser("prepare", help="convert the packaged SmolLM2 GGUF to safetensors")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_model_prepare)

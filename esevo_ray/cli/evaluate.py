@@ -10,6 +10,7 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
+    command_group,
     existing,
     layout_of,
     load_args_config,
@@ -31,7 +32,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from esevo_ray.evaluation.judge import JudgeError, judge_file
+    from esevo_ray.evaluation.judge import judge_file
     from esevo_ray.evaluation.judge_scores import summarize
 
     if args.samples is not None:
@@ -40,18 +41,14 @@ def cmd_judge(args: argparse.Namespace) -> int:
     existing(args.responses, "--responses", "responses Parquet")
     out = Path(args.out) if args.out else Path(args.responses).parent / "judge_scores.parquet"
     n_samples = None if cfg.eval.judge_samples <= 0 else cfg.eval.judge_samples
-    try:
-        scores = judge_file(
-            args.responses,
-            out,
-            cfg.eval.judge,
-            n_samples=n_samples,
-            base_url=args.endpoint,
-            model=args.model,
-        )
-    except JudgeError as e:
-        print(f"esevo: error: {e}", file=sys.stderr)
-        return 2
+    scores = judge_file(
+        args.responses,
+        out,
+        cfg.eval.judge,
+        n_samples=n_samples,
+        base_url=args.endpoint,
+        model=args.model,
+    )
     summary = summarize(scores)
     print(json.dumps({"out": str(out), "verdicts": scores.num_rows, "summary": summary}, indent=2))
     missing = scores.column("score").null_count
@@ -69,28 +66,25 @@ def _contexts(args: argparse.Namespace, layout) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from esevo_ray.evaluation.endpoint import EndpointError, is_endpoint
+    from esevo_ray.evaluation.endpoint import is_endpoint
     from esevo_ray.evaluation.evaluate import default_name, evaluate_model
     from esevo_ray.models import resolve_model
 
     cfg = load_args_config(args)
     layout = layout_of(cfg)
     contexts = _contexts(args, layout)
-    adapter_arg(args.adapter)
     model = args.model if args.model and is_endpoint(args.model) else None
+    if model is None:  # with an endpoint, evaluate_model says why --adapter does not apply
+        adapter_arg(args.adapter)
     model = model or resolve_model(args.model or cfg.model.path)
     name = args.name or (args.served_model if is_endpoint(model) else None)
     name = name or default_name(model, args.adapter)
-    try:
-        manifest = evaluate_model(
-            cfg, model, contexts, Path(args.out) if args.out else layout.eval(name),
-            name=name, adapter=args.adapter, served_model=args.served_model,
-            api_key_env=args.api_key_env, concurrency=args.concurrency, tokenizer=args.tokenizer,
-            sampling_extras=not args.no_sampling_extras, bertscore=not args.no_bertscore,
-        )  # fmt: skip
-    except EndpointError as e:
-        print(f"esevo: error: {e}", file=sys.stderr)
-        return 2
+    manifest = evaluate_model(
+        cfg, model, contexts, Path(args.out) if args.out else layout.eval(name),
+        name=name, adapter=args.adapter, served_model=args.served_model,
+        api_key_env=args.api_key_env, concurrency=args.concurrency, tokenizer=args.tokenizer,
+        sampling_extras=not args.no_sampling_extras, bertscore=not args.no_bertscore,
+    )  # fmt: skip
     print(json.dumps(manifest, indent=2))
     return 0
 
@@ -137,24 +131,19 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_llm(args: argparse.Namespace) -> int:
-    from esevo_ray.evaluation.llm_bench import BenchUnavailable, run_lm_eval
+    from esevo_ray.evaluation.llm_bench import run_lm_eval
 
-    try:
-        result = run_lm_eval(
-            args.endpoint, [t for t in args.tasks.split(",") if t], args.out,
-            served_model=args.served_model, api=args.api, tokenizer=args.tokenizer,
-            limit=args.limit, num_fewshot=args.num_fewshot, concurrency=args.concurrency,
-        )  # fmt: skip
-    except BenchUnavailable as e:
-        print(f"esevo: error: {e}", file=sys.stderr)
-        return 2
+    result = run_lm_eval(
+        args.endpoint, [t for t in args.tasks.split(",") if t], args.out,
+        served_model=args.served_model, api=args.api, tokenizer=args.tokenizer,
+        limit=args.limit, num_fewshot=args.num_fewshot, concurrency=args.concurrency,
+    )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add `eval`, `report`, `judge` and `ablate` to the `esevo` subparsers."""
-    from esevo_ray.evaluation.ablation import PROMPTS, TABLE5_COLUMNS
 
     p = sub.add_parser("eval", help="responses + metrics of one model on the ESConv eval split")
     add_config_args(p)
@@ -199,9 +188,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=cmd_judge)
 
-    ablate = sub.add_parser("ablate", help="prompt and preference-pair ablations").add_subparsers(
-        dest="ablate_command", required=True
-    )
+    _add_ablate_parsers(sub)
+
+
+def _add_ablate_parsers(sub: argparse._SubParsersAction) -> None:
+    from esevo_ray.evaluation.ablation import PROMPTS, TABLE5_COLUMNS
+
+    ablate = command_group(sub, "ablate", "prompt and preference-pair ablations")
     p = ablate.add_parser("prompts", help="Table 3: the base model under each system prompt")
     add_config_args(p)
     p.add_argument("--model", help="model folder (default: model.path)")

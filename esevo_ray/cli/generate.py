@@ -10,6 +10,7 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
+    command_group,
     existing,
     layout_of,
     load_args_config,
@@ -90,9 +91,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_generate)
 
-    inspect = sub.add_parser("inspect", help="summarise a dataset").add_subparsers(
-        dest="inspect_command", required=True
-    )
+    inspect = command_group(sub, "inspect", "summarise a dataset")
     p = inspect.add_parser("pairs", help="row counts, fallback rates, lengths, samples")
     p.add_argument("path", help="pairs folder (<run>/m<t>/pairs) or Parquet file")
     p.add_argument("--json", action="store_true")

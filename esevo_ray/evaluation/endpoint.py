@@ -18,9 +18,11 @@ from urllib.parse import urlparse
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, RunConfig
-from esevo_ray.generation.pairs import fit_context, request_seed
-from esevo_ray.io import write_parquet
-from esevo_ray.parts import check_complete, read_parts, unwritten, write_part
+from esevo_ray.errors import EndpointError
+from esevo_ray.evaluation.responses import PARTS, collect_responses, eval_contexts
+from esevo_ray.generation.pairs import fit_context
+from esevo_ray.generation.pipeline import eval_seed, response_row
+from esevo_ray.parts import read_parts, unwritten, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,6 @@ def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: f
         logger.debug("request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
         time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-class EndpointError(RuntimeError):
-    """The endpoint cannot answer: unreachable, bad key, unknown model, or a failing request."""
 
 
 def is_endpoint(model: str | os.PathLike) -> bool:
@@ -167,11 +165,9 @@ def endpoint_responses(
     Raises:
         EndpointError: a request failed for good; parts already written are kept.
     """
-    out_dir, parts = Path(out_dir), Path(out_dir) / "parts"
-    contexts = schema.read_table(contexts_path, schema.CONTEXTS)
-    if cfg.eval.max_examples is not None:
-        contexts = contexts.slice(0, cfg.eval.max_examples)
-    rows = unwritten(contexts, read_parts(parts, schema.EVAL_RESPONSES)).to_pylist()
+    out_dir = Path(out_dir)
+    contexts = eval_contexts(cfg, contexts_path)
+    rows = unwritten(contexts, read_parts(out_dir / PARTS, schema.EVAL_RESPONSES)).to_pylist()
     logger.info(
         "endpoint %s (%s): %d contexts, %d to go", endpoint.url, model_name, contexts.num_rows,
         len(rows),
@@ -180,26 +176,32 @@ def endpoint_responses(
     if tokenizer is not None:
         counter = TokenCounter(tokenizer)
         sent = [fit_context(counter, c, cfg.generation) for c in sent]
+    requests = [prompts.task_messages(c, system_prompt) for c in sent]
+    _answer(cfg, endpoint, rows, requests, out_dir / PARTS, model_name, concurrency)
+    return collect_responses(out_dir, contexts.num_rows)
+
+
+def _answer(
+    cfg: RunConfig,
+    endpoint: ChatEndpoint,
+    rows: list[dict],
+    requests: list[list[dict]],
+    parts: Path,
+    model_name: str,
+    concurrency: int,
+) -> None:
+    """Send every request, `concurrency` at a time; write each batch's part when it is done."""
     decoding, size = cfg.generation.decoding, cfg.generation.batch_size
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures: list[Future] = [
-            pool.submit(
-                endpoint.chat,
-                prompts.task_messages(c, system_prompt),
-                decoding,
-                request_seed(decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0),
-            )
-            for r, c in zip(rows, sent, strict=True)
+            pool.submit(endpoint.chat, request, decoding, eval_seed(decoding, r))
+            for r, request in zip(rows, requests, strict=True)
         ]
         try:
             for start in range(0, len(rows), size):
                 batch = rows[start : start + size]
                 texts = [f.result() for f in futures[start : start + size]]
-                out = [
-                    {**{k: r[k] for k in ("dialogue_id", "turn_index", "context", "golden")},
-                     "model": model_name, "response": t}
-                    for r, t in zip(batch, texts, strict=True)
-                ]  # fmt: skip
+                out = [response_row(r, model_name, t) for r, t in zip(batch, texts, strict=True)]
                 write_part(parts, out, schema.EVAL_RESPONSES)
                 logger.info(
                     "endpoint %s: %d/%d answered", model_name, start + len(batch), len(rows)
@@ -207,6 +209,3 @@ def endpoint_responses(
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-    table = read_parts(parts, schema.EVAL_RESPONSES)
-    check_complete(table, contexts.num_rows, parts)
-    return write_parquet(table, out_dir / "responses.parquet")

@@ -60,9 +60,6 @@ def evaluate_model(
         FileNotFoundError: no contexts file, or no model folder.
         EndpointError: the endpoint failed for good.
     """
-    from esevo_ray.evaluation.responses import generate_responses
-    from esevo_ray.models import adapter_hash, resolve_model
-
     contexts, out = Path(contexts), Path(out)
     if not contexts.exists():
         raise FileNotFoundError(f"no evaluation contexts at {contexts}")
@@ -85,18 +82,14 @@ def evaluate_model(
         )  # fmt: skip
         source = {"endpoint": endpoint.url, "served_model": served_model}
     else:
-        path = resolve_model(str(model))
-        name = name or default_name(path, adapter)
-        responses = generate_responses(
-            cfg, contexts, out, model_path=path, adapter=adapter, model_name=name
-        )
-        source = {
-            "model_path": str(path),
-            "adapter": str(adapter) if adapter else None,
-            "adapter_hash": adapter_hash(adapter),
-            "engine": cfg.generation.engine,
-        }
+        name, responses, source = _local_responses(cfg, model, contexts, out, name, adapter)
     metrics = score_responses(responses, out, cfg, bertscore=bertscore)
+    return _write_manifest(cfg, out, name, source, contexts, metrics, time.perf_counter() - t0)
+
+
+def _write_manifest(
+    cfg: RunConfig, out: Path, name: str, source: dict, contexts: Path, metrics: dict, seconds
+) -> dict:
     manifest = {
         "model": name,
         **source,
@@ -104,10 +97,36 @@ def evaluate_model(
         "rows": metrics["settings"]["n"],
         "decoding": cfg.generation.decoding.model_dump(),
         "config_digest": cfg.digest(),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
         "scores": metrics["scores"],
     }
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     logger.info("evaluated %s on %d contexts into %s", name, manifest["rows"], out)
     return manifest
+
+
+def _local_responses(
+    cfg: RunConfig,
+    model: str | Path,
+    contexts: Path,
+    out: Path,
+    name: str | None,
+    adapter: str | Path | None,
+) -> tuple[str, Path, dict]:
+    """Responses of a local model folder (+ adapter): (name, responses path, source)."""
+    from esevo_ray.evaluation.responses import generate_responses
+    from esevo_ray.models import adapter_hash, resolve_model
+
+    path = resolve_model(str(model))
+    name = name or default_name(path, adapter)
+    responses = generate_responses(
+        cfg, contexts, out, model_path=path, adapter=adapter, model_name=name
+    )
+    source = {
+        "model_path": str(path),
+        "adapter": str(adapter) if adapter else None,
+        "adapter_hash": adapter_hash(adapter),
+        "engine": cfg.generation.engine,
+    }
+    return name, responses, source

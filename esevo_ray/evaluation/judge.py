@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from esevo_ray.config import JudgeSection
+from esevo_ray.errors import JudgeError
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
@@ -26,10 +27,6 @@ from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
 logger = logging.getLogger(__name__)
 
 _FATAL_STATUS = {401, 403, 404}
-
-
-class JudgeError(RuntimeError):
-    """The judge endpoint cannot be used at all (bad key, unknown model or URL)."""
 
 
 class RateLimiter:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from esevo_ray.errors import UsageError
+from esevo_ray.errors import BenchUnavailable, UsageError
 from esevo_ray.evaluation.endpoint import base_url
 from esevo_ray.evaluation.tables import markdown_table
 from esevo_ray.io import atomic_write_text
@@ -36,10 +36,6 @@ INSTALL_HINT = (
     "offline runs also need each task's dataset in the Hugging Face datasets cache "
     "(HF_DATASETS_OFFLINE=1 here), fetched once on a machine with internet access"
 )
-
-
-class BenchUnavailable(RuntimeError):
-    """lm-evaluation-harness or a task's data is not available on this machine."""
 
 
 def require_lm_eval() -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
 from esevo_ray.generation.pipeline import Responder, run_engine_actors
 from esevo_ray.io import write_parquet
 from esevo_ray.parts import check_complete, read_parts
+
+PARTS = "parts"  # inside an eval folder: the resumable parts of responses.parquet
 
 
 def generate_responses(
@@ -31,14 +35,24 @@ def generate_responses(
     `system_prompt` replaces P_task (the prompt ablation of Table 3).
     """
     out_dir = Path(out_dir)
-    contexts = schema.read_table(contexts_path, schema.CONTEXTS)
-    if cfg.eval.max_examples is not None:
-        contexts = contexts.slice(0, cfg.eval.max_examples)
-    parts = out_dir / "parts"
+    contexts = eval_contexts(cfg, contexts_path)
     run_engine_actors(
-        cfg, contexts, parts, Responder, model_path=model_path, adapter=adapter,
+        cfg, contexts, out_dir / PARTS, Responder, model_path=model_path, adapter=adapter,
         label=f"eval responses {model_name}", model_name=model_name, system_prompt=system_prompt,
     )  # fmt: skip
-    table = read_parts(parts, schema.EVAL_RESPONSES)
-    check_complete(table, contexts.num_rows, parts)
+    return collect_responses(out_dir, contexts.num_rows)
+
+
+def eval_contexts(cfg: RunConfig, path: str | Path) -> pa.Table:
+    """The evaluation contexts, the first `eval.max_examples` of them when set."""
+    contexts = schema.read_table(path, schema.CONTEXTS)
+    if cfg.eval.max_examples is not None:
+        contexts = contexts.slice(0, cfg.eval.max_examples)
+    return contexts
+
+
+def collect_responses(out_dir: Path, expected: int) -> Path:
+    """Check that the parts hold every context once and write `out_dir/responses.parquet`."""
+    table = read_parts(out_dir / PARTS, schema.EVAL_RESPONSES)
+    check_complete(table, expected, out_dir / PARTS)
     return write_parquet(table, out_dir / "responses.parquet")

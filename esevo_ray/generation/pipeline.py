@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
-from esevo_ray.config import GenerationSection, RunConfig
+from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
 from esevo_ray.generation.engines import build_engine
 from esevo_ray.generation.pairs import fit_context, make_pairs, request_seed
 from esevo_ray.io import atomic_write_text
@@ -90,21 +90,27 @@ class Responder(EngineActor):
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
         contexts = [fit_context(self.engine, r["context"], self.gen) for r in rows]
-        seeds = [
-            request_seed(self.gen.decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0)
-            for r in rows
-        ]
         outs = self.engine.chat(
             [prompts.task_messages(c, self.system_prompt) for c in contexts],
             self.gen.decoding,
-            seeds,
+            [eval_seed(self.gen.decoding, r) for r in rows],
         )
         out = [
-            {**{k: r[k] for k in ("dialogue_id", "turn_index", "context", "golden")},
-             "model": self.model_name, "response": o.text.strip()}
+            response_row(r, self.model_name, o.text.strip())
             for r, o in zip(rows, outs, strict=True)
-        ]  # fmt: skip
+        ]
         return out, sum(o.output_tokens for o in outs)
+
+
+def eval_seed(decoding: DecodingSection, row: dict) -> int:
+    """The seed of the response to one context: the same on every engine and endpoint."""
+    return request_seed(decoding.seed, row["dialogue_id"], row["turn_index"], 0, "eval", 0)
+
+
+def response_row(context_row: dict, model_name: str, text: str) -> dict:
+    """One EVAL_RESPONSES row: the context's keys, context and golden, and the response."""
+    keys = ("dialogue_id", "turn_index", "context", "golden")
+    return {**{k: context_row[k] for k in keys}, "model": model_name, "response": text}
 
 
 @dataclass

@@ -18,9 +18,9 @@ import pyarrow as pa
 from esevo_ray.config import LoraSection, RunConfig, TrainSection
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.schema import read_table
+from esevo_ray.training.rows import load_split
 
 if TYPE_CHECKING:
-    from datasets import Dataset
     from transformers import Trainer
 
 logger = logging.getLogger(__name__)
@@ -87,79 +87,6 @@ def build_policy(cfg: RunConfig, job: TrainJob) -> tuple[Any, Any]:
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True), None
-
-
-def split_eval(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table | None]:
-    """Hold out floor(fraction * rows) rows chosen by `seed`; None when that is zero rows."""
-    import numpy as np
-
-    n_eval = int(table.num_rows * fraction)
-    if n_eval == 0:
-        return table, None
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    return table.take(np.sort(order[n_eval:])), table.take(np.sort(order[:n_eval]))
-
-
-def fit_prompt(
-    tokenizer: Any, prompt: list[dict], answers: list[list[dict]], max_length: int
-) -> list[dict]:
-    """Drop the oldest dialogue turns of `prompt` until prompt + the longest answer fits.
-
-    TRL truncates the token sequence instead, which cuts the response (and then drops the
-    row) or the system prompt; dropping whole early turns keeps both. A leading system
-    message and the last turn always stay.
-    """
-
-    def length(messages: list[dict]) -> int:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return len(tokenizer.encode(text, add_special_tokens=False))
-
-    system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
-    turns = prompt[len(system) :]
-    longest = max(answers, key=lambda a: sum(len(m["content"]) for m in a))
-    while len(turns) > 1 and length([*system, *turns, *longest]) > max_length:
-        turns = turns[2:] if len(turns) > 2 else turns[1:]
-    return [*system, *turns]
-
-
-def fit_table(
-    table: pa.Table, tokenizer: Any, max_length: int, answer_columns: Sequence[str]
-) -> pa.Table:
-    """`fit_prompt` on every row's `prompt` column."""
-    prompts = [
-        fit_prompt(tokenizer, row["prompt"], [row[c] for c in answer_columns], max_length)
-        for row in table.select(["prompt", *answer_columns]).to_pylist()
-    ]
-    index = table.column_names.index("prompt")
-    return table.set_column(
-        index, "prompt", pa.array(prompts, type=table.schema.field("prompt").type)
-    )
-
-
-def load_split(
-    path: str,
-    schema: pa.Schema,
-    columns: Sequence[str],
-    section: TrainSection,
-    tokenizer: Any = None,
-) -> tuple[Dataset, Dataset | None]:
-    """Read a stage's Parquet input, check its schema, keep `columns`, split off eval rows.
-
-    With a tokenizer, prompts are first fitted to `section.max_length` (see `fit_prompt`).
-    """
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
-
-    table = read_table(path, schema).select(list(columns))
-    if tokenizer is not None:
-        table = fit_table(
-            table, tokenizer, section.max_length, [c for c in columns if c != "prompt"]
-        )
-    train, held_out = split_eval(table, section.eval_fraction, section.seed)
-    if train.num_rows == 0:
-        raise DataError(f"{path}: no training rows left after the eval split")
-    as_dataset = lambda t: Dataset(InMemoryTable(t))  # noqa: E731
-    return as_dataset(train), (as_dataset(held_out) if held_out is not None else None)
 
 
 def early_stopping_on(section: TrainSection, has_eval: bool) -> bool:

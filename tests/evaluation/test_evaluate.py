@@ -26,7 +26,7 @@ def test_eval_local_model_writes_responses_metrics_and_resumes(
     run = tmp_path / "runs" / "tiny-eval"
     argv = ["eval", "--config", str(config), "--model", str(tiny_model)]
     assert cli.main(argv) == 2
-    assert "no evaluation contexts at" in capsys.readouterr().err
+    assert "no evaluation contexts there" in capsys.readouterr().err
     write_contexts(run / "data" / "eval_contexts.parquet", 3)
 
     assert cli.main([*argv, "--name", "tiny", "eval.max_examples=2"]) == 0

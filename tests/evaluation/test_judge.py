@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from esevo_ray.cli import evaluate as cli
+from esevo_ray.cli import main
 from esevo_ray.config import JUDGE_DIMENSIONS, JudgeSection, load_config
 from esevo_ray.evaluation.judge import (
     JudgeClient,
@@ -253,11 +254,8 @@ def test_judge_config_defaults_follow_the_paper():
 
 def test_judge_cli_reports_a_rejected_key(server, tmp_path, capsys):
     path = write_responses(tmp_path / "responses.parquet", "M0", ["a", "b", "c"])
-    parser = argparse.ArgumentParser()
-    cli.add_parsers(parser.add_subparsers(dest="command"))
     argv = ["judge", "--responses", str(path), "--endpoint", server.url, "--model", "forbidden"]
-    args = parser.parse_args(argv)
-    assert args.func(args) == 2
+    assert main(argv) == 2  # the judge's JudgeError is a user error: one line, exit 2
     assert "HTTP 401" in capsys.readouterr().err
     assert not (tmp_path / "judge_scores.parquet").exists()
 

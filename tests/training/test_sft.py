@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from esevo_ray.prompts import TASK_PROMPT
-from esevo_ray.training import common
+from esevo_ray.training import common, rows
 from esevo_ray.training.common import TrainJob
 from esevo_ray.training.sft import build_sft_trainer, sft_job
 from tests.training.tables import GOOD, sft_table
@@ -79,13 +79,13 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
 
 def test_eval_split_is_seeded_and_disjoint():
     table = sft_table(20)
-    train, held = common.split_eval(table, 0.25, seed=3)
-    again = common.split_eval(table, 0.25, seed=3)[1]
-    other = common.split_eval(table, 0.25, seed=4)[1]
+    train, held = rows.split_eval(table, 0.25, seed=3)
+    again = rows.split_eval(table, 0.25, seed=3)[1]
+    other = rows.split_eval(table, 0.25, seed=4)[1]
     ids = lambda t: t.column("example_id").to_pylist()  # noqa: E731
     assert held.num_rows == 5 and train.num_rows == 15
     assert ids(held) == ids(again) and ids(held) != ids(other)
-    assert common.split_eval(table, 0.0, seed=3) == (table, None)
+    assert rows.split_eval(table, 0.0, seed=3) == (table, None)
 
 
 def test_early_stopping_is_wired_when_there_is_an_eval_split(make_cfg, sft_dir, tmp_path):
@@ -109,7 +109,7 @@ def test_early_stopping_is_wired_when_there_is_an_eval_split(make_cfg, sft_dir, 
 def test_fit_prompt_drops_oldest_turns_and_keeps_system_and_answer(tiny_model):
     from transformers import AutoTokenizer
 
-    from esevo_ray.training.common import fit_prompt
+    from esevo_ray.training.rows import fit_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     system = {"role": "system", "content": "be kind"}
