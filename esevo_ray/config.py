@@ -127,7 +127,10 @@ class TrainSection(Section):
     logging_steps: int = 10
     max_length: int = 1024
     gradient_checkpointing: bool = False
-    bf16: bool = False
+    # bf16 autocast. "auto": on where the hardware computes in bf16 (a CUDA GPU that supports
+    # it, a CPU with AVX512-BF16 or AMX), fp32 otherwise; chosen on the worker at run time and
+    # recorded in train_summary.json.
+    bf16: bool | Literal["auto"] = False
     seed: int = 42
     lora: LoraSection = LoraSection()
     scaling: ScalingSection = ScalingSection()

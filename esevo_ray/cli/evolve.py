@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from esevo_ray.cli.common import add_config_args, layout_of, load_args_config
 from esevo_ray.layout import RunLayout
+from esevo_ray.profile import table
 
 
 def summary(layout: RunLayout) -> str:
@@ -23,6 +25,8 @@ def summary(layout: RunLayout) -> str:
         )
     lines.append(f"report:  {layout.report}")
     lines.append(f"manifest: {layout.manifest}")
+    stages = json.loads(layout.manifest.read_text())["stages"] if layout.manifest.exists() else {}
+    lines += ["", "Where the time went (seconds; `profile` in the manifest):", table(stages)]
     return "\n".join(lines)
 
 

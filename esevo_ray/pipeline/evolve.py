@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from esevo_ray import profile
 from esevo_ray.config import RunConfig
 from esevo_ray.layout import RunLayout, model_name
 from esevo_ray.models import resolve_model
@@ -48,15 +49,20 @@ class Runner:
         self.manifest.start(name, {k: str(v) for k, v in inputs.items()})
         t0 = time.perf_counter()
         try:
-            info = fn() or {}
+            with profile.collect() as timings:
+                info = fn() or {}
         except BaseException as e:
             self.manifest.fail(name, f"{type(e).__name__}: {e}")
             raise
-        seconds = round(time.perf_counter() - t0, 1)
-        self.timings[name] = seconds
+        wall = time.perf_counter() - t0
+        self.timings[name] = round(wall, 1)
         outputs_ = {k: str(v) for k, v in outputs.items()}
-        self.manifest.finish(name, outputs_, {**info, "seconds": seconds})
-        logger.info("stage %s: done in %.1fs", name, seconds)
+        breakdown = profile.breakdown(timings, wall)
+        self.manifest.finish(
+            name, outputs_, {**info, "seconds": round(wall, 1), "profile": breakdown}
+        )
+        logger.info("stage %s: done in %.1fs (%s)", name, wall,
+                    ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip
 
 
 def _evaluate(
@@ -135,7 +141,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
         "data",
         inputs={"data_dir": Path(cfg.data.data_dir or "default")},
         outputs={"data": run.data / "manifest.json"},
-        fn=lambda: {"rows": prepare_data(cfg.data, run.data)["rows"]},
+        fn=lambda: {"rows": _timed("io", prepare_data, cfg.data, run.data)["rows"]},
     )
     runner.stage(
         f"sft_{model_name(0)}",
@@ -187,4 +193,9 @@ def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runne
 def _report(root: Path) -> dict:
     from esevo_ray.evaluation.report import write_report
 
-    return {"report": str(write_report(root))}
+    return {"report": str(_timed("compute", write_report, root))}
+
+
+def _timed(phase: str, fn: Callable, *args):
+    with profile.timed(phase):
+        return fn(*args)

@@ -66,9 +66,13 @@ class RayReportCallback(TrainerCallback):
     adapter on restart, and HF's resume would otherwise load only those subfolders.
     """
 
+    def __init__(self) -> None:
+        self.seconds = 0.0  # spent copying and reporting checkpoints
+
     def on_save(self, args, state, control, **kwargs):
         import ray.train
 
+        t0 = time.perf_counter()
         src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         metrics = {**latest_metrics(state.log_history), "step": state.global_step}
         with tempfile.TemporaryDirectory() as tmp:
@@ -81,6 +85,7 @@ class RayReportCallback(TrainerCallback):
                     shutil.copy2(rng, dst / rng.name)
             checkpoint = ray.train.Checkpoint.from_directory(tmp) if dst.exists() else None
             ray.train.report(metrics, checkpoint=checkpoint)
+        self.seconds += time.perf_counter() - t0
 
 
 def copy_trainable_checkpoint(src: Path, dst: Path) -> None:

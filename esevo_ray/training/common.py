@@ -89,6 +89,19 @@ def build_policy(cfg: RunConfig, job: TrainJob) -> tuple[Any, Any]:
     return PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True), None
 
 
+def use_bf16(section: TrainSection) -> bool:
+    """`section.bf16`, with "auto" resolved for the hardware this process runs on."""
+    if section.bf16 != "auto":
+        return section.bf16
+    import torch
+
+    if section.scaling.use_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def early_stopping_on(section: TrainSection, has_eval: bool) -> bool:
     return has_eval and section.early_stopping_patience is not None
 
@@ -127,7 +140,7 @@ def trainer_args(
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
         max_length=section.max_length,
-        bf16=section.bf16,
+        bf16=use_bf16(section),
         gradient_checkpointing=section.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=not section.scaling.use_gpu,

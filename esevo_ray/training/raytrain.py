@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from esevo_ray import profile
 from esevo_ray.config import RunConfig, save_config
 from esevo_ray.io import atomic_dir, atomic_write_text
 from esevo_ray.models import adapter_hash
@@ -84,9 +85,22 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     )
     start = time.time()
     result = trainer.fit()
-    return export(
-        result, cfg, job, out_dir, {"run_name": name, "wall_seconds": time.time() - start}
-    )
+    wall = time.time() - start
+    t0 = time.perf_counter()
+    out = export(result, cfg, job, out_dir, {"run_name": name, "wall_seconds": wall})
+    _record_phases(out, start, time.perf_counter() - t0)
+    return out
+
+
+def _record_phases(out_dir: Path, fit_start: float, export_s: float) -> None:
+    """Start-up (Ray workers, imports, model and data load), steps, checkpoints and export."""
+    summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    phases = summary.get("phases")
+    if not phases:  # a summary written before phases were measured
+        return
+    profile.record("startup", phases["loop_start"] - fit_start + phases["build_s"])
+    profile.record("compute", phases["train_s"] - phases["checkpoint_s"])
+    profile.record("io", phases["checkpoint_s"] + export_s)
 
 
 def export(
@@ -152,6 +166,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     from esevo_ray.training.callbacks import FailureInjector, ProgressLogger, RayReportCallback
 
+    loop_start = time.time()
     rank = ray.train.get_context().get_world_rank()
     setup_worker_logging(rank)
     cfg = RunConfig.model_validate(config["cfg"])
@@ -164,7 +179,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         return json.loads((restored / FINAL_DIR / SUMMARY_FILE).read_text())
     resume = str(restored / HF_DIR) if restored is not None else None
 
-    callbacks: list[Any] = [ProgressLogger(job.stage), RayReportCallback()]
+    report = RayReportCallback()
+    callbacks: list[Any] = [ProgressLogger(job.stage), report]
     if scaling.inject_failure_at_step is not None and resume is None:
         callbacks.append(FailureInjector(scaling.inject_failure_at_step))
     trainer = config["builder"](cfg, job, str(work / "hf"), callbacks)
@@ -172,6 +188,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     start = time.time()
     output = trainer.train(resume_from_checkpoint=resume)
     summary = summarize(job.stage, trainer, output, time.time() - start, resume)
+    summary["phases"] = {
+        "loop_start": loop_start,
+        "build_s": start - loop_start,
+        "train_s": summary["train_seconds"],
+        "checkpoint_s": report.seconds,
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         final = None
@@ -221,5 +243,6 @@ def summarize(
         "best_eval_loss": state.best_metric,
         "train_seconds": seconds,
         "world_size": trainer.args.world_size,
+        "bf16": trainer.args.bf16,
         "resumed_from_step": checkpoint_step(resumed) if resumed else None,
     }

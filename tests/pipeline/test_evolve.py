@@ -111,6 +111,13 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
     assert df.height == 10 and df.select("dialogue_id", "turn_index").unique().height == 10
     assert (run / "m1" / "adapter" / "adapter_model.safetensors").exists()
     assert (run / "report" / "report.md").exists()
+    # The DPO stage that finished in the third run has its time split into phases, adding up
+    # to its wall time, and the summary prints the table.
+    dpo = manifest["stages"]["dpo_m1"]
+    assert set(dpo["profile"]) == {"startup", "compute", "io", "other"}
+    assert dpo["profile"]["startup"] > 0 and dpo["profile"]["compute"] > 0
+    assert sum(dpo["profile"].values()) == pytest.approx(dpo["seconds"], abs=0.5)
+    assert "| dpo_m1 |" in out and "| **total** |" in out
 
     changed = subprocess.run(
         [sys.executable, "-m", "esevo_ray.cli", "evolve", "--config", str(path), "dpo.beta=0.5"],
