@@ -108,8 +108,12 @@ def run_lm_eval(
             f"lm-eval could not run {list(tasks)} against {endpoint}: {e}. Check that the "
             "endpoint answers and that the task data is in the Hugging Face datasets cache"
         ) from e
+    return _write_results(results, tasks, served_model, Path(out))
+
+
+def _write_results(results: dict, tasks: Sequence[str], served_model: str, out: Path) -> dict:
+    """`out/results.json` and the Table 4 row in `out/table.md`."""
     scores = {t: primary_score(t, results["results"].get(t, {})) for t in tasks}
-    out = Path(out)
     keep = {k: results.get(k) for k in ("results", "versions", "n-shot", "config")}
     atomic_write_text(out / "results.json", json.dumps(keep, indent=2, default=str))
     values = [v for v in scores.values() if v is not None]
