@@ -1,5 +1,7 @@
-"""Prompts (paper Appendix E.1, reworded): the task prompt P_task and the reflection prompts.
+"""Prompts (paper Appendix E.1): the task prompt P_task and the reflection prompts.
 
+P_task, the strategy list and the vanilla prompt are the paper's words; the JSON-answer
+prompts (self-reflection, refinement, reflection) are reworded to ask for strict JSON.
 Prompt builders are pure functions from a context row to chat messages, so SFT, generation,
 evaluation and serving all speak to the model the same way.
 """
@@ -7,33 +9,65 @@ evaluation and serving all speak to the model the same way.
 from __future__ import annotations
 
 import json
+from typing import Literal, get_args
 
-# The eight ESConv strategies with their descriptions (Liu et al., 2021).
+# The eight ESConv strategies (Liu et al., 2021) as Appendix E.1 describes them.
 STRATEGIES: dict[str, str] = {
-    "Question": "ask about the problem to help the seeker put into words what they face.",
-    "Affirmation and Reassurance": "affirm the seeker's feelings or experiences and reassure them.",
-    "Reflection of feelings": "name and describe the feelings the seeker is expressing.",
-    "Information": "give useful facts, resources or views, or answer their questions.",
-    "Providing Suggestions": "suggest ways to approach the issue without dictating what to do.",
-    "Restatement or Paraphrasing": "restate what the seeker said, more concisely, to add clarity.",
-    "Self-disclosure": "share a similar experience or feeling to show empathy.",
-    "Others": "exchange pleasantries or give other kinds of emotional support.",
+    "Question": "Asking for information related to the problem to help the seeker articulate "
+    "the issues that they face.",
+    "Affirmation and Reassurance": "Offering reassurance and affirming the help-seeker's "
+    "feelings or experiences.",
+    "Reflection of Feelings": "Articulating and describing the seeker's feelings.",
+    "Information": "Providing useful information, such as data, facts, opinions, or "
+    "resources, or answering questions.",
+    "Providing Suggestions": "Offering suggestions on how to approach the issue, without "
+    "overstepping or telling them what to do.",
+    "Restatement or Paraphrasing": "Rephrasing the help-seeker's statements more concisely to "
+    "help them see the situation clearly.",
+    "Self-disclosure": "Sharing similar experiences or emotions to express empathy with the "
+    "help-seeker.",
+    "Others": "Exchanging pleasantries or offering other emotional support.",
 }
 
 _STRATEGY_LINES = "\n".join(f"{i}. {k}: {v}" for i, (k, v) in enumerate(STRATEGIES.items(), 1))
 
+# Appendix E.1, "Prompt for vanilla" (Table 3's first row).
 VANILLA_PROMPT = (
     "You are an emotional support expert.\n"
-    "You can use these strategies to engage with users:\n"
+    "You can use the following strategies to engage with users:\n"
     f"[{', '.join(STRATEGIES)}]"
 )
 
-# P_task: the task and strategy description used for SFT, rejected responses and evaluation.
-TASK_PROMPT = (
-    "You are an emotional support expert. You can use these strategies to engage with users:\n"
-    f"{_STRATEGY_LINES}\n"
-    "Reply to the user with one short, natural supportive message."
+# P_task, Appendix E.1 "Prompt for w/strategy": used for SFT, rejected responses, evaluation
+# and serving. Nothing asks for a short answer; the rejected responses, Appendix A's length
+# rule and Table 3 depend on that.
+PAPER_TASK_PROMPT = (
+    "You are an emotional support expert. You can use the following strategies to engage "
+    f"with users:\n{_STRATEGY_LINES}"
 )
+# Not in the paper: P_task plus a request for one short message (this project's earlier P_task;
+# small models answer at length without it).
+SHORT_TASK_PROMPT = (
+    f"{PAPER_TASK_PROMPT}\nReply to the user with one short, natural supportive message."
+)
+
+TaskStyle = Literal["paper", "short"]
+TASK_STYLES: tuple[str, ...] = get_args(TaskStyle)
+TASK_PROMPTS: dict[str, str] = {"paper": PAPER_TASK_PROMPT, "short": SHORT_TASK_PROMPT}
+TASK_PROMPT = PAPER_TASK_PROMPT
+
+
+def task_prompt(style: str = "paper") -> str:
+    """P_task of a style: "paper" (Appendix E.1's wording) or "short" (asks for one short
+    message).
+
+    Raises:
+        ValueError: an unknown style, naming the allowed ones.
+    """
+    if style not in TASK_PROMPTS:
+        raise ValueError(f"task prompt style must be one of {list(TASK_STYLES)}, got {style!r}")
+    return TASK_PROMPTS[style]
+
 
 SELF_REFLECTION_PROMPT = (
     f"{TASK_PROMPT}\n\n"

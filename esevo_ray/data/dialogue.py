@@ -83,15 +83,21 @@ def normalised(d: Dialogue) -> Dialogue:
     )
 
 
-def context_rows(d: Dialogue, *, drop_greetings: bool = True) -> list[dict]:
+def context_rows(
+    d: Dialogue, *, drop_greetings: bool = False, greetings: tuple[int, int] = (1, 2)
+) -> list[dict]:
     """Expand a normalised dialogue into turn-level examples (C_n, golden response).
 
-    One example per supporter turn. With `drop_greetings`, the first exchange and the last
-    two turns (the final exchange) are not targets (Appendix A); they still serve as context.
+    One example per supporter turn. With `drop_greetings` (Appendix A, for preference data),
+    the supporter replies of the first `greetings[0]` and the last `greetings[1]` exchanges
+    (seeker message + supporter reply) are not targets; they still serve as context.
     """
+    first, last = greetings
+    if first < 0 or last < 0:
+        raise ValueError(f"greeting exchanges to skip must be >= 0, got {greetings}")
     targets = [i for i, t in enumerate(d.turns) if t.role == SUPPORTER]
     if drop_greetings:
-        targets = targets[1:-1]
+        targets = targets[first : len(targets) - last]
     rows = []
     for i in targets:
         context = [{"role": CHAT_ROLE[t.role], "content": t.text} for t in d.turns[:i]]

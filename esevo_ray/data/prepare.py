@@ -2,9 +2,9 @@
 
 Outputs (one folder, written atomically):
     dialogues.parquet        every normalised dialogue (DIALOGUES)
-    train_contexts.parquet   ESConv training pool, turn-level (CONTEXTS)
-    eval_contexts.parquet    ESConv test split, turn-level (CONTEXTS)
-    seed_contexts.parquet    seed contexts for preference data (CONTEXTS)
+    train_contexts.parquet   ESConv training pool, every supporter turn (CONTEXTS)
+    eval_contexts.parquet    ESConv test split, every supporter turn (CONTEXTS)
+    seed_contexts.parquet    seed contexts for preference data, greeting-filtered (CONTEXTS)
     sft.parquet              SFT rows: ESConv + Alpaca replay (SFT_ROWS)
     manifest.json            config hash, counts, chosen ids, skipped records
 """
@@ -85,18 +85,23 @@ def _subset(items: list, n: int | None, rng: random.Random) -> list:
     return items if n is None else items[:n]
 
 
-def _context_table(dialogues: list[Dialogue], drop_greetings: bool) -> pa.Table:
-    rows = [r for d in dialogues for r in context_rows(d, drop_greetings=drop_greetings)]
+def _context_table(dialogues: list[Dialogue], cfg: DataSection | None = None) -> pa.Table:
+    """Every supporter turn of `dialogues`, or (with `cfg`) the greeting-filtered ones."""
+    drop = cfg is not None and cfg.drop_greetings
+    greetings = (cfg.greeting_first, cfg.greeting_last) if cfg is not None else (0, 0)
+    rows = [r for d in dialogues for r in context_rows(d, drop_greetings=drop, greetings=greetings)]
     return schema.conform(pa.Table.from_pylist(rows, schema=schema.CONTEXTS), schema.CONTEXTS)
 
 
-def sft_rows(contexts: pa.Table, alpaca: list[dict]) -> pa.Table:
+def sft_rows(
+    contexts: pa.Table, alpaca: list[dict], task_prompt: str = prompts.TASK_PROMPT
+) -> pa.Table:
     """ESConv examples as (P_task || C_n -> golden) plus Alpaca instructions as replay."""
     rows = [
         {
             "example_id": f"{r['dialogue_id']}:{r['turn_index']}",
             "source": r["source"],
-            "prompt": prompts.task_messages(r["context"]),
+            "prompt": prompts.task_messages(r["context"], task_prompt),
             "completion": [{"role": "assistant", "content": r["golden"]}],
         }
         for r in contexts.to_pylist()
@@ -134,8 +139,22 @@ def _seed_dialogues(
     return seeds
 
 
-def prepare_data(cfg: DataSection, out_dir: str | Path) -> dict:
-    """Write the run's datasets into `out_dir` (atomically) and return its manifest."""
+def _greeting_filter(cfg: DataSection) -> dict:
+    """What the greeting filter removed, for the manifest."""
+    return {
+        "applied_to": ["seed_contexts"] if cfg.drop_greetings else [],
+        "first_exchanges": cfg.greeting_first,
+        "last_exchanges": cfg.greeting_last,
+    }
+
+
+def prepare_data(
+    cfg: DataSection, out_dir: str | Path, *, task_prompt: str = prompts.TASK_PROMPT
+) -> dict:
+    """Write the run's datasets into `out_dir` (atomically) and return its manifest.
+
+    Only seed contexts (preference data) are greeting-filtered; SFT rows use `task_prompt`.
+    """
     root = data_dir(cfg)
     rng = random.Random(cfg.seed)
     report: dict = {"data_dir": str(root), "seed": cfg.seed, "skipped": {}, "problems": []}
@@ -162,17 +181,18 @@ def prepare_data(cfg: DataSection, out_dir: str | Path) -> dict:
     report["alpaca_unusable"] = len(alpaca.items) - len(usable)
     replay = rng.sample(usable, min(cfg.alpaca_samples, len(usable)))
 
-    train_ctx = _context_table(sft_dialogues, cfg.drop_greetings)
+    train_ctx = _context_table(sft_dialogues)
     tables = {
         "dialogues": pa.Table.from_pylist(
             [d.to_row() for d in train_pool + test], schema=schema.DIALOGUES
         ),
         "train_contexts": train_ctx,
-        "eval_contexts": _context_table(eval_dialogues, cfg.drop_greetings),
-        "seed_contexts": _context_table(seed_dialogues, cfg.drop_greetings),
-        "sft": sft_rows(train_ctx, replay),
+        "eval_contexts": _context_table(eval_dialogues),
+        "seed_contexts": _context_table(seed_dialogues, cfg),
+        "sft": sft_rows(train_ctx, replay, task_prompt),
     }
     report["rows"] = {name: t.num_rows for name, t in tables.items()}
+    report["greeting_filter"] = _greeting_filter(cfg)
     report["dialogue_ids"] = {
         "sft": [d.dialogue_id for d in sft_dialogues],
         "seed": [d.dialogue_id for d in seed_dialogues],

@@ -110,7 +110,7 @@ class JudgeClient:
         """Score one response on one dimension; missing (None) after repeated bad replies."""
         import openai
 
-        messages = judge_messages(dimension, context, response)
+        messages = judge_messages(dimension, context, response, self.cfg.penalty)
         error = None
         for attempt in range(1, self.cfg.parse_retries + 2):
             try:

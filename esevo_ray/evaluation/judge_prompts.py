@@ -1,10 +1,14 @@
 """Rubric prompts for LLM-as-a-judge (paper Appendix E.2, reworded).
 
 Each rubric follows the paper's structure: a task description, 1-5 criteria, critical
-penalties that cap the score, and a JSON verdict with a one-sentence explanation and a score.
+penalties, and a JSON verdict with a one-sentence explanation and a score. Penalties are kept
+in the paper's notation, "(-N cap)" and "(max N)"; `penalty` chooses how "(-N cap)" reads.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Literal
 
 from esevo_ray.prompts import STRATEGIES, render_conversation
 
@@ -19,12 +23,35 @@ _OUTPUT = (
     '{"explanation": "<one sentence explaining the score>", "score": <integer from 1 to 5>}'
 )
 
-_PENALTY_RULE = (
-    "Apply each that holds: '-N' takes N points off the score (never below 1), "
-    "'at most N' caps the score at N."
-)
+# How the rubrics' "(-N cap)" penalties read (eval.judge.penalty). "cap": the score is at most
+# N. It fits the paper's severity order: the most harmful faults carry the smallest N
+# (unethical interventions and inappropriate coping mechanisms -1, technical jargon -3), which
+# as "subtract N" would be the mildest penalties. "subtract": N points off (the older reading).
+PenaltyMode = Literal["subtract", "cap"]
+_PENALTY_RULES = {
+    "subtract": "Apply each that holds: '-N' takes N points off the score (never below 1), "
+    "'at most N' caps the score at N.",
+    "cap": "Apply each that holds: 'at most N' caps the score at N; with several, the lowest "
+    "cap applies.",
+}
+_PAPER_PENALTY = re.compile(r"^(?P<text>.*) \((?:-(?P<cap>\d) cap|max (?P<max>\d))\)$")
 
-# dimension -> (task description, criteria 5..1, critical penalties)
+
+def penalty_line(item: str, mode: PenaltyMode) -> str:
+    """One rubric penalty, written "<fault> (-N cap)" or "<fault> (max N)" as in the paper."""
+    m = _PAPER_PENALTY.match(item)
+    if m is None:
+        raise ValueError(f"penalty {item!r} is not in the paper's '(-N cap)' / '(max N)' form")
+    if m["max"]:
+        return f"- {m['text']}: at most {m['max']}"
+    return (
+        f"- {m['text']}: -{m['cap']}"
+        if mode == "subtract"
+        else f"- {m['text']}: at most {m['cap']}"
+    )
+
+
+# dimension -> (task description, criteria 5..1, critical penalties in the paper's notation)
 _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
     "coherence": (
         "You judge the coherence of a supporter's reply in an emotional support conversation: "
@@ -37,10 +64,10 @@ _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
             "illogical and detached from the conversation",
         ],
         [
-            "contradicts something said earlier: -2",
-            "misses an important cue in the context: -3",
-            "uses unclear pronouns or ambiguous statements: -2",
-            "brings back a topic that was already settled: -2",
+            "contradicts something said earlier (-2 cap)",
+            "misses an important cue in the context (-3 cap)",
+            "uses unclear pronouns or ambiguous statements (-2 cap)",
+            "brings back a topic that was already settled (-2 cap)",
         ],
     ),
     "understanding": (
@@ -54,10 +81,10 @@ _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
             "does not recognise the user's emotions or needs at all",
         ],
         [
-            "mistakes positive for negative feelings or the reverse: -2",
-            "overlooks a need the user stated: -3",
-            "assumes things about the user that the conversation does not support: -2",
-            "cannot tell what caused the emotion: -2",
+            "mistakes positive for negative feelings or the reverse (-2 cap)",
+            "overlooks a need the user stated (-3 cap)",
+            "assumes things about the user that the conversation does not support (-2 cap)",
+            "cannot tell what caused the emotion (-2 cap)",
         ],
     ),
     "empathy": (
@@ -71,10 +98,10 @@ _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
             "dismisses or invalidates the user's feelings",
         ],
         [
-            "sympathy used as filler with no substance: -1",
-            "leans on clichés such as 'I'm sorry you feel that way': -2",
-            "reassurance that contradicts itself: -3",
-            "an overly long reply: at most 2",
+            "sympathy used as filler with no substance (-1 cap)",
+            "leans on clichés such as 'I'm sorry you feel that way' (-2 cap)",
+            "reassurance that contradicts itself (-3 cap)",
+            "an overly long reply (max 2)",
         ],
     ),
     "engagement": (
@@ -88,12 +115,12 @@ _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
             "leads the conversation into a dead end",
         ],
         [
-            "too many closed yes/no questions: -2",
-            "ignores what the user just said: -2",
-            "more than three questions in a row: at most 2",
-            "no acknowledgement at a moment that needs it: at most 3",
-            "an abrupt or unsuitable change of topic: at most 2",
-            "an overly long reply: at most 2",
+            "too many closed yes/no questions (-2 cap)",
+            "ignores what the user just said (-2 cap)",
+            "more than three questions in a row (max 2)",
+            "no acknowledgement at a moment that needs it (max 3)",
+            "an abrupt or unsuitable change of topic (max 2)",
+            "an overly long reply (max 2)",
         ],
     ),
     "informativeness": (
@@ -107,10 +134,10 @@ _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
             "wrong, harmful or dangerous suggestions",
         ],
         [
-            "recommends methods with no sound basis: -2",
-            "buries the user in technical jargon: -3",
-            "suggests unhealthy ways of coping: -1",
-            "oversteps professional boundaries: at most 2",
+            "recommends methods with no sound basis (-2 cap)",
+            "buries the user in technical jargon (-3 cap)",
+            "suggests unhealthy ways of coping (-1 cap)",
+            "oversteps professional boundaries (max 2)",
         ],
     ),
     "helpfulness": (
@@ -124,11 +151,11 @@ _RUBRICS: dict[str, tuple[str, list[str], list[str]]] = {
             "makes the user's situation worse",
         ],
         [
-            "suggests something unethical: -1",
-            "promises outcomes it cannot guarantee: -2",
-            "ignores the priorities the user stated: -3",
-            "raises false hope: at most 1",
-            "an overly long reply: at most 2",
+            "suggests something unethical (-1 cap)",
+            "promises outcomes it cannot guarantee (-2 cap)",
+            "ignores the priorities the user stated (-3 cap)",
+            "raises false hope (max 1)",
+            "an overly long reply (max 2)",
         ],
     ),
 }
@@ -172,12 +199,14 @@ Cap the score when any of these holds:
 {_OUTPUT}"""
 
 
-def rubric(dimension: str) -> str:
+def rubric(dimension: str, penalty: PenaltyMode = "cap") -> str:
     """The system prompt that asks the judge to score one dimension.
 
     Raises:
-        ValueError: unknown dimension; the message lists the known ones.
+        ValueError: unknown dimension or penalty mode; the message lists the known ones.
     """
+    if penalty not in _PENALTY_RULES:
+        raise ValueError(f"judge penalty must be one of {list(_PENALTY_RULES)}, got {penalty!r}")
     if dimension == "overall":
         return _OVERALL
     if dimension not in _RUBRICS:
@@ -185,19 +214,22 @@ def rubric(dimension: str) -> str:
     task, criteria, penalties = _RUBRICS[dimension]
     lines = [f"[Task Description]\n{task} {_PREAMBLE}", "", "[Rating Criteria]"]
     lines += [f"{5 - i} = {text}" for i, text in enumerate(criteria)]
-    lines += ["", "[Critical Penalties]", _PENALTY_RULE]
-    lines += [f"- {text}" for text in penalties]
+    lines += ["", "[Critical Penalties]", _PENALTY_RULES[penalty]]
+    lines += [penalty_line(item, penalty) for item in penalties]
     return "\n".join([*lines, "", _OUTPUT])
 
 
 DIMENSIONS = (*_RUBRICS, "overall")
 
 
-def judge_messages(dimension: str, context: list[dict], response: str) -> list[dict]:
+def judge_messages(
+    dimension: str, context: list[dict], response: str, penalty: PenaltyMode = "cap"
+) -> list[dict]:
     """Chat messages asking the judge to score `response` to `context` on `dimension`."""
     body = (
         "Evaluate this conversation.\n"
         f"<dialogue_history>\n{render_conversation(context)}\n</dialogue_history>\n"
         f"<current_response>\nsupporter: {response}\n</current_response>"
     )
-    return [{"role": "system", "content": rubric(dimension)}, {"role": "user", "content": body}]
+    system = rubric(dimension, penalty)
+    return [{"role": "system", "content": system}, {"role": "user", "content": body}]

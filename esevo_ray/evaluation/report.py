@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from esevo_ray.evaluation import analysis, plots
+from esevo_ray.evaluation import analysis, intervals, plots
 from esevo_ray.evaluation.tables import (
     METRIC_COLUMNS,
     judge_table,
@@ -132,6 +132,7 @@ def _render(
         ]
         md += _human_agreement(run_dir, judged)
 
+    md += intervals.report_sections(evaluated, out)
     responses = {s.label: t for s in evaluated if (t := s.responses) is not None}
     if responses:
         md += _response_sections(responses, out, relevance)
@@ -278,7 +279,7 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
     models, when the run has a human-evaluation database with ratings."""
     from esevo_ray.config import JUDGE_DIMENSIONS
     from esevo_ray.evaluation.judge_scores import pearson_by_dimension
-    from esevo_ray.serving.report import load_rows
+    from esevo_ray.human_eval.report import load_rows
 
     db = RunLayout(run_dir).human_db
     if not db.exists():

@@ -34,11 +34,12 @@ def test_normalise_merges_runs_and_trims_to_seeker_first_supporter_last():
     assert out[1].text == "Why? Tell me." and out[1].strategy == "Question"
 
 
-def test_context_rows_drop_first_exchange_and_last_two_turns():
+def test_greeting_filter_reads_a_turn_as_one_exchange():
     turns = []
-    for i in range(4):
+    for i in range(5):
         turns += [Turn(SEEKER, f"q{i}"), Turn(SUPPORTER, f"r{i}", "Question")]
     d = Dialogue("d1", "esconv", turns)
+    # The first exchange (q0 r0) and the last two (q3 r3, q4 r4) give no target.
     rows = context_rows(d, drop_greetings=True)
     assert [r["golden"] for r in rows] == ["r1", "r2"]
     assert rows[0]["turn_index"] == 3
@@ -47,7 +48,18 @@ def test_context_rows_drop_first_exchange_and_last_two_turns():
         {"role": "assistant", "content": "r0"},
         {"role": "user", "content": "q1"},
     ]
-    assert [r["golden"] for r in context_rows(d, drop_greetings=False)] == ["r0", "r1", "r2", "r3"]
+    # Filtered replies stay as context of later targets.
+    assert rows[1]["context"][-1] == {"role": "user", "content": "q2"}
+    every = ["r0", "r1", "r2", "r3", "r4"]
+    assert [r["golden"] for r in context_rows(d)] == every
+    assert [r["golden"] for r in context_rows(d, drop_greetings=False)] == every
+    only_last = context_rows(d, drop_greetings=True, greetings=(0, 1))
+    assert [r["golden"] for r in only_last] == ["r0", "r1", "r2", "r3"]
+    # Dialogues of three exchanges or fewer give no preference target.
+    short = Dialogue("d2", "esconv", turns[:6])
+    assert context_rows(short, drop_greetings=True) == []
+    with pytest.raises(ValueError, match="must be >= 0"):
+        context_rows(d, drop_greetings=True, greetings=(-1, 2))
 
 
 def test_esconv_split_files_load(data_root):

@@ -5,7 +5,7 @@ import sys
 import polars as pl
 import pytest
 
-from esevo_ray import schema
+from esevo_ray import prompts, schema
 from esevo_ray.config import load_config
 from esevo_ray.data.prepare import prepare_data
 
@@ -49,6 +49,32 @@ def test_splits_are_disjoint_and_recorded(prepared):
     assert json.loads((out / "manifest.json").read_text())["rows"] == report["rows"]
 
 
+def test_greeting_filter_applies_to_seed_contexts_only(prepared, data_root):
+    from esevo_ray.data.dialogue import SUPPORTER, normalised
+    from esevo_ray.data.prepare import load_esconv_splits
+
+    out, report, _ = prepared
+    assert report["greeting_filter"] == {
+        "applied_to": ["seed_contexts"], "first_exchanges": 1, "last_exchanges": 2,
+    }  # fmt: skip
+    # Table 2 scores every supporter turn of the test split: none is dropped from eval.
+    test = {d.dialogue_id: normalised(d) for d in load_esconv_splits(data_root)["test"].items}
+    expected = {
+        (i, t)
+        for i in report["dialogue_ids"]["eval"]
+        for t, turn in enumerate(test[i].turns)
+        if turn.role == SUPPORTER
+    }
+    eval_ctx = pl.read_parquet(out / "eval_contexts.parquet")
+    assert set(zip(eval_ctx["dialogue_id"], eval_ctx["turn_index"], strict=True)) == expected
+    # Every SFT dialogue's first supporter reply is a target; no seed's first reply is.
+    train = pl.read_parquet(out / "train_contexts.parquet")
+    firsts = train.group_by("dialogue_id").agg(pl.col("turn_index").min())
+    assert (firsts["turn_index"] == 1).all()
+    seed = pl.read_parquet(out / "seed_contexts.parquet").filter(pl.col("source") == "esconv")
+    assert seed.height and (seed["turn_index"] > 1).all()
+
+
 def test_prepare_is_deterministic_by_seed(prepared, tmp_path):
     out, report, cfg = prepared
     again = prepare_data(cfg.data, tmp_path / "again")
@@ -67,6 +93,21 @@ def test_sft_rows_are_prompt_completion_with_task_prompt_and_replay(prepared):
     )
     assert row["prompt"][-1]["role"] == "user"
     assert [m["role"] for m in row["completion"]] == ["assistant"]
+    assert row["prompt"][0]["content"] == prompts.TASK_PROMPT == prompts.task_prompt("paper")
+
+
+def test_task_prompt_is_the_papers_with_short_style_as_an_option():
+    paper = prompts.task_prompt("paper")
+    assert paper.startswith(
+        "You are an emotional support expert. You can use the following strategies to engage "
+        "with users:\n1. Question: Asking for information related to the problem"
+    )
+    assert paper.endswith("8. Others: Exchanging pleasantries or offering other emotional support.")
+    assert "short" not in paper.lower()
+    short = prompts.task_prompt("short")
+    assert short.startswith(paper) and "one short" in short
+    with pytest.raises(ValueError, match=r"one of \['paper', 'short'\], got 'brief'"):
+        prompts.task_prompt("brief")
 
 
 def test_stats_cli_matches_paper_counting():

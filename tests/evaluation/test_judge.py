@@ -126,6 +126,33 @@ def test_rubrics_follow_the_paper_structure():
     assert "I feel low" in messages[1]["content"] and "supporter: Why?" in messages[1]["content"]
 
 
+def test_paper_cap_penalties_read_as_caps_by_default_or_as_subtractions():
+    assert JudgeSection().penalty == "cap"
+    capped, subtracted = rubric("helpfulness"), rubric("helpfulness", "subtract")
+    # "(-1 cap)" on the gravest fault: at most 1 (cap) or one point off (subtract).
+    assert "- suggests something unethical: at most 1" in capped
+    assert "- suggests something unethical: -1" in subtracted
+    assert "- ignores the priorities the user stated: at most 3" in capped
+    assert "- ignores the priorities the user stated: -3" in subtracted
+    # "(max N)" items are caps under both readings; the rule line names the reading.
+    for text in (capped, subtracted):
+        assert "- raises false hope: at most 1" in text and "(-" not in text
+    assert "takes N points off" in subtracted and "points off" not in capped
+    assert rubric("overall", "subtract") == rubric("overall")  # caps only
+    with pytest.raises(ValueError, match=r"one of \['subtract', 'cap'\], got 'halve'"):
+        rubric("coherence", "halve")
+
+
+def test_judge_sends_the_configured_penalty_reading(server):
+    table = responses_table("M0", ["[ok] a", "[ok] b", "[ok] c"])
+    for mode, line in [("subtract", "misses an important cue in the context: -3"),
+                       ("cap", "misses an important cue in the context: at most 3")]:  # fmt: skip
+        server.reset()
+        client = JudgeClient(judge_cfg(penalty=mode), base_url=server.url, model="j")
+        judge_responses(table, client, dimensions=["coherence"], n_samples=None, seed=0)
+        assert all(line in b["messages"][0]["content"] for b in server.bodies), mode
+
+
 def test_judge_responses_retries_parses_and_records_missing(server, monkeypatch):
     monkeypatch.setenv("ESEVO_JUDGE_API_KEY", "sk-test")
     table = pa.concat_tables(

@@ -10,16 +10,15 @@ import pytest
 
 from esevo_ray.evaluation import compute_metrics, metrics_report, score_responses
 from esevo_ray.evaluation.backbones import DEFAULT_BACKBONE, resolve_backbone
-from esevo_ray.evaluation.metrics import (
-    bertscore_f1,
+from esevo_ray.evaluation.lexical import (
     corpus_bleu,
+    corpus_distinct_n,
     distinct_n,
-    ensure_wordnet,
-    meteor,
-    rouge_l,
+    distinct_per_response,
     sentence_bleu,
     tokenize,
 )
+from esevo_ray.evaluation.metrics import bertscore_f1, ensure_wordnet, meteor, rouge_l
 from tests.evaluation.helpers import write_responses
 
 HYP = "the cat sat on the mat"
@@ -45,13 +44,27 @@ def test_tokenize_lowercases_splits_punctuation_keeps_contractions():
     ]
 
 
-def test_distinct_is_corpus_level_distinct_over_total_ngrams():
+def test_corpus_distinct_is_distinct_over_total_ngrams_of_all_responses():
     # bigrams: (a b) (b a) (a b) | (a b) (b c) -> 3 distinct of 5; trigrams all 3 distinct.
     corpus = ["a b a b", "a b c"]
-    assert distinct_n(corpus, 2) == pytest.approx(60.0)
-    assert distinct_n(corpus, 3) == pytest.approx(100.0)
-    assert distinct_n(["a a a a"], 1) == pytest.approx(25.0)
-    assert distinct_n(["one"], 2) == 0.0
+    assert corpus_distinct_n(corpus, 2) == pytest.approx(60.0)
+    assert corpus_distinct_n(corpus, 3) == pytest.approx(100.0)
+    assert corpus_distinct_n(["a a a a"], 1) == pytest.approx(25.0)
+    assert corpus_distinct_n(["one"], 2) == 0.0
+
+
+def test_paper_distinct_is_the_mean_of_per_response_distinct():
+    # Response 1 bigrams (a b) (b a) (a b): 2 of 3; response 2 (a b) (b c): 2 of 2.
+    corpus = ["a b a b", "a b c"]
+    assert distinct_per_response(corpus, 2) == pytest.approx([200 / 3, 100.0])
+    assert distinct_n(corpus, 2) == pytest.approx((200 / 3 + 100) / 2)
+    # The same bigram in every response lowers corpus Distinct, not the per-response one.
+    repeated = ["i am sorry", "i am sorry", "i am sorry"]
+    assert distinct_n(repeated, 2) == pytest.approx(100.0)
+    assert corpus_distinct_n(repeated, 2) == pytest.approx(100 * 2 / 6)
+    # A response without a bigram scores 0 and still counts in the mean.
+    assert distinct_per_response(["ok", "a b"], 2) == [0.0, 100.0]
+    assert distinct_n(["ok", "a b"], 2) == pytest.approx(50.0)
 
 
 def test_bleu_by_hand():
@@ -127,6 +140,8 @@ def test_compute_metrics_keys_and_errors(backbone):
         "bertscore",
         "distinct_2",
         "distinct_3",
+        "corpus_distinct_2",
+        "corpus_distinct_3",
     ]
     assert all(0 <= v <= 100 for v in scores.values())
     assert "bertscore" not in compute_metrics(hyps, refs, bertscore=False)
@@ -144,6 +159,12 @@ def test_metrics_report_labels_backbone(backbone):
     assert len(report["per_response"]["bertscore"]) == 2
     mean_rouge = sum(report["per_response"]["rouge_l"]) / 2
     assert report["scores"]["rouge_l"] == pytest.approx(mean_rouge)
+    # "hi" has no bigram: Distinct-2 per response is [100, 0], the paper's score their mean.
+    assert report["per_response"]["distinct_2"] == [100.0, 0.0]
+    assert report["scores"]["distinct_2"] == pytest.approx(50.0)
+    assert report["scores"]["corpus_distinct_2"] == pytest.approx(100.0)
+    assert report["esconv"]["scores"]["bleu_1"] > 0
+    assert "off-by-one" in report["esconv"]["settings"]["distinct"]
 
 
 def test_score_responses_writes_metrics_json(tmp_path, backbone):

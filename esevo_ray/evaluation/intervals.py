@@ -1,0 +1,113 @@
+"""Report sections that say how far a difference can be trusted: the ESConv-toolkit metrics and
+paired bootstrap intervals of every comparison (each model against M0, and M^t against
+M^{t-1}), kept in `intervals.json` beside the report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from esevo_ray.evaluation import bootstrap
+from esevo_ray.evaluation.tables import ESCONV_COLUMNS, METRIC_COLUMNS, esconv_table
+from esevo_ray.io import atomic_write_text
+
+INTERVALS_FILE = "intervals.json"
+
+
+def metric_label(name: str) -> str:
+    """Display name of a metric key of `bootstrap.compare`."""
+    if name.startswith("judge_"):
+        return f"Judge {name.removeprefix('judge_')}"
+    if name.startswith("esconv_"):
+        return f"ESConv {ESCONV_COLUMNS.get(name.removeprefix('esconv_'), name)}"
+    return METRIC_COLUMNS.get(name, name)
+
+
+def intervals(
+    models: Sequence[bootstrap.Evaluated],
+    *,
+    resamples: int = bootstrap.RESAMPLES,
+    seed: int = bootstrap.SEED,
+    confidence: float = bootstrap.CONFIDENCE,
+) -> dict:
+    """The content of intervals.json: every comparison's paired bootstrap intervals."""
+    by_label = {m.label: m for m in models}
+    options = {"resamples": resamples, "seed": seed, "confidence": confidence}
+    cache: dict = {}
+    comparisons = [
+        {
+            "base": base,
+            "model": model,
+            "metrics": bootstrap.compare(by_label[base], by_label[model], cache=cache, **options),
+        }
+        for base, model in bootstrap.comparison_pairs(list(by_label))
+    ]
+    return {
+        "method": "paired percentile bootstrap over evaluation contexts; corpus metrics "
+        "recomputed on each resample, per-response metrics and judge scores averaged",
+        **options,
+        "comparisons": comparisons,
+    }
+
+
+def _rows(base: str, model: str, metrics: dict[str, dict]) -> list[str]:
+    lines = [
+        f"| Metric | n | {base} | {model} | difference | 95% interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in metrics.items():
+        mark = " *" if r["excludes_zero"] else ""
+        lines.append(
+            f"| {metric_label(name)} | {r['n']} | {r['base']:.2f} | {r['model']:.2f} | "
+            f"{r['diff']:+.2f}{mark} | [{r['low']:+.2f}, {r['high']:+.2f}] |"
+        )
+    return lines
+
+
+def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options) -> list[str]:
+    """Markdown of the ESConv-toolkit table and the interval tables; writes intervals.json.
+
+    Args:
+        models: evaluated models in order, M0 first (report.Stage objects).
+        out: the report folder.
+        options: resamples, seed, confidence (see `intervals`).
+    """
+    md = [
+        "In the automatic-metrics table, Distinct-n is the paper's definition (distinct "
+        "n-grams / n-grams of each response, averaged over responses) and Corpus Distinct-n "
+        "counts over all responses at once; `n` is the number of contexts a row rests on.",
+        "",
+    ]
+    metrics = {m.label: m.metrics for m in models}
+    if any(m and "esconv" in m for m in metrics.values()):
+        md += [
+            "## ESConv-toolkit metrics",
+            "",
+            esconv_table(metrics),
+            "",
+            "As the ESConv authors' metric code computes them: lowercased nltk word_tokenize "
+            "tokens, corpus BLEU-n (method3 smoothing), LCS ROUGE-L (beta 1.2) and corpus "
+            "Distinct-n, whose loop skips each response's last n-gram (kept for comparability).",
+            "",
+        ]
+    result = intervals(models, **options)
+    atomic_write_text(out / INTERVALS_FILE, json.dumps(result, indent=1))
+    done = [c for c in result["comparisons"] if c["metrics"]]
+    if not done:
+        return md
+    md += [
+        "## Paired bootstrap intervals",
+        "",
+        f"Difference (model - base) on the contexts both models share, with the "
+        f"{100 * result['confidence']:.0f}% percentile interval over {result['resamples']} "
+        f"paired resamples of those contexts (seed {result['seed']}); `*`: the interval "
+        "excludes 0. Judge rows use the contexts judged for both models. On a few dozen "
+        "contexts or fewer an interval is itself rough. Every number is in "
+        f"`{INTERVALS_FILE}`.",
+        "",
+    ]
+    for c in done:
+        md += [f"### {c['model']} vs {c['base']}", "", *_rows(c["base"], c["model"], c["metrics"])]
+        md.append("")
+    return md

@@ -1,0 +1,157 @@
+"""Paired bootstrap intervals: recomputed corpus metrics, clear and null differences, seeds."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from esevo_ray.evaluation import bootstrap, esconv_metrics, intervals, lexical
+from esevo_ray.evaluation.metrics import metrics_report
+from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform
+
+N = 40
+WORDS = "job friend exam sleep family money work school stress lonely tired move".split()
+
+
+@dataclass
+class Model:
+    label: str
+    responses: pa.Table | None
+    metrics: dict | None = None
+    judge: pa.Table | None = None
+
+
+def goldens(n: int = N) -> list[str]:
+    rng = random.Random(1)
+    return [
+        f"that {' '.join(rng.sample(WORDS, 4))} sounds hard, what happened next?" for _ in range(n)
+    ]
+
+
+def model(label: str, responses: list[str], judge: list[float] | None = None) -> Model:
+    gold = goldens(len(responses))
+    rows = [
+        {"dialogue_id": f"d{i}", "turn_index": 1, "model": label, "context": [], "golden": g,
+         "response": r}
+        for i, (g, r) in enumerate(zip(gold, responses, strict=True))
+    ]  # fmt: skip
+    table = conform(pa.Table.from_pylist(rows, schema=EVAL_RESPONSES), EVAL_RESPONSES)
+    metrics = metrics_report(responses, gold, bertscore=False)
+    metrics["keys"] = {"dialogue_id": [r["dialogue_id"] for r in rows], "turn_index": [1] * N}
+    verdicts = None
+    if judge is not None:
+        scores = [
+            {"dialogue_id": f"d{i}", "turn_index": 1, "model": label, "dimension": "empathy",
+             "score": s, "explanation": "", "attempts": 1, "error": None, "judge_model": "j"}
+            for i, s in enumerate(judge)
+        ]  # fmt: skip
+        verdicts = conform(pa.Table.from_pylist(scores, schema=JUDGE_SCORES), JUDGE_SCORES)
+    return Model(label, table, metrics, verdicts)
+
+
+GENERIC = "i am sorry to hear that."
+
+
+@pytest.fixture(scope="module")
+def weak() -> Model:
+    return model("M0", [GENERIC] * N, judge=[2.0, 1.0] * (N // 2))
+
+
+@pytest.fixture(scope="module")
+def strong() -> Model:
+    return model("M1", goldens(), judge=[4.0, 5.0] * (N // 2))
+
+
+def test_resample_counts_are_seeded_multiplicities():
+    counts = bootstrap.resample_counts(7, 50, seed=3)
+    assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
+    assert (counts == bootstrap.resample_counts(7, 50, seed=3)).all()
+    assert not (counts == bootstrap.resample_counts(7, 50, seed=4)).all()
+    with pytest.raises(ValueError, match="n=0"):
+        bootstrap.resample_counts(0, 10, seed=0)
+
+
+def test_corpus_statistics_match_the_metrics_on_the_whole_set_and_on_a_resample():
+    hyps = ["the cat sat on the mat", "a b a b", "hello there", "", "the cat"]
+    refs = ["the cat is on the mat", "a b c", "hello there friend", "x", "the dog"]
+    hyp_tok, ref_tok = [lexical.tokenize(h) for h in hyps], [lexical.tokenize(r) for r in refs]
+    whole = np.ones((1, len(hyps)))
+    counts_13a = lexical.bleu_stats(hyp_tok, ref_tok, 4)
+    e_hyp = [esconv_metrics.tokenize(h) for h in hyps]
+    e_ref = [esconv_metrics.tokenize(r) for r in refs]
+    counts_esconv = lexical.bleu_stats(e_hyp, e_ref, 4)
+    for n in (1, 2, 3, 4):
+        stat = bootstrap.bleu_stat(counts_13a, n, "method1")
+        assert stat(whole)[0] == pytest.approx(lexical.corpus_bleu(hyps, refs, n))
+        stat = bootstrap.bleu_stat(counts_esconv, n, "method3")
+        assert stat(whole)[0] == pytest.approx(esconv_metrics.bleu_k(e_hyp, e_ref, n))
+    # A resample drawing response 1 three times and response 0 twice: that corpus for BLEU;
+    # for corpus Distinct each drawn response once.
+    counts = np.array([[2, 3, 0, 0, 0]])
+    drawn = [hyps[0]] * 2 + [hyps[1]] * 3
+    stat = bootstrap.bleu_stat(counts_13a, 2, "method1")
+    expected = lexical.corpus_bleu(drawn, [refs[0]] * 2 + [refs[1]] * 3, 2)
+    assert stat(counts)[0] == pytest.approx(expected)
+    grams = [lexical.ngrams(t, 2) for t in hyp_tok]
+    stat = bootstrap.distinct_stat(grams)
+    assert stat(whole)[0] == pytest.approx(lexical.corpus_distinct_n(hyps, 2))
+    assert stat(counts)[0] == pytest.approx(lexical.corpus_distinct_n(hyps[:2], 2))
+
+
+def test_clearly_better_model_has_intervals_above_zero(weak, strong):
+    result = bootstrap.compare(weak, strong, resamples=1000, seed=0)
+    for name in ("bleu_2", "rouge_l", "meteor", "corpus_distinct_2", "esconv_bleu_2",
+                 "esconv_distinct_2", "judge_empathy"):  # fmt: skip
+        r = result[name]
+        assert r["n"] == N and r["excludes_zero"] and r["low"] > 0, name
+        assert r["low"] - 1e-9 <= r["diff"] <= r["high"] + 1e-9
+    assert result["judge_empathy"]["diff"] == pytest.approx(4.5 - 1.5)
+
+
+def test_identical_and_equally_good_models_have_intervals_containing_zero(weak, strong):
+    same = bootstrap.compare(strong, model("M1b", goldens()), resamples=1000, seed=0)
+    assert all(r["low"] == r["high"] == r["diff"] == 0 for r in same.values())
+    # Two models each right on half of the contexts (the other half generic): no difference.
+    half = [g if i % 2 else GENERIC for i, g in enumerate(goldens())]
+    other = [GENERIC if i % 2 else g for i, g in enumerate(goldens())]
+    result = bootstrap.compare(model("A", half), model("B", other), resamples=1000, seed=0)
+    assert result["distinct_2"]["diff"] == 0  # every response's bigrams are all distinct
+    for name in ("bleu_2", "rouge_l", "meteor", "corpus_distinct_2", "esconv_bleu_2"):
+        assert result[name]["low"] < 0 < result[name]["high"], name
+        assert not result[name]["excludes_zero"]
+
+
+def test_seeded_intervals_are_reproducible_and_pair_on_shared_contexts(weak, strong):
+    first = bootstrap.compare(weak, strong, resamples=1000, seed=5)
+    assert bootstrap.compare(weak, strong, resamples=1000, seed=5) == first
+    assert bootstrap.compare(weak, strong, resamples=1000, seed=6) != first
+    fewer = Model("M1", strong.responses.slice(0, 30), strong.metrics, strong.judge.slice(0, 25))
+    result = bootstrap.compare(weak, fewer, resamples=1000, seed=5)
+    assert result["bleu_2"]["n"] == 30 and result["rouge_l"]["n"] == 30
+    assert result["judge_empathy"]["n"] == 25
+
+
+def test_comparisons_are_against_m0_and_the_previous_model():
+    assert bootstrap.comparison_pairs(["M0", "M1", "M2"]) == [
+        ("M0", "M1"), ("M0", "M2"), ("M1", "M2"),
+    ]  # fmt: skip
+    assert bootstrap.comparison_pairs(["M0"]) == []
+
+
+def test_report_sections_mark_intervals_and_write_json(tmp_path, weak, strong):
+    md = "\n".join(intervals.report_sections([weak, strong], tmp_path, resamples=1000))
+    saved = json.loads((tmp_path / "intervals.json").read_text())
+    assert saved["resamples"] == 1000 and saved["seed"] == 0
+    [comparison] = saved["comparisons"]
+    assert (comparison["base"], comparison["model"]) == ("M0", "M1")
+    bleu = comparison["metrics"]["bleu_2"]
+    assert (
+        f"| BLEU-2 | {N} | {bleu['base']:.2f} | {bleu['model']:.2f} | {bleu['diff']:+.2f} *" in md
+    )
+    assert "## ESConv-toolkit metrics" in md and "| Model | B-1 |" in md
+    assert "### M1 vs M0" in md and "| Judge empathy | 40 |" in md
