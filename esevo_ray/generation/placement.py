@@ -1,0 +1,127 @@
+"""Where engines run: their device, the GPUs Ray reserves per actor, and a check before start.
+
+One rule for the generation actors (`generation.*`) and a local judge (`eval.judge.*`):
+
+- `device: auto` is "cuda" when the Ray cluster declares GPU resources, else "cpu". The driver
+  decides from the cluster, not from its own torch: a head node without a GPU still sends its
+  engines to GPU workers.
+- `gpus_per_actor` unset is, on "cuda", `tensor_parallel_size` for vLLM and 1 for hf; on "cpu",
+  0. Ray reserves that many GPUs per actor and sets the actor's CUDA_VISIBLE_DEVICES to them,
+  so two actors never share a device and no engine lands on a node without one.
+- Before any actor starts, the cluster must hold all of them at once; otherwise the stage
+  stops with a `PlacementError` that says what to change, instead of Ray waiting forever.
+- Inside an actor that reserved no GPU every GPU is hidden, so an engine never takes a device
+  that Ray gave to another stage; an actor on "cuda" whose torch sees no device stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from esevo_ray.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class PlacementError(ConfigError):
+    """The engines cannot be placed as configured; the message names the keys to change."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cuda" or "cpu": where the engine computes
+    gpus: float  # GPUs Ray reserves for each actor
+    tensor_parallel_size: int = 1
+
+    def ray_options(self) -> dict[str, float]:
+        """Keyword arguments for Ray (`map_batches`, `ray.remote`): the GPU request, if any."""
+        return {"num_gpus": self.gpus} if self.gpus else {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve(section: Any, engine: str, gpus_by_node: list[float]) -> Placement:
+    """The placement of one actor of `section` (generation or eval.judge) on these nodes."""
+    device = section.device
+    if device == "auto":
+        device = "cuda" if any(g > 0 for g in gpus_by_node) else "cpu"
+    gpus = section.gpus_per_actor
+    if gpus is None:
+        gpus = (section.tensor_parallel_size if engine == "vllm" else 1) if device == "cuda" else 0
+    return Placement(device, float(gpus), section.tensor_parallel_size)
+
+
+def check_capacity(placement: Placement, actors: int, gpus_by_node: list[float], key: str) -> None:
+    """Raise PlacementError unless the nodes hold `actors` actors of `placement` at once."""
+    if not placement.gpus:
+        return
+    # An actor's GPUs come from one node; the small epsilon keeps 1.0 / 0.1 at 10 actors.
+    fits = sum(math.floor(g / placement.gpus + 1e-9) for g in gpus_by_node)
+    if fits >= actors:
+        return
+    nodes = ", ".join(f"{g:g}" for g in gpus_by_node) or "no nodes"
+    fixes = [f"set {key}.device=cpu (and {key}.gpus_per_actor=0)"]
+    if actors > 1:
+        fixes.append(f"lower {key}.num_actors")
+    if placement.gpus > 1:
+        fixes.append(f"lower {key}.gpus_per_actor")
+    raise PlacementError(
+        f"{key}: {actors} engine actor(s) x {placement.gpus:g} GPU(s) each do not fit this Ray "
+        f"cluster (GPUs per node: {nodes}); {', or '.join(fixes)}, or connect to a cluster "
+        "with GPU nodes"
+    )
+
+
+def node_gpus() -> list[float]:
+    """GPUs declared by each live node of the connected Ray cluster."""
+    import ray
+
+    return [float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def place(section: Any, engine: str, actors: int, key: str) -> Placement:
+    """Resolve and check the placement of `actors` engine actors on the connected cluster."""
+    gpus_by_node = node_gpus()
+    placement = resolve(section, engine, gpus_by_node)
+    check_capacity(placement, actors, gpus_by_node, key)
+    logger.info(
+        "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,
+        placement.gpus,
+    )  # fmt: skip
+    return placement
+
+
+def enter_actor(placement: Placement, key: str) -> dict[str, Any]:
+    """Call first in an engine actor: hide GPUs it did not reserve, check CUDA.
+
+    Returns this actor's placement record (node, pid, Ray GPU ids, CUDA_VISIBLE_DEVICES,
+    device), which the stage records in its manifest.
+    """
+    import ray
+
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    if not gpu_ids:
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for actors without GPUs: hide them all.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    node = ray.util.get_node_ip_address()
+    if placement.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PlacementError(
+                f"{key}.device resolved to cuda and Ray reserved GPUs {gpu_ids} for this actor, "
+                f"but torch on node {node} sees no CUDA device (a CPU build of torch?): install "
+                f"the GPU set (make venv-gpu) or set {key}.device=cpu"
+            )
+    return {
+        "node": node,
+        "pid": os.getpid(),
+        "gpu_ids": gpu_ids,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "device": placement.device,
+    }

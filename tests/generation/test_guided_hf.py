@@ -1,0 +1,71 @@
+"""`generation.guided_json` on the hf engine: xgrammar constrains decoding to the JSON schema.
+
+A tiny random model never writes parseable JSON by itself; under the constraint every
+reflection and refinement parses, so pairs are refined instead of golden fallbacks.
+"""
+
+import json
+
+import pytest
+
+from esevo_ray import prompts
+from esevo_ray.config import DecodingSection, load_config
+from esevo_ray.generation.engines import HfEngine
+from esevo_ray.generation.pairs import make_pairs
+from esevo_ray.generation.parsing import parse_reflection
+
+ROWS = [
+    {
+        "dialogue_id": f"d{i}",
+        "turn_index": 1,
+        "source": "esconv",
+        "context": [{"role": "user", "content": text}],
+        "golden": "That sounds hard. What happened?",
+    }
+    for i, text in enumerate(["I failed my exam and I feel terrible.", "My partner left me."])
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return HfEngine(tiny_model)
+
+
+def _gen(mode: str, guided: bool):
+    overrides = {
+        "generation.engine": "hf", "generation.reflection_mode": mode,
+        "generation.guided_json": guided, "generation.max_attempts": 1,
+        "generation.decoding.max_new_tokens": 8,
+        # Room for a whole answer: the schema caps its strings at ~850 characters.
+        "generation.reflection_decoding.max_new_tokens": 700,
+        # Random text is long: keep the length rule from replacing what parsed.
+        "generation.length_ratio": 1000,
+    }  # fmt: skip
+    return load_config(None, [f"{k}={v}" for k, v in overrides.items()]).generation
+
+
+@pytest.mark.parametrize("mode", ["joint", "two_step"])
+def test_guided_json_makes_hf_reflections_parse(engine, mode):
+    pairs = make_pairs(engine, _gen(mode, guided=True), ROWS, iteration=1)
+    assert [p["chosen_source"] for p in pairs] == ["refined"] * len(ROWS)
+    for p in pairs:
+        assert p["attempts"] == (2 if mode == "two_step" else 1)  # parsed at the first try
+        assert p["chosen"][0]["content"] != p["golden"]
+        assert 1 <= p["evaluation_score"] <= 5
+        assert all(p[k] for k in prompts.REFLECTION_KEYS)
+
+
+def test_without_the_constraint_the_same_model_falls_back(engine):
+    pairs = make_pairs(engine, _gen("joint", guided=False), ROWS, iteration=1)
+    assert [p["chosen_source"] for p in pairs] == ["golden_parse_failure"] * len(ROWS)
+
+
+def test_constrained_text_follows_the_schema_key_order(engine):
+    msgs = prompts.reflect_messages(ROWS[0]["context"])
+    decoding = DecodingSection(max_new_tokens=400)
+    [out] = engine.chat([msgs], decoding, [7], prompts.REFLECT_SCHEMA)
+    obj = json.loads(out.text, strict=False)  # strict=False: random text has control chars
+    assert list(obj) == list(prompts.REFLECT_SCHEMA["properties"])
+    assert all(len(v) <= 100 for v in obj.values())  # maxLength holds
+    assert out.text.startswith('{"user_profile":"')  # compact, as vLLM without whitespace
+    assert parse_reflection(out.text)

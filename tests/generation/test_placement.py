@@ -1,0 +1,129 @@
+"""GPU placement of the engine actors: the rule, the check before start, and Ray's devices."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from esevo_ray import schema
+from esevo_ray.config import ConfigError, load_config
+from esevo_ray.data import load_extes
+from esevo_ray.data.dialogue import context_rows, normalised
+from esevo_ray.generation.pipeline import generate_pairs
+from esevo_ray.generation.placement import Placement, PlacementError, check_capacity, resolve
+from esevo_ray.parts import PART_GLOB
+
+from ..conftest import ASSETS, REPO
+
+
+def _gen(*overrides):
+    return load_config(None, [f"generation.{o}" for o in overrides]).generation
+
+
+@pytest.mark.parametrize(
+    "overrides, nodes, expected",
+    [
+        (["engine=vllm"], [0.0], Placement("cpu", 0.0)),
+        (["engine=vllm"], [0.0, 4.0], Placement("cuda", 1.0)),  # a head without GPUs
+        (["engine=vllm", "tensor_parallel_size=2"], [2.0], Placement("cuda", 2.0, 2)),
+        (["engine=hf"], [1.0], Placement("cuda", 1.0)),
+        (["engine=hf", "device=cpu"], [8.0], Placement("cpu", 0.0)),
+        (["engine=hf", "gpus_per_actor=0.5"], [1.0], Placement("cuda", 0.5)),
+        (["engine=hf", "device=cuda"], [0.0], Placement("cuda", 1.0)),
+    ],
+)
+def test_the_placement_rule(overrides, nodes, expected):
+    gen = _gen(*overrides)
+    assert resolve(gen, gen.engine, nodes) == expected
+
+
+def test_capacity_counts_whole_actors_per_node():
+    two = Placement("cuda", 2.0, 2)
+    check_capacity(two, 2, [2.0, 2.0], "generation")
+    with pytest.raises(PlacementError, match=r"GPUs per node: 1, 1\); set generation.device=cpu"):
+        check_capacity(two, 1, [1.0, 1.0], "generation")  # 2 GPUs in all, but not on one node
+    check_capacity(Placement("cuda", 0.1), 10, [1.0], "generation")
+    with pytest.raises(PlacementError, match="lower generation.num_actors"):
+        check_capacity(Placement("cuda", 1.0), 3, [2.0], "generation")
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["generation.engine=hf", "generation.tensor_parallel_size=2"], "needs engine vllm"),
+        (["generation.device=cpu", "generation.tensor_parallel_size=2"], "needs engine vllm"),
+        (["generation.device=cuda", "generation.gpus_per_actor=0"], "gpus_per_actor >= "),
+        (["generation.vllm={tensor_parallel_size: 2}"], "set generation.tensor_parallel_size"),
+        (["eval.judge.backend=hf", "eval.judge.tensor_parallel_size=2"], "needs engine vllm"),
+    ],
+)
+def test_inconsistent_placement_keys_fail_at_load(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+@pytest.fixture(scope="module")
+def contexts(tmp_path_factory):
+    rows = []
+    for d in load_extes(ASSETS / "extes_sample.json").items:
+        rows += context_rows(normalised(d), drop_greetings=False)
+    path = tmp_path_factory.mktemp("ctx") / "seed_contexts.parquet"
+    table = pa.Table.from_pylist(rows, schema=schema.CONTEXTS)
+    pa.parquet.write_table(schema.conform(table, schema.CONTEXTS), path)
+    return path, len(rows)
+
+
+@pytest.mark.timeout(120)  # the bug this catches is Ray waiting forever for a GPU
+def test_no_gpu_in_the_cluster_stops_the_stage_at_once(ray_local, tiny_model, contexts, tmp_path):
+    path, _ = contexts
+    cfg = load_config(None, ["generation.engine=hf", "generation.gpus_per_actor=1"])
+    with pytest.raises(PlacementError) as err:
+        generate_pairs(cfg, path, tmp_path / "pairs", model_path=tiny_model)
+    message = str(err.value)
+    assert "1 engine actor(s) x 1 GPU(s) each do not fit" in message
+    assert "GPUs per node: 0" in message and "set generation.device=cpu" in message
+    assert not list((tmp_path / "pairs").glob(PART_GLOB))
+
+
+@pytest.mark.timeout(120)
+def test_a_local_judge_on_cuda_without_gpus_stops_at_once(ray_local, tiny_model):
+    from esevo_ray.evaluation.local_judge import LocalJudge
+
+    cfg = load_config(None, ["eval.judge.backend=hf", "eval.judge.device=cuda"]).eval.judge
+    with pytest.raises(PlacementError, match="eval.judge: 1 engine actor"):
+        LocalJudge(cfg, tiny_model)
+
+
+@pytest.mark.timeout(300)
+def test_declared_gpus_give_each_actor_its_own_device(tiny_model, contexts, tmp_path):
+    """In a fresh process: Ray declares 2 GPUs; two hf actors, one GPU each (see the script)."""
+    path, n = contexts
+    script = Path(__file__).with_name("declared_gpus.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(path), str(tmp_path / "pairs")],
+        capture_output=True, text=True, timeout=280, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+
+    placement = result["placement"]
+    assert (placement["device"], placement["gpus"], result["rows"]) == ("cpu", 1.0, n)
+    actors = placement["actors"]
+    assert len({a["pid"] for a in actors}) == 2, actors  # both actors did work
+    devices = sorted(a["cuda_visible_devices"] for a in actors)
+    assert devices == ["0", "1"], actors  # distinct, each exactly the GPU Ray reserved
+    assert all([a["cuda_visible_devices"]] == a["gpu_ids"] for a in actors)
+    # The local judge follows the same rule: its own actor with its own GPU.
+    judge = result["judge_actor"]
+    assert judge["gpu_ids"] == [judge["cuda_visible_devices"]] and result["judge_verdicts"] == 1
+    # Both stages gave their GPUs back after returning (the script waits for it, else fails).
+    assert {"pairs_freed_s", "judge_freed_s"} <= set(result)
+    # device auto -> cuda on a cluster with GPUs; a CPU torch is named, not a CUDA crash.
+    assert "PlacementError" in result["auto_error"]
+    assert "sees no CUDA device" in result["auto_error"]
