@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from esevo_ray.config import JudgeSection
+from esevo_ray import profile
+from esevo_ray.config import ConfigError, JudgeSection
 from esevo_ray.errors import JudgeError
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
@@ -218,18 +219,27 @@ def judge_file(
     """
     from esevo_ray.io import write_parquet
 
-    table = read_table(responses, EVAL_RESPONSES)
-    if cfg.backend == "endpoint":
-        client = JudgeClient(cfg, base_url=base_url, model=model)
-    else:
-        from esevo_ray.evaluation.local_judge import LocalJudge
-
-        path = cfg.local_model or local_model
-        if path is None:
-            raise ValueError("eval.judge.backend is local but no eval.judge.local_model is set")
-        client = LocalJudge(cfg, path)
-    scores = judge_responses(
-        table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed
-    )
-    write_parquet(scores, out)
+    with profile.timed("io"):
+        table = read_table(responses, EVAL_RESPONSES)
+    with profile.timed("startup"):  # a local judge loads its model here
+        client = _client(cfg, base_url, model, local_model)
+    with profile.timed("compute"):
+        scores = judge_responses(
+            table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed
+        )
+    with profile.timed("io"):
+        write_parquet(scores, out)
     return scores
+
+
+def _client(
+    cfg: JudgeSection, base_url: str | None, model: str | None, local_model: str | Path | None
+):
+    if cfg.backend == "endpoint":
+        return JudgeClient(cfg, base_url=base_url, model=model)
+    from esevo_ray.evaluation.local_judge import LocalJudge
+
+    path = cfg.local_model or local_model
+    if path is None:
+        raise ConfigError("eval.judge.backend is local but no eval.judge.local_model is set")
+    return LocalJudge(cfg, path)

@@ -19,6 +19,7 @@ from esevo_ray.config import DecodingSection, JudgeSection
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
+from esevo_ray.turns import drop_oldest_turns
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +111,14 @@ class JudgeEngine:
     def _messages(self, dimension: str, context: list[dict], response: str) -> list[dict]:
         """The judge request, dropping the oldest turns until it fits the model."""
         budget = self.cfg.max_model_len - self.cfg.max_tokens
-        while True:
-            messages = judge_messages(dimension, context, response, self.cfg.penalty)
-            if len(context) <= 1 or self.engine.count_tokens(messages) <= budget:
-                return messages
-            context = context[2:] if len(context) > 2 else context[1:]
+
+        def request(turns: list[dict]) -> list[dict]:
+            return judge_messages(dimension, turns, response, self.cfg.penalty)
+
+        fitted = drop_oldest_turns(
+            context, lambda t: self.engine.count_tokens(request(t)) <= budget
+        )
+        return request(fitted)
 
     def judge_many(self, tasks: list[tuple[str, list[dict], str]]) -> list[Verdict]:
         """Score (dimension, context, response) tasks; missing after repeated bad replies."""

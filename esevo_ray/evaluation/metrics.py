@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from esevo_ray import profile
+from esevo_ray.data.dialogue import DataError
 from esevo_ray.evaluation.backbones import Backbone, bert_scorer, resolve_backbone
 from esevo_ray.evaluation.esconv_metrics import esconv_report
 from esevo_ray.evaluation.lexical import (
@@ -224,13 +226,14 @@ def score_responses(
     eval_cfg = cfg if isinstance(cfg, EvalSection) else (cfg.eval if cfg else EvalSection())
     table = read_table(responses_parquet, EVAL_RESPONSES)
     if table.num_rows == 0:
-        raise ValueError(f"{responses_parquet}: no responses to score")
+        raise DataError(f"{responses_parquet}: no responses to score")
     backbone = None
     if bertscore:
         backbone = resolve_backbone(eval_cfg.bertscore_model, eval_cfg.bertscore_num_layers)
     hyps = [r or "" for r in table.column("response").to_pylist()]
     refs = [r or "" for r in table.column("golden").to_pylist()]
-    report = metrics_report(hyps, refs, bertscore=bertscore, backbone=backbone)
+    with profile.timed("compute"):  # BERTScore's model load included
+        report = metrics_report(hyps, refs, bertscore=bertscore, backbone=backbone)
     report["models"] = sorted(set(table.column("model").to_pylist()))
     report["keys"] = {
         "dialogue_id": table.column("dialogue_id").to_pylist(),

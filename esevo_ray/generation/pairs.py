@@ -17,6 +17,7 @@ from esevo_ray import prompts
 from esevo_ray.config import GenerationSection
 from esevo_ray.generation.engines import Engine
 from esevo_ray.generation.parsing import ParseError, parse_refinement, parse_reflection
+from esevo_ray.turns import drop_oldest_turns
 
 
 def request_seed(
@@ -44,10 +45,7 @@ def fit_context(engine: Engine, context: list[dict], cfg: GenerationSection) -> 
             and engine.count_tokens(prompts.refine_messages(ctx, "")) <= refine_budget
         )
 
-    start = 0
-    while start < len(context) - 1 and not fits(context[start:]):
-        start += 2 if start + 2 < len(context) else 1
-    context = context[start:]
+    context = drop_oldest_turns(context, fits)
     # A single turn too long on its own keeps its most recent words.
     last = context[-1]["content"].split()
     while not fits(context) and len(last) > 8:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
@@ -29,6 +27,7 @@ from esevo_ray.generation.engines import build_engine
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, request_seed
 from esevo_ray.generation.placement import Placement, enter_actor, place
+from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
 from esevo_ray.parts import check_complete, part_name, read_parts, unwritten, write_part
 
@@ -55,6 +54,7 @@ class EngineActor:
         placement: Placement | None = None,
     ):
         """`placement`: set by `run_engine_actors`; None outside Ray (engine on torch's pick)."""
+        t0 = time.perf_counter()
         # First, before anything touches CUDA: hide GPUs this actor did not reserve.
         self.placed = enter_actor(placement, "generation") if placement else {}
         import torch
@@ -67,6 +67,7 @@ class EngineActor:
             lora_mode=gen.lora_mode, device=placement.device if placement else None,
             tensor_parallel_size=gen.tensor_parallel_size, extra=gen.vllm,
         )  # fmt: skip
+        self.startup_s = time.perf_counter() - t0  # reported with the first batch
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
         """Output rows for a batch of contexts, and the number of tokens generated."""
@@ -74,12 +75,19 @@ class EngineActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        tokens = 0
+        tokens, t0 = 0, time.perf_counter()
+        compute = io = 0.0
         if not (self.out_dir / part_name(rows)).exists():  # else: a retried batch, written
             out, tokens = self.produce(rows)
+            compute = time.perf_counter() - t0
             write_part(self.out_dir, out, self.output_schema)
+            io = time.perf_counter() - t0 - compute
+        startup, self.startup_s = self.startup_s, 0.0
         placed = json.dumps(self.placed, sort_keys=True)
-        return pa.table({"rows": [len(rows)], "tokens": [tokens], "actor": [placed]})
+        return pa.table(
+            {"rows": [len(rows)], "tokens": [tokens], "actor": [placed],
+             "startup_s": [startup], "compute_s": [compute], "io_s": [io]}
+        )  # fmt: skip
 
 
 class Generator(EngineActor):
@@ -130,35 +138,6 @@ def response_row(context_row: dict, model_name: str, text: str) -> dict:
     return {**{k: context_row[k] for k in keys}, "model": model_name, "response": text}
 
 
-@dataclass
-class Progress:
-    """What one `run_engine_actors` call did: wall seconds, tokens, and per-batch arrivals."""
-
-    seconds: float = 0.0
-    rows: int = 0
-    tokens: int = 0
-    # (seconds since the start, output tokens) of each batch as it reached the driver.
-    batches: list[tuple[float, int]] = field(default_factory=list)
-    # Where the actors ran: the resolved placement, and each actor's record (`enter_actor`).
-    placement: Placement | None = None
-    actors: list[dict] = field(default_factory=list)
-
-    def add(self, batch: pa.Table, elapsed: float) -> None:
-        """Count one batch of actor results (rows, tokens, the actors' placement records)."""
-        for placed in batch["actor"].to_pylist():
-            if (record := json.loads(placed)) not in self.actors:
-                self.actors.append(record)
-        tokens = pc.sum(batch["tokens"]).as_py()
-        self.rows += pc.sum(batch["rows"]).as_py()
-        self.tokens += tokens
-        self.batches.append((elapsed, tokens))
-
-    def placement_info(self) -> dict | None:
-        if self.placement is None:
-            return None
-        return {**self.placement.as_dict(), "actors": self.actors}
-
-
 def run_engine_actors(
     cfg: RunConfig,
     contexts: pa.Table,
@@ -172,11 +151,12 @@ def run_engine_actors(
 ) -> Progress:
     """Map the contexts not yet in `out_dir` through a pool of engine actors."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
 
     gen = cfg.generation
     out_dir.mkdir(parents=True, exist_ok=True)
+    t_read = time.perf_counter()
     todo = unwritten(contexts, read_parts(out_dir, actor.output_schema))
+    driver_io = time.perf_counter() - t_read
     total, remaining = contexts.num_rows, todo.num_rows
     logger.info(
         "%s: %d contexts, %d already done, %d to go", label, total, total - remaining, remaining
@@ -189,24 +169,9 @@ def run_engine_actors(
         ray.init()
     # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks.
     progress.placement = place(gen, gen.engine, gen.num_actors, "generation")
-    DataContext.get_current().enable_progress_bars = False
-    # One block per batch, made on the driver: a repartition task would need a CPU that
-    # the actors may already hold all of (e.g. one actor with every core).
-    blocks = [todo.slice(i, gen.batch_size) for i in range(0, remaining, gen.batch_size)]
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(
-        actor,
-        fn_constructor_kwargs=dict(
-            gen=gen, placement=progress.placement, model_path=str(model_path),
-            adapter=str(adapter) if adapter else None, dtype=cfg.model.dtype,
-            out_dir=str(out_dir.resolve()), **actor_kwargs,
-        ),
-        batch_size=gen.batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=gen.num_actors),
-        num_cpus=gen.cpus_per_actor,
-        **progress.placement.ray_options(),
-    )  # fmt: skip
+    ds = _actor_dataset(cfg, todo, out_dir, actor, progress.placement, dict(
+        model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,
+    ))  # fmt: skip
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         elapsed = time.perf_counter() - t0
         progress.add(batch, elapsed)
@@ -216,7 +181,39 @@ def run_engine_actors(
             total, progress.tokens / elapsed, elapsed / done * (remaining - done),
         )  # fmt: skip
     progress.seconds = time.perf_counter() - t0
+    progress.record_profile(driver_io)
     return progress
+
+
+def _actor_dataset(
+    cfg: RunConfig,
+    todo: pa.Table,
+    out_dir: Path,
+    actor: type[EngineActor],
+    placement: Placement,
+    actor_kwargs: dict,
+):
+    """The Ray Data plan: `todo` in batches, through a pool of `actor`s placed as resolved."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    gen = cfg.generation
+    DataContext.get_current().enable_progress_bars = False
+    # One block per batch, made on the driver: a repartition task would need a CPU that
+    # the actors may already hold all of (e.g. one actor with every core).
+    blocks = [todo.slice(i, gen.batch_size) for i in range(0, todo.num_rows, gen.batch_size)]
+    return ray.data.from_arrow(blocks).map_batches(
+        actor,
+        fn_constructor_kwargs=dict(
+            gen=gen, placement=placement, dtype=cfg.model.dtype,
+            out_dir=str(out_dir.resolve()), **actor_kwargs,
+        ),
+        batch_size=gen.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=gen.num_actors),
+        num_cpus=gen.cpus_per_actor,
+        **placement.ray_options(),
+    )  # fmt: skip
 
 
 def generate_pairs(

@@ -10,6 +10,7 @@ import pytest
 
 from esevo_ray.config import JUDGE_DIMENSIONS, load_config
 from esevo_ray.evaluation.report import write_report
+from esevo_ray.layout import RunLayout
 from esevo_ray.pipeline.evolve import Runner, _evaluate, _judge
 from esevo_ray.pipeline.manifest import Manifest
 from esevo_ray.schema import JUDGE_SCORES, read_table
@@ -31,7 +32,7 @@ def test_eval_stage_judges_responses_and_report_shows_table_7(
     write_contexts(root / "data" / "eval_contexts.parquet", 3)
     runner = Runner(Manifest.open(root, cfg))
 
-    _evaluate(cfg, root, tiny_model, 0, None, runner)
+    _evaluate(cfg, RunLayout(root), tiny_model, 0, None, runner)
 
     scores = read_table(root / "m0" / "eval" / "judge_scores.parquet", JUDGE_SCORES)
     assert scores.num_rows == 2 * len(JUDGE_DIMENSIONS)
@@ -51,7 +52,7 @@ def test_eval_stage_judges_responses_and_report_shows_table_7(
     )
 
     # Done stages are not rerun: no new judge requests.
-    _evaluate(cfg, root, tiny_model, 0, None, Runner(Manifest.open(root, cfg)))
+    _evaluate(cfg, RunLayout(root), tiny_model, 0, None, Runner(Manifest.open(root, cfg)))
     assert len(chat_server.bodies) == 2 * len(JUDGE_DIMENSIONS)
 
 
@@ -61,7 +62,7 @@ def test_judge_skipped_with_one_log_line_when_not_configured(tmp_path, caplog):
     root.mkdir()
     runner = Runner(Manifest.open(root, cfg))
     with caplog.at_level(logging.INFO, logger="esevo_ray.pipeline.evolve"):
-        _judge(cfg, root / "m0" / "eval", "m0", Path("unused"), runner)
+        _judge(cfg, RunLayout(root), 0, Path("unused"), runner)
     lines = [r.getMessage() for r in caplog.records if r.name == "esevo_ray.pipeline.evolve"]
     assert lines == ["eval.judge.base_url/model not set: LLM-as-a-judge of m0 skipped"]
     assert "judge_m0" not in json.loads((root / "manifest.json").read_text())["stages"]
