@@ -1,4 +1,5 @@
-"""`esevo eval`, `esevo report`, `esevo judge`, `esevo ablate` and `esevo bench llm`."""
+"""`esevo eval`, `esevo report`, `esevo judge`, `esevo ablate`, `esevo baselines` and
+`esevo bench llm`."""
 
 from __future__ import annotations
 
@@ -130,6 +131,25 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate_pairs_table(args: argparse.Namespace) -> int:
+    from esevo_ray.pipeline.experiments import pairs_table
+
+    summary = pairs_table(load_args_config(args))
+    print(Path(summary["table"]).read_text())
+    print("runs: " + ", ".join(f"{arm} {root}" for arm, root in summary["runs"].items()))
+    print(f"table: {summary['table']}")
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from esevo_ray.pipeline.experiments import baselines
+
+    summary = baselines(load_args_config(args))
+    print(Path(summary["table"]).read_text())
+    print(f"table: {summary['table']}")
+    return 0
+
+
 def cmd_bench_llm(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.llm_bench import run_lm_eval
 
@@ -188,6 +208,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=cmd_judge)
 
+    p = sub.add_parser(
+        "baselines", help="Table 2: Vanilla, SFT-ESConv and M0..MT of the run, one table"
+    )
+    add_config_args(p)
+    p.set_defaults(func=cmd_baselines)
+
     _add_ablate_parsers(sub)
 
 
@@ -217,6 +243,13 @@ def _add_ablate_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relative", action="store_true", help="add %% change from the first row")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_ablate_table)
+
+    p = ablate.add_parser(
+        "pairs-table",
+        help="Table 5: the {HM,P} and {SR,P} arms from the base model, run and tabled",
+    )
+    add_config_args(p)
+    p.set_defaults(func=cmd_ablate_pairs_table)
 
 
 def add_bench_parsers(bench: argparse._SubParsersAction) -> None:

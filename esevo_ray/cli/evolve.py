@@ -7,6 +7,7 @@ import json
 import time
 
 from esevo_ray.cli.common import add_config_args, layout_of, load_args_config
+from esevo_ray.generation.fallback import fallback_lines
 from esevo_ray.layout import RunLayout
 from esevo_ray.profile import table
 
@@ -18,14 +19,16 @@ def summary(layout: RunLayout) -> str:
 
     stages = find_stages(layout.root)
     lines = [metrics_table({s.label: s.metrics for s in stages}), "", f"run:     {layout.root}"]
-    for t, adapter in layout.finished().items():
+    for t, adapter in layout.models().items():
         pairs = layout.pairs(t) if t else None
-        lines.append(
-            f"m{t:<7d} adapter {adapter}" + (f"  pairs {pairs}" if pairs and pairs.exists() else "")
-        )
+        model = f"adapter {adapter}" if adapter else "the base model (no adapter)"
+        lines.append(f"m{t:<7d} {model}" + (f"  pairs {pairs}" if pairs and pairs.exists() else ""))
     lines.append(f"report:  {layout.report}")
     lines.append(f"manifest: {layout.manifest}")
     stages = json.loads(layout.manifest.read_text())["stages"] if layout.manifest.exists() else {}
+    fallbacks = fallback_lines(stages)
+    if fallbacks:
+        lines += ["", "Golden fallbacks per pairs stage (`fallback` in the manifest):", *fallbacks]
     lines += ["", "Where the time went (seconds; `profile` in the manifest):", table(stages)]
     return "\n".join(lines)
 

@@ -21,13 +21,13 @@ BASE = "none"
 
 
 def _generator_adapter(args: argparse.Namespace, layout) -> Path | None:
-    """--adapter, else the run's M^{t-1} when it is finished, else the base model."""
+    """--adapter, else the run's M^{t-1} when it has an adapter, else the base model."""
     if args.adapter is not None:
         return None if args.adapter.lower() == BASE else adapter_arg(args.adapter)
-    previous = layout.finished().get(args.iteration - 1)
+    previous = layout.models().get(args.iteration - 1)
     if previous is None:
-        logger.info("no finished m%d in %s: generating with the base model", args.iteration - 1,
-                    layout.root)  # fmt: skip
+        logger.info("m%d in %s is the base model or not finished: generating with the base "
+                    "model", args.iteration - 1, layout.root)  # fmt: skip
     return previous
 
 

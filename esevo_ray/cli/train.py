@@ -53,7 +53,8 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     layout, t = layout_of(cfg), args.iteration
     pairs = existing(args.pairs or layout.pairs(t), "--pairs", "preference pairs",
                      f"run `esevo generate --config {args.config} --iteration {t}`")  # fmt: skip
-    init = _init_adapter(args.init, layout.adapter(t - 1))
+    default = None if layout.is_base(t - 1) else layout.adapter(t - 1)
+    init = _init_adapter(args.init, default)
     out = train_dpo(cfg, pairs, init, Path(args.out) if args.out else layout.adapter(t))
     _print_result(out)
     return 0

@@ -7,7 +7,8 @@ the raw answer where no object with a non-empty "text" can be read (counted as f
 
 Pair ablation: {HM, P} pairs are the {SR, P} pairs of the same contexts with the chosen
 response replaced by the human reference (the golden ESConv response), so both sets differ
-only in the chosen side and train with `esevo dpo` alike.
+only in the chosen side and train with `esevo dpo` alike. `pairs_table` and `interval_table`
+lay out Table 5 (the loop's arms are run by `esevo_ray.pipeline.experiments`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ PROMPTS = {
 }
 TABLE3_COLUMNS = ("bleu_2", "bleu_3", "rouge_l", "distinct_3")
 TABLE5_COLUMNS = ("bleu_2", "bleu_3", "rouge_l", "distinct_2")
+TABLE5_LABELS = {"bleu_2": "B-2", "bleu_3": "B-3", "rouge_l": "R-L", "distinct_2": "D-2"}
 HUMAN_REFERENCE = "human_reference"
 
 
@@ -82,6 +84,62 @@ def ablation_table(
         rows.append([label, *cells])
         first = values if first is None else first
     return markdown_table(["Model", *(METRIC_COLUMNS[c] for c in columns)], rows)
+
+
+def _value_and_change(value: float | None, previous: float | None) -> list[str]:
+    if value is None:
+        return ["–", "–"]
+    change = f"{100 * (value - previous) / previous:+.2f}%" if previous else "–"
+    return [f"{value:.2f}", change]
+
+
+def pairs_table(
+    m0: dict | None, arms: dict[str, dict[str, dict | None]], columns=TABLE5_COLUMNS
+) -> str:
+    """Table 5 layout: M0, then per arm a title row and its models, each metric x100 followed by
+    its % change from the row before (M1 from M0, M2 from M1).
+
+    Args:
+        m0: metrics.json of M0 (or its "scores" dict).
+        arms: arm title ("{HM,P}") -> model label -> metrics.json of that model.
+    """
+    header = ["Model"]
+    for key in columns:
+        header += [TABLE5_LABELS.get(key, METRIC_COLUMNS.get(key, key)), "%"]
+    base = scores_of(m0)
+    rows = [["M0", *(c for k in columns for c in _value_and_change(base.get(k), None))]]
+    for arm, models in arms.items():
+        rows.append([f"**{arm}**", *[""] * (2 * len(columns))])
+        previous = base
+        for label, metrics in models.items():
+            values = scores_of(metrics)
+            cells = [_value_and_change(values.get(k), previous.get(k)) for k in columns]
+            rows.append([label, *(c for pair in cells for c in pair)])
+            previous = values
+    return markdown_table(header, rows)
+
+
+def interval_table(comparisons: list[dict], columns: dict[str, str]) -> str:
+    """One row per comparison: the difference (model - base, points x100) of each metric with
+    its bootstrap interval, `*` when the interval excludes 0, and n, the contexts it rests on.
+
+    Args:
+        comparisons: {"label", "metrics": `bootstrap.compare` result} in row order.
+        columns: metric key -> column title.
+    """
+    rows = []
+    for comparison in comparisons:
+        metrics = comparison["metrics"]
+        cells = []
+        for key in columns:
+            r = metrics.get(key)
+            mark = " *" if r and r["excludes_zero"] else ""
+            cells.append(
+                f"{r['diff']:+.2f}{mark} [{r['low']:+.2f}, {r['high']:+.2f}]" if r else "–"
+            )
+        n = next((r["n"] for k, r in metrics.items() if k in columns), "–")
+        rows.append([comparison["label"], *cells, str(n)])
+    return markdown_table(["Comparison", *columns.values(), "n"], rows)
 
 
 def ablate_prompts(

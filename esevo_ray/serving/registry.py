@@ -38,7 +38,10 @@ def scan_models(run_dir: str | Path | None) -> dict[str, ServedModel]:
     models = {BASE: ServedModel(BASE, None, 0)}
     if run_dir is None:
         return models
-    for t, adapter in RunLayout(Path(run_dir)).finished().items():
+    for t, adapter in RunLayout(Path(run_dir)).models().items():
+        if adapter is None:  # M^t is the base model itself (evolve.init: base)
+            models[model_name(t)] = ServedModel(model_name(t), None, 0)
+            continue
         try:
             stamp = (adapter / ADAPTER_FILE).stat().st_mtime_ns
         except FileNotFoundError:  # removed between the listing and now
