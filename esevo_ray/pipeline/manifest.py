@@ -7,6 +7,7 @@ driver leaves an accurate record of what finished and where its outputs are.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 
 from esevo_ray.config import RunConfig
 from esevo_ray.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 PACKAGES = (
     "esevo-ray",
@@ -49,6 +52,47 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# Sections that do not change what the loop writes: a run may be served with other settings.
+IGNORED_SECTIONS = ("serve",)
+
+
+def config_changes(stored: dict, current: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose value differs between a run's recorded config and `current`.
+
+    A key that only `current` has (a setting added since the run was made) counts only when
+    it is not at its default; a key that only the record has (a setting since removed) does
+    not count.
+    """
+    changed = []
+    for key, value in current.items():
+        where = f"{prefix}{key}"
+        if where in IGNORED_SECTIONS:
+            continue
+        if key not in stored:
+            if value != defaults.get(key):
+                changed.append(where)
+        elif isinstance(value, dict) and isinstance(stored[key], dict):
+            changed += config_changes(stored[key], value, defaults.get(key) or {}, f"{where}.")
+        elif stored[key] != value:
+            changed.append(where)
+    return changed
+
+
+def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig) -> None:
+    """Accept a record that differs only by settings added since (at their defaults)."""
+    current = cfg.model_dump(mode="json")
+    defaults = RunConfig().model_dump(mode="json")
+    changed = config_changes(data.get("config", {}), current, defaults)
+    if changed:
+        raise RunConflict(
+            f"{run_dir} was made by a different config ({', '.join(changed[:8])} changed); "
+            "rerun with --new-run to start a new run directory, or restore the original "
+            "config to continue this one"
+        )
+    logger.warning("%s: config settings added since the run began keep their defaults", run_dir)
+    data.update(config_digest=cfg.digest(), config=current)
+
+
 @dataclass
 class Manifest:
     path: Path
@@ -62,11 +106,7 @@ class Manifest:
             data = json.loads(path.read_text())
             old = data.get("config_digest")
             if old != cfg.digest():
-                raise RunConflict(
-                    f"{run_dir} was made by a different config (digest {old}, "
-                    f"now {cfg.digest()}); rerun with --new-run to start a new run directory, "
-                    "or restore the original config to continue this one"
-                )
+                _check_same_run(run_dir, data, cfg)
             data["resumed"] = data.get("resumed", 0) + 1
         else:
             data = {

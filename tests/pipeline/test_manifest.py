@@ -23,5 +23,32 @@ def test_manifest_records_stages_and_refuses_a_changed_config(tmp_path):
     out.unlink()
     assert not again.done("data"), "a stage whose output vanished is not done"
 
-    with pytest.raises(RunConflict, match="--new-run"):
+    with pytest.raises(RunConflict, match=r"dpo\.beta changed.*--new-run"):
         Manifest.open(tmp_path, load_config(None, ["name=t", "dpo.beta=0.3"]))
+
+
+def _record(tmp_path, edit) -> None:
+    """Rewrite the manifest's recorded config as an older version of the code would have."""
+    path = tmp_path / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data["config"])
+    data["config_digest"] = "from-an-older-version"
+    path.write_text(json.dumps(data))
+
+
+def test_settings_added_since_the_run_began_do_not_break_resume(tmp_path):
+    cfg = load_config(None, ["name=t"])
+    Manifest.open(tmp_path, cfg)
+    # The run was made before generation.device existed, and with a since-removed key.
+    _record(tmp_path, lambda c: (c["generation"].pop("device"), c["sft"].update(old_key=1)))
+    again = Manifest.open(tmp_path, cfg)
+    assert again.data["config_digest"] == cfg.digest() and again.data["resumed"] == 1
+    # Serving settings do not change what the loop wrote.
+    Manifest.open(tmp_path, load_config(None, ["name=t", "serve.port=9000"]))
+
+
+def test_a_new_setting_away_from_its_default_is_a_change(tmp_path):
+    Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    _record(tmp_path, lambda c: c["generation"].pop("device"))
+    with pytest.raises(RunConflict, match=r"generation\.device changed"):
+        Manifest.open(tmp_path, load_config(None, ["name=t", "generation.device=cpu"]))
