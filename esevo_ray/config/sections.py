@@ -1,0 +1,131 @@
+"""Model, data, generation and loop sections of a run config."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from esevo_ray.config.base import Section
+
+
+class ModelSection(Section):
+    # A local folder with a Hugging Face model; None means the default SmolLM2-135M-Instruct,
+    # converted once by `esevo model prepare` into the cache directory.
+    path: str | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class DataSection(Section):
+    # None: $ESEVO_DATA_DIR, else ../shared/data when it exists.
+    data_dir: str | None = None
+    # Seed contexts for preference data: ExTES / ServeForEmo when present, else the ESConv pool.
+    seed_sources: list[Literal["esconv", "extes", "serveforemo"]] = ["esconv"]
+    extes_path: str | None = None
+    serveforemo_path: str | None = None
+    # Appendix A's greeting filter, on preference-data seeds only (seed_contexts): SFT and
+    # evaluation contexts keep every supporter turn (Table 2 scores all of them). A "turn" is
+    # read as one exchange, a seeker message and the supporter's reply: the replies of the
+    # first `greeting_first` and the last `greeting_last` exchanges are not targets (the
+    # paper: the first turn and the last two turns); they stay in later contexts.
+    drop_greetings: bool = True
+    greeting_first: int = Field(1, ge=0)
+    greeting_last: int = Field(2, ge=0)
+    # Dialogue subsets (None = all); chosen by seed, recorded in the output manifest.
+    max_train_dialogues: int | None = None
+    max_eval_dialogues: int | None = None
+    max_seed_dialogues: int | None = None
+    alpaca_samples: int = 500
+    seed: int = 42
+    on_bad_record: Literal["error", "skip"] = "error"
+
+
+class DecodingSection(Section):
+    temperature: float = 0.9
+    top_p: float = 0.8
+    top_k: int = 50
+    repetition_penalty: float = 1.2
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+class GenerationSection(Section):
+    engine: Literal["vllm", "hf"] = "vllm"
+    num_actors: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    # "joint": one call returns reflection + refinement (Appendix E.1);
+    # "two_step": reflect (Eq. 4), then refine with u_n, s_n, y (Eq. 5).
+    reflection_mode: Literal["joint", "two_step"] = "joint"
+    max_attempts: int = Field(3, ge=1)
+    # Constrain reflection/refinement decoding to the answer's JSON schema, on both engines
+    # (vLLM structured outputs; xgrammar's logits processor on hf). Small models need it.
+    guided_json: bool = False
+    # After a pairs stage: when the share of golden fallbacks (chosen_source other than
+    # "refined") exceeds this, "warn" logs the counts, "fail" fails the stage.
+    max_fallback_fraction: float = Field(0.5, ge=0, le=1)
+    fallback_policy: Literal["warn", "fail"] = "warn"
+    # Appendix A: a refined response longer than `length_ratio` x the rejected or the golden
+    # response (in words) is replaced by the golden response.
+    length_ratio: float = 2.0
+    max_contexts: int | None = None
+    cpus_per_actor: float = 1
+    # Placement (esevo_ray/generation/placement.py). "auto": CUDA when the Ray cluster declares
+    # GPUs, else CPU. gpus_per_actor None: tensor_parallel_size (vllm) or 1 (hf) on CUDA, 0 on
+    # CPU; Ray gives each actor its own devices (CUDA_VISIBLE_DEVICES).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_actor: float | None = Field(None, ge=0)
+    # vLLM only: GPUs each engine is sharded over.
+    tensor_parallel_size: int = Field(1, ge=1)
+    # M^t as weights merged once into a cached folder ("merge"), or a vLLM LoRA request.
+    lora_mode: Literal["merge", "adapter"] = "merge"
+    max_model_len: int = 2048
+    # Cap on the tokens of dialogue context; older turns are dropped first.
+    max_context_tokens: int = 1024
+    decoding: DecodingSection = DecodingSection()
+    reflection_decoding: DecodingSection = DecodingSection(max_new_tokens=384)
+    # Extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization).
+    vllm: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> GenerationSection:
+        if self.max_context_tokens + self.decoding.max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"max_context_tokens ({self.max_context_tokens}) + decoding.max_new_tokens "
+                f"({self.decoding.max_new_tokens}) must not exceed "
+                f"max_model_len ({self.max_model_len})"
+            )
+        if "tensor_parallel_size" in self.vllm:
+            raise ValueError("set generation.tensor_parallel_size, not vllm.tensor_parallel_size")
+        return _check_placement(self, self.engine)
+
+
+def _check_placement(section: Any, engine: str) -> Any:
+    """device, gpus_per_actor and tensor_parallel_size must agree (generation and judge)."""
+    gpus, tp = section.gpus_per_actor, section.tensor_parallel_size
+    if tp > 1 and (engine != "vllm" or section.device == "cpu"):
+        raise ValueError(
+            f"tensor_parallel_size {tp} needs engine vllm on GPUs (engine {engine!r}, "
+            f"device {section.device!r})"
+        )
+    if gpus is not None and section.device == "cuda" and gpus < tp:
+        raise ValueError(
+            f"device cuda needs gpus_per_actor >= tensor_parallel_size ({tp}), got {gpus} "
+            "(or leave gpus_per_actor unset)"
+        )
+    return section
+
+
+class EvolveSection(Section):
+    iterations: int = Field(2, ge=0)
+    # M0: "sft", LoRA SFT of the backbone (Section 2.1); "base", the backbone itself with no
+    # SFT stage (Table 5's M0); then DPO of M1 trains a fresh adapter against the base.
+    init: Literal["sft", "base"] = "sft"
+    # Chosen side of the pairs: "self_refined", M^{t-1}'s reflection and refinement ({SR, P});
+    # "human_reference", the golden response, no reflection generated ({HM, P}, Table 5).
+    chosen: Literal["self_refined", "human_reference"] = "self_refined"
+    # Split the seed contexts into `iterations` disjoint parts of whole dialogues, part t for
+    # iteration t (Appendix B.1); false: every iteration draws from all of them.
+    seed_split: bool = False
+
+
+# The seven judge dimensions of the paper's Table 7, in its column order.
