@@ -133,6 +133,9 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     return conform(table, schema, where=str(path))
 
 
+# chosen_source of a {HM, P} pair (Table 5): the chosen response is the human reference.
+HUMAN_REFERENCE = "human_reference"
+
 # One model's responses on the evaluation contexts (the eval folder's responses.parquet).
 EVAL_RESPONSES = pa.schema(
     [

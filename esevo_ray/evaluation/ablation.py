@@ -27,6 +27,7 @@ from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, markdown_table, scores_of
 from esevo_ray.generation.parsing import ParseError, extract_object
 from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
+from esevo_ray.schema import HUMAN_REFERENCE
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ PROMPTS = {
 TABLE3_COLUMNS = ("bleu_2", "bleu_3", "rouge_l", "distinct_3")
 TABLE5_COLUMNS = ("bleu_2", "bleu_3", "rouge_l", "distinct_2")
 TABLE5_LABELS = {"bleu_2": "B-2", "bleu_3": "B-3", "rouge_l": "R-L", "distinct_2": "D-2"}
-HUMAN_REFERENCE = "human_reference"
 
 
 def reflection_text(answer: str) -> str | None:

@@ -17,6 +17,8 @@ from esevo_ray import prompts
 from esevo_ray.config import GenerationSection
 from esevo_ray.generation.engines import Engine
 from esevo_ray.generation.parsing import ParseError, parse_refinement, parse_reflection
+from esevo_ray.prompts import REFLECTION_KEYS
+from esevo_ray.schema import HUMAN_REFERENCE
 from esevo_ray.turns import drop_oldest_turns
 
 
@@ -126,15 +128,10 @@ def make_pairs(
             seed, rows[i]["dialogue_id"], rows[i]["turn_index"], iteration, stage, attempt
         )
 
-    contexts = [fit_context(engine, r["context"], cfg) for r in rows]
-    task = [prompts.task_messages(c) for c in contexts]
-    rejected = engine.chat(
-        task, cfg.decoding, [seed_of("rejected")(i, 0) for i in range(len(rows))]
-    )
+    contexts, task, rejected = _rejected(engine, cfg, rows, iteration)
     reject_texts = [r.text.strip() for r in rejected]
 
-    reflection_tokens = [0] * len(rows)
-    attempts = [0] * len(rows)
+    reflection_tokens, attempts = [0] * len(rows), [0] * len(rows)
     reflections: list[dict | None] = [None] * len(rows)
     if cfg.reflection_mode == "two_step":
         build = [prompts.reflect_messages(c) for c in contexts]
@@ -153,26 +150,18 @@ def make_pairs(
     out = []
     for i, row in enumerate(rows):
         ref = refined[i] or {}
-        understanding = (
-            reflections[i] if cfg.reflection_mode == "two_step" and reflections[i] else ref
-        )
+        two_step = cfg.reflection_mode == "two_step" and reflections[i]
         chosen, source = choose(
             ref.get("refined_response"), reject_texts[i], row["golden"], cfg.length_ratio
         )
         out.append(
             {
-                "dialogue_id": row["dialogue_id"],
-                "turn_index": row["turn_index"],
-                "iteration": iteration,
-                "source": row["source"],
+                **_lineage(row, iteration, engine),
                 "prompt": task[i],
                 "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": reject_texts[i]}],
-                "golden": row["golden"],
                 "chosen_source": source,
-                "generator_model": engine.model_id,
-                "adapter_hash": engine.adapter_hash,
-                **{k: understanding.get(k, "") for k in prompts.REFLECTION_KEYS},
+                **{k: (reflections[i] if two_step else ref).get(k, "") for k in REFLECTION_KEYS},
                 "evaluation_score": ref.get("evaluation_score"),
                 "feedback": ref.get("feedback", ""),
                 "attempts": attempts[i] + refine_attempts[i],
@@ -183,3 +172,56 @@ def make_pairs(
             }
         )
     return out
+
+
+def _rejected(engine: Engine, cfg: GenerationSection, rows: list[dict], iteration: int):
+    """y = M^t(P_task || C_n) for each row: (fitted contexts, task requests, completions)."""
+    contexts = [fit_context(engine, r["context"], cfg) for r in rows]
+    task = [prompts.task_messages(c) for c in contexts]
+    seeds = [
+        request_seed(cfg.decoding.seed, r["dialogue_id"], r["turn_index"], iteration, "rejected", 0)
+        for r in rows
+    ]
+    return contexts, task, engine.chat(task, cfg.decoding, seeds)
+
+
+def make_reference_pairs(
+    engine: Engine, cfg: GenerationSection, rows: list[dict], iteration: int
+) -> list[dict]:
+    """{HM, P} pairs (Table 5): the same rejected response as `make_pairs`, chosen := golden.
+
+    No reflection is generated; rows without a golden response must be left out before.
+    """
+    t0 = time.perf_counter()
+    _, task, rejected = _rejected(engine, cfg, rows, iteration)
+    seconds = (time.perf_counter() - t0) / max(len(rows), 1)
+    return [
+        {
+            **_lineage(row, iteration, engine),
+            "prompt": messages,
+            "chosen": [{"role": "assistant", "content": row["golden"]}],
+            "rejected": [{"role": "assistant", "content": out.text.strip()}],
+            "chosen_source": HUMAN_REFERENCE,
+            **dict.fromkeys(REFLECTION_KEYS, ""),
+            "feedback": "",
+            "attempts": 0,
+            "prompt_tokens": out.prompt_tokens,
+            "rejected_tokens": out.output_tokens,
+            "reflection_tokens": 0,
+            "generation_seconds": seconds,
+        }
+        for row, messages, out in zip(rows, task, rejected, strict=True)
+    ]
+
+
+def _lineage(row: dict, iteration: int, engine: Engine) -> dict:
+    """The columns that say which context and which M^t a pair comes from."""
+    return {
+        "dialogue_id": row["dialogue_id"],
+        "turn_index": row["turn_index"],
+        "iteration": iteration,
+        "source": row["source"],
+        "golden": row["golden"],
+        "generator_model": engine.model_id,
+        "adapter_hash": engine.adapter_hash,
+    }

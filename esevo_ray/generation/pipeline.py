@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
 from esevo_ray.generation.engines import build_engine
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
-from esevo_ray.generation.pairs import fit_context, make_pairs, request_seed
+from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
 from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
@@ -102,6 +103,14 @@ class Generator(EngineActor):
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
         pairs = make_pairs(self.engine, self.gen, rows, self.iteration)
         return pairs, sum(p["rejected_tokens"] + p["reflection_tokens"] for p in pairs)
+
+
+class ReferenceGenerator(Generator):
+    """{HM, P} pairs: the rejected response only, chosen := golden (Table 5)."""
+
+    def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
+        pairs = make_reference_pairs(self.engine, self.gen, rows, self.iteration)
+        return pairs, sum(p["rejected_tokens"] for p in pairs)
 
 
 class Responder(EngineActor):
@@ -224,11 +233,14 @@ def generate_pairs(
     model_path: str | Path,
     adapter: str | Path | None = None,
     iteration: int = 1,
+    chosen: str = "self_refined",
 ) -> dict:
     """Generate the pairs of one iteration with M^t = model_path (+ adapter) into `out_dir`.
 
-    Returns the manifest written to `out_dir/manifest.json`, with the placement of the
-    engine actors and the share of golden fallbacks (`fallback`).
+    `chosen`: "self_refined" ({SR, P}: reflection and refinement) or "human_reference"
+    ({HM, P}: the golden response, no reflection; contexts without one are left out and
+    counted). Returns the manifest written to `out_dir/manifest.json`, with the placement of
+    the engine actors and, for self-refined pairs, the share of golden fallbacks.
 
     Raises:
         FallbackError: with `generation.fallback_policy: fail`, when that share exceeds
@@ -238,9 +250,15 @@ def generate_pairs(
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
     if cfg.generation.max_contexts is not None:
         contexts = contexts.slice(0, cfg.generation.max_contexts)
+    reference = chosen == "human_reference"
+    if reference:
+        golden = pc.utf8_trim_whitespace(pc.fill_null(contexts.column("golden"), ""))
+        kept = contexts.filter(pc.greater(pc.utf8_length(golden), 0))
+        dropped, contexts = contexts.num_rows - kept.num_rows, kept
     progress = run_engine_actors(
-        cfg, contexts, out_dir, Generator, model_path=model_path, adapter=adapter,
-        label=f"pairs iteration {iteration}", iteration=iteration,
+        cfg, contexts, out_dir, ReferenceGenerator if reference else Generator,
+        model_path=model_path, adapter=adapter, label=f"pairs iteration {iteration}",
+        iteration=iteration,
     )  # fmt: skip
     pairs = read_pairs(out_dir)
     check_complete(pairs, contexts.num_rows, out_dir)
@@ -250,7 +268,8 @@ def generate_pairs(
         "iteration": iteration,
         "rows": pairs.num_rows,
         "chosen_source": counts,
-        "fallback": fallback_entry(counts, cfg.generation),
+        **({"dropped_empty_golden": dropped} if reference else {}),
+        "fallback": None if reference else fallback_entry(counts, cfg.generation),
         "generator_model": pairs["generator_model"][0].as_py() if pairs.num_rows else None,
         "adapter_hash": pairs["adapter_hash"][0].as_py() if pairs.num_rows else None,
         "model_path": str(model_path),
@@ -261,5 +280,6 @@ def generate_pairs(
         "placement": progress.placement_info(),
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
-    enforce_fallbacks(manifest["fallback"], f"pairs iteration {iteration}")
+    if not reference:
+        enforce_fallbacks(manifest["fallback"], f"pairs iteration {iteration}")
     return manifest
