@@ -46,7 +46,7 @@ def load_args_config(args: argparse.Namespace) -> RunConfig:
 
 
 def layout_of(cfg: RunConfig) -> RunLayout:
-    """The run directory of `cfg`, with an old (iter_<t>) layout migrated first."""
+    """The run directory of `cfg`, a folder of the old layout migrated first (RunLayout.migrate)."""
     layout = RunLayout.of(cfg)
     layout.migrate()
     return layout

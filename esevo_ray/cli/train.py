@@ -101,7 +101,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="train the SFT LoRA adapter M0 on Ray Train")
     add_config_args(p)
     p.add_argument("--data", help="folder with sft.parquet (default: <run>/data)")
-    p.add_argument("--out", help="adapter folder (default: <run>/m0/adapter)")
+    p.add_argument("--out", help="adapter folder (default: the run's m0 adapter)")
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("dpo", help="train m<t> from m<t-1> on preference pairs on Ray Train")
