@@ -54,7 +54,7 @@ def human_db_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_report_human(args: argparse.Namespace) -> int:
-    from esevo_ray.serving.report import human_report
+    from esevo_ray.human_eval.report import human_report
 
     db = human_db_path(args)
     out = Path(args.human_out) if args.human_out else db.parent / "report"
@@ -112,32 +112,50 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from esevo_ray.serving.bench import bench_serve_app
+    from esevo_ray.io import emit_json
+    from esevo_ray.serving.bench import bench_serve_app, soak_app
 
     cfg = _load(args)
-    report = bench_serve_app(
-        cfg,
-        args.run_dir,
-        model=args.model,
-        clients=args.clients,
-        duration_s=args.duration,
-        max_tokens=args.max_tokens,
-    )
-    from esevo_ray.io import emit_json
-
+    run_dir = existing(args.run_dir, "--run-dir", "run directory") if args.run_dir else None
+    if args.soak:
+        report = soak_app(
+            cfg,
+            run_dir,
+            model=args.model,
+            clients=args.soak_clients,
+            duration_s=args.soak,
+            max_tokens=args.max_tokens,
+        )
+    else:
+        report = bench_serve_app(
+            cfg,
+            run_dir,
+            model=args.model,
+            clients=tuple(args.clients),
+            duration_s=args.duration,
+            max_tokens=args.max_tokens,
+        )
     emit_json(report, args.out)
     return 0
 
 
 def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     """Add `serve` to the `esevo bench` subcommands."""
-    p = bench.add_parser("serve", help="requests/s, p50/p99 latency, TTFT; batching on and off")
+    p = bench.add_parser(
+        "serve", help="served tokens/s, latency and TTFT beside the offline engine; --soak"
+    )
     p.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
     p.add_argument("--run-dir", help="run directory (default from config)")
-    p.add_argument("--model", default="base", help="model name to load (default: base)")
-    p.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per setting")
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--model", default="current", help="served model name (default: current)")
+    p.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients to try"
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--soak", type=float, default=0.0, help="instead: soak for this many seconds (e.g. 120)"
+    )
+    p.add_argument("--soak-clients", type=int, default=32, help="clients during --soak")
     p.add_argument("--out", help="also write the JSON report here")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=cmd_bench_serve)

@@ -1,1 +1,1 @@
-"""Serving: the Ray Serve application (OpenAI-compatible chat) and the human evaluation page."""
+"""Serving: the Ray Serve application (OpenAI-compatible chat on vLLM's async engine)."""

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from esevo_ray.serving.protocol import error_body
+from esevo_ray.api_errors import ApiError, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -27,27 +27,6 @@ app = FastAPI(
 )
 
 
-class ApiError(Exception):
-    """An error for the client, rendered as an OpenAI error body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type_,
-            param,
-            code,
-        )
-
-
 def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
     return JSONResponse(error_body(message, type_, param, code), status_code=status)
 
@@ -55,8 +34,7 @@ def error_response(status: int, message: str, type_: str, param=None, code=None)
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    body = error_body(exc.message, exc.type, exc.param, exc.code)
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 @app.exception_handler(RequestValidationError)

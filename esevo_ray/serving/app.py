@@ -1,38 +1,40 @@
 """The ingress deployment: OpenAI-compatible chat completions in front of the generator.
 
 Requests are checked (API key, limits, model name), P_task is put first when there is no
-system message, the generator answers, and the crisis guard has the last word.
+system message, the generator answers (token by token with `stream: true`), and the crisis
+guard has the last word. The human-evaluation router is mounted here; the ingress is its
+`Host` (auth, model names, guarded replies).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import os
-import re
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
+from esevo_ray.api_errors import ERROR_RESPONSES, ApiError
 from esevo_ray.config import RunConfig
-from esevo_ray.prompts import task_messages
-from esevo_ray.serving import guard
-from esevo_ray.serving.api import ApiError, app
-from esevo_ray.serving.human import HumanEvalRoutes
+from esevo_ray.human_eval.routes import HumanEval, human_eval_service, router
+from esevo_ray.serving.api import app
+from esevo_ray.serving.checks import (
+    build_request,
+    check_auth,
+    check_conversation,
+    check_max_tokens,
+)
+from esevo_ray.serving.guard import ReplyGuard
 from esevo_ray.serving.protocol import (
-    ERROR_RESPONSES,
     ChatCompletion,
-    ChatMessage,
     ChatRequest,
     Health,
     ModelCard,
     ModelList,
-    chunk,
     completion,
-    error_body,
     new_id,
 )
 from esevo_ray.serving.registry import (
@@ -40,32 +42,25 @@ from esevo_ray.serving.registry import (
     ServedModel,
     check_host_key,
     current_name,
-    is_loopback,
     scan_models,
 )
+from esevo_ray.serving.streaming import STREAM_RESPONSE, sse_events
 
 logger = logging.getLogger(__name__)
 
-# With "stream": true the 200 reply is server-sent events; in OpenAPI 3.1 the schema of an
-# event-stream media type describes one event.
-SSE_EVENT = {
-    "type": "object",
-    "properties": {
-        "data": {"type": "string", "description": "a chat.completion.chunk as JSON, or [DONE]"},
-        "event": {"type": "string"},
-    },
-    "required": ["data"],
-}
-STREAM_RESPONSE = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
+
+def _human_eval() -> HumanEval:
+    """The ingress replica's HumanEval (the human_eval router's dependency)."""
+    return serve.get_replica_context().servable_object.human_eval
 
 
-def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+app.include_router(router, responses=ERROR_RESPONSES)
+app.dependency_overrides[human_eval_service] = _human_eval
 
 
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
-class Ingress(HumanEvalRoutes):
+class Ingress:
     def __init__(self, generator, config: dict, run_dir: str | None, base_model: str, db_path: str):
         self.cfg = RunConfig.model_validate(config)
         self.scfg = self.cfg.serve
@@ -77,28 +72,12 @@ class Ingress(HumanEvalRoutes):
 
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         self._scan: tuple[float, dict[str, ServedModel]] = (0.0, {})
-        self.init_human_eval(db_path)
+        self.human_eval = HumanEval(self, db_path, self.scfg.human_eval)
 
-    # --- helpers shared with the human evaluation routes ---
+    # --- models and generation, shared with the human evaluation (its Host) ---
 
     def auth(self, request: Request) -> None:
-        if self.api_key is None:
-            client = request.client.host if request.client else ""
-            if client and not is_loopback(client):
-                raise ApiError(
-                    403,
-                    "no API key is configured; only loopback clients are served",
-                    "permission_error",
-                )
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-            raise ApiError(
-                401,
-                "missing or invalid API key (Authorization: Bearer <key>)",
-                "authentication_error",
-                code="invalid_api_key",
-            )
+        check_auth(request, self.api_key)
 
     def models(self) -> dict[str, ServedModel]:
         at, models = self._scan
@@ -107,117 +86,63 @@ class Ingress(HumanEvalRoutes):
             self._scan = (time.monotonic(), models)
         return models
 
-    def resolve(self, name: str) -> ServedModel:
+    def served_names(self) -> list[str]:
+        return list(self.models())
+
+    def resolve_name(self, name: str) -> str | None:
         models = self.models()
-        if name == CURRENT:
-            target = current_name(models)
-            if target is None:
-                raise ApiError(
-                    404,
-                    "model 'current': no iteration of the run has finished yet",
-                    param="model",
-                    code="model_not_found",
-                )
-            return models[target]
-        if name not in models:
+        return current_name(models) if name == CURRENT else (name if name in models else None)
+
+    def resolve(self, name: str) -> ServedModel:
+        target = self.resolve_name(name)
+        if target is None and name == CURRENT:
             raise ApiError(
                 404,
-                f"model {name!r} not found; available: {', '.join([*models, CURRENT])}",
+                "model 'current': no iteration of the run has finished yet",
                 param="model",
                 code="model_not_found",
             )
-        return models[name]
-
-    def conversation(self, messages: list[ChatMessage] | list[dict]) -> list[dict]:
-        """Checked messages as chat turns, with P_task first when there is no system message."""
-        if len(messages) > self.scfg.max_messages:
+        if target is None:
             raise ApiError(
-                400,
-                f"{len(messages)} messages exceed the limit of {self.scfg.max_messages}",
-                param="messages",
-                code="too_many_messages",
+                404,
+                f"model {name!r} not found; available: {', '.join([*self.models(), CURRENT])}",
+                param="model",
+                code="model_not_found",
             )
-        turns = []
-        for i, m in enumerate(messages):
-            role, text = (
-                (m.role, m.text()) if isinstance(m, ChatMessage) else (m["role"], m["content"])
-            )
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(
-                    400,
-                    f"messages.{i}.content is not valid Unicode text",
-                    param=f"messages.{i}.content",
-                ) from None
-            turns.append({"role": "system" if role == "developer" else role, "content": text})
-        chars = sum(len(t["content"]) for t in turns)
-        if chars > self.scfg.max_chars:
-            raise ApiError(
-                400,
-                f"messages have {chars} characters, over the limit of {self.scfg.max_chars}",
-                param="messages",
-                code="too_many_characters",
-            )
-        if turns[0]["role"] != "system":
-            turns = task_messages(turns)
-        return turns
+        return self.models()[target]
 
-    def generation_request(
-        self,
-        model: ServedModel,
-        turns: list[dict],
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-    ) -> dict:
-        from jinja2 import TemplateError
+    def handle(self, model: ServedModel):
+        """The generator handle for `model`: an adapter is a multiplexed model id."""
+        if model.adapter is None:
+            return self.generator
+        return self.generator.options(multiplexed_model_id=model.key)
 
+    async def generate(self, model: ServedModel, request: dict) -> dict:
         try:
-            text = self.tokenizer.apply_chat_template(
-                turns, tokenize=False, add_generation_prompt=True
-            )
-        except TemplateError as e:  # e.g. a template that demands alternating roles
+            return await self.handle(model).generate.remote(request)
+        except Exception as e:  # a Ray error wrapping the engine's exception
+            logger.exception("generation failed for %s", model.key)
+            cause = getattr(e, "cause", None) or e
             raise ApiError(
-                400, f"the model's chat template rejects these messages: {e}", param="messages"
+                500, f"generation failed: {type(cause).__name__}: {cause}", "server_error"
             ) from None
-        prompt_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
-        if prompt_tokens + max_tokens > self.scfg.max_model_len:
-            raise ApiError(
-                400,
-                f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed "
-                f"the context length {self.scfg.max_model_len}",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        decoding = self.cfg.generation.decoding.model_dump()
-        decoding["max_new_tokens"] = max_tokens
-        if temperature is not None:
-            decoding["temperature"] = temperature
-        if top_p is not None:
-            decoding["top_p"] = top_p
-        seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
-        return {
-            "key": model.key,
-            "adapter": model.adapter,
-            "messages": turns,
-            "decoding": decoding,
-            "seed": seed,
-        }
 
-    async def generate(self, request: dict) -> dict:
-        result = await self.generator.generate.remote(request)
-        if "error" in result:
-            raise ApiError(500, f"generation failed: {result['error']}", "server_error")
-        return result
-
-    def guard(self, turns: list[dict], text: str, route: str, model: str) -> tuple[str, bool]:
-        pattern = guard.check_messages(turns)
-        if pattern is None:
-            return text, False
-        guard.log_event(pattern, route, model)
-        return guard.guarded_reply(text, self.scfg.crisis_text), True
+    async def reply(self, model_name: str, dialogue: list[dict]) -> tuple[str, bool]:
+        """A guarded whole reply for the human evaluation; the oldest turns go first."""
+        model = self.resolve(model_name)
+        turns = check_conversation(dialogue, self.scfg)
+        max_tokens = check_max_tokens(None, self.scfg)
+        while True:
+            try:
+                request = build_request(self.tokenizer, self.scfg, model, turns, max_tokens)
+                break
+            except ApiError as e:  # a long session: drop the oldest exchange
+                if e.code != "context_length_exceeded" or len(turns) <= 3:
+                    raise
+                turns = [turns[0], *turns[3:]]
+        result = await self.generate(model, request)
+        guard = ReplyGuard(turns, self.scfg.crisis_text, "human", model.name)
+        return guard.whole(result["text"]), guard.fired
 
     # --- OpenAI routes ---
 
@@ -245,54 +170,43 @@ class Ingress(HumanEvalRoutes):
     async def chat_completions(self, body: ChatRequest, request: Request):
         self.auth(request)
         model = self.resolve(body.model)
-        turns = self.conversation(body.messages)
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        max_tokens = max_tokens or min(
-            self.cfg.generation.decoding.max_new_tokens, self.scfg.max_tokens
+        turns = check_conversation(body.messages, self.scfg)
+        max_tokens = check_max_tokens(body.max_completion_tokens or body.max_tokens, self.scfg)
+        req = build_request(
+            self.tokenizer,
+            self.scfg,
+            model,
+            turns,
+            max_tokens,
+            body.temperature,
+            body.top_p,
+            body.seed,
         )
-        if max_tokens > self.scfg.max_tokens:
-            raise ApiError(
-                400,
-                f"max_tokens {max_tokens} exceeds the limit of {self.scfg.max_tokens}",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        req = self.generation_request(
-            model, turns, max_tokens, body.temperature, body.top_p, body.seed
-        )
+        guard = ReplyGuard(turns, self.scfg.crisis_text, "chat", model.name)
         cid = new_id()
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
+            deltas = self.handle(model).options(stream=True).stream.remote(req)
             return StreamingResponse(
-                self._stream(cid, model.name, req, turns, usage), media_type="text/event-stream"
+                self._events(sse_events(cid, model.name, deltas, guard, usage), deltas),
+                media_type="text/event-stream",
             )
-        result = await self.generate(req)
-        text, _ = self.guard(turns, result["text"], "chat", model.name)
-        finish = "length" if result["output_tokens"] >= max_tokens else "stop"
+        result = await self.generate(model, req)
         return completion(
-            cid, model.name, text, result["prompt_tokens"], result["output_tokens"], finish
+            cid,
+            model.name,
+            guard.whole(result["text"]),
+            result["prompt_tokens"],
+            result["output_tokens"],
+            result["finish"],
         )
 
-    async def _stream(self, cid: str, name: str, req: dict, turns: list[dict], usage: bool):
-        yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}))
+    @staticmethod
+    async def _events(events: AsyncIterator[str], deltas) -> AsyncIterator[str]:
         try:
-            result = await self.generate(req)
-        except ApiError as e:
-            yield _sse(error_body(e.message, e.type, e.param, e.code))
-            yield _sse("[DONE]")
-            return
-        text, _ = self.guard(turns, result["text"], "chat", name)
-        # The engines return whole completions; the text goes out in word-sized deltas.
-        for piece in re.split(r"(?<=\s)(?=\S)", text):
-            if piece:
-                yield _sse(chunk(cid, name, {"content": piece}))
-        max_tokens = req["decoding"]["max_new_tokens"]
-        finish = "length" if result["output_tokens"] >= max_tokens else "stop"
-        yield _sse(chunk(cid, name, {}, finish))
-        if usage:
-            p, o = result["prompt_tokens"], result["output_tokens"]
-            final = chunk(cid, name, {})
-            final["choices"] = []
-            final["usage"] = {"prompt_tokens": p, "completion_tokens": o, "total_tokens": p + o}
-            yield _sse(final)
-        yield _sse("[DONE]")
+            async for event in events:
+                yield event
+        finally:
+            # A no-op once the stream has ended; after a client disconnects it cancels the
+            # generator call, and with it the request in the engine.
+            deltas.cancel()

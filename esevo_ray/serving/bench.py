@@ -1,41 +1,31 @@
-"""`esevo bench serve`: N concurrent clients for a fixed time against the served app.
+"""`esevo bench serve`: the served endpoint against its own engine offline, and a soak.
 
-Measures requests/s, p50/p99 latency and time to first content token (streaming), once
-with the configured batching and once with `max_batch_size=1`, on loopback only.
+`bench_serve_app` measures, in one run and on the same prompts, seeds and decoding: the
+offline vLLM engine's output tokens/s with batches of 1, 8 and 32 prompts (in a Ray worker
+of its own, before the application starts), once with the model as the server runs it (a
+LoRA request) and once with plain weights (merged); then the served application's output
+tokens/s, p50/p99 latency and time to first token with 1, 8 and 32 streaming clients.
+`soak` runs many clients for minutes, mixing streamed and plain requests with clients that
+disconnect early, and reports errors and the generator replica's memory. Loopback only.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import platform
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from esevo_ray.config import RunConfig
+from esevo_ray.serving.loadgen import Result, prompt, run_clients, summarise
+
+LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
 
 
-def _one(client, model: str, max_tokens: int, i: int) -> tuple[float, float]:
-    """One streaming request; returns (latency_s, time_to_first_content_s)."""
-    body = {
-        "model": model,
-        "stream": True,
-        "max_tokens": max_tokens,
-        "seed": i,
-        "messages": [{"role": "user", "content": f"I feel stressed about exam {i}."}],
-    }
-    t0 = time.perf_counter()
-    ttft = None
-    with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if ttft is None and line.startswith("data: {"):
-                delta = json.loads(line[6:])["choices"]
-                if delta and delta[0]["delta"].get("content"):
-                    ttft = time.perf_counter() - t0
-    latency = time.perf_counter() - t0
-    return latency, ttft if ttft is not None else latency
+def _check_loopback(base_url: str) -> None:
+    if not base_url.startswith(LOOPBACK):
+        raise ValueError(f"the serving benchmark only targets loopback addresses, got {base_url}")
 
 
 def bench_serve(
@@ -45,89 +35,212 @@ def bench_serve(
     duration_s: float = 10.0,
     max_tokens: int = 32,
     api_key: str | None = None,
+    ramp_s: float = 0.0,
 ) -> dict:
-    """Run `clients` closed-loop clients for `duration_s` seconds; summarise the requests."""
-    import httpx
+    """`clients` closed-loop streaming clients for `duration_s`; tokens/s, latency, TTFT.
 
-    if not base_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        raise ValueError(f"bench_serve only targets loopback addresses, got {base_url}")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    results: list[tuple[float, float]] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + duration_s
+    The clients start evenly over the first `ramp_s` seconds (see `run_clients`).
+    """
+    _check_loopback(base_url)
+    results, errors, wall = run_clients(
+        base_url, model, clients, duration_s, max_tokens, api_key, stream_every=1, ramp_s=ramp_s
+    )
+    return {"clients": clients, "ramp_s": ramp_s, **summarise(results, errors, wall)}
 
-    def worker(w: int) -> None:
-        with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
-            i = w
-            while time.perf_counter() < stop:
-                try:
-                    res = _one(client, model, max_tokens, i)
-                    with lock:
-                        results.append(res)
-                except Exception as e:  # counted and reported, the run goes on
-                    with lock:
-                        errors.append(f"{type(e).__name__}: {e}")
-                i += clients
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat = np.array([r[0] for r in results]) if results else np.array([np.nan])
-    ttft = np.array([r[1] for r in results]) if results else np.array([np.nan])
+def _offline_run(
+    settings: dict, adapter: str | None, max_tokens: int, sizes: list[int], lora: bool
+) -> dict:
+    """Output tokens/s of the offline vLLM engine, batches of each size in `sizes`.
+
+    `lora`: the model as the server runs it (the adapter, or the zero adapter for the base
+    model, as a LoRA request); else plain weights (the adapter merged, or the base alone).
+    """
+    from esevo_ray.config import DecodingSection
+    from esevo_ray.generation.engines import VllmEngine
+    from esevo_ray.prompts import task_messages
+    from esevo_ray.serving.engine import CPU_BLOCK_SIZE, EngineSettings, zero_adapter
+
+    s = settings
+    import torch
+
+    cpu_block = None if torch.cuda.is_available() else CPU_BLOCK_SIZE  # as the server's engine
+    if lora and adapter is None:
+        engine_settings = EngineSettings(**{k: v for k, v in s.items() if k != "decoding"})
+        adapter = str(zero_adapter(engine_settings))
+    engine = VllmEngine(
+        s["base_model"],
+        adapter,
+        dtype=s["dtype"],
+        max_model_len=s["max_model_len"],
+        lora_mode="adapter" if lora else "merge",
+        lora_rank=s["max_lora_rank"],
+        extra={"max_num_seqs": s["max_num_seqs"], "block_size": cpu_block, **s["extra"]},
+    )
+    decoding = DecodingSection(**{**s["decoding"], "max_new_tokens": max_tokens})
+    engine.chat([task_messages([{"role": "user", "content": prompt(0)}])], decoding, [0])
+    out = {}
+    for size in sizes:
+        n = max(2 * size, 4)  # the same prompts and seeds the served clients send first
+        convs = [task_messages([{"role": "user", "content": prompt(i)}]) for i in range(n)]
+        t0, tokens = time.perf_counter(), 0
+        for k in range(0, n, size):
+            done = engine.chat(convs[k : k + size], decoding, list(range(k, min(k + size, n))))
+            tokens += sum(c.output_tokens for c in done)
+        wall = time.perf_counter() - t0
+        out[str(size)] = {
+            "prompts": n,
+            "output_tokens": tokens,
+            "output_tok_per_s": round(tokens / wall, 2),
+        }
+    return out
+
+
+def offline_tok_per_s(cfg: RunConfig, run_dir: Path, model: str, max_tokens: int, sizes) -> dict:
+    """`_offline_run` as LoRA and plain, each in a Ray worker that exits afterwards."""
+    import ray
+
+    from esevo_ray.models import resolve_model
+    from esevo_ray.serving.deploy import engine_settings
+    from esevo_ray.serving.registry import resolve, scan_models
+
+    served = resolve(scan_models(run_dir), model)
+    if served is None:
+        raise ValueError(f"model {model!r} is not in {run_dir}")
+    settings = engine_settings(cfg, run_dir, str(resolve_model(cfg.model.path).resolve()))
+    settings["decoding"] = cfg.serve.decoding.model_dump()
+    task = ray.remote(num_cpus=cfg.serve.cpus_per_replica, max_calls=1)(_offline_run)
     return {
-        "clients": clients,
-        "duration_s": round(wall, 3),
-        "requests": len(results),
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
-        "requests_per_s": round(len(results) / wall, 3),
-        "latency_p50_s": round(float(np.percentile(lat, 50)), 4),
-        "latency_p99_s": round(float(np.percentile(lat, 99)), 4),
-        "ttft_p50_s": round(float(np.percentile(ttft, 50)), 4),
-        "ttft_p99_s": round(float(np.percentile(ttft, 99)), 4),
+        kind: ray.get(task.remote(settings, served.adapter, max_tokens, list(sizes), lora))
+        for kind, lora in (("lora", True), ("plain", False))
     }
-
-
-def _with_batch(cfg: RunConfig, max_batch_size: int) -> RunConfig:
-    data = cfg.model_dump()
-    data["serve"]["max_batch_size"] = max_batch_size
-    return RunConfig.model_validate(data)
 
 
 def bench_serve_app(
     cfg: RunConfig,
     run_dir: str | Path | None,
-    model: str = "base",
-    clients: int = 8,
-    duration_s: float = 10.0,
-    max_tokens: int = 32,
+    model: str = "current",
+    clients: tuple[int, ...] = (1, 8, 32),
+    duration_s: float = 20.0,
+    max_tokens: int = 64,
+    ramp_s: float = 2.0,
 ) -> dict:
-    """Deploy the app, benchmark with batching, redeploy with max_batch_size=1, again."""
-    import os
+    """Offline engine, then the served app, at each concurrency; ratios side by side.
 
+    The load average (1 min) is recorded before and after: the numbers are only as quiet as
+    the machine was.
+    """
+    import ray
     from ray import serve
 
-    from esevo_ray.serving.deploy import build_application, start_app
+    from esevo_ray.serving.deploy import APP_NAME, default_run_dir, start_app
+    from esevo_ray.serving.engine import engine_kind
+
+    run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if not ray.is_initialized():
+        ray.init()
+    load_before = round(os.getloadavg()[0], 2)
+    offline = offline_tok_per_s(cfg, run, model, max_tokens, clients)
+    url = start_app(cfg, run)
+    key = os.environ.get(cfg.serve.api_key_env)
+    served: dict[str, dict] = {}
+    try:
+        bench_serve(url, model, max(clients), 5.0, max_tokens, key)  # warm-up: adapter, caches
+        for c in clients:
+            served[str(c)] = bench_serve(url, model, c, duration_s, max_tokens, key, ramp_s)
+    finally:
+        serve.delete(APP_NAME)
+    ratio = {
+        kind: {
+            c: round(served[c]["output_tok_per_s"] / runs[c]["output_tok_per_s"], 3) for c in served
+        }
+        for kind, runs in offline.items()
+    }
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        "model": model,
+        "engine": engine_kind(cfg.serve.engine),
+        "max_tokens": max_tokens,
+        "decoding": cfg.serve.decoding.model_dump(),
+        "duration_s": duration_s,
+        "offline": offline,
+        "served": served,
+        "served_over_offline": ratio,
+    }
+
+
+def replica_rss(name: str = "Generator", app: str = "esevo") -> int | None:
+    """Resident memory (bytes) of one replica of deployment `name`, engine processes included."""
+    from ray import serve
+
+    return serve.get_deployment_handle(name, app).stats.remote().result().get("rss_bytes")
+
+
+def soak(
+    base_url: str,
+    model: str = "base",
+    clients: int = 32,
+    duration_s: float = 120.0,
+    max_tokens: int = 32,
+    api_key: str | None = None,
+    disconnect_every: int = 5,
+) -> dict:
+    """Streamed and plain requests alternating; every `disconnect_every`-th client request
+    hangs up after its first tokens. Errors exclude those provoked disconnects."""
+    _check_loopback(base_url)
+    samples: list[tuple[float, int | None]] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # replica memory every 5 s while the clients run
+        t0 = time.perf_counter()
+        while not stop.wait(5.0):
+            samples.append((round(time.perf_counter() - t0, 1), replica_rss()))
+
+    before = replica_rss()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        results, errors, wall = run_clients(
+            base_url,
+            model,
+            clients,
+            duration_s,
+            max_tokens,
+            api_key,
+            stream_every=2,
+            disconnect_every=disconnect_every,
+        )
+    finally:
+        stop.set()
+        sampler.join()
+    time.sleep(2.0)  # let aborted requests leave the engine before the last reading
+    after = replica_rss()
+    done: list[Result] = [r for r in results if not r.disconnected]
+    growth = None if before is None or after is None else after - before
+    return {
+        "clients": clients,
+        **summarise(done, errors, wall),
+        "disconnected_early": sum(r.disconnected for r in results),
+        "streamed": sum(r.streamed for r in done),
+        "plain": sum(not r.streamed for r in done),
+        "rss_before_mb": None if before is None else round(before / 2**20, 1),
+        "rss_after_mb": None if after is None else round(after / 2**20, 1),
+        "rss_growth_mb": None if growth is None else round(growth / 2**20, 1),
+        "rss_samples_mb": [(t, None if v is None else round(v / 2**20, 1)) for t, v in samples],
+    }
+
+
+def soak_app(cfg: RunConfig, run_dir: str | Path | None, model: str = "current", **kw) -> dict:
+    """Start the application, warm it up, soak it (see `soak`), shut it down."""
+    from ray import serve
+
+    from esevo_ray.serving.deploy import APP_NAME, start_app
 
     url = start_app(cfg, run_dir)
     key = os.environ.get(cfg.serve.api_key_env)
-    out: dict = {"model": model, "max_tokens": max_tokens, "engine": cfg.serve.engine}
     try:
-        for label, size in (("batched", cfg.serve.max_batch_size), ("unbatched", 1)):
-            # Only the generator's user_config changes: Serve reconfigures it in place.
-            serve.run(
-                build_application(_with_batch(cfg, size), run_dir), name="esevo", route_prefix="/"
-            )
-            bench_serve(url, model, clients, 2.0, max_tokens, key)  # warm-up, loads the model
-            out[label] = {
-                "max_batch_size": size,
-                **bench_serve(url, model, clients, duration_s, max_tokens, key),
-            }
+        bench_serve(url, model, 8, 5.0, kw.get("max_tokens", 32), key)
+        return {"model": model, **soak(url, model, api_key=key, **kw)}
     finally:
-        serve.delete("esevo")
-    return out
+        serve.delete(APP_NAME)

@@ -7,11 +7,13 @@ cluster/serve.yaml); `esevo serve` and the serving benchmark call `start_app`.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from esevo_ray.config import RunConfig, load_config
 from esevo_ray.layout import RunLayout
 from esevo_ray.serving.app import Ingress
+from esevo_ray.serving.engine import EngineSettings, adapter_rank, engine_kind, lora_rank_bound
 from esevo_ray.serving.generator import Generator
 from esevo_ray.serving.registry import check_host_key
 
@@ -29,6 +31,32 @@ def human_db(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     return RunLayout(Path(run_dir) if run_dir is not None else default_run_dir(cfg)).human_db
 
 
+def engine_settings(cfg: RunConfig, run_dir: Path, base: str) -> dict:
+    """The generator's EngineSettings (as a dict) from the `serve` section and the run.
+
+    max_lora_rank: serve.max_lora_rank, else the largest of sft.lora.r, dpo.lora.r and the
+    run's adapters, rounded up to a value vLLM accepts.
+    """
+    s = cfg.serve
+    if s.max_lora_rank is not None:
+        ranks = [s.max_lora_rank]
+    else:
+        adapters = RunLayout(run_dir).finished().values() if run_dir.is_dir() else []
+        ranks = [cfg.sft.lora.r, cfg.dpo.lora.r, *(adapter_rank(a) for a in adapters)]
+    settings = EngineSettings(
+        base_model=base,
+        kind=engine_kind(s.engine),
+        dtype=s.dtype or cfg.model.dtype,
+        max_model_len=s.max_model_len,
+        max_adapters=s.max_adapters,
+        max_lora_rank=lora_rank_bound(ranks),
+        max_num_seqs=s.max_num_seqs,
+        kv_cache_gib=s.kv_cache_gib,
+        extra=dict(s.vllm),
+    )
+    return asdict(settings)
+
+
 def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     """The Serve application for `cfg`, serving the models of `run_dir` (default from cfg)."""
     from esevo_ray.models import resolve_model
@@ -42,19 +70,7 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
-        user_config={
-            "max_batch_size": s.max_batch_size,
-            "batch_wait_timeout_s": s.batch_wait_timeout_s,
-        },
-    ).bind(
-        base,
-        s.engine,
-        s.dtype or cfg.model.dtype,
-        s.max_model_len,
-        s.max_loaded_models,
-        cfg.generation.lora_mode,
-        cfg.generation.vllm,
-    )
+    ).bind(engine_settings(cfg, run, base))
     actor: dict = {"num_cpus": 0}
     if os.environ.get(s.api_key_env):
         # The replica may start in a process that does not inherit this shell's environment.

@@ -1,114 +1,127 @@
-"""The generator deployment: engines for the served models and batched generation.
+"""The generator deployment: one engine on the base model per replica, adapters multiplexed.
 
-Requests from concurrent callers are collected by `@serve.batch`, grouped by model and
-decoding parameters, and each group is one `Engine.chat` call. Engines are built on first
-use and kept in a small LRU cache, so M0, M1, ... share a replica.
+Adapters follow Ray Serve's pattern for many models on one deployment: the ingress names
+the adapter with `handle.options(multiplexed_model_id="m1@<stamp>")`, Serve routes the
+request to a replica that already holds it, and `@serve.multiplexed` loads it on first use
+and drops the least recently used one beyond `serve.max_adapters`. The id carries the
+adapter's stamp, so a new iteration or a rewritten adapter is a new model: `current` moves
+without a restart, and an adapter is never reloaded under an old name. Requests without an
+id use the base model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
-from esevo_ray.config import DecodingSection
+from esevo_ray.serving.engine import EngineSettings, build_serve_engine
 
 logger = logging.getLogger(__name__)
 
 
+def _rss_bytes() -> int | None:
+    """Resident memory of this process and its children (vLLM's engine core), if known."""
+    try:
+        import psutil
+    except ImportError:  # a dependency of vLLM and Ray's dashboard, not of this package
+        return None
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 @serve.deployment(name="Generator")
 class Generator:
-    """Owns the engines; `generate` takes one request dict and returns one result dict.
+    """`stream(request)` yields deltas as the engine produces them; `generate` the whole.
 
-    A request: {"key", "adapter", "messages", "decoding" (DecodingSection fields), "seed"}.
-    A result: {"text", "prompt_tokens", "output_tokens"}.
+    A request: {"adapter" (folder or None), "messages", "prompt_token_ids", "decoding"
+    (DecodingSection fields), "seed"}; the adapter's id comes from the multiplexed model id.
     """
 
-    def __init__(
-        self,
-        base_model: str,
-        engine: str = "hf",
-        dtype: str = "float32",
-        max_model_len: int = 2048,
-        max_loaded_models: int = 4,
-        lora_mode: str = "merge",
-        engine_extra: dict[str, Any] | None = None,
-    ):
-        self.base_model = base_model
-        self.kind = engine
-        self.dtype = dtype
-        self.max_model_len = max_model_len
-        self.max_loaded = max_loaded_models
-        self.lora_mode = lora_mode
-        self.extra = engine_extra or {}
-        self.engines: OrderedDict[str, Any] = OrderedDict()
-        self.batch_sizes: deque[int] = deque(maxlen=10_000)
+    def __init__(self, settings: dict):
+        self.settings = EngineSettings(**settings)
+        self.engine = build_serve_engine(self.settings)
+        self.paths: dict[str, str] = {}
+        self.loaded: dict[str, Any] = {}
+        self.aborted = 0
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Batching parameters, changeable without a restart (`user_config`)."""
-        if "max_batch_size" in user_config:
-            self.generate_batch.set_max_batch_size(int(user_config["max_batch_size"]))
-        if "batch_wait_timeout_s" in user_config:
-            self.generate_batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        async def load(model_id: str) -> Any:
+            return await self._load(model_id)
 
-    async def _engine(self, key: str, adapter: str | None):
-        if key in self.engines:
-            self.engines.move_to_end(key)
-            return self.engines[key]
-        from esevo_ray.generation.engines import build_engine
-
-        logger.info("loading engine %s (%s)", key, adapter or "base model")
-        engine = await asyncio.to_thread(
-            build_engine,
-            self.kind,
-            self.base_model,
-            adapter,
-            dtype=self.dtype,
-            max_model_len=self.max_model_len,
-            lora_mode=self.lora_mode,
-            extra=self.extra,
+        # The cache size comes from the config, so the multiplexed loader is made per replica.
+        self.adapter = serve.multiplexed(max_num_models_per_replica=self.settings.max_adapters)(
+            load
         )
-        self.engines[key] = engine
-        while len(self.engines) > self.max_loaded:
-            dropped, _ = self.engines.popitem(last=False)
-            logger.info("unloaded engine %s", dropped)
-        return engine
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, requests: list[dict]) -> list[dict]:
-        self.batch_sizes.append(len(requests))
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault((r["key"], tuple(sorted(r["decoding"].items()))), []).append(i)
-        results: list[dict] = [{} for _ in requests]
-        for (key, decoding), idxs in groups.items():
-            try:
-                engine = await self._engine(key, requests[idxs[0]]["adapter"])
-                out = await asyncio.to_thread(
-                    engine.chat,
-                    [requests[i]["messages"] for i in idxs],
-                    DecodingSection(**dict(decoding)),
-                    [requests[i]["seed"] for i in idxs],
-                )
-            except Exception as e:  # one failing model must not fail the other groups
-                logger.exception("generation failed for %s", key)
-                for i in idxs:
-                    results[i] = {"error": f"{type(e).__name__}: {e}"}
-                continue
-            for i, c in zip(idxs, out, strict=True):
-                results[i] = {
-                    "text": c.text,
-                    "prompt_tokens": c.prompt_tokens,
-                    "output_tokens": c.output_tokens,
-                }
-        return results
+    async def _load(self, model_id: str) -> Any:
+        path = self.paths.get(model_id)
+        if path is None:
+            raise ValueError(f"adapter {model_id!r}: no adapter folder came with the request")
+        logger.info("loading adapter %s from %s", model_id, path)
+        adapter = await self.engine.load(model_id, path)
+        self.loaded[model_id] = getattr(adapter, "lora_int_id", None)
+        return adapter
+
+    async def _model(self, request: dict) -> Any:
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id:
+            return None
+        if request.get("adapter") is None:
+            raise ValueError(f"model {model_id!r} is multiplexed but the request has no adapter")
+        self.paths.setdefault(model_id, request["adapter"])
+        return await self.adapter(model_id)
+
+    async def stream(self, request: dict) -> AsyncIterator[dict]:
+        """Deltas of one completion; a cancelled call aborts the engine request."""
+        adapter = await self._model(request)
+        try:
+            async for delta in self.engine.stream(request, adapter):
+                yield delta
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted += 1
+            raise
 
     async def generate(self, request: dict) -> dict:
-        return await self.generate_batch(request)
+        """One whole completion: {"text", "prompt_tokens", "output_tokens", "finish"}."""
+        parts: list[str] = []
+        last: dict = {}
+        async for delta in self.stream(request):
+            parts.append(delta["text"])
+            last = delta
+        return {
+            "text": "".join(parts),
+            "prompt_tokens": last.get("prompt_tokens", len(request["prompt_token_ids"])),
+            "output_tokens": last.get("output_tokens", 0),
+            "finish": last.get("finish") or "stop",
+        }
 
     def stats(self) -> dict:
-        """Batch sizes seen so far and the loaded engines (tests and benchmarks read it)."""
-        return {"batch_sizes": list(self.batch_sizes), "loaded": list(self.engines)}
+        """Engine kind, requests in the engine, aborted streams, adapters, resident memory."""
+        # Serve keeps its LRU on the function it wraps (`__serve_multiplex_wrapper`).
+        wrapper = getattr(inspect.unwrap(self.adapter), "__serve_multiplex_wrapper", None)
+        return {
+            "engine": self.settings.kind,
+            "unfinished": self.engine.unfinished(),
+            "aborted": self.aborted,
+            "loaded": dict(self.loaded),
+            "resident": list(wrapper.models) if wrapper is not None else [],
+            "rss_bytes": _rss_bytes(),
+        }
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -5,7 +5,9 @@ wanting to die, to kill or hurt oneself, or to end one's life, and the words sui
 suicidal, self-harm and overdose. Figures of speech that only borrow the words ("this
 deadline is killing me", "my feet are killing me", "I'm dying to see it") do not match,
 because every pattern needs the reflexive object ("myself") or an explicit wish to die.
-A match never depends on what the model replies; the event is logged without the text.
+A match on the user's message never depends on what the model replies. The model's own
+reply is checked too, when it ends: a reply that matches gets the resources after it. Every
+event is logged without the text.
 """
 
 from __future__ import annotations
@@ -70,3 +72,41 @@ def guarded_reply(reply: str, crisis_text: str) -> str:
 def log_event(pattern: str, where: str, model: str) -> None:
     """Log a crisis event: pattern name, route and model, never the message text."""
     logger.warning("crisis guard triggered: pattern=%s route=%s model=%s", pattern, where, model)
+
+
+class ReplyGuard:
+    """The guard over one reply, sent whole or streamed; a stream's chunks join to the whole.
+
+    The latest user message decides before generation: the resources come first (a stream's
+    first content chunk). Otherwise the model's reply is checked when it ends, and a match
+    appends the resources (a stream's last content chunk, after the model's tokens).
+    """
+
+    def __init__(self, turns: list[dict], crisis_text: str, route: str, model: str):
+        self.crisis_text, self.route, self.model = crisis_text, route, model
+        self.pattern = check_messages(turns)
+        if self.pattern is not None:
+            log_event(self.pattern, route, model)
+
+    @property
+    def fired(self) -> bool:
+        return self.pattern is not None
+
+    def prefix(self) -> str:
+        """What goes before the model's first token."""
+        return f"{self.crisis_text}\n\n" if self.fired else ""
+
+    def suffix(self, reply: str) -> str:
+        """What goes after the model's last token (call once, with the whole reply)."""
+        if self.fired:
+            return ""
+        self.pattern = crisis_match(reply)
+        if self.pattern is None:
+            return ""
+        log_event(self.pattern, f"{self.route}:reply", self.model)
+        return f"\n\n{self.crisis_text}"
+
+    def whole(self, reply: str) -> str:
+        """The guarded reply in one piece (what a stream's chunks join to, stripped)."""
+        first = self.prefix()
+        return f"{first}{reply}{self.suffix(reply)}".strip()

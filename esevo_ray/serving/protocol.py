@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from esevo_ray.api_errors import ERROR_RESPONSES, ErrorBody, error_body
+
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "error_body"]  # the error shape, re-exported
 
 
 class TextPart(BaseModel):
@@ -89,43 +93,6 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     models: list[str]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    model_config = ConfigDict(title="Error")
-    error: ErrorDetail
-
-
-# Documented on every route, so clients (and schema checks) know each status can happen.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        400: "invalid request (bad JSON, wrong types, limits)",
-        401: "missing or wrong API key",
-        403: "no API key configured and the client is not on loopback",
-        404: "unknown model or route",
-        409: "conflicting state (human evaluation)",
-        413: "request body too large",
-        500: "engine failure",
-    }.items()
-}
-
-
-def error_body(
-    message: str,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict:
-    detail = ErrorDetail(message=message, type=type_, param=param, code=code)
-    return ErrorBody(error=detail).model_dump()
 
 
 def new_id() -> str:

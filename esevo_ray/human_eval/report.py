@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from esevo_ray.config import JUDGE_DIMENSIONS
+from esevo_ray.human_eval.store import connect
 from esevo_ray.io import atomic_write_text
-from esevo_ray.serving.store import connect
 
 Z95 = 1.959963984540054
 
@@ -149,7 +149,7 @@ def human_report(db_path: str | Path, out_dir: str | Path) -> dict:
     Raises:
         FileNotFoundError: `db_path` does not exist.
     """
-    from esevo_ray.serving.human_plots import pairwise_figure, pointwise_figure
+    from esevo_ray.human_eval.plots import pairwise_figure, pointwise_figure
 
     out = Path(out_dir)
     ratings, votes = load_rows(db_path)

@@ -9,14 +9,14 @@ import math
 import pytest
 
 from esevo_ray.config import JUDGE_DIMENSIONS  # noqa: E402
-from esevo_ray.serving.report import (
+from esevo_ray.human_eval.report import (
     human_report,
     model_order,
     pairwise_summary,
     pointwise_summary,
     wilson,
 )
-from esevo_ray.serving.store import HumanEvalStore
+from esevo_ray.human_eval.store import HumanEvalStore
 
 DIMS = list(JUDGE_DIMENSIONS)
 

@@ -1,0 +1,218 @@
+"""The human-evaluation API and page, as a FastAPI router the Serve application mounts.
+
+Point-wise: a session talks to one blinded model drawn at random (least-used first); after
+`min_turns_pointwise` turns the rater scores seven dimensions on a 1-5 Likert scale.
+Pair-wise: each turn two blinded models answer (sides shuffled per turn); the rater picks
+A, B or tie, and the chosen reply (on a tie, the one the rater picks) continues the shared
+history. Every turn, vote and rating is written to SQLite as it happens.
+
+The routes reach the models through `Host` (the application's auth, model names and a
+guarded reply); the application provides the `HumanEval` by overriding the dependency
+`human_eval_service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from importlib.resources import files
+from pathlib import Path
+from typing import Protocol
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from esevo_ray.api_errors import ApiError
+from esevo_ray.config import JUDGE_DIMENSIONS, HumanEvalSection
+from esevo_ray.human_eval.bodies import (
+    Ack,
+    HumanConfig,
+    NewSession,
+    RatingIn,
+    SessionOut,
+    TurnIn,
+    TurnOut,
+    VoteIn,
+    history,
+    turn_out,
+)
+from esevo_ray.human_eval.store import HumanEvalStore
+from esevo_ray.layout import model_index
+
+_rng = random.SystemRandom()
+
+
+class Host(Protocol):
+    """What the human evaluation needs from the application that serves the models."""
+
+    api_key: str | None
+
+    def auth(self, request: Request) -> None: ...
+
+    def served_names(self) -> list[str]: ...
+
+    def resolve_name(self, name: str) -> str | None:
+        """The served model `name` refers to (following aliases), or None."""
+
+    async def reply(self, model: str, dialogue: list[dict]) -> tuple[str, bool]:
+        """The model's guarded reply to `dialogue`, and whether the crisis guard fired."""
+
+
+class HumanEval:
+    """Sessions over a store: model draws, per-session locks, the session lookup."""
+
+    def __init__(self, host: Host, db_path: str | Path, settings: HumanEvalSection):
+        self.host = host
+        self.store = HumanEvalStore(db_path)
+        self.settings = settings
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def session(self, session_id: str) -> dict:
+        sess = self.store.session(session_id)
+        if sess is None:
+            raise ApiError(404, f"session {session_id!r} not found", param="session_id")
+        return sess
+
+    def draw(self, mode: str) -> tuple[str, str | None]:
+        """The least-used finished model(s) for a new session; ties broken at random."""
+        names = self.settings.models or [
+            n for n in self.host.served_names() if model_index(n) is not None
+        ]
+        pool = sorted({r for n in names if (r := self.host.resolve_name(n)) is not None})
+        need = 1 if mode == "pointwise" else 2
+        if len(pool) < need:
+            raise ApiError(
+                409,
+                f"{mode} evaluation needs {need} finished models, have {pool or 'none'}",
+                "conflict_error",
+            )
+        counts = self.store.assignments(mode)
+        ranked = sorted(pool, key=lambda n: (counts.get(n, 0), _rng.random()))
+        return (ranked[0], None) if need == 1 else (ranked[0], ranked[1])
+
+    def min_turns(self, mode: str) -> int:
+        s = self.settings
+        return s.min_turns_pointwise if mode == "pointwise" else s.min_turns_pairwise
+
+
+def human_eval_service() -> HumanEval:
+    """The HumanEval behind the routes: the mounting application overrides this dependency."""
+    raise RuntimeError("the human_eval router is mounted without overriding human_eval_service")
+
+
+router = APIRouter(prefix="/human")
+Service = Depends(human_eval_service)
+
+
+@router.get("", include_in_schema=False)
+def human_page() -> HTMLResponse:
+    return HTMLResponse(
+        files("esevo_ray.human_eval").joinpath("static/human_eval.html").read_text()
+    )
+
+
+@router.get("/api/config", response_model=HumanConfig)
+def human_config(ev: HumanEval = Service) -> HumanConfig:
+    return HumanConfig(
+        auth_required=ev.host.api_key is not None,
+        dimensions=list(JUDGE_DIMENSIONS),
+        min_turns_pointwise=ev.settings.min_turns_pointwise,
+        min_turns_pairwise=ev.settings.min_turns_pairwise,
+        max_message_chars=ev.settings.max_message_chars,
+    )
+
+
+@router.post("/api/sessions", response_model=SessionOut)
+def new_session(body: NewSession, request: Request, ev: HumanEval = Service) -> SessionOut:
+    ev.host.auth(request)
+    model_a, model_b = ev.draw(body.mode)
+    sid = uuid.uuid4().hex
+    min_turns = ev.min_turns(body.mode)
+    ev.store.add_session(sid, body.mode, body.rater, model_a, model_b, min_turns)
+    return SessionOut(session_id=sid, mode=body.mode, min_turns=min_turns)
+
+
+@router.get("/api/sessions/{session_id}", response_model=SessionOut)
+def get_session(session_id: str, request: Request, ev: HumanEval = Service) -> SessionOut:
+    ev.host.auth(request)
+    sess = ev.session(session_id)
+    return SessionOut(
+        session_id=session_id,
+        mode=sess["mode"],
+        min_turns=sess["min_turns"],
+        rated=ev.store.rated(session_id),
+        turns=[turn_out(t, with_user=True) for t in ev.store.turns(session_id)],
+    )
+
+
+@router.post("/api/sessions/{session_id}/turns", response_model=TurnOut)
+async def post_turn(
+    session_id: str, body: TurnIn, request: Request, ev: HumanEval = Service
+) -> TurnOut:
+    ev.host.auth(request)
+    sess = ev.session(session_id)
+    limit = ev.settings.max_message_chars
+    if len(body.message) > limit:
+        raise ApiError(
+            400,
+            f"message has {len(body.message)} characters, over the limit of {limit}",
+            param="message",
+        )
+    async with ev.locks.setdefault(session_id, asyncio.Lock()):
+        turns = ev.store.turns(session_id)
+        if sess["mode"] == "pairwise" and turns and turns[-1]["choice"] is None:
+            raise ApiError(409, f"vote on turn {turns[-1]['turn_index']} first", "conflict_error")
+        if sess["mode"] == "pointwise" and ev.store.rated(session_id):
+            raise ApiError(409, "this session is already rated", "conflict_error")
+        dialogue = [*history(turns), {"role": "user", "content": body.message}]
+        pair = [sess["model_a"], sess["model_b"]]
+        if sess["model_b"] is not None:
+            _rng.shuffle(pair)  # blind the sides anew on every turn
+            (a, crisis), (b, _) = await asyncio.gather(
+                ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
+            )
+        else:
+            (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
+        index = len(turns)
+        ev.store.add_turn(session_id, index, body.message, pair[0], a, pair[1], b, crisis)
+    return TurnOut(turn_index=index, replies=[a] if b is None else [a, b])
+
+
+@router.post("/api/sessions/{session_id}/votes", response_model=Ack)
+def post_vote(session_id: str, body: VoteIn, request: Request, ev: HumanEval = Service) -> Ack:
+    ev.host.auth(request)
+    if ev.session(session_id)["mode"] != "pairwise":
+        raise ApiError(409, "votes belong to pair-wise sessions", "conflict_error")
+    cont = body.continue_with or (None if body.choice == "tie" else body.choice)
+    if cont is None:
+        raise ApiError(400, "a tie needs continue_with ('A' or 'B')", param="continue_with")
+    if body.choice != "tie" and cont != body.choice:
+        raise ApiError(400, "continue_with must be the winning side", param="continue_with")
+    turns = ev.store.turns(session_id)
+    if body.turn_index >= len(turns):
+        raise ApiError(404, f"turn {body.turn_index} not found", param="turn_index")
+    turn = turns[body.turn_index]
+    if turn["choice"] is not None:
+        raise ApiError(409, f"turn {body.turn_index} already has a vote", "conflict_error")
+    ev.store.add_vote(
+        session_id, body.turn_index, turn["model_a"], turn["model_b"], body.choice, cont
+    )
+    return Ack(turns=len(turns))
+
+
+@router.post("/api/sessions/{session_id}/ratings", response_model=Ack)
+def post_rating(session_id: str, body: RatingIn, request: Request, ev: HumanEval = Service) -> Ack:
+    ev.host.auth(request)
+    sess = ev.session(session_id)
+    if sess["mode"] != "pointwise":
+        raise ApiError(409, "ratings belong to point-wise sessions", "conflict_error")
+    n = len(ev.store.turns(session_id))
+    if n < sess["min_turns"]:
+        raise ApiError(
+            409, f"rate after {sess['min_turns']} turns; this session has {n}", "conflict_error"
+        )
+    if ev.store.rated(session_id):
+        raise ApiError(409, "this session is already rated", "conflict_error")
+    ev.store.add_ratings(session_id, sess["model_a"], body.model_dump())
+    return Ack(turns=n)

