@@ -48,3 +48,12 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def http(served):
+    """An HTTP client for the `served` application of the test package that asks for it."""
+    import httpx
+
+    with httpx.Client(base_url=served.url, headers=served.headers, timeout=60) as client:
+        yield client

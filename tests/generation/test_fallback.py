@@ -3,13 +3,9 @@
 import json
 import logging
 
-import pyarrow as pa
 import pytest
 
-from esevo_ray import schema
 from esevo_ray.config import load_config
-from esevo_ray.data import load_extes
-from esevo_ray.data.dialogue import context_rows, normalised
 from esevo_ray.generation.fallback import (
     FallbackError,
     enforce_fallbacks,
@@ -18,28 +14,11 @@ from esevo_ray.generation.fallback import (
 )
 from esevo_ray.generation.pipeline import generate_pairs
 
-from ..conftest import ASSETS
+from .conftest import gen_cfg
 
 
 def _cfg(**extra):
-    overrides = {
-        "generation.engine": "hf", "generation.batch_size": 3,
-        "generation.max_context_tokens": 1000, "generation.decoding.max_new_tokens": 8,
-        "generation.reflection_decoding.max_new_tokens": 12, "generation.max_attempts": 1,
-        "model.dtype": "float32", **extra,
-    }  # fmt: skip
-    return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
-
-
-@pytest.fixture(scope="module")
-def contexts(tmp_path_factory):
-    rows = []
-    for d in load_extes(ASSETS / "extes_sample.json").items:
-        rows += context_rows(normalised(d), drop_greetings=False)
-    path = tmp_path_factory.mktemp("ctx") / "seed_contexts.parquet"
-    table = pa.Table.from_pylist(rows, schema=schema.CONTEXTS)
-    pa.parquet.write_table(schema.conform(table, schema.CONTEXTS), path)
-    return path, len(rows)
+    return gen_cfg(**{"generation.batch_size": 3, "generation.max_attempts": 1, **extra})
 
 
 def _gen(**overrides):
@@ -69,9 +48,9 @@ def test_fail_policy_names_the_counts_and_the_keys_to_change(caplog):
 
 
 def test_pairs_stage_warns_then_fails_in_strict_mode(
-    ray_local, tiny_model, contexts, tmp_path, caplog
+    ray_local, tiny_model, extes_contexts, tmp_path, caplog
 ):
-    path, n = contexts
+    path, n = extes_contexts
     out = tmp_path / "pairs"
     # The tiny model writes no JSON unguided: every pair falls back to the golden response.
     with caplog.at_level(logging.WARNING, logger="esevo_ray.generation.fallback"):

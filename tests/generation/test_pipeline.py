@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 
 from esevo_ray import schema
-from esevo_ray.config import load_config
 from esevo_ray.data import load_extes
 from esevo_ray.data.dialogue import context_rows, normalised
 from esevo_ray.generation.engines import HfEngine
@@ -20,16 +19,14 @@ from esevo_ray.models import adapter_hash, build_tiny_adapter
 from esevo_ray.parts import PART_GLOB
 
 from ..conftest import ASSETS
+from .conftest import gen_cfg
 
 
 def _cfg(engine="hf", **extra):
-    overrides = {
-        "generation.engine": engine, "generation.batch_size": 2, "generation.max_model_len": 2048,
-        "generation.max_context_tokens": 1000, "generation.decoding.max_new_tokens": 8,
-        "generation.reflection_decoding.max_new_tokens": 12, "generation.max_attempts": 2,
-        "model.dtype": "float32", **extra,
-    }  # fmt: skip
-    return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    return gen_cfg(**{
+        "generation.engine": engine, "generation.batch_size": 2,
+        "generation.max_model_len": 2048, "generation.max_attempts": 2, **extra,
+    })  # fmt: skip
 
 
 @pytest.fixture(scope="module")

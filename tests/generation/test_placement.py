@@ -6,18 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from esevo_ray import schema
 from esevo_ray.config import ConfigError, load_config
-from esevo_ray.data import load_extes
-from esevo_ray.data.dialogue import context_rows, normalised
 from esevo_ray.generation.pipeline import generate_pairs
 from esevo_ray.generation.placement import Placement, PlacementError, check_capacity, resolve
 from esevo_ray.parts import PART_GLOB
 
-from ..conftest import ASSETS, REPO
+from ..conftest import REPO
 
 
 def _gen(*overrides):
@@ -66,20 +62,11 @@ def test_inconsistent_placement_keys_fail_at_load(overrides, match):
         load_config(None, overrides)
 
 
-@pytest.fixture(scope="module")
-def contexts(tmp_path_factory):
-    rows = []
-    for d in load_extes(ASSETS / "extes_sample.json").items:
-        rows += context_rows(normalised(d), drop_greetings=False)
-    path = tmp_path_factory.mktemp("ctx") / "seed_contexts.parquet"
-    table = pa.Table.from_pylist(rows, schema=schema.CONTEXTS)
-    pa.parquet.write_table(schema.conform(table, schema.CONTEXTS), path)
-    return path, len(rows)
-
-
 @pytest.mark.timeout(120)  # the bug this catches is Ray waiting forever for a GPU
-def test_no_gpu_in_the_cluster_stops_the_stage_at_once(ray_local, tiny_model, contexts, tmp_path):
-    path, _ = contexts
+def test_no_gpu_in_the_cluster_stops_the_stage_at_once(
+    ray_local, tiny_model, extes_contexts, tmp_path
+):
+    path, _ = extes_contexts
     cfg = load_config(None, ["generation.engine=hf", "generation.gpus_per_actor=1"])
     with pytest.raises(PlacementError) as err:
         generate_pairs(cfg, path, tmp_path / "pairs", model_path=tiny_model)
@@ -99,9 +86,9 @@ def test_a_local_judge_on_cuda_without_gpus_stops_at_once(ray_local, tiny_model)
 
 
 @pytest.mark.timeout(300)
-def test_declared_gpus_give_each_actor_its_own_device(tiny_model, contexts, tmp_path):
+def test_declared_gpus_give_each_actor_its_own_device(tiny_model, extes_contexts, tmp_path):
     """In a fresh process: Ray declares 2 GPUs; two hf actors, one GPU each (see the script)."""
-    path, n = contexts
+    path, n = extes_contexts
     script = Path(__file__).with_name("declared_gpus.py")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(

@@ -14,11 +14,3 @@ from tests.serving.conftest import Served, start_served
 @pytest.fixture(scope="package")
 def served(ray_local, tiny_model, tmp_path_factory) -> Served:
     yield from start_served(tiny_model, tmp_path_factory.mktemp("human_eval"), "hf")
-
-
-@pytest.fixture
-def http(served):
-    import httpx
-
-    with httpx.Client(base_url=served.url, headers=served.headers, timeout=60) as client:
-        yield client

@@ -94,14 +94,6 @@ def served(ray_local, tiny_model, tmp_path_factory) -> Served:
     yield from start_served(tiny_model, tmp_path_factory.mktemp("serving"), "vllm")
 
 
-@pytest.fixture
-def http(served):
-    import httpx
-
-    with httpx.Client(base_url=served.url, headers=served.headers, timeout=60) as client:
-        yield client
-
-
 def generator_stats() -> dict:
     """The generator replica's counters: engine, unfinished and aborted requests, adapters."""
     from ray import serve
