@@ -1,6 +1,6 @@
 """The models of a run directory: the base model, m0, m1, ... and the alias "current".
 
-Which models are finished, and where their adapters are, is `RunLayout.finished()`; served
+Which models are finished, and where their adapters are, is `RunLayout.models()`; served
 names are the layout's model names. The registry is a pure function of the directory, so a
 rescan picks up an iteration the loop has just finished.
 """
