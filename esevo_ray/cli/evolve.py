@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from esevo_ray.cli.common import add_config_args, layout_of, load_args_config
+from esevo_ray.cli.common import add_config_args, load_args_config
 from esevo_ray.generation.fallback import fallback_lines
 from esevo_ray.layout import RunLayout
 from esevo_ray.profile import table
@@ -39,7 +39,6 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     cfg = load_args_config(args)
     if args.new_run:
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
-    layout_of(cfg)  # an old run folder is migrated before the loop reads it
     print(summary(evolve(cfg)))
     return 0
 
