@@ -1,4 +1,4 @@
-"""`esevo ablate pairs-table` (Table 5) and `esevo baselines` (Table 2) on the tiny model."""
+"""`esevo ablate pairs-table` (Table 5) and `esevo baselines` (Table 2): the demo config, tiny model."""
 
 import json
 from pathlib import Path
@@ -13,12 +13,25 @@ from esevo_ray.models import adapter_hash
 from esevo_ray.parts import PART_GLOB
 from esevo_ray.schema import CHOSEN_SOURCES
 
+from ..conftest import REPO
+
 TRAIN = {"per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 1200,
          "eval_fraction": 0.0, "save_steps": 1, "logging_steps": 1, "learning_rate": 1e-3}  # fmt: skip
 
 
+def _merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied, section by section."""
+    out = dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merge(base[key], value) if both else value
+    return out
+
+
 def _config(tmp_path: Path, tiny_model: Path, data_root: Path, name: str, iterations: int) -> Path:
-    cfg = {
+    """configs/cpu-demo.yaml at tiny scale: the tiny model, a few dialogues, one step each."""
+    demo = yaml.safe_load((REPO / "configs" / "cpu-demo.yaml").read_text())
+    cfg = _merge(demo, {
         "name": name,
         "output_dir": str(tmp_path / "runs"),
         "model": {"path": str(tiny_model), "dtype": "float32"},
@@ -27,14 +40,15 @@ def _config(tmp_path: Path, tiny_model: Path, data_root: Path, name: str, iterat
         # Two seed contexts per iteration: 4 in all over T=2.
         "generation": {
             "engine": "hf", "batch_size": 2, "max_contexts": 2, "max_model_len": 2048,
-            "max_context_tokens": 1000, "max_attempts": 1,
+            "max_context_tokens": 1000, "max_attempts": 1, "guided_json": False,
             "decoding": {"max_new_tokens": 8}, "reflection_decoding": {"max_new_tokens": 16},
         },
         "sft": {"max_steps": 1, **TRAIN},
         "dpo": {"max_steps": 1, **TRAIN},
         "evolve": {"iterations": iterations},
-        "eval": {"max_examples": 3},
-    }  # fmt: skip
+        # The demo's local judge is exercised elsewhere; here it would only add minutes.
+        "eval": {"max_examples": 3, "judge": {"backend": "endpoint"}},
+    })  # fmt: skip
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
