@@ -106,6 +106,12 @@ class VllmEngine(_Base):
             kwargs.setdefault("enable_chunked_prefill", False)
             kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         kwargs.setdefault("dtype", dtype)
+        # Compact JSON under `json_schema`: vLLM reads disable_any_whitespace from the engine's
+        # config only (a request's own flag is ignored), and a small model left free to emit
+        # whitespace pads a guided answer with it until the token budget cuts it off.
+        kwargs.setdefault(
+            "structured_outputs_config", {"backend": "xgrammar", "disable_any_whitespace": True}
+        )
         if tensor_parallel_size > 1:
             # The Ray actor already holds these GPUs: vLLM's workers are its own processes
             # ("mp"), never Ray tasks that would ask Ray for the same GPUs again.
@@ -126,7 +132,7 @@ class VllmEngine(_Base):
 
         guided = None
         if json_schema is not None:
-            guided = StructuredOutputsParams(json=json_schema, disable_any_whitespace=True)
+            guided = StructuredOutputsParams(json=json_schema)
 
         params = [
             SamplingParams(

@@ -33,3 +33,23 @@ def test_hf_engine_treats_a_vanishing_temperature_as_greedy(tiny_model):
     tiny = DecodingSection(temperature=2.3e-234, max_new_tokens=GREEDY.max_new_tokens)
     # A request seen in the wild (schemathesis): sampling at this temperature overflowed.
     assert [c.text for c in engine.chat(MESSAGES, tiny, [1, 2])] == _texts(engine)
+
+
+def test_vllm_guided_json_is_compact(tiny_model):
+    """No whitespace between JSON tokens under a schema: vLLM takes the flag from the engine's
+    config only, and a model free to pad a guided answer fills the token budget with it."""
+    import json
+    import re
+
+    from esevo_ray import prompts
+
+    engine = VllmEngine(tiny_model, dtype="float32", max_model_len=1024)
+    msgs = [prompts.reflect_messages([{"role": "user", "content": t}]) for t in ("sad", "hi")]
+    sampled = DecodingSection(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=400)
+    for out in engine.chat(msgs, sampled, [5, 6], prompts.REFLECT_SCHEMA):
+        skeleton = re.sub(r'"(?:[^"\\]|\\.)*"', '""', out.text)  # string contents removed
+        assert not re.search(r"\s", skeleton), out.text
+        assert out.text.startswith('{"user_profile":"')
+        if out.output_tokens < sampled.max_new_tokens:  # finished, not cut off
+            obj = json.loads(out.text, strict=False)
+            assert list(obj) == list(prompts.REFLECT_SCHEMA["properties"])
