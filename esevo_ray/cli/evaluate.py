@@ -49,6 +49,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         n_samples=n_samples,
         base_url=args.endpoint,
         model=args.model,
+        dtype=cfg.model.dtype,
     )
     summary = summarize(scores)
     print(json.dumps({"out": str(out), "verdicts": scores.num_rows, "summary": summary}, indent=2))

@@ -13,7 +13,9 @@ class ModelSection(Section):
     # A local folder with a Hugging Face model; None means the default SmolLM2-135M-Instruct,
     # converted once by `esevo model prepare` into the cache directory.
     path: str | None = None
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # "auto": bfloat16 where the hardware computes it natively, else float32 (for training on
+    # CPU: float32 weights, bf16 autocast per `bf16`); see esevo_ray.numerics.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
 
 
 class DataSection(Section):

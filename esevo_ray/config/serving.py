@@ -42,8 +42,8 @@ class ServeSection(Section):
     # "vllm": vLLM's async engine (continuous batching, per-token streaming, adapters as LoRA
     # requests); "hf": transformers, whole completions; "auto": vllm when it is installed.
     engine: Literal["auto", "vllm", "hf"] = "auto"
-    # None: model.dtype.
-    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    # None: model.dtype; "auto" as there (esevo_ray.numerics).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
     max_model_len: int = Field(2048, ge=16)
     # Adapters held per generator replica: Serve's multiplexing LRU and vLLM's max_loras.
     max_adapters: int = Field(4, ge=1)

@@ -211,18 +211,20 @@ def judge_file(
     base_url: str | None = None,
     model: str | None = None,
     local_model: str | Path | None = None,
+    dtype: str = "auto",
 ) -> pa.Table:
     """Judge a responses.parquet (EVAL_RESPONSES) and write the JUDGE_SCORES parquet `out`.
 
     With `cfg.backend` "vllm" or "hf" the judge is `cfg.local_model` (else `local_model`)
-    loaded locally; with "endpoint" it is `base_url`/`model` (else the config's).
+    loaded locally in `dtype` (`model.dtype`); with "endpoint" it is `base_url`/`model`
+    (else the config's).
     """
     from esevo_ray.io import write_parquet
 
     with profile.timed("io"):
         table = read_table(responses, EVAL_RESPONSES)
     with profile.timed("startup"):  # a local judge loads its model here
-        client = _client(cfg, base_url, model, local_model)
+        client = _client(cfg, base_url, model, local_model, dtype)
     with profile.timed("compute"):
         scores = judge_responses(
             table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed
@@ -233,7 +235,11 @@ def judge_file(
 
 
 def _client(
-    cfg: JudgeSection, base_url: str | None, model: str | None, local_model: str | Path | None
+    cfg: JudgeSection,
+    base_url: str | None,
+    model: str | None,
+    local_model: str | Path | None,
+    dtype: str,
 ):
     if cfg.backend == "endpoint":
         return JudgeClient(cfg, base_url=base_url, model=model)
@@ -242,4 +248,4 @@ def _client(
     path = cfg.local_model or local_model
     if path is None:
         raise ConfigError("eval.judge.backend is local but no eval.judge.local_model is set")
-    return LocalJudge(cfg, path)
+    return LocalJudge(cfg, path, dtype=dtype)

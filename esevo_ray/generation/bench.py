@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
+from esevo_ray.numerics import engine_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,11 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
         torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
     engine = build_engine(
-        gen.engine, model, dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm
+        gen.engine,
+        model,
+        dtype=engine_dtype(cfg.model.dtype),
+        max_model_len=gen.max_model_len,
+        extra=gen.vllm,
     )
     batches = []
     for i in range(0, len(rows), gen.batch_size):
@@ -93,7 +98,8 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
     d = cfg.generation.decoding
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, cfg.model.dtype))
+    dtype = getattr(torch, engine_dtype(cfg.model.dtype))
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
     batches = [(time.perf_counter() - t0, 0)]  # loading counts as start-up
     for r in rows:
         messages = prompts.task_messages(r["context"])
@@ -138,7 +144,7 @@ def bench_generate(
         "python": platform.python_version(),
         "model": str(model.name),
         "engine": cfg.generation.engine,
-        "dtype": cfg.model.dtype,
+        "dtype": engine_dtype(cfg.model.dtype),
         "contexts": len(rows),
         "naive_contexts": min(naive_n, len(rows)),
         "batch_size": cfg.generation.batch_size,

@@ -60,6 +60,11 @@ class EngineActor:
         self.placed = enter_actor(placement, "generation") if placement else {}
         import torch
 
+        from esevo_ray.numerics import engine_dtype
+
+        # "auto" resolved here, on the machine the engine runs on; recorded with the placement.
+        dtype = self.placed["dtype"] = engine_dtype(dtype)
+
         if gen.engine == "hf":  # vLLM binds its own CPU threads
             torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
         self.gen, self.out_dir = gen, Path(out_dir)

@@ -119,7 +119,10 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
         from esevo_ray.evaluation.judge_scores import summarize
 
         n = cfg.eval.judge_samples if cfg.eval.judge_samples > 0 else None
-        scores = judge_file(responses, run.judge_scores(t), judge, n_samples=n, local_model=base)
+        scores = judge_file(
+            responses, run.judge_scores(t), judge, n_samples=n, local_model=base,
+            dtype=cfg.model.dtype,
+        )  # fmt: skip
         missing = scores.column("score").null_count
         if scores.num_rows and missing == scores.num_rows:
             raise RuntimeError(f"judge {where}: every verdict missing")
@@ -178,7 +181,7 @@ def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None
         runner.stage(
             f"sft_{name}", inputs={"sft": run.sft_data, "base": base},
             outputs={"adapter": run.adapter(0)},
-            fn=lambda: {"adapter": str(train_sft(cfg, run.data, run.adapter(0)))},
+            fn=lambda: _trained(train_sft(cfg, run.data, run.adapter(0))),
         )  # fmt: skip
         return
 
@@ -227,12 +230,19 @@ def _dpo(
     def dpo() -> dict:
         summary = pairs_summary(pairs, samples=0)
         summary.pop("samples")
-        return {"adapter": str(train_dpo(cfg, pairs, prev, run.adapter(t))), "pairs": summary}
+        return {**_trained(train_dpo(cfg, pairs, prev, run.adapter(t))), "pairs": summary}
 
     runner.stage(
         f"dpo_{model_name(t)}", inputs={"pairs": pairs, "init": prev or base},
         outputs={"adapter": run.adapter(t)}, fn=dpo,
     )  # fmt: skip
+
+
+def _trained(adapter: Path) -> dict:
+    """A training stage's manifest entry: the adapter and the numerics its workers chose."""
+    from esevo_ray.training.raytrain import read_summary
+
+    return {"adapter": str(adapter), "numerics": read_summary(adapter).get("numerics")}
 
 
 def _report(root: Path) -> dict:

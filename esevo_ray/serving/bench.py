@@ -58,10 +58,11 @@ def _offline_run(
     """
     from esevo_ray.config import DecodingSection
     from esevo_ray.generation.engines import VllmEngine
+    from esevo_ray.numerics import engine_dtype
     from esevo_ray.prompts import task_messages
     from esevo_ray.serving.engine import CPU_BLOCK_SIZE, EngineSettings, zero_adapter
 
-    s = settings
+    s = {**settings, "dtype": engine_dtype(settings["dtype"])}  # as the replica resolves it
     import torch
 
     cpu_block = None if torch.cuda.is_available() else CPU_BLOCK_SIZE  # as the server's engine

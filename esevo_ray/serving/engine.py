@@ -13,6 +13,7 @@ deltas {"text", "output_tokens", "prompt_tokens", "finish"}; "finish" is None un
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib.util
 import itertools
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray.config import DecodingSection
+from esevo_ray.numerics import engine_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +261,8 @@ class HfServeEngine:
 
 
 def build_serve_engine(s: EngineSettings) -> VllmServeEngine | HfServeEngine:
+    """The replica's engine; a dtype of "auto" is resolved here, on the replica's machine."""
+    s = dataclasses.replace(s, dtype=engine_dtype(s.dtype))
     if s.kind == "vllm":
         return VllmServeEngine(s)
     if s.kind == "hf":

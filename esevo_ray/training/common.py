@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from esevo_ray.config import LoraSection, RunConfig, TrainSection
 from esevo_ray.data.dialogue import DataError
+from esevo_ray.numerics import native_bf16, weights_dtype
 from esevo_ray.schema import read_table
 from esevo_ray.training.rows import load_split
 
@@ -79,9 +80,8 @@ def build_policy(cfg: RunConfig, job: TrainJob) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        job.model_path, dtype=getattr(torch, cfg.model.dtype)
-    )
+    dtype = weights_dtype(cfg.model.dtype, use_gpu=job.section(cfg).scaling.use_gpu)
+    model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=getattr(torch, dtype))
     if job.init_adapter is None:
         return model, lora_config(job.section(cfg).lora)
     from peft import PeftModel
@@ -93,13 +93,7 @@ def use_bf16(section: TrainSection) -> bool:
     """`section.bf16`, with "auto" resolved for the hardware this process runs on."""
     if section.bf16 != "auto":
         return section.bf16
-    import torch
-
-    if section.scaling.use_gpu:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return native_bf16(section.scaling.use_gpu)
 
 
 def early_stopping_on(section: TrainSection, has_eval: bool) -> bool:

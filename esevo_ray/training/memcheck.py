@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray.config import RunConfig, TrainSection
+from esevo_ray.numerics import weights_dtype
 from esevo_ray.training.common import Stage, lora_config, trainer_args
 from esevo_ray.training.dpo import dpo_loss_terms
 
@@ -204,7 +205,8 @@ def run_stage(cfg: RunConfig, stage: Stage, shape: Any, *, steps: int, device: s
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(section.seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(shape, dtype=getattr(torch, cfg.model.dtype))
+        dtype = getattr(torch, weights_dtype(cfg.model.dtype, use_gpu=on_gpu))
+        model = AutoModelForCausalLM.from_config(shape, dtype=dtype)
     parameters = sum(p.numel() for p in model.parameters())
     weights = torch.cuda.memory_allocated() / GB if on_gpu else None
     tokenizer = word_tokenizer(min(shape.vocab_size, 4096))
@@ -276,7 +278,7 @@ def memory_check(
         "config": cfg.name,
         "model": cfg.model.path,
         "shape": {k: getattr(shape, k, None) for k in SHAPE_KEYS},
-        "dtype": cfg.model.dtype,
+        "dtype": weights_dtype(cfg.model.dtype, use_gpu=device == "cuda"),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "trainer": "TRL SFTTrainer / DPOTrainer with the project's trainer_args, in-process",
         "budget_gb": budget_gb,

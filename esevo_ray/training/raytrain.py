@@ -29,6 +29,7 @@ from esevo_ray import profile
 from esevo_ray.config import RunConfig, save_config
 from esevo_ray.io import atomic_dir, atomic_write_text
 from esevo_ray.models import adapter_hash
+from esevo_ray.numerics import describe, weights_dtype
 from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
 
 # Ray Train's print patch rewrites every worker print; plain logs are easier to read.
@@ -92,10 +93,14 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     return out
 
 
+def read_summary(adapter_dir: str | Path) -> dict[str, Any]:
+    """The train_summary.json of an exported adapter: steps, metrics, phases, numerics."""
+    return json.loads((Path(adapter_dir) / SUMMARY_FILE).read_text())
+
+
 def _record_phases(out_dir: Path, fit_start: float, export_s: float) -> None:
     """Start-up (Ray workers, imports, model and data load), steps, checkpoints and export."""
-    summary = json.loads((out_dir / SUMMARY_FILE).read_text())
-    phases = summary.get("phases")
+    phases = read_summary(out_dir).get("phases")
     if not phases:  # a summary written before phases were measured
         return
     profile.record("startup", phases["loop_start"] - fit_start + phases["build_s"])
@@ -185,9 +190,16 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         callbacks.append(FailureInjector(scaling.inject_failure_at_step))
     trainer = config["builder"](cfg, job, str(work / "hf"), callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressLogger reports instead, on rank 0 only
+    numerics = {
+        **describe(),
+        "weights": weights_dtype(cfg.model.dtype, use_gpu=scaling.use_gpu),
+        "bf16_autocast": bool(trainer.args.bf16),
+    }
+    logger.info("%s: numerics %s", job.stage, numerics)
     start = time.time()
     output = trainer.train(resume_from_checkpoint=resume)
     summary = summarize(job.stage, trainer, output, time.time() - start, resume)
+    summary["numerics"] = numerics
     summary["phases"] = {
         "loop_start": loop_start,
         "build_s": start - loop_start,

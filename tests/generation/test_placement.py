@@ -106,6 +106,7 @@ def test_declared_gpus_give_each_actor_its_own_device(tiny_model, extes_contexts
     devices = sorted(a["cuda_visible_devices"] for a in actors)
     assert devices == ["0", "1"], actors  # distinct, each exactly the GPU Ray reserved
     assert all([a["cuda_visible_devices"]] == a["gpu_ids"] for a in actors)
+    assert all(a["dtype"] == "float32" for a in actors)  # the dtype each engine ran in
     # The local judge follows the same rule: its own actor with its own GPU.
     judge = result["judge_actor"]
     assert judge["gpu_ids"] == [judge["cuda_visible_devices"]] and result["judge_verdicts"] == 1

@@ -46,7 +46,7 @@ def sft_adapter(ray_local, tiny_model, tmp_path_factory) -> Path:
     config = {
         "name": "t",
         "output_dir": str(root / "runs"),
-        "model": {"path": str(tiny_model), "dtype": "float32"},
+        "model": {"path": str(tiny_model), "dtype": "auto"},
         "sft": sft,
     }
     (root / "run.yaml").write_text(yaml.safe_dump(config))
@@ -77,6 +77,9 @@ def test_sft_run_writes_an_adapter_that_reloads_and_generates(sft_adapter, tiny_
     assert len(summary["eval_losses"]) == 3 and summary["best_eval_loss"] is not None
     assert summary["config_digest"] == load_config(sft_adapter / "config.yaml").digest()
     assert summary["resumed_from_step"] is None and summary["run_name"].startswith("t-sft-")
+    numerics = summary["numerics"]  # what the worker chose, on the machine it ran on
+    assert numerics["weights"] == "float32" and numerics["device"] == "cpu"  # dtype auto, CPU
+    assert isinstance(numerics["bf16_autocast"], bool) and numerics["torch_threads"] >= 1
 
     tok = AutoTokenizer.from_pretrained(sft_adapter)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), sft_adapter)

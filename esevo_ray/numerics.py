@@ -1,0 +1,61 @@
+"""Numerics chosen for the hardware a process runs on: `dtype: auto` and `bf16: auto`.
+
+bfloat16 pays off only where the hardware computes it natively: CUDA devices that support it,
+and CPUs with AVX-512 BF16 or AMX tiles. Elsewhere (an AVX2-only CPU, say) bf16 is emulated
+and slower than float32, so "auto" picks float32 there.
+
+- Engines (vLLM, transformers generation, the local judge, serving) run in the resolved dtype.
+- Training keeps float32 weights on CPU and lets autocast do the bf16 math (mixed precision:
+  the LoRA update accumulates in float32); on GPUs "auto" loads the weights in bf16.
+
+Each process resolves "auto" for itself, on the machine it runs on, and says what it chose
+(`describe`), so a manifest or a train summary records it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+def native_bf16(on_gpu: bool) -> bool:
+    """Whether this process's device computes bfloat16 natively."""
+    import torch
+
+    if on_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def engine_dtype(dtype: Dtype) -> str:
+    """The dtype an inference engine in this process runs in."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if native_bf16(_on_gpu()) else "float32"
+
+
+def weights_dtype(dtype: Dtype, *, use_gpu: bool) -> str:
+    """The dtype trainable models load in: "auto" is bf16 on bf16 GPUs, float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if use_gpu and native_bf16(True) else "float32"
+
+
+def describe() -> dict[str, object]:
+    """What this process runs on, for manifests and summaries."""
+    import torch
+
+    return {
+        "device": torch.cuda.get_device_name() if _on_gpu() else "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(_on_gpu()),
+        "torch_threads": torch.get_num_threads(),
+    }
