@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from esevo_ray.config import DecodingSection
 from esevo_ray.models import adapter_hash, merge_adapter
@@ -61,6 +61,24 @@ class _Base:
             messages, tokenize=False, add_generation_prompt=True
         )
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def sampling_params(decoding: DecodingSection, seed: int, **extra: Any) -> Any:
+    """vLLM's SamplingParams for one request: `decoding`'s settings and the request's seed.
+
+    A temperature below 1e-5 decodes greedily in vLLM (`GREEDY_BELOW`).
+    """
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        top_k=decoding.top_k,
+        repetition_penalty=decoding.repetition_penalty,
+        max_tokens=decoding.max_new_tokens,
+        seed=seed,
+        **extra,
+    )
 
 
 class VllmEngine(_Base):
@@ -127,25 +145,12 @@ class VllmEngine(_Base):
         seeds: list[int],
         json_schema: dict | None = None,
     ) -> list[Completion]:
-        from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         guided = None
         if json_schema is not None:
             guided = StructuredOutputsParams(json=json_schema)
-
-        params = [
-            SamplingParams(
-                temperature=decoding.temperature,
-                top_p=decoding.top_p,
-                top_k=decoding.top_k,
-                repetition_penalty=decoding.repetition_penalty,
-                max_tokens=decoding.max_new_tokens,
-                seed=seed,
-                structured_outputs=guided,
-            )
-            for seed in seeds
-        ]
+        params = [sampling_params(decoding, seed, structured_outputs=guided) for seed in seeds]
         outputs = self.llm.chat(
             conversations, params, use_tqdm=False, lora_request=self.lora_request
         )

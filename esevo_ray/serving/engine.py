@@ -176,19 +176,12 @@ class VllmServeEngine:
         return lora
 
     async def stream(self, request: dict, adapter: Any) -> AsyncIterator[dict]:
-        from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        d = request["decoding"]
-        params = SamplingParams(
-            temperature=d["temperature"],  # below 1e-5 vLLM decodes greedily
-            top_p=d["top_p"],
-            top_k=d["top_k"],
-            repetition_penalty=d["repetition_penalty"],
-            max_tokens=d["max_new_tokens"],
-            seed=request["seed"],
-            output_kind=RequestOutputKind.DELTA,
-        )
+        from esevo_ray.generation.engines import sampling_params
+
+        decoding = DecodingSection(**request["decoding"])
+        params = sampling_params(decoding, request["seed"], output_kind=RequestOutputKind.DELTA)
         prompt = {"prompt_token_ids": list(request["prompt_token_ids"])}
         tokens = 0
         lora = adapter or self.base_lora
