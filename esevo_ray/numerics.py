@@ -25,6 +25,8 @@ def native_bf16(on_gpu: bool) -> bool:
 
     if on_gpu:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False  # torch limited to other kernels (e.g. ATEN_CPU_CAPABILITY=avx2)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

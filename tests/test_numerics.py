@@ -13,6 +13,7 @@ def cpu_bf16(request, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: request.param)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     return request.param
 
 
@@ -22,6 +23,12 @@ def test_auto_follows_the_cpu(cpu_bf16):
     assert engine_dtype("auto") == ("bfloat16" if cpu_bf16 else "float32")
     # Training on CPU keeps float32 weights whatever the CPU: autocast does the bf16 math.
     assert weights_dtype("auto", use_gpu=False) == "float32"
+
+
+def test_kernels_limited_to_avx2_mean_float32(cpu_bf16, monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 on an AVX-512 BF16 CPU: torch has no bf16 kernels to use."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not native_bf16(on_gpu=False) and engine_dtype("auto") == "float32"
 
 
 def test_an_explicit_dtype_is_kept(cpu_bf16):
