@@ -23,7 +23,9 @@ FRESH = "none"
 
 
 def _print_result(out: Path) -> None:
-    summary = json.loads((out / "train_summary.json").read_text())
+    from esevo_ray.training.raytrain import read_summary
+
+    summary = read_summary(out)
     keys = ("global_step", "train_loss", "best_eval_loss", "stopped_early", "wall_seconds")
     print(json.dumps({"out": str(out), **{k: summary.get(k) for k in keys}}, indent=2))
 

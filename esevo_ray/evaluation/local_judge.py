@@ -95,14 +95,12 @@ class JudgeEngine:
         in_actor: bool = False,
     ):
         from esevo_ray.generation.engines import build_engine
-        from esevo_ray.numerics import engine_dtype
 
         # In an actor: hide GPUs it did not reserve before the engine loads; its record.
         self.placed = enter_actor(placement, KEY) if in_actor else None
         self.cfg = cfg
-        self.dtype = engine_dtype(dtype)  # "auto" resolved where the engine runs
         self.engine = build_engine(
-            cfg.backend, model_path, dtype=self.dtype, max_model_len=cfg.max_model_len,
+            cfg.backend, model_path, dtype=dtype, max_model_len=cfg.max_model_len,
             device=placement.device, tensor_parallel_size=placement.tensor_parallel_size,
         )  # fmt: skip
         self.decoding = DecodingSection(

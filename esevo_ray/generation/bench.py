@@ -71,7 +71,7 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     engine = build_engine(
         gen.engine,
         model,
-        dtype=engine_dtype(cfg.model.dtype),
+        dtype=cfg.model.dtype,
         max_model_len=gen.max_model_len,
         extra=gen.vllm,
     )

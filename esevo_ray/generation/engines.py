@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from esevo_ray.config import DecodingSection
 from esevo_ray.models import adapter_hash, merge_adapter
+from esevo_ray.numerics import engine_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Completion:
 class Engine(Protocol):
     model_id: str
     adapter_hash: str
+    dtype: str  # the resolved dtype ("auto" never)
 
     def chat(
         self,
@@ -52,9 +54,11 @@ def model_id(model_path: str | Path, adapter: str | Path | None) -> str:
 
 
 class _Base:
-    def __init__(self, model_path: str | Path, adapter: str | Path | None):
+    def __init__(self, model_path: str | Path, adapter: str | Path | None, dtype: str):
         self.model_id = model_id(model_path, adapter)
         self.adapter_hash = adapter_hash(adapter)
+        # "auto" resolved here, in the process and on the machine the engine runs on.
+        self.dtype = engine_dtype(dtype)
 
     def count_tokens(self, messages: list[dict]) -> int:
         text = self.tokenizer.apply_chat_template(
@@ -105,12 +109,12 @@ class VllmEngine(_Base):
         import torch
         from vllm import LLM
 
-        super().__init__(model_path, adapter)
+        super().__init__(model_path, adapter, dtype)
         self.lora_request = None
         kwargs = dict(extra or {})
         path = model_path
         if adapter is not None and lora_mode == "merge":
-            path = merge_adapter(model_path, adapter, dtype)
+            path = merge_adapter(model_path, adapter, self.dtype)
         elif adapter is not None:
             from vllm.lora.request import LoRARequest
 
@@ -123,7 +127,7 @@ class VllmEngine(_Base):
             # generators cannot do ("CPU Generator does not use offset"): prefill whole.
             kwargs.setdefault("enable_chunked_prefill", False)
             kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
-        kwargs.setdefault("dtype", dtype)
+        kwargs.setdefault("dtype", self.dtype)
         # Compact JSON under `json_schema`: vLLM reads disable_any_whitespace from the engine's
         # config only (a request's own flag is ignored), and a small model left free to emit
         # whitespace pads a guided answer with it until the token budget cuts it off.
@@ -175,11 +179,11 @@ class HfEngine(_Base):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        super().__init__(model_path, adapter)
+        super().__init__(model_path, adapter, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, self.dtype))
         if adapter is not None:
             from peft import PeftModel
 

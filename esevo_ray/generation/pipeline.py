@@ -60,11 +60,6 @@ class EngineActor:
         self.placed = enter_actor(placement, "generation") if placement else {}
         import torch
 
-        from esevo_ray.numerics import engine_dtype
-
-        # "auto" resolved here, on the machine the engine runs on; recorded with the placement.
-        dtype = self.placed["dtype"] = engine_dtype(dtype)
-
         if gen.engine == "hf":  # vLLM binds its own CPU threads
             torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
         self.gen, self.out_dir = gen, Path(out_dir)
@@ -73,6 +68,7 @@ class EngineActor:
             lora_mode=gen.lora_mode, device=placement.device if placement else None,
             tensor_parallel_size=gen.tensor_parallel_size, extra=gen.vllm,
         )  # fmt: skip
+        self.placed["dtype"] = self.engine.dtype  # what "auto" resolved to, with the placement
         self.startup_s = time.perf_counter() - t0  # reported with the first batch
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
