@@ -19,6 +19,7 @@ from esevo_ray.config import LoraSection, RunConfig, TrainSection
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.numerics import native_bf16, weights_dtype
 from esevo_ray.schema import read_table
+from esevo_ray.training.lm_head import score_labelled_positions_only
 from esevo_ray.training.rows import load_split
 
 if TYPE_CHECKING:
@@ -183,6 +184,7 @@ def build_trainer(
 
     `stage` holds the stage's own TRL config keys (e.g. beta and the loss terms for DPO).
     """
+    score_labelled_positions_only()
     tokenizer = load_tokenizer(job.model_path)
     train, held_out = load_split(job.data_path, table_schema, columns, section, tokenizer)
     args = trainer_args(
