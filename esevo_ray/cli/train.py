@@ -70,8 +70,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     init = None if args.init is None or args.init.lower() == FRESH else adapter_arg(args.init)
     pairs = existing(args.pairs, "--pairs", "preference pairs")
     report = bench_train(
-        cfg, pairs, init, steps=args.steps, warmup=args.warmup, repeats=args.repeats
-    )
+        cfg, pairs, init, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+        compare=args.compare,
+    )  # fmt: skip
     emit_json(report, args.out)
     return 0
 
@@ -120,8 +121,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("train", help="DPO pairs/s and tokens/s: Ray Train vs a plain process")
+    p = bench.add_parser("train", help="DPO pairs/s and tokens/s, two modes side by side")
     add_config_args(p)
+    p.add_argument(
+        "--compare",
+        choices=("ray", "lm-head"),  # training/bench.py COMPARISONS
+        default="ray",
+        help="ray: Ray Train vs a plain process; lm-head: TRL's LM head on every position vs "
+        "labelled positions only (in-process)",
+    )
     p.add_argument("--pairs", required=True, help="pairs Parquet file or folder (PAIRS schema)")
     p.add_argument("--init", help=f"adapter M^t (default or '{FRESH}': a fresh adapter)")
     p.add_argument("--steps", type=int, default=8, help="measured steps after warm-up")

@@ -1,8 +1,13 @@
-"""DPO training throughput at steady state: under Ray Train vs the same trainer in-process.
+"""DPO training throughput at steady state, two modes side by side in each repeat.
 
-Both modes build the trainer with `build_dpo_trainer` from the same config, log every step
-and never checkpoint; the first `warmup` steps are dropped and pairs/s and tokens/s are
-measured over the rest. The difference is Ray Train's cost (worker startup excluded).
+- compare "ray": under Ray Train vs the same trainer in-process. The difference is Ray
+  Train's cost (worker start-up excluded).
+- compare "lm-head": in-process, TRL's fused LM head scoring every position vs only the
+  labelled ones (esevo_ray/training/lm_head.py), the switch the CPU trainers run with.
+
+Every mode builds the trainer with `build_dpo_trainer` from the same config, logs every step
+and never checkpoints; the first `warmup` steps are dropped and pairs/s and tokens/s are
+measured over the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from transformers import TrainerCallback
 from esevo_ray.config import RunConfig
 from esevo_ray.training.common import TrainJob
 from esevo_ray.training.dpo import build_dpo_trainer, dpo_job
+from esevo_ray.training.lm_head import every_position
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +100,49 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+def _plain(cfg: RunConfig, job: TrainJob, tmp: str, warmup: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    run = steady_state(timed_train(cfg, job, tmp), warmup)
+    return {**run, "wall_s": time.perf_counter() - t0}
+
+
+def _every_position(cfg: RunConfig, job: TrainJob, tmp: str, warmup: int) -> dict[str, float]:
+    with every_position():
+        return _plain(cfg, job, tmp, warmup)
+
+
+def _ray_train(cfg: RunConfig, job: TrainJob, tmp: str, warmup: int) -> dict[str, float]:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    scaling = cfg.dpo.scaling
+    trainer = TorchTrainer(
+        _ray_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "job": dataclasses.asdict(job)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"bench-{uuid.uuid4().hex[:8]}", storage_path=str(Path(tmp) / "ray")
+        ),
+    )
+    t0 = time.perf_counter()
+    run = steady_state(trainer.fit().return_value, warmup)
+    return {**run, "wall_s": time.perf_counter() - t0}
+
+
+# --compare: (baseline, mode) and the key of the mode / baseline pairs/s ratio.
+COMPARISONS = {
+    "ray": ({"plain": _plain, "ray_train": _ray_train}, "ray_over_plain_pairs_per_s"),
+    "lm-head": (
+        {"every_position": _every_position, "labelled": _plain},
+        "labelled_over_every_position_pairs_per_s",
+    ),
+}
+
+
 def bench_train(
     cfg: RunConfig,
     pairs: str | Path,
@@ -101,54 +150,35 @@ def bench_train(
     steps: int = 8,
     warmup: int = 2,
     repeats: int = 3,
+    compare: str = "ray",
 ) -> dict[str, Any]:
-    """DPO pairs/s and tokens/s in a plain process and under Ray Train (dpo.scaling).
+    """DPO pairs/s and tokens/s of two modes (`COMPARISONS[compare]`), medians of `repeats`.
 
-    Each repeat runs both modes side by side; medians are reported. `wall_s` is the whole
-    call as the driver sees it, so its difference is Ray Train's start-up overhead.
+    Each repeat runs both modes side by side. With "ray", `wall_s` is the whole call as the
+    driver sees it, so its difference is Ray Train's start-up overhead. With "lm-head", both
+    run in-process; on CUDA TRL already scores labelled positions only, so expect about 1.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+    modes, ratio = COMPARISONS[compare]
     cfg = bench_config(cfg, steps, warmup)
     job = dpo_job(cfg, pairs, init_adapter)
-    scaling = cfg.dpo.scaling
-    plain_runs, ray_runs = [], []
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            t0 = time.perf_counter()
-            plain = steady_state(timed_train(cfg, job, tmp), warmup)
-            plain["wall_s"] = time.perf_counter() - t0
-            trainer = TorchTrainer(
-                _ray_loop,
-                train_loop_config={
-                    "cfg": cfg.model_dump(mode="json"),
-                    "job": dataclasses.asdict(job),
-                },
-                scaling_config=ray.train.ScalingConfig(
-                    num_workers=scaling.num_workers,
-                    use_gpu=scaling.use_gpu,
-                    resources_per_worker={"CPU": scaling.cpus_per_worker},
-                ),
-                run_config=ray.train.RunConfig(
-                    name=f"bench-{uuid.uuid4().hex[:8]}", storage_path=str(Path(tmp) / "ray")
-                ),
-            )
-            t0 = time.perf_counter()
-            under_ray = steady_state(trainer.fit().return_value, warmup)
-            under_ray["wall_s"] = time.perf_counter() - t0
-            logger.info("repeat %d: plain %s | ray train %s", r + 1, plain, under_ray)
-            plain_runs.append(plain)
-            ray_runs.append(under_ray)
-    plain, under_ray = _median(plain_runs), _median(ray_runs)
-    return {
+            for name, mode in modes.items():
+                runs[name].append(mode(cfg, job, tmp, warmup))
+            logger.info("repeat %d: %s", r + 1, {k: v[-1] for k, v in runs.items()})
+    (base, base_runs), (other, other_runs) = runs.items()
+    medians = {base: _median(base_runs), other: _median(other_runs)}
+    report: dict[str, Any] = {
         "model": job.model_path,
+        "compare": compare,
         "warmup_steps": warmup,
         "measured_steps": steps,
         "repeats": repeats,
-        "plain": plain,
-        "ray_train": under_ray,
-        "ray_over_plain_pairs_per_s": under_ray["pairs_per_s"] / plain["pairs_per_s"],
-        "ray_startup_overhead_s": under_ray["wall_s"] - plain["wall_s"],
-        "runs": {"plain": plain_runs, "ray_train": ray_runs},
+        **medians,
+        ratio: medians[other]["pairs_per_s"] / medians[base]["pairs_per_s"],
+        "runs": runs,
     }
+    if compare == "ray":
+        report["ray_startup_overhead_s"] = medians[other]["wall_s"] - medians[base]["wall_s"]
+    return report

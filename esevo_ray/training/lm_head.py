@@ -20,10 +20,13 @@ release that changes this.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
 _MARK = "_esevo_scores_labelled_cpu"
+_every_position = False  # True inside `every_position()`: TRL's own choice, for benchmarks
 
 
 def score_labelled_positions_only() -> bool:
@@ -44,8 +47,20 @@ def score_labelled_positions_only() -> bool:
         return True
 
     def compact(device) -> bool:
-        return device.type == "cpu" or compact_on(device)
+        return (device.type == "cpu" and not _every_position) or compact_on(device)
 
     setattr(compact, _MARK, True)
     trl_utils._use_triton = compact
     return True
+
+
+@contextmanager
+def every_position() -> Iterator[None]:
+    """TRL's own choice while inside: every position scored on CPU (`esevo bench train`'s
+    baseline for this switch)."""
+    global _every_position
+    before, _every_position = _every_position, True
+    try:
+        yield
+    finally:
+        _every_position = before

@@ -56,3 +56,19 @@ def test_bench_train_reports_both_modes(ray_local, tiny_model, tmp_path):
         assert report[mode]["steps"] == 3 and report[mode]["world_size"] == 1
         assert report[mode]["pairs_per_s"] > 0 and report[mode]["tokens_per_s"] > 0
         assert 0 < report[mode]["startup_s"] < report[mode]["wall_s"]
+
+
+def test_bench_lm_head_times_both_heads_in_process(tiny_model, tmp_path):
+    pairs = write_parquet(pairs_table(), tmp_path / "pairs.parquet")
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump({"model": {"path": str(tiny_model), "dtype": "float32"}})
+    )
+    argv = ["bench", "train", "--config", str(tmp_path / "run.yaml"), "--pairs", str(pairs)]
+    argv += ["--compare", "lm-head", "--steps", "2", "--warmup", "1", "--repeats", "1"]
+    argv += ["--out", str(tmp_path / "bench.json"), "dpo.per_device_batch_size=2"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    for mode in ("every_position", "labelled"):
+        assert report[mode]["steps"] == 2 and report[mode]["tokens_per_s"] > 0
+        assert len(report["runs"][mode]) == 1
+    assert report["labelled_over_every_position_pairs_per_s"] > 0

@@ -6,7 +6,7 @@ import torch
 import trl.trainer.utils as trl_utils
 from trl.kernels import chunked_logprob
 
-from esevo_ray.training.lm_head import score_labelled_positions_only
+from esevo_ray.training.lm_head import every_position, score_labelled_positions_only
 from esevo_ray.training.sft import build_sft_trainer, sft_job
 
 
@@ -67,3 +67,11 @@ def test_switch_is_idempotent_and_leaves_the_kernels_alone(monkeypatch):
     assert trl_utils._use_triton is switched  # not wrapped twice
     assert switched(torch.device("cpu"))
     assert not chunked_logprob._use_triton(torch.device("cpu"))  # the tiles stay torch ops on CPU
+
+
+def test_every_position_restores_trls_own_choice_for_its_block():
+    assert score_labelled_positions_only()
+    cpu = torch.device("cpu")
+    with every_position():
+        assert not trl_utils._use_triton(cpu)
+    assert trl_utils._use_triton(cpu)
