@@ -288,14 +288,9 @@ def build_engine(
     """
     if kind == "vllm":
         return VllmEngine(
-            model_path,
-            adapter,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            lora_mode=lora_mode,
-            tensor_parallel_size=tensor_parallel_size,
-            extra=extra,
-        )
+            model_path, adapter, dtype=dtype, max_model_len=max_model_len, lora_mode=lora_mode,
+            tensor_parallel_size=tensor_parallel_size, extra=extra,
+        )  # fmt: skip
     if kind == "hf":
         return HfEngine(model_path, adapter, dtype=dtype, device=device)
     raise ValueError(f"generation.engine must be 'vllm' or 'hf', got {kind!r}")

@@ -9,8 +9,8 @@ would recompile the graph. Eager CPU has no such cost, and the choice matters he
 A row of ours is a long prompt (the dialogue context) and a short answer. With a 49k vocabulary,
 most of the head's work, forward and backward, goes into prompt positions whose loss is masked
 anyway. Scoring only the labelled positions on CPU gives the same losses and gradients
-(tests/training/test_lm_head.py) and about 2.4x the steady-state DPO steps per second of the CPU
-demo (BENCHMARKS.md).
+(tests/training/test_lm_head.py) and about twice the steady-state DPO steps per second of the
+CPU demo (`esevo bench train --compare lm-head`, BENCHMARKS.md).
 
 TRL reads the choice from the module global `_use_triton` at call time, and nothing else in that
 module reads it, so wrapping that one name is the whole change. The test would catch a TRL
@@ -35,10 +35,8 @@ def score_labelled_positions_only() -> bool:
     Returns False (and logs why) where the installed TRL has no such switch; training is then
     correct, only slower on CPU.
     """
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:
-        return False
+    import trl.trainer.utils as trl_utils
+
     compact_on = getattr(trl_utils, "_use_triton", None)
     if compact_on is None or not hasattr(trl_utils, "add_fused_lm_head"):
         logger.info("TRL has no fused LM head switch here; CPU training scores every position")
