@@ -69,11 +69,7 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
         torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
     engine = build_engine(
-        gen.engine,
-        model,
-        dtype=cfg.model.dtype,
-        max_model_len=gen.max_model_len,
-        extra=gen.vllm,
+        gen.engine, model, dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm
     )
     batches = []
     for i in range(0, len(rows), gen.batch_size):
