@@ -94,15 +94,16 @@ class JudgeEngine:
         *,
         in_actor: bool = False,
     ):
-        from esevo_ray.generation.engines import build_engine
+        from esevo_ray.generation.engines import EngineOptions, build_engine
 
         # In an actor: hide GPUs it did not reserve before the engine loads; its record.
         self.placed = enter_actor(placement, KEY) if in_actor else None
         self.cfg = cfg
-        self.engine = build_engine(
-            cfg.backend, model_path, dtype=dtype, max_model_len=cfg.max_model_len,
-            device=placement.device, tensor_parallel_size=placement.tensor_parallel_size,
+        options = EngineOptions(
+            dtype=dtype, max_model_len=cfg.max_model_len, device=placement.device,
+            tensor_parallel_size=placement.tensor_parallel_size,
         )  # fmt: skip
+        self.engine = build_engine(cfg.backend, model_path, options=options)
         self.decoding = DecodingSection(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
             repetition_penalty=1.0, max_new_tokens=cfg.max_tokens, seed=cfg.seed,

@@ -61,16 +61,15 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     """The same engine and batches, called in this process without Ray."""
     import torch
 
-    from esevo_ray.generation.engines import build_engine
+    from esevo_ray.generation.engines import EngineOptions, build_engine
     from esevo_ray.generation.pairs import fit_context, request_seed
 
     gen = cfg.generation
     if gen.engine == "hf":  # vLLM binds its own CPU threads
         torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
-    engine = build_engine(
-        gen.engine, model, dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm
-    )
+    options = EngineOptions(dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm)
+    engine = build_engine(gen.engine, model, options=options)
     batches = []
     for i in range(0, len(rows), gen.batch_size):
         batch = rows[i : i + gen.batch_size]

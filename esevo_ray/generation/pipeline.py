@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
-from esevo_ray.generation.engines import build_engine
+from esevo_ray.generation.engines import EngineOptions, build_engine
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
 from esevo_ray.generation.placement import Placement, enter_actor, place
@@ -63,11 +63,12 @@ class EngineActor:
         if gen.engine == "hf":  # vLLM binds its own CPU threads
             torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
         self.gen, self.out_dir = gen, Path(out_dir)
-        self.engine = build_engine(
-            gen.engine, model_path, adapter, dtype=dtype, max_model_len=gen.max_model_len,
-            lora_mode=gen.lora_mode, device=placement.device if placement else None,
+        options = EngineOptions(
+            dtype=dtype, max_model_len=gen.max_model_len, lora_mode=gen.lora_mode,
+            device=placement.device if placement else None,
             tensor_parallel_size=gen.tensor_parallel_size, extra=gen.vllm,
         )  # fmt: skip
+        self.engine = build_engine(gen.engine, model_path, adapter, options)
         self.placed["dtype"] = self.engine.dtype  # what "auto" resolved to, with the placement
         self.startup_s = time.perf_counter() - t0  # reported with the first batch
 

@@ -57,7 +57,7 @@ def _offline_run(
     model, as a LoRA request); else plain weights (the adapter merged, or the base alone).
     """
     from esevo_ray.config import DecodingSection
-    from esevo_ray.generation.engines import VllmEngine
+    from esevo_ray.generation.engines import EngineOptions, VllmEngine
     from esevo_ray.numerics import engine_dtype
     from esevo_ray.prompts import task_messages
     from esevo_ray.serving.engine import CPU_BLOCK_SIZE, EngineSettings, zero_adapter
@@ -69,15 +69,14 @@ def _offline_run(
     if lora and adapter is None:
         engine_settings = EngineSettings(**{k: v for k, v in s.items() if k != "decoding"})
         adapter = str(zero_adapter(engine_settings))
-    engine = VllmEngine(
-        s["base_model"],
-        adapter,
+    options = EngineOptions(
         dtype=s["dtype"],
         max_model_len=s["max_model_len"],
         lora_mode="adapter" if lora else "merge",
         lora_rank=s["max_lora_rank"],
         extra={"max_num_seqs": s["max_num_seqs"], "block_size": cpu_block, **s["extra"]},
     )
+    engine = VllmEngine(s["base_model"], adapter, options)
     decoding = DecodingSection(**{**s["decoding"], "max_new_tokens": max_tokens})
     engine.chat([task_messages([{"role": "user", "content": prompt(0)}])], decoding, [0])
     out = {}

@@ -209,20 +209,19 @@ class HfServeEngine:
     """transformers `generate`: one request at a time, whole completions, merged adapters."""
 
     def __init__(self, s: EngineSettings):
-        from esevo_ray.generation.engines import HfEngine
+        from esevo_ray.generation.engines import EngineOptions, HfEngine
 
         self.settings = s
-        self.base = HfEngine(s.base_model, dtype=s.dtype)
+        self.base = HfEngine(s.base_model, options=EngineOptions(dtype=s.dtype))
         self.lock = asyncio.Lock()
         self.running = 0
 
     async def load(self, key: str, path: str) -> Any:
-        from esevo_ray.generation.engines import HfEngine
+        from esevo_ray.generation.engines import EngineOptions, HfEngine
 
         logger.info("loading adapter %s (merged)", key)
-        return await asyncio.to_thread(
-            HfEngine, self.settings.base_model, path, dtype=self.settings.dtype
-        )
+        options = EngineOptions(dtype=self.settings.dtype)
+        return await asyncio.to_thread(HfEngine, self.settings.base_model, path, options)
 
     async def stream(self, request: dict, adapter: Any) -> AsyncIterator[dict]:
         engine = adapter or self.base

@@ -1,7 +1,11 @@
 """vLLM serves M^t either as merged weights or as a LoRA request: the same model either way."""
 
+from dataclasses import replace
+
+import pytest
+
 from esevo_ray.config import DecodingSection
-from esevo_ray.generation.engines import VllmEngine
+from esevo_ray.generation.engines import EngineOptions, VllmEngine
 from esevo_ray.models import build_tiny_adapter
 
 GREEDY = DecodingSection(temperature=0, max_new_tokens=8)
@@ -18,12 +22,12 @@ def _texts(engine):
 def test_vllm_lora_request_matches_merged_weights(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path / "cache"))
     adapter = build_tiny_adapter(tiny_model, tmp_path / "a", seed=3)
-    kwargs = dict(dtype="float32", max_model_len=1024)
-    as_request = _texts(VllmEngine(tiny_model, adapter, lora_mode="adapter", **kwargs))
-    merged_engine = VllmEngine(tiny_model, adapter, lora_mode="merge", **kwargs)
+    merged = EngineOptions(dtype="float32", max_model_len=1024, lora_mode="merge")
+    as_request = _texts(VllmEngine(tiny_model, adapter, replace(merged, lora_mode="adapter")))
+    merged_engine = VllmEngine(tiny_model, adapter, merged)
     assert merged_engine.adapter_hash and (tmp_path / "cache" / "merged").exists()
     assert as_request == _texts(merged_engine)
-    assert as_request != _texts(VllmEngine(tiny_model, **kwargs))
+    assert as_request != _texts(VllmEngine(tiny_model, options=merged))
 
 
 def test_hf_engine_treats_a_vanishing_temperature_as_greedy(tiny_model):
@@ -35,6 +39,15 @@ def test_hf_engine_treats_a_vanishing_temperature_as_greedy(tiny_model):
     assert [c.text for c in engine.chat(MESSAGES, tiny, [1, 2])] == _texts(engine)
 
 
+def test_chat_wants_one_seed_per_conversation(tiny_model):
+    from esevo_ray.generation.engines import HfEngine
+
+    engine = HfEngine(tiny_model)
+    with pytest.raises(ValueError, match="2 conversations but 1 seeds"):
+        engine.chat(MESSAGES, GREEDY, [1])
+    assert engine.chat([], GREEDY, []) == []
+
+
 def test_vllm_guided_json_is_compact(tiny_model):
     """No whitespace between JSON tokens under a schema: vLLM takes the flag from the engine's
     config only, and a model free to pad a guided answer fills the token budget with it."""
@@ -43,7 +56,7 @@ def test_vllm_guided_json_is_compact(tiny_model):
 
     from esevo_ray import prompts
 
-    engine = VllmEngine(tiny_model, dtype="float32", max_model_len=1024)
+    engine = VllmEngine(tiny_model, options=EngineOptions(dtype="float32", max_model_len=1024))
     msgs = [prompts.reflect_messages([{"role": "user", "content": t}]) for t in ("sad", "hi")]
     sampled = DecodingSection(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=400)
     for out in engine.chat(msgs, sampled, [5, 6], prompts.REFLECT_SCHEMA):
