@@ -52,6 +52,12 @@ def layout_of(cfg: RunConfig) -> RunLayout:
     return layout
 
 
+def run_of(args: argparse.Namespace) -> tuple[RunConfig, RunLayout]:
+    """The config a stage command was given and the run directory it works in."""
+    cfg = load_args_config(args)
+    return cfg, layout_of(cfg)
+
+
 def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> Path:
     """`path` as a Path, or a UsageError naming `flag` when it does not exist."""
     if path is None or not Path(path).exists():

@@ -13,8 +13,8 @@ from esevo_ray.cli.common import (
     add_config_args,
     command_group,
     existing,
-    layout_of,
     load_args_config,
+    run_of,
 )
 from esevo_ray.layout import RunLayout
 
@@ -72,8 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.evaluate import default_name, evaluate_model
     from esevo_ray.models import resolve_model
 
-    cfg = load_args_config(args)
-    layout = layout_of(cfg)
+    cfg, layout = run_of(args)
     contexts = _contexts(args, layout)
     model = args.model if args.model and is_endpoint(args.model) else None
     if model is None:  # with an endpoint, evaluate_model says why --adapter does not apply
@@ -95,8 +94,7 @@ def cmd_ablate_prompts(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.ablation import ablate_prompts
     from esevo_ray.models import resolve_model
 
-    cfg = load_args_config(args)
-    layout = layout_of(cfg)
+    cfg, layout = run_of(args)
     out = Path(args.out) if args.out else layout.ablation("prompts")
     ablate_prompts(
         cfg, _contexts(args, layout), out, model_path=resolve_model(args.model or cfg.model.path),

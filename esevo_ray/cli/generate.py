@@ -12,8 +12,7 @@ from esevo_ray.cli.common import (
     add_config_args,
     command_group,
     existing,
-    layout_of,
-    load_args_config,
+    run_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,8 +34,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from esevo_ray.generation.pipeline import generate_pairs
     from esevo_ray.models import resolve_model
 
-    cfg = load_args_config(args)
-    layout = layout_of(cfg)
+    cfg, layout = run_of(args)
     contexts = existing(
         args.contexts or layout.seed_contexts, "--contexts", "seed contexts",
         f"run `esevo data prepare --config {args.config}` or pass --contexts",
@@ -64,9 +62,9 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     from esevo_ray.io import emit_json
     from esevo_ray.models import resolve_model
 
-    cfg = load_args_config(args)
+    cfg, layout = run_of(args)
     contexts = existing(
-        args.contexts or layout_of(cfg).seed_contexts, "--contexts", "contexts",
+        args.contexts or layout.seed_contexts, "--contexts", "contexts",
         "run `esevo data prepare` or pass --contexts",
     )  # fmt: skip
     report = bench_generate(

@@ -15,8 +15,8 @@ from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
     existing,
-    layout_of,
     load_args_config,
+    run_of,
 )
 
 FRESH = "none"
@@ -39,8 +39,7 @@ def _init_adapter(value: str | None, default: Path) -> Path | None:
 def cmd_sft(args: argparse.Namespace) -> int:
     from esevo_ray.training.sft import train_sft
 
-    cfg = load_args_config(args)
-    layout = layout_of(cfg)
+    cfg, layout = run_of(args)
     data = existing(args.data or layout.data, "--data", "prepared data folder",
                     f"run `esevo data prepare --config {args.config}`")  # fmt: skip
     out = train_sft(cfg, data, Path(args.out) if args.out else layout.adapter(0))
@@ -51,8 +50,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def cmd_dpo(args: argparse.Namespace) -> int:
     from esevo_ray.training.dpo import train_dpo
 
-    cfg = load_args_config(args)
-    layout, t = layout_of(cfg), args.iteration
+    (cfg, layout), t = run_of(args), args.iteration
     pairs = existing(args.pairs or layout.pairs(t), "--pairs", "preference pairs",
                      f"run `esevo generate --config {args.config} --iteration {t}`")  # fmt: skip
     default = None if layout.is_base(t - 1) else layout.adapter(t - 1)
