@@ -57,6 +57,11 @@ def is_adapter(folder: str | Path) -> bool:
     return (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_FILE).is_file()
 
 
+def _under_root(*parts: str) -> property:
+    """A read-only RunLayout attribute: the path `root/<parts>`."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory. Nothing is created until a stage writes."""
@@ -72,37 +77,14 @@ class RunLayout:
         return cls(Path(cfg.output_dir) / cfg.name)
 
     # --- run-level files
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def eval_contexts(self) -> Path:
-        return self.data / "eval_contexts.parquet"
-
-    @property
-    def seed_contexts(self) -> Path:
-        return self.data / "seed_contexts.parquet"
-
-    @property
-    def sft_data(self) -> Path:
-        return self.data / "sft.parquet"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def report(self) -> Path:
-        return self.report_dir / "report.md"
-
-    @property
-    def human_db(self) -> Path:
-        return self.root / "human_eval" / "db.sqlite"
+    manifest = _under_root("manifest.json")
+    data = _under_root("data")
+    eval_contexts = _under_root("data", "eval_contexts.parquet")
+    seed_contexts = _under_root("data", "seed_contexts.parquet")
+    sft_data = _under_root("data", "sft.parquet")
+    report_dir = _under_root("report")
+    report = _under_root("report", "report.md")
+    human_db = _under_root("human_eval", "db.sqlite")
 
     # --- per model
     def model(self, t: int) -> Path:
