@@ -107,14 +107,20 @@ def _optional_str(record: dict, key: str) -> str:
     return value
 
 
+def _turn_items(record: dict, key: str) -> list[dict]:
+    """`record[key]`: the dialogue's turns, a non-empty list of objects."""
+    items = record.get(key)
+    if not isinstance(items, list) or not items:
+        raise DataError(f"field {key!r} must be a non-empty list, got {items!r:.60}")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{key}[{i}] must be an object, got {item!r:.60}")
+    return items
+
+
 def _esconv_record(record: dict, default_id: str, source: str, split: str) -> Dialogue:
-    dialog = record.get("dialog")
-    if not isinstance(dialog, list) or not dialog:
-        raise DataError(f"field 'dialog' must be a non-empty list, got {dialog!r:.60}")
     turns = []
-    for i, utt in enumerate(dialog):
-        if not isinstance(utt, dict):
-            raise DataError(f"dialog[{i}] must be an object")
+    for i, utt in enumerate(_turn_items(record, "dialog")):
         speaker = utt.get("speaker")
         if speaker not in ESCONV_ROLES:
             raise DataError(f"dialog[{i}].speaker is {speaker!r}, want one of {list(ESCONV_ROLES)}")
@@ -141,13 +147,8 @@ def load_esconv(path: str | Path, split: str, on_bad: OnBad = "error") -> Loaded
 
 
 def _extes_record(record: dict, default_id: str) -> Dialogue:
-    content = record.get("content")
-    if not isinstance(content, list) or not content:
-        raise DataError(f"field 'content' must be a non-empty list, got {content!r:.60}")
     turns = []
-    for i, item in enumerate(content):
-        if not isinstance(item, dict):
-            raise DataError(f"content[{i}] must be an object")
+    for i, item in enumerate(_turn_items(record, "content")):
         if "User" in item:
             turns.append(Turn(SEEKER, _text(item["User"], f"content[{i}].User")))
         elif "AI" in item:
@@ -175,13 +176,8 @@ def load_extes(path: str | Path, on_bad: OnBad = "error") -> Loaded:
 
 def _serveforemo_record(record: dict, default_id: str) -> Dialogue:
     f = SERVEFOREMO_FIELDS
-    items = record.get(f["turns"])
-    if not isinstance(items, list) or not items:
-        raise DataError(f"field {f['turns']!r} must be a non-empty list")
     turns, pending = [], None
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise DataError(f"{f['turns']}[{i}] must be an object")
+    for i, item in enumerate(_turn_items(record, f["turns"])):
         raw_role = str(item.get(f["role"], "")).strip().lower()
         if raw_role not in SERVEFOREMO_ROLES:
             raise DataError(
