@@ -15,37 +15,17 @@ import os
 import platform
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from esevo_ray.config import RunConfig
-from esevo_ray.serving.loadgen import Result, prompt, run_clients, summarise
-
-LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
+from esevo_ray.serving.loadgen import Load, Result, prompt, run_clients, summarise
 
 
-def _check_loopback(base_url: str) -> None:
-    if not base_url.startswith(LOOPBACK):
-        raise ValueError(f"the serving benchmark only targets loopback addresses, got {base_url}")
-
-
-def bench_serve(
-    base_url: str,
-    model: str = "base",
-    clients: int = 8,
-    duration_s: float = 10.0,
-    max_tokens: int = 32,
-    api_key: str | None = None,
-    ramp_s: float = 0.0,
-) -> dict:
-    """`clients` closed-loop streaming clients for `duration_s`; tokens/s, latency, TTFT.
-
-    The clients start evenly over the first `ramp_s` seconds (see `run_clients`).
-    """
-    _check_loopback(base_url)
-    results, errors, wall = run_clients(
-        base_url, model, clients, duration_s, max_tokens, api_key, stream_every=1, ramp_s=ramp_s
-    )
-    return {"clients": clients, "ramp_s": ramp_s, **summarise(results, errors, wall)}
+def bench_serve(load: Load) -> dict:
+    """Tokens/s, latency and time to first token of `load` (streaming clients: see `Load`)."""
+    results, errors, wall = run_clients(load)
+    return {"clients": load.clients, "ramp_s": load.ramp_s, **summarise(results, errors, wall)}
 
 
 def _offline_run(
@@ -142,12 +122,14 @@ def bench_serve_app(
     load_before = round(os.getloadavg()[0], 2)
     offline = offline_tok_per_s(cfg, run, model, max_tokens, clients)
     url = start_app(cfg, run)
-    key = os.environ.get(cfg.serve.api_key_env)
+    load = Load(url, model, max_tokens=max_tokens, api_key=os.environ.get(cfg.serve.api_key_env))
     served: dict[str, dict] = {}
     try:
-        bench_serve(url, model, max(clients), 5.0, max_tokens, key)  # warm-up: adapter, caches
+        bench_serve(replace(load, clients=max(clients), duration_s=5.0))  # warm-up: adapter, caches
         for c in clients:
-            served[str(c)] = bench_serve(url, model, c, duration_s, max_tokens, key, ramp_s)
+            served[str(c)] = bench_serve(
+                replace(load, clients=c, duration_s=duration_s, ramp_s=ramp_s)
+            )
     finally:
         serve.delete(APP_NAME)
     ratio = {
@@ -177,18 +159,9 @@ def replica_rss(name: str = "Generator", app: str = "esevo") -> int | None:
     return serve.get_deployment_handle(name, app).stats.remote().result().get("rss_bytes")
 
 
-def soak(
-    base_url: str,
-    model: str = "base",
-    clients: int = 32,
-    duration_s: float = 120.0,
-    max_tokens: int = 32,
-    api_key: str | None = None,
-    disconnect_every: int = 5,
-) -> dict:
-    """Streamed and plain requests alternating; every `disconnect_every`-th client request
-    hangs up after its first tokens. Errors exclude those provoked disconnects."""
-    _check_loopback(base_url)
+def soak(load: Load) -> dict:
+    """`load` with the generator replica's memory sampled every 5 s; errors exclude the
+    disconnects that `load.disconnect_every` provokes."""
     samples: list[tuple[float, int | None]] = []
     stop = threading.Event()
 
@@ -201,16 +174,7 @@ def soak(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        results, errors, wall = run_clients(
-            base_url,
-            model,
-            clients,
-            duration_s,
-            max_tokens,
-            api_key,
-            stream_every=2,
-            disconnect_every=disconnect_every,
-        )
+        results, errors, wall = run_clients(load)
     finally:
         stop.set()
         sampler.join()
@@ -219,7 +183,7 @@ def soak(
     done: list[Result] = [r for r in results if not r.disconnected]
     growth = None if before is None or after is None else after - before
     return {
-        "clients": clients,
+        "clients": load.clients,
         **summarise(done, errors, wall),
         "disconnected_early": sum(r.disconnected for r in results),
         "streamed": sum(r.streamed for r in done),
@@ -231,16 +195,27 @@ def soak(
     }
 
 
-def soak_app(cfg: RunConfig, run_dir: str | Path | None, model: str = "current", **kw) -> dict:
-    """Start the application, warm it up, soak it (see `soak`), shut it down."""
+def soak_app(
+    cfg: RunConfig,
+    run_dir: str | Path | None,
+    model: str = "current",
+    clients: int = 32,
+    duration_s: float = 120.0,
+    max_tokens: int = 32,
+) -> dict:
+    """Start the application, warm it up, soak it, shut it down. Streamed and plain requests
+    alternate; every fifth streamed request hangs up after its first tokens (see `soak`)."""
     from ray import serve
 
     from esevo_ray.serving.deploy import APP_NAME, start_app
 
     url = start_app(cfg, run_dir)
-    key = os.environ.get(cfg.serve.api_key_env)
+    load = Load(url, model, 8, 5.0, max_tokens, os.environ.get(cfg.serve.api_key_env))
     try:
-        bench_serve(url, model, 8, 5.0, kw.get("max_tokens", 32), key)
-        return {"model": model, **soak(url, model, api_key=key, **kw)}
+        bench_serve(load)  # warm-up: adapter, caches
+        soaked = replace(
+            load, clients=clients, duration_s=duration_s, stream_every=2, disconnect_every=5
+        )
+        return {"model": model, **soak(soaked)}
     finally:
         serve.delete(APP_NAME)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,36 @@ TOPICS = ("exam", "job interview", "breakup", "move abroad", "argument with my s
 
 def prompt(i: int) -> str:
     return f"I feel stressed about my {TOPICS[i % len(TOPICS)]} ({i}). What can I do?"
+
+
+LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
+
+
+@dataclass(frozen=True)
+class Load:
+    """Closed-loop clients against one served model, for `duration_s` seconds.
+
+    Request i is streamed when i % stream_every == 0; a streamed request with
+    i % disconnect_every == 0 (when > 0) hangs up after its first content token. Client w
+    starts w * ramp_s / clients seconds in, as independent users would: clients that all
+    start at once stay in lockstep, each round waiting for one prefill of every prompt.
+    """
+
+    base_url: str
+    model: str = "base"
+    clients: int = 8
+    duration_s: float = 10.0
+    max_tokens: int = 32
+    api_key: str | None = field(default=None, repr=False)
+    stream_every: int = 1
+    disconnect_every: int = 0
+    ramp_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(LOOPBACK):
+            raise ValueError(
+                f"the load generator only targets loopback addresses, got {self.base_url}"
+            )
 
 
 @dataclass
@@ -73,53 +103,40 @@ def _plain(client, body: dict) -> Result:
     return Result(latency, latency, r.json()["usage"]["completion_tokens"], False)
 
 
-def run_clients(
-    base_url: str,
-    model: str,
-    clients: int,
-    duration_s: float,
-    max_tokens: int,
-    api_key: str | None,
-    stream_every: int = 1,
-    disconnect_every: int = 0,
-    ramp_s: float = 0.0,
-) -> tuple[list[Result], list[str], float]:
-    """Run the clients; returns results, error messages and the wall time (s).
-
-    Request i is streamed when i % stream_every == 0; a streamed request with
-    i % disconnect_every == 0 (when > 0) hangs up after its first content token. Client w
-    starts w * ramp_s / clients seconds in, as independent users would: clients that all
-    start at once stay in lockstep, each round waiting for one prefill of every prompt.
-    """
+def run_clients(load: Load) -> tuple[list[Result], list[str], float]:
+    """Run the clients; returns results, error messages and the wall time (s)."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Authorization": f"Bearer {load.api_key}"} if load.api_key else {}
     results: list[Result] = []
     errors: list[str] = []
     lock = threading.Lock()
-    stop = time.perf_counter() + duration_s
+    stop = time.perf_counter() + load.duration_s
+    every = load.stream_every
 
     def worker(w: int) -> None:
-        time.sleep(w * ramp_s / clients)
-        with httpx.Client(base_url=base_url, headers=headers, timeout=300) as client:
+        time.sleep(w * load.ramp_s / load.clients)
+        with httpx.Client(base_url=load.base_url, headers=headers, timeout=300) as client:
             i = w
             while time.perf_counter() < stop:
-                stream = i % stream_every == 0
+                stream = i % every == 0
                 hang_up = (
-                    stream and disconnect_every > 0 and (i // stream_every) % disconnect_every == 0
+                    stream
+                    and load.disconnect_every > 0
+                    and (i // every) % load.disconnect_every == 0
                 )
                 try:
-                    body = _body(model, i, max_tokens, stream)
+                    body = _body(load.model, i, load.max_tokens, stream)
                     res = _streamed(client, body, hang_up) if stream else _plain(client, body)
                     with lock:
                         results.append(res)
                 except Exception as e:  # counted and reported, the run goes on
                     with lock:
                         errors.append(f"{type(e).__name__}: {e}")
-                i += clients
+                i += load.clients
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(load.clients)]
     for t in threads:
         t.start()
     for t in threads:
