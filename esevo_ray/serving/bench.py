@@ -210,7 +210,8 @@ def soak_app(
     from esevo_ray.serving.deploy import APP_NAME, start_app
 
     url = start_app(cfg, run_dir)
-    load = Load(url, model, 8, 5.0, max_tokens, os.environ.get(cfg.serve.api_key_env))
+    key = os.environ.get(cfg.serve.api_key_env)
+    load = Load(url, model, clients=8, duration_s=5.0, max_tokens=max_tokens, api_key=key)
     try:
         bench_serve(load)  # warm-up: adapter, caches
         soaked = replace(
