@@ -52,7 +52,8 @@ class DecodingSection(Section):
 
 
 class GenerationSection(Section):
-    engine: Literal["vllm", "hf"] = "vllm"
+    # "auto": vllm where it is installed, else hf (esevo_ray/generation/engine_choice.py).
+    engine: Literal["auto", "vllm", "hf"] = "auto"
     num_actors: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     # "joint": one call returns reflection + refinement (Appendix E.1);
@@ -104,7 +105,7 @@ class GenerationSection(Section):
 def _check_placement(section: Any, engine: str) -> Any:
     """device, gpus_per_actor and tensor_parallel_size must agree (generation and judge)."""
     gpus, tp = section.gpus_per_actor, section.tensor_parallel_size
-    if tp > 1 and (engine != "vllm" or section.device == "cpu"):
+    if tp > 1 and (engine not in ("vllm", "auto") or section.device == "cpu"):
         raise ValueError(
             f"tensor_parallel_size {tp} needs engine vllm on GPUs (engine {engine!r}, "
             f"device {section.device!r})"

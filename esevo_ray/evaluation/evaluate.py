@@ -16,6 +16,7 @@ from esevo_ray.config import RunConfig, save_config
 from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.endpoint import ChatEndpoint, endpoint_responses, is_endpoint
 from esevo_ray.evaluation.metrics import score_responses
+from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,6 @@ def _local_responses(
         "model_path": str(path),
         "adapter": str(adapter) if adapter else None,
         "adapter_hash": adapter_hash(adapter),
-        "engine": cfg.generation.engine,
+        "engine": generation_engine(cfg.generation),
     }
     return name, responses, source

@@ -18,6 +18,7 @@ from pathlib import Path
 from esevo_ray.config import DecodingSection, JudgeSection
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
+from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
 from esevo_ray.turns import drop_oldest_turns
 
@@ -62,6 +63,10 @@ class LocalJudge:
     def __init__(self, cfg: JudgeSection, model_path: str | Path, *, dtype: str = "auto"):
         if cfg.backend == "endpoint":
             raise ValueError("LocalJudge needs eval.judge.backend 'vllm' or 'hf'")
+        choose_engine(
+            cfg.backend, f"{KEY}.backend", guided_json=cfg.guided_json,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+        )  # fmt: skip
         self.cfg = cfg
         self.model = Path(model_path).name
         self.placement = judge_placement(cfg)

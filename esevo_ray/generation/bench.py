@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
+from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.numerics import engine_dtype
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,12 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     from esevo_ray.generation.pairs import fit_context, request_seed
 
     gen = cfg.generation
-    if gen.engine == "hf":  # vLLM binds its own CPU threads
+    kind = generation_engine(gen)
+    if kind == "hf":  # vLLM binds its own CPU threads
         torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
     options = EngineOptions(dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm)
-    engine = build_engine(gen.engine, model, options=options)
+    engine = build_engine(kind, model, options=options)
     batches = []
     for i in range(0, len(rows), gen.batch_size):
         batch = rows[i : i + gen.batch_size]
@@ -138,7 +140,7 @@ def bench_generate(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "model": str(model.name),
-        "engine": cfg.generation.engine,
+        "engine": generation_engine(cfg.generation),
         "dtype": engine_dtype(cfg.model.dtype),
         "contexts": len(rows),
         "naive_contexts": min(naive_n, len(rows)),

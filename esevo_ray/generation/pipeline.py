@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
+from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.generation.engines import EngineOptions, build_engine
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
@@ -163,7 +164,8 @@ def run_engine_actors(
     """Map the contexts not yet in `out_dir` through a pool of engine actors."""
     import ray
 
-    gen = cfg.generation
+    # The actors get the engine chosen here, checked before any of them starts.
+    gen = cfg.generation.model_copy(update={"engine": generation_engine(cfg.generation)})
     out_dir.mkdir(parents=True, exist_ok=True)
     t_read = time.perf_counter()
     todo = unwritten(contexts, read_parts(out_dir, actor.output_schema))
@@ -173,14 +175,14 @@ def run_engine_actors(
         "%s: %d contexts, %d already done, %d to go", label, total, total - remaining, remaining
     )
     t0 = time.perf_counter()
-    progress = Progress()
+    progress = Progress(engine=gen.engine)
     if not remaining:
         return progress
     if not ray.is_initialized():
         ray.init()
     # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks.
     progress.placement = place(gen, gen.engine, gen.num_actors, "generation")
-    ds = _actor_dataset(cfg, todo, out_dir, actor, progress.placement, dict(
+    ds = _actor_dataset(cfg, gen, todo, out_dir, actor, progress.placement, dict(
         model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,
     ))  # fmt: skip
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -198,17 +200,18 @@ def run_engine_actors(
 
 def _actor_dataset(
     cfg: RunConfig,
+    gen: GenerationSection,
     todo: pa.Table,
     out_dir: Path,
     actor: type[EngineActor],
     placement: Placement,
     actor_kwargs: dict,
 ):
-    """The Ray Data plan: `todo` in batches, through a pool of `actor`s placed as resolved."""
+    """The Ray Data plan: `todo` in batches, through a pool of `actor`s (`gen`'s engine,
+    placed as resolved)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    gen = cfg.generation
     DataContext.get_current().enable_progress_bars = False
     # One block per batch, made on the driver: a repartition task would need a CPU that
     # the actors may already hold all of (e.g. one actor with every core).
@@ -276,7 +279,7 @@ def generate_pairs(
         "adapter_hash": pairs["adapter_hash"][0].as_py() if pairs.num_rows else None,
         "model_path": str(model_path),
         "adapter": str(adapter) if adapter else None,
-        "engine": cfg.generation.engine,
+        "engine": progress.engine,
         "config_digest": cfg.digest(),
         "seconds": round(progress.seconds, 2),
         "placement": progress.placement_info(),

@@ -19,6 +19,7 @@ PHASE_COLUMNS = ("startup_s", "compute_s", "io_s")
 class Progress:
     """What one `run_engine_actors` call did: wall seconds, tokens, and per-batch arrivals."""
 
+    engine: str | None = None  # the engine kind the actors built ("auto" resolved)
     seconds: float = 0.0
     rows: int = 0
     tokens: int = 0

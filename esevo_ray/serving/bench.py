@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from esevo_ray.config import RunConfig
+from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.serving.loadgen import Load, Result, prompt, run_clients, summarise
 
 
@@ -114,7 +115,6 @@ def bench_serve_app(
     from ray import serve
 
     from esevo_ray.serving.deploy import APP_NAME, default_run_dir, start_app
-    from esevo_ray.serving.engine import engine_kind
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if not ray.is_initialized():
@@ -142,7 +142,7 @@ def bench_serve_app(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "model": model,
-        "engine": engine_kind(cfg.serve.engine),
+        "engine": choose_engine(cfg.serve.engine, "serve.engine"),
         "max_tokens": max_tokens,
         "decoding": cfg.serve.decoding.model_dump(),
         "duration_s": duration_s,

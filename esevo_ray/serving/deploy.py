@@ -11,9 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from esevo_ray.config import RunConfig, load_config
+from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.layout import RunLayout
 from esevo_ray.serving.app import Ingress
-from esevo_ray.serving.engine import EngineSettings, adapter_rank, engine_kind, lora_rank_bound
+from esevo_ray.serving.engine import EngineSettings, adapter_rank, lora_rank_bound
 from esevo_ray.serving.generator import Generator
 from esevo_ray.serving.registry import check_host_key
 
@@ -45,7 +46,7 @@ def engine_settings(cfg: RunConfig, run_dir: Path, base: str) -> dict:
         ranks = [cfg.sft.lora.r, cfg.dpo.lora.r, *(adapter_rank(a) for a in adapters)]
     settings = EngineSettings(
         base_model=base,
-        kind=engine_kind(s.engine),
+        kind=choose_engine(s.engine, "serve.engine"),
         dtype=s.dtype or cfg.model.dtype,
         max_model_len=s.max_model_len,
         max_adapters=s.max_adapters,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -52,15 +51,6 @@ class EngineSettings:
     max_num_seqs: int = 32
     kv_cache_gib: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def engine_kind(requested: str) -> str:
-    """ "vllm" or "hf"; "auto" is vLLM when it is installed."""
-    if requested == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    if requested not in ("vllm", "hf"):
-        raise ValueError(f"serve.engine must be 'auto', 'vllm' or 'hf', got {requested!r}")
-    return requested
 
 
 def adapter_rank(adapter: str | Path) -> int:

