@@ -61,7 +61,9 @@ class EngineActor:
         self.placed = enter_actor(placement, "generation") if placement else {}
         import torch
 
-        if gen.engine == "hf":  # vLLM binds its own CPU threads
+        # The driver chose the engine (run_engine_actors); checked again in this environment.
+        kind = generation_engine(gen)
+        if kind == "hf":  # vLLM binds its own CPU threads
             torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
         self.gen, self.out_dir = gen, Path(out_dir)
         options = EngineOptions(
@@ -69,7 +71,7 @@ class EngineActor:
             device=placement.device if placement else None,
             tensor_parallel_size=gen.tensor_parallel_size, extra=gen.vllm,
         )  # fmt: skip
-        self.engine = build_engine(gen.engine, model_path, adapter, options)
+        self.engine = build_engine(kind, model_path, adapter, options)
         self.placed["dtype"] = self.engine.dtype  # what "auto" resolved to, with the placement
         self.startup_s = time.perf_counter() - t0  # reported with the first batch
 

@@ -116,3 +116,13 @@ def test_serving_checks_its_engine(missing, tmp_path):
     with pytest.raises(EngineUnavailable, match="serve.engine is vllm"):
         engine_settings(cfg, tmp_path, "base")
     assert engine_settings(load_config(None, []), tmp_path, "base")["kind"] == "hf"  # auto
+
+
+def test_an_actor_built_outside_ray_chooses_by_the_same_rule(missing, tiny_model, tmp_path):
+    from esevo_ray.generation.engines import HfEngine
+    from esevo_ray.generation.pipeline import Responder
+
+    missing("vllm")
+    gen = gen_cfg(**{"generation.engine": "auto"}).generation
+    actor = Responder(gen, str(tiny_model), None, "float32", str(tmp_path), model_name="m0")
+    assert isinstance(actor.engine, HfEngine)
