@@ -54,9 +54,7 @@ def test_the_engine_rule(missing, requested, hidden, options, expected):
          r"generation.tensor_parallel_size 2 needs vllm.*generation.tensor_parallel_size=1"),
     ],
 )  # fmt: skip
-def test_a_missing_package_names_the_setting_to_change(
-    missing, requested, hidden, options, match
-):
+def test_a_missing_package_names_the_setting_to_change(missing, requested, hidden, options, match):
     missing(*hidden)
     with pytest.raises(EngineUnavailable, match=match):
         choose_engine(requested, "generation.engine", **options)
@@ -72,7 +70,9 @@ def test_auto_is_the_default_and_allows_tensor_parallelism():
     assert cfg.generation.engine == "auto"
 
 
-def test_auto_without_vllm_generates_on_hf(missing, ray_local, tiny_model, extes_contexts, tmp_path):
+def test_auto_without_vllm_generates_on_hf(
+    missing, ray_local, tiny_model, extes_contexts, tmp_path
+):
     """The driver chooses hf; the actors build it (their own processes still have vLLM)."""
     missing("vllm")
     path, _ = extes_contexts
