@@ -53,7 +53,7 @@ class DecodingSection(Section):
 
 class GenerationSection(Section):
     # "auto": vllm where it is installed, else hf (esevo_ray/generation/engine_choice.py).
-    engine: Literal["auto", "vllm", "hf"] = "auto"
+    engine: Literal["auto", "vllm", "hf"] = "vllm"
     num_actors: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     # "joint": one call returns reflection + refinement (Appendix E.1);
