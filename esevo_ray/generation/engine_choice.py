@@ -18,8 +18,7 @@ from __future__ import annotations
 import importlib.util
 
 from esevo_ray.config import ConfigError, GenerationSection
-
-KINDS = ("vllm", "hf")
+from esevo_ray.generation.engines import ENGINES
 
 
 class EngineUnavailable(ConfigError):
@@ -44,8 +43,9 @@ def choose_engine(
             is not installed.
     """
     section = key.rpartition(".")[0]
-    if requested not in ("auto", *KINDS):
-        raise ConfigError(f"{key} must be 'auto', 'vllm' or 'hf', got {requested!r}")
+    if requested != "auto" and requested not in ENGINES:
+        kinds = ", ".join(repr(k) for k in ("auto", *ENGINES))
+        raise ConfigError(f"{key} must be one of {kinds}, got {requested!r}")
     kind = requested
     if kind == "auto":
         kind = "vllm" if installed("vllm") else "hf"

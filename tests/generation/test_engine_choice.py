@@ -61,7 +61,9 @@ def test_a_missing_package_names_the_setting_to_change(missing, requested, hidde
 
 
 def test_unknown_engine_is_a_config_error():
-    with pytest.raises(ConfigError, match="serve.engine must be 'auto', 'vllm' or 'hf', got 'tgi'"):
+    with pytest.raises(
+        ConfigError, match="serve.engine must be one of 'auto', 'vllm', 'hf', got 'tgi'"
+    ):
         choose_engine("tgi", "serve.engine")
 
 
