@@ -26,6 +26,7 @@ from esevo_ray.serving.checks import (
     check_auth,
     check_conversation,
     check_max_tokens,
+    recent_history,
 )
 from esevo_ray.serving.guard import ReplyGuard
 from esevo_ray.serving.protocol import (
@@ -90,11 +91,15 @@ class Ingress:
         return list(self.models())
 
     def resolve_name(self, name: str) -> str | None:
-        models = self.models()
+        return self._resolve(name, self.models())
+
+    @staticmethod
+    def _resolve(name: str, models: dict[str, ServedModel]) -> str | None:
         return current_name(models) if name == CURRENT else (name if name in models else None)
 
     def resolve(self, name: str) -> ServedModel:
-        target = self.resolve_name(name)
+        models = self.models()  # one scan for the lookup and the answer: a rescan may drop one
+        target = self._resolve(name, models)
         if target is None and name == CURRENT:
             raise ApiError(
                 404,
@@ -105,11 +110,11 @@ class Ingress:
         if target is None:
             raise ApiError(
                 404,
-                f"model {name!r} not found; available: {', '.join([*self.models(), CURRENT])}",
+                f"model {name!r} not found; available: {', '.join([*models, CURRENT])}",
                 param="model",
                 code="model_not_found",
             )
-        return self.models()[target]
+        return models[target]
 
     def handle(self, model: ServedModel):
         """The generator handle for `model`: an adapter is a multiplexed model id."""
@@ -130,7 +135,7 @@ class Ingress:
     async def reply(self, model_name: str, dialogue: list[dict]) -> tuple[str, bool]:
         """A guarded whole reply for the human evaluation; the oldest turns go first."""
         model = self.resolve(model_name)
-        turns = check_conversation(dialogue, self.scfg)
+        turns = check_conversation(recent_history(dialogue, self.scfg), self.scfg)
         max_tokens = check_max_tokens(None, self.scfg)
         while True:
             try:

@@ -16,6 +16,7 @@ from esevo_ray.config import ServeSection
 from esevo_ray.prompts import task_messages
 from esevo_ray.serving.protocol import ChatMessage
 from esevo_ray.serving.registry import ServedModel, is_loopback
+from esevo_ray.turns import drop_oldest_turns
 
 
 def check_auth(request: Request, api_key: str | None) -> None:
@@ -69,6 +70,20 @@ def check_conversation(messages: list[ChatMessage] | list[dict], s: ServeSection
             code="too_many_characters",
         )
     return turns if turns[0]["role"] == "system" else task_messages(turns)
+
+
+def recent_history(dialogue: list[dict], s: ServeSection) -> list[dict]:
+    """The recent part of a session's history within `serve.max_messages` and `max_chars`.
+
+    A human-evaluation session may grow past what one chat request may carry; its oldest
+    exchanges go first, by the rule every stage uses (`turns.drop_oldest_turns`).
+    """
+
+    def fits(turns: list[dict]) -> bool:
+        chars = sum(len(t["content"]) for t in turns)
+        return len(turns) <= s.max_messages and chars <= s.max_chars
+
+    return drop_oldest_turns(dialogue, fits)
 
 
 def check_max_tokens(requested: int | None, s: ServeSection) -> int:

@@ -61,6 +61,31 @@ def test_pointwise_session_rules_and_rows(served, http):
     assert '"m0"' not in state and '"base"' not in state
 
 
+def test_a_long_session_keeps_going_past_the_request_limits(served, http):
+    # serve.max_chars=4000 and max_messages=16 bound one chat request; a session passes both
+    # (three 1,500-character messages, then 9 turns = 17 messages) and goes on answering.
+    sid = http.post("/human/api/sessions", json={"mode": "pointwise", "rater": "r3"}).json()
+    sid = sid["session_id"]
+    long = "I keep going over what happened at work and I cannot sleep. " * 25
+    messages = [long[:1500]] * 3 + [f"short {i}" for i in range(6)]
+    for i, message in enumerate(messages):
+        r = http.post(f"/human/api/sessions/{sid}/turns", json={"message": message})
+        assert r.status_code == 200, (i, r.text)
+    assert rows(served.db, "SELECT COUNT(*) FROM turns WHERE session_id = ?", sid) == [(9,)]
+
+
+def test_recent_history_drops_whole_exchanges_from_the_front():
+    from esevo_ray.config import ServeSection
+    from esevo_ray.serving.checks import recent_history
+
+    s = ServeSection(max_messages=4, max_chars=100)
+    dialogue = [{"role": ("user", "assistant")[i % 2], "content": f"t{i}"} for i in range(7)]
+    assert [t["content"] for t in recent_history(dialogue, s)] == ["t4", "t5", "t6"]
+    dialogue[5]["content"] = "x" * 98
+    assert [t["content"] for t in recent_history(dialogue, s)] == ["t6"]
+    assert recent_history(dialogue[:3], s) == dialogue[:3]
+
+
 def _kill_ingress() -> None:
     import ray
 
