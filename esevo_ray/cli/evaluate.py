@@ -49,6 +49,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         n_samples=n_samples,
         base_url=args.endpoint,
         model=args.model,
+        local_model=cfg.model.path,
         dtype=cfg.model.dtype,
     )
     summary = summarize(scores)

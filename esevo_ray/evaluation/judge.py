@@ -19,10 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from esevo_ray import profile
-from esevo_ray.config import ConfigError, JudgeSection
+from esevo_ray.config import JudgeSection
 from esevo_ray.errors import JudgeError
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
+from esevo_ray.models import resolve_model
 from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
 
 logger = logging.getLogger(__name__)
@@ -215,9 +216,9 @@ def judge_file(
 ) -> pa.Table:
     """Judge a responses.parquet (EVAL_RESPONSES) and write the JUDGE_SCORES parquet `out`.
 
-    With `cfg.backend` "vllm" or "hf" the judge is `cfg.local_model` (else `local_model`)
-    loaded locally in `dtype` (`model.dtype`); with "endpoint" it is `base_url`/`model`
-    (else the config's).
+    With `cfg.backend` "vllm" or "hf" the judge is `cfg.local_model` (else `local_model`,
+    else the prepared default model) loaded locally in `dtype` (`model.dtype`); with
+    "endpoint" it is `base_url`/`model` (else the config's).
     """
     from esevo_ray.io import write_parquet
 
@@ -245,7 +246,6 @@ def _client(
         return JudgeClient(cfg, base_url=base_url, model=model)
     from esevo_ray.evaluation.local_judge import LocalJudge
 
-    path = cfg.local_model or local_model
-    if path is None:
-        raise ConfigError("eval.judge.backend is local but no eval.judge.local_model is set")
+    # eval.judge.local_model, else the run's base model (the prepared default when unset)
+    path = resolve_model(cfg.local_model or (str(local_model) if local_model else None))
     return LocalJudge(cfg, path, dtype=dtype)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from esevo_ray.cli import main
 from esevo_ray.config import JUDGE_DIMENSIONS, load_config
 from esevo_ray.evaluation.report import write_report
 from esevo_ray.layout import RunLayout
@@ -113,3 +114,16 @@ def test_local_engine_judge_scores_or_records_missing(tmp_path, tiny_model, back
         assert values == [None] * 4
         assert scores.column("attempts").to_pylist() == [2] * 4
         assert all("unparseable" in e for e in scores.column("error").to_pylist())
+
+
+def test_judge_cli_uses_the_run_model_when_no_judge_model_is_named(tmp_path, tiny_model, capsys):
+    # eval.judge.local_model unset: the local judge is the run's model.path, as in the loop.
+    code = main(
+        ["judge", "--responses", str(_responses(tmp_path)), "--out", str(tmp_path / "j.parquet"),
+         f"model.path={tiny_model}", "eval.judge.backend=hf", "eval.judge.max_tokens=400",
+         "eval.judge.dimensions=[empathy]"]
+    )  # fmt: skip
+    assert code == 0
+    scores = read_table(tmp_path / "j.parquet", JUDGE_SCORES)
+    assert scores.column("judge_model").to_pylist() == [tiny_model.name] * 2
+    assert json.loads(capsys.readouterr().out)["verdicts"] == 2
