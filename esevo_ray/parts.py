@@ -4,21 +4,64 @@ A part is named by a hash of its rows' (dialogue_id, turn_index) keys and writte
 so a batch retried after a crash rewrites the same part (never a second copy), and a rerun
 into the same folder skips every key already written. Generation (pairs), evaluation
 responses (local engines and HTTP endpoints) all write their outputs this way.
+
+Skipping by key is only right while the folder has one producer: the same model, adapter and
+decoding settings. `claim` records the producer in `producer.json` when the first part is due
+and refuses a resume by another one, so a folder never mixes two models' outputs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from esevo_ray import schema
-from esevo_ray.io import write_parquet
+from esevo_ray.io import atomic_write_text, write_parquet
 
 PART_GLOB = "part-*.parquet"
+PRODUCER_FILE = "producer.json"
 KEY = ("dialogue_id", "turn_index")
+
+
+class PartsConflict(ValueError):
+    """A parts folder written by another producer than the one asked to resume it."""
+
+
+def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
+    """Record `producer` (flat: setting -> JSON value) as the writer of `out_dir`'s parts.
+
+    A folder that already records one must have the same value for every setting both name
+    (a setting added since is not compared); a folder with parts but no record (written
+    before producers were recorded) is taken over as it is.
+
+    Raises:
+        PartsConflict: a setting differs; the message names each one, old and new.
+    """
+    path = Path(out_dir) / PRODUCER_FILE
+    producer = _flat(json.loads(json.dumps(producer)))  # as it reads back: tuples are lists
+    old = json.loads(path.read_text()) if path.exists() else {}
+    changed = [k for k in sorted(old.keys() & producer.keys()) if old[k] != producer[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: {old[k]!r:.60} -> {producer[k]!r:.60}" for k in changed[:6])
+        raise PartsConflict(
+            f"{out_dir} holds parts written with other settings ({diffs}); resuming would mix "
+            "two producers' rows: write to a new folder, or move this one away to start over"
+        )
+    if producer.keys() - old.keys():
+        atomic_write_text(path, json.dumps({**old, **producer}, indent=2, sort_keys=True))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys, so a difference names the one setting that changed."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def part_name(rows: list[dict]) -> str:

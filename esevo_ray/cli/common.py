@@ -17,6 +17,7 @@ from esevo_ray.config import ConfigError, RunConfig, load_config  # noqa: E402
 from esevo_ray.data.dialogue import DataError  # noqa: E402
 from esevo_ray.errors import BenchUnavailable, EndpointError, JudgeError, UsageError  # noqa: E402
 from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
+from esevo_ray.parts import PartsConflict  # noqa: E402
 from esevo_ray.pipeline.manifest import RunConflict  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
 
@@ -24,7 +25,7 @@ from esevo_ray.schema import SchemaError  # noqa: E402
 # bug and keeps its traceback.
 USER_ERRORS = (
     ConfigError, DataError, SchemaError, RunConflict, UsageError, FileNotFoundError,
-    EndpointError, JudgeError, BenchUnavailable,
+    EndpointError, JudgeError, BenchUnavailable, PartsConflict,
 )  # fmt: skip
 
 

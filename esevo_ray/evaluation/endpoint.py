@@ -22,7 +22,7 @@ from esevo_ray.errors import EndpointError
 from esevo_ray.evaluation.responses import PARTS, collect_responses, eval_contexts
 from esevo_ray.generation.pairs import fit_context
 from esevo_ray.generation.pipeline import eval_seed, response_row
-from esevo_ray.parts import read_parts, unwritten, write_part
+from esevo_ray.parts import claim, read_parts, unwritten, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,13 @@ def endpoint_responses(
     """
     out_dir = Path(out_dir)
     contexts = eval_contexts(cfg, contexts_path)
+    gen = cfg.generation
+    claim(out_dir / PARTS, {
+        "stage": "endpoint", "model": f"{endpoint.model} at {endpoint.url}",
+        "model_name": model_name, "system_prompt": system_prompt,
+        "generation": {"decoding": gen.decoding.model_dump(), "max_context_tokens":
+                       gen.max_context_tokens if tokenizer is not None else None},
+    })  # fmt: skip
     rows = unwritten(contexts, read_parts(out_dir / PARTS, schema.EVAL_RESPONSES)).to_pylist()
     logger.info(
         "endpoint %s (%s): %d contexts, %d to go", endpoint.url, model_name, contexts.num_rows,

@@ -1,10 +1,8 @@
 """The Ray Data pipeline: contexts sharded across engine actors, results to Parquet parts.
 
-Each actor holds one engine and writes every finished batch as its own Parquet part, named by
-a hash of the batch's (dialogue_id, turn_index) keys and written atomically. So:
-- a rerun into the same folder skips keys already written (resume);
-- a batch retried after an actor dies rewrites the same part, never a second copy;
-- the driver can be stopped at any time without losing finished batches.
+Each actor holds one engine and writes every finished batch as its own Parquet part
+(`esevo_ray.parts`): a rerun by the same producer skips the keys already written, a batch
+retried after an actor dies rewrites the same part, and a stopped driver loses no batch.
 
 Two actors use it: `Generator` (preference pairs) and `Responder` (evaluation responses).
 Each actor reserves the GPUs of `generation.gpus_per_actor` (see `placement`) and holds its
@@ -25,13 +23,13 @@ import pyarrow.compute as pc
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
 from esevo_ray.generation.engine_choice import generation_engine
-from esevo_ray.generation.engines import EngineOptions, build_engine
+from esevo_ray.generation.engines import EngineOptions, build_engine, model_id
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
 from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
-from esevo_ray.parts import check_complete, part_name, read_parts, unwritten, write_part
+from esevo_ray.parts import check_complete, claim, part_name, read_parts, unwritten, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +42,9 @@ class EngineActor:
     """A Ray Data actor: one engine, whole batches in, one Parquet part out per batch."""
 
     output_schema: pa.Schema
+    # The `generation` settings its rows depend on, besides model, engine and dtype: a parts
+    # folder is resumed only with the same ones (`parts.claim`).
+    settings = ("decoding", "reflection_decoding", "max_context_tokens", "max_model_len")
 
     def __init__(
         self,
@@ -100,6 +101,8 @@ class Generator(EngineActor):
     """Preference pairs of iteration `iteration` (Section 2.2.1)."""
 
     output_schema = schema.PAIRS
+    settings = (*EngineActor.settings, "reflection_mode", "max_attempts", "guided_json",
+                "length_ratio")  # fmt: skip
 
     def __init__(self, *args, iteration: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -169,6 +172,11 @@ def run_engine_actors(
     # The actors get the engine chosen here, checked before any of them starts.
     gen = cfg.generation.model_copy(update={"engine": generation_engine(cfg.generation)})
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim(out_dir, {
+        "stage": actor.__name__, "model": model_id(model_path, adapter), "engine": gen.engine,
+        "dtype": cfg.model.dtype, "generation": gen.model_dump(include=set(actor.settings)),
+        **actor_kwargs,
+    })  # fmt: skip
     t_read = time.perf_counter()
     todo = unwritten(contexts, read_parts(out_dir, actor.output_schema))
     driver_io = time.perf_counter() - t_read

@@ -16,7 +16,7 @@ from esevo_ray.generation.engines import HfEngine
 from esevo_ray.generation.pairs import make_pairs
 from esevo_ray.generation.pipeline import generate_pairs
 from esevo_ray.models import adapter_hash, build_tiny_adapter
-from esevo_ray.parts import PART_GLOB
+from esevo_ray.parts import PART_GLOB, PartsConflict
 
 from ..conftest import ASSETS
 from .conftest import gen_cfg
@@ -92,6 +92,29 @@ def test_rerun_skips_finished_work_and_fills_gaps(ray_local, tiny_model, context
     generate_pairs(_cfg(), path, out, model_path=tiny_model)
     assert all(p.stat().st_mtime_ns == stamps[p] for p in kept), "finished parts were rewritten"
     _check_pairs(out, n)
+
+
+def test_a_folder_of_another_generator_is_not_resumed(ray_local, tiny_model, contexts, tmp_path):
+    """Resuming by key alone would keep M_a's pairs and label them as M_b's."""
+    path, _ = contexts
+    cfg, out = _cfg(**{"generation.max_contexts": 2}), tmp_path / "pairs"
+    a = build_tiny_adapter(tiny_model, tmp_path / "a", 1)
+    b = build_tiny_adapter(tiny_model, tmp_path / "b", 2)
+    generate_pairs(cfg, path, out, model_path=tiny_model, adapter=a)
+    parts = {p: p.stat().st_mtime_ns for p in out.glob(PART_GLOB)}
+    with pytest.raises(PartsConflict, match=rf"model: '{tiny_model.name}\+{adapter_hash(a)}'"):
+        generate_pairs(cfg, path, out, model_path=tiny_model, adapter=b)
+    with pytest.raises(PartsConflict, match="generation.reflection_decoding.max_new_tokens: 12"):
+        generate_pairs(
+            _cfg(**{"generation.max_contexts": 2,
+                    "generation.reflection_decoding.max_new_tokens": 20}),
+            path, out, model_path=tiny_model, adapter=a,
+        )  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in out.glob(PART_GLOB)} == parts
+    # The same generator resumes, and more contexts are added to the same folder.
+    more = _cfg(**{"generation.max_contexts": 4, "generation.num_actors": 1})
+    manifest = generate_pairs(more, path, out, model_path=tiny_model, adapter=a)
+    assert manifest["rows"] == 4 and manifest["adapter_hash"] == adapter_hash(a)
 
 
 def _kill_one_generator_actor(out, killed):
