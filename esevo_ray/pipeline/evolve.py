@@ -12,15 +12,15 @@ The `evolve` section varies the loop for Table 5: `init: base` makes M0 the base
 human_reference` makes {HM, P} pairs instead of self-refined ones, and `seed_split` gives each
 iteration its own part of the seed contexts (m<t>/seed_contexts.parquet).
 
-Stages hand each other paths. A stage whose outputs exist and whose manifest entry is "done"
-is skipped, so rerunning the same command after a stop continues at the first unfinished one.
+Stages hand each other paths. A stage whose outputs exist, whose manifest entry is "done" and
+whose inputs are unchanged is skipped (`runner.Runner`), so rerunning the same command after a
+stop continues at the first unfinished one, and a model trained again is evaluated again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,46 +30,9 @@ from esevo_ray.io import atomic_write_text
 from esevo_ray.layout import RunLayout, model_name
 from esevo_ray.models import resolve_model
 from esevo_ray.pipeline.manifest import Manifest
+from esevo_ray.pipeline.runner import Runner
 
 logger = logging.getLogger(__name__)
-
-
-class Runner:
-    """Runs stages in order, recording each in the manifest and skipping finished ones."""
-
-    def __init__(self, manifest: Manifest):
-        self.manifest = manifest
-        self.timings: dict[str, float] = {}
-
-    def stage(
-        self,
-        name: str,
-        *,
-        inputs: dict[str, Path],
-        outputs: dict[str, Path],
-        fn: Callable[[], dict | None],
-    ) -> None:
-        if self.manifest.done(name):
-            logger.info("stage %s: done, reusing %s", name, ", ".join(map(str, outputs.values())))
-            return
-        logger.info("stage %s: start", name)
-        self.manifest.start(name, {k: str(v) for k, v in inputs.items()})
-        t0 = time.perf_counter()
-        try:
-            with profile.collect() as timings:
-                info = fn() or {}
-        except BaseException as e:
-            self.manifest.fail(name, f"{type(e).__name__}: {e}")
-            raise
-        wall = time.perf_counter() - t0
-        self.timings[name] = round(wall, 1)
-        outputs_ = {k: str(v) for k, v in outputs.items()}
-        breakdown = profile.breakdown(timings, wall)
-        self.manifest.finish(
-            name, outputs_, {**info, "seconds": round(wall, 1), "profile": breakdown}
-        )
-        logger.info("stage %s: done in %.1fs (%s)", name, wall,
-                    ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip
 
 
 def _adapter(run: RunLayout, t: int) -> Path | None:
@@ -97,6 +60,7 @@ def _evaluate(
         inputs={"contexts": run.eval_contexts, "model": adapter or base},
         outputs={"responses": out / "responses.parquet", "metrics": out / "metrics.json"},
         fn=score,
+        folder=out,
     )
     _judge(cfg, run, t, base, runner)
 
@@ -156,6 +120,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
         inputs={"data_dir": Path(cfg.data.data_dir or "default")},
         outputs={"data": run.data / "manifest.json"},
         fn=lambda: {"rows": _timed("io", prepare_data, cfg.data, run.data)["rows"]},
+        folder=run.data,
     )
     _initial(cfg, run, base, runner)
     _evaluate(cfg, run, base, 0, _adapter(run, 0), runner)
@@ -163,12 +128,14 @@ def evolve(cfg: RunConfig) -> RunLayout:
         _iteration(cfg, run, base, t, runner)
         _evaluate(cfg, run, base, t, run.adapter(t), runner)
 
+    # What the report reads: every model's metrics and verdicts (missing ones are None).
+    scored = range(cfg.evolve.iterations + 1)
+    inputs = {f"metrics_{model_name(t)}": run.eval(t) / "metrics.json" for t in scored}
+    inputs |= {f"judge_{model_name(t)}": run.judge_scores(t) for t in scored}
     runner.stage(
-        "report",
-        inputs={"run": run.root},
-        outputs={"report": run.report},
-        fn=lambda: _report(run.root),
-    )
+        "report", inputs=inputs, outputs={"report": run.report},
+        fn=lambda: _report(run.root), folder=run.report_dir,
+    )  # fmt: skip
     return run
 
 
@@ -180,7 +147,7 @@ def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None
     if cfg.evolve.init == "sft":
         runner.stage(
             f"sft_{name}", inputs={"sft": run.sft_data, "base": base},
-            outputs={"adapter": run.adapter(0)},
+            outputs={"adapter": run.adapter(0)}, folder=run.adapter(0),
             fn=lambda: _trained(train_sft(cfg, run.data, run.adapter(0))),
         )  # fmt: skip
         return
@@ -213,7 +180,7 @@ def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runne
 
     runner.stage(
         f"pairs_{name}", inputs={"contexts": seeds, "generator": prev or base},
-        outputs={"pairs": pairs / "manifest.json"}, fn=make_pairs,
+        outputs={"pairs": pairs / "manifest.json"}, fn=make_pairs, folder=pairs,
     )  # fmt: skip
     _dpo(cfg, run, t, prev, base, runner)
 
@@ -234,7 +201,7 @@ def _dpo(
 
     runner.stage(
         f"dpo_{model_name(t)}", inputs={"pairs": pairs, "init": prev or base},
-        outputs={"adapter": run.adapter(t)}, fn=dpo,
+        outputs={"adapter": run.adapter(t)}, fn=dpo, folder=run.adapter(t),
     )  # fmt: skip
 
 

@@ -134,10 +134,33 @@ class Manifest:
         self.data["stages"][stage] = {"status": "running", "start": _now(), "inputs": inputs}
         self.save()
 
-    def finish(self, stage: str, outputs: dict[str, str], info: dict[str, Any]) -> None:
+    def finish(
+        self,
+        stage: str,
+        outputs: dict[str, str],
+        info: dict[str, Any],
+        fingerprints: dict[str, str | None] | None = None,
+    ) -> None:
+        """Mark `stage` done with its outputs and the fingerprints of the inputs it read."""
         entry = self.data["stages"][stage]
         entry.update(info)
         entry.update(status="done", end=_now(), outputs=outputs)
+        if fingerprints is not None:
+            entry["input_fingerprints"] = fingerprints
+        self.save()
+
+    def changed_inputs(self, stage: str, fingerprints: dict[str, str | None]) -> list[str]:
+        """The inputs whose fingerprint differs from the one recorded when `stage` finished
+        (an input or a record the other side lacks is not compared: an older manifest)."""
+        recorded = self.data["stages"].get(stage, {}).get("input_fingerprints", {})
+        return [k for k, v in fingerprints.items() if k in recorded and recorded[k] != v]
+
+    def retire(self, stage: str, changed: list[str], moved: list[str]) -> None:
+        """Record that `stage` must run again: `changed` inputs, old outputs `moved` aside."""
+        self.data.setdefault("retired", []).append(
+            {"stage": stage, "when": _now(), "changed_inputs": changed, "moved_to": moved}
+        )
+        self.data["stages"][stage]["status"] = "stale"
         self.save()
 
     def fail(self, stage: str, error: str) -> None:

@@ -12,8 +12,9 @@ from esevo_ray.cli import main
 from esevo_ray.config import JUDGE_DIMENSIONS, load_config
 from esevo_ray.evaluation.report import write_report
 from esevo_ray.layout import RunLayout
-from esevo_ray.pipeline.evolve import Runner, _evaluate, _judge
+from esevo_ray.pipeline.evolve import _evaluate, _judge
 from esevo_ray.pipeline.manifest import Manifest
+from esevo_ray.pipeline.runner import Runner
 from esevo_ray.schema import JUDGE_SCORES, read_table
 from tests.evaluation.chat_server import JUDGE_SCORE
 from tests.evaluation.conftest import write_config, write_contexts

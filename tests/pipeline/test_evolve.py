@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,3 +125,19 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert changed.returncode == 2 and "--new-run" in changed.stderr
+
+    # M1 trained again in place (as `esevo dpo --iteration 1` does; here M0's weights stand
+    # in): the next run evaluates M1 again and writes a new report, and reuses the rest.
+    shutil.rmtree(run / "m1" / "adapter")
+    shutil.copytree(run / "m0" / "adapter", run / "m1" / "adapter")
+    before = {k: v["end"] for k, v in manifest["stages"].items()}
+    rerun = subprocess.run(
+        [sys.executable, "-m", "esevo_ray.cli", "evolve", "--config", str(path)],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = json.loads((run / "manifest.json").read_text())
+    redone = {k for k, v in after["stages"].items() if v["end"] != before[k]}
+    assert redone == {"eval_m1", "report"}
+    assert [r["stage"] for r in after["retired"]] == ["eval_m1", "report"]
+    assert len(list((run / "m1").glob("eval.stale-*/responses.parquet"))) == 1

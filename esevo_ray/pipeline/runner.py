@@ -1,0 +1,115 @@
+"""Runs the loop's stages in order, each recorded in the run manifest, finished ones reused.
+
+A finished stage is reused only while its inputs are what it read: when it finishes, the
+manifest records a fingerprint of each input (a file's bytes, a LoRA adapter's weights, a
+stage folder's manifest.json). A stage whose input changed since (an upstream stage run
+again, or an adapter retrained by `esevo dpo`) runs again, and through their inputs so do
+the stages built on it, while unrelated ones stay reused. Before it runs again, its folder
+(or its output files) is moved aside to `<name>.stale-<time>`: its resumable parts hold rows
+of the old inputs, and nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from esevo_ray import profile
+from esevo_ray.layout import is_adapter
+from esevo_ray.models import adapter_hash
+from esevo_ray.pipeline.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+def fingerprint(path: Path) -> str | None:
+    """What a stage reads at `path`, as a content hash; None for a missing path or a folder
+    that is neither an adapter nor a stage folder with a manifest.json (a base model)."""
+    if is_adapter(path):
+        return adapter_hash(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def move_aside(paths: list[Path]) -> list[str]:
+    """Rename each existing path to `<name>.stale-<UTC time>` beside it; the new names."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for path in paths:
+        if not path.exists():
+            continue
+        target, n = path.with_name(f"{path.name}.stale-{stamp}"), 1
+        while target.exists():
+            target, n = path.with_name(f"{path.name}.stale-{stamp}-{n}"), n + 1
+        path.rename(target)
+        moved.append(str(target))
+    return moved
+
+
+class Runner:
+    """Runs stages in order, recording each in the manifest and skipping finished ones."""
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+        self.timings: dict[str, float] = {}
+
+    def stage(
+        self,
+        name: str,
+        *,
+        inputs: dict[str, Path],
+        outputs: dict[str, Path],
+        fn: Callable[[], dict | None],
+        folder: Path | None = None,
+    ) -> None:
+        """Run `fn` as stage `name`, unless it finished on the same inputs.
+
+        `folder`: where the stage writes (its outputs and any resumable parts); a stage run
+        again on changed inputs moves it aside first, or its output files when there is none.
+        """
+        if self.manifest.done(name):
+            changed = self.manifest.changed_inputs(name, _fingerprints(inputs))
+            if not changed:
+                reused = ", ".join(map(str, outputs.values()))
+                logger.info("stage %s: done, reusing %s", name, reused)
+                return
+            moved = move_aside([folder] if folder else list(outputs.values()))
+            logger.warning(
+                "stage %s: its input %s changed since it ran; running it again (old outputs "
+                "moved to %s)", name, ", ".join(changed), ", ".join(moved) or "nowhere",
+            )  # fmt: skip
+            self.manifest.retire(name, changed, moved)
+        logger.info("stage %s: start", name)
+        self.manifest.start(name, {k: str(v) for k, v in inputs.items()})
+        t0 = time.perf_counter()
+        try:
+            with profile.collect() as timings:
+                info = fn() or {}
+        except BaseException as e:
+            self.manifest.fail(name, f"{type(e).__name__}: {e}")
+            raise
+        wall = time.perf_counter() - t0
+        self.timings[name] = round(wall, 1)
+        outputs_ = {k: str(v) for k, v in outputs.items()}
+        breakdown = profile.breakdown(timings, wall)
+        # Read after the stage: an input it writes itself (a seed split) exists only now.
+        self.manifest.finish(
+            name, outputs_, {**info, "seconds": round(wall, 1), "profile": breakdown},
+            fingerprints=_fingerprints(inputs),
+        )  # fmt: skip
+        logger.info("stage %s: done in %.1fs (%s)", name, wall,
+                    ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip
+
+
+def _fingerprints(inputs: dict[str, Path]) -> dict[str, str | None]:
+    return {k: fingerprint(Path(v)) for k, v in inputs.items()}

@@ -1,0 +1,76 @@
+"""The stage runner: finished stages are reused only while their inputs are unchanged."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from esevo_ray.config import load_config
+from esevo_ray.models import build_tiny_adapter
+from esevo_ray.pipeline.manifest import Manifest
+from esevo_ray.pipeline.runner import Runner, fingerprint
+
+
+def _loop(root, calls: list[str], source: str) -> None:
+    """A small graph: `made` <- `scored` <- `summary`, and `other` on its own input."""
+    runner = Runner(Manifest.open(root, load_config(None, ["name=t"])))
+    made, scored, other = root / "made.txt", root / "scored", root / "other.txt"
+
+    def write(name, path, text):
+        def fn():
+            calls.append(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+        return fn
+
+    (root / "source.txt").write_text(source)
+    runner.stage("made", inputs={"src": root / "source.txt"}, outputs={"out": made},
+                 fn=write("made", made, source.upper()))  # fmt: skip
+    runner.stage("other", inputs={"src": root / "fixed.txt"}, outputs={"out": other},
+                 fn=write("other", other, "x"))  # fmt: skip
+    # `scored` resumes from parts in its folder, as the generation stages do.
+    runner.stage("scored", inputs={"made": made}, outputs={"out": scored / "manifest.json"},
+                 fn=write("scored", scored / "manifest.json", made.read_text()),
+                 folder=scored)  # fmt: skip
+    runner.stage("summary", inputs={"scored": scored, "other": other},
+                 outputs={"out": root / "summary.txt"},
+                 fn=write("summary", root / "summary.txt", "s"))  # fmt: skip
+
+
+def test_a_changed_input_reruns_what_depends_on_it_and_keeps_the_old_outputs(tmp_path, caplog):
+    (tmp_path / "fixed.txt").write_text("fixed")
+    calls: list[str] = []
+    _loop(tmp_path, calls, "first")
+    assert calls == ["made", "other", "scored", "summary"]
+
+    calls.clear()
+    _loop(tmp_path, calls, "first")
+    assert calls == [], "a rerun with the same inputs redid finished stages"
+
+    # `made` is redone on another source (as `esevo dpo` retrains an adapter in place).
+    calls.clear()
+    (tmp_path / "made.txt").unlink()
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
+        _loop(tmp_path, calls, "second")
+    assert calls == ["made", "scored", "summary"], "the independent stage was redone"
+    assert (tmp_path / "scored" / "manifest.json").read_text() == "SECOND"
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith("scored.stale-")]
+    assert len(stale) == 1 and (stale[0] / "manifest.json").read_text() == "FIRST"
+    assert [p.name.startswith("summary.txt.stale-") for p in tmp_path.iterdir()].count(True) == 1
+    assert "stage scored: its input made changed since it ran" in caplog.text
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["stage"] for r in manifest["retired"]] == ["scored", "summary"]
+    assert manifest["retired"][0]["moved_to"] == [str(stale[0])]
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+
+
+def test_an_adapter_is_fingerprinted_by_its_weights(tiny_model, tmp_path):
+    a = build_tiny_adapter(tiny_model, tmp_path / "a", 1)
+    assert fingerprint(a) == fingerprint(a)
+    (a / "README.md").write_text("notes do not change the model")
+    before = fingerprint(a)
+    assert before == fingerprint(build_tiny_adapter(tiny_model, tmp_path / "a2", 1))
+    assert before != fingerprint(build_tiny_adapter(tiny_model, tmp_path / "a", 2))
+    assert fingerprint(tiny_model) is None and fingerprint(tmp_path / "missing") is None
