@@ -13,7 +13,12 @@ from transformers import AutoModelForCausalLM
 from esevo_ray.models import build_tiny_adapter
 from esevo_ray.training.callbacks import copy_trainable_checkpoint
 from esevo_ray.training.common import save_adapter
-from esevo_ray.training.dpo import build_dpo_trainer, dpo_job, dpo_loss_terms
+from esevo_ray.training.dpo import (
+    build_dpo_trainer,
+    dpo_job,
+    dpo_loss_terms,
+    off_policy_generators,
+)
 
 
 @pytest.fixture
@@ -120,6 +125,28 @@ def test_negative_gamma_is_rejected():
     assert dpo_loss_terms(1.0) == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}
     with pytest.raises(ValueError, match="gamma"):
         dpo_loss_terms(-0.1)
+
+
+def test_pairs_of_another_generator_than_m_t_are_named(mt_adapter, tmp_path):
+    from esevo_ray.io import write_parquet
+    from esevo_ray.models import adapter_hash
+    from tests.training.tables import pairs_table
+
+    mine = f"{mt_adapter.parent.name}+{adapter_hash(mt_adapter)}"
+    table = pairs_table(4)
+    on_policy = [i < 2 for i in range(4)]
+    table = table.set_column(
+        table.schema.get_field_index("adapter_hash"), "adapter_hash",
+        [[adapter_hash(mt_adapter) if m else "" for m in on_policy]],
+    ).set_column(
+        table.schema.get_field_index("generator_model"), "generator_model",
+        [[mine if m else "tiny-llama" for m in on_policy]],
+    )  # fmt: skip
+    mixed = write_parquet(table, tmp_path / "mixed.parquet")
+    assert off_policy_generators(mixed, mt_adapter) == ["tiny-llama"]
+    assert off_policy_generators(mixed, None) == [mine]
+    only_mine = write_parquet(table.slice(0, 2), tmp_path / "mine.parquet")
+    assert off_policy_generators(only_mine, mt_adapter) == []
 
 
 def test_resume_restores_the_trained_adapter_and_keeps_the_reference(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,10 @@ def test_sft_run_writes_an_adapter_that_reloads_and_generates(sft_adapter, tiny_
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
 
 
-def test_dpo_on_two_workers_recovers_from_an_injected_failure(sft_adapter, tiny_model, tmp_path):
-    pairs = write_parquet(pairs_table(), tmp_path / "pairs.parquet")
+def test_dpo_on_two_workers_recovers_from_an_injected_failure(
+    sft_adapter, tiny_model, tmp_path, caplog
+):
+    pairs = write_parquet(pairs_table(), tmp_path / "pairs.parquet")  # made by the base model
     dpo = [f"dpo.{o}" for o in TINY_TRAIN] + [
         "dpo.max_steps=4",
         "dpo.save_steps=2",
@@ -106,7 +109,9 @@ def test_dpo_on_two_workers_recovers_from_an_injected_failure(sft_adapter, tiny_
         "dpo.scaling.inject_failure_at_step=2",
     ]
     cfg = load_config(None, [f"model.path={tiny_model}", "model.dtype=float32", "name=t", *dpo])
-    out = train_dpo(cfg, pairs, sft_adapter, tmp_path / "m1")
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.training.dpo"):
+        out = train_dpo(cfg, pairs, sft_adapter, tmp_path / "m1")
+    assert "they are off-policy for it" in caplog.text
 
     summary = json.loads((out / "train_summary.json").read_text())
     # The second attempt resumed from the checkpoint reported at step 2.
