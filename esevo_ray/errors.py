@@ -1,8 +1,9 @@
 """Errors a user can act on (an argument, a file, a setting, a service), as opposed to bugs.
 
 The command line prints these as one line and exits with status 2; any other exception
-keeps its traceback. ConfigError, DataError, SchemaError, RunConflict and PartsConflict are
-the other user errors, each beside the code that raises it.
+keeps its traceback. ConfigError (with PlacementError and StorageError), DataError,
+SchemaError, RunConflict and PartsConflict are the other user errors, each beside the code
+that raises it.
 """
 
 

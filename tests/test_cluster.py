@@ -118,3 +118,42 @@ def test_kuberay_images_are_the_pinned_gpu_image():
     for name in ("kuberay-rayjob.yaml", "kuberay-raycluster.yaml"):
         images = re.findall(r"image:\s*(\S+)", (REPO / "cluster" / name).read_text())
         assert images and set(images) == {tag}, f"{name} runs {images}, not {tag}"
+
+
+def _pods(manifest: dict) -> list[dict]:
+    """The pod templates of a RayCluster spec: the head's and each worker group's."""
+    groups = [manifest["headGroupSpec"], *manifest["workerGroupSpecs"]]
+    return [g["template"]["spec"] for g in groups]
+
+
+def _comments(name: str) -> str:
+    text = (REPO / "cluster" / name).read_text()
+    return "\n".join(line for line in text.splitlines() if line.startswith("#"))
+
+
+@pytest.mark.parametrize("name", ["kuberay-rayjob.yaml", "kuberay-raycluster.yaml"])
+def test_every_pod_mounts_data_models_and_the_shared_runs_folder(name):
+    """The driver on the head reads what the GPU workers write: one shared output volume."""
+    doc = yaml.safe_load((REPO / "cluster" / name).read_text())
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    env = yaml.safe_load((REPO / "cluster/runtime-env.yaml").read_text())["env_vars"]
+    wanted = {env["ESEVO_DATA_DIR"], env["ESEVO_MODELS"], "/runs"}
+    runs_claims = set()
+    for pod in _pods(spec):
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+        mounts = {m["mountPath"]: claims[m["name"]] for m in pod["containers"][0]["volumeMounts"]}
+        assert wanted <= set(mounts), f"{name}: a pod lacks {wanted - set(mounts)}"
+        runs_claims.add(mounts["/runs"])
+    assert len(runs_claims) == 1, f"{name}: the pods mount different output volumes"
+    submit = doc["spec"]["entrypoint"] if doc["kind"] == "RayJob" else _comments(name)
+    assert "output_dir=/runs" in submit
+
+
+def test_ray_up_nodes_share_the_runs_folder():
+    setup = " ".join(
+        yaml.safe_load((REPO / "cluster/ray-up-gpu.yaml").read_text())["setup_commands"]
+    )
+    assert "mount -t nfs4" in setup
+    for path in ("/data/esc", "/models", "/runs"):
+        assert f" {path}" in setup, path
+    assert "output_dir=/runs" in _comments("ray-up-gpu.yaml")

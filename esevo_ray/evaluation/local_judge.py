@@ -20,6 +20,7 @@ from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
+from esevo_ray.storage import check_shared
 from esevo_ray.turns import drop_oldest_turns
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class LocalJudge:
         if self.placement.gpus:
             import ray
 
+            check_shared(KEY, reads=[model_path])
             actor = ray.remote(num_cpus=1, **self.placement.ray_options())(JudgeEngine)
             self._actor = actor.remote(cfg, str(model_path), dtype, self.placement, in_actor=True)
         else:

@@ -30,6 +30,7 @@ from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
 from esevo_ray.parts import check_complete, claim, part_name, read_parts, unwritten, write_part
+from esevo_ray.storage import check_shared
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +191,10 @@ def run_engine_actors(
         return progress
     if not ray.is_initialized():
         ray.init()
-    # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks.
+    # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks,
+    # and a worker that writes its parts on an unshared disk loses them to the driver.
     progress.placement = place(gen, gen.engine, gen.num_actors, "generation")
+    check_shared(label, writes=[out_dir], reads=[model_path, adapter])
     ds = _actor_dataset(cfg, gen, todo, out_dir, actor, progress.placement, dict(
         model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,
     ))  # fmt: skip

@@ -17,6 +17,7 @@ from esevo_ray.serving.app import Ingress
 from esevo_ray.serving.engine import EngineSettings, adapter_rank, lora_rank_bound
 from esevo_ray.serving.generator import Generator
 from esevo_ray.serving.registry import check_host_key
+from esevo_ray.storage import check_shared
 
 APP_NAME = "esevo"
 
@@ -30,6 +31,15 @@ def human_db(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     if cfg.serve.human_eval.db_path:
         return Path(cfg.serve.human_eval.db_path)
     return RunLayout(Path(run_dir) if run_dir is not None else default_run_dir(cfg)).human_db
+
+
+def served_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> list[Path]:
+    """What every replica reads: the base model and the run's finished adapters."""
+    from esevo_ray.models import resolve_model
+
+    run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    adapters = RunLayout(run).finished().values() if run.is_dir() else []
+    return [resolve_model(cfg.model.path), *adapters]
 
 
 def engine_settings(cfg: RunConfig, run_dir: Path, base: str) -> dict:
@@ -95,6 +105,7 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
     app = build_application(cfg, run_dir)  # checks host and key before anything starts
     if not ray.is_initialized():
         ray.init()
+    check_shared("serve", writes=[human_db(cfg, run_dir).parent], reads=served_paths(cfg, run_dir))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=name, route_prefix="/")
     return f"http://{cfg.serve.host}:{cfg.serve.port}"

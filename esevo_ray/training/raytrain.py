@@ -30,6 +30,7 @@ from esevo_ray.config import RunConfig, save_config
 from esevo_ray.io import atomic_dir, atomic_write_text
 from esevo_ray.models import adapter_hash
 from esevo_ray.numerics import describe, weights_dtype
+from esevo_ray.storage import check_shared
 from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
 
 # Ray Train's print patch rewrites every worker print; plain logs are easier to read.
@@ -55,8 +56,12 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     # A unique name per run: a rerun never resumes another run's checkpoints.
     name = f"{cfg.name}-{job.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     storage = scaling.storage_path or str(out_dir.parent / "ray_train")
-    if "://" not in storage:
+    local = "://" not in storage
+    if local:
         storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
+    # Workers on other nodes read the data and write checkpoints the driver exports.
+    reads = [job.data_path, job.model_path, job.init_adapter]
+    check_shared(job.stage, writes=[storage] if local else [], reads=reads)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={

@@ -3,54 +3,38 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
+
+from ..ray_processes import free_port, kill_matching
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_head(temp_dir: str) -> None:
-    """Stop only this head's processes (`ray stop` would stop the suite's Ray too)."""
-    for proc in psutil.process_iter(["cmdline"]):
-        if temp_dir in " ".join(proc.info["cmdline"] or []):
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 @pytest.fixture
 def ray_head(ray_local, data_root):
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
-    dash = _free_port()
+    dash = free_port()
     env = {
         **os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}",
         "ESEVO_DATA_DIR": str(data_root), "RAY_ADDRESS": "",
     }  # fmt: skip
     cmd = [
         str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-        f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+        f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
         "--num-cpus=1", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]  # fmt: skip
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=120)
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        _stop_head(temp_dir)
+        kill_matching(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
