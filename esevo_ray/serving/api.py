@@ -115,10 +115,12 @@ class BodyLimit:
                 if too_large:
                     break
             if not too_large:
-                replay = iter(chunks)
+                replay, client = iter(chunks), receive
 
-                async def receive():  # noqa: F811 - replays what was read above
-                    return next(replay, {"type": "http.request", "body": b""})
+                async def receive():  # noqa: F811 - replays what was read above, then
+                    # hands over to the client, so the app still hears its disconnect
+                    message = next(replay, None)
+                    return message if message is not None else await client()
 
         if too_large:
             response = error_response(

@@ -113,6 +113,26 @@ BAD_REQUESTS = [
 ]
 
 
+def test_a_stream_answering_a_chunked_upload_finishes(http):
+    """A body sent without Content-Length is read, counted and replayed by the size limit;
+    after the replay the app must hear the client again, not an endless empty body."""
+    body = json.dumps({"model": "m0", "messages": USER, "max_tokens": 4, "stream": True})
+
+    def pieces():  # a generator body: httpx sends it chunked, with no Content-Length
+        yield body[:20].encode()
+        yield body[20:].encode()
+
+    headers = {"Content-Type": "application/json"}
+    with http.stream(
+        "POST", "/v1/chat/completions", content=pieces(), headers=headers, timeout=30
+    ) as r:
+        assert "content-length" not in r.request.headers
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and len(events) >= 3
+    assert http.get("/health", timeout=10).json()["status"] == "ok"
+
+
 @pytest.mark.parametrize("what,body,status,code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
 def test_bad_requests_get_openai_errors(http, what, body, status, code):
     if isinstance(body, bytes):
