@@ -3,6 +3,8 @@
 Point-wise: each rated session gives one 1-5 score per dimension; the mean per model and
 dimension gets a percentile bootstrap interval over sessions. Pair-wise: each vote on a
 turn of models X and Y is a win, tie or loss for X; the three rates get Wilson intervals.
+As in the paper, a pair-wise dialogue lasts at least ten turns: only sessions with at least
+their `min_turns` voted turns count, and the votes of shorter ones are reported as left out.
 """
 
 from __future__ import annotations
@@ -100,18 +102,33 @@ def pairwise_summary(votes: list[dict]) -> list[dict]:
     return out
 
 
+# Each vote with its session's `min_turns` and the number of turns `voted` in that session.
+VOTES = """
+SELECT v.*, s.min_turns, n.voted FROM votes v JOIN sessions s USING (session_id)
+JOIN (SELECT session_id, COUNT(*) AS voted FROM votes GROUP BY session_id) n USING (session_id)
+"""
+
+
 def load_rows(db_path: str | Path) -> tuple[list[dict], list[dict]]:
-    """Rating rows and vote rows of a human evaluation database."""
+    """Rating rows and vote rows (with `min_turns` and `voted`) of a human evaluation database."""
     conn = connect(db_path, readonly=True)
     try:
         ratings = [dict(r) for r in conn.execute("SELECT * FROM ratings")]
-        votes = [dict(r) for r in conn.execute("SELECT * FROM votes")]
+        votes = [dict(r) for r in conn.execute(VOTES)]
     finally:
         conn.close()
     return ratings, votes
 
 
-def _markdown(point: dict, pair: list[dict]) -> str:
+def finished_votes(votes: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """The votes of sessions with at least their `min_turns` voted turns, and the counts of
+    the sessions and votes left out."""
+    kept = [v for v in votes if v["voted"] >= v["min_turns"]]
+    short = {v["session_id"] for v in votes if v["voted"] < v["min_turns"]}
+    return kept, {"sessions": len(short), "votes": len(votes) - len(kept)}
+
+
+def _markdown(point: dict, pair: list[dict], left_out: dict[str, int]) -> str:
     lines = ["# Human evaluation", "", "## Point-wise (mean, 95% bootstrap CI)", ""]
     if point:
         lines.append("| model | n | " + " | ".join(JUDGE_DIMENSIONS) + " |")
@@ -140,6 +157,9 @@ def _markdown(point: dict, pair: list[dict]) -> str:
             )
     else:
         lines.append("no votes yet")
+    if left_out["votes"]:
+        lines += ["", f"Left out: {left_out['votes']} vote(s) of {left_out['sessions']} "
+                  "session(s) with fewer voted turns than their minimum."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -153,12 +173,16 @@ def human_report(db_path: str | Path, out_dir: str | Path) -> dict:
 
     out = Path(out_dir)
     ratings, votes = load_rows(db_path)
+    votes, left_out = finished_votes(votes)
     point, pair = pointwise_summary(ratings), pairwise_summary(votes)
-    report = {"db": str(db_path), "pointwise": point, "pairwise": pair, "figures": []}
+    report = {
+        "db": str(db_path), "pointwise": point, "pairwise": pair,
+        "pairwise_left_out": left_out, "figures": [],
+    }  # fmt: skip
     if point:
         report["figures"].append(pointwise_figure(point, out / "human_pointwise.png"))
     if pair:
         report["figures"].append(pairwise_figure(pair, out / "human_pairwise.png"))
     atomic_write_text(out / "human_report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "human_report.md", _markdown(point, pair))
+    atomic_write_text(out / "human_report.md", _markdown(point, pair, left_out))
     return report

@@ -169,9 +169,10 @@ async def post_turn(
         pair = [sess["model_a"], sess["model_b"]]
         if sess["model_b"] is not None:
             _rng.shuffle(pair)  # blind the sides anew on every turn
-            (a, crisis), (b, _) = await asyncio.gather(
+            (a, crisis_a), (b, crisis_b) = await asyncio.gather(
                 ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
             )
+            crisis = crisis_a or crisis_b  # either side's reply may fire the guard
         else:
             (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
         index = len(turns)

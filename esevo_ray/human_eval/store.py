@@ -39,7 +39,8 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         if not path.exists():
             raise FileNotFoundError(f"human evaluation database not found: {path}")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # A URI, percent-encoded: a '#', '?' or '%' in the path stays part of the path.
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -83,7 +83,14 @@ def _fill(db) -> None:
 def test_human_report_writes_tables_and_figures(tmp_path):
     db = tmp_path / "db.sqlite"
     _fill(db)
+    # A pair-wise session left after one voted turn of its three: its vote does not count.
+    store = HumanEvalStore(db)
+    store.add_session("short", "pairwise", "r", "m2", "m0", 3)
+    store.add_turn("short", 0, "hi", "m2", "x", "m0", "y", False)
+    store.add_vote("short", 0, "m2", "m0", "A", "A")
+    store.close()
     report = human_report(db, tmp_path / "out")
+    assert report["pairwise_left_out"] == {"sessions": 1, "votes": 1}
     assert list(report["pointwise"]) == ["m0", "m1", "m2"]
     assert report["pointwise"]["m1"]["overall"]["mean"] == pytest.approx(4.5)
     (pair,) = report["pairwise"]
@@ -93,12 +100,23 @@ def test_human_report_writes_tables_and_figures(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     saved = json.loads((tmp_path / "out" / "human_report.json").read_text())
     assert saved["pairwise"][0]["n"] == 3
-    assert "| m2 vs m0 | 3 |" in (tmp_path / "out" / "human_report.md").read_text()
+    markdown = (tmp_path / "out" / "human_report.md").read_text()
+    assert "| m2 vs m0 | 3 |" in markdown and "Left out: 1 vote(s) of 1 session(s)" in markdown
 
 
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="human evaluation database not found"):
         human_report(tmp_path / "none.sqlite", tmp_path / "out")
+
+
+@pytest.mark.parametrize("folder", ["run#1", "run?x", "run%41b"])
+def test_a_database_under_a_folder_with_uri_characters_is_read(tmp_path, folder):
+    db = tmp_path / folder / "db.sqlite"
+    db.parent.mkdir()
+    _fill(db)
+    report = human_report(db, tmp_path / "out")
+    assert report["pairwise"][0]["n"] == 3 and list(report["pointwise"]) == ["m0", "m1", "m2"]
+    assert not (tmp_path / "run").exists()  # no other database opened, nor made, beside it
 
 
 def _parser(with_evaluation_report: bool) -> argparse.ArgumentParser:
