@@ -118,6 +118,11 @@ class RunLayout:
         t = name if isinstance(name, int) else model_index(name)
         return self.model(t) / "eval" if t is not None else self.root / "eval" / name
 
+    def served_eval(self, name: str) -> Path:
+        """Evaluation folder of a model behind an endpoint: `eval/<name>`, or
+        `eval/served-<name>` for a name m<t>, whose own folder holds the run's M^t."""
+        return self.root / "eval" / (f"served-{name}" if model_index(name) is not None else name)
+
     def judge_scores(self, name: str | int) -> Path:
         return self.eval(name) / "judge_scores.parquet"
 

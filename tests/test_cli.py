@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from esevo_ray.cli import main
+from esevo_ray.schema import EVAL_RESPONSES
 
 
 def _error(capsys) -> str:
@@ -57,3 +60,29 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr("esevo_ray.models.prepare_default_model", broken)
     with pytest.raises(ValueError, match="internal invariant broken"):
         main(["model", "prepare"])
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, config, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's own usage error
+        main(["generate", "--config", config, "--iteration", "0"])
+    assert e.value.code == 2 and "--iteration: must be 1 or more" in capsys.readouterr().err
+    responses = tmp_path / "responses.parquet"
+    row = {"dialogue_id": "d", "turn_index": 1, "golden": "g", "model": "m", "response": "r",
+           "context": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([row], schema=EVAL_RESPONSES), responses)
+    assert main(["judge", "--config", config, "--responses", str(responses)]) == 2
+    assert "the judge needs an endpoint and a model" in _error(capsys)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.json").write_text("{}")
+    assert main(["ablate", "table", f"m0={tmp_path / 'e'}", "--columns", "bleu_2,nope"]) == 2
+    assert "--columns: unknown ['nope']" in _error(capsys)
+
+
+def test_serve_host_is_taken_as_typed():
+    import argparse
+
+    from esevo_ray.cli.serve import _load
+
+    args = argparse.Namespace(config=None, overrides=[], host="::", port=8001)
+    cfg = _load(args)
+    assert (cfg.serve.host, cfg.serve.port) == ("::", 8001)

@@ -89,3 +89,36 @@ def test_training_settings_are_checked_when_the_config_loads(override, message):
 def test_a_known_trl_key_passes_through():
     cfg = load_config(None, ["dpo.trl={label_smoothing: 0.1}"])
     assert cfg.dpo.trl == {"label_smoothing": 0.1}
+
+
+def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
+    # `dpo: {<<: *train}` makes dpo.lora the very dict of sft.lora in the loaded YAML.
+    path = tmp_path / "merged.yaml"
+    path.write_text(
+        "sft: &train\n  lora: {r: 8}\n  scaling: {num_workers: 1}\ndpo:\n  <<: *train\n"
+    )
+    cfg = load_config(path, ["dpo.lora.r=16", "sft.scaling.num_workers=2"])
+    assert (cfg.sft.lora.r, cfg.dpo.lora.r) == (8, 16)
+    assert (cfg.sft.scaling.num_workers, cfg.dpo.scaling.num_workers) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.path=@models/x", r"'model.path=@models/x': the value is not valid YAML"),
+        ("generation.vllm={a: 1", "the value is not valid YAML"),
+        ("sft.eval_steps=0", "sft.eval_steps: Input should be greater than or equal to 1"),
+        ("data.max_eval_dialogues=-1", "data.max_eval_dialogues: Input should be greater"),
+        ("data.alpaca_samples=-1", "data.alpaca_samples: Input should be greater"),
+        ("dpo.lora.r=0", "dpo.lora.r: Input should be greater"),
+        ("generation.reflection_decoding.max_new_tokens=5000", "leave no room for the refine"),
+    ],
+)
+def test_bad_values_are_config_errors_that_name_them(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_folder_given_as_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path)

@@ -59,6 +59,19 @@ def run_of(args: argparse.Namespace) -> tuple[RunConfig, RunLayout]:
     return cfg, layout_of(cfg)
 
 
+def iteration(text: str) -> int:
+    """argparse type of --iteration: t >= 1 (pairs and DPO make m<t> from m<t-1>)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 or more (m<t> is trained from m<t-1>), got {value}"
+        )
+    return value
+
+
 def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> Path:
     """`path` as a Path, or a UsageError naming `flag` when it does not exist."""
     if path is None or not Path(path).exists():

@@ -16,6 +16,7 @@ from esevo_ray.cli.common import (
     load_args_config,
     run_of,
 )
+from esevo_ray.errors import UsageError
 from esevo_ray.layout import RunLayout
 
 
@@ -81,8 +82,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = model or resolve_model(args.model or cfg.model.path)
     name = args.name or (args.served_model if is_endpoint(model) else None)
     name = name or default_name(model, args.adapter)
+    out = layout.served_eval(name) if is_endpoint(model) else layout.eval(name)
     manifest = evaluate_model(
-        cfg, model, contexts, Path(args.out) if args.out else layout.eval(name),
+        cfg, model, contexts, Path(args.out) if args.out else out,
         name=name, adapter=args.adapter, served_model=args.served_model,
         api_key_env=args.api_key_env, concurrency=args.concurrency, tokenizer=args.tokenizer,
         sampling_extras=not args.no_sampling_extras, bertscore=not args.no_bertscore,
@@ -115,6 +117,7 @@ def cmd_ablate_pairs(args: argparse.Namespace) -> int:
 
 def cmd_ablate_table(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.ablation import ablation_table
+    from esevo_ray.evaluation.tables import METRIC_COLUMNS
     from esevo_ray.io import atomic_write_text
 
     metrics = {}
@@ -124,7 +127,11 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
         if not sep or not path.exists():
             raise FileNotFoundError(f"{item!r}: want LABEL=EVAL_DIR with a metrics.json ({path})")
         metrics[label] = json.loads(path.read_text())
-    table = ablation_table(metrics, tuple(args.columns.split(",")), relative=args.relative)
+    columns = tuple(args.columns.split(","))
+    unknown = [c for c in columns if c not in METRIC_COLUMNS]
+    if unknown:
+        raise UsageError(f"--columns: unknown {unknown}; choose from {', '.join(METRIC_COLUMNS)}")
+    table = ablation_table(metrics, columns, relative=args.relative)
     if args.out:
         atomic_write_text(args.out, table + "\n")
     print(table)

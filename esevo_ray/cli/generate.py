@@ -12,6 +12,7 @@ from esevo_ray.cli.common import (
     add_config_args,
     command_group,
     existing,
+    iteration,
     run_of,
 )
 
@@ -78,7 +79,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate preference pairs with M^t (Ray Data + engines)")
     add_config_args(p)
-    p.add_argument("--iteration", type=int, default=1, help="t: these pairs train m<t>")
+    p.add_argument("--iteration", type=iteration, default=1, help="t: these pairs train m<t>")
     p.add_argument("--contexts", help="seed contexts Parquet (default: the run's data folder)")
     p.add_argument("--out", help="output folder (default: <run>/m<t>/pairs)")
     p.add_argument("--model", help="base model folder (default: model.path or SmolLM2)")

@@ -18,9 +18,10 @@ from esevo_ray.cli.common import existing, load_args_config
 def _load(args: argparse.Namespace):
     for key in ("host", "port"):
         if getattr(args, key, None) is not None:
+            # As JSON, a YAML scalar that stays what was typed (e.g. the host '::').
             args.overrides = [
                 *(getattr(args, "overrides", None) or []),
-                f"serve.{key}={getattr(args, key)}",
+                f"serve.{key}={json.dumps(getattr(args, key))}",
             ]
     return load_args_config(args)
 

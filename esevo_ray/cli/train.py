@@ -15,6 +15,7 @@ from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
     existing,
+    iteration,
     load_args_config,
     run_of,
 )
@@ -107,7 +108,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("dpo", help="train m<t> from m<t-1> on preference pairs on Ray Train")
     add_config_args(p)
-    p.add_argument("--iteration", type=int, default=1, help="t: the model to train, m<t>")
+    p.add_argument("--iteration", type=iteration, default=1, help="t: the model to train, m<t>")
     p.add_argument("--pairs", help="pairs Parquet file or folder (default: <run>/m<t>/pairs)")
     p.add_argument(
         "--init",

@@ -68,10 +68,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {text!r} has an empty key part")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return parts, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        example = f"'{key}=\"{raw}\"'" if '"' not in raw else "key='...'"
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); "
+                          f"quote it as a YAML string, e.g. {example}") from None  # fmt: skip
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `a.b.c=value` in `data`. Sections on the way are copied first: a YAML merge
+    (`dpo: {<<: *train}`) shares them between sections, and an override of one must not
+    change the other."""
     for text in overrides:
         parts, value = parse_override(text)
         node = data
@@ -79,7 +88,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = child
+            node[part] = node = dict(child)
         node[parts[-1]] = value
     return data
 
@@ -119,6 +128,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
+        except OSError as e:  # a folder, no permission, ...
+            raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path} is not valid YAML: {e}") from e
         if loaded is None:

@@ -34,20 +34,20 @@ class DataSection(Section):
     greeting_first: int = Field(1, ge=0)
     greeting_last: int = Field(2, ge=0)
     # Dialogue subsets (None = all); chosen by seed, recorded in the output manifest.
-    max_train_dialogues: int | None = None
-    max_eval_dialogues: int | None = None
-    max_seed_dialogues: int | None = None
-    alpaca_samples: int = 500
+    max_train_dialogues: int | None = Field(None, ge=1)
+    max_eval_dialogues: int | None = Field(None, ge=1)
+    max_seed_dialogues: int | None = Field(None, ge=1)
+    alpaca_samples: int = Field(500, ge=0)
     seed: int = 42
     on_bad_record: Literal["error", "skip"] = "error"
 
 
 class DecodingSection(Section):
-    temperature: float = 0.9
-    top_p: float = 0.8
-    top_k: int = 50
-    repetition_penalty: float = 1.2
-    max_new_tokens: int = 128
+    temperature: float = Field(0.9, ge=0)
+    top_p: float = Field(0.8, gt=0, le=1)
+    top_k: int = Field(50, ge=0)  # 0: off
+    repetition_penalty: float = Field(1.2, gt=0)
+    max_new_tokens: int = Field(128, ge=1)
     seed: int = 0
 
 
@@ -69,9 +69,9 @@ class GenerationSection(Section):
     fallback_policy: Literal["warn", "fail"] = "warn"
     # Appendix A: a refined response longer than `length_ratio` x the rejected or the golden
     # response (in words) is replaced by the golden response.
-    length_ratio: float = 2.0
-    max_contexts: int | None = None
-    cpus_per_actor: float = 1
+    length_ratio: float = Field(2.0, gt=0)
+    max_contexts: int | None = Field(None, ge=1)
+    cpus_per_actor: float = Field(1, ge=0)
     # Placement (esevo_ray/generation/placement.py). "auto": CUDA when the Ray cluster declares
     # GPUs, else CPU. gpus_per_actor None: tensor_parallel_size (vllm) or 1 (hf) on CUDA, 0 on
     # CPU; Ray gives each actor its own devices (CUDA_VISIBLE_DEVICES).
@@ -81,9 +81,9 @@ class GenerationSection(Section):
     tensor_parallel_size: int = Field(1, ge=1)
     # M^t as weights merged once into a cached folder ("merge"), or a vLLM LoRA request.
     lora_mode: Literal["merge", "adapter"] = "merge"
-    max_model_len: int = 2048
+    max_model_len: int = Field(2048, ge=1)
     # Cap on the tokens of dialogue context; older turns are dropped first.
-    max_context_tokens: int = 1024
+    max_context_tokens: int = Field(1024, ge=1)
     decoding: DecodingSection = DecodingSection()
     reflection_decoding: DecodingSection = DecodingSection(max_new_tokens=384)
     # Extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization).
@@ -96,6 +96,15 @@ class GenerationSection(Section):
                 f"max_context_tokens ({self.max_context_tokens}) + decoding.max_new_tokens "
                 f"({self.decoding.max_new_tokens}) must not exceed "
                 f"max_model_len ({self.max_model_len})"
+            )
+        # The refinement request holds the context and the rejected response and leaves room
+        # for the reflection (generation/pairs.py: fit_context).
+        refine = self.max_model_len - self.reflection_decoding.max_new_tokens
+        if refine - self.decoding.max_new_tokens <= 0:
+            raise ValueError(
+                f"reflection_decoding.max_new_tokens ({self.reflection_decoding.max_new_tokens})"
+                f" + decoding.max_new_tokens ({self.decoding.max_new_tokens}) leave no room for "
+                f"the refinement request in max_model_len ({self.max_model_len})"
             )
         if "tensor_parallel_size" in self.vllm:
             raise ValueError("set generation.tensor_parallel_size, not vllm.tensor_parallel_size")

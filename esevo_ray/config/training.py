@@ -10,17 +10,17 @@ from esevo_ray.config.base import Section
 
 
 class LoraSection(Section):
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
 
 class ScalingSection(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: int = 1
-    max_failures: int = 0
+    cpus_per_worker: int = Field(1, ge=0)
+    max_failures: int = Field(0, ge=-1)  # -1: retry without limit (Ray Train)
     # Ray Train storage for checkpoints; must be shared (NFS, s3://) on a multi-node cluster.
     # None: a `ray_train` folder beside the stage's output folder.
     storage_path: str | None = None
@@ -30,18 +30,18 @@ class ScalingSection(Section):
 
 
 class TrainSection(Section):
-    learning_rate: float = 5e-6
+    learning_rate: float = Field(5e-6, gt=0)
     warmup_ratio: float = Field(0.01, ge=0, lt=1)
-    per_device_batch_size: int = 4
-    gradient_accumulation_steps: int = 2
-    num_epochs: float = 2
-    max_steps: int = -1
-    early_stopping_patience: int | None = 3
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(2, ge=1)
+    num_epochs: float = Field(2, gt=0)
+    max_steps: int = Field(-1, ge=-1)  # -1: num_epochs decides
+    early_stopping_patience: int | None = Field(3, ge=1)
     eval_fraction: float = Field(0.05, ge=0, lt=1)
-    eval_steps: int = 50
-    save_steps: int = 50
-    logging_steps: int = 10
-    max_length: int = 1024
+    eval_steps: int = Field(50, ge=1)
+    save_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    max_length: int = Field(1024, ge=1)
     gradient_checkpointing: bool = False
     # bf16 autocast. "auto": on where the hardware computes in bf16 (a CUDA GPU that supports
     # it, a CPU with AVX512-BF16 or AMX), fp32 otherwise; chosen on the worker at run time and

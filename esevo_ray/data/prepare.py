@@ -167,7 +167,7 @@ def prepare_data(
     test = [normalised(d) for d in splits["test"].items]
 
     shuffled = _subset(train_pool, None, rng)
-    n_sft = cfg.max_train_dialogues or len(shuffled)
+    n_sft = len(shuffled) if cfg.max_train_dialogues is None else cfg.max_train_dialogues
     sft_dialogues = shuffled[:n_sft]
     # With ESConv as the seed source, seed dialogues come after the SFT subset when the pool
     # is large enough, so a small demo does not generate pairs for contexts it trained on.

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from esevo_ray import profile
 from esevo_ray.config import JudgeSection
-from esevo_ray.errors import JudgeError
+from esevo_ray.errors import JudgeError, UsageError
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.models import resolve_model
@@ -65,7 +65,7 @@ class JudgeClient:
         self.base_url = base_url or cfg.base_url
         self.model = model or cfg.model
         if not self.base_url or not self.model:
-            raise ValueError(
+            raise UsageError(
                 "the judge needs an endpoint and a model: set eval.judge.base_url "
                 "and eval.judge.model, or pass --endpoint and --model"
             )

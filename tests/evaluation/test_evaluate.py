@@ -108,6 +108,16 @@ def test_eval_endpoint_sends_decoding_seeds_and_bounds_concurrency(
     assert cli.main(argv) == 0
     assert len(chat_server.bodies) == 5
 
+    # A served m<t> is evaluated beside the run's own M^t, never into its folder.
+    served_m2 = [
+        "eval", "--config", str(config), "--model", chat_server.url, "--served-model", "m2",
+        "--contexts", str(contexts), "--no-bertscore",
+    ]  # fmt: skip
+    assert cli.main(served_m2) == 0
+    run = tmp_path / "runs" / "tiny-eval"
+    assert pl.read_parquet(run / "eval" / "served-m2" / "responses.parquet").height == 5
+    assert not (run / "m2").exists()
+
 
 def test_eval_endpoint_retries_server_errors_and_names_a_bad_model(chat_server, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", tmp_path / "runs")
