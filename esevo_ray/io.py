@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from esevo_ray.errors import UsageError
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
@@ -45,10 +47,28 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces `path` only if the block succeeds."""
+def check_replaceable(path: str | Path, holds: str, what: str) -> None:
+    """Raise UsageError if `path` is a folder with files but without `holds`: not an earlier
+    `what` but something else (a whole run given as --out, say) that replacing would delete."""
     path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / holds).exists()):
+        raise UsageError(
+            f"{path} exists and is not a {what} folder (it has no {holds}); "
+            "choose an empty or new folder, nothing in it is replaced"
+        )
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, holds: str | None = None, what: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
+
+    `holds`: a file every version of this folder has; a `path` with files but without it is
+    refused before anything runs (see check_replaceable), as a call of its own should be
+    before long work.
+    """
+    path = Path(path)
+    if holds is not None:
+        check_replaceable(path, holds, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

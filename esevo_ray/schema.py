@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 # Chat messages in the OpenAI / TRL conversational layout.
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -121,16 +122,30 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     if not path.exists():
         raise FileNotFoundError(f"no Parquet data at {path}")
     if path.is_dir():
-        dataset = ds.dataset(path, format="parquet", exclude_invalid_files=True)
-        if not dataset.files:
+        # Every *.parquet file below, but not hidden ones (a write in progress); a part that
+        # is not Parquet (truncated, say) is an error, never silently left out.
+        files = sorted(
+            str(f)
+            for f in path.rglob("*.parquet")
+            if not any(p.startswith((".", "_")) for p in f.relative_to(path).parts)
+        )
+        if not files:
             raise FileNotFoundError(f"no Parquet files in {path}")
-        table = dataset.to_table()
+        for f in files:
+            _check_parquet(f)
+        table = ds.dataset(files, format="parquet").to_table()
     else:
-        try:
-            table = ds.dataset(path, format="parquet").to_table()
-        except (pa.ArrowInvalid, OSError) as e:
-            raise SchemaError(f"{path}: not a Parquet file ({e})") from None
+        _check_parquet(path)
+        table = ds.dataset(path, format="parquet").to_table()
     return conform(table, schema, where=str(path))
+
+
+def _check_parquet(path: str | Path) -> None:
+    """Raise SchemaError unless `path` has a readable Parquet footer."""
+    try:
+        pq.read_metadata(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{path}: not a Parquet file ({e})") from None
 
 
 # chosen_source of a {HM, P} pair (Table 5): the chosen response is the human reference.

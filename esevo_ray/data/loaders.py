@@ -107,6 +107,15 @@ def _optional_str(record: dict, key: str) -> str:
     return value
 
 
+def _label(value: Any, field_name: str) -> str | None:
+    """An optional label (a strategy): None when absent or empty, else a string."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"field {field_name!r} must be a string, got {value!r:.60}")
+    return value
+
+
 def _turn_items(record: dict, key: str) -> list[dict]:
     """`record[key]`: the dialogue's turns, a non-empty list of objects."""
     items = record.get(key)
@@ -122,12 +131,19 @@ def _esconv_record(record: dict, default_id: str, source: str, split: str) -> Di
     turns = []
     for i, utt in enumerate(_turn_items(record, "dialog")):
         speaker = utt.get("speaker")
-        if speaker not in ESCONV_ROLES:
+        if not isinstance(speaker, str) or speaker not in ESCONV_ROLES:
             raise DataError(f"dialog[{i}].speaker is {speaker!r}, want one of {list(ESCONV_ROLES)}")
         # HF split files carry `text`/`strategy`; the original ESConv.json `content`/`annotation`.
         key = "text" if "text" in utt else "content"
         text = _text(utt.get(key), f"dialog[{i}].{key}")
-        strategy = utt.get("strategy") or (utt.get("annotation") or {}).get("strategy")
+        annotation = utt.get("annotation") or {}
+        if not isinstance(annotation, dict):
+            raise DataError(
+                f"field 'dialog[{i}].annotation' must be an object, got {annotation!r:.60}"
+            )
+        strategy = _label(utt.get("strategy"), f"dialog[{i}].strategy") or _label(
+            annotation.get("strategy"), f"dialog[{i}].annotation.strategy"
+        )
         role = ESCONV_ROLES[speaker]
         turns.append(Turn(role, text, strategy if role == SUPPORTER else None))
     return Dialogue(
@@ -155,7 +171,7 @@ def _extes_record(record: dict, default_id: str) -> Dialogue:
             value = item["AI"]
             if isinstance(value, dict):  # some copies nest the text under "Response"
                 value = value.get("Response")
-            strategy = item.get("AI Strategy") or None
+            strategy = _label(item.get("AI Strategy"), f"content[{i}].AI Strategy")
             turns.append(Turn(SUPPORTER, _text(value, f"content[{i}].AI"), strategy))
         else:
             raise DataError(f"content[{i}] has neither 'User' nor 'AI' (keys {list(item)})")
@@ -185,11 +201,12 @@ def _serveforemo_record(record: dict, default_id: str) -> Dialogue:
                 f"want one of {list(SERVEFOREMO_ROLES)}"
             )
         role = SERVEFOREMO_ROLES[raw_role]
+        label = _label(item.get(f["strategy"]), f"{f['turns']}[{i}].{f['strategy']}")
         if role is None:
-            pending = item.get(f["strategy"]) or pending
+            pending = label or pending
             continue
         text = _text(item.get(f["text"]), f"{f['turns']}[{i}].{f['text']}")
-        strategy = (item.get(f["strategy"]) or pending) if role == SUPPORTER else None
+        strategy = (label or pending) if role == SUPPORTER else None
         pending = None if role == SUPPORTER else pending
         turns.append(Turn(role, text, strategy))
     return Dialogue(

@@ -24,13 +24,14 @@ from esevo_ray.config import DataSection
 from esevo_ray.data.dialogue import (
     SEEKER,
     SUPPORTER,
+    DataError,
     Dialogue,
     context_rows,
     merge_runs,
     normalised,
 )
 from esevo_ray.data.loaders import Loaded, load_alpaca, load_esconv, load_extes, load_serveforemo
-from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
+from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,12 @@ def _subset(items: list, n: int | None, rng: random.Random) -> list:
     return items if n is None else items[:n]
 
 
+def _rng(cfg: DataSection, selection: str) -> random.Random:
+    """One generator per selection, so that e.g. the evaluation subset does not change with
+    the number of training dialogues or the seed sources."""
+    return random.Random(f"{cfg.seed}:{selection}")
+
+
 def _context_table(dialogues: list[Dialogue], cfg: DataSection | None = None) -> pa.Table:
     """Every supporter turn of `dialogues`, or (with `cfg`) the greeting-filtered ones."""
     drop = cfg is not None and cfg.drop_greetings
@@ -135,6 +142,9 @@ def _seed_dialogues(
             )
         loaded = loader(Path(path), cfg.on_bad_record)
         report["skipped"][source] = loaded.skipped
+        report["problems"] += loaded.problems[:20]
+        if not loaded.items:
+            raise DataError(f"{path}: no usable dialogue ({loaded.skipped} record(s) skipped)")
         seeds += loaded.items
     return seeds
 
@@ -148,38 +158,50 @@ def _greeting_filter(cfg: DataSection) -> dict:
     }
 
 
+# The file every prepared data folder holds, and what such a folder is called in errors.
+DATA_FOLDER = ("sft.parquet", "prepared data")
+
+
 def prepare_data(
     cfg: DataSection, out_dir: str | Path, *, task_prompt: str = prompts.TASK_PROMPT
 ) -> dict:
     """Write the run's datasets into `out_dir` (atomically) and return its manifest.
 
     Only seed contexts (preference data) are greeting-filtered; SFT rows use `task_prompt`.
+
+    Raises:
+        UsageError: `out_dir` holds files but no earlier prepared data (checked first).
     """
+    check_replaceable(out_dir, *DATA_FOLDER)
     root = data_dir(cfg)
-    rng = random.Random(cfg.seed)
     report: dict = {"data_dir": str(root), "seed": cfg.seed, "skipped": {}, "problems": []}
 
     splits = load_esconv_splits(root, cfg.on_bad_record)
     for split, loaded in splits.items():
         report["skipped"][f"esconv_{split}"] = loaded.skipped
         report["problems"] += loaded.problems[:20]
+        if not loaded.items:
+            raise DataError(
+                f"{root / 'esconv' / f'{split}.json'}: no usable dialogue "
+                f"({loaded.skipped} record(s) skipped)"
+            )
     train_pool = [normalised(d) for d in splits["train"].items]
     test = [normalised(d) for d in splits["test"].items]
 
-    shuffled = _subset(train_pool, None, rng)
+    shuffled = _subset(train_pool, None, _rng(cfg, "train"))
     n_sft = len(shuffled) if cfg.max_train_dialogues is None else cfg.max_train_dialogues
     sft_dialogues = shuffled[:n_sft]
     # With ESConv as the seed source, seed dialogues come after the SFT subset when the pool
     # is large enough, so a small demo does not generate pairs for contexts it trained on.
     rest = shuffled[n_sft:] or shuffled
     seed_pool = [normalised(d) for d in _seed_dialogues(cfg, root, rest, report)]
-    seed_dialogues = _subset(seed_pool, cfg.max_seed_dialogues, rng)
-    eval_dialogues = _subset(test, cfg.max_eval_dialogues, rng)
+    seed_dialogues = _subset(seed_pool, cfg.max_seed_dialogues, _rng(cfg, "seed"))
+    eval_dialogues = _subset(test, cfg.max_eval_dialogues, _rng(cfg, "eval"))
 
     alpaca = load_alpaca(root / "alpaca" / "alpaca_data.json", cfg.on_bad_record)
     usable = [a for a in alpaca.items if a["output"].strip() and "<nooutput>" not in a["output"]]
     report["alpaca_unusable"] = len(alpaca.items) - len(usable)
-    replay = rng.sample(usable, min(cfg.alpaca_samples, len(usable)))
+    replay = _rng(cfg, "alpaca").sample(usable, min(cfg.alpaca_samples, len(usable)))
 
     train_ctx = _context_table(sft_dialogues)
     tables = {
@@ -199,7 +221,7 @@ def prepare_data(
         "eval": [d.dialogue_id for d in eval_dialogues],
     }
     report["alpaca_ids"] = [a["example_id"] for a in replay]
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, holds=DATA_FOLDER[0], what=DATA_FOLDER[1]) as tmp:
         for name, table in tables.items():
             write_parquet(table, tmp / f"{name}.parquet")
         atomic_write_text(tmp / "manifest.json", json.dumps(report, indent=2))

@@ -122,6 +122,16 @@ GOOD = {
         ({"dialog": [{"speaker": "usr", "text": "  "}]}, "dialog[0].text"),
         ({"situation": 3, "dialog": GOOD["dialog"]}, "field 'situation' must be a string"),
         ([1, 2], "expected an object"),
+        # Wrong types once surfaced as AttributeError/TypeError/ArrowTypeError, unnamed.
+        ({"dialog": [{"speaker": ["usr"], "text": "x"}]}, "dialog[0].speaker is ['usr']"),
+        (
+            {"dialog": [{"speaker": "sys", "text": "x", "strategy": ["Question"]}]},
+            "field 'dialog[0].strategy' must be a string",
+        ),
+        (
+            {"dialog": [{"speaker": "sys", "content": "x", "annotation": "Question"}]},
+            "field 'dialog[0].annotation' must be an object",
+        ),
     ],
 )
 def test_malformed_esconv_records_name_file_record_and_field(tmp_path, bad, message):
@@ -144,6 +154,14 @@ def test_malformed_extes_and_serveforemo(tmp_path):
     )
     with pytest.raises(DataError, match=r"dialogue\[0\].role is 'Therapist'"):
         load_serveforemo(tmp_path / "s.json")
+    (tmp_path / "y.json").write_text(json.dumps([{"content": [{"AI": "hi", "AI Strategy": 3}]}]))
+    with pytest.raises(DataError, match=r"record 0: field 'content\[0\].AI Strategy' must be"):
+        load_extes(tmp_path / "y.json")
+    (tmp_path / "t.json").write_text(
+        json.dumps([{"dialogue": [{"role": "Supporter", "content": "hi", "strategy": {"a": 1}}]}])
+    )
+    with pytest.raises(DataError, match=r"field 'dialogue\[0\].strategy' must be a string"):
+        load_serveforemo(tmp_path / "t.json")
     (tmp_path / "broken.json").write_text("[{")
     with pytest.raises(DataError, match="not valid JSON"):
         load_extes(tmp_path / "broken.json")

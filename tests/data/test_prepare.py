@@ -7,7 +7,9 @@ import pytest
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import load_config
+from esevo_ray.data.dialogue import DataError
 from esevo_ray.data.prepare import prepare_data
+from esevo_ray.errors import UsageError
 
 from ..conftest import ASSETS
 
@@ -146,3 +148,45 @@ def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["skipped"]["esconv_train"] == 1
+
+
+def test_the_evaluation_subset_does_not_move_with_other_selections(data_root, tmp_path):
+    def prepared_ids(*overrides):
+        cfg = load_config(None, ["data.max_eval_dialogues=5", "data.alpaca_samples=3", *overrides])
+        out = tmp_path / "-".join(overrides or ["default"])
+        return prepare_data(cfg.data, out)
+
+    a = prepared_ids("data.max_train_dialogues=5")
+    b = prepared_ids("data.max_train_dialogues=50", "data.max_seed_dialogues=2")
+    assert a["dialogue_ids"]["eval"] == b["dialogue_ids"]["eval"]
+    assert a["alpaca_ids"] == b["alpaca_ids"]
+    assert a["dialogue_ids"]["sft"] == b["dialogue_ids"]["sft"][:5]
+
+
+def test_prepare_refuses_to_replace_a_folder_that_holds_something_else(tmp_path, data_root):
+    run = tmp_path / "run"
+    (run / "m0" / "adapter").mkdir(parents=True)
+    (run / "m0" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    cfg = load_config(None, ["data.max_train_dialogues=3", "data.max_eval_dialogues=2"])
+    with pytest.raises(
+        UsageError, match=r"is not a prepared data folder \(it has no sft.parquet\)"
+    ):
+        prepare_data(cfg.data, run)
+    assert (run / "m0" / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"
+    prepare_data(cfg.data, run / "data")
+    prepare_data(cfg.data, run / "data")  # an earlier prepare is replaced
+
+
+def test_an_esconv_split_without_dialogues_is_an_error(tmp_path, data_root):
+    root = tmp_path / "data"
+    (root / "esconv").mkdir(parents=True)
+    (root / "esconv" / "train.json").write_text("")
+    (root / "esconv" / "test.json").write_text((data_root / "esconv" / "test.json").read_text())
+    (root / "alpaca").mkdir()
+    (root / "alpaca" / "alpaca_data.json").write_text(
+        json.dumps([{"instruction": "a", "input": "", "output": "b"}])
+    )
+    cfg = load_config(None, [f"data.data_dir={root}"])
+    with pytest.raises(DataError, match=r"train.json: no usable dialogue \(0 record"):
+        prepare_data(cfg.data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
