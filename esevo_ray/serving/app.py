@@ -186,6 +186,7 @@ class Ingress:
             body.temperature,
             body.top_p,
             body.seed,
+            body.stop_sequences(),
         )
         guard = ReplyGuard(turns, self.scfg.crisis_text, "chat", model.name)
         cid = new_id()

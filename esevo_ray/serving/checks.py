@@ -108,8 +108,10 @@ def build_request(
     temperature: float | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    stop: list[str] | None = None,
 ) -> dict:
-    """The generator's request: prompt tokens from the chat template, decoding, seed."""
+    """The generator's request: prompt tokens from the chat template, decoding, seed, stop
+    sequences."""
     from jinja2 import TemplateError
 
     try:
@@ -139,4 +141,5 @@ def build_request(
         "prompt_token_ids": ids,
         "decoding": decoding,
         "seed": seed if seed is not None else int.from_bytes(os.urandom(4), "little"),
+        "stop": list(stop or []),
     }

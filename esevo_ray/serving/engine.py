@@ -171,7 +171,10 @@ class VllmServeEngine:
         from esevo_ray.generation.engines import sampling_params
 
         decoding = DecodingSection(**request["decoding"])
-        params = sampling_params(decoding, request["seed"], output_kind=RequestOutputKind.DELTA)
+        params = sampling_params(
+            decoding, request["seed"], output_kind=RequestOutputKind.DELTA,
+            stop=request.get("stop") or None,
+        )  # fmt: skip
         prompt = {"prompt_token_ids": list(request["prompt_token_ids"])}
         tokens = 0
         lora = adapter or self.base_lora
@@ -224,10 +227,17 @@ class HfServeEngine:
                 )
         finally:
             self.running -= 1
-        finish = "length" if c.output_tokens >= decoding.max_new_tokens else "stop"
+        text, tokens = c.text, c.output_tokens
+        finish = "length" if tokens >= decoding.max_new_tokens else "stop"
+        cut = min(
+            (i for i in (text.find(s) for s in request.get("stop") or []) if i >= 0), default=-1
+        )
+        if cut >= 0:  # as vLLM: the text before the first stop sequence, which is left out
+            text, finish = text[:cut], "stop"
+            tokens = len(engine.tokenizer.encode(text, add_special_tokens=False))
         yield {
-            "text": c.text,
-            "output_tokens": c.output_tokens,
+            "text": text,
+            "output_tokens": tokens,
             "prompt_tokens": c.prompt_tokens,
             "finish": finish,
         }

@@ -33,6 +33,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)]
+
+
 class ChatRequest(BaseModel):
     """The subset of OpenAI's request that the engines honour; other keys are ignored."""
 
@@ -45,9 +48,14 @@ class ChatRequest(BaseModel):
     # torch and vLLM seeds are 64-bit: larger ones are a 4xx, not an overflow inside the engine.
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
+    # Up to 4 sequences, as OpenAI: the reply ends before the first one it would contain.
+    stop: Annotated[str, Field(min_length=1)] | StopList | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    def stop_sequences(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class Usage(BaseModel):

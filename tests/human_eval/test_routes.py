@@ -156,3 +156,9 @@ def test_fallback_engine_streams_the_whole_completion_at_once(served, http):
     # Role, the whole text in one chunk, the finish: transformers returns whole completions.
     assert len(events) == 3, events
     assert generator_stats()["engine"] == "hf"
+
+
+def test_stop_sequences_on_the_fallback_engine(served, http):
+    from tests.serving.conftest import check_stop_sequences
+
+    check_stop_sequences(http, "m0")

@@ -99,3 +99,31 @@ def generator_stats() -> dict:
     from ray import serve
 
     return serve.get_deployment_handle("Generator", APP).stats.remote().result()
+
+
+def check_stop_sequences(http, model: str) -> None:
+    """A reply with stop sequences is the greedy reply up to the first of them, left out, in
+    whole and streamed; the same request without them runs on."""
+    import json
+
+    def ask(stream: bool = False, **extra) -> tuple[str, str]:
+        body = {"model": model, "messages": [{"role": "user", "content": "I feel alone."}],
+                "max_tokens": 24, "temperature": 0, "stream": stream, **extra}  # fmt: skip
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        if not stream:
+            choice = r.json()["choices"][0]
+            return choice["message"]["content"], choice["finish_reason"]
+        events = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        deltas = [c["choices"][0] for c in events if c["choices"]]
+        text = "".join(d["delta"].get("content") or "" for d in deltas)
+        return text, deltas[-1]["finish_reason"]
+
+    full, _ = ask()
+    assert len(full) >= 6, full
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    expected = full[: full.find(stop)]
+    assert ask(stop=[stop, "\u2603never\u2603"]) == (expected, "stop")
+    assert ask(stream=True, stop=stop) == (expected, "stop")
+    assert ask(stop="\u2603never\u2603")[0] == full

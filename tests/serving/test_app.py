@@ -9,7 +9,13 @@ import time
 import httpx
 import pytest
 
-from tests.serving.conftest import API_KEY, MAX_TOKENS, generator_stats, make_adapter
+from tests.serving.conftest import (
+    API_KEY,
+    MAX_TOKENS,
+    check_stop_sequences,
+    generator_stats,
+    make_adapter,
+)
 
 USER = [{"role": "user", "content": "I feel anxious about my job."}]
 
@@ -105,12 +111,23 @@ BAD_REQUESTS = [
         None,
     ),
     (
+        "five stop sequences",
+        {"model": "m0", "messages": USER, "stop": ["a", "b", "c", "d", "e"]},
+        400,
+        None,
+    ),
+    ("empty stop sequence", {"model": "m0", "messages": USER, "stop": ""}, 400, None),
+    (
         "body too large",
         {"model": "m0", "messages": [{"role": "user", "content": "a" * 70000}]},
         413,
         "request_too_large",
     ),
 ]
+
+
+def test_stop_sequences_on_the_vllm_engine(served, http):
+    check_stop_sequences(http, "m0")
 
 
 def test_a_stream_answering_a_chunked_upload_finishes(http):
