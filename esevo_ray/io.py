@@ -47,7 +47,7 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-def check_replaceable(path: str | Path, holds: str, what: str) -> None:
+def check_replaceable(path: str | Path, *, holds: str, what: str) -> None:
     """Raise UsageError if `path` is a folder with files but without `holds`: not an earlier
     `what` but something else (a whole run given as --out, say) that replacing would delete."""
     path = Path(path)
@@ -59,16 +59,13 @@ def check_replaceable(path: str | Path, holds: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, holds: str | None = None, what: str = "") -> Iterator[Path]:
+def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
 
-    `holds`: a file every version of this folder has; a `path` with files but without it is
-    refused before anything runs (see check_replaceable), as a call of its own should be
-    before long work.
+    A caller writing to a folder the user named calls check_replaceable first, before its
+    work, so that what `path` holds is known to be an earlier version of its output.
     """
     path = Path(path)
-    if holds is not None:
-        check_replaceable(path, holds, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

@@ -85,12 +85,13 @@ def check_shared(
             markers[-1].touch()
         read = [Path(r).resolve() for r in reads if r is not None and os.path.exists(r)]
         paths = [*markers, *dict.fromkeys(read)]
-        expected = _probe([str(p) for p in paths])
+        names = [str(p) for p in paths]
+        expected = _probe(names)
         probe = ray.remote(num_cpus=0)(_probe)
         pending = {
             probe.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote([str(p) for p in paths]): n
+            ).remote(names): n
             for n in nodes
         }
         ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=PROBE_TIMEOUT_S)

@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = name or default_name(model, args.adapter)
     out = layout.served_eval(name) if is_endpoint(model) else layout.eval(name)
     manifest = evaluate_model(
-        cfg, model, contexts, Path(args.out) if args.out else out,
+        cfg, model, contexts, Path(args.out or out),
         name=name, adapter=args.adapter, served_model=args.served_model,
         api_key_env=args.api_key_env, concurrency=args.concurrency, tokenizer=args.tokenizer,
         sampling_extras=not args.no_sampling_extras, bertscore=not args.no_bertscore,

@@ -158,10 +158,6 @@ def _greeting_filter(cfg: DataSection) -> dict:
     }
 
 
-# The file every prepared data folder holds, and what such a folder is called in errors.
-DATA_FOLDER = ("sft.parquet", "prepared data")
-
-
 def prepare_data(
     cfg: DataSection, out_dir: str | Path, *, task_prompt: str = prompts.TASK_PROMPT
 ) -> dict:
@@ -172,7 +168,7 @@ def prepare_data(
     Raises:
         UsageError: `out_dir` holds files but no earlier prepared data (checked first).
     """
-    check_replaceable(out_dir, *DATA_FOLDER)
+    check_replaceable(out_dir, holds="sft.parquet", what="prepared data")
     root = data_dir(cfg)
     report: dict = {"data_dir": str(root), "seed": cfg.seed, "skipped": {}, "problems": []}
 
@@ -221,7 +217,7 @@ def prepare_data(
         "eval": [d.dialogue_id for d in eval_dialogues],
     }
     report["alpaca_ids"] = [a["example_id"] for a in replay]
-    with atomic_dir(out_dir, holds=DATA_FOLDER[0], what=DATA_FOLDER[1]) as tmp:
+    with atomic_dir(out_dir) as tmp:
         for name, table in tables.items():
             write_parquet(table, tmp / f"{name}.parquet")
         atomic_write_text(tmp / "manifest.json", json.dumps(report, indent=2))

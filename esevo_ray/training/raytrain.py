@@ -39,7 +39,6 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
-ADAPTER_FOLDER = ("adapter_config.json", "LoRA adapter")  # for check_replaceable
 FINAL_DIR = "adapter"  # in the last Ray checkpoint of a run: the trained adapter
 
 
@@ -53,7 +52,7 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     from ray.train.torch import TorchTrainer
 
     section, out_dir = job.section(cfg), Path(out_dir).resolve()
-    check_replaceable(out_dir, *ADAPTER_FOLDER)  # before training, not after
+    check_replaceable(out_dir, holds="adapter_config.json", what="LoRA adapter")  # before training
     scaling = section.scaling
     # A unique name per run: a rerun never resumes another run's checkpoints.
     name = f"{cfg.name}-{job.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -137,7 +136,7 @@ def export(
             init_adapter=job.init_adapter,
             init_adapter_hash=adapter_hash(job.init_adapter),
         )
-        with atomic_dir(out_dir, holds=ADAPTER_FOLDER[0], what=ADAPTER_FOLDER[1]) as tmp:
+        with atomic_dir(out_dir) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             save_config(cfg, tmp / "config.yaml")
             atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))

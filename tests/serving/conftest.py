@@ -7,12 +7,13 @@ human-evaluation tests, which run the transformers fallback.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ray_processes import free_port
 
 API_KEY = "test-key-123"
 KEY_ENV = "ESEVO_TEST_SERVE_KEY"
@@ -24,12 +25,6 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
     from esevo_ray.models import build_tiny_adapter
 
     return build_tiny_adapter(base, out, seed=seed)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
