@@ -91,17 +91,42 @@ def write_part(out_dir: str | Path, rows: list[dict], sch: pa.Schema) -> Path:
     return write_parquet(schema.conform(table, sch), Path(out_dir) / part_name(rows))
 
 
-def unwritten(contexts: pa.Table, written: pa.Table) -> pa.Table:
-    """The rows of `contexts` whose key is not in `written` (the resume filter)."""
-    if not written.num_rows:
+def todo(contexts: pa.Table, out_dir: str | Path, sch: pa.Schema) -> pa.Table:
+    """The rows of `contexts` whose key `out_dir`'s parts do not hold yet (the resume filter).
+
+    Raises:
+        PartsConflict: the parts hold keys `contexts` lacks: they were written for another
+            contexts file (or a longer cut of it), and what reads the folder would take them.
+    """
+    written = keys(read_parts(out_dir, sch))
+    if not len(written):
         return contexts
-    return contexts.filter(pc.invert(pc.is_in(keys(contexts), value_set=keys(written))))
+    asked = keys(contexts)
+    extra = pc.unique(written.filter(pc.invert(pc.is_in(written, value_set=asked))))
+    if len(extra):
+        raise PartsConflict(
+            f"{out_dir} holds rows of {len(extra)} contexts not asked for now "
+            f"(e.g. {_shown(extra)}): it was written for other contexts; write to a new "
+            "folder, or move this one away to start over"
+        )
+    return contexts.filter(pc.invert(pc.is_in(asked, value_set=written)))
 
 
-def check_complete(table: pa.Table, expected: int, where: Path) -> None:
-    """Every key exactly once, none missing."""
-    unique = len(pc.unique(keys(table)))
-    if unique != table.num_rows:
-        raise RuntimeError(f"{where}: {table.num_rows - unique} duplicate keys")
-    if table.num_rows < expected:
-        raise RuntimeError(f"{where}: {table.num_rows} of {expected} rows written")
+def check_complete(table: pa.Table, contexts: pa.Table, where: Path) -> None:
+    """`table` holds the key of every row of `contexts` exactly once, and no other key."""
+    got, asked = keys(table), keys(contexts)
+    counts = pc.value_counts(got)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        raise RuntimeError(f"{where}: {len(repeated)} keys written twice (e.g. {_shown(repeated)})")
+    extra = got.filter(pc.invert(pc.is_in(got, value_set=asked)))
+    if len(extra):
+        raise RuntimeError(f"{where}: {len(extra)} rows of contexts not asked for "
+                           f"(e.g. {_shown(extra)})")  # fmt: skip
+    if table.num_rows < contexts.num_rows:
+        raise RuntimeError(f"{where}: {table.num_rows} of {contexts.num_rows} rows written")
+
+
+def _shown(keys_: pa.Array, n: int = 3) -> str:
+    """A few keys as dialogue_id/turn_index, for an error message."""
+    return ", ".join(k.replace("\x00", "/") for k in keys_.slice(0, n).to_pylist())

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from esevo_ray import schema
 from esevo_ray.cli import main
 from esevo_ray.schema import EVAL_RESPONSES
 
@@ -86,3 +87,32 @@ def test_serve_host_is_taken_as_typed():
     args = argparse.Namespace(config=None, overrides=[], host="::", port=8001)
     cfg = _load(args)
     assert (cfg.serve.host, cfg.serve.port) == ("::", 8001)
+
+
+def test_generate_makes_what_the_loop_makes(tmp_path, config, capsys, monkeypatch, tiny_model):
+    """Standalone pairs of iteration t: m<t-1> must be finished, the seeds are the
+    iteration's part with evolve.seed_split, and the chosen side is evolve.chosen."""
+    from esevo_ray.config import load_config
+    from esevo_ray.data.seeds import seed_part
+    from esevo_ray.io import write_parquet
+    from esevo_ray.layout import RunLayout
+    from tests.data.test_seeds import contexts
+
+    layout = RunLayout.of(load_config(config, []))
+    seeds = write_parquet(contexts([2, 1, 2, 2]), layout.seed_contexts)
+    assert main(["generate", "--config", config, "--iteration", "2"]) == 2
+    assert "m1 in" in (err := _error(capsys)) and "esevo dpo" in err and "--adapter" in err
+    calls = []
+    monkeypatch.setattr(
+        "esevo_ray.generation.pipeline.generate_pairs",
+        lambda cfg, contexts, out, **kw: calls.append((contexts, kw["chosen"])) or {},
+    )
+    split = ["evolve.seed_split=true", "evolve.chosen=human_reference"]
+    argv = ["generate", "--config", config, "--adapter", "none", *split, f"model.path={tiny_model}"]
+    assert main([*argv, "--iteration", "3"]) == 2
+    assert "seed_split: seed split: iteration must be in 1..2, got 3" in _error(capsys)
+    assert main([*argv, "--iteration", "2"]) == 0
+    ((path, chosen),) = calls
+    assert path == layout.seeds(2) and chosen == "human_reference"
+    part = schema.read_table(path, schema.CONTEXTS)
+    assert part.equals(seed_part(schema.read_table(seeds, schema.CONTEXTS), 2, 2))

@@ -15,25 +15,32 @@ from esevo_ray.cli.common import (
     iteration,
     run_of,
 )
+from esevo_ray.errors import UsageError
 
 logger = logging.getLogger(__name__)
 BASE = "none"
 
 
 def _generator_adapter(args: argparse.Namespace, layout) -> Path | None:
-    """--adapter, else the run's M^{t-1} when it has an adapter, else the base model."""
+    """--adapter, else the run's M^{t-1}: its adapter, or None where it is the base model."""
     if args.adapter is not None:
         return None if args.adapter.lower() == BASE else adapter_arg(args.adapter)
-    previous = layout.models().get(args.iteration - 1)
-    if previous is None:
-        logger.info("m%d in %s is the base model or not finished: generating with the base "
-                    "model", args.iteration - 1, layout.root)  # fmt: skip
-    return previous
+    models, t = layout.models(), args.iteration
+    if t - 1 not in models:
+        raise UsageError(
+            f"m{t - 1} in {layout.root} is not finished, and it generates the pairs of "
+            f"--iteration {t}: train it first (`esevo {'sft' if t == 1 else 'dpo'}`), or pass "
+            f"--adapter (a LoRA folder, or '{BASE}' for the base model)"
+        )
+    return models[t - 1]
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Pairs of one iteration as `esevo evolve` makes them: on the iteration's seeds (its own
+    part with evolve.seed_split), with the chosen side of evolve.chosen."""
     from esevo_ray.generation.pipeline import generate_pairs
     from esevo_ray.models import resolve_model
+    from esevo_ray.pipeline.evolve import iteration_seeds
 
     cfg, layout = run_of(args)
     contexts = existing(
@@ -41,11 +48,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"run `esevo data prepare --config {args.config}` or pass --contexts",
     )  # fmt: skip
     adapter = _generator_adapter(args, layout)
+    if not args.contexts:
+        contexts = iteration_seeds(cfg, layout, args.iteration, write=True)
     out = Path(args.out) if args.out else layout.pairs(args.iteration)
     model = resolve_model(args.model or cfg.model.path)
     manifest = generate_pairs(
-        cfg, contexts, out, model_path=model, adapter=adapter, iteration=args.iteration
-    )
+        cfg, contexts, out, model_path=model, adapter=adapter, iteration=args.iteration,
+        chosen=cfg.evolve.chosen,
+    )  # fmt: skip
     print(json.dumps({"out": str(out), **manifest}, indent=2))
     return 0
 
@@ -80,13 +90,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate preference pairs with M^t (Ray Data + engines)")
     add_config_args(p)
     p.add_argument("--iteration", type=iteration, default=1, help="t: these pairs train m<t>")
-    p.add_argument("--contexts", help="seed contexts Parquet (default: the run's data folder)")
+    p.add_argument(
+        "--contexts",
+        help="seed contexts Parquet (default: the run's, or m<t>/seed_contexts.parquet, "
+        "iteration t's part, with evolve.seed_split)",
+    )
     p.add_argument("--out", help="output folder (default: <run>/m<t>/pairs)")
     p.add_argument("--model", help="base model folder (default: model.path or SmolLM2)")
     p.add_argument(
         "--adapter",
-        help=f"LoRA adapter of the generator (default: the run's m<t-1> when finished, else "
-        f"the base model; '{BASE}': the base model)",
+        help=f"LoRA adapter of the generator (default: the run's m<t-1>, which must be "
+        f"finished; '{BASE}': the base model)",
     )
     p.set_defaults(func=cmd_generate)
 

@@ -22,7 +22,7 @@ from esevo_ray.errors import EndpointError
 from esevo_ray.evaluation.responses import PARTS, collect_responses, eval_contexts
 from esevo_ray.generation.pairs import fit_context
 from esevo_ray.generation.pipeline import eval_seed, response_row
-from esevo_ray.parts import claim, read_parts, unwritten, write_part
+from esevo_ray.parts import claim, todo, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def endpoint_responses(
         "generation": {"decoding": gen.decoding.model_dump(), "max_context_tokens":
                        gen.max_context_tokens if tokenizer is not None else None},
     })  # fmt: skip
-    rows = unwritten(contexts, read_parts(out_dir / PARTS, schema.EVAL_RESPONSES)).to_pylist()
+    rows = todo(contexts, out_dir / PARTS, schema.EVAL_RESPONSES).to_pylist()
     logger.info(
         "endpoint %s (%s): %d contexts, %d to go", endpoint.url, model_name, contexts.num_rows,
         len(rows),
@@ -185,7 +185,7 @@ def endpoint_responses(
         sent = [fit_context(counter, c, cfg.generation) for c in sent]
     requests = [prompts.task_messages(c, system_prompt) for c in sent]
     _answer(cfg, endpoint, rows, requests, out_dir / PARTS, model_name, concurrency)
-    return collect_responses(out_dir, contexts.num_rows)
+    return collect_responses(out_dir, contexts)
 
 
 def _answer(

@@ -40,7 +40,7 @@ def generate_responses(
         cfg, contexts, out_dir / PARTS, Responder, model_path=model_path, adapter=adapter,
         label=f"eval responses {model_name}", model_name=model_name, system_prompt=system_prompt,
     )  # fmt: skip
-    return collect_responses(out_dir, contexts.num_rows)
+    return collect_responses(out_dir, contexts)
 
 
 def eval_contexts(cfg: RunConfig, path: str | Path) -> pa.Table:
@@ -51,8 +51,8 @@ def eval_contexts(cfg: RunConfig, path: str | Path) -> pa.Table:
     return contexts
 
 
-def collect_responses(out_dir: Path, expected: int) -> Path:
+def collect_responses(out_dir: Path, contexts: pa.Table) -> Path:
     """Check that the parts hold every context once and write `out_dir/responses.parquet`."""
     table = read_parts(out_dir / PARTS, schema.EVAL_RESPONSES)
-    check_complete(table, expected, out_dir / PARTS)
+    check_complete(table, contexts, out_dir / PARTS)
     return write_parquet(table, out_dir / "responses.parquet")

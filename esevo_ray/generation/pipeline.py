@@ -29,7 +29,7 @@ from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_p
 from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
-from esevo_ray.parts import check_complete, claim, part_name, read_parts, unwritten, write_part
+from esevo_ray.parts import check_complete, claim, part_name, read_parts, todo, write_part
 from esevo_ray.storage import check_shared
 
 logger = logging.getLogger(__name__)
@@ -179,9 +179,9 @@ def run_engine_actors(
         **actor_kwargs,
     })  # fmt: skip
     t_read = time.perf_counter()
-    todo = unwritten(contexts, read_parts(out_dir, actor.output_schema))
+    pending = todo(contexts, out_dir, actor.output_schema)
     driver_io = time.perf_counter() - t_read
-    total, remaining = contexts.num_rows, todo.num_rows
+    total, remaining = contexts.num_rows, pending.num_rows
     logger.info(
         "%s: %d contexts, %d already done, %d to go", label, total, total - remaining, remaining
     )
@@ -195,7 +195,7 @@ def run_engine_actors(
     # and a worker that writes its parts on an unshared disk loses them to the driver.
     progress.placement = place(gen, gen.engine, gen.num_actors, "generation")
     check_shared(label, writes=[out_dir], reads=[model_path, adapter])
-    ds = _actor_dataset(cfg, gen, todo, out_dir, actor, progress.placement, dict(
+    ds = _actor_dataset(cfg, gen, pending, out_dir, actor, progress.placement, dict(
         model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,
     ))  # fmt: skip
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -214,13 +214,13 @@ def run_engine_actors(
 def _actor_dataset(
     cfg: RunConfig,
     gen: GenerationSection,
-    todo: pa.Table,
+    pending: pa.Table,
     out_dir: Path,
     actor: type[EngineActor],
     placement: Placement,
     actor_kwargs: dict,
 ):
-    """The Ray Data plan: `todo` in batches, through a pool of `actor`s (`gen`'s engine,
+    """The Ray Data plan: `pending` in batches, through a pool of `actor`s (`gen`'s engine,
     placed as resolved)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -228,7 +228,8 @@ def _actor_dataset(
     DataContext.get_current().enable_progress_bars = False
     # One block per batch, made on the driver: a repartition task would need a CPU that
     # the actors may already hold all of (e.g. one actor with every core).
-    blocks = [todo.slice(i, gen.batch_size) for i in range(0, todo.num_rows, gen.batch_size)]
+    size, n = gen.batch_size, pending.num_rows
+    blocks = [pending.slice(i, size) for i in range(0, n, size)]
     return ray.data.from_arrow(blocks).map_batches(
         actor,
         fn_constructor_kwargs=dict(
@@ -279,7 +280,7 @@ def generate_pairs(
         iteration=iteration,
     )  # fmt: skip
     pairs = read_pairs(out_dir)
-    check_complete(pairs, contexts.num_rows, out_dir)
+    check_complete(pairs, contexts, out_dir)
     sources = pairs["chosen_source"].value_counts().to_pylist()
     counts = {s["values"]: s["counts"] for s in sources}
     manifest = {

@@ -115,6 +115,9 @@ def test_a_folder_of_another_generator_is_not_resumed(ray_local, tiny_model, con
     more = _cfg(**{"generation.max_contexts": 4, "generation.num_actors": 1})
     manifest = generate_pairs(more, path, out, model_path=tiny_model, adapter=a)
     assert manifest["rows"] == 4 and manifest["adapter_hash"] == adapter_hash(a)
+    # Fewer contexts than the folder holds: DPO would read the other two rows as well.
+    with pytest.raises(PartsConflict, match="holds rows of 2 contexts not asked for"):
+        generate_pairs(cfg, path, out, model_path=tiny_model, adapter=a)
 
 
 def _kill_one_generator_actor(out, killed):

@@ -1,0 +1,46 @@
+"""Resumable parts folders: what a resume skips, and what a finished folder must hold."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from esevo_ray.parts import PartsConflict, check_complete, todo, write_part
+
+SCHEMA = pa.schema(
+    [("dialogue_id", pa.string()), ("turn_index", pa.int64()), ("text", pa.string())]
+)
+
+
+def _rows(*keys: tuple[str, int]) -> list[dict]:
+    return [{"dialogue_id": d, "turn_index": t, "text": f"{d}{t}"} for d, t in keys]
+
+
+def _table(*keys: tuple[str, int]) -> pa.Table:
+    return pa.Table.from_pylist(_rows(*keys), schema=SCHEMA)
+
+
+def test_todo_skips_written_keys_and_refuses_keys_not_asked_for(tmp_path):
+    contexts = _table(("a", 1), ("a", 3), ("b", 1))
+    assert todo(contexts, tmp_path, SCHEMA).num_rows == 3
+    write_part(tmp_path, _rows(("a", 3)), SCHEMA)
+    left = todo(contexts, tmp_path, SCHEMA)
+    assert left.select(["dialogue_id", "turn_index"]).to_pylist() == [
+        {"dialogue_id": "a", "turn_index": 1}, {"dialogue_id": "b", "turn_index": 1},
+    ]  # fmt: skip
+    write_part(tmp_path, _rows(("c", 1)), SCHEMA)
+    with pytest.raises(
+        PartsConflict, match=r"holds rows of 1 contexts not asked for now \(e.g. c/1\)"
+    ):
+        todo(contexts, tmp_path, SCHEMA)
+
+
+def test_check_complete_names_repeated_extra_and_missing_rows(tmp_path):
+    contexts = _table(("a", 1), ("b", 1))
+    check_complete(_table(("b", 1), ("a", 1)), contexts, tmp_path)
+    with pytest.raises(RuntimeError, match=r"1 keys written twice \(e.g. a/1\)"):
+        check_complete(_table(("a", 1), ("a", 1), ("b", 1)), contexts, tmp_path)
+    with pytest.raises(RuntimeError, match=r"1 rows of contexts not asked for \(e.g. z/4\)"):
+        check_complete(_table(("a", 1), ("z", 4)), contexts, tmp_path)
+    with pytest.raises(RuntimeError, match="1 of 2 rows written"):
+        check_complete(_table(("a", 1)), contexts, tmp_path)
