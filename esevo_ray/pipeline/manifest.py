@@ -52,8 +52,16 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# Sections that do not change what the loop writes: a run may be served with other settings.
-IGNORED_SECTIONS = ("serve",)
+# Settings that do not change what the loop writes, so a run continues under other values:
+# where the run folder is found, how it is served, what is done about golden fallbacks
+# (the fallback error says to change these), the actors' count and CPUs (generation batches
+# are cut on the driver, the same whatever the pool), and how the judge endpoint is called.
+FREE_KEYS = (
+    "output_dir", "serve", "generation.fallback_policy", "generation.max_fallback_fraction",
+    "generation.num_actors", "generation.cpus_per_actor", "eval.judge.concurrency",
+    "eval.judge.requests_per_second", "eval.judge.timeout_s", "eval.judge.max_retries",
+    "eval.judge.backoff_s",
+)  # fmt: skip
 
 
 def config_changes(stored: dict, current: dict, defaults: dict, prefix: str = "") -> list[str]:
@@ -66,8 +74,6 @@ def config_changes(stored: dict, current: dict, defaults: dict, prefix: str = ""
     changed = []
     for key, value in current.items():
         where = f"{prefix}{key}"
-        if where in IGNORED_SECTIONS:
-            continue
         if key not in stored:
             if value != defaults.get(key):
                 changed.append(where)
@@ -78,18 +84,26 @@ def config_changes(stored: dict, current: dict, defaults: dict, prefix: str = ""
     return changed
 
 
+def _free(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in FREE_KEYS)
+
+
 def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig) -> None:
-    """Accept a record that differs only by settings added since (at their defaults)."""
+    """Accept a record that differs only by FREE_KEYS and by settings added since (at their
+    defaults); the record then holds the current config."""
     current = cfg.model_dump(mode="json")
     defaults = RunConfig().model_dump(mode="json")
     changed = config_changes(data.get("config", {}), current, defaults)
-    if changed:
+    if blocking := [k for k in changed if not _free(k)]:
         raise RunConflict(
-            f"{run_dir} was made by a different config ({', '.join(changed[:8])} changed); "
+            f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
             "rerun with --new-run to start a new run directory, or restore the original "
             "config to continue this one"
         )
-    logger.warning("%s: config settings added since the run began keep their defaults", run_dir)
+    if changed:
+        logger.warning("%s: continuing with %s changed", run_dir, ", ".join(changed))
+    else:
+        logger.warning("%s: config settings added since the run began keep their defaults", run_dir)
     data.update(config_digest=cfg.digest(), config=current)
 
 

@@ -52,3 +52,15 @@ def test_a_new_setting_away_from_its_default_is_a_change(tmp_path):
     _record(tmp_path, lambda c: c["generation"].pop("device"))
     with pytest.raises(RunConflict, match=r"generation\.device changed"):
         Manifest.open(tmp_path, load_config(None, ["name=t", "generation.device=cpu"]))
+
+
+def test_a_run_continues_under_the_fallback_errors_own_advice(tmp_path):
+    """The fallback error says to change the policy; a run that stopped on it continues under
+    the new policy (and other settings that write nothing different), but not another beta."""
+    Manifest.open(tmp_path, load_config(None, ["name=t", "generation.fallback_policy=fail"]))
+    free = ["generation.fallback_policy=warn", "generation.max_fallback_fraction=0.9",
+            "generation.num_actors=2", "eval.judge.concurrency=8", f"output_dir={tmp_path}"]  # fmt: skip
+    again = Manifest.open(tmp_path, load_config(None, ["name=t", *free]))
+    assert again.data["config"]["generation"]["fallback_policy"] == "warn"
+    with pytest.raises(RunConflict, match=r"\(generation\.batch_size changed\)"):
+        Manifest.open(tmp_path, load_config(None, ["name=t", *free, "generation.batch_size=3"]))
