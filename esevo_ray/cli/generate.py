@@ -49,7 +49,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     adapter = _generator_adapter(args, layout)
     if not args.contexts:
-        contexts = iteration_seeds(cfg, layout, args.iteration, write=True)
+        contexts = iteration_seeds(cfg, layout, args.iteration)
     out = Path(args.out) if args.out else layout.pairs(args.iteration)
     model = resolve_model(args.model or cfg.model.path)
     manifest = generate_pairs(

@@ -162,9 +162,9 @@ def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None
     )
 
 
-def iteration_seeds(cfg: RunConfig, run: RunLayout, t: int, *, write: bool = False) -> Path:
-    """The seed contexts of iteration t: with `evolve.seed_split` its own part of the seed
-    dialogues (m<t>/seed_contexts.parquet, made from the run's seeds when `write`), else all.
+def iteration_seeds(cfg: RunConfig, run: RunLayout, t: int) -> Path:
+    """The seed contexts of iteration t: with `evolve.seed_split` its own part of the run's
+    seed dialogues, written to m<t>/seed_contexts.parquet, else all of them.
 
     Raises:
         ConfigError: with seed_split, t beyond evolve.iterations or too few seed dialogues.
@@ -173,8 +173,6 @@ def iteration_seeds(cfg: RunConfig, run: RunLayout, t: int, *, write: bool = Fal
 
     if not cfg.evolve.seed_split:
         return run.seed_contexts
-    if not write:
-        return run.seeds(t)
     try:
         return write_seed_part(run.seed_contexts, run.seeds(t), t, cfg.evolve.iterations)
     except ValueError as e:
@@ -186,16 +184,16 @@ def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runne
     from esevo_ray.generation.pipeline import generate_pairs
 
     name, prev, pairs = model_name(t), _adapter(run, t - 1), run.pairs(t)
-    seeds = iteration_seeds(cfg, run, t)
 
     def make_pairs() -> dict:
         return generate_pairs(
-            cfg, iteration_seeds(cfg, run, t, write=True), pairs, model_path=base,
-            adapter=prev, iteration=t, chosen=cfg.evolve.chosen,
+            cfg, iteration_seeds(cfg, run, t), pairs, model_path=base, adapter=prev,
+            iteration=t, chosen=cfg.evolve.chosen,
         )  # fmt: skip
 
+    # The seeds as read: iteration t's part follows from them (and the config) alone.
     runner.stage(
-        f"pairs_{name}", inputs={"contexts": seeds, "generator": prev or base},
+        f"pairs_{name}", inputs={"seeds": run.seed_contexts, "generator": prev or base},
         outputs={"pairs": pairs / "manifest.json"}, fn=make_pairs, folder=pairs,
     )  # fmt: skip
     _dpo(cfg, run, t, prev, base, runner)

@@ -144,8 +144,19 @@ class Manifest:
             Path(p).exists() for p in entry.get("outputs", {}).values()
         )
 
-    def start(self, stage: str, inputs: dict[str, str]) -> None:
-        self.data["stages"][stage] = {"status": "running", "start": _now(), "inputs": inputs}
+    def stopped(self, stage: str) -> bool:
+        """Did `stage` start and not finish (stopped, or failed)?"""
+        return self.data["stages"].get(stage, {}).get("status") in ("running", "failed")
+
+    def start(
+        self, stage: str, inputs: dict[str, str], fingerprints: dict[str, str | None] | None = None
+    ) -> None:
+        """Mark `stage` running on `inputs`, with their fingerprints (a stage stopped part-way
+        resumes only on the same inputs)."""
+        entry = {"status": "running", "start": _now(), "inputs": inputs}
+        if fingerprints is not None:
+            entry["input_fingerprints"] = fingerprints
+        self.data["stages"][stage] = entry
         self.save()
 
     def finish(
@@ -165,7 +176,8 @@ class Manifest:
 
     def changed_inputs(self, stage: str, fingerprints: dict[str, str | None]) -> list[str]:
         """The inputs whose fingerprint differs from the one recorded when `stage` finished
-        (an input or a record the other side lacks is not compared: an older manifest)."""
+        (or, unfinished, started); an input the record lacks (an older manifest) is not
+        compared."""
         recorded = self.data["stages"].get(stage, {}).get("input_fingerprints", {})
         return [k for k, v in fingerprints.items() if k in recorded and recorded[k] != v]
 

@@ -6,7 +6,8 @@ stage folder's manifest.json). A stage whose input changed since (an upstream st
 again, or an adapter retrained by `esevo dpo`) runs again, and through their inputs so do
 the stages built on it, while unrelated ones stay reused. Before it runs again, its folder
 (or its output files) is moved aside to `<name>.stale-<time>`: its resumable parts hold rows
-of the old inputs, and nothing is deleted.
+of the old inputs, and nothing is deleted. The same holds for a stage stopped part-way: the
+manifest records its inputs' fingerprints when it starts, and it resumes only on those.
 """
 
 from __future__ import annotations
@@ -77,20 +78,20 @@ class Runner:
         `folder`: where the stage writes (its outputs and any resumable parts); a stage run
         again on changed inputs moves it aside first, or its output files when there is none.
         """
+        fingerprints = _fingerprints(inputs)
         if self.manifest.done(name):
-            changed = self.manifest.changed_inputs(name, _fingerprints(inputs))
+            changed = self.manifest.changed_inputs(name, fingerprints)
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))
                 logger.info("stage %s: done, reusing %s", name, reused)
                 return
-            moved = move_aside([folder] if folder else list(outputs.values()))
-            logger.warning(
-                "stage %s: its input %s changed since it ran; running it again (old outputs "
-                "moved to %s)", name, ", ".join(changed), ", ".join(moved) or "nowhere",
-            )  # fmt: skip
-            self.manifest.retire(name, changed, moved)
+            self._retire(name, changed, folder, outputs, "since it ran")
+        elif self.manifest.stopped(name) and (
+            changed := self.manifest.changed_inputs(name, fingerprints)
+        ):  # its resumable parts hold rows made from the old inputs
+            self._retire(name, changed, folder, outputs, "since it started")
         logger.info("stage %s: start", name)
-        self.manifest.start(name, {k: str(v) for k, v in inputs.items()})
+        self.manifest.start(name, {k: str(v) for k, v in inputs.items()}, fingerprints)
         t0 = time.perf_counter()
         try:
             with profile.collect() as timings:
@@ -102,13 +103,24 @@ class Runner:
         self.timings[name] = round(wall, 1)
         outputs_ = {k: str(v) for k, v in outputs.items()}
         breakdown = profile.breakdown(timings, wall)
-        # Read after the stage: an input it writes itself (a seed split) exists only now.
+        # Read again after the stage: an input that did not exist before it (None) does now.
         self.manifest.finish(
             name, outputs_, {**info, "seconds": round(wall, 1), "profile": breakdown},
             fingerprints=_fingerprints(inputs),
         )  # fmt: skip
         logger.info("stage %s: done in %.1fs (%s)", name, wall,
                     ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip
+
+    def _retire(
+        self, name: str, changed: list[str], folder: Path | None, outputs: dict, when: str
+    ) -> None:
+        """Move a stage's old outputs aside before it runs again on changed inputs."""
+        moved = move_aside([folder] if folder else list(outputs.values()))
+        logger.warning(
+            "stage %s: its input %s changed %s; running it again (old outputs moved to %s)",
+            name, ", ".join(changed), when, ", ".join(moved) or "nowhere",
+        )  # fmt: skip
+        self.manifest.retire(name, changed, moved)
 
 
 def _fingerprints(inputs: dict[str, Path]) -> dict[str, str | None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from esevo_ray.config import load_config
 from esevo_ray.models import build_tiny_adapter
 from esevo_ray.pipeline.manifest import Manifest
@@ -64,6 +66,35 @@ def test_a_changed_input_reruns_what_depends_on_it_and_keeps_the_old_outputs(tmp
     assert [r["stage"] for r in manifest["retired"]] == ["scored", "summary"]
     assert manifest["retired"][0]["moved_to"] == [str(stale[0])]
     assert all(s["status"] == "done" for s in manifest["stages"].values())
+
+
+def test_a_stage_stopped_part_way_does_not_resume_on_changed_inputs(tmp_path, caplog):
+    """Parts written from the old input would be kept and mixed with the new input's."""
+    runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+    source, folder = tmp_path / "source.txt", tmp_path / "parts"
+
+    def stopped():
+        folder.mkdir()
+        (folder / "part-1").write_text(source.read_text())
+        raise KeyboardInterrupt
+
+    source.write_text("v1")
+    inputs, outputs = {"src": source}, {"out": folder / "manifest.json"}
+    with pytest.raises(KeyboardInterrupt):
+        runner.stage("gen", inputs=inputs, outputs=outputs, fn=stopped, folder=folder)
+    resumed = lambda: sorted(p.read_text() for p in folder.iterdir())  # noqa: E731
+    source.write_text("v2")
+
+    def finished():
+        folder.mkdir()
+        (folder / "manifest.json").write_text(source.read_text())
+
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
+        runner.stage("gen", inputs=inputs, outputs=outputs, fn=finished, folder=folder)
+    assert resumed() == ["v2"], "the new run kept a part made from the old input"
+    assert "stage gen: its input src changed since it started" in caplog.text
+    (stale,) = tmp_path.glob("parts.stale-*")
+    assert (stale / "part-1").read_text() == "v1", "the old part was not kept aside"
 
 
 def test_an_adapter_is_fingerprinted_by_its_weights(tiny_model, tmp_path):
