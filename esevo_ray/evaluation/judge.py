@@ -3,10 +3,16 @@
 Requests run on a bounded thread pool under a shared rate limit. Transport errors (timeouts,
 429, 5xx) are retried with exponential backoff; an unparseable verdict is asked again up to
 `parse_retries` times and then recorded as missing (score None), never as a number.
+
+`judge_file` resumes: a scores file written before with the same judge and settings lends
+its verdicts, and only the rest is asked for. A request that failed for good (the endpoint
+down past its retries) is written as missing and then stops the command with an error, so
+that running it again asks for just those.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -17,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from esevo_ray import profile
 from esevo_ray.config import JudgeSection
@@ -29,6 +37,14 @@ from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
 logger = logging.getLogger(__name__)
 
 _FATAL_STATUS = {401, 403, 404}
+REQUEST_FAILED = "request failed"  # the error of a verdict whose request failed for good
+# How the judge is called, not what it answers: a scores file written under other values
+# of these still lends its verdicts.
+_TRANSPORT = {
+    "base_url", "api_key_env", "concurrency", "requests_per_second", "timeout_s",
+    "max_retries", "backoff_s",
+}  # fmt: skip
+_SETTINGS_KEY = b"esevo.judge"
 
 
 class RateLimiter:
@@ -118,7 +134,7 @@ class JudgeClient:
             try:
                 text = self.complete(messages)
             except openai.APIError as e:
-                return Verdict(None, None, attempt, f"request failed: {e}")
+                return Verdict(None, None, attempt, f"{REQUEST_FAILED}: {e}")
             try:
                 score, explanation = parse_verdict(text)
                 return Verdict(score, explanation, attempt)
@@ -151,20 +167,41 @@ def judge_responses(
     dimensions: Sequence[str],
     n_samples: int | None,
     seed: int,
+    known: dict[tuple, Verdict] | None = None,
 ) -> pa.Table:
-    """Judge the responses of `n_samples` contexts (all models in the table) on `dimensions`."""
+    """Judge the responses of `n_samples` contexts (all models in the table) on `dimensions`.
+
+    `known`: verdicts already at hand, by (dialogue_id, turn_index, model, dimension); they
+    are not asked for again.
+    """
     chosen = set(sample_keys(table, n_samples, seed))
     rows = [r for r in table.to_pylist() if (r["dialogue_id"], r["turn_index"]) in chosen]
     rows.sort(key=lambda r: (r["model"], r["dialogue_id"], r["turn_index"]))
     tasks = [(row, dim) for row in rows for dim in dimensions]
+    known = known or {}
+    have = {i: known[k] for i, task in enumerate(tasks) if (k := _task_key(*task)) in known}
+    todo = [task for i, task in enumerate(tasks) if i not in have]
     logger.info(
-        "judging %d responses x %d dimensions with %s", len(rows), len(dimensions), client.model
-    )
+        "judging %d responses x %d dimensions with %s: %d verdicts to ask for, %d at hand",
+        len(rows), len(dimensions), client.model, len(todo), len(have),
+    )  # fmt: skip
+    asked = iter(_ask(client, todo))
+    verdicts = [have[i] if i in have else next(asked) for i in range(len(tasks))]
+    return _table(tasks, verdicts, client.model)
+
+
+def _task_key(row: dict, dimension: str) -> tuple:
+    return row["dialogue_id"], row["turn_index"], row["model"], dimension
+
+
+def _ask(client: JudgeClient, tasks: list[tuple[dict, str]]) -> list[Verdict]:
+    """The verdicts of `tasks`, in order: batched on a local engine, else on a thread pool."""
+    if not tasks:
+        return []
     if hasattr(client, "judge_many"):  # a local engine judges whole batches
-        verdicts = client.judge_many(
+        return client.judge_many(
             [(dim, row["context"], row["response"] or "") for row, dim in tasks]
         )
-        return _table(tasks, verdicts, client.model)
     with ThreadPoolExecutor(max_workers=client.cfg.concurrency) as pool:
         futures = [
             pool.submit(client.judge, dim, row["context"], row["response"] or "")
@@ -179,7 +216,7 @@ def judge_responses(
         except JudgeError:
             pool.shutdown(cancel_futures=True)  # the endpoint is unusable: stop at once
             raise
-    return _table(tasks, verdicts, client.model)
+    return verdicts
 
 
 def _table(tasks: list[tuple[dict, str]], verdicts: list[Verdict], judge_model: str) -> pa.Table:
@@ -218,21 +255,63 @@ def judge_file(
 
     With `cfg.backend` "vllm" or "hf" the judge is `cfg.local_model` (else `local_model`,
     else the prepared default model) loaded locally in `dtype` (`model.dtype`); with
-    "endpoint" it is `base_url`/`model` (else the config's).
+    "endpoint" it is `base_url`/`model` (else the config's). Verdicts of an earlier `out` by
+    the same judge and settings are kept, not asked for again.
+
+    Raises:
+        JudgeError: the endpoint refuses the key, model or URL; or, after `out` is written,
+            some requests failed for good (running again asks for those).
     """
     from esevo_ray.io import write_parquet
 
+    out = Path(out)
     with profile.timed("io"):
         table = read_table(responses, EVAL_RESPONSES)
     with profile.timed("startup"):  # a local judge loads its model here
         client = _client(cfg, base_url, model, local_model, dtype)
+    settings = _settings(cfg, client.model)
     with profile.timed("compute"):
         scores = judge_responses(
-            table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed
-        )
+            table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed,
+            known=_earlier_verdicts(out, settings),
+        )  # fmt: skip
     with profile.timed("io"):
-        write_parquet(scores, out)
+        write_parquet(scores.replace_schema_metadata({_SETTINGS_KEY: settings}), out)
+    failed = scores.filter(pc.starts_with(pc.fill_null(scores["error"], ""), REQUEST_FAILED))
+    if failed.num_rows:
+        raise JudgeError(
+            f"judge {client.model}: {failed.num_rows} of {scores.num_rows} requests failed "
+            f"for good ({failed['error'][0].as_py()[:200]}); the other verdicts are kept in "
+            f"{out}: run the same command again to ask for the {failed.num_rows} left"
+        )
     return scores
+
+
+def _settings(cfg: JudgeSection, judge_model: str) -> str:
+    """What a verdict depends on: the judge model and every setting but the transport."""
+    return json.dumps(
+        {"judge_model": judge_model, **cfg.model_dump(mode="json", exclude=_TRANSPORT)},
+        sort_keys=True,
+    )
+
+
+def _earlier_verdicts(out: Path, settings: str) -> dict[tuple, Verdict]:
+    """The verdicts of a scores file written before at `out` by the same judge and settings,
+    but for those whose request failed; none from a file of other settings (or unreadable)."""
+    try:
+        written = pq.read_schema(out).metadata or {}
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return {}
+    if written.get(_SETTINGS_KEY) != settings.encode():
+        return {}
+    rows = read_table(out, JUDGE_SCORES).to_pylist()
+    return {
+        (r["dialogue_id"], r["turn_index"], r["model"], r["dimension"]): Verdict(
+            r["score"], r["explanation"], r["attempts"], r["error"]
+        )
+        for r in rows
+        if not (r["error"] or "").startswith(REQUEST_FAILED)
+    }
 
 
 def _client(

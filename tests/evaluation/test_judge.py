@@ -18,6 +18,7 @@ from esevo_ray.evaluation.judge import (
     JudgeError,
     RateLimiter,
     VerdictError,
+    judge_file,
     judge_responses,
     parse_verdict,
     sample_keys,
@@ -34,13 +35,14 @@ class JudgeServer(ChatServer):
     """Canned but varied verdicts, chosen by a tag in the judged response.
 
     [ok] valid verdict (score varies with the prompt), [flaky] one malformed reply then
-    valid, [bad] always malformed, [e500] one HTTP 500 then valid, [down] always HTTP 503.
-    Model "forbidden" gets HTTP 401.
+    valid, [bad] always malformed, [e500] one HTTP 500 then valid, [down] HTTP 503 while
+    `down` is set (always, unless a test clears it). Model "forbidden" gets HTTP 401.
     """
 
     def reset(self) -> None:
         super().reset()
         self.scores: dict[tuple[str, str], int] = {}
+        self.down = True
 
     def reply(self, body: dict) -> tuple[int, str]:
         system, user = body["messages"][0]["content"], body["messages"][1]["content"]
@@ -50,7 +52,7 @@ class JudgeServer(ChatServer):
             n = self.seen[key]
         if body["model"] == "forbidden":
             return 401, "bad key"
-        if "[down]" in user or ("[e500]" in user and n == 1):
+        if ("[down]" in user and self.down) or ("[e500]" in user and n == 1):
             return 503 if "[down]" in user else 500, "overloaded"
         if "[bad]" in user or ("[flaky]" in user and n == 1):
             return 200, "I would rate this response fairly well overall."
@@ -294,3 +296,31 @@ def test_verdict_with_control_characters_in_the_explanation_parses():
         4.0,
         "ok\x1b\x08 fine",
     )
+
+
+def test_judge_file_keeps_what_it_got_and_asks_again_only_for_failed_requests(server, tmp_path):
+    """An endpoint down past its retries: the command fails, naming it, with the verdicts it
+    got written; run again, it asks only for the failed ones, unless the settings changed."""
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[down] b", "[bad] c"])
+    out, cfg = tmp_path / "judge_scores.parquet", judge_cfg(dimensions=["empathy"])
+    judge = dict(n_samples=None, base_url=server.url, model="judge-x")
+    with pytest.raises(JudgeError, match=r"1 of 3 requests failed for good \(request failed"):
+        judge_file(path, out, cfg, **judge)
+    scores = _scores_by_dialogue(out)  # d0 [ok], d1 [down], d2 [bad]
+    assert scores["d0"] is not None and scores["d1"] is None and scores["d2"] is None
+    asked = server.seen.copy()
+    server.down = False
+    judge_file(path, out, cfg, **judge)
+    asked_again = [user for (_, user), n in server.seen.items() if n > asked[(_, user)]]
+    assert len(asked_again) == 1 and "[down] b" in asked_again[0], "kept verdicts asked again"
+    scores = _scores_by_dialogue(out)
+    assert scores["d1"] is not None and scores["d2"] is None  # [bad] stays missing
+    # Another reading of the rubrics' penalties: no verdict of the old one is kept.
+    server.reset()
+    server.down = False
+    judge_file(path, out, judge_cfg(dimensions=["empathy"], penalty="subtract"), **judge)
+    assert len(server.seen) == 3
+
+
+def _scores_by_dialogue(out) -> dict[str, float | None]:
+    return {r["dialogue_id"]: r["score"] for r in read_table(out, JUDGE_SCORES).to_pylist()}
