@@ -116,3 +116,16 @@ def test_generate_makes_what_the_loop_makes(tmp_path, config, capsys, monkeypatc
     assert path == layout.seeds(2) and chosen == "human_reference"
     part = schema.read_table(path, schema.CONTEXTS)
     assert part.equals(seed_part(schema.read_table(seeds, schema.CONTEXTS), 2, 2))
+
+
+def test_a_ray_job_needs_an_absolute_output_dir(tmp_path, monkeypatch, capsys):
+    """In `ray job submit --working-dir .` the job runs in Ray's unpacked copy of the folder:
+    a relative output_dir would write the run there, to vanish with the session."""
+    job_dir = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)
+    (job_dir / "run.yaml").write_text("name: t\n")
+    for command in (["data", "prepare"], ["evolve"]):
+        assert main([*command, "--config", "run.yaml"]) == 2
+        assert "output_dir 'runs' is relative, and this job runs in Ray's" in _error(capsys)
+    assert not (job_dir / "runs").exists()

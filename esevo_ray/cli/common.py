@@ -46,8 +46,27 @@ def load_args_config(args: argparse.Namespace) -> RunConfig:
     return load_config(getattr(args, "config", None), overrides)
 
 
+def check_output_dir(cfg: RunConfig) -> None:
+    """Refuse a relative output_dir in a Ray job: its working dir is Ray's temporary copy.
+
+    Raises:
+        ConfigError: the run would be written into that copy, and lost with the session.
+    """
+    cwd = Path.cwd()
+    if not Path(cfg.output_dir).is_absolute() and any(
+        part.startswith("_ray_pkg_") for part in cwd.parts
+    ):
+        raise ConfigError(
+            f"output_dir {cfg.output_dir!r} is relative, and this job runs in Ray's temporary "
+            f"copy of its working dir ({cwd}): the run would be lost with the Ray session; "
+            "pass an absolute one, e.g. output_dir=/runs (a folder every node mounts)"
+        )
+
+
 def layout_of(cfg: RunConfig) -> RunLayout:
-    """The run directory of `cfg`, a folder of the old layout migrated first (RunLayout.migrate)."""
+    """The run directory of `cfg` (see check_output_dir), a folder of the old layout migrated
+    first (RunLayout.migrate)."""
+    check_output_dir(cfg)
     layout = RunLayout.of(cfg)
     layout.migrate()
     return layout

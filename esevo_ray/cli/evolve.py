@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from esevo_ray.cli.common import add_config_args, load_args_config
+from esevo_ray.cli.common import add_config_args, check_output_dir, load_args_config
 from esevo_ray.generation.fallback import fallback_lines
 from esevo_ray.layout import RunLayout
 from esevo_ray.profile import table
@@ -37,6 +37,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from esevo_ray.pipeline.evolve import evolve
 
     cfg = load_args_config(args)
+    check_output_dir(cfg)
     if args.new_run:
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
     print(summary(evolve(cfg)))
