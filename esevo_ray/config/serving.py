@@ -55,7 +55,9 @@ class ServeSection(Section):
     kv_cache_gib: int = Field(2, ge=1)
     # Extra keyword arguments for vLLM's AsyncEngineArgs (e.g. gpu_memory_utilization).
     vllm: dict[str, Any] = {}
-    # Request defaults; a request's temperature, top_p, seed and max_tokens override them.
+    # Request defaults; a request's temperature, top_p and max_tokens override them. The seed
+    # is the request's own: without one, each request draws a random seed (as OpenAI's API
+    # does), so decoding.seed is not used here.
     decoding: DecodingSection = DecodingSection()
     num_replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(1, ge=0)
