@@ -27,7 +27,9 @@ from typing import Any
 
 from esevo_ray import schema
 from esevo_ray.config import RunConfig
+from esevo_ray.data.dialogue import DataError
 from esevo_ray.models import adapter_hash, resolve_model
+from esevo_ray.parts import PRODUCER_FILE
 from esevo_ray.training import common, raytrain
 from esevo_ray.training.common import TrainJob
 
@@ -62,9 +64,21 @@ def build_dpo_trainer(
 
 
 def dpo_job(cfg: RunConfig, pairs: str | Path, init_adapter: str | Path | None) -> TrainJob:
+    """The DPO job on `pairs` (a PAIRS Parquet, or a folder of them) from `init_adapter`.
+
+    Raises:
+        FileNotFoundError: no `pairs`.
+        DataError: `pairs` is a generation folder whose run has not finished (it writes
+            manifest.json last): training on it would use whatever batches were done.
+    """
     pairs = Path(pairs)
     if not pairs.exists():
         raise FileNotFoundError(f"no pairs Parquet at {pairs}")
+    if (pairs / PRODUCER_FILE).exists() and not (pairs / "manifest.json").exists():
+        raise DataError(
+            f"{pairs}: its generation has not finished (no manifest.json beside the parts); "
+            "run the same `esevo generate` again to finish it"
+        )
     init = str(Path(init_adapter).resolve()) if init_adapter is not None else None
     return TrainJob("dpo", str(resolve_model(cfg.model.path)), str(pairs.resolve()), init)
 

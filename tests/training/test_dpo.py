@@ -172,3 +172,18 @@ def test_resume_restores_the_trained_adapter_and_keeps_the_reference(
         mt = _completion_logps(_load_mt(tiny_model, mt_adapter), batch)[0]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(ref, mt, atol=1e-4, rtol=1e-5)
+
+
+def test_an_unfinished_generation_folder_is_refused(make_cfg, pairs_path, tmp_path):
+    """Parts of a stopped `esevo generate` hold only the batches it finished."""
+    from esevo_ray.data.dialogue import DataError
+    from esevo_ray.parts import claim
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    claim(folder, {"stage": "Generator"})
+    (folder / "part-0.parquet").write_bytes(pairs_path.read_bytes())
+    with pytest.raises(DataError, match="its generation has not finished"):
+        dpo_job(make_cfg(), folder, None)
+    (folder / "manifest.json").write_text("{}")
+    assert dpo_job(make_cfg(), folder, None).data_path == str(folder.resolve())
