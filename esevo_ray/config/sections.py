@@ -97,12 +97,13 @@ class GenerationSection(Section):
                 f"({self.decoding.max_new_tokens}) must not exceed "
                 f"max_model_len ({self.max_model_len})"
             )
-        # The refinement request holds the context and the rejected response and leaves room
-        # for the reflection (generation/pairs.py: fit_context).
-        refine = self.max_model_len - self.reflection_decoding.max_new_tokens
-        if refine - self.decoding.max_new_tokens <= 0:
+        # The refinement request holds the context and the rejected response (and in
+        # two_step the reflection) and leaves room for its answer (generation/pairs.py).
+        reflection = self.reflection_decoding.max_new_tokens
+        times = 2 if self.reflection_mode == "two_step" else 1
+        if self.max_model_len - times * reflection - self.decoding.max_new_tokens <= 0:
             raise ValueError(
-                f"reflection_decoding.max_new_tokens ({self.reflection_decoding.max_new_tokens})"
+                f"{'2 x ' if times == 2 else ''}reflection_decoding.max_new_tokens ({reflection})"
                 f" + decoding.max_new_tokens ({self.decoding.max_new_tokens}) leave no room for "
                 f"the refinement request in max_model_len ({self.max_model_len})"
             )

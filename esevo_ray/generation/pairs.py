@@ -30,21 +30,26 @@ def request_seed(
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
+# Room kept for the reflection inside a two-step refinement request beyond the tokens it was
+# generated in: it is parsed and written back as JSON, whose spacing may differ.
+ANALYSIS_MARGIN = 16
+
+
 def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSection) -> list[dict]:
     """Drop the oldest turns until every request built on C_n fits the model.
 
     P_task || C_n must fit `max_context_tokens`, and the refinement request, with room for the
-    rejected response inside it and the refined answer after it, must fit `max_model_len`.
+    rejected response inside it and the refined answer after it, must fit `max_model_len`; in
+    two-step mode it also holds the reflection, as long as `reflection_decoding.max_new_tokens`.
     The last turn always stays.
     """
-    refine_budget = (
-        cfg.max_model_len - cfg.reflection_decoding.max_new_tokens - cfg.decoding.max_new_tokens
-    )
+    refine_budget = refinement_budget(cfg)
+    analysis = {} if cfg.reflection_mode == "two_step" else None
 
     def fits(ctx: list[dict]) -> bool:
         return (
             engine.count_tokens(prompts.task_messages(ctx)) <= cfg.max_context_tokens
-            and engine.count_tokens(prompts.refine_messages(ctx, "")) <= refine_budget
+            and engine.count_tokens(prompts.refine_messages(ctx, "", analysis)) <= refine_budget
         )
 
     context = drop_oldest_turns(context, fits)
@@ -55,13 +60,22 @@ def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSectio
         context = [*context[:-1], {**context[-1], "content": " ".join(last)}]
     if not fits(context):
         task = engine.count_tokens(prompts.task_messages(context))
-        refine = engine.count_tokens(prompts.refine_messages(context, ""))
+        refine = engine.count_tokens(prompts.refine_messages(context, "", analysis))
         raise ValueError(
             f"the prompts do not fit: P_task takes {task} tokens (generation.max_context_tokens="
             f"{cfg.max_context_tokens}), the refinement request {refine} (budget {refine_budget} "
             f"from generation.max_model_len={cfg.max_model_len})"
         )
     return context
+
+
+def refinement_budget(cfg: GenerationSection) -> int:
+    """Tokens left for the refinement prompt without the responses it holds or makes: the
+    rejected response and the refined answer, and the reflection in two-step mode."""
+    room = cfg.decoding.max_new_tokens + cfg.reflection_decoding.max_new_tokens
+    if cfg.reflection_mode == "two_step":
+        room += cfg.reflection_decoding.max_new_tokens + ANALYSIS_MARGIN
+    return cfg.max_model_len - room
 
 
 def words(text: str) -> int:

@@ -61,6 +61,26 @@ def test_fit_context_drops_oldest_turns_then_shortens_the_last():
     assert short[0]["content"].endswith("x499") and len(short[0]["content"].split()) <= 12
 
 
+def test_two_step_refinement_leaves_room_for_the_reflection_it_holds():
+    """Eq. 5's request holds C_n, y and the reflection; with the budget of the joint request it
+    would reach max_model_len, and vLLM would cut the JSON answer short every attempt."""
+    from esevo_ray import prompts
+    from esevo_ray.config import load_config
+    from esevo_ray.generation.pairs import fit_context
+
+    ctx = [{"role": "user" if i % 2 == 0 else "assistant", "content": "w " * 60} for i in range(40)]
+    for mode in ("joint", "two_step"):
+        gen = load_config(None, [f"generation.reflection_mode={mode}"]).generation
+        fitted = fit_context(_WordEngine(), ctx, gen)
+        rejected = " ".join(["y"] * gen.decoding.max_new_tokens)
+        reflection = {"user_profile": " ".join(["r"] * gen.reflection_decoding.max_new_tokens)}
+        request = prompts.refine_messages(
+            fitted, rejected, reflection if mode == "two_step" else None
+        )
+        longest = _WordEngine().count_tokens(request) + gen.reflection_decoding.max_new_tokens
+        assert longest <= gen.max_model_len, (mode, longest)
+
+
 def test_config_rejects_context_longer_than_model():
     import pytest
 
