@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import random
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -145,8 +147,24 @@ def _seed_dialogues(
         report["problems"] += loaded.problems[:20]
         if not loaded.items:
             raise DataError(f"{path}: no usable dialogue ({loaded.skipped} record(s) skipped)")
-        seeds += loaded.items
-    return seeds
+        # Named by source: ids from another corpus (or its file name) may be ESConv's.
+        seeds += [replace(d, dialogue_id=f"{source}/{d.dialogue_id}") for d in loaded.items]
+    return _unique(seeds, "the seed dialogues (data.seed_sources)")
+
+
+def _unique(dialogues: list[Dialogue], what: str) -> list[Dialogue]:
+    """`dialogues`, whose ids must differ: rows are keyed by (dialogue_id, turn_index).
+
+    Raises:
+        DataError: an id occurs twice; the message names some.
+    """
+    counts = Counter(d.dialogue_id for d in dialogues)
+    if repeated := [i for i, n in counts.items() if n > 1]:
+        raise DataError(
+            f"{what}: {len(repeated)} dialogue ids occur more than once (e.g. "
+            f"{', '.join(repeated[:3])}); give each record its own id"
+        )
+    return dialogues
 
 
 def _greeting_filter(cfg: DataSection) -> dict:
@@ -183,6 +201,7 @@ def prepare_data(
             )
     train_pool = [normalised(d) for d in splits["train"].items]
     test = [normalised(d) for d in splits["test"].items]
+    _unique(train_pool + test, f"ESConv in {root / 'esconv'}")
 
     shuffled = _subset(train_pool, None, _rng(cfg, "train"))
     n_sft = len(shuffled) if cfg.max_train_dialogues is None else cfg.max_train_dialogues

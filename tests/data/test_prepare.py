@@ -190,3 +190,22 @@ def test_an_esconv_split_without_dialogues_is_an_error(tmp_path, data_root):
     with pytest.raises(DataError, match=r"train.json: no usable dialogue \(0 record"):
         prepare_data(cfg.data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_seed_ids_are_named_by_source_and_must_be_unique(tmp_path, data_root):
+    """Rows are keyed by (dialogue_id, turn_index): two dialogues under one id would merge."""
+    records = json.loads((ASSETS / "extes_sample.json").read_text())
+    # Named like ESConv's own file, so that its default ids are ESConv's (train-0, ...).
+    extes = tmp_path / "train.json"
+    extes.write_text(json.dumps(records))
+    cfg = load_config(None, ["data.seed_sources=[esconv,extes]", f"data.extes_path={extes}",
+                             "data.max_train_dialogues=3", "data.alpaca_samples=0"])  # fmt: skip
+    report = prepare_data(cfg.data, tmp_path / "ok")
+    seeds = report["dialogue_ids"]["seed"]
+    assert "extes/train-0" in seeds and len(seeds) == len(set(seeds))
+    extes.write_text(json.dumps([{**r, "id": "same"} for r in records]))
+    with pytest.raises(
+        DataError, match=r"seed dialogues .*1 dialogue ids occur more than once \(e.g. extes/same\)"
+    ):
+        prepare_data(cfg.data, tmp_path / "dup")
+    assert not (tmp_path / "dup").exists()
