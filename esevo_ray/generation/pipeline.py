@@ -45,7 +45,9 @@ class EngineActor:
     output_schema: pa.Schema
     # The `generation` settings its rows depend on, besides model, engine and dtype: a parts
     # folder is resumed only with the same ones (`parts.claim`).
-    settings = ("decoding", "reflection_decoding", "max_context_tokens", "max_model_len")
+    settings = (
+        "decoding", "reflection_decoding", "max_context_tokens", "max_model_len", "lora_mode",
+    )  # fmt: skip
 
     def __init__(
         self,
