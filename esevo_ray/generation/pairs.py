@@ -25,7 +25,8 @@ from esevo_ray.turns import drop_oldest_turns
 def request_seed(
     base: int, dialogue_id: str, turn_index: int, iteration: int, stage: str, attempt: int
 ) -> int:
-    """A per-request seed that does not depend on batch composition or actor."""
+    """A per-request seed that does not depend on batch composition or actor (vLLM samples
+    each request with its own; transformers' `generate` takes one per batch, its first)."""
     key = f"{base}:{dialogue_id}:{turn_index}:{iteration}:{stage}:{attempt}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
