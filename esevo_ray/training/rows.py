@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +17,42 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 
-def split_eval(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table | None]:
-    """Hold out floor(fraction * rows) rows chosen by `seed`; None when that is zero rows."""
+def split_eval(
+    table: pa.Table, fraction: float, seed: int, groups: Sequence[str] | None = None
+) -> tuple[pa.Table, pa.Table | None]:
+    """Hold out about floor(fraction * rows) rows chosen by `seed`, whole `groups` at a time
+    (each row's dialogue: later turns of a dialogue hold its earlier replies in their prompt,
+    so a held-out reply would be seen in training). None when that is no row, or every row.
+    """
     import numpy as np
 
     n_eval = int(table.num_rows * fraction)
     if n_eval == 0:
         return table, None
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    return table.take(np.sort(order[n_eval:])), table.take(np.sort(order[:n_eval]))
+    groups = list(groups) if groups is not None else [str(i) for i in range(table.num_rows)]
+    sizes = Counter(groups)
+    names = sorted(sizes)
+    held, count = set(), 0
+    for i in np.random.default_rng(seed).permutation(len(names)):
+        if count >= n_eval or count + sizes[names[i]] >= table.num_rows:
+            break
+        held.add(names[i])
+        count += sizes[names[i]]
+    if not held:
+        return table, None
+    mask = np.array([g in held for g in groups])
+    return table.filter(pa.array(~mask)), table.filter(pa.array(mask))
+
+
+def dialogue_of_rows(table: pa.Table) -> list[str] | None:
+    """Each row's dialogue: `dialogue_id`, else `example_id` up to its last ':' (SFT rows are
+    `<dialogue>:<turn>`, Alpaca rows `alpaca:<id>`, one each); None without either column."""
+    if "dialogue_id" in table.column_names:
+        return table.column("dialogue_id").to_pylist()
+    if "example_id" in table.column_names:
+        ids = table.column("example_id").to_pylist()
+        return [i if i.startswith("alpaca:") else i.rsplit(":", 1)[0] for i in ids]
+    return None
 
 
 def fit_prompt(
@@ -74,12 +102,14 @@ def load_split(
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    table = read_table(path, schema).select(list(columns))
+    table = read_table(path, schema)
+    groups = dialogue_of_rows(table)
+    table = table.select(list(columns))
     if tokenizer is not None:
         table = fit_table(
             table, tokenizer, section.max_length, [c for c in columns if c != "prompt"]
         )
-    train, held_out = split_eval(table, section.eval_fraction, section.seed)
+    train, held_out = split_eval(table, section.eval_fraction, section.seed, groups)
     if train.num_rows == 0:
         raise DataError(f"{path}: no training rows left after the eval split")
     as_dataset = lambda t: Dataset(InMemoryTable(t))  # noqa: E731

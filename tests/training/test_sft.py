@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -86,6 +87,23 @@ def test_eval_split_is_seeded_and_disjoint():
     assert held.num_rows == 5 and train.num_rows == 15
     assert ids(held) == ids(again) and ids(held) != ids(other)
     assert rows.split_eval(table, 0.0, seed=3) == (table, None)
+
+
+def test_eval_split_holds_out_whole_dialogues():
+    """A later turn's prompt holds the earlier golden replies: a reply held out from the
+    same dialogue would be seen in training, and the eval loss would flatter the model."""
+    table = sft_table(24)
+    ids = [f"d{i // 4}:{2 * (i % 4) + 1}" for i in range(20)] + [f"alpaca:a-{i}" for i in range(4)]
+    table = table.set_column(0, "example_id", pa.array(ids))
+    groups = rows.dialogue_of_rows(table)
+    assert groups[:5] == ["d0"] * 4 + ["d1"] and groups[-1] == "alpaca:a-3"
+    for seed in range(10):
+        train, held = rows.split_eval(table, 0.25, seed, groups)
+        dialogue = lambda t: {i.rsplit(":", 1)[0] for i in t.column("example_id").to_pylist()}  # noqa: E731
+        assert not (dialogue(train) - {"alpaca"}) & (dialogue(held) - {"alpaca"}), seed
+        assert held.num_rows >= 6 and train.num_rows + held.num_rows == 24
+    one = table.slice(0, 4)  # a single dialogue cannot be split: no eval rows
+    assert rows.split_eval(one, 0.5, 0, rows.dialogue_of_rows(one)) == (one, None)
 
 
 def test_early_stopping_is_wired_when_there_is_an_eval_split(make_cfg, sft_dir, tmp_path):
