@@ -15,6 +15,7 @@ Definitions:
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections import Counter
@@ -47,8 +48,10 @@ def words(text: str) -> list[str]:
 
 
 def contains_phrase(text: str, phrase: str) -> bool:
-    pattern = r"(?<![\w'])" + re.escape(normalise(phrase)) + r"(?![\w'])"
-    return re.search(pattern, normalise(text)) is not None
+    """Whether the words of `phrase` occur in a row in `text`, punctuation aside: the openers
+    are made of `words` ("Oh, I see" opens with "oh i see"), so they are matched the same way."""
+    needle = re.escape(" ".join(words(phrase)))
+    return re.search(rf"(?<![\w']){needle}(?![\w'])", " ".join(words(text))) is not None
 
 
 def top_openers(texts: Sequence[str], n_words: int = 3, k: int = 5) -> list[tuple[str, int]]:
@@ -88,11 +91,11 @@ def formulaic_report(responses: dict[str, Sequence[str]], k: int = 5) -> dict:
 
 
 def length_stats(texts: Sequence[str]) -> dict[str, float]:
-    """Whitespace-word length of responses: n, mean, median, p90, min, max."""
+    """Whitespace-word length of responses: n, mean, median, p90 (nearest rank), min, max."""
     lengths = sorted(len(t.split()) for t in texts)
     if not lengths:
         return {"n": 0}
-    p90 = lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))]
+    p90 = lengths[math.ceil(0.9 * len(lengths)) - 1]
     return {
         "n": len(lengths),
         "mean": statistics.fmean(lengths),

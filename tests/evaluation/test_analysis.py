@@ -39,10 +39,21 @@ def test_formulaic_report_shares_by_hand():
     assert report["openers"]["M0"][0] == ("it sounds like", 2)
 
 
+def test_an_opener_with_punctuation_counts_where_it_opens():
+    """Openers are word sequences ("Oh, I see." opens with "oh i see"): the share of the
+    responses holding one must count the responses it was found in."""
+    texts = ["Oh, I see. That must be hard.", "Oh, I see. Tell me more.", "Oh, I see! Why?", "Hmm."]
+    report = analysis.formulaic_report({"M0": texts}, k=1)
+    assert report["openers"]["M0"] == [("oh i see", 3)]
+    assert report["shares"]["M0"]["oh i see"] == pytest.approx(75.0)
+
+
 def test_length_stats_by_hand():
     stats = analysis.length_stats(["a b", "a b c d", "a", "a b c"])
     assert stats == {"n": 4, "mean": 2.5, "median": 2.5, "p90": 4, "min": 1, "max": 4}
     assert analysis.length_stats([]) == {"n": 0}
+    # Nearest rank: the 90th percentile of 1..10 words is 9, not the longest.
+    assert analysis.length_stats([" ".join("w" * n) for n in range(1, 11)])["p90"] == 9
 
 
 def test_user_statements_takes_last_user_turns():
