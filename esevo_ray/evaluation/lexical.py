@@ -1,13 +1,16 @@
 """Token-level metrics of Table 2 as pure functions: tokenisation, Distinct-n and BLEU-n (x100).
 
-- Tokenisation: lowercase, curly apostrophes made straight, then sacrebleu's `13a` tokenizer
-  (the WMT standard: punctuation split off, contractions such as "i'm" kept whole).
+- Tokenisation: lowercase, typographic punctuation made ASCII (curly quotes and apostrophes,
+  the ellipsis, en and em dashes, no-break spaces: `ASCII_PUNCTUATION`), then sacrebleu's `13a`
+  tokenizer (the WMT standard: ASCII punctuation split off, contractions such as "i'm" kept
+  whole). 13a splits only ASCII punctuation, so "“hopeless”" or "sad…" would otherwise stay
+  one token and a model that types curly quotes would lose n-grams against ESConv's ASCII text.
 - Distinct-n, two definitions, each named for what it is:
-  `distinct_n` (the paper's, Li et al. 2016 per response): per response, distinct n-grams /
-  n-grams, averaged over responses; a response with no n-gram (fewer than n tokens) scores 0.
-  `corpus_distinct_n`: distinct n-grams over all responses / all n-grams (n-grams do not cross
-  response boundaries). The paper's values (72.8-97.1, the verbose vanilla model lowest) fit
-  the per-response mean; corpus Distinct falls as the test set grows.
+  `distinct_n`: per response, distinct n-grams / n-grams, averaged over responses; a response
+  with no n-gram (fewer than n tokens) scores 0. This per-response mean is what fits the
+  paper's Table 2 values (72.8-97.1, the verbose vanilla model lowest).
+  `corpus_distinct_n` (Li et al. 2016's original): distinct n-grams over all responses / all
+  n-grams (n-grams do not cross response boundaries); it falls as the test set grows.
 - BLEU-n: `nltk` corpus_bleu, cumulative uniform weights over 1..n-grams, smoothing method1.
   `bleu_stats` / `bleu_from_sums` recompute nltk's corpus BLEU from per-response counts, so a
   bootstrap resample costs a matrix product instead of a new pass over the texts.
@@ -34,10 +37,16 @@ def _tokenizer_13a():
     return Tokenizer13a()
 
 
+ASCII_PUNCTUATION = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
+    "\u2026": "...", "\u2013": " - ", "\u2014": " - ", "\u00a0": " ",
+})  # fmt: skip
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercased 13a tokens of `text` (the tokenisation of BLEU, METEOR and Distinct)."""
-    text = text.replace("\u2019", "'").replace("\u2018", "'").lower()
-    return _tokenizer_13a()(text).split()
+    return _tokenizer_13a()(text.translate(ASCII_PUNCTUATION).lower()).split()
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
@@ -157,9 +166,13 @@ def check_pairs(hyps: Sequence[str], refs: Sequence[str]) -> None:
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
     if not hyps:
         raise ValueError("no hypotheses to score")
-    bad = [i for i, t in enumerate([*hyps, *refs]) if not isinstance(t, str)]
-    if bad:
-        raise ValueError(f"hypotheses and references must be strings; item {bad[0]} is not")
+    for what, texts in (("hypothesis", hyps), ("reference", refs)):
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ValueError(
+                f"hypotheses and references must be strings; {what} {bad} is "
+                f"{type(texts[bad]).__name__}"
+            )
 
 
 def nltk_data_dir() -> Path:

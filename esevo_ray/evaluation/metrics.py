@@ -2,9 +2,10 @@
 
 Definitions (all computed with maintained libraries):
 
-- Tokenisation, BLEU-n and Distinct-n: see `lexical.py` (13a tokens; nltk corpus BLEU with
-  cumulative uniform weights and smoothing method1; Distinct-n per response and averaged, the
-  paper's definition, as `distinct_n`, and over the whole corpus as `corpus_distinct_n`).
+- Tokenisation, BLEU-n and Distinct-n: see `lexical.py` (13a tokens of ASCII-normalised text;
+  nltk corpus BLEU with cumulative uniform weights and smoothing method1; Distinct-n per
+  response and averaged, which fits the paper's values, as `distinct_n`, and over the whole
+  corpus, Li et al.'s original, as `corpus_distinct_n`).
   Per-response BLEU uses `sentence_bleu` with the same settings.
 - ROUGE-L: `rouge_score` ROUGE-L F-measure (its own tokenizer: lowercase, non-alphanumerics
   become spaces, no stemming), averaged over responses.
@@ -188,7 +189,7 @@ def metrics_report(
     settings: dict = {
         "n": len(hypotheses),
         "scale": 100,
-        "tokenizer": "lowercase + sacrebleu 13a",
+        "tokenizer": "ASCII punctuation + lowercase + sacrebleu 13a",
         "bleu": "nltk corpus_bleu, cumulative uniform weights, smoothing method1",
         "rouge": "rouge-score rougeL F-measure, mean over responses",
         "meteor": "nltk meteor_score with WordNet, mean over responses",

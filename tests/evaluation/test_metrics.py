@@ -44,6 +44,20 @@ def test_tokenize_lowercases_splits_punctuation_keeps_contractions():
     ]
 
 
+def test_typographic_punctuation_tokenizes_as_its_ascii_form():
+    """13a splits ASCII punctuation only: curly quotes, the ellipsis and dashes would stay
+    glued to words and cost a model that types them its n-grams against ESConv."""
+    typed = "I feel sad\u2026 really\u2014truly \u201chopeless\u201d."
+    assert tokenize(typed) == tokenize('I feel sad... really - truly "hopeless".')
+    assert "hopeless" in tokenize(typed) and "sad" in tokenize(typed)
+    assert sentence_bleu("I feel \u201chopeless\u201d\u2026", 'I feel "hopeless"...', 2) == 100.0
+
+
+def test_non_strings_are_named_by_side_and_index():
+    with pytest.raises(ValueError, match="reference 1 is NoneType"):
+        corpus_bleu(["a", "b"], ["x", None], 2)
+
+
 def test_corpus_distinct_is_distinct_over_total_ngrams_of_all_responses():
     # bigrams: (a b) (b a) (a b) | (a b) (b c) -> 3 distinct of 5; trigrams all 3 distinct.
     corpus = ["a b a b", "a b c"]
