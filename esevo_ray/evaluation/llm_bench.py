@@ -118,7 +118,8 @@ def _write_results(results: dict, tasks: Sequence[str], served_model: str, out: 
     atomic_write_text(out / "results.json", json.dumps(keep, indent=2, default=str))
     values = [v for v in scores.values() if v is not None]
     row = [served_model, *("–" if v is None else f"{v:.2f}" for v in scores.values())]
-    row.append(f"{sum(values) / len(values):.2f}" if values else "–")
+    # An average over fewer tasks is not the paper's Avg.: none unless every task scored.
+    row.append(f"{sum(values) / len(values):.2f}" if values and len(values) == len(tasks) else "–")
     table = markdown_table(["Model", *tasks, "Avg."], [row])
     atomic_write_text(out / "table.md", f"# LLM benchmarks (Table 4 layout)\n\n{table}\n")
     return {"model": served_model, "scores": scores, "out": str(out)}

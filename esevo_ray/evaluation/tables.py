@@ -98,7 +98,13 @@ def judge_table(judged: dict[str, pa.Table]) -> str:
     for label, table in judged.items():
         keys = table.select(["dialogue_id", "turn_index"]).to_pylist()
         contexts[label] = len({(k["dialogue_id"], k["turn_index"]) for k in keys})
-        summary = next(iter(summarize(table).values()), {}) if table.num_rows else {}
+        by_model = summarize(table) if table.num_rows else {}
+        if len(by_model) > 1:
+            raise ValueError(
+                f"{label}: judge scores of {len(by_model)} models ({', '.join(by_model)}); "
+                "Table 7 takes one model's file per row"
+            )
+        summary = next(iter(by_model.values()), {})
         means[label] = {d: cell["mean"] for d, cell in summary.items()}
         missing[label] = sum(int(cell["missing"]) for cell in summary.values())
     dims = [d for d in JUDGE_DIMENSIONS if any(d in m for m in means.values())]

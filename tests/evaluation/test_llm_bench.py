@@ -31,3 +31,16 @@ def test_paper_tasks_and_primary_metric():
     assert primary_score("gsm8k", metrics) == 50.0
     assert primary_score("other", {"alias": "x", "acc_stderr,none": 0.1, "acc,none": 0.25}) == 25.0
     assert primary_score("other", {"alias": "x"}) is None
+
+
+def test_the_average_needs_every_task(tmp_path):
+    """An average over the tasks that happened to score is not comparable with Table 4's."""
+    from esevo_ray.evaluation.llm_bench import _write_results
+
+    results = {"results": {"gsm8k": {"exact_match,strict-match": 0.5}, "hellaswag": {}}}
+    _write_results(results, ["gsm8k", "hellaswag"], "m1", tmp_path)
+    row = (tmp_path / "table.md").read_text().strip().splitlines()[-1]
+    assert [c.strip() for c in row.strip("|").split("|")] == ["m1", "50.00", "–", "–"]
+    results["results"]["hellaswag"] = {"acc_norm,none": 0.3}
+    _write_results(results, ["gsm8k", "hellaswag"], "m1", tmp_path)
+    assert (tmp_path / "table.md").read_text().strip().endswith("| 40.00 |")

@@ -181,3 +181,13 @@ def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
     assert float(cells[2].rstrip("%")) < -95  # empathy
     assert cells[1] == "–"  # understanding: no judge scores
     assert "6 ratings" in text
+
+
+def test_table_7_refuses_a_file_of_several_models():
+    """One row per model: a file judging two models would show the first and count both."""
+    from esevo_ray.evaluation.tables import judge_table as table_7
+
+    both = pa.concat_tables([judge_table("m0", [3, 2]), judge_table("m1", [4, 4])])
+    assert "| m1 |" in table_7({"m1": judge_table("m1", [4, 4])})
+    with pytest.raises(ValueError, match=r"m1: judge scores of 2 models \(m0, m1\)"):
+        table_7({"m1": both})
