@@ -13,7 +13,8 @@ Definitions (all computed with maintained libraries):
   matching; alpha 0.9, beta 3, gamma 0.5), averaged over responses. WordNet is read from
   `$NLTK_DATA`, else `<data dir>/nltk_data`.
 - BERTScore: `bert_score` F1 with a local backbone (default MiniLM-L6, see backbones.py), no
-  idf, no baseline rescaling, averaged over responses. Labelled with backbone and layers.
+  idf, no baseline rescaling, one pair at a time (no padding), averaged over responses.
+  Labelled with backbone and layers.
 
 metrics.json also carries the ESConv benchmark's own definitions (`esconv_metrics.py`) under
 its `esconv` key, a second named set for comparison with the ESC literature.
@@ -109,13 +110,18 @@ def meteor(hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
 def bertscore_f1(hyps: Sequence[str], refs: Sequence[str], backbone: Backbone) -> list[float]:
     """BERTScore F1 x100 of each response on `backbone` (no idf, no rescaling).
 
+    One pair at a time: `bert_score` pads a batch and zeroes the padded similarities before
+    each token's greedy max, so a token whose best real match is negative (frequent with
+    MiniLM) would score 0 instead, and a response's score would depend on its batch.
     An empty (or whitespace-only) response or reference scores 0.
     """
     check_pairs(hyps, refs)
     keep = [i for i, (h, r) in enumerate(zip(hyps, refs, strict=True)) if h.strip() and r.strip()]
     out = [0.0] * len(hyps)
     if keep:
-        _, _, f1 = bert_scorer(backbone).score([hyps[i] for i in keep], [refs[i] for i in keep])
+        _, _, f1 = bert_scorer(backbone).score(
+            [hyps[i] for i in keep], [refs[i] for i in keep], batch_size=1
+        )
         for i, value in zip(keep, f1.tolist(), strict=True):
             out[i] = 100.0 * value
     return out

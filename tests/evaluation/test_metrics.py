@@ -142,6 +142,16 @@ def test_bertscore_minilm(backbone):
     assert scores[3] == 0.0
 
 
+def test_a_responses_bertscore_does_not_depend_on_the_others(backbone):
+    """bert_score pads a batch and zeroes the padded similarities before the greedy max, so
+    a pair whose best token match is negative scores higher beside longer pairs."""
+    # A short reference that matches nothing: its tokens' best matches are negative.
+    hyp, ref = "Of course! I hope you do as well and happy holidays!", "Hai"
+    longer = [" ".join(["I really hear how exhausting this month has been for you"] * 3)] * 2
+    alone = bertscore_f1([hyp], [ref], backbone)[0]
+    assert bertscore_f1([hyp, *longer], [ref, *longer], backbone)[0] == pytest.approx(alone)
+
+
 def test_compute_metrics_keys_and_errors(backbone):
     hyps = ["I am sorry to hear that.", "What happened at work?"]
     refs = ["I'm sorry to hear that.", "What happened at school?"]
