@@ -38,6 +38,9 @@ def _gen(mode: str, guided: bool):
         "generation.decoding.max_new_tokens": 8,
         # Room for a whole answer: the schema caps its strings at ~850 characters.
         "generation.reflection_decoding.max_new_tokens": 700,
+        # The two-step refinement request holds a reflection as long as that, besides the
+        # conversation (long in the tiny tokenizer's tokens) and its answer.
+        "generation.max_model_len": 4096,
         # Random text is long: keep the length rule from replacing what parsed.
         "generation.length_ratio": 1000,
     }  # fmt: skip
