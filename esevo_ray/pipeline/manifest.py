@@ -138,11 +138,13 @@ class Manifest:
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=2))
 
-    def done(self, stage: str) -> bool:
+    def done(self, stage: str, outputs: dict[str, Path] | None = None) -> bool:
+        """Did `stage` finish, and are its outputs there? `outputs`: where they are now (the
+        recorded paths are as written: relative ones only hold in the directory of the run
+        that wrote them)."""
         entry = self.data["stages"].get(stage, {})
-        return entry.get("status") == "done" and all(
-            Path(p).exists() for p in entry.get("outputs", {}).values()
-        )
+        paths = outputs.values() if outputs is not None else entry.get("outputs", {}).values()
+        return entry.get("status") == "done" and all(Path(p).exists() for p in paths)
 
     def stopped(self, stage: str) -> bool:
         """Did `stage` start and not finish (stopped, or failed)?"""

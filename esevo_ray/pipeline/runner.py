@@ -79,7 +79,7 @@ class Runner:
         again on changed inputs moves it aside first, or its output files when there is none.
         """
         fingerprints = _fingerprints(inputs)
-        if self.manifest.done(name):
+        if self.manifest.done(name, outputs):
             changed = self.manifest.changed_inputs(name, fingerprints)
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))

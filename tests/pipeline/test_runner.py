@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,33 @@ def test_an_adapter_is_fingerprinted_by_its_weights(tiny_model, tmp_path):
     assert before == fingerprint(build_tiny_adapter(tiny_model, tmp_path / "a2", 1))
     assert before != fingerprint(build_tiny_adapter(tiny_model, tmp_path / "a", 2))
     assert fingerprint(tiny_model) is None and fingerprint(tmp_path / "missing") is None
+
+
+def test_a_run_continued_under_another_spelling_of_output_dir_reuses_its_stages(
+    tmp_path, monkeypatch
+):
+    """A run begun with output_dir=runs and continued with its absolute path (a Ray job runs
+    in another directory) must not train its finished stages again."""
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+
+    def run(output_dir: str) -> None:
+        cfg = load_config(None, ["name=t", f"output_dir={output_dir}"])
+        root = Path(cfg.output_dir) / cfg.name
+        root.mkdir(parents=True, exist_ok=True)
+        out = root / "m0" / "adapter.txt"
+        (tmp_path / "src.txt").write_text("same")
+
+        def train():
+            calls.append(output_dir)
+            out.parent.mkdir(exist_ok=True)
+            out.write_text("weights")
+
+        Runner(Manifest.open(root, cfg)).stage(
+            "sft_m0", inputs={"src": tmp_path / "src.txt"}, outputs={"adapter": out}, fn=train
+        )
+
+    run("runs")
+    monkeypatch.chdir(tmp_path / "runs")  # elsewhere: the recorded relative path is wrong here
+    run(str(tmp_path / "runs"))
+    assert calls == ["runs"], "a finished stage ran again"
