@@ -12,6 +12,7 @@ that running it again asks for just those.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -44,7 +45,8 @@ _TRANSPORT = {
     "base_url", "api_key_env", "concurrency", "requests_per_second", "timeout_s",
     "max_retries", "backoff_s",
 }  # fmt: skip
-_SETTINGS_KEY = b"esevo.judge"
+_SETTINGS_KEY = b"esevo.judge"  # file metadata: the settings its verdicts were made under
+_JUDGED_KEY = b"esevo.judged"  # and a digest of each judged (context, response)
 
 
 class RateLimiter:
@@ -269,14 +271,20 @@ def judge_file(
         table = read_table(responses, EVAL_RESPONSES)
     with profile.timed("startup"):  # a local judge loads its model here
         client = _client(cfg, base_url, model, local_model, dtype)
-    settings = _settings(cfg, client.model)
+    settings, judged = _settings(cfg, client.model), _judged(table)
     with profile.timed("compute"):
         scores = judge_responses(
             table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed,
-            known=_earlier_verdicts(out, settings),
+            known=_earlier_verdicts(out, settings, judged),
         )  # fmt: skip
+    kept = {
+        _response_key(r) for r in scores.select(["dialogue_id", "turn_index", "model"]).to_pylist()
+    }
+    record = json.dumps(sorted([*k, d] for k, d in judged.items() if k in kept))
     with profile.timed("io"):
-        write_parquet(scores.replace_schema_metadata({_SETTINGS_KEY: settings}), out)
+        write_parquet(
+            scores.replace_schema_metadata({_SETTINGS_KEY: settings, _JUDGED_KEY: record}), out
+        )
     failed = scores.filter(pc.starts_with(pc.fill_null(scores["error"], ""), REQUEST_FAILED))
     if failed.num_rows:
         raise JudgeError(
@@ -295,22 +303,42 @@ def _settings(cfg: JudgeSection, judge_model: str) -> str:
     )
 
 
-def _earlier_verdicts(out: Path, settings: str) -> dict[tuple, Verdict]:
+def _response_key(row: dict) -> tuple:
+    return row["dialogue_id"], row["turn_index"], row["model"]
+
+
+def _judged(table: pa.Table) -> dict[tuple, str]:
+    """A digest of each response and its context, by (dialogue_id, turn_index, model)."""
+    return {
+        _response_key(r): hashlib.sha256(
+            json.dumps([r["context"], r["response"]], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        for r in table.select(
+            ["dialogue_id", "turn_index", "model", "context", "response"]
+        ).to_pylist()
+    }
+
+
+def _earlier_verdicts(out: Path, settings: str, judged: dict[tuple, str]) -> dict[tuple, Verdict]:
     """The verdicts of a scores file written before at `out` by the same judge and settings,
-    but for those whose request failed; none from a file of other settings (or unreadable)."""
+    on the same context and response (`judged`), but for those whose request failed; none
+    from a file of other settings (or unreadable)."""
     try:
         written = pq.read_schema(out).metadata or {}
     except (FileNotFoundError, pa.ArrowInvalid, OSError):
         return {}
     if written.get(_SETTINGS_KEY) != settings.encode():
         return {}
-    rows = read_table(out, JUDGE_SCORES).to_pylist()
+    same = {
+        (d, t, m) for d, t, m, digest in json.loads(written.get(_JUDGED_KEY, b"[]"))
+        if judged.get((d, t, m)) == digest
+    }  # fmt: skip
     return {
-        (r["dialogue_id"], r["turn_index"], r["model"], r["dimension"]): Verdict(
+        (*_response_key(r), r["dimension"]): Verdict(
             r["score"], r["explanation"], r["attempts"], r["error"]
         )
-        for r in rows
-        if not (r["error"] or "").startswith(REQUEST_FAILED)
+        for r in read_table(out, JUDGE_SCORES).to_pylist()
+        if _response_key(r) in same and not (r["error"] or "").startswith(REQUEST_FAILED)
     }
 
 

@@ -315,6 +315,12 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_failed_requests(se
     assert len(asked_again) == 1 and "[down] b" in asked_again[0], "kept verdicts asked again"
     scores = _scores_by_dialogue(out)
     assert scores["d1"] is not None and scores["d2"] is None  # [bad] stays missing
+    # A response evaluated again (another text under the same key) is judged again.
+    write_responses(path, "M0", ["[ok] a, said again", "[down] b", "[bad] c"])
+    asked = server.seen.copy()
+    judge_file(path, out, cfg, **judge)
+    asked_again = [user for (_, user), n in server.seen.items() if n > asked[(_, user)]]
+    assert len(asked_again) == 1 and "[ok] a, said again" in asked_again[0]
     # Another reading of the rubrics' penalties: no verdict of the old one is kept.
     server.reset()
     server.down = False
