@@ -105,14 +105,20 @@ def test_generate_makes_what_the_loop_makes(tmp_path, config, capsys, monkeypatc
     calls = []
     monkeypatch.setattr(
         "esevo_ray.generation.pipeline.generate_pairs",
-        lambda cfg, contexts, out, **kw: calls.append((contexts, kw["chosen"])) or {},
+        lambda cfg, contexts, out, **kw: (
+            calls.append((contexts, kw["chosen"], kw["adapter"])) or {}
+        ),
     )
+    # With evolve.init: base, M0 is the base model itself: nothing to train first.
+    model = f"model.path={tiny_model}"
+    assert main(["generate", "--config", config, "evolve.init=base", model]) == 0
+    assert calls.pop() == (layout.seed_contexts, "self_refined", None)
     split = ["evolve.seed_split=true", "evolve.chosen=human_reference"]
-    argv = ["generate", "--config", config, "--adapter", "none", *split, f"model.path={tiny_model}"]
+    argv = ["generate", "--config", config, "--adapter", "none", *split, model]
     assert main([*argv, "--iteration", "3"]) == 2
     assert "seed_split: seed split: iteration must be in 1..2, got 3" in _error(capsys)
     assert main([*argv, "--iteration", "2"]) == 0
-    ((path, chosen),) = calls
+    ((path, chosen, _),) = calls
     assert path == layout.seeds(2) and chosen == "human_reference"
     part = schema.read_table(path, schema.CONTEXTS)
     assert part.equals(seed_part(schema.read_table(seeds, schema.CONTEXTS), 2, 2))

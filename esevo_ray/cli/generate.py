@@ -21,11 +21,14 @@ logger = logging.getLogger(__name__)
 BASE = "none"
 
 
-def _generator_adapter(args: argparse.Namespace, layout) -> Path | None:
-    """--adapter, else the run's M^{t-1}: its adapter, or None where it is the base model."""
+def _generator_adapter(args: argparse.Namespace, cfg, layout) -> Path | None:
+    """--adapter, else the run's M^{t-1}: its adapter, or None where it is the base model
+    (M0 with evolve.init: base)."""
     if args.adapter is not None:
         return None if args.adapter.lower() == BASE else adapter_arg(args.adapter)
     models, t = layout.models(), args.iteration
+    if t == 1 and cfg.evolve.init == "base":
+        return None
     if t - 1 not in models:
         raise UsageError(
             f"m{t - 1} in {layout.root} is not finished, and it generates the pairs of "
@@ -47,7 +50,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.contexts or layout.seed_contexts, "--contexts", "seed contexts",
         f"run `esevo data prepare --config {args.config}` or pass --contexts",
     )  # fmt: skip
-    adapter = _generator_adapter(args, layout)
+    adapter = _generator_adapter(args, cfg, layout)
     if not args.contexts:
         contexts = iteration_seeds(cfg, layout, args.iteration)
     out = Path(args.out) if args.out else layout.pairs(args.iteration)
