@@ -191,6 +191,8 @@ def run_engine_actors(
     progress = Progress(engine=gen.engine)
     if not remaining:
         return progress
+    # A folder's manifest.json says it is complete (esevo dpo checks): not while it grows.
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     if not ray.is_initialized():
         ray.init()
     # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks,

@@ -94,7 +94,9 @@ def test_rerun_skips_finished_work_and_fills_gaps(ray_local, tiny_model, context
     _check_pairs(out, n)
 
 
-def test_a_folder_of_another_generator_is_not_resumed(ray_local, tiny_model, contexts, tmp_path):
+def test_a_folder_of_another_generator_is_not_resumed(
+    ray_local, tiny_model, contexts, tmp_path, monkeypatch
+):
     """Resuming by key alone would keep M_a's pairs and label them as M_b's."""
     path, _ = contexts
     cfg, out = _cfg(**{"generation.max_contexts": 2}), tmp_path / "pairs"
@@ -118,6 +120,21 @@ def test_a_folder_of_another_generator_is_not_resumed(ray_local, tiny_model, con
     # Fewer contexts than the folder holds: DPO would read the other two rows as well.
     with pytest.raises(PartsConflict, match="holds rows of 2 contexts not asked for"):
         generate_pairs(cfg, path, out, model_path=tiny_model, adapter=a)
+    assert (out / "manifest.json").exists(), "a refused resume lost the finished folder's record"
+    # Stopped while adding contexts, the folder is no longer complete: DPO must not take it.
+    from esevo_ray.data.dialogue import DataError
+    from esevo_ray.generation import pipeline
+    from esevo_ray.training.dpo import dpo_job
+
+    def stopped(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_actor_dataset", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        generate_pairs(_cfg(**{"generation.max_contexts": 6}), path, out, model_path=tiny_model,
+                       adapter=a)  # fmt: skip
+    with pytest.raises(DataError, match="its generation has not finished"):
+        dpo_job(more, out, a)
 
 
 def _kill_one_generator_actor(out, killed):
