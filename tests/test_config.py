@@ -119,6 +119,16 @@ def test_bad_values_are_config_errors_that_name_them(override, message):
         load_config(None, [override])
 
 
+def test_two_step_room_is_checked_as_fit_context_counts_it():
+    """2 x 1000 + 40 fits 2048 by 8 tokens, but not with the reflection's JSON margin: every
+    context would then fail to fit at generation time instead of at load."""
+    tokens = ["generation.reflection_decoding.max_new_tokens=1000",
+              "generation.decoding.max_new_tokens=40", "generation.max_context_tokens=1000"]  # fmt: skip
+    assert load_config(None, tokens).generation.refinement_budget() > 0  # joint: room enough
+    with pytest.raises(ConfigError, match=r"2 x .*\(1000\) \+ .*\(40\) \+ 16 leave no room"):
+        load_config(None, [*tokens, "generation.reflection_mode=two_step"])
+
+
 def test_a_folder_given_as_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path)

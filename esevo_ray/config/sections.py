@@ -51,6 +51,11 @@ class DecodingSection(Section):
     seed: int = 0
 
 
+# Room kept for the reflection inside a two-step refinement request beyond the tokens it was
+# generated in: it is parsed and written back as JSON, whose spacing may differ.
+ANALYSIS_MARGIN = 16
+
+
 class GenerationSection(Section):
     # "auto": vllm where it is installed, else hf (esevo_ray/generation/engine_choice.py).
     engine: Literal["auto", "vllm", "hf"] = "vllm"
@@ -97,19 +102,27 @@ class GenerationSection(Section):
                 f"({self.decoding.max_new_tokens}) must not exceed "
                 f"max_model_len ({self.max_model_len})"
             )
-        # The refinement request holds the context and the rejected response (and in
-        # two_step the reflection) and leaves room for its answer (generation/pairs.py).
-        reflection = self.reflection_decoding.max_new_tokens
-        times = 2 if self.reflection_mode == "two_step" else 1
-        if self.max_model_len - times * reflection - self.decoding.max_new_tokens <= 0:
+        if self.refinement_budget() <= 0:
+            reflection = self.reflection_decoding.max_new_tokens
+            two_step = self.reflection_mode == "two_step"
             raise ValueError(
-                f"{'2 x ' if times == 2 else ''}reflection_decoding.max_new_tokens ({reflection})"
-                f" + decoding.max_new_tokens ({self.decoding.max_new_tokens}) leave no room for "
-                f"the refinement request in max_model_len ({self.max_model_len})"
+                f"{'2 x ' if two_step else ''}reflection_decoding.max_new_tokens ({reflection})"
+                f" + decoding.max_new_tokens ({self.decoding.max_new_tokens})"
+                f"{f' + {ANALYSIS_MARGIN}' if two_step else ''} leave no room for the "
+                f"refinement request in max_model_len ({self.max_model_len})"
             )
         if "tensor_parallel_size" in self.vllm:
             raise ValueError("set generation.tensor_parallel_size, not vllm.tensor_parallel_size")
         return _check_placement(self, self.engine)
+
+    def refinement_budget(self) -> int:
+        """Tokens left for the refinement prompt (generation/pairs.py: fit_context) beside
+        what it holds or makes: the rejected response and the answer, and in two_step the
+        reflection (plus ANALYSIS_MARGIN)."""
+        room = self.decoding.max_new_tokens + self.reflection_decoding.max_new_tokens
+        if self.reflection_mode == "two_step":
+            room += self.reflection_decoding.max_new_tokens + ANALYSIS_MARGIN
+        return self.max_model_len - room
 
 
 def _check_placement(section: Any, engine: str) -> Any:

@@ -31,11 +31,6 @@ def request_seed(
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
-# Room kept for the reflection inside a two-step refinement request beyond the tokens it was
-# generated in: it is parsed and written back as JSON, whose spacing may differ.
-ANALYSIS_MARGIN = 16
-
-
 def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSection) -> list[dict]:
     """Drop the oldest turns until every request built on C_n fits the model.
 
@@ -44,7 +39,7 @@ def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSectio
     two-step mode it also holds the reflection, as long as `reflection_decoding.max_new_tokens`.
     The last turn always stays.
     """
-    refine_budget = refinement_budget(cfg)
+    refine_budget = cfg.refinement_budget()
     analysis = {} if cfg.reflection_mode == "two_step" else None
 
     def fits(ctx: list[dict]) -> bool:
@@ -68,15 +63,6 @@ def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSectio
             f"from generation.max_model_len={cfg.max_model_len})"
         )
     return context
-
-
-def refinement_budget(cfg: GenerationSection) -> int:
-    """Tokens left for the refinement prompt without the responses it holds or makes: the
-    rejected response and the refined answer, and the reflection in two-step mode."""
-    room = cfg.decoding.max_new_tokens + cfg.reflection_decoding.max_new_tokens
-    if cfg.reflection_mode == "two_step":
-        room += cfg.reflection_decoding.max_new_tokens + ANALYSIS_MARGIN
-    return cfg.max_model_len - room
 
 
 def words(text: str) -> int:
