@@ -4,8 +4,10 @@ Definitions:
 
 - Text normalisation for phrase matching: lowercase, curly apostrophes made straight, runs of
   whitespace collapsed, and "i am" written "i'm", so "I am sorry to hear" counts as
-  "i'm sorry to hear". A phrase matches on word boundaries anywhere in the response.
-- Openers: the first three words of a response (words = runs of letters, digits, apostrophes).
+  "i'm sorry to hear". A phrase matches where its words occur in a row in the response's
+  words (runs of letters, digits, apostrophes), punctuation between them aside: "Oh, I see"
+  holds "oh i see", as does, rarely, "so? Oh. I see" across sentences.
+- Openers: the first three of those words.
 - Relevance of a response to the user's statements: by default the cosine of MiniLM sentence
   embeddings (mean pooling, unit norm) between the response and the user's last turn;
   "overlap" is the Jaccard index of the two word sets instead.

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 def split_eval(
     table: pa.Table, fraction: float, seed: int, groups: Sequence[str] | None = None
 ) -> tuple[pa.Table, pa.Table | None]:
-    """Hold out about floor(fraction * rows) rows chosen by `seed`, whole `groups` at a time
+    """Hold out up to floor(fraction * rows) rows chosen by `seed`, whole `groups` at a time
     (each row's dialogue: later turns of a dialogue hold its earlier replies in their prompt,
-    so a held-out reply would be seen in training). None when that is no row, or every row.
+    so a held-out reply would be seen in training); a group that would overshoot is passed
+    over. None when no group fits.
     """
     import numpy as np
 
@@ -34,10 +35,9 @@ def split_eval(
     names = sorted(sizes)
     held, count = set(), 0
     for i in np.random.default_rng(seed).permutation(len(names)):
-        if count >= n_eval or count + sizes[names[i]] >= table.num_rows:
-            break
-        held.add(names[i])
-        count += sizes[names[i]]
+        if count + sizes[names[i]] <= n_eval:
+            held.add(names[i])
+            count += sizes[names[i]]
     if not held:
         return table, None
     mask = np.array([g in held for g in groups])

@@ -101,9 +101,13 @@ def test_eval_split_holds_out_whole_dialogues():
         train, held = rows.split_eval(table, 0.25, seed, groups)
         dialogue = lambda t: {i.rsplit(":", 1)[0] for i in t.column("example_id").to_pylist()}  # noqa: E731
         assert not (dialogue(train) - {"alpaca"}) & (dialogue(held) - {"alpaca"}), seed
-        assert held.num_rows >= 6 and train.num_rows + held.num_rows == 24
+        assert 3 <= held.num_rows <= 6 and train.num_rows + held.num_rows == 24
     one = table.slice(0, 4)  # a single dialogue cannot be split: no eval rows
     assert rows.split_eval(one, 0.5, 0, rows.dialogue_of_rows(one)) == (one, None)
+    # A large dialogue drawn first does not become the eval split.
+    for seed in range(10):
+        held = rows.split_eval(pa.table({"x": range(10)}), 0.1, seed, ["big"] * 9 + ["one"])[1]
+        assert held.num_rows == 1, seed
 
 
 def test_early_stopping_is_wired_when_there_is_an_eval_split(make_cfg, sft_dir, tmp_path):
