@@ -45,9 +45,13 @@ def pearson(x: Sequence[float | None], y: Sequence[float | None]) -> float | Non
 
 
 def pearson_by_dimension(
-    judge_scores: pa.Table, human_scores: pa.Table, on: Sequence[str] = ("model",)
+    judge_scores: pa.Table,
+    human_scores: pa.Table,
+    on: Sequence[str] = ("model",),
+    min_points: int = 2,
 ) -> dict[str, float | None]:
-    """Per dimension, Pearson r between judge and human mean scores grouped by `on`.
+    """Per dimension, Pearson r between judge and human mean scores grouped by `on`; None
+    where fewer than `min_points` groups have both.
 
     With on=("model",) this correlates model-level means (Table 7's p); with
     on=("dialogue_id", "turn_index", "model") it correlates single responses. Both tables need
@@ -70,5 +74,9 @@ def pearson_by_dimension(
     out: dict[str, float | None] = {}
     for dim in sorted({k[0] for k in judge_means}):
         keys = sorted(k for k in judge_means if k[0] == dim and k in human_means)
-        out[dim] = pearson([judge_means[k] for k in keys], [human_means[k] for k in keys])
+        out[dim] = (
+            pearson([judge_means[k] for k in keys], [human_means[k] for k in keys])
+            if len(keys) >= min_points
+            else None
+        )
     return out

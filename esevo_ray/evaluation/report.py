@@ -142,6 +142,11 @@ def _render(
     return "\n".join(md)
 
 
+# Fewer models give a correlation of per-model means that says nothing: two points always
+# lie on a line (r = +-1).
+MIN_MODELS_FOR_AGREEMENT = 3
+
+
 def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
     """Table 7's p row: per dimension, Pearson r of judge and human point-wise means across
     models, when the run has a human-evaluation database with ratings."""
@@ -149,7 +154,7 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
     from esevo_ray.evaluation.judge_scores import pearson_by_dimension
     from esevo_ray.human_eval.report import load_rows
 
-    db = RunLayout(run_dir).human_db
+    db = _human_db(run_dir)
     if not db.exists():
         return []
     ratings, _ = load_rows(db)
@@ -162,15 +167,30 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
         ]
     )
     judge = pa.concat_tables([t.select(["model", "dimension", "score"]) for t in judged.values()])
-    rho = pearson_by_dimension(judge, human, on=("model",))
+    both = sorted(set(judge["model"].to_pylist()) & set(human["model"].to_pylist()))
+    rho = pearson_by_dimension(judge, human, on=("model",), min_points=MIN_MODELS_FOR_AGREEMENT)
     cells = [f"{100 * r:.2f}%" if (r := rho.get(d)) is not None else "–" for d in JUDGE_DIMENSIONS]
+    sessions = len({r["session_id"] for r in ratings})
+    where = db.relative_to(run_dir) if db.is_relative_to(run_dir) else db
     return [
-        "Agreement with human point-wise ratings (Pearson r of per-model means, "
-        f"{len(ratings)} ratings in `{db.relative_to(run_dir)}`; – where fewer than two models "
-        "have both):",
+        "Agreement with human point-wise ratings (Pearson r of per-model means over "
+        f"{len(both)} models rated by both, {sessions} rated sessions in `{where}`; – where "
+        f"fewer than {MIN_MODELS_FOR_AGREEMENT} models have both):",
         "",
         "| | " + " | ".join(d.capitalize() for d in JUDGE_DIMENSIONS) + " |",
         "|---|" + "---|" * len(JUDGE_DIMENSIONS),
         "| p | " + " | ".join(cells) + " |",
         "",
     ]
+
+
+def _human_db(run_dir: Path) -> Path:
+    """The run's human-evaluation database: serve.human_eval.db_path of the config the run
+    recorded (where the app wrote it), else the run's own."""
+    manifest = RunLayout(run_dir).manifest
+    if manifest.exists():
+        config = json.loads(manifest.read_text()).get("config", {})
+        configured = config.get("serve", {}).get("human_eval", {}).get("db_path")
+        if configured:
+            return Path(configured)
+    return RunLayout(run_dir).human_db

@@ -180,7 +180,35 @@ def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
     assert cells[0] == f"{coherence:.2f}%" and float(cells[0].rstrip("%")) > 95
     assert float(cells[2].rstrip("%")) < -95  # empathy
     assert cells[1] == "–"  # understanding: no judge scores
-    assert "6 ratings" in text
+    assert "over 3 models rated by both, 3 rated sessions" in text
+
+
+def test_human_agreement_needs_three_models_and_reads_the_configured_database(tmp_path):
+    """Two per-model means always correlate at +-1; and the app writes its ratings where
+    serve.human_eval.db_path says, which the run's recorded config holds."""
+    import json
+
+    from esevo_ray.human_eval.store import HumanEvalStore
+
+    run = tmp_path / "demo"
+    for stage in ("m0", "m1"):
+        eval_dir = run / stage / "eval"
+        score_responses(write_responses(eval_dir / "responses.parquet", stage,
+                                        RESPONSES[stage]), eval_dir, bertscore=False)  # fmt: skip
+    write_parquet(judge_table("m0", [3, 2]), run / "m0/eval/judge_scores.parquet")
+    write_parquet(judge_table("m1", [4, 5]), run / "m1/eval/judge_scores.parquet")
+    db = tmp_path / "elsewhere" / "ratings.sqlite"
+    config = {"serve": {"human_eval": {"db_path": str(db)}}}
+    (run / "manifest.json").write_text(json.dumps({"config": config, "stages": {}}))
+    store = HumanEvalStore(db)
+    for i, (model, coh) in enumerate([("m0", 1), ("m1", 4)]):
+        store.add_session(f"s{i}", "pointwise", "r", model, None, 1)
+        store.add_ratings(f"s{i}", model, {"coherence": coh})
+    store.close()
+    text = write_report(run, relevance="overlap").read_text()
+    assert f"2 models rated by both, 2 rated sessions in `{db}`" in text
+    row = next(line for line in text.splitlines() if line.startswith("| p |"))
+    assert set(c.strip() for c in row.strip("|").split("|")[1:]) == {"–"}
 
 
 def test_table_7_refuses_a_file_of_several_models():
