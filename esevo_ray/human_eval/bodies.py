@@ -6,7 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-Likert = Annotated[int, Field(ge=1, le=5)]
+# Strict: JSON true or "4" is not a score (pydantic would read them as 1 and 4).
+Likert = Annotated[int, Field(ge=1, le=5, strict=True)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class HumanConfig(BaseModel):
@@ -19,11 +21,11 @@ class HumanConfig(BaseModel):
 
 class NewSession(BaseModel):
     mode: Literal["pointwise", "pairwise"]
-    rater: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    rater: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
 class TurnIn(BaseModel):
-    message: Annotated[str, StringConstraints(min_length=1)]
+    message: Text
 
 
 class TurnOut(BaseModel):
@@ -43,7 +45,7 @@ class SessionOut(BaseModel):
 
 
 class VoteIn(BaseModel):
-    turn_index: Annotated[int, Field(ge=0)]
+    turn_index: Annotated[int, Field(ge=0, strict=True)]
     choice: Literal["A", "B", "tie"]
     # Which reply continues the dialogue; required on a tie, else it must equal `choice`.
     continue_with: Literal["A", "B"] | None = None

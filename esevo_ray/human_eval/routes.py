@@ -203,17 +203,23 @@ def post_vote(session_id: str, body: VoteIn, request: Request, ev: HumanEval = S
 
 
 @router.post("/api/sessions/{session_id}/ratings", response_model=Ack)
-def post_rating(session_id: str, body: RatingIn, request: Request, ev: HumanEval = Service) -> Ack:
+async def post_rating(
+    session_id: str, body: RatingIn, request: Request, ev: HumanEval = Service
+) -> Ack:
     ev.host.auth(request)
     sess = ev.session(session_id)
     if sess["mode"] != "pointwise":
         raise ApiError(409, "ratings belong to point-wise sessions", "conflict_error")
-    n = len(ev.store.turns(session_id))
-    if n < sess["min_turns"]:
-        raise ApiError(
-            409, f"rate after {sess['min_turns']} turns; this session has {n}", "conflict_error"
-        )
-    if ev.store.rated(session_id):
-        raise ApiError(409, "this session is already rated", "conflict_error")
-    ev.store.add_ratings(session_id, sess["model_a"], body.model_dump())
+    lock = ev.locks.setdefault(session_id, asyncio.Lock())
+    if lock.locked():  # the rater has not seen the reply being generated
+        raise ApiError(409, "a reply is still on its way: rate once it is shown", "conflict_error")
+    async with lock:  # and no turn starts while the rating is stored
+        n = len(ev.store.turns(session_id))
+        if n < sess["min_turns"]:
+            raise ApiError(
+                409, f"rate after {sess['min_turns']} turns; this session has {n}", "conflict_error"
+            )
+        if ev.store.rated(session_id):
+            raise ApiError(409, "this session is already rated", "conflict_error")
+        ev.store.add_ratings(session_id, sess["model_a"], body.model_dump())
     return Ack(turns=n)

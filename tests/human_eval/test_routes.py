@@ -42,10 +42,12 @@ def test_pointwise_session_rules_and_rows(served, http):
         r = http.post(f"/human/api/sessions/{sid}/turns", json={"message": f"hello {i}"})
         assert r.status_code == 200 and r.json()["turn_index"] == i
         assert len(r.json()["replies"]) == 1
-    assert (
-        http.post(f"/human/api/sessions/{sid}/ratings", json={**scores, "empathy": 6}).status_code
-        == 400
-    )
+    for bad in (6, True, "4", 4.5):  # out of range, or not an integer in JSON
+        ratings = {**scores, "empathy": bad}
+        assert http.post(f"/human/api/sessions/{sid}/ratings", json=ratings).status_code == 400
+    assert http.post(f"/human/api/sessions/{sid}/turns", json={"message": "  "}).status_code == 400
+    blank = {"mode": "pointwise", "rater": " "}
+    assert http.post("/human/api/sessions", json=blank).status_code == 400
     assert http.post(f"/human/api/sessions/{sid}/ratings", json=scores).status_code == 200
     assert http.post(f"/human/api/sessions/{sid}/ratings", json=scores).status_code == 409
     assert http.post(f"/human/api/sessions/{sid}/turns", json={"message": "x"}).status_code == 409
