@@ -85,7 +85,7 @@ def pairwise_figure(entries: list[dict], path: Path) -> str:
     ax.set_yticks(ys, [f"{e['model']} vs {e['opponent']} (n={e['n']})" for e in entries])
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
-    ax.set_xlabel("share of votes (whisker: 95% Wilson interval of A win)")
+    ax.set_xlabel("share of votes (whisker: 95% bootstrap interval of A win, over sessions)")
     ax.set_title("Interactive pair-wise human evaluation (A vs B)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _save(fig, path)

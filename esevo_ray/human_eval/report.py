@@ -2,7 +2,11 @@
 
 Point-wise: each rated session gives one 1-5 score per dimension; the mean per model and
 dimension gets a percentile bootstrap interval over sessions. Pair-wise: each vote on a
-turn of models X and Y is a win, tie or loss for X; the three rates get Wilson intervals.
+turn of models X and Y is a win, tie or loss for X. A session's votes come from one rater on
+one dialogue and go together, so the three rates and the margin (win rate minus loss rate,
+above 0 when X wins more often) get percentile bootstrap intervals over sessions, not over
+votes, which would treat ten votes of one rater as ten raters and come out too narrow.
+An interval needs two sessions; with one, the table shows the rate alone.
 As in the paper, a pair-wise dialogue lasts at least ten turns: only sessions with at least
 their `min_turns` voted turns count, and the votes of shorter ones are reported as left out.
 """
@@ -19,8 +23,6 @@ from esevo_ray.config import JUDGE_DIMENSIONS
 from esevo_ray.human_eval.store import connect
 from esevo_ray.io import atomic_write_text
 
-Z95 = 1.959963984540054
-
 
 def model_order(name: str) -> tuple[int, str]:
     """base first, then m0, m1, ... by iteration, then anything else by name."""
@@ -29,17 +31,6 @@ def model_order(name: str) -> tuple[int, str]:
     if name[:1] == "m" and name[1:].isdigit():
         return (int(name[1:]), name)
     return (10**6, name)
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n; (0, 1) for n = 0."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def bootstrap_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -75,29 +66,43 @@ def pointwise_summary(ratings: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def pairwise_summary(votes: list[dict]) -> list[dict]:
-    """One entry per model pair "X vs Y" (X the later model): win/tie/loss rates of X."""
-    counts: dict[tuple[str, str], dict[str, int]] = {}
+OUTCOMES = ("win", "tie", "loss")
+
+
+def pairwise_summary(votes: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """One entry per model pair "X vs Y" (X the later model): win/tie/loss rates of X and the
+    margin win - loss, with 95% percentile bootstrap intervals resampling whole sessions."""
+    counts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for v in votes:
         x, y = sorted((v["model_a"], v["model_b"]), key=model_order, reverse=True)
-        c = counts.setdefault((x, y), {"win": 0, "tie": 0, "loss": 0})
         if v["choice"] == "tie":
-            c["tie"] += 1
+            outcome = "tie"
         else:
             winner = v["model_a"] if v["choice"] == "A" else v["model_b"]
-            c["win" if winner == x else "loss"] += 1
+            outcome = "win" if winner == x else "loss"
+        session = counts.setdefault((x, y), {}).setdefault(v["session_id"], np.zeros(3))
+        session[OUTCOMES.index(outcome)] += 1
+    rng = np.random.default_rng(seed)
     out = []
-    for (x, y), c in sorted(counts.items(), key=lambda kv: [model_order(m) for m in kv[0]]):
-        n = sum(c.values())
-        entry = {"model": x, "opponent": y, "n": n}
-        for outcome in ("win", "tie", "loss"):
-            lo, hi = wilson(c[outcome], n)
+    for (x, y), sessions in sorted(counts.items(), key=lambda kv: [model_order(m) for m in kv[0]]):
+        per = np.stack(list(sessions.values()))  # sessions x (win, tie, loss)
+        total = per.sum(axis=0)
+        drawn = per[rng.integers(0, len(per), size=(n_boot, len(per)))].sum(axis=1)
+        rates = drawn / drawn.sum(axis=1, keepdims=True)
+        lo, hi = np.percentile(rates, [2.5, 97.5], axis=0)
+        margin = np.percentile(rates[:, 0] - rates[:, 2], [2.5, 97.5])
+        n = int(total.sum())
+        entry = {"model": x, "opponent": y, "n": n, "sessions": len(per)}
+        for i, outcome in enumerate(OUTCOMES):
             entry[outcome] = {
-                "count": c[outcome],
-                "rate": c[outcome] / n,
-                "ci_low": lo,
-                "ci_high": hi,
-            }
+                "count": int(total[i]), "rate": total[i] / n,
+                "ci_low": float(lo[i]), "ci_high": float(hi[i]),
+            }  # fmt: skip
+        entry["margin"] = {
+            "value": (total[0] - total[2]) / n,
+            "ci_low": float(margin[0]),
+            "ci_high": float(margin[1]),
+        }
         out.append(entry)
     return out
 
@@ -144,16 +149,24 @@ def _markdown(point: dict, pair: list[dict], left_out: dict[str, int]) -> str:
             lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     else:
         lines.append("no ratings yet")
-    lines += ["", "## Pair-wise (rate, 95% Wilson CI)", ""]
+    lines += ["", "## Pair-wise (rate, 95% bootstrap CI over sessions)", ""]
     if pair:
-        lines += ["| A vs B | n | A win | tie | B win |", "|---|---|---|---|---|"]
+        lines += [
+            "| A vs B | sessions | votes | A win | tie | B win | A win - B win |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for e in pair:
-            cells = [
-                f"{e[o]['rate']:.1%} [{e[o]['ci_low']:.1%}, {e[o]['ci_high']:.1%}]"
-                for o in ("win", "tie", "loss")
-            ]
+
+            def cell(value: float, c: dict, e: dict = e) -> str:
+                ci = f" [{c['ci_low']:.1%}, {c['ci_high']:.1%}]" if e["sessions"] > 1 else ""
+                return f"{value:.1%}{ci}"
+
+            cells = [cell(e[o]["rate"], e[o]) for o in OUTCOMES]
+            cells.append(cell(e["margin"]["value"], e["margin"]))
             lines.append(
-                f"| {e['model']} vs {e['opponent']} | {e['n']} | " + " | ".join(cells) + " |"
+                f"| {e['model']} vs {e['opponent']} | {e['sessions']} | {e['n']} | "
+                + " | ".join(cells)
+                + " |"
             )
     else:
         lines.append("no votes yet")

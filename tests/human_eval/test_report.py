@@ -14,19 +14,10 @@ from esevo_ray.human_eval.report import (
     model_order,
     pairwise_summary,
     pointwise_summary,
-    wilson,
 )
 from esevo_ray.human_eval.store import HumanEvalStore
 
 DIMS = list(JUDGE_DIMENSIONS)
-
-
-def test_wilson_interval():
-    lo, hi = wilson(8, 10)
-    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    assert wilson(0, 0) == (0.0, 1.0)
-    lo, hi = wilson(0, 5)
-    assert lo == 0.0 and 0 < hi < 0.5
 
 
 def test_model_order():
@@ -55,15 +46,33 @@ def test_pointwise_summary_means_and_intervals():
 
 def test_pairwise_summary_counts_from_the_later_models_side():
     votes = [
-        {"model_a": "m1", "model_b": "m0", "choice": "A"},  # m1 wins
-        {"model_a": "m0", "model_b": "m1", "choice": "B"},  # m1 wins (sides swapped)
-        {"model_a": "m0", "model_b": "m1", "choice": "A"},  # m1 loses
-        {"model_a": "m1", "model_b": "m0", "choice": "tie"},
+        {"session_id": "s", "model_a": "m1", "model_b": "m0", "choice": "A"},  # m1 wins
+        {"session_id": "s", "model_a": "m0", "model_b": "m1", "choice": "B"},  # m1 wins (swapped)
+        {"session_id": "t", "model_a": "m0", "model_b": "m1", "choice": "A"},  # m1 loses
+        {"session_id": "t", "model_a": "m1", "model_b": "m0", "choice": "tie"},
     ]
     (entry,) = pairwise_summary(votes)
-    assert (entry["model"], entry["opponent"], entry["n"]) == ("m1", "m0", 4)
+    assert (entry["model"], entry["opponent"], entry["n"], entry["sessions"]) == ("m1", "m0", 4, 2)
     assert [entry[o]["count"] for o in ("win", "tie", "loss")] == [2, 1, 1]
     assert math.isclose(sum(entry[o]["rate"] for o in ("win", "tie", "loss")), 1.0)
+    assert entry["margin"]["value"] == pytest.approx(0.25)
+
+
+def test_pairwise_intervals_resample_sessions_not_votes():
+    """Ten votes of one rater on one dialogue are not ten raters: with sessions that disagree,
+    the interval must be as wide as the sessions' spread, not the votes' count."""
+    votes = [
+        {"session_id": f"s{s}", "model_a": "m1", "model_b": "m0", "choice": "A" if win else "B"}
+        for s, wins in enumerate([10, 0, 10, 0, 10, 0])
+        for win in [True] * wins + [False] * (10 - wins)
+    ]  # fmt: skip
+    (entry,) = pairwise_summary(votes)
+    # Per vote, 30 of 60 gives a Wilson interval of about [0.38, 0.62]; three sessions of six
+    # won outright leave the win rate anywhere from about a sixth to five sixths.
+    assert entry["win"]["ci_low"] < 0.25 and entry["win"]["ci_high"] > 0.75
+    assert entry["margin"]["ci_low"] < -0.5 < 0.5 < entry["margin"]["ci_high"]
+    one = pairwise_summary([v for v in votes if v["session_id"] == "s0"])[0]
+    assert one["sessions"] == 1 and one["win"]["rate"] == 1.0
 
 
 def _fill(db) -> None:
@@ -101,7 +110,8 @@ def test_human_report_writes_tables_and_figures(tmp_path):
     saved = json.loads((tmp_path / "out" / "human_report.json").read_text())
     assert saved["pairwise"][0]["n"] == 3
     markdown = (tmp_path / "out" / "human_report.md").read_text()
-    assert "| m2 vs m0 | 3 |" in markdown and "Left out: 1 vote(s) of 1 session(s)" in markdown
+    assert "| m2 vs m0 | 1 | 3 | 66.7% | 33.3% | 0.0% | 66.7% |" in markdown  # one session: no CI
+    assert "Left out: 1 vote(s) of 1 session(s)" in markdown
 
 
 def test_missing_database_is_a_clear_error(tmp_path):
