@@ -1,7 +1,10 @@
 """Paired bootstrap over evaluation contexts: intervals of the score difference of two models.
 
 Both models are scored on the same resamples of the contexts they share (keyed by
-`dialogue_id`, `turn_index`), so the interval is that of the paired difference. A statistic
+`dialogue_id`, `turn_index`), so the interval is that of the paired difference. A resample
+draws whole dialogues, each context counted as often as its dialogue is drawn: the turns of
+one dialogue share a seeker and a story, and drawing them one by one would treat ~2,800
+correlated turns of 195 dialogues as independent and narrow the interval. A statistic
 maps a (resamples, contexts) matrix of multiplicities to one value per resample:
 per-response metrics are averaged with those weights; corpus metrics (corpus BLEU, corpus
 Distinct) are recomputed on each resample from per-context counts. The interval is the
@@ -42,16 +45,21 @@ class Evaluated(Protocol):
 
 
 @functools.lru_cache(maxsize=4)
-def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n) multiplicities: row b counts how often each context is drawn in b.
+def resample_counts(groups: tuple[str, ...], resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) multiplicities of n contexts, context i in dialogue `groups[i]`: row b
+    counts how often each context's dialogue is drawn in b (dialogues drawn with replacement).
 
     Cached (every metric of a comparison shares the same resamples) and read-only.
     """
+    n = len(groups)
     if n < 1 or resamples < 1:
         raise ValueError(f"bootstrap needs contexts and resamples, got n={n}, B={resamples}")
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    flat = (idx + n * np.arange(resamples)[:, None]).ravel()
-    counts = np.bincount(flat, minlength=resamples * n).reshape(resamples, n)
+    names, dialogue_of = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    g = len(names)
+    idx = np.random.default_rng(seed).integers(0, g, size=(resamples, g))
+    flat = (idx + g * np.arange(resamples)[:, None]).ravel()
+    drawn = np.bincount(flat, minlength=resamples * g).reshape(resamples, g)
+    counts = drawn[:, dialogue_of]
     counts.flags.writeable = False
     return counts
 
@@ -102,22 +110,24 @@ def distinct_stat(grams_per_response: Sequence[Sequence[tuple]]) -> Statistic:
 def paired_interval(
     base: Statistic,
     model: Statistic,
-    n: int,
+    groups: Sequence[str],
     *,
     resamples: int = RESAMPLES,
     seed: int = SEED,
     confidence: float = CONFIDENCE,
 ) -> dict:
-    """Point difference model - base on all n contexts, and its bootstrap interval.
+    """Point difference model - base on all contexts, and its bootstrap interval over
+    resamples of their dialogues (`groups`, one per context; see `resample_counts`).
 
     The interval is the percentile interval of the resampled differences moved so that their
     mean is the point difference. For averaged metrics the move is nil in expectation; corpus
     Distinct depends on corpus size and a resample holds fewer distinct contexts, so its
     resamples sit off the point difference (`shift`) and only their spread is used.
     """
+    n = len(groups)
     whole = np.ones((1, n))
     base_value, model_value = float(base(whole)[0]), float(model(whole)[0])
-    counts = resample_counts(n, resamples, seed)
+    counts = resample_counts(tuple(groups), resamples, seed)
     diffs = model(counts) - base(counts)
     point = model_value - base_value
     shift = float(diffs.mean()) - point
@@ -131,6 +141,7 @@ def paired_interval(
         "high": float(high),
         "excludes_zero": bool(low > 0 or high < 0),
         "n": n,
+        "dialogues": len(set(groups)),
         "shift": shift,
     }
 
@@ -178,8 +189,11 @@ def automatic_statistics(model: Evaluated, keys: Sequence[Key]) -> dict[str, Sta
     return stats
 
 
-def judge_pairs(base: pa.Table, model: pa.Table) -> dict[str, tuple[list[float], list[float]]]:
-    """Per dimension, the scores of both models on the contexts both have a verdict for."""
+def judge_pairs(
+    base: pa.Table, model: pa.Table
+) -> dict[str, tuple[list[float], list[float], list[str]]]:
+    """Per dimension, the scores of both models on the contexts both have a verdict for, and
+    each context's dialogue."""
 
     def by_key(table: pa.Table) -> dict[tuple, float]:
         rows = table.select(["dialogue_id", "turn_index", "dimension", "score"]).to_pylist()
@@ -190,11 +204,12 @@ def judge_pairs(base: pa.Table, model: pa.Table) -> dict[str, tuple[list[float],
         }
 
     a, b = by_key(base), by_key(model)
-    out: dict[str, tuple[list[float], list[float]]] = {}
+    out: dict[str, tuple[list[float], list[float], list[str]]] = {}
     for key in (k for k in a if k in b):
-        pair = out.setdefault(key[0], ([], []))
+        pair = out.setdefault(key[0], ([], [], []))
         pair[0].append(a[key])
         pair[1].append(b[key])
+        pair[2].append(key[1])
     return out
 
 
@@ -221,13 +236,13 @@ def compare(
         keys = [k for k in _keys(base.responses) if k in theirs]
         if keys:
             a, b = statistics(base, keys), statistics(model, keys)
+            groups = [dialogue for dialogue, _ in keys]
             for name in (m for m in a if m in b):
-                out[name] = paired_interval(a[name], b[name], len(keys), **options)
+                out[name] = paired_interval(a[name], b[name], groups, **options)
     if base.judge is not None and model.judge is not None:
-        for dim, (a_scores, b_scores) in judge_pairs(base.judge, model.judge).items():
-            n = len(a_scores)
+        for dim, (a_scores, b_scores, groups) in judge_pairs(base.judge, model.judge).items():
             out[f"judge_{dim}"] = paired_interval(
-                mean_stat(a_scores), mean_stat(b_scores), n, **options
+                mean_stat(a_scores), mean_stat(b_scores), groups, **options
             )
     return out
 

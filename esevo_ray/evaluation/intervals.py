@@ -44,8 +44,9 @@ def intervals(
         for base, model in bootstrap.comparison_pairs(list(by_label))
     ]
     return {
-        "method": "paired percentile bootstrap over evaluation contexts; corpus metrics "
-        "recomputed on each resample, per-response metrics and judge scores averaged",
+        "method": "paired percentile bootstrap over evaluation dialogues (each resample "
+        "draws whole dialogues with their contexts); corpus metrics recomputed on each "
+        "resample, per-response metrics and judge scores averaged",
         **options,
         "comparisons": comparisons,
     }
@@ -53,13 +54,14 @@ def intervals(
 
 def _rows(base: str, model: str, metrics: dict[str, dict]) -> list[str]:
     lines = [
-        f"| Metric | n | {base} | {model} | difference | 95% interval |",
+        f"| Metric | contexts (dialogues) | {base} | {model} | difference | 95% interval |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in metrics.items():
         mark = " *" if r["excludes_zero"] else ""
+        n = f"{r['n']} ({r['dialogues']})" if "dialogues" in r else str(r["n"])
         lines.append(
-            f"| {metric_label(name)} | {r['n']} | {r['base']:.2f} | {r['model']:.2f} | "
+            f"| {metric_label(name)} | {n} | {r['base']:.2f} | {r['model']:.2f} | "
             f"{r['diff']:+.2f}{mark} | [{r['low']:+.2f}, {r['high']:+.2f}] |"
         )
     return lines

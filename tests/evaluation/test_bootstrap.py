@@ -68,12 +68,37 @@ def strong() -> Model:
 
 
 def test_resample_counts_are_seeded_multiplicities():
-    counts = bootstrap.resample_counts(7, 50, seed=3)
+    seven = tuple(f"d{i}" for i in range(7))
+    counts = bootstrap.resample_counts(seven, 50, seed=3)
     assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
-    assert (counts == bootstrap.resample_counts(7, 50, seed=3)).all()
-    assert not (counts == bootstrap.resample_counts(7, 50, seed=4)).all()
+    assert (counts == bootstrap.resample_counts(seven, 50, seed=3)).all()
+    assert not (counts == bootstrap.resample_counts(seven, 50, seed=4)).all()
     with pytest.raises(ValueError, match="n=0"):
-        bootstrap.resample_counts(0, 10, seed=0)
+        bootstrap.resample_counts((), 10, seed=0)
+
+
+def test_resamples_draw_whole_dialogues():
+    """Turns of one dialogue are drawn together, as often as their dialogue."""
+    groups = ("a", "a", "a", "b", "c", "c")
+    counts = bootstrap.resample_counts(groups, 200, seed=1)
+    assert (counts[:, 0] == counts[:, 1]).all() and (counts[:, 1] == counts[:, 2]).all()
+    assert (counts[:, 4] == counts[:, 5]).all()
+    # Three dialogues drawn per resample: 3 x (a's 3, b's 1 or c's 2 contexts).
+    assert set(counts.sum(axis=1)) <= set(range(3, 10)) and len(set(counts.sum(axis=1))) > 1
+
+
+def test_correlated_turns_widen_the_interval():
+    """Forty contexts of four dialogues, one model right on two dialogues and the other on the
+    other two: the difference rests on four dialogues, not on forty independent turns."""
+    better = model("B", [g if i < 20 else GENERIC for i, g in enumerate(goldens())])
+    worse = model("W", [GENERIC if i < 20 else g for i, g in enumerate(goldens())])
+    grouped = [Model(m.label, m.responses.set_column(0, "dialogue_id",
+                     pa.array([f"d{i // 10}" for i in range(N)])), None)
+               for m in (better, worse)]  # fmt: skip
+    by_turn = bootstrap.compare(better, worse, resamples=1000, seed=0)["bleu_2"]
+    by_dialogue = bootstrap.compare(*grouped, resamples=1000, seed=0)["bleu_2"]
+    assert by_dialogue["dialogues"] == 4 and by_turn["dialogues"] == N
+    assert by_dialogue["high"] - by_dialogue["low"] > 1.5 * (by_turn["high"] - by_turn["low"])
 
 
 def test_corpus_statistics_match_the_metrics_on_the_whole_set_and_on_a_resample():
@@ -151,7 +176,8 @@ def test_report_sections_mark_intervals_and_write_json(tmp_path, weak, strong):
     assert (comparison["base"], comparison["model"]) == ("M0", "M1")
     bleu = comparison["metrics"]["bleu_2"]
     assert (
-        f"| BLEU-2 | {N} | {bleu['base']:.2f} | {bleu['model']:.2f} | {bleu['diff']:+.2f} *" in md
+        f"| BLEU-2 | {N} ({N}) | {bleu['base']:.2f} | {bleu['model']:.2f} | {bleu['diff']:+.2f} *"
+        in md
     )
     assert "## ESConv-toolkit metrics" in md and "| Model | B-1 |" in md
-    assert "### M1 vs M0" in md and "| Judge empathy | 40 |" in md
+    assert "### M1 vs M0" in md and "| Judge empathy | 40 (40) |" in md

@@ -116,7 +116,9 @@ def test_write_report_tables_and_plots(run_dir):
     assert m1_vs_m0["bleu_2"]["n"] == 3
     assert "### M1 vs M0" in text and "### M2 vs M1" in text
     bleu = m1_vs_m0["bleu_2"]
-    assert f"| BLEU-2 | 3 | {bleu['base']:.2f} | {bleu['model']:.2f} | {bleu['diff']:+.2f}" in text
+    assert (
+        f"| BLEU-2 | 3 (3) | {bleu['base']:.2f} | {bleu['model']:.2f} | {bleu['diff']:+.2f}" in text
+    )
 
     assert '"it sounds like"' in text
     assert "| M0 | 66.7 |" in text  # two of three M0 responses say "It sounds like"
