@@ -71,7 +71,9 @@ class HumanEval:
     def session(self, session_id: str) -> dict:
         sess = self.store.session(session_id)
         if sess is None:
-            raise ApiError(404, f"session {session_id!r} not found", param="session_id")
+            raise ApiError(
+                404, f"session {session_id!r} not found", "not_found_error", param="session_id"
+            )
         return sess
 
     def draw(self, mode: str) -> tuple[str, str | None]:
@@ -192,7 +194,7 @@ def post_vote(session_id: str, body: VoteIn, request: Request, ev: HumanEval = S
         raise ApiError(400, "continue_with must be the winning side", param="continue_with")
     turns = ev.store.turns(session_id)
     if body.turn_index >= len(turns):
-        raise ApiError(404, f"turn {body.turn_index} not found", param="turn_index")
+        raise ApiError(404, f"turn {body.turn_index} not found", "not_found_error", "turn_index")
     turn = turns[body.turn_index]
     if turn["choice"] is not None:
         raise ApiError(409, f"turn {body.turn_index} already has a vote", "conflict_error")

@@ -62,7 +62,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 @app.exception_handler(sqlite3.IntegrityError)
 async def _duplicate(request: Request, exc: sqlite3.IntegrityError) -> JSONResponse:
     # Two concurrent submissions for the same turn or session: the second one loses.
-    return error_response(409, "already recorded", "conflict_error")
+    return error_response(409, f"already recorded: {request.url.path}", "conflict_error")
 
 
 @app.exception_handler(Exception)
