@@ -86,6 +86,11 @@ class RunLayout:
     report = _under_root("report", "report.md")
     human_db = _under_root("human_eval", "db.sqlite")
 
+    def human_db_at(self, db_path: str | None) -> Path:
+        """Where the human-evaluation app writes: `serve.human_eval.db_path` when set, else
+        the run's `human_db`."""
+        return Path(db_path) if db_path else self.human_db
+
     # --- per model
     def model(self, t: int) -> Path:
         """The folder of M^t."""

@@ -59,10 +59,9 @@ def _rows(base: str, model: str, metrics: dict[str, dict]) -> list[str]:
     ]
     for name, r in metrics.items():
         mark = " *" if r["excludes_zero"] else ""
-        n = f"{r['n']} ({r['dialogues']})" if "dialogues" in r else str(r["n"])
         lines.append(
-            f"| {metric_label(name)} | {n} | {r['base']:.2f} | {r['model']:.2f} | "
-            f"{r['diff']:+.2f}{mark} | [{r['low']:+.2f}, {r['high']:+.2f}] |"
+            f"| {metric_label(name)} | {r['n']} ({r['dialogues']}) | {r['base']:.2f} | "
+            f"{r['model']:.2f} | {r['diff']:+.2f}{mark} | [{r['low']:+.2f}, {r['high']:+.2f}] |"
         )
     return lines
 

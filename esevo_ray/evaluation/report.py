@@ -185,12 +185,8 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
 
 
 def _human_db(run_dir: Path) -> Path:
-    """The run's human-evaluation database: serve.human_eval.db_path of the config the run
-    recorded (where the app wrote it), else the run's own."""
-    manifest = RunLayout(run_dir).manifest
-    if manifest.exists():
-        config = json.loads(manifest.read_text()).get("config", {})
-        configured = config.get("serve", {}).get("human_eval", {}).get("db_path")
-        if configured:
-            return Path(configured)
-    return RunLayout(run_dir).human_db
+    """The run's human-evaluation database, by serve.human_eval.db_path of the config the run
+    recorded (where the app wrote it)."""
+    run = RunLayout(run_dir)
+    config = json.loads(run.manifest.read_text()).get("config", {}) if run.manifest.exists() else {}
+    return run.human_db_at(config.get("serve", {}).get("human_eval", {}).get("db_path"))

@@ -28,9 +28,8 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def human_db(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     """serve.human_eval.db_path, else the run's human-evaluation database."""
-    if cfg.serve.human_eval.db_path:
-        return Path(cfg.serve.human_eval.db_path)
-    return RunLayout(Path(run_dir) if run_dir is not None else default_run_dir(cfg)).human_db
+    run = RunLayout(Path(run_dir) if run_dir is not None else default_run_dir(cfg))
+    return run.human_db_at(cfg.serve.human_eval.db_path)
 
 
 def served_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> list[Path]:
