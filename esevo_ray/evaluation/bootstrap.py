@@ -44,6 +44,16 @@ class Evaluated(Protocol):
     def judge(self) -> pa.Table | None: ...
 
 
+def method_text(
+    confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED
+) -> str:
+    """How an interval was made, in one sentence for the tables that show it."""
+    return (
+        f"{100 * confidence:.0f}% percentile interval over {resamples} paired resamples of the "
+        f"dialogues those contexts come from (every turn of a drawn dialogue counts; seed {seed})"
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def resample_counts(groups: tuple[str, ...], resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) multiplicities of n contexts, context i in dialogue `groups[i]`: row b

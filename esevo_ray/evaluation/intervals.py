@@ -100,11 +100,10 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
     md += [
         "## Paired bootstrap intervals",
         "",
-        f"Difference (model - base) on the contexts both models share, with the "
-        f"{100 * result['confidence']:.0f}% percentile interval over {result['resamples']} "
-        f"paired resamples of those contexts (seed {result['seed']}); `*`: the interval "
-        "excludes 0. Judge rows use the contexts judged for both models. On a few dozen "
-        "contexts or fewer an interval is itself rough. Every number is in "
+        "Difference (model - base) on the contexts both models share, with the "
+        f"{bootstrap.method_text(result['confidence'], result['resamples'], result['seed'])}; "
+        "`*`: the interval excludes 0. Judge rows use the contexts judged for both models. "
+        "On a few dozen contexts or fewer an interval is itself rough. Every number is in "
         f"`{INTERVALS_FILE}`.",
         "",
     ]

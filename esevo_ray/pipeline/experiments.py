@@ -178,10 +178,9 @@ def baselines(cfg: RunConfig) -> dict:
 
 def _interval_note() -> str:
     return (
-        f"Difference model - base in points, with its {100 * bootstrap.CONFIDENCE:.0f}% "
-        f"percentile interval over {bootstrap.RESAMPLES} paired resamples of the contexts both "
-        f"models share (seed {bootstrap.SEED}); `*`: the interval excludes 0. Every metric and "
-        "judge dimension is in summary.json."
+        "Difference model - base in points on the contexts both models share, with its "
+        f"{bootstrap.method_text()}; `*`: the interval excludes 0. Every metric and judge "
+        "dimension is in summary.json."
     )
 
 

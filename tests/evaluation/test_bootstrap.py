@@ -181,3 +181,4 @@ def test_report_sections_mark_intervals_and_write_json(tmp_path, weak, strong):
     )
     assert "## ESConv-toolkit metrics" in md and "| Model | B-1 |" in md
     assert "### M1 vs M0" in md and "| Judge empathy | 40 (40) |" in md
+    assert "1000 paired resamples of the dialogues those contexts come from" in md
