@@ -28,6 +28,8 @@ class Completion:
     text: str
     prompt_tokens: int
     output_tokens: int
+    # True when the reply ended on a stop token; False when max_new_tokens cut it.
+    stopped: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,12 @@ class VllmEngine(Engine):
             batch.conversations, params, use_tqdm=False, lora_request=self.lora_request
         )
         return [
-            Completion(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids))
+            Completion(
+                o.outputs[0].text,
+                len(o.prompt_token_ids),
+                len(o.outputs[0].token_ids),
+                stopped=o.outputs[0].finish_reason != "length",
+            )
             for o in outputs
         ]
 
@@ -279,9 +286,8 @@ class HfEngine(Engine):
             # Pad tokens after the stop token are not output; count the stop token as vLLM does.
             tokens = min(n + 1, len(row))
             prompt = int(enc["attention_mask"][i].sum())
-            results.append(
-                Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), prompt, tokens)
-            )
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+            results.append(Completion(text, prompt, tokens, stopped=n < len(row)))
         return results
 
 

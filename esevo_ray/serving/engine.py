@@ -13,6 +13,7 @@ deltas {"text", "output_tokens", "prompt_tokens", "finish"}; "finish" is None un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -222,13 +223,22 @@ class HfServeEngine:
         self.running += 1
         try:
             async with self.lock:
-                (c,) = await asyncio.to_thread(
-                    engine.chat, [request["messages"]], decoding, [request["seed"]]
-                )
+                call = (engine.chat, [request["messages"]], decoding, [request["seed"]])
+                work = asyncio.ensure_future(asyncio.to_thread(*call))
+                try:
+                    (c,) = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: a cancelled request (a client gone) keeps
+                    # the lock until its `generate` ends, so no other request ever runs on
+                    # the model beside it, and `unfinished` counts it until then.
+                    while not work.done():
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait([work])
+                    raise
         finally:
             self.running -= 1
         text, tokens = c.text, c.output_tokens
-        finish = "length" if tokens >= decoding.max_new_tokens else "stop"
+        finish = "stop" if c.stopped else "length"
         cut = min(
             (i for i in (text.find(s) for s in request.get("stop") or []) if i >= 0), default=-1
         )

@@ -1,0 +1,83 @@
+"""The transformers serving engine, driven directly: one request on the model at a time, and
+the finish reason vLLM would give."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    from esevo_ray.serving.engine import EngineSettings, HfServeEngine
+
+    return HfServeEngine(EngineSettings(str(tiny_model), "hf"))
+
+
+def _request(max_tokens: int, seed: int = 0, **decoding) -> dict:
+    return {
+        "messages": [{"role": "user", "content": "hello"}],
+        "decoding": {"temperature": 1.0, "max_new_tokens": max_tokens, **decoding},
+        "seed": seed,
+    }
+
+
+async def _reply(engine, request: dict) -> dict:
+    async for out in engine.stream(request, None):
+        return out
+    raise AssertionError("the engine yielded nothing")
+
+
+def test_a_cancelled_request_keeps_the_model_until_its_generate_ends(engine, monkeypatch):
+    # Count the threads inside the real `chat` (a client that disconnects cancels its call,
+    # but a thread cannot be stopped).
+    active, most, guard = 0, 0, threading.Lock()
+    chat = engine.base.chat
+
+    def counted(*args, **kwargs):
+        nonlocal active, most
+        with guard:
+            active += 1
+            most = max(most, active)
+        try:
+            return chat(*args, **kwargs)
+        finally:
+            with guard:
+                active -= 1
+
+    monkeypatch.setattr(engine.base, "chat", counted)
+
+    async def main():
+        # The random tiny model never ends on its own: 1,000 tokens take about a second.
+        long = asyncio.create_task(_reply(engine, _request(1000)))
+        while active == 0:
+            await asyncio.sleep(0.001)
+        long.cancel()
+        await asyncio.sleep(0.05)  # the cancellation has reached the engine
+        counted_meanwhile = engine.unfinished()
+        short = await _reply(engine, _request(4))
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        return counted_meanwhile, short
+
+    counted_meanwhile, short = asyncio.run(main())
+    assert most == 1, "a second request ran on the model beside a cancelled one"
+    assert counted_meanwhile == 1
+    assert engine.unfinished() == 0 and short["output_tokens"] == 4
+
+
+def test_a_reply_ending_on_its_last_allowed_token_finishes_with_stop(engine):
+    # Near-uniform sampling over the vocabulary: some seed ends on the stop token early.
+    def at(max_tokens, seed):
+        request = _request(max_tokens, seed, temperature=20.0, top_k=0, top_p=1.0)
+        return asyncio.run(_reply(engine, request))
+
+    ended = next((s, r) for s in range(50) if (r := at(300, s))["finish"] == "stop")
+    seed, reply = ended
+    again = at(reply["output_tokens"], seed)
+    assert again["text"] == reply["text"]
+    assert again["output_tokens"] == reply["output_tokens"]
+    assert again["finish"] == "stop"  # as vLLM: the stop token came, not the length cap
+    assert at(reply["output_tokens"] - 1, seed)["finish"] == "length"
