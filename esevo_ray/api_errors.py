@@ -6,6 +6,8 @@ which sit side by side: neither imports the other for its errors.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -70,3 +72,44 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
+
+
+# pydantic names the branch of a union in an error's location ("str", "constrained-str",
+# "list[TextPart]"): not a field the client sent.
+_BRANCH = re.compile(r"[\[\]-]|^(str|int|float|bool|list|dict|none)$")
+
+
+def field_path(loc: Sequence[Any]) -> str | None:
+    """The dotted path of the field an error is about, as the client wrote the body."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and _BRANCH.search(p))]
+    return ".".join(parts) or None
+
+
+def validation_error(errors: Sequence[dict]) -> tuple[str, str | None]:
+    """(message, param) of a request that failed validation: one field, its problem.
+
+    Of a field whose union branches all failed, the error of the branch that took the input's
+    type is the one to show (five stop sequences: "at most 4 items", not "a valid string").
+    """
+    if not errors:
+        return "invalid request", None
+    if errors[0].get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    fitting = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
+    first = (fitting or errors)[0]
+    param = field_path(first.get("loc", ()))
+    said = [first.get("msg", "invalid value")]
+    if not fitting:  # no branch took the type: name every type the field accepts
+        said += [e["msg"] for e in errors[1:] if field_path(e.get("loc", ())) == param]
+    message = f"{param or 'body'}: {', or '.join(dict.fromkeys(said))}"
+    # Another branch's type error at this field or above it is no error of another field.
+    here = f"{param}." if param else ""
+    others = {
+        path
+        for e in errors
+        if (path := field_path(e.get("loc", ()))) != param
+        and not (str(e.get("type", "")).endswith("_type") and here.startswith(f"{path}."))
+    }
+    if others:
+        message += f" (and errors in {len(others)} more field{'s' if len(others) > 1 else ''})"
+    return message, param

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from esevo_ray.api_errors import ApiError, error_body
+from esevo_ray.api_errors import ApiError, error_body, validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +39,7 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if first.get("type") == "json_invalid":
-        message = "request body is not valid JSON"
-    else:
-        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more errors)"
+    message, param = validation_error(exc.errors())
     return error_response(400, message, "invalid_request_error", param, "invalid_value")
 
 

@@ -176,7 +176,8 @@ class Ingress:
         self.auth(request)
         model = self.resolve(body.model)
         turns = check_conversation(body.messages, self.scfg)
-        max_tokens = check_max_tokens(body.max_completion_tokens or body.max_tokens, self.scfg)
+        field, requested = body.token_limit()
+        max_tokens = check_max_tokens(requested, self.scfg, field)
         req = build_request(
             self.tokenizer,
             self.scfg,

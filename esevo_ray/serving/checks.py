@@ -86,14 +86,15 @@ def recent_history(dialogue: list[dict], s: ServeSection) -> list[dict]:
     return drop_oldest_turns(dialogue, fits)
 
 
-def check_max_tokens(requested: int | None, s: ServeSection) -> int:
-    """The request's max_tokens, else the default of serve.decoding; over serve.max_tokens: 400."""
+def check_max_tokens(requested: int | None, s: ServeSection, field: str = "max_tokens") -> int:
+    """The request's `field` (max_tokens or max_completion_tokens), else the default of
+    serve.decoding; over serve.max_tokens: a 400 naming `field`."""
     max_tokens = requested or min(s.decoding.max_new_tokens, s.max_tokens)
     if max_tokens > s.max_tokens:
         raise ApiError(
             400,
-            f"max_tokens {max_tokens} exceeds the limit of {s.max_tokens}",
-            param="max_tokens",
+            f"{field} {max_tokens} exceeds the limit of {s.max_tokens}",
+            param=field,
             code="invalid_value",
         )
     return max_tokens

@@ -54,6 +54,13 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
+    def token_limit(self) -> tuple[str, int | None]:
+        """(the field that sets the reply's length, its value): max_completion_tokens, the
+        newer name, wins over max_tokens."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
+
     def stop_sequences(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
