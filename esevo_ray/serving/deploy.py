@@ -16,7 +16,7 @@ from esevo_ray.layout import RunLayout
 from esevo_ray.serving.app import Ingress
 from esevo_ray.serving.engine import EngineSettings, adapter_rank, lora_rank_bound
 from esevo_ray.serving.generator import Generator
-from esevo_ray.serving.registry import check_host_key
+from esevo_ray.serving.registry import check_host_key, http_url
 from esevo_ray.storage import check_shared
 
 APP_NAME = "esevo"
@@ -107,4 +107,4 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
     check_shared("serve", writes=[human_db(cfg, run_dir).parent], reads=served_paths(cfg, run_dir))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=name, route_prefix="/")
-    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+    return http_url(cfg.serve.host, cfg.serve.port)

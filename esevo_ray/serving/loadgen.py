@@ -12,17 +12,17 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
+
+from esevo_ray.serving.registry import is_loopback
 
 TOPICS = ("exam", "job interview", "breakup", "move abroad", "argument with my sister")
 
 
 def prompt(i: int) -> str:
     return f"I feel stressed about my {TOPICS[i % len(TOPICS)]} ({i}). What can I do?"
-
-
-LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Load:
     ramp_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(LOOPBACK):
+        if not is_loopback(urlsplit(self.base_url).hostname or ""):
             raise ValueError(
                 f"the load generator only targets loopback addresses, got {self.base_url}"
             )

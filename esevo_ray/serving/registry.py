@@ -65,13 +65,20 @@ def resolve(models: dict[str, ServedModel], name: str) -> ServedModel | None:
 
 
 def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    """True for 127.0.0.0/8, ::1 and "localhost", and for 127.x.y.z as a socket bound to "::"
+    sees an IPv4 client (::ffff:127.0.0.1)."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def http_url(host: str, port: int) -> str:
+    """The base URL of a server on host:port; an IPv6 address goes in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def check_host_key(serve_cfg: ServeSection) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
 from esevo_ray.config import ConfigError, load_config
+from esevo_ray.serving.loadgen import Load
 from esevo_ray.serving.registry import (
     check_host_key,
     current_name,
+    http_url,
     is_loopback,
     resolve,
     scan_models,
@@ -63,6 +66,8 @@ def test_rewritten_adapter_gets_a_new_key(tmp_path):
         ("127.1.2.3", True),
         ("::1", True),
         ("localhost", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 client as a socket bound to "::" sees it
+        ("::ffff:10.0.0.5", False),
         ("0.0.0.0", False),
         ("::", False),
         ("10.0.0.5", False),
@@ -71,6 +76,31 @@ def test_rewritten_adapter_gets_a_new_key(tmp_path):
 )
 def test_is_loopback(host, loopback):
     assert is_loopback(host) is loopback
+
+
+def test_an_ipv4_client_of_a_dual_stack_server_is_on_loopback():
+    """Serve's proxy on "::" sees 127.0.0.1 as ::ffff:127.0.0.1: no key is needed for it."""
+    try:
+        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        server.bind(("::", 0))
+    except OSError as e:
+        pytest.skip(f"no dual-stack IPv6 socket here: {e}")
+    with server:
+        server.listen(1)
+        with socket.create_connection(("127.0.0.1", server.getsockname()[1])):
+            conn, (peer, *_) = server.accept()
+            conn.close()
+    assert peer == "::ffff:127.0.0.1" and is_loopback(peer)
+
+
+def test_urls_and_the_load_generator_take_ipv6_hosts():
+    assert http_url("::1", 8000) == "http://[::1]:8000"
+    assert http_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    Load(http_url("::1", 8000), "m0")  # loopback: accepted
+    for url in ("http://10.0.0.5:8000", "http://127.example.org:8000"):
+        with pytest.raises(ValueError, match="loopback"):
+            Load(url, "m0")
 
 
 def test_non_loopback_host_needs_a_key(monkeypatch):
