@@ -179,14 +179,15 @@ def build_trainer(
     config_cls: type,
     trainer_cls: type,
     **stage: Any,
-) -> tuple[Any, int]:
-    """The glue SFT and DPO share: data, TRL config, policy, trainer; returns (trainer, rows).
+) -> Any:
+    """The glue SFT and DPO share: data, TRL config, policy, trainer; warns when TRL dropped
+    training rows.
 
     `stage` holds the stage's own TRL config keys (e.g. beta and the loss terms for DPO).
     """
     score_labelled_positions_only()
     tokenizer = load_tokenizer(job.model_path)
-    train, held_out = load_split(job.data_path, table_schema, columns, section, tokenizer)
+    train, held_out = load_split(job.data_path, table_schema, columns, section, tokenizer, where)
     args = trainer_args(
         config_cls,
         section,
@@ -206,7 +207,14 @@ def build_trainer(
         callbacks=with_early_stopping(args, section, callbacks),
     )
     check_eval_rows(trainer, where, section)
-    return trainer, len(train)
+    dropped = len(train) - len(trainer.train_dataset)
+    if dropped:
+        # TRL truncates keeping the start, then drops rows left without response tokens.
+        logger.warning(
+            "%s: %d of %d training rows dropped: the prompt fills %s.max_length=%d",
+            where, dropped, len(train), where, section.max_length,
+        )  # fmt: skip
+    return trainer
 
 
 def check_eval_rows(trainer: Any, where: str, section: TrainSection) -> None:

@@ -55,7 +55,7 @@ def build_dpo_trainer(
 
     # With a PEFT model and no ref_model / peft_config, DPOTrainer copies "default" into a
     # frozen "ref" adapter before any step: the reference is exactly M^t.
-    trainer, _ = common.build_trainer(
+    trainer = common.build_trainer(
         cfg, job, output_dir, callbacks, where="dpo", section=cfg.dpo, table_schema=schema.PAIRS,
         columns=COLUMNS, config_cls=DPOConfig, trainer_cls=DPOTrainer, beta=cfg.dpo.beta,
         **dpo_loss_terms(cfg.dpo.gamma),

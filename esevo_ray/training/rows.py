@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,8 @@ from esevo_ray.config import TrainSection
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.schema import read_table
 from esevo_ray.turns import drop_oldest_turns
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -57,35 +60,44 @@ def dialogue_of_rows(table: pa.Table) -> list[str] | None:
 
 def fit_prompt(
     tokenizer: Any, prompt: list[dict], answers: list[list[dict]], max_length: int
-) -> list[dict]:
-    """Drop the oldest dialogue turns of `prompt` until prompt + the longest answer fits.
+) -> tuple[list[dict], bool]:
+    """Drop the oldest dialogue turns of `prompt` until prompt + each answer fits.
 
-    TRL truncates the token sequence instead, which cuts the response (and then drops the
-    row) or the system prompt; dropping whole early turns keeps both. A leading system
-    message and the last turn always stay.
+    TRL truncates the token sequence instead, which cuts the end of a response (its EOS
+    first) or, when the prompt alone fills max_length, drops the row; dropping whole early
+    turns keeps the response whole. A leading system message and the last turn always stay.
+    Every answer is measured in tokens: the one with the most characters need not have the
+    most tokens.
+
+    Returns:
+        The fitted prompt, and whether it fits: False when even the last turn alone leaves no
+        room for an answer (TRL then cuts that answer).
     """
 
     def fits(turns: list[dict]) -> bool:
-        text = tokenizer.apply_chat_template([*system, *turns, *longest], tokenize=False)
-        return len(tokenizer.encode(text, add_special_tokens=False)) <= max_length
+        for answer in answers:
+            text = tokenizer.apply_chat_template([*system, *turns, *answer], tokenize=False)
+            if len(tokenizer.encode(text, add_special_tokens=False)) > max_length:
+                return False
+        return True
 
     system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
-    longest = max(answers, key=lambda a: sum(len(m["content"]) for m in a))
-    return [*system, *drop_oldest_turns(prompt[len(system) :], fits)]
+    turns = drop_oldest_turns(prompt[len(system) :], fits)
+    return [*system, *turns], fits(turns)
 
 
 def fit_table(
     table: pa.Table, tokenizer: Any, max_length: int, answer_columns: Sequence[str]
-) -> pa.Table:
-    """`fit_prompt` on every row's `prompt` column."""
-    prompts = [
+) -> tuple[pa.Table, int]:
+    """`fit_prompt` on every row's `prompt` column; returns the table and how many rows
+    still do not fit."""
+    fitted = [
         fit_prompt(tokenizer, row["prompt"], [row[c] for c in answer_columns], max_length)
         for row in table.select(["prompt", *answer_columns]).to_pylist()
     ]
-    index = table.column_names.index("prompt")
-    return table.set_column(
-        index, "prompt", pa.array(prompts, type=table.schema.field("prompt").type)
-    )
+    prompts = pa.array([p for p, _ in fitted], type=table.schema.field("prompt").type)
+    too_long = sum(not ok for _, ok in fitted)
+    return table.set_column(table.column_names.index("prompt"), "prompt", prompts), too_long
 
 
 def load_split(
@@ -94,6 +106,7 @@ def load_split(
     columns: Sequence[str],
     section: TrainSection,
     tokenizer: Any = None,
+    where: str = "train",
 ) -> tuple[Dataset, Dataset | None]:
     """Read a stage's Parquet input, check its schema, keep `columns`, split off eval rows.
 
@@ -106,9 +119,14 @@ def load_split(
     groups = dialogue_of_rows(table)
     table = table.select(list(columns))
     if tokenizer is not None:
-        table = fit_table(
-            table, tokenizer, section.max_length, [c for c in columns if c != "prompt"]
-        )
+        answers = [c for c in columns if c != "prompt"]
+        table, too_long = fit_table(table, tokenizer, section.max_length, answers)
+        if too_long:
+            logger.warning(
+                "%s: %d of %d rows do not fit %s.max_length=%d even with only their last turn: "
+                "TRL cuts the end of their response",
+                where, too_long, table.num_rows, where, section.max_length,
+            )  # fmt: skip
     train, held_out = split_eval(table, section.eval_fraction, section.seed, groups)
     if train.num_rows == 0:
         raise DataError(f"{path}: no training rows left after the eval split")

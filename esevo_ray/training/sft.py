@@ -7,7 +7,6 @@ loss covers the completion tokens only (`completion_only_loss=True`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from esevo_ray.config import RunConfig
 from esevo_ray.models import resolve_model
 from esevo_ray.training import common, raytrain
 from esevo_ray.training.common import TrainJob
-
-logger = logging.getLogger(__name__)
 
 SFT_FILE = "sft.parquet"
 COLUMNS = ("prompt", "completion")
@@ -30,20 +27,10 @@ def build_sft_trainer(
     """An SFTTrainer for `job` (also usable without Ray, e.g. in tests and benchmarks)."""
     from trl import SFTConfig, SFTTrainer
 
-    trainer, rows = common.build_trainer(
+    return common.build_trainer(
         cfg, job, output_dir, callbacks, where="sft", section=cfg.sft, table_schema=schema.SFT_ROWS,
         columns=COLUMNS, config_cls=SFTConfig, trainer_cls=SFTTrainer, completion_only_loss=True,
     )  # fmt: skip
-    dropped = rows - len(trainer.train_dataset)
-    if dropped:
-        # TRL truncates keeping the start, then drops rows left without response tokens.
-        logger.warning(
-            "sft: %d of %d training rows dropped: the prompt fills sft.max_length=%d",
-            dropped,
-            rows,
-            cfg.sft.max_length,
-        )
-    return trainer
 
 
 def sft_job(cfg: RunConfig, data_dir: str | Path) -> TrainJob:

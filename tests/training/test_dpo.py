@@ -187,3 +187,18 @@ def test_an_unfinished_generation_folder_is_refused(make_cfg, pairs_path, tmp_pa
         dpo_job(make_cfg(), folder, None)
     (folder / "manifest.json").write_text("{}")
     assert dpo_job(make_cfg(), folder, None).data_path == str(folder.resolve())
+
+
+def test_rows_that_do_not_fit_max_length_are_named(make_cfg, pairs_path, tmp_path, caplog):
+    """Pairs whose last turn alone leaves no room for an answer (TRL cuts it), and pairs TRL
+    drops because the prompt fills max_length, are counted in warnings, not lost silently."""
+    import logging
+
+    # The tiny pairs' prompts are 530-533 tokens, prompt + chosen 546-552.
+    cfg = make_cfg("dpo.max_length=531")
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.training"):
+        trainer = build_dpo_trainer(cfg, dpo_job(cfg, pairs_path, None), str(tmp_path / "hf"))
+    assert "dpo: 8 of 8 rows do not fit dpo.max_length=531" in caplog.text
+    dropped = 8 - len(trainer.train_dataset)
+    assert dropped > 0
+    assert f"dpo: {dropped} of 8 training rows dropped: the prompt fills" in caplog.text

@@ -142,9 +142,32 @@ def test_fit_prompt_drops_oldest_turns_and_keeps_system_and_answer(tiny_model):
     answer = [{"role": "assistant", "content": "I hear you."}]
     full = tok.apply_chat_template([system, *turns, *answer], tokenize=False)
     budget = len(tok.encode(full, add_special_tokens=False)) // 2
-    fitted = fit_prompt(tok, [system, *turns], [answer], budget)
-    assert fitted[0] == system and fitted[-1] == turns[-1]
+    fitted, fits = fit_prompt(tok, [system, *turns], [answer], budget)
+    assert fitted[0] == system and fitted[-1] == turns[-1] and fits
     assert 1 < len(fitted) < len(turns) + 1
     kept = tok.apply_chat_template([*fitted, *answer], tokenize=False)
     assert len(tok.encode(kept, add_special_tokens=False)) <= budget
-    assert fit_prompt(tok, [system, *turns], [answer], 10**6) == [system, *turns]
+    assert fit_prompt(tok, [system, *turns], [answer], 10**6) == ([system, *turns], True)
+    # Only the last turn and no room left: kept, and said not to fit.
+    fitted, fits = fit_prompt(tok, [system, *turns], [answer], 8)
+    assert fitted == [system, turns[-1]] and not fits
+
+
+def test_fit_prompt_makes_room_for_the_answer_with_most_tokens_not_most_characters(tiny_model):
+    from transformers import AutoTokenizer
+
+    from esevo_ray.training.rows import fit_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    size = lambda msgs: len(  # noqa: E731
+        tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
+    )
+    # Short turns: dropping one frees fewer tokens than the two answers differ by.
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "you"} for i in range(41)]
+    chosen = [{"role": "assistant", "content": "you " * 40}]  # a common word: few tokens
+    rejected = [{"role": "assistant", "content": "\U0001f600" * 30}]  # 30 characters, 4 tokens each
+    assert len(chosen[0]["content"]) > len(rejected[0]["content"])
+    assert size(rejected) > size(chosen)
+    budget = size([*turns, *rejected]) // 2
+    fitted, fits = fit_prompt(tok, turns, [chosen, rejected], budget)
+    assert fits and size([*fitted, *rejected]) <= budget and size([*fitted, *chosen]) <= budget
