@@ -27,7 +27,9 @@ def _print_result(out: Path) -> None:
     from esevo_ray.training.raytrain import read_summary
 
     summary = read_summary(out)
-    keys = ("global_step", "train_loss", "best_eval_loss", "stopped_early", "wall_seconds")
+    # train_loss covers the steps after resumed_from_step (null: the whole run).
+    keys = ("global_step", "resumed_from_step", "train_loss", "best_eval_loss", "stopped_early",
+            "wall_seconds")  # fmt: skip
     print(json.dumps({"out": str(out), **{k: summary.get(k) for k in keys}}, indent=2))
 
 

@@ -91,8 +91,9 @@ def steady_state(run: dict[str, Any], warmup: int) -> dict[str, float]:
         "pairs_per_s": (s1 - s0) * run["pairs_per_step"] / (t1 - t0),
         "tokens_per_s": (n1 - n0) / (t1 - t0),
         "world_size": run["world_size"],
-        # Model, data and trainer set-up up to the first logged step, inside the process.
-        "startup_s": marks[0][0] - run["started"] if "started" in run else float("nan"),
+        # Model, data and trainer set-up, and step 1, up to its log, inside the process
+        # (whatever the warm-up: from the first mark, not the first measured one).
+        "startup_s": run["marks"][0][0] - run["started"] if "started" in run else float("nan"),
     }
 
 

@@ -254,6 +254,8 @@ def summarize(
         "max_steps": state.max_steps,
         "epoch": state.epoch,
         "stopped_early": state.global_step < state.max_steps,
+        # transformers' mean over the steps this call ran: after a resume, those past
+        # resumed_from_step only (the whole run's logged losses are in log_history).
         "train_loss": output.training_loss,
         "train_metrics": output.metrics,
         "last_metrics": latest_metrics(history),

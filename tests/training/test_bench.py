@@ -18,9 +18,11 @@ def test_steady_state_drops_warmup_steps():
         "marks": [(0.0, 1, 100.0), (10.0, 2, 200.0), (12.0, 3, 300.0), (14.0, 4, 400.0)],
         "pairs_per_step": 4,
         "world_size": 1,
+        "started": -3.0,
     }
     got = steady_state(run, warmup=2)
     assert got["steps"] == 2 and got["seconds"] == 4.0
+    assert got["startup_s"] == 3.0  # to step 1's log, not to the end of the warm-up
     assert got["pairs_per_s"] == 2.0 and got["tokens_per_s"] == 50.0
     with pytest.raises(ValueError, match="warm-up"):
         steady_state(run, warmup=4)
