@@ -112,6 +112,8 @@ def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
         ("data.alpaca_samples=-1", "data.alpaca_samples: Input should be greater"),
         ("dpo.lora.r=0", "dpo.lora.r: Input should be greater"),
         ("generation.reflection_decoding.max_new_tokens=5000", "leave no room for the refine"),
+        # MiniLM's layer 6 is no default for another encoder (roberta-large's is 17)
+        ("eval.bertscore_model=/m/roberta-large", "set eval.bertscore_num_layers too"),
     ],
 )
 def test_bad_values_are_config_errors_that_name_them(override, message):
@@ -132,3 +134,11 @@ def test_two_step_room_is_checked_as_fit_context_counts_it():
 def test_a_folder_given_as_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path)
+
+
+def test_another_bertscore_encoder_with_its_layer_loads_and_survives_a_round_trip():
+    cfg = load_config(
+        None, ["eval.bertscore_model=/m/roberta-large", "eval.bertscore_num_layers=17"]
+    )
+    again = type(cfg).model_validate(cfg.model_dump(mode="json"))  # as Ray workers rebuild it
+    assert again.eval.bertscore_num_layers == 17

