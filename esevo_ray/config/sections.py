@@ -26,7 +26,8 @@ class DataSection(Section):
     extes_path: str | None = None
     serveforemo_path: str | None = None
     # Appendix A's greeting filter, on preference-data seeds only (seed_contexts): SFT and
-    # evaluation contexts keep every supporter turn (Table 2 scores all of them). A "turn" is
+    # evaluation contexts keep every supporter turn of the normalised dialogue (consecutive
+    # utterances merged, seeker first; Table 2 scores all of them). A "turn" is
     # read as one exchange, a seeker message and the supporter's reply: the replies of the
     # first `greeting_first` and the last `greeting_last` exchanges are not targets (the
     # paper: the first turn and the last two turns); they stay in later contexts.

@@ -9,8 +9,10 @@
   `distinct_n`: per response, distinct n-grams / n-grams, averaged over responses; a response
   with no n-gram (fewer than n tokens) scores 0. This per-response mean is what fits the
   paper's Table 2 values (72.8-97.1, the verbose vanilla model lowest).
-  `corpus_distinct_n` (Li et al. 2016's original): distinct n-grams over all responses / all
-  n-grams (n-grams do not cross response boundaries); it falls as the test set grows.
+  `corpus_distinct_n`: distinct n-grams over all responses / all n-grams (n-grams do not
+  cross response boundaries); it falls as the test set grows. This is the common reading of
+  Li et al. 2016, whose paper divides by the number of generated tokens instead (on ESConv's
+  test references: 43.3 vs 41.5 for Distinct-2).
 - BLEU-n: `nltk` corpus_bleu, cumulative uniform weights over 1..n-grams, smoothing method1.
   `bleu_stats` / `bleu_from_sums` recompute nltk's corpus BLEU from per-response counts, so a
   bootstrap resample costs a matrix product instead of a new pass over the texts.

@@ -5,7 +5,7 @@ Definitions (all computed with maintained libraries):
 - Tokenisation, BLEU-n and Distinct-n: see `lexical.py` (13a tokens of ASCII-normalised text;
   nltk corpus BLEU with cumulative uniform weights and smoothing method1; Distinct-n per
   response and averaged, which fits the paper's values, as `distinct_n`, and over the whole
-  corpus, Li et al.'s original, as `corpus_distinct_n`).
+  corpus, over n-grams as Li et al. is commonly read, as `corpus_distinct_n`).
   Per-response BLEU uses `sentence_bleu` with the same settings.
 - ROUGE-L: `rouge_score` ROUGE-L F-measure (its own tokenizer: lowercase, non-alphanumerics
   become spaces, no stemming), averaged over responses.

@@ -26,12 +26,15 @@ def test_normalise_merges_runs_and_trims_to_seeker_first_supporter_last():
         Turn(SEEKER, "I am sad"),
         Turn(SUPPORTER, "Why?", "Question"),
         Turn(SUPPORTER, "Tell me.", None),
+        Turn(SUPPORTER, "It is hard.", "Reflection of feelings"),
+        Turn(SUPPORTER, "What happened?", "Question"),
         Turn(SEEKER, "bye"),
     ]
     out = normalise(turns)
     assert roles(out) == [SEEKER, SUPPORTER]
     assert out[0].text == "hi I am sad"
-    assert out[1].text == "Why? Tell me." and out[1].strategy == "Question"
+    assert out[1].text == "Why? Tell me. It is hard. What happened?"
+    assert out[1].strategy == "Question + Reflection of feelings"  # every part's, once
 
 
 def test_greeting_filter_reads_a_turn_as_one_exchange():
