@@ -3,6 +3,7 @@ the fault-tolerance test hook."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -15,6 +16,9 @@ from transformers import TrainerCallback
 from esevo_ray.training.common import HF_DIR
 
 logger = logging.getLogger(__name__)
+
+BEST_DIR = "best"  # beside HF_DIR in a Ray checkpoint: the best adapter, when it is older
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 PROGRESS_KEYS = (
     "loss",
@@ -73,19 +77,67 @@ class RayReportCallback(TrainerCallback):
         import ray.train
 
         t0 = time.perf_counter()
-        src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         metrics = {**latest_metrics(state.log_history), "step": state.global_step}
         with tempfile.TemporaryDirectory() as tmp:
-            dst = Path(tmp) / HF_DIR
-            if state.is_world_process_zero:
-                copy_trainable_checkpoint(src, dst)
-            else:
-                for rng in src.glob("rng_state_*.pth"):
-                    dst.mkdir(exist_ok=True)
-                    shutil.copy2(rng, dst / rng.name)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp) if dst.exists() else None
+            filled = fill_checkpoint(Path(args.output_dir), state, Path(tmp))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if filled else None
             ray.train.report(metrics, checkpoint=checkpoint)
         self.seconds += time.perf_counter() - t0
+
+
+def fill_checkpoint(output_dir: Path, state: Any, root: Path) -> bool:
+    """What this rank reports of the HF checkpoint just saved in `output_dir`, put in `root`;
+    False when it has nothing to report.
+
+    Rank 0: the checkpoint (trainable adapter, optimizer, scheduler, trainer state) as
+    HF_DIR and, when an older checkpoint holds the best evaluation so far, that adapter as
+    BEST_DIR. Other ranks: their RNG state.
+    """
+    src = output_dir / f"checkpoint-{state.global_step}"
+    dst = root / HF_DIR
+    if state.is_world_process_zero:
+        copy_trainable_checkpoint(src, dst)
+        best = state.best_global_step
+        if best and best != state.global_step:
+            _copy_adapter(output_dir / f"checkpoint-{best}", root / BEST_DIR)
+    else:
+        for rng in src.glob("rng_state_*.pth"):
+            dst.mkdir(exist_ok=True)
+            shutil.copy2(rng, dst / rng.name)
+    return dst.exists()
+
+
+def restore_best(restored: Path, output_dir: Path) -> None:
+    """Put the best evaluation's adapter of a restored Ray checkpoint where the resumed
+    Trainer looks for it: `<output_dir>/checkpoint-<best step>`.
+
+    The Trainer state records the best model as a folder of the worker that saved it. A
+    worker restarted on another node has no such folder, and transformers would then drop
+    the best model and end on the last one (load_best_model_at_end with early stopping).
+    """
+    state_file = restored / HF_DIR / "trainer_state.json"
+    if not state_file.exists():
+        return
+    state = json.loads(state_file.read_text())
+    best = state.get("best_global_step")
+    if not best:
+        return
+    target = output_dir / f"checkpoint-{best}"
+    if not (target / ADAPTER_FILES[-1]).exists():
+        source = restored / (HF_DIR if best == state["global_step"] else BEST_DIR)
+        if not (source / ADAPTER_FILES[-1]).exists():
+            logger.warning("the checkpoint holds no adapter of the best step %d", best)
+            return
+        _copy_adapter(source, target)
+    state["best_model_checkpoint"] = str(target)
+    state_file.write_text(json.dumps(state, indent=2))
+
+
+def _copy_adapter(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
 
 
 def copy_trainable_checkpoint(src: Path, dst: Path) -> None:

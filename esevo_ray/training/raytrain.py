@@ -6,9 +6,11 @@
 
 Every worker builds the same trainer; DDP across workers comes from the process group that
 TorchTrainer sets up. Each HF save is reported to Ray Train (rank 0 sends adapter, optimizer
-and scheduler state, every rank its RNG state) and a restarted worker group resumes the HF
-Trainer from the latest one. The final adapter travels as a Ray checkpoint, so workers on
-other nodes never write into the driver's folders; the driver writes the output atomically.
+and scheduler state, and the best evaluation's adapter when an older checkpoint holds it;
+every rank its RNG state) and a restarted worker group, on any node, resumes the HF Trainer
+from the latest one with early stopping's best model intact. The final adapter travels as a
+Ray checkpoint, so workers on other nodes never write into the driver's folders; the driver
+writes the output atomically.
 """
 
 from __future__ import annotations
@@ -175,7 +177,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     from transformers.trainer_callback import PrinterCallback
 
-    from esevo_ray.training.callbacks import FailureInjector, ProgressLogger, RayReportCallback
+    from esevo_ray.training.callbacks import (
+        FailureInjector,
+        ProgressLogger,
+        RayReportCallback,
+        restore_best,
+    )
 
     loop_start = time.time()
     rank = ray.train.get_context().get_world_rank()
@@ -188,7 +195,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if restored is not None and (restored / FINAL_DIR).exists():
         logger.info("%s: the run had finished; nothing to resume", job.stage)
         return json.loads((restored / FINAL_DIR / SUMMARY_FILE).read_text())
-    resume = str(restored / HF_DIR) if restored is not None else None
+    resume = None
+    if restored is not None:
+        resume = str(restored / HF_DIR)
+        restore_best(restored, work / "hf")
 
     report = RayReportCallback()
     callbacks: list[Any] = [ProgressLogger(job.stage), report]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 import torch
@@ -171,3 +174,49 @@ def test_fit_prompt_makes_room_for_the_answer_with_most_tokens_not_most_characte
     budget = size([*turns, *rejected]) // 2
     fitted, fits = fit_prompt(tok, turns, [chosen, rejected], budget)
     assert fits and size([*fitted, *rejected]) <= budget and size([*fitted, *chosen]) <= budget
+
+
+def test_a_worker_restarted_on_another_node_still_ends_on_the_best_adapter(
+    make_cfg, tmp_path, tiny_model
+):
+    """Ray checkpoints carry the best evaluation's adapter, and the restore puts it where the
+    resumed Trainer's state says it is, so early stopping's best model survives a restart
+    on a node without the first worker's folders."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from esevo_ray.io import write_parquet
+    from esevo_ray.training.callbacks import fill_checkpoint, restore_best
+
+    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
+    # Best = the highest eval loss: the first evaluation, as the loss falls.
+    cfg = make_cfg(
+        "sft.max_steps=3", "sft.eval_fraction=0.25", "sft.eval_steps=1", "sft.save_steps=1",
+        "sft.early_stopping_patience=10", "sft.trl={greater_is_better: true}",
+    )  # fmt: skip
+    job = sft_job(cfg, tmp_path / "data")
+    ray_checkpoint = tmp_path / "ray-checkpoint"
+
+    class ReportAtStep2(TrainerCallback):  # what RayReportCallback sends at step 2
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                fill_checkpoint(Path(args.output_dir), state, ray_checkpoint)
+
+    first_node = tmp_path / "node-a" / "hf"
+    whole = build_sft_trainer(cfg, job, str(first_node), [ReportAtStep2()])
+    whole.train()
+    assert whole.state.best_global_step == 1
+    best = load_file(first_node / "checkpoint-1" / "adapter_model.safetensors")
+
+    shutil.rmtree(first_node)  # the restarted worker's node does not have them
+    other_node = tmp_path / "node-b" / "hf"
+    restore_best(ray_checkpoint, other_node)
+    resumed = build_sft_trainer(cfg, job, str(other_node))
+    resumed.train(resume_from_checkpoint=str(ray_checkpoint / common.HF_DIR))
+    assert resumed.state.global_step == 3 and resumed.state.best_global_step == 1
+    # load_best_model_at_end: both runs end on step 1's adapter, not step 3's.
+    for trainer in (whole, resumed):
+        weights = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
+        for name, value in best.items():
+            key = name.replace(".weight", ".default.weight")
+            torch.testing.assert_close(weights[key].detach(), value, msg=name)
