@@ -20,7 +20,7 @@ from esevo_ray.data.dialogue import DataError
 from esevo_ray.numerics import native_bf16, weights_dtype
 from esevo_ray.schema import read_table
 from esevo_ray.training.lm_head import score_labelled_positions_only
-from esevo_ray.training.rows import load_split
+from esevo_ray.training.rows import dialogue_of_rows, load_split, split_eval
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -248,8 +248,11 @@ def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type
                 base,
                 job.model_path,
             )
-    rows = read_table(job.data_path, schema).num_rows
-    n_eval = int(rows * section.eval_fraction)
-    if rows - n_eval <= 0:
-        raise DataError(f"{job.data_path}: {rows} rows leave nothing to train on")
-    return {"train_rows": rows - n_eval, "eval_rows": n_eval}
+    table = read_table(job.data_path, schema)
+    # The workers' split: whole dialogues held out (see rows.split_eval).
+    train, held_out = split_eval(
+        table, section.eval_fraction, section.seed, dialogue_of_rows(table)
+    )
+    if train.num_rows == 0:
+        raise DataError(f"{job.data_path}: {table.num_rows} rows leave nothing to train on")
+    return {"train_rows": train.num_rows, "eval_rows": held_out.num_rows if held_out else 0}

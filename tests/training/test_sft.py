@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from esevo_ray.io import write_parquet
 from esevo_ray.prompts import TASK_PROMPT
 from esevo_ray.training import common, rows
 from esevo_ray.training.common import TrainJob
@@ -75,6 +76,14 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
     assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
         "train_rows": 6,
         "eval_rows": 2,
+    }
+    # The workers' split holds out whole dialogues: two of four rows would overshoot 2.
+    table = sft_table(8)
+    ids = [f"d{i // 4}:{2 * (i % 4) + 1}" for i in range(8)]
+    write_parquet(table.set_column(0, "example_id", pa.array(ids)), sft_dir / "sft.parquet")
+    assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
+        "train_rows": 8,
+        "eval_rows": 0,
     }
     missing = TrainJob("sft", job.model_path, job.data_path, init_adapter=str(sft_dir))
     with pytest.raises(FileNotFoundError, match="adapter_config"):
@@ -185,7 +194,6 @@ def test_a_worker_restarted_on_another_node_still_ends_on_the_best_adapter(
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from esevo_ray.io import write_parquet
     from esevo_ray.training.callbacks import fill_checkpoint, restore_best
 
     write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
