@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429}
 
 
+def rejected(status: int) -> bool:
+    """An HTTP status that sending the same request again cannot change (a 4xx but 408, 409
+    and 429)."""
+    return status < 500 and status not in _RETRY_STATUS
+
+
 def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: float, before=None):
     """`client.chat.completions.create(**request)`, retrying transport errors.
 
@@ -44,7 +50,7 @@ def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: f
         try:
             return client.chat.completions.create(**request)
         except openai.APIStatusError as e:
-            if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
+            if rejected(e.status_code):
                 raise
             error: Exception = e
         except openai.APIConnectionError as e:  # includes timeouts

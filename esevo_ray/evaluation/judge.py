@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 _FATAL_STATUS = {401, 403, 404}
 REQUEST_FAILED = "request failed"  # the error of a verdict whose request failed for good
+# The error of a verdict whose request the endpoint refused (a 4xx such as 400: a content
+# filter, or a parameter it does not take); a run stops at once when its first
+# REJECTIONS_TO_STOP requests are all refused and none accepted.
+REQUEST_REJECTED = "request rejected"
+REJECTIONS_TO_STOP = 3
 # How the judge is called, not what it answers: a scores file written under other values
 # of these still lends its verdicts.
 _TRANSPORT = {
@@ -94,17 +99,20 @@ class JudgeClient:
             base_url=self.base_url, api_key=key or "EMPTY", max_retries=0, timeout=cfg.timeout_s
         )
         self._limiter = RateLimiter(cfg.requests_per_second)
+        self._replies = {"accepted": 0, "rejected": 0}
+        self._replies_lock = threading.Lock()
 
     def complete(self, messages: list[dict]) -> str | None:
         """One chat completion, retrying transport errors with exponential backoff.
 
         Raises:
-            JudgeError: the endpoint rejects the key, model or URL (401, 403, 404).
+            JudgeError: the endpoint rejects the key, model or URL (401, 403, 404), or
+                rejected the first REJECTIONS_TO_STOP requests and accepted none.
             openai.APIError: a transport error that outlasted the retries, or another 4xx.
         """
         import openai
 
-        from esevo_ray.evaluation.endpoint import create_with_retries
+        from esevo_ray.evaluation.endpoint import create_with_retries, rejected
 
         cfg = self.cfg
         extra = None if cfg.top_k is None else {"top_k": cfg.top_k}
@@ -118,23 +126,43 @@ class JudgeClient:
                 before=self._limiter.wait,
             )  # fmt: skip
         except openai.APIStatusError as e:
+            where = f"judge endpoint {self.base_url} model {self.model!r}: HTTP {e.status_code}"
             if e.status_code in _FATAL_STATUS:
+                raise JudgeError(f"{where}: {e.message}") from e
+            if rejected(e.status_code) and self._nothing_accepted_after_rejection():
                 raise JudgeError(
-                    f"judge endpoint {self.base_url} model {self.model!r}: "
-                    f"HTTP {e.status_code}: {e.message}"
+                    f"{where}: it rejected the first {REJECTIONS_TO_STOP} requests and "
+                    f"accepted none ({e.message}){rejection_hint(e.message)}"
                 ) from e
             raise
+        with self._replies_lock:
+            self._replies["accepted"] += 1
         return reply.choices[0].message.content if reply.choices else None
+
+    def _nothing_accepted_after_rejection(self) -> bool:
+        """Count a rejected request; True when REJECTIONS_TO_STOP were and none accepted."""
+        with self._replies_lock:
+            self._replies["rejected"] += 1
+            return (
+                self._replies["accepted"] == 0 and self._replies["rejected"] >= REJECTIONS_TO_STOP
+            )
 
     def judge(self, dimension: str, context: list[dict], response: str) -> Verdict:
         """Score one response on one dimension; missing (None) after repeated bad replies."""
         import openai
+
+        from esevo_ray.evaluation.endpoint import rejected
 
         messages = judge_messages(dimension, context, response, self.cfg.penalty)
         error = None
         for attempt in range(1, self.cfg.parse_retries + 2):
             try:
                 text = self.complete(messages)
+            except openai.APIStatusError as e:
+                if rejected(e.status_code):
+                    error = f"{REQUEST_REJECTED}: {e.message}"  # "Error code: 400 - ..."
+                    return Verdict(None, None, attempt, error)
+                return Verdict(None, None, attempt, f"{REQUEST_FAILED}: {e}")
             except openai.APIError as e:
                 return Verdict(None, None, attempt, f"{REQUEST_FAILED}: {e}")
             try:
@@ -285,7 +313,15 @@ def judge_file(
         write_parquet(
             scores.replace_schema_metadata({_SETTINGS_KEY: settings, _JUDGED_KEY: record}), out
         )
-    failed = scores.filter(pc.starts_with(pc.fill_null(scores["error"], ""), REQUEST_FAILED))
+    errors = pc.fill_null(scores["error"], "")
+    refused = scores.filter(pc.starts_with(errors, REQUEST_REJECTED))
+    if refused.num_rows:  # missing verdicts, like unparseable ones: sending again won't help
+        first = refused["error"][0].as_py()
+        logger.warning(
+            "judge %s: the endpoint rejected %d of %d requests (%s)%s",
+            client.model, refused.num_rows, scores.num_rows, first[:200], rejection_hint(first),
+        )  # fmt: skip
+    failed = scores.filter(pc.starts_with(errors, REQUEST_FAILED))
     if failed.num_rows:
         raise JudgeError(
             f"judge {client.model}: {failed.num_rows} of {scores.num_rows} requests failed "
@@ -321,8 +357,9 @@ def _judged(table: pa.Table) -> dict[tuple, str]:
 
 def _earlier_verdicts(out: Path, settings: str, judged: dict[tuple, str]) -> dict[tuple, Verdict]:
     """The verdicts of a scores file written before at `out` by the same judge and settings,
-    on the same context and response (`judged`), but for those whose request failed; none
-    from a file of other settings (or unreadable)."""
+    on the same context and response (`judged`), those with a score: a missing verdict
+    (request failed or rejected, reply unparseable) is asked for again. None from a file of
+    other settings (or unreadable)."""
     try:
         written = pq.read_schema(out).metadata or {}
     except (FileNotFoundError, pa.ArrowInvalid, OSError):
@@ -338,8 +375,15 @@ def _earlier_verdicts(out: Path, settings: str, judged: dict[tuple, str]) -> dic
             r["score"], r["explanation"], r["attempts"], r["error"]
         )
         for r in read_table(out, JUDGE_SCORES).to_pylist()
-        if _response_key(r) in same and not (r["error"] or "").startswith(REQUEST_FAILED)
+        if _response_key(r) in same and r["score"] is not None
     }
+
+
+def rejection_hint(message: str) -> str:
+    """What to change for a rejection whose message names a setting of eval.judge."""
+    if "top_k" in message:
+        return "; this endpoint takes no top_k (api.openai.com): set eval.judge.top_k=null"
+    return ""
 
 
 def _client(

@@ -36,7 +36,8 @@ class JudgeServer(ChatServer):
 
     [ok] valid verdict (score varies with the prompt), [flaky] one malformed reply then
     valid, [bad] always malformed, [e500] one HTTP 500 then valid, [down] HTTP 503 while
-    `down` is set (always, unless a test clears it). Model "forbidden" gets HTTP 401.
+    `down` is set (always, unless a test clears it), [reject] HTTP 400 naming top_k (as
+    api.openai.com answers a request with it). Model "forbidden" gets HTTP 401.
     """
 
     def reset(self) -> None:
@@ -52,6 +53,8 @@ class JudgeServer(ChatServer):
             n = self.seen[key]
         if body["model"] == "forbidden":
             return 401, "bad key"
+        if "[reject]" in user:
+            return 400, "Unrecognized request argument supplied: top_k"
         if ("[down]" in user and self.down) or ("[e500]" in user and n == 1):
             return 503 if "[down]" in user else 500, "overloaded"
         if "[bad]" in user or ("[flaky]" in user and n == 1):
@@ -298,9 +301,10 @@ def test_verdict_with_control_characters_in_the_explanation_parses():
     )
 
 
-def test_judge_file_keeps_what_it_got_and_asks_again_only_for_failed_requests(server, tmp_path):
+def test_judge_file_keeps_what_it_got_and_asks_again_only_for_missing_verdicts(server, tmp_path):
     """An endpoint down past its retries: the command fails, naming it, with the verdicts it
-    got written; run again, it asks only for the failed ones, unless the settings changed."""
+    got written; run again, it asks only for the missing ones (a failed request, an
+    unparseable reply), unless the settings changed."""
     path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[down] b", "[bad] c"])
     out, cfg = tmp_path / "judge_scores.parquet", judge_cfg(dimensions=["empathy"])
     judge = dict(n_samples=None, base_url=server.url, model="judge-x")
@@ -311,16 +315,17 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_failed_requests(se
     asked = server.seen.copy()
     server.down = False
     judge_file(path, out, cfg, **judge)
-    asked_again = [user for (_, user), n in server.seen.items() if n > asked[(_, user)]]
-    assert len(asked_again) == 1 and "[down] b" in asked_again[0], "kept verdicts asked again"
+    asked_again = sorted(user for (_, user), n in server.seen.items() if n > asked[(_, user)])
+    assert len(asked_again) == 2, "a kept verdict was asked for again"
+    assert any("[down] b" in u for u in asked_again) and any("[bad] c" in u for u in asked_again)
     scores = _scores_by_dialogue(out)
-    assert scores["d1"] is not None and scores["d2"] is None  # [bad] stays missing
+    assert scores["d1"] is not None and scores["d2"] is None  # [bad] is still unparseable
     # A response evaluated again (another text under the same key) is judged again.
     write_responses(path, "M0", ["[ok] a, said again", "[down] b", "[bad] c"])
     asked = server.seen.copy()
     judge_file(path, out, cfg, **judge)
     asked_again = [user for (_, user), n in server.seen.items() if n > asked[(_, user)]]
-    assert len(asked_again) == 1 and "[ok] a, said again" in asked_again[0]
+    assert len(asked_again) == 2 and any("[ok] a, said again" in u for u in asked_again)
     # Another reading of the rubrics' penalties: no verdict of the old one is kept.
     server.reset()
     server.down = False
@@ -330,3 +335,29 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_failed_requests(se
 
 def _scores_by_dialogue(out) -> dict[str, float | None]:
     return {r["dialogue_id"]: r["score"] for r in read_table(out, JUDGE_SCORES).to_pylist()}
+
+
+def test_a_rejected_request_is_a_missing_verdict_and_all_rejected_stops_at_once(
+    server, tmp_path, caplog
+):
+    """A 400 is not sent again (retries cannot change it) and is a missing verdict; when the
+    endpoint rejects the first requests and accepts none, the run stops, naming the fix."""
+    import logging
+
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[reject] b", "[ok] c"])
+    out, cfg = tmp_path / "judge_scores.parquet", judge_cfg(dimensions=["empathy"])
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.evaluation.judge"):
+        judge_file(path, out, cfg, n_samples=None, base_url=server.url, model="judge-x")
+    scores = _scores_by_dialogue(out)
+    assert scores["d0"] is not None and scores["d1"] is None
+    assert sum("[reject]" in user for _, user in server.seen) == 1
+    assert server.seen[next(k for k in server.seen if "[reject]" in k[1])] == 1
+    assert "rejected 1 of 3 requests" in caplog.text and "top_k=null" in caplog.text
+
+    server.reset()
+    refused = write_responses(tmp_path / "refused.parquet", "M0", ["[reject] x"] * 3)
+    six_at_most = judge_cfg(dimensions=["empathy", "coherence"], concurrency=1)
+    with pytest.raises(JudgeError, match=r"rejected the first 3 requests and accepted none"):
+        judge_file(refused, tmp_path / "refused_scores.parquet", six_at_most,
+                   n_samples=None, base_url=server.url, model="judge-x")  # fmt: skip
+    assert len(server.bodies) <= 3 + 1  # of 6: the run stopped (one more may be in flight)
