@@ -24,15 +24,23 @@ class Verdict:
     error: str | None = None
 
 
+# A reasoning model's draft, when the endpoint returns it inside the content.
+_THINKING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+
+
 def parse_verdict(text: str | None) -> tuple[float, str | None]:
-    """The (score, explanation) in a judge reply: a JSON object, possibly in a code fence.
+    """The (score, explanation) in a judge reply: its last JSON object with a valid score,
+    possibly in a code fence, outside any <think> block (a draft, an example of the format
+    or a scale quoted before the verdict do not count).
 
     Raises:
         VerdictError: no JSON object with a numeric `score` in [1, 5].
     """
     if not text:
         raise VerdictError("empty reply")
+    text = _THINKING.sub(" ", text)
     decoder = json.JSONDecoder(strict=False)  # control characters inside strings are harmless
+    found, invalid = None, None
     for match in re.finditer(r"\{", text):
         try:
             obj, _ = decoder.raw_decode(text, match.start())
@@ -45,10 +53,13 @@ def parse_verdict(text: str | None) -> tuple[float, str | None]:
             continue
         score = _number(fields["score"])
         if score is None or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
-            raise VerdictError(f"score {fields['score']!r} is not a number in {SCORE_RANGE}")
+            invalid = f"score {fields['score']!r} is not a number in {SCORE_RANGE}"
+            continue
         explanation = fields.get("explanation")
-        return score, None if explanation is None else str(explanation)
-    raise VerdictError(f"no JSON object with a score in reply {text[:80]!r}")
+        found = score, None if explanation is None else str(explanation)
+    if found is not None:
+        return found
+    raise VerdictError(invalid or f"no JSON object with a score in reply {text[:80]!r}")
 
 
 def _number(value: object) -> float | None:

@@ -99,6 +99,12 @@ def test_parse_verdict_formats():
     assert parse_verdict('{"explanation": "good", "score": 4}') == (4.0, "good")
     assert parse_verdict('Verdict:\n```json\n{"Score": "3", "Explanation": "x"}\n```') == (3.0, "x")
     assert parse_verdict('{"note": {"a": 1}} then {"score": 5}') == (5.0, None)
+    # The verdict is the last valid object, outside a reasoning model's draft.
+    draft = '<think>Draft: {"explanation": "warm", "score": 4}. A cap applies.</think>\n'
+    assert parse_verdict(draft + '{"explanation": "capped", "score": 2}') == (2.0, "capped")
+    scale = 'Scale: {"score": 5} is expert.\n{"explanation": "generic", "score": 3}'
+    assert parse_verdict(scale) == (3.0, "generic")
+    assert parse_verdict('Template: {"score": 0}\n{"explanation": "ok", "score": 3}') == (3.0, "ok")
     for bad in [
         "",
         None,
@@ -107,6 +113,7 @@ def test_parse_verdict_formats():
         '{"score": true}',
         '{"score": "high"}',
         '{"explanation": "no score"}',
+        '<think>{"score": 4} and then the reply was cut',  # a draft only: no verdict
     ]:
         with pytest.raises(VerdictError):
             parse_verdict(bad)
