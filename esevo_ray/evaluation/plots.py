@@ -19,6 +19,11 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def bar_heights(values: dict[str, float | None], groups: Sequence[str]) -> list[float]:
+    """One bar per group; NaN (no bar) where a value is missing, never a bar at 0."""
+    return [float("nan") if values.get(g) is None else float(values[g]) for g in groups]
+
+
 def grouped_bars(
     values: dict[str, dict[str, float | None]],
     groups: Sequence[str],
@@ -34,8 +39,7 @@ def grouped_bars(
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups)), 4))
     for i, name in enumerate(series):
         xs = [g + i * width for g in range(len(groups))]
-        ys = [values[name].get(g) or 0.0 for g in groups]
-        ax.bar(xs, ys, width, label=name)
+        ax.bar(xs, bar_heights(values[name], groups), width, label=name)
     ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(group_labels or groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)

@@ -126,8 +126,9 @@ def _render(
             "",
             judge_table(judged),
             "",
-            "Mean score on a 1-5 scale over non-missing verdicts; `missing` counts "
-            "verdicts that stayed unparseable or failed.",
+            "Mean score on a 1-5 scale over the contexts every model has a verdict for on "
+            "that dimension (`n` of them), so each change compares the same contexts; "
+            "`missing` counts each file's verdicts that stayed unparseable or failed.",
             "",
         ]
         md += _human_agreement(run_dir, judged)

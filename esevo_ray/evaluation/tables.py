@@ -5,7 +5,6 @@ from __future__ import annotations
 import pyarrow as pa
 
 from esevo_ray.config import JUDGE_DIMENSIONS
-from esevo_ray.evaluation.judge_scores import summarize
 
 METRIC_COLUMNS = {
     "bleu_2": "BLEU-2",
@@ -90,25 +89,45 @@ def esconv_table(metrics: dict[str, dict | None]) -> str:
 
 
 def judge_table(judged: dict[str, pa.Table]) -> str:
-    """Table 7 layout: mean judge score (1-5) per dimension, missing verdicts counted, and the
-    number of contexts judged."""
-    means: dict[str, dict[str, float | None]] = {}
+    """Table 7 layout: mean judge score (1-5) per dimension over the contexts every row has a
+    verdict for on it (so a change between rows compares the same contexts), each file's
+    missing verdicts, that number of contexts, and the judge.
+
+    Raises:
+        ValueError: a file holds verdicts of several models (one file per row).
+    """
+    scored: dict[str, dict[str, dict[tuple, float]]] = {}  # label -> dimension -> key -> score
     missing: dict[str, int] = {}
-    contexts: dict[str, int] = {}
+    judges: dict[str, str] = {}
     for label, table in judged.items():
-        keys = table.select(["dialogue_id", "turn_index"]).to_pylist()
-        contexts[label] = len({(k["dialogue_id"], k["turn_index"]) for k in keys})
-        by_model = summarize(table) if table.num_rows else {}
-        if len(by_model) > 1:
+        models = sorted(set(table.column("model").to_pylist()))
+        if len(models) > 1:
             raise ValueError(
-                f"{label}: judge scores of {len(by_model)} models ({', '.join(by_model)}); "
+                f"{label}: judge scores of {len(models)} models ({', '.join(models)}); "
                 "Table 7 takes one model's file per row"
             )
-        summary = next(iter(by_model.values()), {})
-        means[label] = {d: cell["mean"] for d, cell in summary.items()}
-        missing[label] = sum(int(cell["missing"]) for cell in summary.values())
-    dims = [d for d in JUDGE_DIMENSIONS if any(d in m for m in means.values())]
+        rows = table.select(["dialogue_id", "turn_index", "dimension", "score"]).to_pylist()
+        scored[label] = {}
+        for r in rows:
+            if r["score"] is not None:
+                key = (r["dialogue_id"], r["turn_index"])
+                scored[label].setdefault(r["dimension"], {})[key] = r["score"]
+        missing[label] = sum(r["score"] is None for r in rows)
+        judges[label] = ", ".join(sorted(set(table.column("judge_model").to_pylist())))
+    dims = [d for d in JUDGE_DIMENSIONS if any(d in s for s in scored.values())]
+    common = {d: set.intersection(*(set(s.get(d, ())) for s in scored.values())) for d in dims}
+    means = {
+        label: {d: sum(s[d][k] for k in common[d]) / len(common[d]) if common[d] else None
+                for d in dims}
+        for label, s in scored.items()
+    }  # fmt: skip
+    sizes = sorted({len(keys) for keys in common.values()})
+    n = "–" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     rows = delta_rows(means, dims)
     for row in rows:
-        row += [str(missing[row[0]]), str(contexts[row[0]])]
-    return markdown_table(["Model", *(d.capitalize() for d in dims), "missing", "n"], rows)
+        row += [str(missing[row[0]]), n]
+    table = markdown_table(["Model", *(d.capitalize() for d in dims), "missing", "n"], rows)
+    if len(set(judges.values())) == 1:
+        return f"{table}\n\nJudge: {next(iter(judges.values()))}."
+    named = "; ".join(f"{label}: {j}" for label, j in judges.items())
+    return f"{table}\n\nThe rows were scored by different judges ({named}): they do not compare."

@@ -99,10 +99,12 @@ def test_write_report_tables_and_plots(run_dir):
     assert f"| {m0['bleu_2']:.2f} |" in rows["M0"]
     assert f"{m1['bleu_2']:.2f} ({m1['bleu_2'] - m0['bleu_2']:+.2f})" in rows["M1"]
 
-    # Table 7 layout: means over non-missing verdicts, missing counted, deltas vs M0.
+    # Table 7 layout: means over the contexts judged for both (M0's d2 is missing, so M1's
+    # 5 there is left out too), missing counted, deltas vs M0, the judge named.
     assert "| Model | Coherence | Empathy | missing | n |" in text
-    assert "| M0 | 2.50 | 2.50 | 2 | 3 |" in text
-    assert "| M1 | 4.33 (+1.83) | 4.33 (+1.83) | 0 | 3 |" in text
+    assert "| M0 | 2.50 | 2.50 | 2 | 2 |" in text
+    assert "| M1 | 4.00 (+1.50) | 4.00 (+1.50) | 0 | 2 |" in text
+    assert "Judge: j." in text
     assert rows["M0"].endswith("| 3 |")  # contexts each row rests on
 
     # The ESConv-toolkit set, and paired intervals for M1, M2 vs M0 and M2 vs M1.
@@ -221,3 +223,23 @@ def test_table_7_refuses_a_file_of_several_models():
     assert "| m1 |" in table_7({"m1": judge_table("m1", [4, 4])})
     with pytest.raises(ValueError, match=r"m1: judge scores of 2 models \(m0, m1\)"):
         table_7({"m1": both})
+
+
+def test_table_7_names_rows_scored_by_different_judges():
+    from esevo_ray.evaluation.tables import judge_table as table_7
+
+    other = judge_table("m1", [4, 4])
+    other = other.set_column(
+        other.schema.get_field_index("judge_model"), "judge_model", pa.array(["k"] * 4)
+    )
+    text = table_7({"M0": judge_table("m0", [3, 2]), "M1": other})
+    assert "scored by different judges (M0: j; M1: k): they do not compare" in text
+
+
+def test_a_missing_score_is_no_bar_not_a_bar_at_zero():
+    import math
+
+    from esevo_ray.evaluation.plots import bar_heights
+
+    heights = bar_heights({"bleu_2": 0.0, "bertscore": None}, ["bleu_2", "bertscore", "meteor"])
+    assert heights[0] == 0.0 and math.isnan(heights[1]) and math.isnan(heights[2])
