@@ -97,6 +97,18 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#reply-1-B.kept"))
     pair_sid = _session_id(browser)
 
+    # A new tab (or a restarted browser) has no key yet: the session waits for it, kept.
+    from selenium.webdriver.common.keys import Keys
+
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    status = browser.find_element(By.ID, "status")
+    wait.until(lambda d: "enter the API key to resume" in status.text)
+    assert _session_id(browser) == pair_sid
+    browser.find_element(By.ID, "apikey").send_keys(API_KEY + Keys.TAB)
+    wait.until(lambda d: "Resumed your last session" in status.text)
+    assert browser.find_element(By.ID, "turn-count").text.startswith("Turns: 2 ")
+
     conn = sqlite3.connect(served.db)
     try:
         mode, rater = conn.execute(
