@@ -39,6 +39,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     if args.samples is not None:
         args.overrides = [*(args.overrides or []), f"eval.judge_samples={args.samples}"]
+    if args.endpoint or args.model:  # the judge they name, even where the config's is local
+        args.overrides = [*(args.overrides or []), "eval.judge.backend=endpoint"]
     cfg = load_args_config(args)
     existing(args.responses, "--responses", "responses Parquet")
     out = Path(args.out) if args.out else Path(args.responses).parent / "judge_scores.parquet"
@@ -205,7 +207,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("judge", help="LLM-as-a-judge scores of a responses.parquet")
     p.add_argument("--responses", required=True, help="responses.parquet (EVAL_RESPONSES)")
-    p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    p.add_argument(
+        "--endpoint",
+        help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (judges there, whatever "
+        "eval.judge.backend says)",
+    )
     p.add_argument("--model", help="judge model name at the endpoint")
     p.add_argument("--out", help="output parquet (default: judge_scores.parquet beside input)")
     p.add_argument(

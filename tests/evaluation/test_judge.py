@@ -274,11 +274,13 @@ def test_judge_cli_writes_scores(server, tmp_path, capsys):
             "eval.judge.dimensions=[coherence,empathy]",
             "eval.judge.backoff_s=0.01",
             "eval.judge.requests_per_second=200",
+            "eval.judge.backend=hf",  # a config's local judge: --endpoint still wins
         ]
     )
     assert args.func(args) == 0
     scores = read_table(tmp_path / "eval" / "judge_scores.parquet", JUDGE_SCORES)
-    assert scores.num_rows == 2 * 2
+    assert scores.num_rows == 2 * 2 and len(server.bodies) >= 4
+    assert set(scores.column("judge_model").to_pylist()) == {"judge-x"}
     assert set(scores.column("dimension").to_pylist()) == {"coherence", "empathy"}
     printed = json.loads(capsys.readouterr().out)
     assert printed["verdicts"] == 4 and "M0" in printed["summary"]
