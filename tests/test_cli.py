@@ -135,3 +135,28 @@ def test_a_ray_job_needs_an_absolute_output_dir(tmp_path, monkeypatch, capsys):
         assert main([*command, "--config", "run.yaml"]) == 2
         assert "output_dir 'runs' is relative, and this job runs in Ray's" in _error(capsys)
     assert not (job_dir / "runs").exists()
+
+
+def test_eval_of_another_runs_adapter_never_lands_in_this_runs_model_folder(
+    tmp_path, config, capsys, monkeypatch, tiny_model
+):
+    from esevo_ray.models import build_tiny_adapter
+
+    got = {}
+    monkeypatch.setattr(
+        "esevo_ray.evaluation.evaluate.evaluate_model",
+        lambda cfg, model, contexts, out, **kw: got.update(out=out, name=kw["name"]) or {},
+    )
+    (tmp_path / "contexts.parquet").write_bytes(b"")
+    runs = tmp_path / "runs"
+    own = build_tiny_adapter(tiny_model, runs / "t" / "m1" / "adapter", seed=1)
+    other = build_tiny_adapter(tiny_model, runs / "t-sr" / "m1" / "adapter", seed=2)
+    argv = ["eval", "--config", config, "--contexts", str(tmp_path / "contexts.parquet")]
+    capsys.readouterr()
+
+    assert main([*argv, "--adapter", str(own)]) == 0
+    assert (got["name"], got["out"]) == ("m1", runs / "t" / "m1" / "eval")
+    assert main([*argv, "--adapter", str(other)]) == 0
+    assert (got["name"], got["out"]) == ("t-sr-m1", runs / "t" / "eval" / "t-sr-m1")
+    assert main([*argv, "--adapter", str(other), "--name", "m1"]) == 2
+    assert "--name m1: that is this run's M1" in _error(capsys)

@@ -71,9 +71,37 @@ def _contexts(args: argparse.Namespace, layout) -> Path:
     )  # fmt: skip
 
 
+def _local_eval(layout, name: str | None, model: Path, adapter: str | None) -> tuple[str, Path]:
+    """The label and folder of a local model's evaluation. `m<t>/eval` holds this run's M^t
+    only: another run's `m1/adapter` is `<its run>-m1`, in `eval/`, so the loop's M1 (and
+    the report) never take its responses.
+    """
+    from esevo_ray.evaluation.evaluate import default_name
+    from esevo_ray.layout import model_index
+
+    label = name or default_name(model, adapter)
+    t = model_index(label)
+    if t is None:
+        return label, layout.eval(label)
+    own = layout.adapter(t)
+    if (adapter is None and layout.is_base(t)) or (
+        adapter is not None and Path(adapter).resolve() == own.resolve()
+    ):
+        return label, layout.eval(t)
+    if name is not None:
+        raise UsageError(
+            f"--name {name}: that is this run's M{t} (at {own}), and the model evaluated is "
+            "another one; give it another name"
+        )
+    folder = Path(adapter).resolve()  # <run>/m<t>/adapter, or a folder named m<t>
+    run = folder.parent.parent if folder.name == "adapter" else folder.parent
+    label = f"{run.name}-{label}"
+    return label, layout.eval(label)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.endpoint import is_endpoint
-    from esevo_ray.evaluation.evaluate import default_name, evaluate_model
+    from esevo_ray.evaluation.evaluate import evaluate_model
     from esevo_ray.models import resolve_model
 
     cfg, layout = run_of(args)
@@ -82,9 +110,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if model is None:  # with an endpoint, evaluate_model says why --adapter does not apply
         adapter_arg(args.adapter)
     model = model or resolve_model(args.model or cfg.model.path)
-    name = args.name or (args.served_model if is_endpoint(model) else None)
-    name = name or default_name(model, args.adapter)
-    out = layout.served_eval(name) if is_endpoint(model) else layout.eval(name)
+    if is_endpoint(model):
+        name = args.name or args.served_model
+        out = layout.served_eval(name)
+    else:
+        name, out = _local_eval(layout, args.name, model, args.adapter)
     manifest = evaluate_model(
         cfg, model, contexts, Path(args.out or out),
         name=name, adapter=args.adapter, served_model=args.served_model,
