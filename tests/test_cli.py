@@ -160,3 +160,21 @@ def test_eval_of_another_runs_adapter_never_lands_in_this_runs_model_folder(
     assert (got["name"], got["out"]) == ("t-sr-m1", runs / "t" / "eval" / "t-sr-m1")
     assert main([*argv, "--adapter", str(other), "--name", "m1"]) == 2
     assert "--name m1: that is this run's M1" in _error(capsys)
+
+
+def test_dpo_and_generate_agree_that_m0_is_the_base_under_evolve_init_base(
+    tmp_path, config, capsys, monkeypatch
+):
+    got = {}
+    monkeypatch.setattr(
+        "esevo_ray.training.dpo.train_dpo",
+        lambda cfg, pairs, init, out: got.update(init=init) or out,
+    )
+    monkeypatch.setattr("esevo_ray.cli.train._print_result", lambda out: None)
+    pairs = tmp_path / "pairs.parquet"
+    pairs.write_bytes(b"")
+    argv = ["dpo", "--config", config, "--iteration", "1", "--pairs", str(pairs)]
+    assert main([*argv, "evolve.init=base"]) == 0
+    assert got == {"init": None}  # DPO from the base model, as `esevo generate` samples it
+    assert main(argv) == 2  # evolve.init: sft wants m0's adapter
+    assert "--init" in _error(capsys)

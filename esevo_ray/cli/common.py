@@ -98,6 +98,12 @@ def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> P
     return Path(path)
 
 
+def base_before(cfg: RunConfig, layout: RunLayout, t: int) -> bool:
+    """Whether M^{t-1}, which makes iteration t's pairs and starts its DPO, is the base model
+    itself: M0 under evolve.init: base (before `esevo evolve` marks it so), or a marked one."""
+    return (t == 1 and cfg.evolve.init == "base") or layout.is_base(t - 1)
+
+
 def adapter_arg(path: str | Path | None, flag: str = "--adapter") -> Path | None:
     """A LoRA adapter folder given on the command line, checked before any work starts."""
     if path is None:

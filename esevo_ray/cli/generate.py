@@ -10,6 +10,7 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
+    base_before,
     command_group,
     existing,
     iteration,
@@ -27,7 +28,7 @@ def _generator_adapter(args: argparse.Namespace, cfg, layout) -> Path | None:
     if args.adapter is not None:
         return None if args.adapter.lower() == BASE else adapter_arg(args.adapter)
     models, t = layout.models(), args.iteration
-    if t == 1 and cfg.evolve.init == "base":
+    if base_before(cfg, layout, t):
         return None
     if t - 1 not in models:
         raise UsageError(

@@ -14,6 +14,7 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
+    base_before,
     existing,
     iteration,
     load_args_config,
@@ -56,7 +57,7 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     (cfg, layout), t = run_of(args), args.iteration
     pairs = existing(args.pairs or layout.pairs(t), "--pairs", "preference pairs",
                      f"run `esevo generate --config {args.config} --iteration {t}`")  # fmt: skip
-    default = None if layout.is_base(t - 1) else layout.adapter(t - 1)
+    default = None if base_before(cfg, layout, t) else layout.adapter(t - 1)
     init = _init_adapter(args.init, default)
     out = train_dpo(cfg, pairs, init, Path(args.out) if args.out else layout.adapter(t))
     _print_result(out)
