@@ -178,3 +178,29 @@ def test_dpo_and_generate_agree_that_m0_is_the_base_under_evolve_init_base(
     assert got == {"init": None}  # DPO from the base model, as `esevo generate` samples it
     assert main(argv) == 2  # evolve.init: sft wants m0's adapter
     assert "--init" in _error(capsys)
+
+
+def test_baselines_refuse_a_changed_run_before_any_stage_and_take_new_run(
+    config, capsys, monkeypatch
+):
+    from esevo_ray.config import load_config
+    from esevo_ray.layout import RunLayout
+    from esevo_ray.pipeline.experiments import variant
+    from esevo_ray.pipeline.manifest import Manifest
+
+    vanilla = variant(load_config(config), "vanilla", evolve={"init": "base", "iterations": 0})
+    Manifest.open(RunLayout.of(vanilla).root, vanilla)  # a run made with dpo.beta=0.1
+    started = []
+
+    def evolve(cfg):
+        started.append(cfg.name)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("esevo_ray.pipeline.experiments.evolve", evolve)
+    assert main(["baselines", "--config", config, "dpo.beta=0.5"]) == 2
+    err = _error(capsys)
+    assert "t-vanilla was made by a different config (dpo.beta changed)" in err
+    assert "--new-run" in err and started == []  # refused before any stage ran
+    with pytest.raises(RuntimeError, match="stop here"):
+        main(["baselines", "--config", config, "dpo.beta=0.5", "--new-run"])
+    assert started[0].startswith("t-2") and started[0].endswith("-vanilla")

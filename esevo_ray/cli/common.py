@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from pathlib import Path
 
 # Everything runs offline: no code path may reach a model hub.
@@ -61,6 +62,23 @@ def check_output_dir(cfg: RunConfig) -> None:
             f"copy of its working dir ({cwd}): the run would be lost with the Ray session; "
             "pass an absolute one, e.g. output_dir=/runs (a folder every node mounts)"
         )
+
+
+def add_new_run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--new-run", action="store_true",
+        help="start new run directories (<name>-<time>) instead of continuing the config's",
+    )  # fmt: skip
+
+
+def loop_config(args: argparse.Namespace) -> RunConfig:
+    """The config of a command that runs the loop (evolve, baselines, ablate pairs-table):
+    its output_dir checked, and a new run name (<name>-<time>) with --new-run."""
+    cfg = load_args_config(args)
+    check_output_dir(cfg)
+    if args.new_run:
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    return cfg
 
 
 def layout_of(cfg: RunConfig) -> RunLayout:

@@ -11,9 +11,11 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     adapter_arg,
     add_config_args,
+    add_new_run_arg,
     command_group,
     existing,
     load_args_config,
+    loop_config,
     run_of,
 )
 from esevo_ray.errors import UsageError
@@ -173,7 +175,7 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
 def cmd_ablate_pairs_table(args: argparse.Namespace) -> int:
     from esevo_ray.pipeline.experiments import pairs_table
 
-    summary = pairs_table(load_args_config(args))
+    summary = pairs_table(loop_config(args))
     print(Path(summary["table"]).read_text())
     print("runs: " + ", ".join(f"{arm} {root}" for arm, root in summary["runs"].items()))
     print(f"table: {summary['table']}")
@@ -183,7 +185,7 @@ def cmd_ablate_pairs_table(args: argparse.Namespace) -> int:
 def cmd_baselines(args: argparse.Namespace) -> int:
     from esevo_ray.pipeline.experiments import baselines
 
-    summary = baselines(load_args_config(args))
+    summary = baselines(loop_config(args))
     print(Path(summary["table"]).read_text())
     print(f"table: {summary['table']}")
     return 0
@@ -255,6 +257,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "baselines", help="Table 2: Vanilla, SFT-ESConv and M0..MT of the run, one table"
     )
     add_config_args(p)
+    add_new_run_arg(p)
     p.set_defaults(func=cmd_baselines)
 
     _add_ablate_parsers(sub)
@@ -292,6 +295,7 @@ def _add_ablate_parsers(sub: argparse._SubParsersAction) -> None:
         help="Table 5: the {HM,P} and {SR,P} arms from the base model, run and tabled",
     )
     add_config_args(p)
+    add_new_run_arg(p)
     p.set_defaults(func=cmd_ablate_pairs_table)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from esevo_ray.cli.common import add_config_args, check_output_dir, load_args_config
+from esevo_ray.cli.common import add_config_args, add_new_run_arg, loop_config
 from esevo_ray.generation.fallback import fallback_lines
 from esevo_ray.layout import RunLayout
 from esevo_ray.profile import table
@@ -36,16 +35,12 @@ def summary(layout: RunLayout) -> str:
 def cmd_evolve(args: argparse.Namespace) -> int:
     from esevo_ray.pipeline.evolve import evolve
 
-    cfg = load_args_config(args)
-    check_output_dir(cfg)
-    if args.new_run:
-        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
-    print(summary(evolve(cfg)))
+    print(summary(evolve(loop_config(args))))
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evolve", help="data -> SFT -> (pairs -> DPO -> eval) x T -> report")
     add_config_args(p)
-    p.add_argument("--new-run", action="store_true", help="start a new run directory (name-<time>)")
+    add_new_run_arg(p)
     p.set_defaults(func=cmd_evolve)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from esevo_ray.evaluation.tables import METRIC_COLUMNS, metrics_table, scores_of
 from esevo_ray.io import atomic_write_text
 from esevo_ray.layout import RunLayout
 from esevo_ray.pipeline.evolve import evolve
+from esevo_ray.pipeline.manifest import recorded
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,13 @@ def arm_configs(cfg: RunConfig) -> dict[str, RunConfig]:
     }
 
 
+def check_runs(cfgs: Iterable[RunConfig]) -> None:
+    """Refuse at once, before any stage runs, when a variant's run directory was made by
+    another config (RunConflict names it and the way out: --new-run)."""
+    for c in cfgs:
+        recorded(RunLayout.of(c).root, c)
+
+
 def _check_pairs_table(cfg: RunConfig) -> None:
     t, seeds = cfg.evolve.iterations, cfg.data.max_seed_dialogues
     if t < 1:
@@ -94,7 +103,9 @@ def pairs_table(cfg: RunConfig) -> dict:
         UsageError: fewer than one iteration, or fewer seed dialogues than iterations.
     """
     _check_pairs_table(cfg)
-    runs = {title: evolve(arm) for title, arm in arm_configs(cfg).items()}
+    arms = arm_configs(cfg)
+    check_runs(arms.values())
+    runs = {title: evolve(arm) for title, arm in arms.items()}
     models = {
         title: [Stage(f"M{t}", t, run) for t in range(cfg.evolve.iterations + 1)]
         for title, run in runs.items()
@@ -145,6 +156,7 @@ def baselines(cfg: RunConfig) -> dict:
         "SFT-ESConv": variant(cfg, "sft-esconv", data={"alpaca_samples": 0},
                               evolve={"iterations": 0}),
     }  # fmt: skip
+    check_runs([*others.values(), cfg])  # before hours of work on the first of them
     rows = [Stage(label, 0, evolve(other)) for label, other in others.items()]
     run = evolve(cfg)
     own = [Stage(f"M{t}", t, run) for t in range(cfg.evolve.iterations + 1)]

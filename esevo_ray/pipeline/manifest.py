@@ -107,6 +107,22 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig) -> None:
     data.update(config_digest=cfg.digest(), config=current)
 
 
+def recorded(run_dir: Path, cfg: RunConfig) -> dict:
+    """The manifest of an existing run that `cfg` may continue, holding `cfg` (nothing is
+    written); {} where no run is there yet.
+
+    Raises:
+        RunConflict: the run was made by another config (other than FREE_KEYS).
+    """
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("config_digest") != cfg.digest():
+        _check_same_run(run_dir, data, cfg)
+    return data
+
+
 @dataclass
 class Manifest:
     path: Path
@@ -117,10 +133,7 @@ class Manifest:
         """Load the run's manifest, or start one; refuse a run made by another config."""
         path = run_dir / "manifest.json"
         if path.exists():
-            data = json.loads(path.read_text())
-            old = data.get("config_digest")
-            if old != cfg.digest():
-                _check_same_run(run_dir, data, cfg)
+            data = recorded(run_dir, cfg)
             data["resumed"] = data.get("resumed", 0) + 1
         else:
             data = {
