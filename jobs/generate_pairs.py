@@ -1,7 +1,12 @@
 """Generate the preference pairs of iteration t with m<t-1> on a Ray cluster.
 
-ray job submit --working-dir . -- python jobs/generate_pairs.py \
-    --config configs/cpu-demo.yaml --iteration 1
+RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \
+    -- python jobs/generate_pairs.py --config configs/cpu-demo.yaml --iteration 1 \
+    "output_dir=$PWD/runs"
+
+The job runs in Ray's copy of the working dir: output_dir must be absolute (README, "On a
+Ray cluster").
 """
 
 from esevo_ray.cli import run_job

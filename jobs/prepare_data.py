@@ -1,7 +1,11 @@
 """Prepare a run's Parquet datasets (contexts, SFT rows) on a Ray cluster.
 
 RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \
-    -- python jobs/prepare_data.py --config configs/cpu-demo.yaml
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \
+    -- python jobs/prepare_data.py --config configs/cpu-demo.yaml "output_dir=$PWD/runs"
+
+The job runs in Ray's copy of the working dir: output_dir must be absolute (README, "On a
+Ray cluster").
 """
 
 from esevo_ray.cli import run_job

@@ -1,6 +1,11 @@
 """Run the self-evolution loop (data -> SFT -> pairs/DPO/eval x T -> report).
 
-ray job submit --working-dir . -- python jobs/self_evolve.py --config configs/cpu-demo.yaml
+RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \
+    -- python jobs/self_evolve.py --config configs/cpu-demo.yaml "output_dir=$PWD/runs"
+
+The job runs in Ray's copy of the working dir: output_dir must be absolute (README, "On a
+Ray cluster").
 """
 
 from esevo_ray.cli import run_job

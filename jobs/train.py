@@ -1,8 +1,15 @@
 """Train one stage on a Ray cluster: SFT (-> m0) or DPO (m<t-1> -> m<t>).
 
-ray job submit --working-dir . -- python jobs/train.py sft --config configs/cpu-demo.yaml
-ray job submit --working-dir . -- python jobs/train.py dpo --config configs/cpu-demo.yaml \
-    --iteration 1
+RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \
+    -- python jobs/train.py sft --config configs/cpu-demo.yaml "output_dir=$PWD/runs"
+RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \
+    -- python jobs/train.py dpo --config configs/cpu-demo.yaml --iteration 1 \
+    "output_dir=$PWD/runs"
+
+The job runs in Ray's copy of the working dir: output_dir must be absolute (README, "On a
+Ray cluster").
 """
 
 from esevo_ray.cli import run_job
