@@ -122,36 +122,43 @@ def make_pairs(
 ) -> list[dict]:
     """Turn context rows (CONTEXTS schema) into pair rows (PAIRS schema)."""
     t0 = time.perf_counter()
-    seed = cfg.decoding.seed
+    seed = cfg.reflection_decoding.seed  # the rejected response's comes from cfg.decoding
 
-    def seed_of(stage: str):
+    def seed_of(stage: str, index: list[int]):
         return lambda i, attempt: request_seed(
-            seed, rows[i]["dialogue_id"], rows[i]["turn_index"], iteration, stage, attempt
-        )
+            seed, rows[index[i]]["dialogue_id"], rows[index[i]]["turn_index"], iteration, stage,
+            attempt,
+        )  # fmt: skip
 
     contexts, task, rejected = _rejected(engine, cfg, rows, iteration)
     reject_texts = [r.text.strip() for r in rejected]
+    n = len(rows)
 
-    reflection_tokens, attempts = [0] * len(rows), [0] * len(rows)
-    reflections: list[dict | None] = [None] * len(rows)
-    if cfg.reflection_mode == "two_step":
+    reflection_tokens, attempts = [0] * n, [0] * n
+    reflections: list[dict | None] = [None] * n
+    two_step = cfg.reflection_mode == "two_step"
+    if two_step:
         build = [prompts.reflect_messages(c) for c in contexts]
         reflections, attempts, reflection_tokens = _retry(
-            engine, cfg, build, parse_reflection, seed_of("reflect"), prompts.REFLECT_SCHEMA
-        )
-    build = [
-        prompts.refine_messages(c, y, reflections[i] if cfg.reflection_mode == "two_step" else None)
-        for i, (c, y) in enumerate(zip(contexts, reject_texts, strict=True))
-    ]
-    refined, refine_attempts, refine_tokens = _retry(
-        engine, cfg, build, parse_refinement, seed_of("refine"), prompts.REFINE_SCHEMA
+            engine, cfg, build, parse_reflection, seed_of("reflect", list(range(n))),
+            prompts.REFLECT_SCHEMA,
+        )  # fmt: skip
+    # Eq. 5 refines with the reflection: a row whose reflection never parsed is not refined
+    # (its chosen side is the golden response, golden_parse_failure).
+    todo = [i for i in range(n) if not two_step or reflections[i] is not None]
+    build = [prompts.refine_messages(contexts[i], reject_texts[i], reflections[i]) for i in todo]
+    done, done_attempts, done_tokens = _retry(
+        engine, cfg, build, parse_refinement, seed_of("refine", todo), prompts.REFINE_SCHEMA
     )
+    refined: list[dict | None] = [None] * n
+    refine_attempts, refine_tokens = [0] * n, [0] * n
+    for j, i in enumerate(todo):
+        refined[i], refine_attempts[i], refine_tokens[i] = done[j], done_attempts[j], done_tokens[j]
 
     seconds = (time.perf_counter() - t0) / max(len(rows), 1)
     out = []
     for i, row in enumerate(rows):
         ref = refined[i] or {}
-        two_step = cfg.reflection_mode == "two_step" and reflections[i]
         chosen, source = choose(
             ref.get("refined_response"), reject_texts[i], row["golden"], cfg.length_ratio
         )
@@ -162,7 +169,7 @@ def make_pairs(
                 "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": reject_texts[i]}],
                 "chosen_source": source,
-                **{k: (reflections[i] if two_step else ref).get(k, "") for k in REFLECTION_KEYS},
+                **{k: (reflections[i] or ref).get(k, "") for k in REFLECTION_KEYS},
                 "evaluation_score": ref.get("evaluation_score"),
                 "feedback": ref.get("feedback", ""),
                 "attempts": attempts[i] + refine_attempts[i],

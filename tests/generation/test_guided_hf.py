@@ -63,6 +63,25 @@ def test_without_the_constraint_the_same_model_falls_back(engine):
     assert [p["chosen_source"] for p in pairs] == ["golden_parse_failure"] * len(ROWS)
 
 
+def test_two_step_never_refines_without_a_reflection(engine, monkeypatch):
+    """Eq. 5 refines with the reflection: where it never parsed, the row is a golden
+    fallback, and no refinement request (least of all the joint one) is sent for it."""
+    systems = []
+    chat = engine.chat
+
+    def recorded(conversations, *args, **kwargs):
+        systems.extend(c[0]["content"] for c in conversations)
+        return chat(conversations, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "chat", recorded)
+    pairs = make_pairs(engine, _gen("two_step", guided=False), ROWS, iteration=1)
+    assert [p["chosen_source"] for p in pairs] == ["golden_parse_failure"] * len(ROWS)
+    assert all(p["attempts"] == 1 for p in pairs)  # the one reflection attempt
+    refine = {prompts.REFINE_PROMPT, prompts.REFINE_WITH_REFLECTION_PROMPT}
+    assert not refine & set(systems)
+    assert systems.count(prompts.REFLECT_PROMPT) == len(ROWS)
+
+
 def test_constrained_text_follows_the_schema_key_order(engine):
     msgs = prompts.reflect_messages(ROWS[0]["context"])
     decoding = DecodingSection(max_new_tokens=400)
@@ -72,3 +91,25 @@ def test_constrained_text_follows_the_schema_key_order(engine):
     assert all(len(v) <= 100 for v in obj.values())  # maxLength holds
     assert out.text.startswith('{"user_profile":"')  # compact, as vLLM without whitespace
     assert parse_reflection(out.text)
+
+
+def test_reflection_decoding_seed_seeds_the_reflection_requests(engine, monkeypatch):
+    seeds: dict[str, list[int]] = {}
+    chat = engine.chat
+
+    def recorded(conversations, decoding, request_seeds, *args, **kwargs):
+        seeds.setdefault(conversations[0][0]["content"], []).extend(request_seeds)
+        return chat(conversations, decoding, request_seeds, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "chat", recorded)
+    runs = []
+    for seed in (0, 123):
+        seeds.clear()
+        cfg = _gen("joint", guided=True).model_copy(
+            update={"reflection_decoding": DecodingSection(max_new_tokens=700, seed=seed)}
+        )
+        make_pairs(engine, cfg, ROWS, iteration=1)
+        runs.append(dict(seeds))
+    task, refine = prompts.TASK_PROMPT, prompts.REFINE_PROMPT
+    assert runs[0][task] == runs[1][task]  # the rejected response: generation.decoding.seed
+    assert runs[0][refine] != runs[1][refine]
