@@ -87,11 +87,17 @@ def extract_object(text: str) -> dict[str, Any]:
     raise last_error or ParseError("no {...} object in the answer")
 
 
+# The prompt's answer template writes each value as <what goes here>: echoed back, it is
+# no answer.
+_PLACEHOLDER = re.compile(r"\s*<[^<>]*>\s*")
+_SCORE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*")  # "4", "4.5", "4/5"
+
+
 def _as_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value.strip()
+        return "" if _PLACEHOLDER.fullmatch(value) else value.strip()
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -101,10 +107,10 @@ def _as_score(value: Any) -> float | None:
     if isinstance(value, int | float):
         score = float(value)
     else:
-        match = re.search(r"\d+(?:\.\d+)?", str(value))
+        match = _SCORE.fullmatch(str(value))
         if not match:
             return None
-        score = float(match.group())
+        score = float(match.group(1))
     return score if 1 <= score <= 5 else None
 
 
@@ -128,12 +134,16 @@ def parse_refinement(text: str) -> dict[str, Any]:
     """Reflection fields, evaluation_score, feedback and the refined response.
 
     Raises:
-        ParseError: no object, or no non-empty `refined_response`.
+        ParseError: no object, or no `refined_response` text (an object, a list, a number or
+            the template's placeholder is none).
     """
     obj = _lower_keys(extract_object(text))
-    refined = _as_text(obj.get("refined_response"))
+    value = obj.get("refined_response")
+    if value is not None and not isinstance(value, str):
+        raise ParseError(f"'refined_response' is a {type(value).__name__}, not text")
+    refined = _as_text(value)
     if not refined:
-        raise ParseError("no non-empty 'refined_response'")
+        raise ParseError("no 'refined_response' text")
     inner = obj.get("understanding")
     understanding = _lower_keys(inner) if isinstance(inner, dict) else obj
     return {

@@ -74,6 +74,12 @@ def test_injected_fence_in_user_text_is_skipped_when_not_valid():
         "{unclosed",
         '{"refined_response": ""}',
         '{"feedback": "x"}',
+        # not text: an object, a list or a number would become the chosen response as JSON
+        '{"refined_response": {"strategy": "Question", "text": "How are you?"}}',
+        '{"refined_response": ["Sorry", "to hear"]}',
+        '{"refined_response": 3}',
+        # the template's placeholder echoed back
+        '{"refined_response": "<your refined response, short!>"}',
         "[1, 2]",
         "```json\n```",
     ],
@@ -81,6 +87,21 @@ def test_injected_fence_in_user_text_is_skipped_when_not_valid():
 def test_unusable_answers_raise(text):
     with pytest.raises(ParseError):
         parse_refinement(text)
+
+
+def test_echoed_placeholders_are_no_values():
+    out = parse_refinement(
+        '{"understanding": {"user_profile": "<profile of the user>", "user_emotion": "sad"}, '
+        '"evaluation_score": "<1-5>", "refined_response": "That sounds lonely."}'
+    )
+    assert out["user_profile"] == "" and out["user_emotion"] == "sad"
+    assert out["evaluation_score"] is None  # "<1-5>" is not a score of 1
+    assert (
+        parse_refinement('{"evaluation_score": " 4 ", "refined_response": "ok"}')[
+            "evaluation_score"
+        ]
+        == 4.0
+    )
 
 
 def test_reflection_flat_or_nested():
