@@ -204,3 +204,19 @@ def test_baselines_refuse_a_changed_run_before_any_stage_and_take_new_run(
     with pytest.raises(RuntimeError, match="stop here"):
         main(["baselines", "--config", config, "dpo.beta=0.5", "--new-run"])
     assert started[0].startswith("t-2") and started[0].endswith("-vanilla")
+
+
+def test_inspect_pairs_counts_words_as_the_length_rule_does(tmp_path, capsys):
+    import json
+
+    from esevo_ray.generation.pairs import words
+    from esevo_ray.io import write_parquet
+    from tests.evaluation.helpers import pairs_table
+
+    chosen = ["I hear you.\n\nTell me more.", "Sure  thing", ""]
+    table = pairs_table(1, chosen, ["a b", "c", "d e f"], ["refined"] * 3)
+    write_parquet(table, tmp_path / "pairs" / "part-0.parquet")
+    assert main(["inspect", "pairs", str(tmp_path / "pairs"), "--json"]) == 0
+    lengths = json.loads(capsys.readouterr().out)["length_words"]
+    assert lengths["chosen"]["max"] == max(words(c) for c in chosen) == 6
+    assert lengths["chosen"]["mean"] == round(sum(words(c) for c in chosen) / 3, 2)

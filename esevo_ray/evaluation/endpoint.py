@@ -188,7 +188,10 @@ def endpoint_responses(
     sent = [r["context"] for r in rows]
     if tokenizer is not None:
         counter = TokenCounter(tokenizer)
-        sent = [fit_context(counter, c, cfg.generation) for c in sent]
+        sent = [
+            fit_context(counter, c, cfg.generation, system_prompt=system_prompt, refine=False)
+            for c in sent
+        ]
     requests = [prompts.task_messages(c, system_prompt) for c in sent]
     _answer(cfg, endpoint, rows, requests, out_dir / PARTS, model_name, concurrency)
     return collect_responses(out_dir, contexts)

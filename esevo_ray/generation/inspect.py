@@ -32,7 +32,8 @@ def pairs_summary(path: str | Path, samples: int = 3) -> dict:
     counts = df["chosen_source"].value_counts(sort=True).rows()
     scores = df["evaluation_score"].drop_nulls().round(0).cast(pl.Int32).value_counts(sort=True)
     lengths = {
-        col: _length_stats(df[col].str.split(" ").list.len())
+        # words as the length rule counts them (pairs.words: whitespace-separated)
+        col: _length_stats(df[col].str.count_matches(r"\S+"))
         for col in ("rejected_text", "chosen_text", "golden")
     }
     return {

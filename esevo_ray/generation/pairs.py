@@ -31,21 +31,32 @@ def request_seed(
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
-def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSection) -> list[dict]:
+def fit_context(
+    engine: TokenCounter,
+    context: list[dict],
+    cfg: GenerationSection,
+    *,
+    system_prompt: str = prompts.TASK_PROMPT,
+    refine: bool = True,
+) -> list[dict]:
     """Drop the oldest turns until every request built on C_n fits the model.
 
-    P_task || C_n must fit `max_context_tokens`, and the refinement request, with room for the
-    rejected response inside it and the refined answer after it, must fit `max_model_len`; in
-    two-step mode it also holds the reflection, as long as `reflection_decoding.max_new_tokens`.
-    The last turn always stays.
+    The task request (`system_prompt`, P_task by default, || C_n) must fit
+    `max_context_tokens`; for preference pairs (`refine`) the refinement request, with room
+    for the rejected response inside it and the refined answer after it, must fit
+    `max_model_len` too; in two-step mode it also holds the reflection, as long as
+    `reflection_decoding.max_new_tokens`. An evaluation response (`refine=False`) is only
+    the task request. The last turn always stays.
     """
     refine_budget = cfg.refinement_budget()
     analysis = {} if cfg.reflection_mode == "two_step" else None
 
     def fits(ctx: list[dict]) -> bool:
-        return (
-            engine.count_tokens(prompts.task_messages(ctx)) <= cfg.max_context_tokens
-            and engine.count_tokens(prompts.refine_messages(ctx, "", analysis)) <= refine_budget
+        return engine.count_tokens(
+            prompts.task_messages(ctx, system_prompt)
+        ) <= cfg.max_context_tokens and (
+            not refine
+            or engine.count_tokens(prompts.refine_messages(ctx, "", analysis)) <= refine_budget
         )
 
     context = drop_oldest_turns(context, fits)
@@ -55,12 +66,12 @@ def fit_context(engine: TokenCounter, context: list[dict], cfg: GenerationSectio
         last = last[len(last) // 2 :]
         context = [*context[:-1], {**context[-1], "content": " ".join(last)}]
     if not fits(context):
-        task = engine.count_tokens(prompts.task_messages(context))
-        refine = engine.count_tokens(prompts.refine_messages(context, "", analysis))
+        task = engine.count_tokens(prompts.task_messages(context, system_prompt))
+        request = engine.count_tokens(prompts.refine_messages(context, "", analysis))
         raise ValueError(
             f"the prompts do not fit: P_task takes {task} tokens (generation.max_context_tokens="
-            f"{cfg.max_context_tokens}), the refinement request {refine} (budget {refine_budget} "
-            f"from generation.max_model_len={cfg.max_model_len})"
+            f"{cfg.max_context_tokens}), the refinement request {request} (budget "
+            f"{refine_budget} from generation.max_model_len={cfg.max_model_len})"
         )
     return context
 

@@ -134,7 +134,12 @@ class Responder(EngineActor):
         self.model_name, self.system_prompt = model_name, system_prompt
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
-        contexts = [fit_context(self.engine, r["context"], self.gen) for r in rows]
+        contexts = [
+            fit_context(
+                self.engine, r["context"], self.gen, system_prompt=self.system_prompt, refine=False
+            )
+            for r in rows
+        ]
         outs = self.engine.chat(
             [prompts.task_messages(c, self.system_prompt) for c in contexts],
             self.gen.decoding,

@@ -81,6 +81,28 @@ def test_two_step_refinement_leaves_room_for_the_reflection_it_holds():
         assert longest <= gen.max_model_len, (mode, longest)
 
 
+def test_an_evaluation_context_is_fitted_to_its_own_request_only():
+    """r_n = M(P || C_n) is one request: the refinement budget (set by the reflection
+    settings) has no say in it, and the system prompt sent (a Table 3 ablation's) is counted."""
+    from esevo_ray.config import load_config
+    from esevo_ray.generation.pairs import fit_context
+    from esevo_ray.prompts import TASK_PROMPT
+
+    ctx = [{"role": "user" if i % 2 == 0 else "assistant", "content": "w " * 60} for i in range(40)]
+    gen = load_config(
+        None, ["generation.max_model_len=4096", "generation.max_context_tokens=3500",
+               "generation.reflection_decoding.max_new_tokens=2000"],
+    ).generation  # fmt: skip
+    pairs = fit_context(_WordEngine(), ctx, gen)
+    evaluation = fit_context(_WordEngine(), ctx, gen, refine=False)
+    assert len(evaluation) > len(pairs)  # the refinement budget binds the pairs only
+    assert _WordEngine().count_tokens([{"content": TASK_PROMPT}, *evaluation]) <= 3500
+    longer = "x " * 1500
+    shorter = fit_context(_WordEngine(), ctx, gen, system_prompt=longer, refine=False)
+    assert _WordEngine().count_tokens([{"content": longer}, *shorter]) <= 3500
+    assert len(shorter) < len(evaluation)
+
+
 def test_config_rejects_context_longer_than_model():
     import pytest
 
