@@ -192,10 +192,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_llm(args: argparse.Namespace) -> int:
-    from esevo_ray.evaluation.llm_bench import run_lm_eval
+    from esevo_ray.evaluation.llm_bench import default_tasks, run_lm_eval
 
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else default_tasks(args.api)
     result = run_lm_eval(
-        args.endpoint, [t for t in args.tasks.split(",") if t], args.out,
+        args.endpoint, tasks, args.out,
         served_model=args.served_model, api=args.api, tokenizer=args.tokenizer,
         limit=args.limit, num_fewshot=args.num_fewshot, concurrency=args.concurrency,
     )  # fmt: skip
@@ -305,7 +306,11 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
 
     p = bench.add_parser("llm", help="lm-evaluation-harness tasks against a served model")
     p.add_argument("--endpoint", required=True, help="server URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--tasks", default=",".join(PAPER_TASKS), help="comma-separated lm-eval tasks")
+    p.add_argument(
+        "--tasks",
+        help=f"comma-separated lm-eval tasks (default: of {','.join(PAPER_TASKS)}, those --api "
+        "can run: the multiple-choice ones need completions)",
+    )
     p.add_argument("--served-model", default="current", help="model name at the endpoint")
     p.add_argument("--api", choices=["chat", "completions"], default="chat")
     p.add_argument("--tokenizer", help="tokenizer for --api completions")

@@ -21,7 +21,8 @@ class ModelSection(Section):
 class DataSection(Section):
     # None: $ESEVO_DATA_DIR, else ../shared/data when it exists.
     data_dir: str | None = None
-    # Seed contexts for preference data: ExTES / ServeForEmo when present, else the ESConv pool.
+    # Seed contexts for preference data: ESConv's training pool and/or ExTES / ServeForEmo (the
+    # paper's), whose files must then exist at extes_path / serveforemo_path.
     seed_sources: list[Literal["esconv", "extes", "serveforemo"]] = ["esconv"]
     extes_path: str | None = None
     serveforemo_path: str | None = None

@@ -143,9 +143,15 @@ def _seed_dialogues(
             continue
         path = cfg.extes_path if source == "extes" else cfg.serveforemo_path
         loader = load_extes if source == "extes" else load_serveforemo
-        if not path:
+        if not path or not Path(path).exists():
+            where = (
+                f"no file at data.{source}_path={path}"
+                if path
+                else f"data.{source}_path is not set"
+            )
             raise FileNotFoundError(
-                f"data.seed_sources has {source!r} but data.{source}_path is not set"
+                f"data.seed_sources has {source!r} but {where}: put the {source} release there, "
+                "or seed from ESConv's training pool with data.seed_sources=[esconv]"
             )
         loaded = loader(Path(path), cfg.on_bad_record)
         report["skipped"][source] = loaded.skipped

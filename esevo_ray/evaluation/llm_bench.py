@@ -23,6 +23,16 @@ from esevo_ray.io import atomic_write_text
 logger = logging.getLogger(__name__)
 
 PAPER_TASKS = ("gsm8k", "ifeval", "truthfulqa_mc2", "openbookqa", "mmlu_pro")
+# Scored by log-likelihood: they need log-probabilities, which only a completions API gives.
+LOGLIKELIHOOD_TASKS = ("truthfulqa_mc2", "openbookqa")
+
+
+def default_tasks(api: str) -> list[str]:
+    """The paper's tasks that `api` can run: the generative ones over chat, all five over
+    completions."""
+    return [t for t in PAPER_TASKS if api == "completions" or t not in LOGLIKELIHOOD_TASKS]
+
+
 # The metric reported per task (others stay in results.json).
 PRIMARY_METRIC = {
     "gsm8k": "exact_match,strict-match",
@@ -75,12 +85,18 @@ def run_lm_eval(
         BenchUnavailable: lm_eval is not installed, or a task's data cannot be loaded.
         UsageError: an unknown task name or `api`.
     """
+    if api not in ("chat", "completions"):
+        raise UsageError(f"api must be 'chat' or 'completions', got {api!r}")
+    if api == "chat" and (scored := [t for t in tasks if t in LOGLIKELIHOOD_TASKS]):
+        raise UsageError(
+            f"tasks {scored} are scored by log-likelihood, which chat completions do not give: "
+            "run them with --api completions --tokenizer <folder> against a server with "
+            "/v1/completions, or leave them out of --tasks"
+        )
     require_lm_eval()
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    if api not in ("chat", "completions"):
-        raise UsageError(f"api must be 'chat' or 'completions', got {api!r}")
     unknown = [t for t in tasks if t not in TaskManager().all_tasks]
     if unknown:
         raise UsageError(f"lm-eval has no tasks {unknown} (see `lm-eval ls tasks`)")

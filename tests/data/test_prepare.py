@@ -209,3 +209,16 @@ def test_seed_ids_are_named_by_source_and_must_be_unique(tmp_path, data_root):
     ):
         prepare_data(cfg.data, tmp_path / "dup")
     assert not (tmp_path / "dup").exists()
+
+
+def test_a_missing_seed_source_file_says_how_to_seed_from_esconv(tmp_path, data_root):
+    """The L40 configs seed from ExTES and ServeForEmo, as the paper; where their files are
+    not, the error names the key and the way out, and nothing is written."""
+    cfg = load_config(
+        None, ["data.seed_sources=[extes]", f"data.extes_path={tmp_path / 'no.json'}"]
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"no file at data.extes_path=.*seed_sources=\[esconv\]"
+    ):
+        prepare_data(cfg.data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

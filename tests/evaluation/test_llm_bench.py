@@ -21,6 +21,19 @@ def test_bench_llm_without_lm_eval_says_what_is_missing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_multiple_choice_tasks_over_chat_are_refused_before_anything_runs(tmp_path, capsys):
+    from esevo_ray.evaluation.llm_bench import default_tasks
+
+    assert default_tasks("chat") == ["gsm8k", "ifeval", "mmlu_pro"]
+    assert default_tasks("completions") == list(PAPER_TASKS)
+    out = tmp_path / "bench"
+    argv = ["bench", "llm", "--endpoint", "http://127.0.0.1:9", "--out", str(out)]
+    assert cli.main([*argv, "--tasks", "gsm8k,openbookqa"]) == 2
+    err = capsys.readouterr().err
+    assert "tasks ['openbookqa'] are scored by log-likelihood" in err and "--api completions" in err
+    assert not out.exists()
+
+
 def test_paper_tasks_and_primary_metric():
     assert PAPER_TASKS == ("gsm8k", "ifeval", "truthfulqa_mc2", "openbookqa", "mmlu_pro")
     metrics = {
