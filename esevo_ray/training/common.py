@@ -240,7 +240,17 @@ def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type
         adapter_cfg = Path(job.init_adapter) / "adapter_config.json"
         if not adapter_cfg.exists():
             raise FileNotFoundError(f"init adapter {job.init_adapter} has no adapter_config.json")
-        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        init = json.loads(adapter_cfg.read_text())
+        base = init.get("base_model_name_or_path")
+        shape = {"r": init.get("r"), "alpha": init.get("lora_alpha")}
+        wanted = {"r": section.lora.r, "alpha": section.lora.alpha}
+        if shape != wanted:
+            # Training continues M^t's adapter: its own LoRA shape is the one trained.
+            logger.warning(
+                "%s.lora %s is not used: training continues the init adapter %s, whose LoRA "
+                "has %s",
+                job.stage, wanted, job.init_adapter, shape,
+            )  # fmt: skip
         if base and Path(base).name != Path(job.model_path).name:
             logger.warning(
                 "init adapter %s was trained on %s, not on %s",
