@@ -217,6 +217,14 @@ def test_inspect_pairs_counts_words_as_the_length_rule_does(tmp_path, capsys):
     table = pairs_table(1, chosen, ["a b", "c", "d e f"], ["refined"] * 3)
     write_parquet(table, tmp_path / "pairs" / "part-0.parquet")
     assert main(["inspect", "pairs", str(tmp_path / "pairs"), "--json"]) == 0
-    lengths = json.loads(capsys.readouterr().out)["length_words"]
+    summary = json.loads(capsys.readouterr().out)
+    lengths = summary["length_words"]
     assert lengths["chosen"]["max"] == max(words(c) for c in chosen) == 6
     assert lengths["chosen"]["mean"] == round(sum(words(c) for c in chosen) / 3, 2)
+    assert summary["rejected_at_token_limit"] is None  # no producer.json: no limit known
+    # A generation folder names its limit: rejected answers that reached it were cut.
+    (tmp_path / "pairs" / "producer.json").write_text('{"generation.decoding.max_new_tokens": 10}')
+    assert main(["inspect", "pairs", str(tmp_path / "pairs")]) == 0  # every row: 10 tokens
+    assert "rejected at the token limit (generation.decoding.max_new_tokens=10): 3 (100.0%)" in (
+        capsys.readouterr().out
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
 
 from esevo_ray import schema
+from esevo_ray.parts import PRODUCER_FILE
 
 
 def load_pairs(path: str | Path) -> pl.DataFrame:
@@ -19,6 +21,24 @@ def _length_stats(words: pl.Series) -> dict:
         "mean": round(float(words.mean() or 0), 2),
         "median": float(words.median() or 0),
         "max": int(words.max() or 0),
+    }
+
+
+def at_token_limit(path: str | Path, df: pl.DataFrame) -> dict | None:
+    """Rejected responses that reached generation.decoding.max_new_tokens, most likely cut
+    mid-sentence (the DPO rejected side, and the length rule's yardstick); the limit is read
+    from a generation folder's producer.json, None without one."""
+    producer = Path(path) / PRODUCER_FILE
+    if not producer.is_file():
+        return None
+    limit = json.loads(producer.read_text()).get("generation.decoding.max_new_tokens")
+    if not limit:
+        return None
+    rows = int((df["rejected_tokens"] >= limit).sum())
+    return {
+        "max_new_tokens": limit,
+        "rows": rows,
+        "rate": round(rows / df.height, 4) if df.height else 0.0,
     }
 
 
@@ -44,6 +64,7 @@ def pairs_summary(path: str | Path, samples: int = 3) -> dict:
         "chosen_source": {src: c for src, c in counts},
         "chosen_source_rate": {src: round(c / n, 4) for src, c in counts} if n else {},
         "length_words": {k.removesuffix("_text"): v for k, v in lengths.items()},
+        "rejected_at_token_limit": at_token_limit(path, df),
         "evaluation_score_histogram": {
             int(s): c for s, c in scores.sort("evaluation_score").rows()
         },
@@ -76,6 +97,14 @@ def format_summary(s: dict) -> str:
             f"  {k:9s} mean {v['mean']:6.1f}  median {v['median']:5.0f}  max {v['max']}"
             for k, v in s["length_words"].items()
         ),
+        *(
+            [
+                "rejected at the token limit (generation.decoding.max_new_tokens="
+                f"{cut['max_new_tokens']}): {cut['rows']} ({cut['rate']:.1%})"
+            ]
+            if (cut := s.get("rejected_at_token_limit"))
+            else []
+        ),  # fmt: skip
         f"evaluation_score: {s['evaluation_score_histogram']} "
         f"(missing {s['evaluation_score_missing']})",
         "samples:",
