@@ -58,10 +58,22 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_config(tmp_path / "list.yaml")
 
 
-def test_env_vars_expand_in_paths(monkeypatch):
+def test_env_vars_expand_in_paths(monkeypatch, caplog):
     monkeypatch.setenv("ESEVO_MODELS", "/models")
-    cfg = load_config(None, ["model.path=${ESEVO_MODELS}/m"])
+    monkeypatch.delenv("ESEVO_NOT_SET", raising=False)
+    cfg = load_config(
+        None, ["model.path=${ESEVO_MODELS}/m", "serve.crisis_text=Call $ESEVO_MODELS"]
+    )
     assert cfg.model.path == "/models/m"
+    assert cfg.serve.crisis_text == "Call $ESEVO_MODELS"  # text, not a path: kept as written
+    # An unset variable: refused where the run would be written, named elsewhere.
+    with pytest.raises(
+        ConfigError, match=r"output_dir '\$\{ESEVO_NOT_SET\}/runs': \$ESEVO_NOT_SET is not set"
+    ):
+        load_config(None, ["output_dir=${ESEVO_NOT_SET}/runs"])
+    cfg = load_config(None, ["data.extes_path=$ESEVO_NOT_SET/ExTES.json"])
+    assert cfg.data.extes_path == "$ESEVO_NOT_SET/ExTES.json"
+    assert "data.extes_path '$ESEVO_NOT_SET/ExTES.json': $ESEVO_NOT_SET is not set" in caplog.text
 
 
 def test_digest_changes_with_config():

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ __all__ = [
     "DEFAULT_CRISIS_TEXT", "HumanEvalSection", "ServeSection", "RunConfig", "load_config",
     "save_config", "apply_overrides", "parse_override",
 ]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 
 class RunConfig(Section):
@@ -93,13 +97,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _expand_env(node: Any) -> Any:
-    """Expand `$VAR` / `${VAR}` in string values (model and data paths)."""
+_ENV_VAR = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+
+
+def _is_path_key(key: str) -> bool:
+    return key == "path" or key.endswith(("_path", "_dir", "_model"))
+
+
+def _expand_env(node: Any, where: str = "") -> Any:
+    """Expand `$VAR` / `${VAR}` in path values (`path`, `*_path`, `*_dir`, `*_model` keys:
+    model and data folders, output_dir, ...); other text (a crisis message, say) is kept as
+    written.
+
+    Raises:
+        ConfigError: a variable in `output_dir` is not set: the run would be written into a
+            folder named after it. Elsewhere an unset variable is left as written, with a
+            warning naming the key (the path is checked where it is used).
+    """
     if isinstance(node, dict):
-        return {k: _expand_env(v) for k, v in node.items()}
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_env(v) for v in node]
-    return os.path.expandvars(node) if isinstance(node, str) else node
+        return [_expand_env(v, where) for v in node]
+    if not isinstance(node, str) or not _is_path_key(where.rsplit(".", 1)[-1]):
+        return node
+    unset = [a or b for a, b in _ENV_VAR.findall(node) if (a or b) not in os.environ]
+    if unset and where == "output_dir":
+        raise ConfigError(f"output_dir {node!r}: ${unset[0]} is not set")
+    if unset:
+        logger.warning("%s %r: $%s is not set, the path is kept as written", where, node, unset[0])
+    return os.path.expandvars(node)
 
 
 def _describe(err: ValidationError, source: str) -> str:
