@@ -1,4 +1,10 @@
-"""Atomic file and Parquet writes: an output is either complete or absent."""
+"""Atomic file and Parquet writes: an output is either complete or absent.
+
+A write goes to a temporary sibling, is flushed to disk, then renamed over the target, and
+the folder's entry is flushed too, so a crash (of the process or of the node) leaves the old
+version or the new one, never a torn file. Outputs get the permissions the umask gives any
+new file, as a plain `open` would (temporary files start owner-only).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,37 @@ import pyarrow.parquet as pq
 from esevo_ray.errors import UsageError
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for every thread at once)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file, or a folder's entries, to disk (where the filesystem syncs folders)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):  # some filesystems cannot sync a folder: nothing lost
+            raise
+    finally:
+        os.close(fd)
+
+
+def _publish_file(tmp: str | Path, path: Path) -> None:
+    os.chmod(tmp, 0o666 & ~_umask())
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,9 +59,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish_file(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -39,7 +74,7 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        _publish_file(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -59,25 +94,44 @@ def check_replaceable(path: str | Path, *, holds: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
 
     A caller writing to a folder the user named calls check_replaceable first, before its
     work, so that what `path` holds is known to be an earlier version of its output.
+    `keep_existing`: for a cache that several processes may fill at once (a merged model):
+    a complete `path` published by another process meanwhile is kept and this copy dropped,
+    never swapped out under a process that is reading it.
+
+    Replacing takes two renames (`path` aside, the new folder in); a crash between them
+    leaves the old version aside, and the next call on `path` puts it back first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        old.rename(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        for file in (f for f in tmp.rglob("*") if f.is_file()):
+            _fsync(file)
+        _fsync(tmp)
+        if path.exists() and keep_existing:
+            return
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(path)
+            try:
+                tmp.rename(path)
+            except OSError:  # another process published `path` first
+                if not (keep_existing and path.exists()):
+                    raise
+        _fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -74,7 +74,8 @@ def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
     model = model.to(getattr(torch, dtype))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with atomic_dir(out) as tmp:
+    # Two processes converting at once (engine actors on a fresh node): the first one kept.
+    with atomic_dir(out, keep_existing=not force) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out
@@ -194,21 +195,41 @@ def build_tiny_adapter(
     return Path(out)
 
 
+def _files_key(folder: Path) -> str:
+    """A short digest of a folder's resolved path and its files' names, sizes and times."""
+    folder = folder.resolve()
+    h = hashlib.sha256(str(folder).encode())
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:8]
+
+
 def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32") -> Path:
-    """Base + LoRA adapter merged into plain weights, cached by adapter hash (vLLM loads it)."""
+    """Base + LoRA adapter merged into plain weights, cached (vLLM loads it).
+
+    The cache key holds the base folder (its path and files: another model of the same name,
+    or one converted again in place, is another base), the adapter's weights hash and its
+    adapter_config.json (r, alpha and the targets change the merged weights), and the dtype.
+    Engine actors that merge at once each publish only where none did before them.
+    """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = cache_dir() / "merged" / f"{Path(base).name}-{adapter_hash(adapter)}-{dtype}"
+    base, adapter = Path(base), Path(adapter)
+    config = hashlib.sha256((adapter / "adapter_config.json").read_bytes()).hexdigest()[:8]
+    key = f"{base.name}-{_files_key(base)}-{adapter_hash(adapter)}-{config}-{dtype}"
+    out = cache_dir() / "merged" / key
     if (out / "config.json").exists():
         return out
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(
-        adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
+        adapter if (adapter / "tokenizer_config.json").exists() else base
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, keep_existing=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

@@ -42,3 +42,28 @@ def test_default_model_converts_from_packaged_gguf(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, original(ids).logits)
     assert prepare_default_model() == out  # second call reuses the folder
+
+
+def test_merged_models_are_cached_per_base_folder_and_adapter_config(tmp_path, monkeypatch):
+    """Two bases of one name, or one adapter under another LoRA scale, are other models:
+    each gets its own merged folder, never another's weights."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from esevo_ray.models import build_tiny_adapter, build_tiny_model, merge_adapter
+
+    monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path / "cache"))
+    base_a = build_tiny_model(tmp_path / "a" / "base", seed=0)
+    base_b = build_tiny_model(tmp_path / "b" / "base", seed=1)
+    adapter = build_tiny_adapter(base_a, tmp_path / "adapter", seed=1)
+    merged_a, merged_b = merge_adapter(base_a, adapter), merge_adapter(base_b, adapter)
+    assert merged_a != merged_b and merge_adapter(base_a, adapter) == merged_a  # cached
+
+    def embed(folder):
+        return load_file(folder / "model.safetensors")["model.embed_tokens.weight"]
+
+    assert not (embed(merged_b) == embed(base_a)).all()  # B's merge is not A's base
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 64}))
+    assert merge_adapter(base_a, adapter) not in (merged_a, merged_b)

@@ -92,7 +92,7 @@ def zero_adapter(s: EngineSettings) -> Path:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, s.dtype))
     # peft starts every lora_B at zero: the adapter adds exactly nothing.
     lora = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, keep_existing=True) as tmp:  # replicas starting at once
         lora.save_pretrained(tmp)
     return out
 

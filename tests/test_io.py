@@ -1,0 +1,69 @@
+"""Atomic writes: permissions as for any new file, flushed to disk, and folders that are
+replaced whole, restored after a crash between the two renames, or kept when shared."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pyarrow as pa
+import pytest
+
+from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_outputs_get_the_umask_permissions_not_the_temporary_files(tmp_path, umask_022):
+    atomic_write_text(tmp_path / "a.json", "{}")
+    write_parquet(pa.table({"x": [1]}), tmp_path / "a.parquet")
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "f.txt").write_text("x")
+    assert _mode(tmp_path / "a.json") == _mode(tmp_path / "a.parquet") == 0o644
+    assert _mode(tmp_path / "folder") == 0o755
+
+
+def test_a_published_file_and_its_folder_entry_are_flushed(tmp_path, monkeypatch):
+    synced = []
+    fsync = os.fsync
+
+    def recorded(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    write_parquet(pa.table({"x": [1]}), tmp_path / "a.parquet")
+    assert str(tmp_path) in synced  # the rename itself, not only the bytes
+    assert any(p.startswith(str(tmp_path / ".a.parquet.")) for p in synced)
+
+
+def test_a_crash_between_the_two_renames_is_undone_by_the_next_write(tmp_path):
+    out = tmp_path / "adapter"
+    with atomic_dir(out) as tmp:
+        (tmp / "v").write_text("1")
+    out.rename(tmp_path / ".adapter.old")  # aside, and the new one never came in
+    with pytest.raises(RuntimeError), atomic_dir(out):
+        raise RuntimeError("this attempt fails too")
+    assert (out / "v").read_text() == "1"
+
+
+def test_a_shared_cache_keeps_the_first_complete_copy(tmp_path):
+    out = tmp_path / "merged"
+    with atomic_dir(out, keep_existing=True) as first:
+        (first / "v").write_text("first")
+        with atomic_dir(out, keep_existing=True) as second:  # published while the first works
+            (second / "v").write_text("second")
+    assert (out / "v").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no copy left behind
+    with atomic_dir(out) as third:  # an output of this run (not a cache) is replaced
+        (third / "v").write_text("third")
+    assert (out / "v").read_text() == "third"
