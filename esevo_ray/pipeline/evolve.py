@@ -132,6 +132,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
     scored = range(cfg.evolve.iterations + 1)
     inputs = {f"metrics_{model_name(t)}": run.eval(t) / "metrics.json" for t in scored}
     inputs |= {f"judge_{model_name(t)}": run.judge_scores(t) for t in scored}
+    inputs["human_eval"] = run.human_db_at(cfg.serve.human_eval.db_path)  # Table 7's p row
     runner.stage(
         "report", inputs=inputs, outputs={"report": run.report},
         fn=lambda: _report(run.root), folder=run.report_dir,

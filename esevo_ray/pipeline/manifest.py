@@ -58,9 +58,9 @@ def _now() -> str:
 # are cut on the driver, the same whatever the pool), and how the judge endpoint is called.
 FREE_KEYS = (
     "output_dir", "serve", "generation.fallback_policy", "generation.max_fallback_fraction",
-    "generation.num_actors", "generation.cpus_per_actor", "eval.judge.concurrency",
-    "eval.judge.requests_per_second", "eval.judge.timeout_s", "eval.judge.max_retries",
-    "eval.judge.backoff_s",
+    "generation.num_actors", "generation.cpus_per_actor", "eval.judge.base_url",
+    "eval.judge.api_key_env", "eval.judge.concurrency", "eval.judge.requests_per_second",
+    "eval.judge.timeout_s", "eval.judge.max_retries", "eval.judge.backoff_s",
 )  # fmt: skip
 
 

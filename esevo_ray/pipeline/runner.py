@@ -28,17 +28,47 @@ logger = logging.getLogger(__name__)
 
 def fingerprint(path: Path) -> str | None:
     """What a stage reads at `path`, as a content hash; None for a missing path or a folder
-    that is neither an adapter nor a stage folder with a manifest.json (a base model)."""
+    that is neither an adapter nor a finished stage folder (one with a manifest.json: a base
+    model is neither).
+
+    A stage folder is its data files (the Parquet parts), not its manifest, which also
+    records how long the stage took and where it ran: a folder written again with the same
+    rows is the same input (a folder holding nothing but its manifest is that file). An
+    SQLite file includes its write-ahead log, where recent rows wait.
+    """
     if is_adapter(path):
         return adapter_hash(path)
     if path.is_dir():
-        path = path / "manifest.json"
-    if not path.is_file():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            return None
+        data = [f for f in path.iterdir() if f.is_file() and f != manifest and f.name[0] != "."]
+        files = sorted(data) or [manifest]
+    elif path.is_file():
+        files = [path, *[w for w in [path.with_name(f"{path.name}-wal")] if w.is_file()]]
+    else:
         return None
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    for file in files:
+        digest.update(file.name.encode())
+        _update(digest, file)
+    return digest.hexdigest()[:16]
+
+
+def _update(digest, file: Path) -> None:
+    with file.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+
+
+def legacy_fingerprint(path: Path) -> str | None:
+    """The fingerprint a manifest recorded for a stage folder before folders were read by
+    their parts: the hash of its manifest.json alone."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return None
+    digest = hashlib.sha256()
+    _update(digest, manifest)
     return digest.hexdigest()[:16]
 
 
@@ -80,14 +110,14 @@ class Runner:
         """
         fingerprints = _fingerprints(inputs)
         if self.manifest.done(name, outputs):
-            changed = self.manifest.changed_inputs(name, fingerprints)
+            changed = self._changed(name, inputs, fingerprints)
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))
                 logger.info("stage %s: done, reusing %s", name, reused)
                 return
             self._retire(name, changed, folder, outputs, "since it ran")
         elif self.manifest.stopped(name) and (
-            changed := self.manifest.changed_inputs(name, fingerprints)
+            changed := self._changed(name, inputs, fingerprints)
         ):  # its resumable parts hold rows made from the old inputs
             self._retire(name, changed, folder, outputs, "since it started")
         logger.info("stage %s: start", name)
@@ -103,13 +133,28 @@ class Runner:
         self.timings[name] = round(wall, 1)
         outputs_ = {k: str(v) for k, v in outputs.items()}
         breakdown = profile.breakdown(timings, wall)
-        # Read again after the stage: an input that did not exist before it (None) does now.
+        # What the stage read is what was there when it started; an input that did not exist
+        # then (None) is read again now. One changed meanwhile (retrained in another shell)
+        # is not recorded as read: the next run sees the change.
+        after = _fingerprints(inputs)
         self.manifest.finish(
             name, outputs_, {**info, "seconds": round(wall, 1), "profile": breakdown},
-            fingerprints=_fingerprints(inputs),
+            fingerprints={k: after[k] if v is None else v for k, v in fingerprints.items()},
         )  # fmt: skip
         logger.info("stage %s: done in %.1fs (%s)", name, wall,
                     ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip
+
+    def _changed(
+        self, name: str, inputs: dict[str, Path], fingerprints: dict[str, str | None]
+    ) -> list[str]:
+        """The inputs of `name` that changed since it ran; a folder recorded the old way (by
+        its manifest.json) is unchanged while that file is."""
+        recorded = self.manifest.data["stages"].get(name, {}).get("input_fingerprints", {})
+        return [
+            k
+            for k in self.manifest.changed_inputs(name, fingerprints)
+            if not (Path(inputs[k]).is_dir() and recorded[k] == legacy_fingerprint(Path(inputs[k])))
+        ]
 
     def _retire(
         self, name: str, changed: list[str], folder: Path | None, outputs: dict, when: str

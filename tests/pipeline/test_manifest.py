@@ -59,7 +59,9 @@ def test_a_run_continues_under_the_fallback_errors_own_advice(tmp_path):
     the new policy (and other settings that write nothing different), but not another beta."""
     Manifest.open(tmp_path, load_config(None, ["name=t", "generation.fallback_policy=fail"]))
     free = ["generation.fallback_policy=warn", "generation.max_fallback_fraction=0.9",
-            "generation.num_actors=2", "eval.judge.concurrency=8", f"output_dir={tmp_path}"]  # fmt: skip
+            "generation.num_actors=2", "eval.judge.concurrency=8", f"output_dir={tmp_path}",
+            # the judge moved to another host: its verdicts are kept (judge._TRANSPORT)
+            "eval.judge.base_url=http://10.0.0.9:8000/v1", "eval.judge.api_key_env=OTHER_KEY"]  # fmt: skip
     again = Manifest.open(tmp_path, load_config(None, ["name=t", *free]))
     assert again.data["config"]["generation"]["fallback_policy"] == "warn"
     with pytest.raises(RunConflict, match=r"\(generation\.batch_size changed\)"):

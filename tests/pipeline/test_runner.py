@@ -136,3 +136,72 @@ def test_a_run_continued_under_another_spelling_of_output_dir_reuses_its_stages(
     monkeypatch.chdir(tmp_path / "runs")  # elsewhere: the recorded relative path is wrong here
     run(str(tmp_path / "runs"))
     assert calls == ["runs"], "a finished stage ran again"
+
+
+def test_a_folder_is_its_data_not_its_manifest_and_older_records_still_match(tmp_path):
+    """A pairs folder written again with the same parts (`esevo generate` on a finished
+    folder rewrites its manifest's seconds and placement) must not retrain what read it; a
+    record made when folders were fingerprinted by their manifest still matches."""
+    from esevo_ray.pipeline.runner import legacy_fingerprint
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "part-1.parquet").write_bytes(b"rows")
+    (pairs / "manifest.json").write_text('{"rows": 1, "seconds": 12.5}')
+    calls: list[str] = []
+
+    def dpo():
+        runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+        out = tmp_path / "adapter.txt"
+
+        def train():
+            calls.append("dpo")
+            out.write_text("a")
+
+        runner.stage("dpo", inputs={"pairs": pairs}, outputs={"out": out}, fn=train)
+
+    dpo()
+    (pairs / "manifest.json").write_text('{"rows": 1, "seconds": 0.0}')
+    dpo()
+    assert calls == ["dpo"], "a rewritten manifest retrained the stage"
+    (pairs / "part-2.parquet").write_bytes(b"more rows")
+    dpo()
+    assert calls == ["dpo", "dpo"]
+
+    record = json.loads((tmp_path / "manifest.json").read_text())
+    record["stages"]["dpo"]["input_fingerprints"]["pairs"] = legacy_fingerprint(pairs)
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    dpo()
+    assert calls == ["dpo", "dpo"], "an older record of the same folder retrained the stage"
+
+
+def test_an_input_changed_while_the_stage_ran_is_seen_by_the_next_run(tmp_path):
+    """M0 retrained in another shell while M1's pairs are made from the old M0: the record
+    must say what the stage read, so the next run makes the pairs again."""
+    source = tmp_path / "m0.txt"
+    source.write_text("old")
+    calls: list[str] = []
+
+    def pairs(during=None):
+        runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+        out = tmp_path / "pairs.txt"
+
+        def fn():
+            calls.append(source.read_text())
+            out.write_text(source.read_text())
+            if during:
+                source.write_text(during)
+
+        runner.stage("pairs", inputs={"m0": source}, outputs={"out": out}, fn=fn)
+
+    pairs(during="new")
+    pairs()
+    assert calls == ["old", "new"]
+
+
+def test_a_database_is_read_with_its_write_ahead_log(tmp_path):
+    db = tmp_path / "db.sqlite"
+    db.write_bytes(b"pages")
+    before = fingerprint(db)
+    (tmp_path / "db.sqlite-wal").write_bytes(b"a rating not yet checkpointed")
+    assert fingerprint(db) != before
