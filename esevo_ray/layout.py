@@ -155,31 +155,39 @@ class RunLayout:
         """Rename a run written with iter_<t>/ folders to m<t>/; returns what was renamed.
 
         The manifest's stage names (`pairs_<t>`) and recorded paths follow, so the loop
-        resumes an old run instead of redoing it.
+        resumes an old run instead of redoing it. The manifest goes first: a crash before the
+        folders are renamed leaves them for the next call, never a manifest on the old layout
+        with nothing left to trigger its migration.
         """
         if not self.root.is_dir():
             return []
-        moved = []
+        olds = []
         for old in sorted(self.root.iterdir()):
-            match = _OLD_ITER.match(old.name)
-            if not (match and old.is_dir()):
-                continue
-            new = self.model(int(match[1]))
+            if (match := _OLD_ITER.match(old.name)) and old.is_dir():
+                olds.append((old, self.model(int(match[1]))))
+        for old, new in olds:
             if new.exists():
                 raise FileExistsError(f"{old} and {new} both exist: remove one of them")
+        self._migrate_manifest()
+        moved = []
+        for old, new in olds:
             old.rename(new)
             moved.append(f"{old.name} -> {new.name}")
         if moved:
-            self._migrate_manifest()
             logger.warning("%s: old run layout migrated (%s)", self.root, ", ".join(moved))
         return moved
 
     def _migrate_manifest(self) -> None:
+        """Rewrite the manifest's old stage names and its paths into this run's iter_<t>
+        folders (not other paths that happen to hold an iter_<t>); nothing when none are."""
         if not self.manifest.exists():
             return
-        text = re.sub(r"([\\/])iter_(\d+)([\\/\"])", r"\1m\2\3", self.manifest.read_text())
-        data = json.loads(text)
-        data["stages"] = {
-            re.sub(r"^pairs_(\d+)$", r"pairs_m\1", k): v for k, v in data["stages"].items()
-        }
+        text = self.manifest.read_text()
+        run = re.escape(self.root.name)
+        new_text = re.sub(rf"({run}[\\/])iter_(\d+)(?=[\\/\"])", r"\1m\2", text)
+        data = json.loads(new_text)
+        stages = {re.sub(r"^pairs_(\d+)$", r"pairs_m\1", k): v for k, v in data["stages"].items()}
+        if new_text == text and list(stages) == list(data["stages"]):
+            return
+        data["stages"] = stages
         atomic_write_text(self.manifest, json.dumps(data, indent=2))

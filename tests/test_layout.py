@@ -66,6 +66,28 @@ def test_old_iter_folders_are_migrated_with_their_manifest(tmp_path):
     assert run.migrate() == []  # nothing left to do
 
 
+def test_a_migration_cut_short_finishes_later_and_leaves_other_paths_alone(tmp_path):
+    """A crash after the manifest was rewritten leaves the folders for the next call; a path
+    of another folder that holds an iter_<t> (a dataset's, say) is not this run's."""
+    _adapter(tmp_path / "iter_1" / "adapter")
+    other = "/data/iter_2/ExTES.json"
+    manifest = {
+        "config": {"data": {"extes_path": other}},
+        "stages": {"pairs_1": {"outputs": {"pairs": str(tmp_path / "iter_1/pairs")}}},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    run = RunLayout(tmp_path)
+    run._migrate_manifest()  # the process dies here, before the folders move
+    assert run.migrate() == ["iter_1 -> m1"]
+    data = json.loads(run.manifest.read_text())
+    assert data["stages"]["pairs_m1"]["outputs"]["pairs"] == str(run.pairs(1))
+    assert data["config"]["data"]["extes_path"] == other
+    # Folders moved by an earlier version that died before its manifest step: still done.
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert run.migrate() == []
+    assert "pairs_m1" in json.loads(run.manifest.read_text())["stages"]
+
+
 def test_migration_refuses_to_merge_two_copies(tmp_path):
     _adapter(tmp_path / "iter_1" / "adapter")
     _adapter(tmp_path / "m1" / "adapter")
