@@ -43,32 +43,30 @@ def fingerprint(path: Path) -> str | None:
         if not manifest.is_file():
             return None
         data = [f for f in path.iterdir() if f.is_file() and f != manifest and f.name[0] != "."]
-        files = sorted(data) or [manifest]
-    elif path.is_file():
-        files = [path, *[w for w in [path.with_name(f"{path.name}-wal")] if w.is_file()]]
-    else:
+        return _digest(sorted(data), named=True) if data else legacy_fingerprint(path)
+    if not path.is_file():
         return None
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        _update(digest, file)
-    return digest.hexdigest()[:16]
-
-
-def _update(digest, file: Path) -> None:
-    with file.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    wal = path.with_name(f"{path.name}-wal")
+    return _digest([path, wal] if wal.is_file() else [path])
 
 
 def legacy_fingerprint(path: Path) -> str | None:
     """The fingerprint a manifest recorded for a stage folder before folders were read by
-    their parts: the hash of its manifest.json alone."""
+    their data files: the hash of its manifest.json alone."""
     manifest = path / "manifest.json"
-    if not manifest.is_file():
-        return None
+    return _digest([manifest]) if manifest.is_file() else None
+
+
+def _digest(files: list[Path], named: bool = False) -> str:
+    """A hash of the files' bytes (a single file's: the same as manifests have always
+    recorded), and of their names when `named`."""
     digest = hashlib.sha256()
-    _update(digest, manifest)
+    for file in files:
+        if named:
+            digest.update(file.name.encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 

@@ -199,6 +199,16 @@ def test_an_input_changed_while_the_stage_ran_is_seen_by_the_next_run(tmp_path):
     assert calls == ["old", "new"]
 
 
+def test_a_file_input_is_fingerprinted_as_manifests_have_always_recorded_it(tmp_path):
+    """A run recorded by an earlier version must not redo its stages: a file's fingerprint
+    stays the hash of its bytes."""
+    import hashlib
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"bleu_2": 1.0}')
+    assert fingerprint(metrics) == hashlib.sha256(metrics.read_bytes()).hexdigest()[:16]
+
+
 def test_a_database_is_read_with_its_write_ahead_log(tmp_path):
     db = tmp_path / "db.sqlite"
     db.write_bytes(b"pages")
