@@ -74,12 +74,16 @@ def fit_prompt(
         room for an answer (TRL then cuts that answer).
     """
 
+    def tokens(turns: list[dict], answer: list[dict]) -> int:
+        text = tokenizer.apply_chat_template([*system, *turns, *answer], tokenize=False)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    checked: dict[int, bool] = {}  # by the number of turns kept (always a recent part)
+
     def fits(turns: list[dict]) -> bool:
-        for answer in answers:
-            text = tokenizer.apply_chat_template([*system, *turns, *answer], tokenize=False)
-            if len(tokenizer.encode(text, add_special_tokens=False)) > max_length:
-                return False
-        return True
+        if len(turns) not in checked:
+            checked[len(turns)] = all(tokens(turns, a) <= max_length for a in answers)
+        return checked[len(turns)]
 
     system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
     turns = drop_oldest_turns(prompt[len(system) :], fits)
