@@ -44,7 +44,7 @@ def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
     """
     path = Path(out_dir) / PRODUCER_FILE
     producer = _flat(json.loads(json.dumps(producer)))  # as it reads back: tuples are lists
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = recorded_producer(out_dir)
     changed = [k for k in sorted(old.keys() & producer.keys()) if old[k] != producer[k]]
     if changed:
         diffs = "; ".join(f"{k}: {old[k]!r:.60} -> {producer[k]!r:.60}" for k in changed[:6])
@@ -54,6 +54,12 @@ def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
         )
     if producer.keys() - old.keys():
         atomic_write_text(path, json.dumps({**old, **producer}, indent=2, sort_keys=True))
+
+
+def recorded_producer(out_dir: str | Path) -> dict[str, Any]:
+    """The producer a parts folder records (dotted setting -> value); {} without one."""
+    path = Path(out_dir) / PRODUCER_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
 from esevo_ray import schema
-from esevo_ray.parts import PRODUCER_FILE
+from esevo_ray.parts import recorded_producer
 
 
 def load_pairs(path: str | Path) -> pl.DataFrame:
@@ -28,10 +27,7 @@ def at_token_limit(path: str | Path, df: pl.DataFrame) -> dict | None:
     """Rejected responses that reached generation.decoding.max_new_tokens, most likely cut
     mid-sentence (the DPO rejected side, and the length rule's yardstick); the limit is read
     from a generation folder's producer.json, None without one."""
-    producer = Path(path) / PRODUCER_FILE
-    if not producer.is_file():
-        return None
-    limit = json.loads(producer.read_text()).get("generation.decoding.max_new_tokens")
+    limit = recorded_producer(path).get("generation.decoding.max_new_tokens")
     if not limit:
         return None
     rows = int((df["rejected_tokens"] >= limit).sum())
