@@ -4,14 +4,14 @@ Outputs (one folder, written atomically):
     dialogues.parquet        every normalised dialogue (DIALOGUES)
     train_contexts.parquet   ESConv training pool, every supporter turn (CONTEXTS)
     eval_contexts.parquet    ESConv test split, every supporter turn (CONTEXTS)
+    seed_contexts.parquet    seed contexts for preference data, greeting-filtered (CONTEXTS)
+    sft.parquet              SFT rows: ESConv + Alpaca replay (SFT_ROWS)
+    manifest.json            config hash, counts, chosen ids, skipped records
 
 A supporter turn is one of the normalised dialogue (Appendix A): consecutive utterances of a
 speaker are one turn, and a dialogue opens with the seeker. ESConv's test split has 2,895
 supporter utterances and 2,295 such turns: 101 opening utterances are dropped and 452 runs
 joined (its targets average 21.3 words where utterances average 17.0).
-    seed_contexts.parquet    seed contexts for preference data, greeting-filtered (CONTEXTS)
-    sft.parquet              SFT rows: ESConv + Alpaca replay (SFT_ROWS)
-    manifest.json            config hash, counts, chosen ids, skipped records
 """
 
 from __future__ import annotations
