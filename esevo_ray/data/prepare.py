@@ -57,11 +57,40 @@ def data_dir(cfg: DataSection | None = None) -> Path:
     raise FileNotFoundError("no data directory: set ESEVO_DATA_DIR or data.data_dir in the config")
 
 
+ESCONV_SPLITS = ("train", "test")
+
+
+def source_files(cfg: DataSection) -> dict[str, Path]:
+    """The raw files `prepare_data` reads for `cfg` that are there, by name: ESConv's splits,
+    Alpaca, and each seed source's file. The run manifest fingerprints them, so data prepared
+    from an older copy is prepared again. A file that is missing is left out: preparing says
+    so when it runs, and a finished run resumed where the raw data is not is not redone."""
+    try:
+        root = data_dir(cfg)
+    except FileNotFoundError:
+        return {}
+    files = {f"esconv_{split}": _esconv_file(root, split) for split in ESCONV_SPLITS}
+    files["alpaca"] = _alpaca_file(root)
+    for source in cfg.seed_sources:
+        if source != "esconv" and (path := _seed_source_path(cfg, source)):
+            files[source] = Path(path)
+    return {name: path for name, path in files.items() if path.is_file()}
+
+
+def _esconv_file(root: Path, split: str) -> Path:
+    return root / "esconv" / f"{split}.json"
+
+
+def _alpaca_file(root: Path) -> Path:
+    return root / "alpaca" / "alpaca_data.json"
+
+
+def _seed_source_path(cfg: DataSection, source: str) -> str | None:
+    return cfg.extes_path if source == "extes" else cfg.serveforemo_path
+
+
 def load_esconv_splits(root: Path, on_bad: str = "error") -> dict[str, Loaded]:
-    return {
-        split: load_esconv(root / "esconv" / f"{split}.json", split, on_bad)
-        for split in ("train", "test")
-    }
+    return {split: load_esconv(_esconv_file(root, split), split, on_bad) for split in ESCONV_SPLITS}
 
 
 def esconv_stats(dialogues: list[Dialogue]) -> dict:
@@ -141,7 +170,7 @@ def _seed_dialogues(
         if source == "esconv":
             seeds += pool
             continue
-        path = cfg.extes_path if source == "extes" else cfg.serveforemo_path
+        path = _seed_source_path(cfg, source)
         loader = load_extes if source == "extes" else load_serveforemo
         if not path or not Path(path).exists():
             where = (
@@ -207,7 +236,7 @@ def prepare_data(
         report["problems"] += loaded.problems[:20]
         if not loaded.items:
             raise DataError(
-                f"{root / 'esconv' / f'{split}.json'}: no usable dialogue "
+                f"{_esconv_file(root, split)}: no usable dialogue "
                 f"({loaded.skipped} record(s) skipped)"
             )
     train_pool = [normalised(d) for d in splits["train"].items]
@@ -224,7 +253,7 @@ def prepare_data(
     seed_dialogues = _subset(seed_pool, cfg.max_seed_dialogues, _rng(cfg, "seed"))
     eval_dialogues = _subset(test, cfg.max_eval_dialogues, _rng(cfg, "eval"))
 
-    alpaca = load_alpaca(root / "alpaca" / "alpaca_data.json", cfg.on_bad_record)
+    alpaca = load_alpaca(_alpaca_file(root), cfg.on_bad_record)
     usable = [a for a in alpaca.items if a["output"].strip() and "<nooutput>" not in a["output"]]
     report["alpaca_unusable"] = len(alpaca.items) - len(usable)
     replay = _rng(cfg, "alpaca").sample(usable, min(cfg.alpaca_samples, len(usable)))

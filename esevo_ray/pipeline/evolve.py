@@ -107,7 +107,7 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
 
 def evolve(cfg: RunConfig) -> RunLayout:
     """Run (or continue) the whole loop for `cfg`; returns the run's layout."""
-    from esevo_ray.data.prepare import prepare_data
+    from esevo_ray.data.prepare import prepare_data, source_files
 
     run = RunLayout.of(cfg)
     run.migrate()
@@ -117,7 +117,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
 
     runner.stage(
         "data",
-        inputs={"data_dir": Path(cfg.data.data_dir or "default")},
+        inputs={"data_dir": Path(cfg.data.data_dir or "default")} | source_files(cfg.data),
         outputs={"data": run.data / "manifest.json"},
         fn=lambda: {"rows": _timed("io", prepare_data, cfg.data, run.data)["rows"]},
         folder=run.data,

@@ -8,7 +8,7 @@ import pytest
 from esevo_ray import prompts, schema
 from esevo_ray.config import load_config
 from esevo_ray.data.dialogue import DataError
-from esevo_ray.data.prepare import prepare_data
+from esevo_ray.data.prepare import prepare_data, source_files
 from esevo_ray.errors import UsageError
 
 from ..conftest import ASSETS
@@ -222,3 +222,22 @@ def test_a_missing_seed_source_file_says_how_to_seed_from_esconv(tmp_path, data_
     ):
         prepare_data(cfg.data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_source_files_are_all_that_preparing_reads(prepared, data_root, tmp_path):
+    """The run manifest fingerprints `source_files` to know when the raw data changed: a data
+    folder holding only those files prepares the same data, and a missing one is left out."""
+    _, report, cfg = prepared
+    files = source_files(cfg.data)
+    assert set(files) == {"esconv_train", "esconv_test", "alpaca", "extes", "serveforemo"}
+    copy = tmp_path / "raw"
+    for path in files.values():
+        if path.is_relative_to(data_root):
+            link = copy / path.relative_to(data_root)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    only = cfg.data.model_copy(update={"data_dir": str(copy)})
+    again = prepare_data(only, tmp_path / "out")
+    assert again["rows"] == report["rows"] and again["dialogue_ids"] == report["dialogue_ids"]
+    (copy / "alpaca" / "alpaca_data.json").unlink()
+    assert "alpaca" not in source_files(only) and "esconv_train" in source_files(only)

@@ -106,6 +106,9 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["resumed"] == 2
+    # The raw data is an input: a changed copy of ESConv prepares the data again.
+    raw = manifest["stages"]["data"]["input_fingerprints"]
+    assert raw["esconv_train"] and raw["esconv_test"] and raw["alpaca"]
     assert all(s["status"] == "done" for s in manifest["stages"].values()), manifest["stages"]
     assert m0.stat().st_mtime_ns == m0_stamp, "the finished SFT stage was rerun"
     df = pl.read_parquet(pairs / PART_GLOB)
