@@ -149,6 +149,25 @@ def test_pairwise_session_survives_a_replica_crash(served, http):
     assert all({r[1], r[2]} == {"m0", "base"} for r in stored)
 
 
+def test_crisis_messages_get_resources_and_are_flagged_in_both_modes(served, http):
+    crisis = served.cfg.serve.crisis_text
+    for mode, n_replies in (("pointwise", 1), ("pairwise", 2)):
+        sid = http.post("/human/api/sessions", json={"mode": mode, "rater": "r4"}).json()
+        sid = sid["session_id"]
+        r = http.post(f"/human/api/sessions/{sid}/turns", json={"message": "I want to die."})
+        assert r.status_code == 200 and len(r.json()["replies"]) == n_replies
+        assert all(reply.startswith(crisis) for reply in r.json()["replies"])
+        if mode == "pairwise":
+            vote = {"turn_index": 0, "choice": "A"}
+            assert http.post(f"/human/api/sessions/{sid}/votes", json=vote).status_code == 200
+        r = http.post(f"/human/api/sessions/{sid}/turns", json={"message": "My job is killing me."})
+        assert not any(reply.startswith(crisis) for reply in r.json()["replies"])
+        flags = rows(
+            served.db, "SELECT crisis FROM turns WHERE session_id = ? ORDER BY turn_index", sid
+        )
+        assert flags == [(1,), (0,)], mode
+
+
 def test_fallback_engine_streams_the_whole_completion_at_once(served, http):
     from tests.serving.conftest import generator_stats
 
