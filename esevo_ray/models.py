@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from esevo_ray.io import atomic_dir
@@ -89,6 +91,28 @@ def resolve_model(path: str | None) -> Path:
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"model path {p} has no config.json (a Hugging Face model folder)")
     return p
+
+
+# The values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    """The LoRA rank `r` in an adapter folder's adapter_config.json."""
+    config = Path(adapter) / "adapter_config.json"
+    try:
+        return int(json.loads(config.read_text())["r"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{config}: cannot read the LoRA rank 'r' ({e})") from None
+
+
+def lora_rank_bound(ranks: Iterable[int]) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds every rank in `ranks`."""
+    need = max(ranks, default=1)
+    for allowed in LORA_RANKS:
+        if allowed >= need:
+            return allowed
+    raise ValueError(f"LoRA rank {need} is over vLLM's maximum of {LORA_RANKS[-1]}")
 
 
 def adapter_hash(adapter_dir: str | Path | None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from esevo_ray.config import DecodingSection
-from esevo_ray.models import adapter_hash, merge_adapter
+from esevo_ray.models import adapter_hash, adapter_rank, lora_rank_bound, merge_adapter
 from esevo_ray.numerics import engine_dtype
 
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
@@ -40,7 +40,8 @@ class EngineOptions:
     dtype: str = "float32"  # or "auto", resolved in the process the engine runs in
     max_model_len: int = 2048
     lora_mode: str = "merge"  # vLLM: merge the adapter into the weights, or "adapter"
-    lora_rank: int = 8  # vLLM, lora_mode "adapter": the largest rank it serves
+    lora_rank: int | None = None  # vLLM, lora_mode "adapter": the largest rank it serves
+    # (None: the adapter's own, as vLLM accepts it)
     device: str | None = None  # HF: "cuda" or "cpu"; None: CUDA when torch sees a device
     tensor_parallel_size: int = 1  # vLLM: GPUs per engine
     extra: dict = field(default_factory=dict)  # vLLM: more `LLM(...)` arguments
@@ -154,7 +155,8 @@ class VllmEngine(Engine):
         elif adapter is not None:
             from vllm.lora.request import LoRARequest
 
-            kwargs.update(enable_lora=True, max_lora_rank=options.lora_rank, max_loras=1)
+            rank = options.lora_rank or lora_rank_bound([adapter_rank(adapter)])
+            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
             self.lora_request = LoRARequest("m_t", 1, str(adapter))
         on_cpu = not torch.cuda.is_available()
         kwargs.setdefault("enforce_eager", on_cpu)

@@ -13,8 +13,9 @@ from pathlib import Path
 from esevo_ray.config import RunConfig, load_config
 from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.layout import RunLayout
+from esevo_ray.models import adapter_rank, lora_rank_bound
 from esevo_ray.serving.app import Ingress
-from esevo_ray.serving.engine import EngineSettings, adapter_rank, lora_rank_bound
+from esevo_ray.serving.engine import EngineSettings
 from esevo_ray.serving.generator import Generator
 from esevo_ray.serving.registry import check_host_key, http_url
 from esevo_ray.storage import check_shared

