@@ -19,6 +19,7 @@ import json, os, yaml
 env = yaml.safe_load(open("cluster/runtime-env.yaml"))
 env["env_vars"].update({k: os.environ[k] for k in ("ESEVO_DATA_DIR", "ESEVO_MODELS")})
 print(json.dumps(env))')
+.venv/bin/ray get-auth-token --generate > /dev/null   # `ray start` needs a token to exist
 .venv/bin/ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --num-gpus=1
 trap '.venv/bin/ray stop' EXIT
 .venv/bin/ray job submit --address http://127.0.0.1:8265 --runtime-env-json "$RUNTIME_ENV" \

@@ -57,6 +57,17 @@ def test_shell_recipe_references_exist():
     assert "RAY_AUTH_MODE=token" in text and "127.0.0.1" in text
 
 
+@pytest.mark.parametrize("path", ["cluster/single-l40.sh", "README.md"])
+def test_recipes_make_a_token_before_ray_start_under_token_auth(path):
+    """With RAY_AUTH_MODE=token, `ray start` refuses to start where ~/.ray/auth_token is
+    missing (a fresh machine) instead of making one; tests/pipeline/test_job_submit.py runs
+    the same two commands in an empty home."""
+    text = (REPO / path).read_text()
+    start = text.index("ray start --head")
+    assert "RAY_AUTH_MODE=token" in text[:start]
+    assert "ray get-auth-token --generate" in text[:start]
+
+
 def test_jobs_are_thin_and_document_their_launch_command():
     for job in sorted((REPO / "jobs").glob("*.py")):
         text = job.read_text()

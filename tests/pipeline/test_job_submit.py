@@ -17,13 +17,17 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def ray_head(ray_local, data_root):
+def ray_head(ray_local, data_root, tmp_path):
+    """A head started as the README does, from a home without a Ray token (a new machine)."""
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
     dash = free_port()
     env = {
         **os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}",
-        "ESEVO_DATA_DIR": str(data_root), "RAY_ADDRESS": "",
+        "ESEVO_DATA_DIR": str(data_root), "RAY_ADDRESS": "", "HOME": str(tmp_path / "home"),
     }  # fmt: skip
+    (tmp_path / "home").mkdir()
+    generate = [str(BIN / "ray"), "get-auth-token", "--generate"]
+    subprocess.run(generate, env=env, check=True, capture_output=True, timeout=60)
     cmd = [
         str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
         f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
