@@ -131,6 +131,13 @@ def test_kuberay_images_are_the_pinned_gpu_image():
         assert images and set(images) == {tag}, f"{name} runs {images}, not {tag}"
 
 
+def test_the_gpu_image_has_a_c_compiler_for_triton():
+    """Triton compiles its CUDA launcher with the system C compiler the first time a kernel
+    runs (TRL's fused LM head in SFT and DPO); python:*-slim has none."""
+    installs = re.search(r"apt-get install ([^&]*)", (REPO / "cluster/Dockerfile.gpu").read_text())
+    assert {"gcc", "libc6-dev"} <= set(installs.group(1).split())
+
+
 def _pods(manifest: dict) -> list[dict]:
     """The pod templates of a RayCluster spec: the head's and each worker group's."""
     groups = [manifest["headGroupSpec"], *manifest["workerGroupSpecs"]]
