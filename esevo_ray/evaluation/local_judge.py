@@ -13,6 +13,7 @@ exits when the `LocalJudge` is dropped, so the driver never holds GPU memory.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from esevo_ray.config import DecodingSection, JudgeSection
@@ -41,15 +42,19 @@ KEY = "eval.judge"
 
 
 def judge_placement(cfg: JudgeSection) -> Placement:
-    """Where the judge runs. Without a Ray connection, this machine's GPUs are the cluster."""
+    """Where the judge runs: placed on the Ray cluster, as generation is. With no cluster to
+    join (no Ray connection and no RAY_ADDRESS), this machine's GPUs are the cluster, and a
+    judge on CPU runs here without starting Ray; a job's driver (on a head node that may have
+    no GPU) always asks its cluster."""
     import ray
 
     if not ray.is_initialized():
-        import torch
+        if not os.environ.get("RAY_ADDRESS"):
+            import torch
 
-        local = resolve(cfg, cfg.backend, [float(torch.cuda.device_count())])
-        if not local.gpus:
-            return local  # in this process: no Ray needed
+            local = resolve(cfg, cfg.backend, [float(torch.cuda.device_count())])
+            if not local.gpus:
+                return local  # in this process: no Ray needed
         ray.init()
     return place(cfg, cfg.backend, 1, KEY)
 

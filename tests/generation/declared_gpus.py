@@ -11,9 +11,20 @@ the CUDA_VISIBLE_DEVICES Ray gives each actor. Prints one JSON line.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+# The judge's placement in a driver that has not called ray.init (device auto).
+JOINED = """
+import json, sys
+from esevo_ray.config import load_config
+from esevo_ray.evaluation.local_judge import judge_placement
+cfg = load_config(None, [*sys.argv[1:], "eval.judge.device=auto", "eval.judge.gpus_per_actor=null"])
+print(json.dumps(judge_placement(cfg.eval.judge).as_dict()))
+"""
 
 
 def _gpus_back(ray, total: float, timeout: float = 60) -> float:
@@ -57,6 +68,18 @@ def main(model: str, contexts: str, out: str) -> dict:
     del judge  # the actor exits with its last handle
     judge_freed_s = _gpus_back(ray, 2)
 
+    # A driver that joins the cluster through RAY_ADDRESS (a job's) places the judge on the
+    # cluster's GPUs, not on those its own torch sees (none here, as on a CPU head node).
+    joined = subprocess.run(
+        [sys.executable, "-c", JOINED, *overrides], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )  # fmt: skip
+    judge_joined = (
+        json.loads(joined.stdout.splitlines()[-1])
+        if joined.returncode == 0
+        else joined.stderr[-2000:]
+    )
+
     # device auto on a cluster that declares GPUs is cuda; torch here sees none: the actor
     # says so instead of failing somewhere inside the engine.
     auto = load_config(None, [*overrides, "generation.device=auto", "generation.num_actors=1"])
@@ -72,6 +95,7 @@ def main(model: str, contexts: str, out: str) -> dict:
         "judge_verdicts": len(verdicts),
         "judge_actor": judge_actor,
         "judge_freed_s": judge_freed_s,
+        "judge_joined": judge_joined,
         "auto_error": auto_error,
     }
 

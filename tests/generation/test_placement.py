@@ -110,6 +110,7 @@ def test_declared_gpus_give_each_actor_its_own_device(tiny_model, extes_contexts
     # The local judge follows the same rule: its own actor with its own GPU.
     judge = result["judge_actor"]
     assert judge["gpu_ids"] == [judge["cuda_visible_devices"]] and result["judge_verdicts"] == 1
+    assert result["judge_joined"] == {"device": "cuda", "gpus": 1.0, "tensor_parallel_size": 1}
     # Both stages gave their GPUs back after returning (the script waits for it, else fails).
     assert {"pairs_freed_s", "judge_freed_s"} <= set(result)
     # device auto -> cuda on a cluster with GPUs; a CPU torch is named, not a CUDA crash.
