@@ -61,7 +61,11 @@ class ServeSection(Section):
     decoding: DecodingSection = DecodingSection()
     num_replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(1, ge=0)
-    gpus_per_replica: float = Field(0, ge=0)
+    # Where the replicas' engines compute, as generation.device: "auto" is cuda on a Ray
+    # cluster with GPUs. gpus_per_replica None: 1 on cuda, 0 on cpu; a replica that reserves
+    # no GPU sees none, so it never takes memory Ray gives to another stage.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_replica: float | None = Field(None, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
     # Seconds between rescans of the run directory (the "current" alias follows them).
     rescan_s: float = Field(2.0, ge=0)
@@ -79,5 +83,10 @@ class ServeSection(Section):
             raise ValueError(
                 f"max_tokens ({self.max_tokens}) must be below max_model_len "
                 f"({self.max_model_len}), leaving room for the prompt"
+            )
+        if self.device == "cuda" and self.gpus_per_replica == 0:
+            raise ValueError(
+                "device cuda needs gpus_per_replica > 0 (a replica sees only the GPUs Ray "
+                "reserves for it), or leave gpus_per_replica unset"
             )
         return self

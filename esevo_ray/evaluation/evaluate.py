@@ -16,7 +16,6 @@ from esevo_ray.config import RunConfig, save_config
 from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.endpoint import ChatEndpoint, endpoint_responses, is_endpoint
 from esevo_ray.evaluation.metrics import score_responses
-from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -116,8 +115,9 @@ def _local_responses(
     adapter: str | Path | None,
 ) -> tuple[str, Path, dict]:
     """Responses of a local model folder (+ adapter): (name, responses path, source)."""
-    from esevo_ray.evaluation.responses import generate_responses
+    from esevo_ray.evaluation.responses import PARTS, generate_responses
     from esevo_ray.models import adapter_hash, resolve_model
+    from esevo_ray.parts import recorded_producer
 
     path = resolve_model(str(model))
     name = name or default_name(path, adapter)
@@ -128,6 +128,6 @@ def _local_responses(
         "model_path": str(path),
         "adapter": str(adapter) if adapter else None,
         "adapter_hash": adapter_hash(adapter),
-        "engine": generation_engine(cfg.generation),
+        "engine": recorded_producer(responses.parent / PARTS).get("engine"),  # as it ran
     }
     return name, responses, source

@@ -69,13 +69,13 @@ class LocalJudge:
     def __init__(self, cfg: JudgeSection, model_path: str | Path, *, dtype: str = "auto"):
         if cfg.backend == "endpoint":
             raise ValueError("LocalJudge needs eval.judge.backend 'vllm' or 'hf'")
-        choose_engine(
-            cfg.backend, f"{KEY}.backend", guided_json=cfg.guided_json,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-        )  # fmt: skip
         self.cfg = cfg
         self.model = Path(model_path).name
         self.placement = judge_placement(cfg)
+        choose_engine(
+            cfg.backend, f"{KEY}.backend", device=self.placement.device,
+            guided_json=cfg.guided_json, tensor_parallel_size=cfg.tensor_parallel_size,
+        )  # fmt: skip
         if self.placement.gpus:
             import ray
 

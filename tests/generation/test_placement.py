@@ -48,8 +48,34 @@ def test_capacity_counts_whole_actors_per_node():
 
 
 @pytest.mark.parametrize(
+    "overrides, nodes, expected",
+    [
+        ([], [0.0], Placement("cpu", 0.0)),
+        ([], [0.0, 1.0], Placement("cuda", 1.0)),  # the GPU is reserved, not just used
+        (["serve.device=cpu"], [1.0], Placement("cpu", 0.0)),
+        (["serve.gpus_per_replica=0.5", "serve.num_replicas=2"], [1.0], Placement("cuda", 0.5)),
+    ],
+)
+def test_serve_replicas_follow_the_same_rule(overrides, nodes, expected):
+    from esevo_ray.serving.deploy import replica_placement
+
+    assert replica_placement(load_config(None, overrides).serve, nodes) == expected
+
+
+def test_serve_replicas_that_do_not_fit_name_the_serve_keys():
+    from esevo_ray.serving.deploy import replica_placement
+
+    serve = load_config(None, ["serve.num_replicas=2"]).serve
+    with pytest.raises(
+        PlacementError, match=r"serve: 2 engine actor.*gpus_per_replica=0.*lower serve.num_replicas"
+    ):
+        replica_placement(serve, [1.0])  # Serve would wait forever for the second GPU
+
+
+@pytest.mark.parametrize(
     "overrides, match",
     [
+        (["serve.device=cuda", "serve.gpus_per_replica=0"], "gpus_per_replica > 0"),
         (["generation.engine=hf", "generation.tensor_parallel_size=2"], "needs engine vllm"),
         (["generation.device=cpu", "generation.tensor_parallel_size=2"], "needs engine vllm"),
         (["generation.device=cuda", "generation.gpus_per_actor=0"], "gpus_per_actor >= "),

@@ -238,6 +238,9 @@ def test_concurrent_adapters_each_answer_with_their_own_model(served, http):
     stats = generator_stats()
     assert stats["engine"] == "vllm"
     assert {k.split("@")[0] for k in stats["loaded"]} >= {"m0", "m1"}
+    # On a cluster without GPUs the replica reserves none, and sees none.
+    assert stats["placement"]["device"] == "cpu" and stats["placement"]["gpu_ids"] == []
+    assert stats["placement"]["cuda_visible_devices"] == ""
 
 
 def test_current_follows_new_iteration_without_failing_inflight(served, http):
