@@ -61,3 +61,16 @@ def describe() -> dict[str, object]:
         "native_bf16": native_bf16(_on_gpu()),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def release_gpu_memory() -> None:
+    """Give the GPU memory of models this process dropped back to the device: collect them,
+    then empty torch's caching allocator, which otherwise keeps it for this process (a
+    benchmark mode that ran here must not leave the next one, in a Ray worker, short)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -21,7 +21,7 @@ import pyarrow as pa
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
 from esevo_ray.generation.engine_choice import generation_engine
-from esevo_ray.numerics import engine_dtype
+from esevo_ray.numerics import engine_dtype, release_gpu_memory
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
         outs = engine.chat(convs, gen.decoding, seeds)
         batches.append((time.perf_counter() - t0, sum(o.output_tokens for o in outs)))
     del engine
+    release_gpu_memory()  # the next mode's engine runs in a Ray actor on the same GPU
     return batches
 
 
@@ -96,18 +97,21 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)
     dtype = getattr(torch, engine_dtype(cfg.model.dtype))
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the engines run too
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
     batches = [(time.perf_counter() - t0, 0)]  # loading counts as start-up
     for r in rows:
         messages = prompts.task_messages(r["context"])
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
         out = lm.generate(
             **ids, do_sample=True, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
             repetition_penalty=d.repetition_penalty, max_new_tokens=d.max_new_tokens,
             pad_token_id=tok.pad_token_id or tok.eos_token_id,
         )  # fmt: skip
         batches.append((time.perf_counter() - t0, out.shape[1] - ids["input_ids"].shape[1]))
+    del lm
+    release_gpu_memory()
     return batches
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from esevo_ray.config import RunConfig
+from esevo_ray.numerics import release_gpu_memory
 from esevo_ray.training.common import TrainJob
 from esevo_ray.training.dpo import build_dpo_trainer, dpo_job
 from esevo_ray.training.lm_head import every_position
@@ -65,6 +66,8 @@ def timed_train(cfg: RunConfig, job: TrainJob, output_dir: str) -> dict[str, Any
     trainer.train()
     args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    del trainer
+    release_gpu_memory()  # the next mode may train in a Ray worker on the same GPU
     return {
         "marks": timer.marks,
         "started": started,

@@ -14,7 +14,6 @@ and steps; `peak_reserved_gb` adds the allocator's cache.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray.config import RunConfig, TrainSection
-from esevo_ray.numerics import weights_dtype
+from esevo_ray.numerics import release_gpu_memory, weights_dtype
 from esevo_ray.training.common import Stage, lora_config, trainer_args
 from esevo_ray.training.dpo import dpo_loss_terms
 
@@ -238,9 +237,7 @@ def run_stage(cfg: RunConfig, stage: Stage, shape: Any, *, steps: int, device: s
         "peak_reserved_gb": torch.cuda.max_memory_reserved() / GB if on_gpu else None,
     }
     del trainer, model
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
+    release_gpu_memory()
     return report
 
 
