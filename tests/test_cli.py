@@ -41,6 +41,20 @@ def test_missing_inputs_name_the_flag_and_what_to_run(config, capsys):
     assert "--pairs" in (err := _error(capsys)) and "--iteration 2" in err
 
 
+def test_the_command_to_run_keeps_the_overrides_and_a_given_path_gets_none(
+    tmp_path, config, capsys
+):
+    """The hint makes the input where this command looks: same config, same overrides."""
+    elsewhere = f"output_dir={tmp_path / 'other runs'}"
+    assert main(["sft", "--config", config, elsewhere, "dpo.beta=0.2"]) == 2
+    err = _error(capsys)
+    assert f"--data {tmp_path / 'other runs'}/t/data: no prepared data folder" in err
+    assert f"run `esevo data prepare --config {config} '{elsewhere}' dpo.beta=0.2`" in err
+    # A path the user gave is theirs: no command would write it.
+    assert main(["eval", "--config", config, "--contexts", str(tmp_path / "no.parquet")]) == 2
+    assert _error(capsys).endswith("no.parquet: no evaluation contexts there")
+
+
 def test_inspect_pairs_says_what_is_wrong_with_the_path(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["inspect", "pairs", str(tmp_path / "empty")]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -114,6 +115,25 @@ def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> P
     if path is None or not Path(path).exists():
         raise UsageError(f"{flag} {path}: no {what} there{'; ' + hint if hint else ''}")
     return Path(path)
+
+
+def same_run(args: argparse.Namespace, command: str) -> str:
+    """`esevo <command>` for the run `args` name: its --config and overrides, quoted."""
+    words = ["esevo", *command.split(), "--config", str(args.config)]
+    return shlex.join([*words, *(getattr(args, "overrides", None) or [])])
+
+
+def stage_input(
+    args: argparse.Namespace, given: str | None, default: Path, flag: str, what: str, maker: str
+) -> Path:
+    """A stage's input: `given` (the user's `flag`) or the run's `default`, which must exist.
+
+    A missing default names the command that makes it for this run (`maker`, with this
+    command's config and overrides) or `flag`; a missing given path is the user's alone.
+    """
+    if given:
+        return existing(given, flag, what)
+    return existing(default, flag, what, f"run `{same_run(args, maker)}` or pass {flag}")
 
 
 def base_before(cfg: RunConfig, layout: RunLayout, t: int) -> bool:

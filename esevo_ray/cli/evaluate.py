@@ -17,6 +17,7 @@ from esevo_ray.cli.common import (
     load_args_config,
     loop_config,
     run_of,
+    stage_input,
 )
 from esevo_ray.errors import UsageError
 from esevo_ray.layout import RunLayout
@@ -67,9 +68,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _contexts(args: argparse.Namespace, layout) -> Path:
-    return existing(
-        args.contexts or layout.eval_contexts, "--contexts", "evaluation contexts",
-        f"run `esevo data prepare --config {args.config}` or pass --contexts",
+    return stage_input(
+        args, args.contexts, layout.eval_contexts, "--contexts", "evaluation contexts",
+        "data prepare",
     )  # fmt: skip
 
 

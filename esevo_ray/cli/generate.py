@@ -15,6 +15,7 @@ from esevo_ray.cli.common import (
     existing,
     iteration,
     run_of,
+    stage_input,
 )
 from esevo_ray.errors import UsageError
 
@@ -47,10 +48,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from esevo_ray.pipeline.evolve import iteration_seeds
 
     cfg, layout = run_of(args)
-    contexts = existing(
-        args.contexts or layout.seed_contexts, "--contexts", "seed contexts",
-        f"run `esevo data prepare --config {args.config}` or pass --contexts",
-    )  # fmt: skip
+    contexts = stage_input(
+        args, args.contexts, layout.seed_contexts, "--contexts", "seed contexts", "data prepare"
+    )
     adapter = _generator_adapter(args, cfg, layout)
     if not args.contexts:
         contexts = iteration_seeds(cfg, layout, args.iteration)
@@ -78,10 +78,9 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     from esevo_ray.models import resolve_model
 
     cfg, layout = run_of(args)
-    contexts = existing(
-        args.contexts or layout.seed_contexts, "--contexts", "contexts",
-        "run `esevo data prepare` or pass --contexts",
-    )  # fmt: skip
+    contexts = stage_input(
+        args, args.contexts, layout.seed_contexts, "--contexts", "contexts", "data prepare"
+    )
     report = bench_generate(
         cfg, contexts, resolve_model(cfg.model.path), n=args.contexts_n, naive_n=args.naive_n,
         repeats=args.repeats,

@@ -19,6 +19,7 @@ from esevo_ray.cli.common import (
     iteration,
     load_args_config,
     run_of,
+    stage_input,
 )
 
 FRESH = "none"
@@ -44,8 +45,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from esevo_ray.training.sft import train_sft
 
     cfg, layout = run_of(args)
-    data = existing(args.data or layout.data, "--data", "prepared data folder",
-                    f"run `esevo data prepare --config {args.config}`")  # fmt: skip
+    data = stage_input(
+        args, args.data, layout.data, "--data", "prepared data folder", "data prepare"
+    )
     out = train_sft(cfg, data, Path(args.out) if args.out else layout.adapter(0))
     _print_result(out)
     return 0
@@ -55,8 +57,10 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     from esevo_ray.training.dpo import train_dpo
 
     (cfg, layout), t = run_of(args), args.iteration
-    pairs = existing(args.pairs or layout.pairs(t), "--pairs", "preference pairs",
-                     f"run `esevo generate --config {args.config} --iteration {t}`")  # fmt: skip
+    pairs = stage_input(
+        args, args.pairs, layout.pairs(t), "--pairs", "preference pairs",
+        f"generate --iteration {t}",
+    )  # fmt: skip
     default = None if base_before(cfg, layout, t) else layout.adapter(t - 1)
     init = _init_adapter(args.init, default)
     out = train_dpo(cfg, pairs, init, Path(args.out) if args.out else layout.adapter(t))
