@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,36 @@ def test_overrides_apply_and_validate(tmp_path):
         load_config(None, ["dpo.beta"])
     with pytest.raises(ConfigError, match="unknown key 'nope'"):
         load_config(None, ["nope=1"])
+
+
+def test_a_misspelled_key_is_traced_to_its_override_with_the_nearest_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  max_eval_dialogs: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["data.max_train_dialogs=10", "genration.engine=hf", "dpo.beta=x"])
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"invalid config {path} with its overrides:"
+    assert (
+        "  unknown key 'data.max_eval_dialogs'; did you mean 'data.max_eval_dialogues'?" in lines
+    )  # in the file: no override named
+    assert (
+        "  unknown key 'data.max_train_dialogs' (from the override 'data.max_train_dialogs=10'); "
+        "did you mean 'data.max_train_dialogues'?"
+    ) in lines
+    assert any(x.startswith("  unknown key 'genration' (from the override 'genration.engine=hf')"
+                            "; did you mean 'generation'?") for x in lines)  # fmt: skip
+    assert any(
+        x.startswith("  dpo.beta:") and "(from the override 'dpo.beta=x')" in x for x in lines
+    )
+
+
+def test_a_yaml_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ndata: [\n")
+    with pytest.raises(
+        ConfigError, match=rf'(?s)not valid YAML.*in "{re.escape(str(path))}", line 3'
+    ):
+        load_config(path)
 
 
 def test_missing_file_and_non_mapping(tmp_path):

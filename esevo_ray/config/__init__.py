@@ -11,11 +11,12 @@ import json
 import logging
 import os
 import re
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
 
 from esevo_ray.config.base import ConfigError, Section
 from esevo_ray.config.evaluation import JUDGE_DIMENSIONS, EvalSection, JudgeDimension, JudgeSection
@@ -128,14 +129,36 @@ def _expand_env(node: Any, where: str = "") -> Any:
     return os.path.expandvars(node)
 
 
-def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys of the config section at `loc` (a path of keys from the root), [] where
+    that is not a section."""
+    model: Any = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: ValidationError, source: str, overrides: list[str]) -> str:
+    """One line per problem: the dotted key, from the file or from an override (named), and
+    for an unknown key the closest known ones."""
+    given = [(text.split("=", 1)[0].strip(), text) for text in overrides]
+    lines = [f"invalid config {source}" + (" with its overrides:" if overrides else ":")]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        texts = [text for key, text in given if key == where or key.startswith(f"{where}.")]
+        origin = f" (from the override {texts[-1]!r})" if texts else ""
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{where}'")
+            near = get_close_matches(str(e["loc"][-1]), _section_keys(e["loc"][:-1]), n=1)
+            prefix = ".".join(str(p) for p in e["loc"][:-1])
+            maybe = ", ".join(f"'{prefix}.{k}'" if prefix else f"'{k}'" for k in near)
+            lines.append(
+                f"  unknown key '{where}'{origin}" + (f"; did you mean {maybe}?" if near else "")
+            )
         else:
-            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r}){origin}")
     return "\n".join(lines)
 
 
@@ -151,7 +174,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            # A stream: YAML errors then name the file, not "<unicode string>".
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
         except OSError as e:  # a folder, no permission, ...
@@ -167,7 +192,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+        raise ConfigError(_describe(e, source, overrides or [])) from None
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
