@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from esevo_ray.config import RunConfig, ServeSection, load_config
+from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.generation.placement import (
     Placement,
@@ -107,6 +108,12 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     check_host_key(cfg.serve)
     s = cfg.serve
     run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
+    if not run.is_dir():  # else: the base model alone, and a database in a folder made for it
+        where = "serve.run_dir" if run_dir is None and s.run_dir else "output_dir/name"
+        raise UsageError(
+            f"serve: no run directory at {run} ({where}): train one first (`esevo evolve` "
+            "with this config), or point serve.run_dir at a run"
+        )
     base = str(resolve_model(cfg.model.path).resolve())
     db = human_db(cfg, run)
     if not ray.is_initialized():

@@ -126,6 +126,20 @@ def test_esevo_serve_refuses_a_public_host_without_key(monkeypatch, tmp_path):
         args.func(args)
 
 
+def test_serving_a_run_that_is_not_there_is_refused(tmp_path):
+    """Not the base model alone, with a database made in a folder of its own."""
+    from esevo_ray.errors import UsageError
+    from esevo_ray.serving.deploy import build_application
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=demo"])
+    with pytest.raises(UsageError, match=r"no run directory at .*runs/demo \(output_dir/name\)"):
+        build_application(cfg)
+    with pytest.raises(UsageError, match=r"at .*elsewhere \(serve.run_dir\)"):
+        build_application(cfg.model_copy(update={"serve": cfg.serve.model_copy(
+            update={"run_dir": str(tmp_path / "elsewhere")})}))  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
 def test_serve_config_file_is_valid():
     from ray.serve.schema import ServeDeploySchema
 
