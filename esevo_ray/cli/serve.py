@@ -75,14 +75,20 @@ def cmd_report_human(args: argparse.Namespace) -> int:
     return 0
 
 
+HUMAN_USAGE = "esevo report human [--db DB | --config CONFIG | --run-dir DIR] [--human-out OUT]"
+
+
 def _add_human_report_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("esevo report human")
+    g = p.add_argument_group("esevo report human", "the human evaluation's tables and figures")
     g.add_argument("--db", help="human evaluation SQLite file (default from the config)")
     g.add_argument("--config", help="YAML run config, to find the database")
-    g.add_argument("--run-dir", dest="human_run_dir", help="run directory of the database")
     g.add_argument(
-        "--human-out", dest="human_out", help="output folder (default: report/ beside the database)"
+        "--run-dir", dest="human_run_dir", metavar="DIR", help="run directory of the database"
     )
+    g.add_argument(
+        "--human-out", dest="human_out", metavar="OUT",
+        help="output folder (default: report/ beside the database)",
+    )  # fmt: skip
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +108,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         previous = None
     else:
         previous = report.get_default("func")
+        report.usage = (
+            f"{report.format_usage().removeprefix('usage: ').strip()}\n       {HUMAN_USAGE}"
+        )
     _add_human_report_args(report)
 
     def dispatch(args: argparse.Namespace) -> int:

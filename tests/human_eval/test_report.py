@@ -154,6 +154,13 @@ def test_cli_report_human(tmp_path, capsys, with_evaluation_report):
     assert "m2 vs m0" in capsys.readouterr().out
 
 
+def test_cli_report_help_shows_both_reports():
+    parser = _parser(with_evaluation_report=True)
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    usage = sub.choices["report"].format_usage()
+    assert "esevo report [-h] [--relevance" in usage and "esevo report human [--db DB" in usage
+
+
 def test_cli_report_still_dispatches_other_reports(tmp_path):
     from esevo_ray.cli.serve import add_parsers
 
