@@ -64,10 +64,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_prepare)
 
     p = data.add_parser("stats", help="Table 1 statistics of a dataset")
-    p.add_argument("--dataset", default="esconv")
-    p.add_argument("--splits", default="train,test")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--on-bad-record", choices=["error", "skip"])
+    p.add_argument(
+        "--dataset", default="esconv", help="the dataset (esconv: the one in the data folder)"
+    )
+    p.add_argument("--splits", default="train,test", help="comma-separated ESConv splits")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--on-bad-record", choices=["error", "skip"],
+        help="a malformed record stops (error, the default) or is counted and skipped",
+    )  # fmt: skip
     p.set_defaults(func=cmd_data_stats)
 
     model = command_group(sub, "model", "prepare the default model")

@@ -127,12 +127,19 @@ def _turn_items(record: dict, key: str) -> list[dict]:
     return items
 
 
+def _found(item: dict, key: str) -> str:
+    """How a record's field reads in an error: "is missing", or "is <value>"."""
+    return f"is {item[key]!r:.60}" if key in item else "is missing"
+
+
 def _esconv_record(record: dict, default_id: str, source: str, split: str) -> Dialogue:
     turns = []
     for i, utt in enumerate(_turn_items(record, "dialog")):
         speaker = utt.get("speaker")
         if not isinstance(speaker, str) or speaker not in ESCONV_ROLES:
-            raise DataError(f"dialog[{i}].speaker is {speaker!r}, want one of {list(ESCONV_ROLES)}")
+            raise DataError(
+                f"dialog[{i}].speaker {_found(utt, 'speaker')}, want one of {list(ESCONV_ROLES)}"
+            )
         # HF split files carry `text`/`strategy`; the original ESConv.json `content`/`annotation`.
         key = "text" if "text" in utt else "content"
         text = _text(utt.get(key), f"dialog[{i}].{key}")
@@ -197,7 +204,7 @@ def _serveforemo_record(record: dict, default_id: str) -> Dialogue:
         raw_role = str(item.get(f["role"], "")).strip().lower()
         if raw_role not in SERVEFOREMO_ROLES:
             raise DataError(
-                f"{f['turns']}[{i}].{f['role']} is {item.get(f['role'])!r}, "
+                f"{f['turns']}[{i}].{f['role']} {_found(item, f['role'])}, "
                 f"want one of {list(SERVEFOREMO_ROLES)}"
             )
         role = SERVEFOREMO_ROLES[raw_role]

@@ -122,6 +122,7 @@ GOOD = {
         ({"dialog": []}, "record 2: field 'dialog' must be a non-empty list"),
         ({"dialog": [GOOD["dialog"][0], "hello"]}, "record 2: dialog[1] must be an object"),
         ({"dialog": [{"speaker": "bot", "text": "x"}]}, "dialog[0].speaker is 'bot'"),
+        ({"dialog": [{"text": "x"}]}, "dialog[0].speaker is missing, want one of"),
         ({"dialog": [{"speaker": "usr", "text": "  "}]}, "dialog[0].text"),
         ({"situation": 3, "dialog": GOOD["dialog"]}, "field 'situation' must be a string"),
         ([1, 2], "expected an object"),
