@@ -40,6 +40,11 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     message, param = validation_error(exc.errors())
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if param is None and kind != "application/json":  # the body as a whole: not read as JSON
+        message = (
+            f"send the body as JSON, with Content-Type: application/json (got {kind or 'none'})"
+        )
     return error_response(400, message, "invalid_request_error", param, "invalid_value")
 
 

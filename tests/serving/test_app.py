@@ -165,6 +165,15 @@ def test_bad_requests_get_openai_errors(http, what, body, status, code):
         assert err["code"] == code
 
 
+def test_a_body_not_sent_as_json_says_so(http):
+    body = json.dumps({"model": "m0", "messages": USER})
+    r = http.post("/v1/chat/completions", content=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == (
+        "send the body as JSON, with Content-Type: application/json (got text/plain)"
+    )
+
+
 def test_auth(served):
     body = {"model": "m0", "messages": USER, "max_tokens": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
