@@ -175,3 +175,45 @@ def test_ray_up_nodes_share_the_runs_folder():
     for path in ("/data/esc", "/models", "/runs"):
         assert f" {path}" in setup, path
     assert "output_dir=/runs" in _comments("ray-up-gpu.yaml")
+
+
+def test_ray_up_config_is_valid_for_the_autoscaler_and_starts_ray_with_token_auth():
+    import json
+
+    import jsonschema
+    import ray
+
+    cfg = yaml.safe_load((REPO / "cluster/ray-up-gpu.yaml").read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler/ray-schema.json").read_text())
+    jsonschema.validate(cfg, schema)
+    # Head and workers must agree on the mode (a worker never turns auth on by itself), and
+    # every node gets the token.
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in cfg[key] if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
+    assert "~/.ray/auth_token" in cfg["file_mounts"]
+    # The autoscaler runs in the head's venv, and reaches AWS through boto3.
+    assert any("boto3" in c for c in cfg["head_setup_commands"])
+    assert all("ImageId" in t["node_config"] for t in cfg["available_node_types"].values())
+
+
+@pytest.mark.parametrize("name", ["kuberay-rayjob.yaml", "kuberay-raycluster.yaml"])
+def test_kuberay_clusters_use_token_auth(name):
+    doc = yaml.safe_load((REPO / "cluster" / name).read_text())
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    assert spec["authOptions"] == {"mode": "token"}
+
+
+def test_the_rayjob_does_not_upload_the_images_venv():
+    """Ray refuses a working_dir package over 512 MiB; the image's /app holds its .venv."""
+    job = yaml.safe_load((REPO / "cluster/kuberay-rayjob.yaml").read_text())
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert "working_dir" not in env or ".venv" in env.get("excludes", [])
+
+
+def test_the_gpu_image_puts_its_venv_on_login_shells_path():
+    """KubeRay starts Ray with `bash -lc`, and Debian's /etc/profile resets PATH."""
+    dockerfile = (REPO / "cluster/Dockerfile.gpu").read_text()
+    assert re.search(
+        r"echo 'export PATH=/app/\.venv/bin:\$PATH' > /etc/profile\.d/\S+\.sh", dockerfile
+    )
