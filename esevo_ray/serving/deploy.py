@@ -99,7 +99,8 @@ def engine_settings(cfg: RunConfig, run_dir: Path, base: str, device: str | None
 def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     """The Serve application for `cfg`, serving the models of `run_dir` (default from cfg).
 
-    Joins the Ray cluster (`ray.init`, where not yet) to place the replicas on it.
+    Joins the Ray cluster (`ray.init`, where not yet) to place the replicas on it, and checks
+    that every node sees the run and the database folder (`check_shared`).
     """
     import ray
 
@@ -118,6 +119,8 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     db = human_db(cfg, run)
     if not ray.is_initialized():
         ray.init()
+    # `serve run` / `serve deploy` build the application here too: checked for them as well.
+    check_shared("serve", writes=[db.parent], reads=served_paths(cfg, run))
     placement = replica_placement(s, node_gpus())
     generator = Generator.options(
         num_replicas=s.num_replicas,
@@ -145,7 +148,6 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
 
     check_host_key(cfg.serve)  # before anything starts
     app = build_application(cfg, run_dir)
-    check_shared("serve", writes=[human_db(cfg, run_dir).parent], reads=served_paths(cfg, run_dir))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=name, route_prefix="/")
     return http_url(cfg.serve.host, cfg.serve.port)
