@@ -17,10 +17,13 @@ or a cluster built from one image, as the `cluster/` recipes do).
 from __future__ import annotations
 
 import importlib.util
+import logging
 from importlib import metadata
 
 from esevo_ray.config import ConfigError, GenerationSection
 from esevo_ray.generation.engines import ENGINES
+
+logger = logging.getLogger(__name__)
 
 
 class EngineUnavailable(ConfigError):
@@ -71,6 +74,12 @@ def choose_engine(
     cuda_build_on_cpu = device == "cpu" and installed("vllm") and not vllm_runs_on_cpu()
     if kind == "auto":
         kind = "vllm" if installed("vllm") and not cuda_build_on_cpu else "hf"
+        if cuda_build_on_cpu:  # a GPU environment, computing on CPU: say so
+            logger.warning(
+                "%s auto: hf, as the CUDA build of vllm cannot run on cpu (%s.device; on a "
+                "cluster, no node had a GPU when the stage started: if GPU nodes are still "
+                "joining, wait for them or set %s.device=cuda)", key, section, section,
+            )  # fmt: skip
     elif kind == "vllm" and not installed("vllm"):
         raise EngineUnavailable(
             f"{key} is vllm, but vllm is not installed in this environment: install it "

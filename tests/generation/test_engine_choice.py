@@ -74,8 +74,13 @@ def cuda_build(monkeypatch):
     [("auto", "cpu", "hf"), ("auto", "cuda", "vllm"), ("auto", None, "vllm"),
      ("vllm", "cuda", "vllm"), ("hf", "cpu", "hf")],
 )  # fmt: skip
-def test_the_cuda_build_of_vllm_is_not_chosen_for_cpu(cuda_build, requested, device, expected):
+def test_the_cuda_build_of_vllm_is_not_chosen_for_cpu(
+    cuda_build, caplog, requested, device, expected
+):
     assert choose_engine(requested, "generation.engine", device=device) == expected
+    # A GPU environment falling back to CPU says so (GPU nodes may still be joining).
+    said = "cannot run on cpu" in caplog.text and "generation.device=cuda" in caplog.text
+    assert said == (requested == "auto" and device == "cpu")
 
 
 def test_vllm_on_cpu_with_the_cuda_build_names_the_setting_to_change(cuda_build):
