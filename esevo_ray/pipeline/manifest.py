@@ -196,6 +196,15 @@ class Manifest:
         recorded = self.data["stages"].get(stage, {}).get("input_fingerprints", {})
         return [k for k, v in fingerprints.items() if k in recorded and recorded[k] != v]
 
+    def adopt_inputs(self, stage: str, fingerprints: dict[str, str | None]) -> None:
+        """Record the fingerprints of inputs a finished `stage`'s record lacks (added to the
+        stage since it ran); what it recorded stays as it is."""
+        recorded = self.data["stages"][stage].setdefault("input_fingerprints", {})
+        added = {k: v for k, v in fingerprints.items() if k not in recorded}
+        if added:
+            recorded.update(added)
+            self.save()
+
     def retire(self, stage: str, changed: list[str], moved: list[str]) -> None:
         """Record that `stage` must run again: `changed` inputs, old outputs `moved` aside."""
         self.data.setdefault("retired", []).append(

@@ -112,6 +112,9 @@ class Runner:
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))
                 logger.info("stage %s: done, reusing %s", name, reused)
+                # An input added since the stage ran (an older manifest) is taken as it is
+                # now, so that a later change to it is seen.
+                self.manifest.adopt_inputs(name, fingerprints)
                 return
             self._retire(name, changed, folder, outputs, "since it ran")
         elif self.manifest.stopped(name) and (

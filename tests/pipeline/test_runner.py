@@ -175,6 +175,30 @@ def test_a_folder_is_its_data_not_its_manifest_and_older_records_still_match(tmp
     assert calls == ["dpo", "dpo"], "an older record of the same folder retrained the stage"
 
 
+def test_an_input_added_to_a_stage_since_it_ran_is_watched_from_then_on(tmp_path):
+    """A run made before the data stage read its raw files: reused as it is, and a raw file
+    changed afterwards prepares the data again."""
+    raw, out = tmp_path / "esconv.json", tmp_path / "data.txt"
+    raw.write_text("v1")
+    calls: list[str] = []
+
+    def data(inputs: dict) -> None:
+        runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+
+        def prepare():
+            calls.append("data")
+            out.write_text("prepared")
+
+        runner.stage("data", inputs=inputs, outputs={"out": out}, fn=prepare)
+
+    data({"data_dir": tmp_path / "raw-dir"})  # as older versions recorded it
+    data({"data_dir": tmp_path / "raw-dir", "esconv": raw})
+    assert calls == ["data"], "a run of the older version was prepared again"
+    raw.write_text("v2")
+    data({"data_dir": tmp_path / "raw-dir", "esconv": raw})
+    assert calls == ["data", "data"], "a raw file changed after the upgrade went unseen"
+
+
 def test_an_input_changed_while_the_stage_ran_is_seen_by_the_next_run(tmp_path):
     """M0 retrained in another shell while M1's pairs are made from the old M0: the record
     must say what the stage read, so the next run makes the pairs again."""
