@@ -72,6 +72,17 @@ def test_a_misspelled_key_is_traced_to_its_override_with_the_nearest_key(tmp_pat
     )
 
 
+def test_only_the_override_that_set_a_value_is_blamed_for_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("serve:\n  max_tokens: 5000\n")
+    with pytest.raises(ConfigError) as e:  # a check of the whole section, not of the port
+        load_config(path, ["serve.port=9000"])
+    assert "max_tokens (5000) must be below" in str(e.value)
+    assert "from the override" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"seed_sources.1: .* \(from the override 'data.seed"):
+        load_config(None, ["data.seed_sources=[esconv, bogus]"])  # an item inside its value
+
+
 def test_a_yaml_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\ndata: [\n")

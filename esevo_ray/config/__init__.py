@@ -148,9 +148,17 @@ def _describe(err: ValidationError, source: str, overrides: list[str]) -> str:
     lines = [f"invalid config {source}" + (" with its overrides:" if overrides else ":")]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
-        texts = [text for key, text in given if key == where or key.startswith(f"{where}.")]
+        unknown = e["type"] == "extra_forbidden"
+        texts = [
+            text
+            for key, text in given
+            # the key itself, a value inside it, or (unknown) a section misspelled above it
+            if key == where
+            or where.startswith(f"{key}.")
+            or (unknown and key.startswith(f"{where}."))
+        ]
         origin = f" (from the override {texts[-1]!r})" if texts else ""
-        if e["type"] == "extra_forbidden":
+        if unknown:
             near = get_close_matches(str(e["loc"][-1]), _section_keys(e["loc"][:-1]), n=1)
             prefix = ".".join(str(p) for p in e["loc"][:-1])
             maybe = ", ".join(f"'{prefix}.{k}'" if prefix else f"'{k}'" for k in near)
