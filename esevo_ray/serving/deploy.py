@@ -99,8 +99,11 @@ def engine_settings(cfg: RunConfig, run_dir: Path, base: str, device: str | None
 def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     """The Serve application for `cfg`, serving the models of `run_dir` (default from cfg).
 
-    Joins the Ray cluster (`ray.init`, where not yet) to place the replicas on it, and checks
-    that every node sees the run and the database folder (`check_shared`).
+    Connected to Ray (`esevo serve`, or Serve building it on a cluster for `serve run` /
+    `serve deploy`), the replicas are placed on the cluster and every node is checked to see
+    the run and the database folder (`check_shared`); not connected (Ray's `serve run` of an
+    import path builds first, then joins the cluster it was told), this machine's GPUs decide
+    and Ray is left to the caller.
     """
     import ray
 
@@ -110,18 +113,24 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     s = cfg.serve
     run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
     if not run.is_dir():  # else: the base model alone, and a database in a folder made for it
-        where = "serve.run_dir" if run_dir is None and s.run_dir else "output_dir/name"
+        where = (
+            "the run_dir given" if run_dir is not None
+            else "serve.run_dir" if s.run_dir else "<output_dir>/<name> of the config"
+        )  # fmt: skip
         raise UsageError(
-            f"serve: no run directory at {run} ({where}): train one first (`esevo evolve` "
-            "with this config), or point serve.run_dir at a run"
+            f"serve: no run directory at {run} ({where}): train the run first (`esevo evolve` "
+            "with this config), or serve one that is there"
         )
     base = str(resolve_model(cfg.model.path).resolve())
     db = human_db(cfg, run)
-    if not ray.is_initialized():
-        ray.init()
-    # `serve run` / `serve deploy` build the application here too: checked for them as well.
-    check_shared("serve", writes=[db.parent], reads=served_paths(cfg, run))
-    placement = replica_placement(s, node_gpus())
+    if ray.is_initialized():
+        check_shared("serve", writes=[db.parent], reads=served_paths(cfg, run))
+        gpus_by_node = node_gpus()
+    else:
+        import torch
+
+        gpus_by_node = [float(torch.cuda.device_count())]
+    placement = replica_placement(s, gpus_by_node)
     generator = Generator.options(
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
@@ -144,9 +153,12 @@ def build_app(args: dict):
 
 def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
     """Start Serve on cfg.serve.host:port with the application; returns the base URL."""
+    import ray
     from ray import serve
 
     check_host_key(cfg.serve)  # before anything starts
+    if not ray.is_initialized():
+        ray.init()
     app = build_application(cfg, run_dir)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=name, route_prefix="/")

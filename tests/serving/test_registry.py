@@ -132,8 +132,10 @@ def test_serving_a_run_that_is_not_there_is_refused(tmp_path):
     from esevo_ray.serving.deploy import build_application
 
     cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=demo"])
-    with pytest.raises(UsageError, match=r"no run directory at .*runs/demo \(output_dir/name\)"):
+    with pytest.raises(UsageError, match=r"at .*runs/demo \(<output_dir>/<name> of the config\)"):
         build_application(cfg)
+    with pytest.raises(UsageError, match=r"at .*given-one \(the run_dir given\)"):
+        build_application(cfg, tmp_path / "given-one")  # cluster/serve.yaml's args.run_dir
     with pytest.raises(UsageError, match=r"at .*elsewhere \(serve.run_dir\)"):
         build_application(cfg.model_copy(update={"serve": cfg.serve.model_copy(
             update={"run_dir": str(tmp_path / "elsewhere")})}))  # fmt: skip
