@@ -69,13 +69,18 @@ class LocalJudge:
     def __init__(self, cfg: JudgeSection, model_path: str | Path, *, dtype: str = "auto"):
         if cfg.backend == "endpoint":
             raise ValueError("LocalJudge needs eval.judge.backend 'vllm' or 'hf'")
+
+        def check(device: str | None) -> None:
+            choose_engine(
+                cfg.backend, f"{KEY}.backend", device=device, guided_json=cfg.guided_json,
+                tensor_parallel_size=cfg.tensor_parallel_size,
+            )  # fmt: skip
+
+        check(None)  # what is installed, before anything starts
         self.cfg = cfg
         self.model = Path(model_path).name
         self.placement = judge_placement(cfg)
-        choose_engine(
-            cfg.backend, f"{KEY}.backend", device=self.placement.device,
-            guided_json=cfg.guided_json, tensor_parallel_size=cfg.tensor_parallel_size,
-        )  # fmt: skip
+        check(self.placement.device)  # and whether it runs where the judge was placed
         if self.placement.gpus:
             import ray
 

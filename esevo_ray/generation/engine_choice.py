@@ -22,6 +22,7 @@ from importlib import metadata
 
 from esevo_ray.config import ConfigError, GenerationSection
 from esevo_ray.generation.engines import ENGINES
+from esevo_ray.generation.placement import node_gpus, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,21 @@ def choose_engine(
             f"{section}.guided_json=false (small models then rarely produce parseable JSON)"
         )
     return kind
+
+
+def engine_device(device: str) -> str | None:
+    """The device the engine choice must know, for a section's `device` setting: only the
+    CUDA build of vLLM cannot run on one of them (CPU), and only "auto" asks the cluster
+    (joined here, where not yet); None where it does not matter."""
+    if device != "auto":
+        return device
+    if not installed("vllm") or vllm_runs_on_cpu():
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    return resolve_device(device, node_gpus())
 
 
 def generation_engine(gen: GenerationSection, device: str | None = None) -> str:

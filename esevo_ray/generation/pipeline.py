@@ -22,11 +22,11 @@ import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
-from esevo_ray.generation.engine_choice import generation_engine
+from esevo_ray.generation.engine_choice import engine_device, generation_engine
 from esevo_ray.generation.engines import EngineOptions, build_engine, model_id
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
-from esevo_ray.generation.placement import Placement, enter_actor, node_gpus, place, resolve_device
+from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
 from esevo_ray.parts import check_complete, claim, part_name, read_parts, todo, write_part
@@ -177,12 +177,9 @@ def run_engine_actors(
     """Map the contexts not yet in `out_dir` through a pool of engine actors."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
     # The actors get the engine chosen here for the device they will run on, checked before
     # any of them starts.
-    device = resolve_device(cfg.generation.device, node_gpus())
-    engine = generation_engine(cfg.generation, device)
+    engine = generation_engine(cfg.generation, engine_device(cfg.generation.device))
     gen = cfg.generation.model_copy(update={"engine": engine})
     out_dir.mkdir(parents=True, exist_ok=True)
     claim(out_dir, {
@@ -203,6 +200,8 @@ def run_engine_actors(
         return progress
     # A folder's manifest.json says it is complete (esevo dpo checks): not while it grows.
     (out_dir / "manifest.json").unlink(missing_ok=True)
+    if not ray.is_initialized():
+        ray.init()
     # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks,
     # and a worker that writes its parts on an unshared disk loses them to the driver.
     progress.placement = place(gen, gen.engine, gen.num_actors, "generation")
