@@ -40,8 +40,10 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     message, param = validation_error(exc.errors())
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
-    if param is None and kind != "application/json":  # the body as a whole: not read as JSON
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # The body as a whole, sent as something FastAPI does not read as JSON: it reads only
+    # application/json and application/*+json (no Content-Type, strict_content_type: not).
+    if param is None and not (kind == "application/json" or kind.endswith("+json")):
         message = (
             f"send the body as JSON, with Content-Type: application/json (got {kind or 'none'})"
         )

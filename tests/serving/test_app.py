@@ -172,6 +172,12 @@ def test_a_body_not_sent_as_json_says_so(http):
     assert r.json()["error"]["message"] == (
         "send the body as JSON, with Content-Type: application/json (got text/plain)"
     )
+    r = http.post("/v1/chat/completions", content=body.encode(), headers={"Content-Type": ""})
+    assert r.json()["error"]["message"].endswith("(got none)")
+    # Read as JSON (application/*+json too), the body's own problem is the message.
+    kind = {"Content-Type": "application/merge-patch+json"}
+    r = http.post("/v1/chat/completions", content=b"{bad", headers=kind)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "request body is not valid JSON"
 
 
 def test_auth(served):
