@@ -64,8 +64,10 @@ def test_recipes_make_a_token_before_ray_start_under_token_auth(path):
     the same two commands in an empty home."""
     text = (REPO / path).read_text()
     start = text.index("ray start --head")
-    assert "RAY_AUTH_MODE=token" in text[:start]
-    assert "ray get-auth-token --generate" in text[:start]
+    # The commands run before it in the same script (or the README's code block).
+    before = text[text.rfind("```", 0, start) + 3 : start] if path.endswith(".md") else text[:start]
+    assert re.search(r"^export RAY_AUTH_MODE=token\b", before, re.M)
+    assert re.search(r"^\S*ray get-auth-token --generate\b", before, re.M)
 
 
 def test_jobs_are_thin_and_document_their_launch_command():
