@@ -4,7 +4,7 @@
 batch at the next step and leaves when it ends), per-token deltas, and every iteration's
 adapter as a LoRA request on the one base model, so base, m0..mt and `current` share one
 engine and its KV cache. `HfServeEngine` is the fallback where vLLM is not installed: one
-request at a time, each adapter merged into its own model, whole completions.
+request at a time, every adapter a named LoRA on the one base model, whole completions.
 
 Both take a request dict {"messages", "prompt_token_ids", "decoding", "seed"} and yield
 deltas {"text", "output_tokens", "prompt_tokens", "finish"}; "finish" is None until the last.
@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import logging
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -179,8 +180,23 @@ class VllmServeEngine:
         self.llm.shutdown()
 
 
+@dataclass(eq=False)
+class HfAdapter:
+    """An adapter attached to the transformers engine's one model under a name of its own
+    (never reused); when Serve's LRU drops it, or it is collected, its weights go."""
+
+    name: str
+    path: str
+    engine: HfServeEngine
+
+    def __del__(self) -> None:
+        self.engine.retire(self.name)
+
+
 class HfServeEngine:
-    """transformers `generate`: one request at a time, whole completions, merged adapters."""
+    """transformers `generate`: one request at a time, whole completions. Every adapter is
+    a named LoRA on the one base model (PEFT), switched per request under the lock: an
+    adapter costs its LoRA weights, not a copy of the model."""
 
     def __init__(self, s: EngineSettings):
         from esevo_ray.generation.engines import EngineOptions, HfEngine
@@ -189,21 +205,72 @@ class HfServeEngine:
         self.base = HfEngine(s.base_model, options=EngineOptions(dtype=s.dtype))
         self.lock = asyncio.Lock()
         self.running = 0
+        self.names = itertools.count()
+        # Dropped adapters, detached the next time the lock is held (a drop may come from
+        # any thread, and never while a request runs on the model).
+        self.retired: set[str] = set()
+        self.retired_lock = threading.Lock()
 
-    async def load(self, key: str, path: str) -> Any:
-        from esevo_ray.generation.engines import EngineOptions, HfEngine
+    async def load(self, key: str, path: str) -> HfAdapter:
+        logger.info("loading adapter %s (a LoRA on the base model)", key)
+        name = f"adapter_{next(self.names)}"  # Serve's key may hold characters PEFT refuses
+        async with self.lock:  # no request runs on the model while it changes
+            await asyncio.to_thread(self._attach, name, path)
+        return HfAdapter(name, path, self)
 
-        logger.info("loading adapter %s (merged)", key)
-        options = EngineOptions(dtype=self.settings.dtype)
-        return await asyncio.to_thread(HfEngine, self.settings.base_model, path, options)
+    def _attach(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        self._detach_retired()
+        model = self.base.model
+        if isinstance(model, PeftModel):
+            model.load_adapter(path, adapter_name=name)
+        else:
+            self.base.model = PeftModel.from_pretrained(model, path, adapter_name=name).eval()
+
+    def retire(self, name: str) -> None:
+        with self.retired_lock:
+            self.retired.add(name)
+
+    def _detach_retired(self) -> None:
+        """Delete the weights of dropped adapters; call holding `lock`."""
+        with self.retired_lock:
+            names, self.retired = self.retired, set()
+        for name in names:
+            model = self.base.model
+            attached = getattr(model, "peft_config", {})
+            if name not in attached:
+                continue
+            if len(attached) == 1:  # the last one: back to the plain model, no LoRA layers
+                self.base.model = model.unload()
+            else:
+                model.delete_adapter(name)
+
+    def adapters(self) -> list[str]:
+        """The adapters attached to the model now."""
+        return sorted(getattr(self.base.model, "peft_config", {}))
+
+    def _chat(self, adapter: HfAdapter | None, *args) -> list:
+        """`HfEngine.chat` on the adapter, or on the base model with every adapter off."""
+        self._detach_retired()
+        if adapter is not None:
+            if adapter.name not in self.adapters():  # dropped while this request waited
+                self._attach(adapter.name, adapter.path)
+            self.base.model.set_adapter(adapter.name)
+            return self.base.chat(*args)
+        model = self.base.model
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                return self.base.chat(*args)
+        return self.base.chat(*args)
 
     async def stream(self, request: dict, adapter: Any) -> AsyncIterator[dict]:
-        engine = adapter or self.base
+        engine = self.base
         decoding = DecodingSection(**request["decoding"])
         self.running += 1
         try:
             async with self.lock:
-                call = (engine.chat, [request["messages"]], decoding, [request["seed"]])
+                call = (self._chat, adapter, [request["messages"]], decoding, [request["seed"]])
                 work = asyncio.ensure_future(asyncio.to_thread(*call))
                 try:
                     (c,) = await asyncio.shield(work)

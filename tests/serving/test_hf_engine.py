@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from esevo_ray.config import DecodingSection
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
@@ -24,8 +26,8 @@ def _request(max_tokens: int, seed: int = 0, **decoding) -> dict:
     }
 
 
-async def _reply(engine, request: dict) -> dict:
-    async for out in engine.stream(request, None):
+async def _reply(engine, request: dict, adapter=None) -> dict:
+    async for out in engine.stream(request, adapter):
         return out
     raise AssertionError("the engine yielded nothing")
 
@@ -81,3 +83,45 @@ def test_a_reply_ending_on_its_last_allowed_token_finishes_with_stop(engine):
     assert again["output_tokens"] == reply["output_tokens"]
     assert again["finish"] == "stop"  # as vLLM: the stop token came, not the length cap
     assert at(reply["output_tokens"] - 1, seed)["finish"] == "length"
+
+
+def test_adapters_are_loras_on_the_one_model_and_answer_as_their_merged_models(
+    tiny_model, tmp_path
+):
+    """An adapter costs its LoRA weights, not a model: with max_adapters 4, an 8B model on
+    one GPU would otherwise be held five times."""
+    from esevo_ray.generation.engines import HfEngine
+    from esevo_ray.models import build_tiny_adapter
+    from esevo_ray.serving.engine import EngineSettings, HfServeEngine
+
+    def size(model) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    engine = HfServeEngine(EngineSettings(str(tiny_model), "hf"))
+    plain = size(engine.base.model)
+    paths = [build_tiny_adapter(tiny_model, tmp_path / f"a{i}", seed=i) for i in (1, 2)]
+    # Serve's model ids hold characters PEFT refuses in an adapter's name.
+    handles = [asyncio.run(engine.load(f"m{i}@1733.5", str(p))) for i, p in enumerate(paths)]
+    assert size(engine.base.model) - plain < plain / 2
+
+    greedy = _request(8, temperature=0)
+    messages, decoding = greedy["messages"], DecodingSection(**greedy["decoding"])
+
+    def merged(path=None) -> str:
+        return HfEngine(tiny_model, path).chat([messages], decoding, [0])[0].text
+
+    for handle, path in zip(handles, paths, strict=True):
+        assert asyncio.run(_reply(engine, greedy, handle))["text"] == merged(path)
+    assert asyncio.run(_reply(engine, greedy))["text"] == merged()  # the base, adapters off
+
+    # Serve's LRU drops an adapter (calling __del__): its weights go at the next request,
+    # and a request that still holds it gets it back.
+    first, second = handles
+    first.__del__()
+    asyncio.run(_reply(engine, greedy))
+    assert engine.adapters() == [second.name]
+    assert asyncio.run(_reply(engine, greedy, first))["text"] == merged(paths[0])
+    first.__del__()
+    second.__del__()
+    assert asyncio.run(_reply(engine, greedy))["text"] == merged()
+    assert engine.adapters() == [] and size(engine.base.model) == plain
