@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
-from esevo_ray.generation.engine_choice import engine_device, generation_engine
+from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.numerics import engine_dtype, release_gpu_memory
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     from esevo_ray.generation.pairs import fit_context, request_seed
 
     gen = cfg.generation
-    kind = generation_engine(gen, engine_device(gen.device))  # as the pipeline chooses it
+    kind = generation_engine(gen)  # as the pipeline chooses it
     if kind == "hf":  # vLLM binds its own CPU threads
         torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
@@ -146,7 +146,7 @@ def bench_generate(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "model": str(model.name),
-        "engine": generation_engine(cfg.generation, engine_device(cfg.generation.device)),
+        "engine": generation_engine(cfg.generation),
         "dtype": engine_dtype(cfg.model.dtype),
         "contexts": len(rows),
         "naive_contexts": min(naive_n, len(rows)),

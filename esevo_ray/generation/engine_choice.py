@@ -61,7 +61,9 @@ def choose_engine(
 
     `key` is the setting that chose it (e.g. "generation.engine"); errors name it and its
     section's `device`, `guided_json` and `tensor_parallel_size`. `device`: where the engine
-    will compute, as resolved on the cluster ("cuda" or "cpu"; None: not checked).
+    will compute, "cuda" or "cpu", or the section's "auto", resolved on the Ray cluster
+    (joined here) only where it matters: the CUDA build of vLLM cannot run on CPU. None: not
+    checked.
 
     Raises:
         EngineUnavailable: the engine, or what `guided_json` / `tensor_parallel_size` need,
@@ -72,7 +74,8 @@ def choose_engine(
         kinds = ", ".join(repr(k) for k in ("auto", *ENGINES))
         raise ConfigError(f"{key} must be one of {kinds}, got {requested!r}")
     kind = requested
-    cuda_build_on_cpu = device == "cpu" and installed("vllm") and not vllm_runs_on_cpu()
+    cuda_build = installed("vllm") and not vllm_runs_on_cpu()
+    cuda_build_on_cpu = cuda_build and device is not None and _on_cluster(device) == "cpu"
     if kind == "auto":
         kind = "vllm" if installed("vllm") and not cuda_build_on_cpu else "hf"
         if cuda_build_on_cpu:  # a GPU environment, computing on CPU: say so
@@ -108,14 +111,10 @@ def choose_engine(
     return kind
 
 
-def engine_device(device: str) -> str | None:
-    """The device the engine choice must know, for a section's `device` setting: only the
-    CUDA build of vLLM cannot run on one of them (CPU), and only "auto" asks the cluster
-    (joined here, where not yet); None where it does not matter."""
+def _on_cluster(device: str) -> str:
+    """`device`, with "auto" resolved on the Ray cluster (joined here, where not yet)."""
     if device != "auto":
         return device
-    if not installed("vllm") or vllm_runs_on_cpu():
-        return None
     import ray
 
     if not ray.is_initialized():
@@ -124,8 +123,9 @@ def engine_device(device: str) -> str | None:
 
 
 def generation_engine(gen: GenerationSection, device: str | None = None) -> str:
-    """The engine of the generation actors on `device`, by `choose_engine`."""
+    """The engine of the generation actors on `device` (default: generation.device), by
+    `choose_engine`."""
     return choose_engine(
-        gen.engine, "generation.engine", device=device, guided_json=gen.guided_json,
+        gen.engine, "generation.engine", device=device or gen.device, guided_json=gen.guided_json,
         tensor_parallel_size=gen.tensor_parallel_size,
     )  # fmt: skip

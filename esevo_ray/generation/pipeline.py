@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
-from esevo_ray.generation.engine_choice import engine_device, generation_engine
+from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.generation.engines import EngineOptions, build_engine, model_id
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
@@ -179,7 +179,7 @@ def run_engine_actors(
 
     # The actors get the engine chosen here for the device they will run on, checked before
     # any of them starts.
-    engine = generation_engine(cfg.generation, engine_device(cfg.generation.device))
+    engine = generation_engine(cfg.generation)
     gen = cfg.generation.model_copy(update={"engine": engine})
     out_dir.mkdir(parents=True, exist_ok=True)
     claim(out_dir, {

@@ -52,13 +52,17 @@ def resolve_device(device: str, gpus_by_node: list[float]) -> str:
     return device
 
 
-def resolve(section: Any, engine: str, gpus_by_node: list[float]) -> Placement:
-    """The placement of one actor of `section` (generation or eval.judge) on these nodes."""
+def resolve(
+    section: Any, engine: str, gpus_by_node: list[float], *, gpus_key: str = "gpus_per_actor"
+) -> Placement:
+    """The placement of one actor of `section` (generation, eval.judge, or serve, whose
+    `gpus_key` is gpus_per_replica and which has no tensor parallelism) on these nodes."""
     device = resolve_device(section.device, gpus_by_node)
-    gpus = section.gpus_per_actor
+    tensor_parallel_size = getattr(section, "tensor_parallel_size", 1)
+    gpus = getattr(section, gpus_key)
     if gpus is None:
-        gpus = (section.tensor_parallel_size if engine == "vllm" else 1) if device == "cuda" else 0
-    return Placement(device, float(gpus), section.tensor_parallel_size)
+        gpus = (tensor_parallel_size if engine == "vllm" else 1) if device == "cuda" else 0
+    return Placement(device, float(gpus), tensor_parallel_size)
 
 
 def check_capacity(
@@ -100,11 +104,21 @@ def node_gpus() -> list[float]:
     return [float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
-def place(section: Any, engine: str, actors: int, key: str) -> Placement:
-    """Resolve and check the placement of `actors` engine actors on the connected cluster."""
-    gpus_by_node = node_gpus()
-    placement = resolve(section, engine, gpus_by_node)
-    check_capacity(placement, actors, gpus_by_node, key)
+def place(
+    section: Any,
+    engine: str,
+    actors: int,
+    key: str,
+    *,
+    gpus_key: str = "gpus_per_actor",
+    count_key: str = "num_actors",
+    gpus_by_node: list[float] | None = None,
+) -> Placement:
+    """Resolve and check the placement of `actors` engine actors on these nodes (default:
+    the connected cluster's); errors name `key`'s `gpus_key` and `count_key` settings."""
+    gpus_by_node = node_gpus() if gpus_by_node is None else gpus_by_node
+    placement = resolve(section, engine, gpus_by_node, gpus_key=gpus_key)
+    check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
     logger.info(
         "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,
         placement.gpus,

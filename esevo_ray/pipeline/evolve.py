@@ -117,7 +117,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
 
     runner.stage(
         "data",
-        inputs={"data_dir": Path(cfg.data.data_dir or "default")} | source_files(cfg.data),
+        inputs=source_files(cfg.data),
         outputs={"data": run.data / "manifest.json"},
         fn=lambda: {"rows": _timed("io", prepare_data, cfg.data, run.data)["rows"]},
         folder=run.data,

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from esevo_ray.config import RunConfig
-from esevo_ray.generation.engine_choice import choose_engine, engine_device
+from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.serving.loadgen import Load, Result, prompt, run_clients, summarise
 
 
@@ -161,9 +161,7 @@ def bench_serve_app(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "model": model,
-        "engine": choose_engine(
-            cfg.serve.engine, "serve.engine", device=engine_device(cfg.serve.device)
-        ),
+        "engine": choose_engine(cfg.serve.engine, "serve.engine", device=cfg.serve.device),
         "max_tokens": max_tokens,
         "decoding": cfg.serve.decoding.model_dump(),
         "duration_s": duration_s,

@@ -13,12 +13,7 @@ from pathlib import Path
 from esevo_ray.config import RunConfig, ServeSection, load_config
 from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import choose_engine
-from esevo_ray.generation.placement import (
-    Placement,
-    check_capacity,
-    node_gpus,
-    resolve_device,
-)
+from esevo_ray.generation.placement import Placement, node_gpus, place
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_rank, lora_rank_bound
 from esevo_ray.serving.app import Ingress
@@ -57,16 +52,10 @@ def replica_placement(s: ServeSection, gpus_by_node: list[float]) -> Placement:
     Raises:
         PlacementError: the replicas' GPUs do not fit the cluster; the message names the keys.
     """
-    device = resolve_device(s.device, gpus_by_node)
-    gpus = s.gpus_per_replica
-    if gpus is None:
-        gpus = 1.0 if device == "cuda" else 0.0
-    placement = Placement(device, float(gpus))
-    check_capacity(
-        placement, s.num_replicas, gpus_by_node, "serve", gpus_key="gpus_per_replica",
-        count_key="num_replicas",
+    return place(
+        s, s.engine, s.num_replicas, "serve", gpus_key="gpus_per_replica",
+        count_key="num_replicas", gpus_by_node=gpus_by_node,
     )  # fmt: skip
-    return placement
 
 
 def engine_settings(cfg: RunConfig, run_dir: Path, base: str, device: str | None = None) -> dict:
