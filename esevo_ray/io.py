@@ -114,12 +114,12 @@ def atomic_dir(path: str | Path, *, keep_existing: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if path.exists() and keep_existing:  # published meanwhile: this copy is dropped
+            return
         os.chmod(tmp, 0o777 & ~_umask())
         for file in (f for f in tmp.rglob("*") if f.is_file()):
             _fsync(file)
         _fsync(tmp)
-        if path.exists() and keep_existing:
-            return
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)

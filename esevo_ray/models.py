@@ -219,7 +219,7 @@ def build_tiny_adapter(
     return Path(out)
 
 
-def _files_key(folder: Path) -> str:
+def files_key(folder: Path) -> str:
     """A short digest of a folder's resolved path and its files' names, sizes and times."""
     folder = folder.resolve()
     h = hashlib.sha256(str(folder).encode())
@@ -244,7 +244,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32")
 
     base, adapter = Path(base), Path(adapter)
     config = hashlib.sha256((adapter / "adapter_config.json").read_bytes()).hexdigest()[:8]
-    key = f"{base.name}-{_files_key(base)}-{adapter_hash(adapter)}-{config}-{dtype}"
+    key = f"{base.name}-{files_key(base)}-{adapter_hash(adapter)}-{config}-{dtype}"
     out = cache_dir() / "merged" / key
     if (out / "config.json").exists():
         return out

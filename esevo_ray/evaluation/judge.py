@@ -158,12 +158,10 @@ class JudgeClient:
         for attempt in range(1, self.cfg.parse_retries + 2):
             try:
                 text = self.complete(messages)
-            except openai.APIStatusError as e:
-                if rejected(e.status_code):
+            except openai.APIError as e:
+                if isinstance(e, openai.APIStatusError) and rejected(e.status_code):
                     error = f"{REQUEST_REJECTED}: {e.message}"  # "Error code: 400 - ..."
                     return Verdict(None, None, attempt, error)
-                return Verdict(None, None, attempt, f"{REQUEST_FAILED}: {e}")
-            except openai.APIError as e:
                 return Verdict(None, None, attempt, f"{REQUEST_FAILED}: {e}")
             try:
                 score, explanation = parse_verdict(text)

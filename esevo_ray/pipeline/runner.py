@@ -137,10 +137,12 @@ class Runner:
         # What the stage read is what was there when it started; an input that did not exist
         # then (None) is read again now. One changed meanwhile (retrained in another shell)
         # is not recorded as read: the next run sees the change.
-        after = _fingerprints(inputs)
+        read = {
+            k: fingerprint(Path(inputs[k])) if v is None else v for k, v in fingerprints.items()
+        }
         self.manifest.finish(
             name, outputs_, {**info, "seconds": round(wall, 1), "profile": breakdown},
-            fingerprints={k: after[k] if v is None else v for k, v in fingerprints.items()},
+            fingerprints=read,
         )  # fmt: skip
         logger.info("stage %s: done in %.1fs (%s)", name, wall,
                     ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import logging
 import os
@@ -59,11 +58,11 @@ def zero_adapter(s: EngineSettings) -> Path:
     Built once per base model and dtype into the cache directory.
     """
     from esevo_ray.io import atomic_dir
-    from esevo_ray.models import cache_dir
+    from esevo_ray.models import cache_dir, files_key
 
     base = Path(s.base_model).resolve()
-    digest = hashlib.sha256(str(base).encode()).hexdigest()[:12]
-    out = cache_dir() / "zero-lora" / f"{base.name}-{digest}-{s.dtype}"
+    # Keyed as merged models are: a base converted again in place is another base.
+    out = cache_dir() / "zero-lora" / f"{base.name}-{files_key(base)}-{s.dtype}"
     if (out / "adapter_config.json").is_file():
         return out
     import torch

@@ -13,12 +13,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from esevo_ray.layout import ADAPTER_CONFIG, ADAPTER_FILE, is_adapter
 from esevo_ray.training.common import HF_DIR
 
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"  # beside HF_DIR in a Ray checkpoint: the best adapter, when it is older
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 PROGRESS_KEYS = (
     "loss",
@@ -123,9 +123,9 @@ def restore_best(restored: Path, output_dir: Path) -> None:
     if not best:
         return
     target = output_dir / f"checkpoint-{best}"
-    if not (target / ADAPTER_FILES[-1]).exists():
+    if not is_adapter(target):
         source = restored / (HF_DIR if best == state["global_step"] else BEST_DIR)
-        if not (source / ADAPTER_FILES[-1]).exists():
+        if not is_adapter(source):
             logger.warning("the checkpoint holds no adapter of the best step %d", best)
             return
         _copy_adapter(source, target)
@@ -135,9 +135,8 @@ def restore_best(restored: Path, output_dir: Path) -> None:
 
 def _copy_adapter(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+    for name in (ADAPTER_CONFIG, ADAPTER_FILE):
+        shutil.copy2(src / name, dst / name)
 
 
 def copy_trainable_checkpoint(src: Path, dst: Path) -> None:
@@ -150,7 +149,7 @@ def copy_trainable_checkpoint(src: Path, dst: Path) -> None:
     def extra_adapters(folder: str, names: list[str]) -> list[str]:
         if Path(folder) != src:
             return []
-        return [n for n in names if (src / n / "adapter_config.json").exists()]
+        return [n for n in names if (src / n / ADAPTER_CONFIG).exists()]
 
     shutil.copytree(src, dst, ignore=extra_adapters)
 
