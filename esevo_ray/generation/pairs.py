@@ -19,7 +19,7 @@ from esevo_ray.generation.engines import Engine, TokenCounter
 from esevo_ray.generation.parsing import ParseError, parse_refinement, parse_reflection
 from esevo_ray.prompts import REFLECTION_KEYS
 from esevo_ray.schema import HUMAN_REFERENCE
-from esevo_ray.turns import drop_oldest_turns
+from esevo_ray.turns import fit_turns
 
 
 def request_seed(
@@ -59,13 +59,14 @@ def fit_context(
             or engine.count_tokens(prompts.refine_messages(ctx, "", analysis)) <= refine_budget
         )
 
-    context = drop_oldest_turns(context, fits)
+    context, ok = fit_turns(context, fits)
     # A single turn too long on its own keeps its most recent words.
     last = context[-1]["content"].split()
-    while not fits(context) and len(last) > 8:
+    while not ok and len(last) > 8:
         last = last[len(last) // 2 :]
         context = [*context[:-1], {**context[-1], "content": " ".join(last)}]
-    if not fits(context):
+        ok = fits(context)
+    if not ok:
         task = engine.count_tokens(prompts.task_messages(context, system_prompt))
         request = engine.count_tokens(prompts.refine_messages(context, "", analysis))
         raise ValueError(

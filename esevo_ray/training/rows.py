@@ -12,7 +12,7 @@ import pyarrow as pa
 from esevo_ray.config import TrainSection
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.schema import read_table
-from esevo_ray.turns import drop_oldest_turns
+from esevo_ray.turns import fit_turns
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,12 @@ def fit_prompt(
         text = tokenizer.apply_chat_template([*system, *turns, *answer], tokenize=False)
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    checked: dict[int, bool] = {}  # by the number of turns kept (always a recent part)
-
     def fits(turns: list[dict]) -> bool:
-        if len(turns) not in checked:
-            checked[len(turns)] = all(tokens(turns, a) <= max_length for a in answers)
-        return checked[len(turns)]
+        return all(tokens(turns, a) <= max_length for a in answers)
 
     system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
-    turns = drop_oldest_turns(prompt[len(system) :], fits)
-    return [*system, *turns], fits(turns)
+    turns, ok = fit_turns(prompt[len(system) :], fits)
+    return [*system, *turns], ok
 
 
 def fit_table(
