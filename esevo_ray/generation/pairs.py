@@ -95,19 +95,20 @@ def choose(refined: str | None, rejected: str, golden: str, length_ratio: float)
 def _retry(
     engine: Engine,
     cfg: GenerationSection,
-    build: list[list[dict]],
+    build: list[list[dict] | None],
     parse,
     seed_of,
     json_schema: dict,
 ) -> tuple[list[Any], list[int], list[int]]:
-    """Generate and parse each request, regenerating failures up to `max_attempts` times.
+    """Generate and parse each request (a None one is not made), regenerating failures up to
+    `max_attempts` times.
 
     Returns the parsed values (None where every attempt failed), attempts and output tokens.
     """
     n = len(build)
     parsed: list[Any] = [None] * n
     attempts, tokens = [0] * n, [0] * n
-    pending = list(range(n))
+    pending = [i for i, request in enumerate(build) if request is not None]
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
@@ -136,11 +137,10 @@ def make_pairs(
     t0 = time.perf_counter()
     seed = cfg.reflection_decoding.seed  # the rejected response's comes from cfg.decoding
 
-    def seed_of(stage: str, index: list[int]):
+    def seed_of(stage: str):
         return lambda i, attempt: request_seed(
-            seed, rows[index[i]]["dialogue_id"], rows[index[i]]["turn_index"], iteration, stage,
-            attempt,
-        )  # fmt: skip
+            seed, rows[i]["dialogue_id"], rows[i]["turn_index"], iteration, stage, attempt
+        )
 
     contexts, task, rejected = _rejected(engine, cfg, rows, iteration)
     reject_texts = [r.text.strip() for r in rejected]
@@ -152,20 +152,19 @@ def make_pairs(
     if two_step:
         build = [prompts.reflect_messages(c) for c in contexts]
         reflections, attempts, reflection_tokens = _retry(
-            engine, cfg, build, parse_reflection, seed_of("reflect", list(range(n))),
-            prompts.REFLECT_SCHEMA,
-        )  # fmt: skip
+            engine, cfg, build, parse_reflection, seed_of("reflect"), prompts.REFLECT_SCHEMA
+        )
     # Eq. 5 refines with the reflection: a row whose reflection never parsed is not refined
     # (its chosen side is the golden response, golden_parse_failure).
-    todo = [i for i in range(n) if not two_step or reflections[i] is not None]
-    build = [prompts.refine_messages(contexts[i], reject_texts[i], reflections[i]) for i in todo]
-    done, done_attempts, done_tokens = _retry(
-        engine, cfg, build, parse_refinement, seed_of("refine", todo), prompts.REFINE_SCHEMA
+    build = [
+        None
+        if two_step and reflections[i] is None
+        else prompts.refine_messages(contexts[i], reject_texts[i], reflections[i])
+        for i in range(n)
+    ]
+    refined, refine_attempts, refine_tokens = _retry(
+        engine, cfg, build, parse_refinement, seed_of("refine"), prompts.REFINE_SCHEMA
     )
-    refined: list[dict | None] = [None] * n
-    refine_attempts, refine_tokens = [0] * n, [0] * n
-    for j, i in enumerate(todo):
-        refined[i], refine_attempts[i], refine_tokens[i] = done[j], done_attempts[j], done_tokens[j]
 
     seconds = (time.perf_counter() - t0) / max(len(rows), 1)
     out = []
