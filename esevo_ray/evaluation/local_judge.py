@@ -28,11 +28,11 @@ logger = logging.getLogger(__name__)
 
 VERDICT_SCHEMA = {
     "type": "object",
-    # Score first: a verdict cut off by the token budget in its explanation still fails to
-    # parse, but the explanation cap keeps the whole answer within ~80 tokens for real models.
+    # In the prompt's order (Appendix E.2), which guided decoding follows: the judge explains,
+    # then scores. The explanation cap keeps the answer within ~80 tokens for real models.
     "properties": {
-        "score": {"type": "integer", "minimum": 1, "maximum": 5},
         "explanation": {"type": "string", "maxLength": 200},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
     },
     "required": ["score", "explanation"],
 }

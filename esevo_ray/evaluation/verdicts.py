@@ -40,10 +40,12 @@ def parse_verdict(text: str | None) -> tuple[float, str | None]:
         raise VerdictError("empty reply")
     text = _THINKING.sub(" ", text)
     decoder = json.JSONDecoder(strict=False)  # control characters inside strings are harmless
-    found, invalid = None, None
+    found, invalid, inside = None, None, 0
     for match in re.finditer(r"\{", text):
+        if match.start() < inside:  # a nested object of a verdict: its own score is not one
+            continue
         try:
-            obj, _ = decoder.raw_decode(text, match.start())
+            obj, end = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError:
             continue
         if not isinstance(obj, dict):
@@ -56,7 +58,7 @@ def parse_verdict(text: str | None) -> tuple[float, str | None]:
             invalid = f"score {fields['score']!r} is not a number in {SCORE_RANGE}"
             continue
         explanation = fields.get("explanation")
-        found = score, None if explanation is None else str(explanation)
+        found, inside = (score, None if explanation is None else str(explanation)), end
     if found is not None:
         return found
     raise VerdictError(invalid or f"no JSON object with a score in reply {text[:80]!r}")

@@ -24,6 +24,7 @@ from esevo_ray.evaluation.judge import (
     sample_keys,
 )
 from esevo_ray.evaluation.judge_prompts import judge_messages, rubric
+from esevo_ray.evaluation.local_judge import VERDICT_SCHEMA
 from esevo_ray.schema import JUDGE_SCORES, read_table
 from tests.evaluation.chat_server import ChatServer
 from tests.evaluation.helpers import responses_table, write_responses
@@ -105,6 +106,11 @@ def test_parse_verdict_formats():
     scale = 'Scale: {"score": 5} is expert.\n{"explanation": "generic", "score": 3}'
     assert parse_verdict(scale) == (3.0, "generic")
     assert parse_verdict('Template: {"score": 0}\n{"explanation": "ok", "score": 3}') == (3.0, "ok")
+    # A verdict's nested objects are part of it, not later verdicts; a wrapper without a
+    # score of its own is looked into.
+    nested = '{"explanation": "x", "score": 2, "parts": [{"name": "tone", "score": 5}]}'
+    assert parse_verdict(nested) == (2.0, "x")
+    assert parse_verdict('{"verdict": {"explanation": "y", "score": 4}}') == (4.0, "y")
     for bad in [
         "",
         None,
@@ -132,6 +138,11 @@ def test_rubrics_follow_the_paper_structure():
         ):
             assert section in text, (dim, section)
     assert "5 = " in rubric("empathy") and "1 = " in rubric("empathy")
+    # Guided decoding writes the schema's properties in order: the prompt's order, in which
+    # the judge explains before it scores (Appendix E.2).
+    text = rubric("empathy")
+    assert list(VERDICT_SCHEMA["properties"]) == ["explanation", "score"]
+    assert text.index('"explanation"') < text.index('"score"')
     with pytest.raises(ValueError, match="known"):
         rubric("fluency")
     messages = judge_messages("empathy", [{"role": "user", "content": "I feel low"}], "Why?")
