@@ -64,12 +64,66 @@ def lora_config(section: LoraSection) -> Any:
 
 
 def load_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer, with a pad token and a chat template fit for training (see
+    `prompt_prefix_template`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    prompt_prefix_template(tokenizer, model_path)
     return tokenizer
+
+
+# Mistral-Instruct (v0.3) templates put the system message into the *last* message when it is
+# a user turn: with the reply appended, no turn carries it. Its place at inference, in the last
+# user turn, keeps the prompt a prefix of prompt + reply; inference renders as before.
+_SYSTEM_IN_LAST = "loop.last and system_message is defined"
+_SYSTEM_IN_LAST_USER = (
+    '(loop_messages[loop.index0 + 1:] | selectattr("role", "equalto", "user") | list | length'
+    " == 0) and system_message is defined"
+)
+_PROBE = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "U1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "U2"},
+]
+
+
+def prompt_prefix_template(tokenizer: Any, model_path: str) -> None:
+    """Make sure the chat template renders a prompt as the start of prompt + reply.
+
+    TRL trains on the tokens where the two renderings part: a template that renders earlier
+    turns differently once the reply follows would put prompt tokens into the loss and train
+    on another prompt than generation uses. Known such templates (Mistral's) are fixed in
+    place, and saved so with the adapter; any other raises.
+
+    Raises:
+        ValueError: the template still renders the prompt differently with the reply.
+    """
+
+    def is_prefix() -> bool:
+        prompt = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+        reply = [{"role": "assistant", "content": "A2"}]
+        return tokenizer.apply_chat_template([*_PROBE, *reply], tokenize=False).startswith(prompt)
+
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or is_prefix():
+        return
+    if _SYSTEM_IN_LAST in template and "loop_messages" in template:
+        tokenizer.chat_template = template.replace(_SYSTEM_IN_LAST, _SYSTEM_IN_LAST_USER)
+        if is_prefix():
+            logger.info("%s: chat template renders the system message in the last user turn "
+                        "also when the reply follows, as at inference", model_path)  # fmt: skip
+            return
+        tokenizer.chat_template = template
+    raise ValueError(
+        f"{model_path}: its chat template renders the earlier turns differently once the reply "
+        "follows (the prompt with its generation prompt is not a prefix of prompt + reply), "
+        "so training would score prompt tokens and see another prompt than generation uses; "
+        "give the model a chat template that renders each turn the same whatever follows"
+    )
 
 
 def build_policy(cfg: RunConfig, job: TrainJob) -> tuple[Any, Any]:
@@ -258,6 +312,7 @@ def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type
                 base,
                 job.model_path,
             )
+    load_tokenizer(job.model_path)  # its chat template must fit training (raises before Ray Train)
     table = read_table(job.data_path, schema)
     # The workers' split: whole dialogues held out (see rows.split_eval).
     train, held_out = split_eval(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from esevo_ray.io import write_parquet
 from esevo_ray.prompts import TASK_PROMPT
@@ -35,6 +36,66 @@ def test_labels_cover_only_the_supporter_response(make_cfg, sft_dir, tmp_path):
     assert tok.decode(ids[supervised]).startswith(GOOD[0] + "<|im_end|>")
     assert TASK_PROMPT in tok.decode(ids[~supervised])
     assert torch.equal(labels[supervised], ids[supervised])
+
+
+# Mistral-7B-Instruct-v0.3's template (its non-tool part): the system message goes into the
+# last message, when that is a user turn.
+MISTRAL_TEMPLATE = (
+    '{%- if messages[0]["role"] == "system" %}{%- set system_message = messages[0]["content"] %}'
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}"
+    "{%- endif %}{{- bos_token }}{%- for message in loop_messages %}"
+    '{%- if message["role"] == "user" %}{%- if loop.last and system_message is defined %}'
+    '{{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}'
+    '{%- else %}{{- "[INST] " + message["content"] + "[/INST]" }}{%- endif %}'
+    '{%- elif message["role"] == "assistant" %}{{- " " + message["content"]|trim + eos_token }}'
+    "{%- endif %}{%- endfor %}"
+)
+
+
+def with_template(tiny_model: Path, path: Path, template: str) -> Path:
+    shutil.copytree(tiny_model, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = template
+    tok.save_pretrained(path)
+    return path
+
+
+def test_a_template_that_moves_the_system_prompt_still_trains_on_the_reply_only(
+    make_cfg, sft_dir, tiny_model, tmp_path
+):
+    """With Mistral's template TRL would score the seeker's last turn and train without
+    P_task (it renders into the last turn only while that is a user turn)."""
+    model = with_template(tiny_model, tmp_path / "mistral-like", MISTRAL_TEMPLATE)
+    cfg = make_cfg(f"model.path={model}")
+    trainer = build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
+    tok = trainer.processing_class
+    row = sft_table().to_pylist()[0]
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    supervised = labels != -100
+    assert tok.decode(ids[supervised]).strip() == GOOD[0] + tok.eos_token
+    prompt = tok.decode(ids[~supervised])
+    assert TASK_PROMPT in prompt and prompt.endswith(row["prompt"][-1]["content"] + "[/INST]")
+    # Generation's prompts (they end with a user turn) render as with the model's own template.
+    own = AutoTokenizer.from_pretrained(model)
+    for_generation = dict(tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(row["prompt"], **for_generation) == own.apply_chat_template(
+        row["prompt"], **for_generation
+    )
+
+
+def test_a_template_that_renders_the_prompt_otherwise_before_a_reply_is_refused(
+    tiny_model, tmp_path
+):
+    # The last message is marked: the prompt's last turn loses the mark once a reply follows.
+    template = (
+        "{% for m in messages %}{% if loop.last %}<last>{% endif %}"
+        "{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    model = with_template(tiny_model, tmp_path / "odd", template)
+    with pytest.raises(ValueError, match="odd: its chat template renders the earlier turns"):
+        common.load_tokenizer(str(model))
 
 
 def test_a_step_changes_lora_weights_and_not_the_base(make_cfg, sft_dir, tmp_path):
