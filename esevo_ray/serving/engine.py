@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,23 @@ class HfAdapter:
         self.engine.retire(self.name)
 
 
+async def _thread_to_its_end(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a thread, awaited to its end even when the caller is cancelled.
+
+    A thread cannot be stopped: a cancelled caller (a client gone) that held the engine's lock
+    keeps it until the thread is done, so nothing else runs on the model meanwhile; the
+    cancellation is raised then.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])
+        raise
+
+
 class HfServeEngine:
     """transformers `generate`: one request at a time, whole completions. Every adapter is
     a named LoRA on the one base model (PEFT), switched per request under the lock: an
@@ -214,7 +231,11 @@ class HfServeEngine:
         logger.info("loading adapter %s (a LoRA on the base model)", key)
         name = f"adapter_{next(self.names)}"  # Serve's key may hold characters PEFT refuses
         async with self.lock:  # no request runs on the model while it changes
-            await asyncio.to_thread(self._attach, name, path)
+            try:
+                await _thread_to_its_end(self._attach, name, path)
+            except asyncio.CancelledError:
+                self.retire(name)  # attached for no one: detached at the next request
+                raise
         return HfAdapter(name, path, self)
 
     def _attach(self, name: str, path: str) -> None:
@@ -268,19 +289,9 @@ class HfServeEngine:
         decoding = DecodingSection(**request["decoding"])
         self.running += 1
         try:
-            async with self.lock:
+            async with self.lock:  # `unfinished` counts a cancelled request until it ends
                 call = (self._chat, adapter, [request["messages"]], decoding, [request["seed"]])
-                work = asyncio.ensure_future(asyncio.to_thread(*call))
-                try:
-                    (c,) = await asyncio.shield(work)
-                except asyncio.CancelledError:
-                    # A thread cannot be stopped: a cancelled request (a client gone) keeps
-                    # the lock until its `generate` ends, so no other request ever runs on
-                    # the model beside it, and `unfinished` counts it until then.
-                    while not work.done():
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await asyncio.wait([work])
-                    raise
+                (c,) = await _thread_to_its_end(*call)
         finally:
             self.running -= 1
         text, tokens = c.text, c.output_tokens

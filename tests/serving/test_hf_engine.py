@@ -125,3 +125,37 @@ def test_adapters_are_loras_on_the_one_model_and_answer_as_their_merged_models(
     second.__del__()
     assert asyncio.run(_reply(engine, greedy))["text"] == merged()
     assert engine.adapters() == [] and size(engine.base.model) == plain
+
+
+def test_a_cancelled_adapter_load_keeps_the_model_until_attached_then_drops_it(
+    tiny_model, tmp_path, monkeypatch
+):
+    """A client gone while its adapter loads: the model must not serve another request
+    while PEFT swaps its layers, and the adapter no one holds must not stay attached."""
+    from esevo_ray.models import build_tiny_adapter
+    from esevo_ray.serving.engine import EngineSettings, HfServeEngine
+
+    engine = HfServeEngine(EngineSettings(str(tiny_model), "hf"))
+    path = build_tiny_adapter(tiny_model, tmp_path / "a", seed=1)
+    started, attach = threading.Event(), engine._attach
+
+    def slow_attach(*args):
+        started.set()
+        threading.Event().wait(0.3)
+        attach(*args)
+
+    monkeypatch.setattr(engine, "_attach", slow_attach)
+
+    async def main():
+        load = asyncio.create_task(engine.load("m1@1", str(path)))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        load.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await load
+        return engine.adapters(), engine.lock.locked()
+
+    attached, locked = asyncio.run(main())
+    assert len(attached) == 1 and not locked  # the load ended with its thread, lock freed
+    asyncio.run(_reply(engine, _request(2)))
+    assert engine.adapters() == []
