@@ -26,6 +26,7 @@ from esevo_ray.serving.checks import (
     check_auth,
     check_conversation,
     check_max_tokens,
+    default_max_tokens,
     recent_history,
 )
 from esevo_ray.serving.guard import ReplyGuard
@@ -133,10 +134,30 @@ class Ingress:
             ) from None
 
     async def reply(self, model_name: str, dialogue: list[dict]) -> tuple[str, bool]:
-        """A guarded whole reply for the human evaluation; the oldest turns go first."""
+        """A guarded whole reply for the human evaluation; the oldest turns go first.
+
+        Raises:
+            ApiError: as `_reply`, but blind: an error that names the model (a model no longer
+                served, an engine failure) reaches the rater's page without its name, which
+                the log keeps.
+        """
+        try:
+            return await self._reply(model_name, dialogue)
+        except ApiError as e:
+            if e.status < 404 and model_name not in e.message:
+                raise
+            logger.warning("human evaluation: reply of %s failed: %s", model_name, e.message)
+            raise ApiError(
+                e.status,
+                "the reply could not be made (the server log says why)",
+                e.type,
+                code=e.code,
+            ) from None
+
+    async def _reply(self, model_name: str, dialogue: list[dict]) -> tuple[str, bool]:
         model = self.resolve(model_name)
         turns = check_conversation(recent_history(dialogue, self.scfg), self.scfg)
-        max_tokens = check_max_tokens(None, self.scfg)
+        max_tokens = default_max_tokens(self.scfg)  # whole: older turns make room instead
         while True:
             try:
                 request = build_request(self.tokenizer, self.scfg, model, turns, max_tokens)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -20,13 +21,26 @@ from esevo_ray.turns import drop_oldest_turns
 
 
 def check_auth(request: Request, api_key: str | None) -> None:
-    """Without a key only loopback clients are served; with one, `Bearer <key>` is required."""
+    """Without a key only loopback clients asking for a loopback host are served; with one,
+    `Bearer <key>` is required.
+
+    The host check stops DNS rebinding: a web page in a local browser whose own name came to
+    resolve to 127.0.0.1 reaches the server from loopback, but names its own host.
+    """
     if api_key is None:
         client = request.client.host if request.client else ""
         if client and not is_loopback(client):
             raise ApiError(
                 403,
                 "no API key is configured; only loopback clients are served",
+                "permission_error",
+            )
+        host = request.headers.get("host")
+        if host and not _names_loopback(host):
+            raise ApiError(
+                403,
+                f"no API key is configured; only requests to localhost or a loopback address "
+                f"are served, not to host {host!r}",
                 "permission_error",
             )
         return
@@ -38,6 +52,16 @@ def check_auth(request: Request, api_key: str | None) -> None:
             "authentication_error",
             code="invalid_api_key",
         )
+
+
+def _names_loopback(host: str) -> bool:
+    """Whether a Host header names this machine: localhost (or a name under it) or a
+    loopback address, with or without a port."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:  # e.g. an unclosed "[::1"
+        return False
+    return bool(name) and (is_loopback(name) or name.endswith(".localhost"))
 
 
 def check_conversation(messages: list[ChatMessage] | list[dict], s: ServeSection) -> list[dict]:
@@ -86,18 +110,24 @@ def recent_history(dialogue: list[dict], s: ServeSection) -> list[dict]:
     return drop_oldest_turns(dialogue, fits)
 
 
-def check_max_tokens(requested: int | None, s: ServeSection, field: str = "max_tokens") -> int:
-    """The request's `field` (max_tokens or max_completion_tokens), else the default of
-    serve.decoding; over serve.max_tokens: a 400 naming `field`."""
-    max_tokens = requested or min(s.decoding.max_new_tokens, s.max_tokens)
-    if max_tokens > s.max_tokens:
+def check_max_tokens(
+    requested: int | None, s: ServeSection, field: str = "max_tokens"
+) -> int | None:
+    """The request's `field` (max_tokens or max_completion_tokens), None if it sets none
+    (`build_request` then takes the default); over serve.max_tokens: a 400 naming `field`."""
+    if requested is not None and requested > s.max_tokens:
         raise ApiError(
             400,
-            f"{field} {max_tokens} exceeds the limit of {s.max_tokens}",
+            f"{field} {requested} exceeds the limit of {s.max_tokens}",
             param=field,
             code="invalid_value",
         )
-    return max_tokens
+    return requested
+
+
+def default_max_tokens(s: ServeSection) -> int:
+    """A reply's length when the request sets none: serve.decoding's, within serve.max_tokens."""
+    return min(s.decoding.max_new_tokens, s.max_tokens)
 
 
 def build_request(
@@ -105,14 +135,15 @@ def build_request(
     s: ServeSection,
     model: ServedModel,
     turns: list[dict],
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None = None,
     top_p: float | None = None,
     seed: int | None = None,
     stop: list[str] | None = None,
 ) -> dict:
     """The generator's request: prompt tokens from the chat template, decoding, seed, stop
-    sequences."""
+    sequences. `max_tokens` None: the default, cut to the room the prompt leaves (as vLLM's
+    server does); one that does not fit is a 400."""
     from jinja2 import TemplateError
 
     try:
@@ -122,7 +153,18 @@ def build_request(
             400, f"the model's chat template rejects these messages: {e}", param="messages"
         ) from None
     ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) + max_tokens > s.max_model_len:
+    room = s.max_model_len - len(ids)
+    if max_tokens is None and room < 1:
+        raise ApiError(
+            400,
+            f"{len(ids)} prompt tokens leave no room for a reply in the context length "
+            f"{s.max_model_len}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens(s), room)
+    if max_tokens > room:
         raise ApiError(
             400,
             f"{len(ids)} prompt tokens + max_tokens {max_tokens} exceed "

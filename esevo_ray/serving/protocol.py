@@ -47,10 +47,11 @@ class ChatRequest(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     # torch and vLLM seeds are 64-bit: larger ones are a 4xx, not an overflow inside the engine.
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    # null as OpenAI's schema allows: the default
+    n: Annotated[int, Field(ge=1, le=1)] | None = 1
     # Up to 4 sequences, as OpenAI: the reply ends before the first one it would contain.
     stop: Annotated[str, Field(min_length=1)] | StopList | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 

@@ -76,6 +76,48 @@ def test_a_long_session_keeps_going_past_the_request_limits(served, http):
     assert rows(served.db, "SELECT COUNT(*) FROM turns WHERE session_id = ?", sid) == [(9,)]
 
 
+def test_an_error_that_names_the_model_reaches_the_rater_without_it(served, http):
+    # A session whose model is no longer served (its adapter moved away, say).
+    conn = sqlite3.connect(served.db)
+    with conn:
+        conn.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("gone", "pointwise", "r4", "m7", None, 1, time.time()),
+        )
+    conn.close()
+    r = http.post("/human/api/sessions/gone/turns", json={"message": "hello"})
+    assert r.status_code == 404
+    assert "m7" not in r.text and "m0" not in r.text and "server log" in r.text
+
+
+def test_a_pairwise_turn_whose_one_side_fails_cancels_the_other():
+    import asyncio
+
+    import pytest
+
+    from esevo_ray.api_errors import ApiError
+    from esevo_ray.human_eval.routes import both
+
+    cancelled = []
+
+    async def fails():
+        raise ApiError(404, "gone")
+
+    async def runs_on():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main():
+        with pytest.raises(ApiError, match="gone"):
+            await asyncio.wait_for(both(runs_on(), fails()), timeout=5)
+
+    asyncio.run(main())
+    assert cancelled == [True]
+
+
 def test_recent_history_drops_whole_exchanges_from_the_front():
     from esevo_ray.config import ServeSection
     from esevo_ray.serving.checks import recent_history

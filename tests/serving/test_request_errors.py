@@ -61,3 +61,70 @@ def test_a_length_over_the_limit_names_the_field_sent(field):
         {"model": "m0", "messages": USER, "max_tokens": 65, "max_completion_tokens": 8}
     )
     assert both.token_limit() == ("max_completion_tokens", 8)
+
+
+def test_a_request_without_max_tokens_gets_the_room_its_prompt_leaves(tiny_model):
+    """As vLLM's server: the default length shrinks to fit; an asked-for one does not."""
+    from transformers import AutoTokenizer
+
+    from esevo_ray.serving.checks import build_request
+    from esevo_ray.serving.registry import ServedModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    s = load_config(None, ["serve.max_model_len=64", "serve.max_tokens=32"]).serve
+    m0 = ServedModel("m0", None)
+    short = build_request(tok, s, m0, USER, None)
+    assert short["decoding"]["max_new_tokens"] == min(s.decoding.max_new_tokens, 32)
+    for words in range(1, 200):  # a prompt leaving 1 to 10 tokens
+        turns = [{"role": "user", "content": "sad " * words}]
+        room = 64 - len(build_request(tok, s, m0, turns, 1)["prompt_token_ids"])
+        if room <= 10:
+            break
+    assert 1 <= room <= 10
+    assert build_request(tok, s, m0, turns, None)["decoding"]["max_new_tokens"] == room
+    with pytest.raises(ApiError, match=rf"max_tokens {room + 1} exceed the context length 64"):
+        build_request(tok, s, m0, turns, room + 1)
+    full = [{"role": "user", "content": "sad " * (words + 40)}]
+    with pytest.raises(ApiError, match="leave no room for a reply in the context length 64"):
+        build_request(tok, s, m0, full, None)
+
+
+def test_null_n_and_stream_mean_their_defaults():
+    body = ChatRequest.model_validate({"model": "m0", "messages": USER, "n": None, "stream": None})
+    assert not body.stream and body.n in (None, 1)
+
+
+@pytest.mark.parametrize(
+    "client,host,allowed",
+    [
+        ("127.0.0.1", "127.0.0.1:8000", True),
+        ("127.0.0.1", "localhost:8000", True),
+        ("::1", "[::1]:8000", True),
+        ("127.0.0.1", None, True),  # no Host header (HTTP/1.0): the client address decides
+        ("127.0.0.1", "evil.example:8000", False),  # DNS rebinding: loopback client, foreign host
+        ("127.0.0.1", "[::1", False),
+        ("10.0.0.5", "127.0.0.1:8000", False),
+    ],
+)
+def test_without_a_key_only_loopback_clients_asking_for_a_loopback_host_pass(client, host, allowed):
+    from starlette.requests import Request
+
+    from esevo_ray.serving.checks import check_auth
+
+    headers = [(b"host", host.encode())] if host else []
+    request = Request({"type": "http", "client": (client, 5000), "headers": headers})
+    if allowed:
+        check_auth(request, None)
+        return
+    with pytest.raises(ApiError) as e:
+        check_auth(request, None)
+    assert e.value.status == 403
+
+
+def test_with_a_key_any_host_may_ask():
+    from starlette.requests import Request
+
+    from esevo_ray.serving.checks import check_auth
+
+    headers = [(b"host", b"gpu-box.internal:8000"), (b"authorization", b"Bearer k")]
+    check_auth(Request({"type": "http", "client": ("10.0.0.5", 1), "headers": headers}), "k")
