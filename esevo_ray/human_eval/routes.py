@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Awaitable
 from importlib.resources import files
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
@@ -41,6 +42,7 @@ from esevo_ray.human_eval.store import HumanEvalStore
 from esevo_ray.layout import model_index
 
 _rng = random.SystemRandom()
+T = TypeVar("T")
 
 
 class Host(Protocol):
@@ -148,12 +150,27 @@ def get_session(session_id: str, request: Request, ev: HumanEval = Service) -> S
     )
 
 
+async def both(a: Awaitable[T], b: Awaitable[T]) -> tuple[T, T]:
+    """Both results; when one fails, the other is cancelled (its generation aborted) and the
+    failure raised, as the turn fails anyway."""
+    tasks = [asyncio.ensure_future(a), asyncio.ensure_future(b)]
+    try:
+        first, second = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return first, second
+
+
 @router.post("/api/sessions/{session_id}/turns", response_model=TurnOut)
 async def post_turn(
     session_id: str, body: TurnIn, request: Request, ev: HumanEval = Service
 ) -> TurnOut:
     ev.host.auth(request)
-    sess = ev.session(session_id)
+    # The store commits with a full sync, off the event loop that also serves every stream.
+    sess = await asyncio.to_thread(ev.session, session_id)
     limit = ev.settings.max_message_chars
     if len(body.message) > limit:
         raise ApiError(
@@ -162,23 +179,25 @@ async def post_turn(
             param="message",
         )
     async with ev.locks.setdefault(session_id, asyncio.Lock()):
-        turns = ev.store.turns(session_id)
+        turns = await asyncio.to_thread(ev.store.turns, session_id)
         if sess["mode"] == "pairwise" and turns and turns[-1]["choice"] is None:
             raise ApiError(409, f"vote on turn {turns[-1]['turn_index']} first", "conflict_error")
-        if sess["mode"] == "pointwise" and ev.store.rated(session_id):
+        if sess["mode"] == "pointwise" and await asyncio.to_thread(ev.store.rated, session_id):
             raise ApiError(409, "this session is already rated", "conflict_error")
         dialogue = [*history(turns), {"role": "user", "content": body.message}]
         pair = [sess["model_a"], sess["model_b"]]
         if sess["model_b"] is not None:
             _rng.shuffle(pair)  # blind the sides anew on every turn
-            (a, crisis_a), (b, crisis_b) = await asyncio.gather(
+            (a, crisis_a), (b, crisis_b) = await both(
                 ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
             )
             crisis = crisis_a or crisis_b  # either side's reply may fire the guard
         else:
             (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
         index = len(turns)
-        ev.store.add_turn(session_id, index, body.message, pair[0], a, pair[1], b, crisis)
+        await asyncio.to_thread(
+            ev.store.add_turn, session_id, index, body.message, pair[0], a, pair[1], b, crisis
+        )
     return TurnOut(turn_index=index, replies=[a] if b is None else [a, b])
 
 
@@ -209,19 +228,20 @@ async def post_rating(
     session_id: str, body: RatingIn, request: Request, ev: HumanEval = Service
 ) -> Ack:
     ev.host.auth(request)
-    sess = ev.session(session_id)
+    sess = await asyncio.to_thread(ev.session, session_id)
     if sess["mode"] != "pointwise":
         raise ApiError(409, "ratings belong to point-wise sessions", "conflict_error")
     lock = ev.locks.setdefault(session_id, asyncio.Lock())
     if lock.locked():  # the rater has not seen the reply being generated
         raise ApiError(409, "a reply is still on its way: rate once it is shown", "conflict_error")
     async with lock:  # and no turn starts while the rating is stored
-        n = len(ev.store.turns(session_id))
+        n = len(await asyncio.to_thread(ev.store.turns, session_id))
         if n < sess["min_turns"]:
             raise ApiError(
                 409, f"rate after {sess['min_turns']} turns; this session has {n}", "conflict_error"
             )
-        if ev.store.rated(session_id):
+        if await asyncio.to_thread(ev.store.rated, session_id):
             raise ApiError(409, "this session is already rated", "conflict_error")
-        ev.store.add_ratings(session_id, sess["model_a"], body.model_dump())
+        scores = body.model_dump()
+        await asyncio.to_thread(ev.store.add_ratings, session_id, sess["model_a"], scores)
     return Ack(turns=n)
