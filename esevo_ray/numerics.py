@@ -5,8 +5,10 @@ and CPUs with AVX-512 BF16 or AMX tiles. Elsewhere (an AVX2-only CPU, say) bf16 
 and slower than float32, so "auto" picks float32 there.
 
 - Engines (vLLM, transformers generation, the local judge, serving) run in the resolved dtype.
-- Training keeps float32 weights on CPU and lets autocast do the bf16 math (mixed precision:
-  the LoRA update accumulates in float32); on GPUs "auto" loads the weights in bf16.
+- Training with "auto" keeps float32 weights on CPU and lets autocast do the bf16 math (mixed
+  precision: the LoRA update accumulates in float32); on GPUs "auto" loads the weights in
+  bf16. A dtype named in the config is used as it is, on any device (`model.dtype` defaults
+  to bfloat16, the GPU configs' choice; cpu-demo.yaml sets "auto").
 
 Each process resolves "auto" for itself, on the machine it runs on, and says what it chose
 (`describe`), so a manifest or a train summary records it.
