@@ -116,19 +116,27 @@ def conform(table: pa.Table, schema: pa.Schema, *, where: str = "table") -> pa.T
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def parquet_files(path: str | Path) -> list[Path]:
+    """The files `read_table` reads at `path`: the file itself, or every *.parquet file below
+    a folder, in name order, but not hidden ones (a write in progress)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        f
+        for f in path.rglob("*.parquet")
+        if not any(p.startswith((".", "_")) for p in f.relative_to(path).parts)
+    )
+
+
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     """Read a Parquet file or folder of files and check it against `schema`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no Parquet data at {path}")
     if path.is_dir():
-        # Every *.parquet file below, but not hidden ones (a write in progress); a part that
-        # is not Parquet (truncated, say) is an error, never silently left out.
-        files = sorted(
-            str(f)
-            for f in path.rglob("*.parquet")
-            if not any(p.startswith((".", "_")) for p in f.relative_to(path).parts)
-        )
+        # A part that is not Parquet (truncated, say) is an error, never silently left out.
+        files = [str(f) for f in parquet_files(path)]
         if not files:
             raise FileNotFoundError(f"no Parquet files in {path}")
         for f in files:

@@ -8,22 +8,23 @@ Every worker builds the same trainer; DDP across workers comes from the process 
 TorchTrainer sets up. Each HF save is reported to Ray Train (rank 0 sends adapter, optimizer
 and scheduler state, and the best evaluation's adapter when an older checkpoint holds it;
 every rank its RNG state) and a restarted worker group, on any node, resumes the HF Trainer
-from the latest one with early stopping's best model intact. The final adapter travels as a
-Ray checkpoint, so workers on other nodes never write into the driver's folders; the driver
-writes the output atomically.
+from the latest one with early stopping's best model intact; so does the stage run again
+after its driver stopped (`run_name`: the run is named by its inputs). The final adapter
+travels as a Ray checkpoint, so workers on other nodes never write into the driver's
+folders; the driver writes the output atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from esevo_ray.config import RunConfig, save_config
 from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable
 from esevo_ray.models import adapter_hash
 from esevo_ray.numerics import describe, weights_dtype
+from esevo_ray.schema import parquet_files
 from esevo_ray.storage import check_shared
 from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
 
@@ -56,8 +58,7 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     section, out_dir = job.section(cfg), Path(out_dir).resolve()
     check_replaceable(out_dir, holds="adapter_config.json", what="LoRA adapter")  # before training
     scaling = section.scaling
-    # A unique name per run: a rerun never resumes another run's checkpoints.
-    name = f"{cfg.name}-{job.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    name = run_name(cfg, job, out_dir)
     storage = scaling.storage_path or str(out_dir.parent / "ray_train")
     local = "://" not in storage
     if local:
@@ -99,6 +100,41 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     out = export(result, cfg, job, out_dir, {"run_name": name, "wall_seconds": wall})
     _record_phases(out, start, time.perf_counter() - t0)
     return out
+
+
+# Settings that change how a run is carried out, not what it trains: a run stopped part-way
+# resumes under other values of them.
+_NOT_TRAINED = {
+    "logging_steps": True,
+    "scaling": {"cpus_per_worker", "max_failures", "storage_path", "inject_failure_at_step"},
+}
+
+
+def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
+    """The Ray Train run of a stage, named by what it trains and where: its settings, the
+    model and dtype, the data's bytes, the init adapter's weights and the output folder.
+
+    Ray Train resumes a run of the same name and storage from its last checkpoint, so a stage
+    stopped part-way (a driver stopped, a job killed) continues where it was when it runs
+    again on the same inputs; on others, or into another folder (another run directory), it
+    starts afresh, never from another run's state.
+    """
+    data = hashlib.sha256()
+    for file in parquet_files(job.data_path):
+        data.update(file.name.encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                data.update(block)
+    key = {
+        "section": job.section(cfg).model_dump(mode="json", exclude=_NOT_TRAINED),
+        "model": str(Path(job.model_path).resolve()),
+        "dtype": cfg.model.dtype,
+        "data": data.hexdigest(),
+        "init_adapter": adapter_hash(job.init_adapter),
+        "out_dir": str(Path(out_dir).resolve()),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.name}-{job.stage}-{digest}"
 
 
 def read_summary(adapter_dir: str | Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Whole Ray Train runs (two fits): SFT through the CLI on one worker, then DPO from its
-adapter on two DDP workers with an injected failure that the run recovers from."""
+"""Whole Ray Train runs (three fits): SFT through the CLI on one worker, stopped by a failure
+and run again (it resumes), then DPO from its adapter on two DDP workers with an injected
+failure that the run recovers from."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
+from ray.train import TrainingFailedError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from esevo_ray.cli.train import add_parsers
@@ -54,18 +56,16 @@ def sft_adapter(ray_local, tiny_model, tmp_path_factory) -> Path:
 
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        [
-            "sft",
-            "--config",
-            str(root / "run.yaml"),
-            "--data",
-            str(root / "data"),
-            "--out",
-            str(root / "m0"),
-            "sft.scaling.num_workers=1",
-        ]
-    )
+    command = ["sft", "--config", str(root / "run.yaml"), "--data", str(root / "data"),
+               "--out", str(root / "m0"), "sft.scaling.num_workers=1"]  # fmt: skip
+    # A run that fails after its checkpoint at step 2 (max_failures 0: the command fails, as
+    # a stopped driver would leave it) ...
+    stopped = parser.parse_args([*command, "sft.scaling.inject_failure_at_step=2"])
+    with pytest.raises(TrainingFailedError, match="injected failure"):
+        stopped.func(stopped)
+    assert not (root / "m0").exists()
+    # ... and the same command again, which resumes it.
+    args = parser.parse_args(command)
     assert args.func(args) == 0
     return root / "m0"
 
@@ -77,7 +77,8 @@ def test_sft_run_writes_an_adapter_that_reloads_and_generates(sft_adapter, tiny_
     assert summary["global_step"] == 3 and summary["world_size"] == 1
     assert len(summary["eval_losses"]) == 3 and summary["best_eval_loss"] is not None
     assert summary["config_digest"] == load_config(sft_adapter / "config.yaml").digest()
-    assert summary["resumed_from_step"] is None and summary["run_name"].startswith("t-sft-")
+    # Run again after the failure, the stage continued from the checkpoint at step 2.
+    assert summary["resumed_from_step"] == 2 and summary["run_name"].startswith("t-sft-")
     numerics = summary["numerics"]  # what the worker chose, on the machine it ran on
     assert numerics["weights"] == "float32" and numerics["device"] == "cpu"  # dtype auto, CPU
     assert isinstance(numerics["bf16_autocast"], bool) and numerics["torch_threads"] >= 1
