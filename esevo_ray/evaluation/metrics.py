@@ -202,6 +202,8 @@ def metrics_report(
         "distinct": "per response distinct n-grams / n-grams (0 without one), mean over "
         "responses (the paper's Distinct-n)",
         "corpus_distinct": "distinct n-grams / total n-grams over all responses",
+        "per_response_bleu": "per_response bleu_n: nltk sentence_bleu of each response "
+        "(method1); scores bleu_n is corpus BLEU, not their mean",
     }
     if backbone is not None and bertscore:
         settings["bertscore_backbone"] = backbone.name

@@ -68,11 +68,16 @@ def metrics_table(metrics: dict[str, dict | None]) -> str:
         metrics: model label -> the content of its metrics.json (None when absent).
     """
     scores = {label: scores_of(m) for label, m in metrics.items()}
-    settings = next((m.get("settings", {}) for m in metrics.values() if m), {})
     header = ["Model", *METRIC_COLUMNS.values(), "n"]
-    if settings.get("bertscore_backbone"):
-        label = f"{settings['bertscore_backbone']}, L{settings['bertscore_num_layers']}"
-        header[header.index("BERTScore")] = f"BERTScore ({label})"
+    backbones = list(dict.fromkeys(
+        f"{s['bertscore_backbone']}, L{s['bertscore_num_layers']}"
+        for s in ((m or {}).get("settings", {}) for m in metrics.values())
+        if s.get("bertscore_backbone")
+    ))  # fmt: skip
+    if len(backbones) == 1:
+        header[header.index("BERTScore")] = f"BERTScore ({backbones[0]})"
+    elif backbones:  # rows scored with other backbones do not compare
+        header[header.index("BERTScore")] = f"BERTScore (differs by row: {'; '.join(backbones)})"
     rows = delta_rows(scores, list(METRIC_COLUMNS))
     for row, m in zip(rows, metrics.values(), strict=True):
         row.append(str((m or {}).get("settings", {}).get("n", "–")))

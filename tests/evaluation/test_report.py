@@ -243,3 +243,16 @@ def test_a_missing_score_is_no_bar_not_a_bar_at_zero():
 
     heights = bar_heights({"bleu_2": 0.0, "bertscore": None}, ["bleu_2", "bertscore", "meteor"])
     assert heights[0] == 0.0 and math.isnan(heights[1]) and math.isnan(heights[2])
+
+
+def test_bertscore_column_names_every_backbone_its_rows_used():
+    from esevo_ray.evaluation.tables import metrics_table
+
+    def scored(backbone: str, layers: int) -> dict:
+        settings = {"n": 2, "bertscore_backbone": backbone, "bertscore_num_layers": layers}
+        return {"scores": {"bertscore": 80.0}, "settings": settings}
+
+    same = metrics_table({"m0": scored("minilm", 6), "m1": scored("minilm", 6)})
+    assert "BERTScore (minilm, L6)" in same
+    mixed = metrics_table({"m0": scored("minilm", 6), "m1": scored("roberta", 17)})
+    assert "BERTScore (differs by row: minilm, L6; roberta, L17)" in mixed
