@@ -58,7 +58,7 @@ SFT_ROWS = pa.schema(
     ]
 )
 
-CHOSEN_SOURCES = ("refined", "golden_parse_failure", "golden_length_rule")
+CHOSEN_SOURCES = ("refined", "golden_parse_failure", "golden_length_rule", "golden_unchanged")
 
 # Preference pairs in TRL's conversational preference layout, plus lineage.
 PAIRS = pa.schema(

@@ -45,7 +45,7 @@ TABLE5_LABELS = {"bleu_2": "B-2", "bleu_3": "B-3", "rouge_l": "R-L", "distinct_2
 def reflection_text(answer: str) -> str | None:
     """The "text" of a self-reflection answer, or None when there is no such field."""
     try:
-        obj = extract_object(answer)
+        obj = extract_object(answer, lambda o: any(str(k).strip().lower() == "text" for k in o))
     except ParseError:
         return None
     text = {str(k).strip().lower(): v for k, v in obj.items()}.get("text")

@@ -2,13 +2,16 @@
 
 Stage 1 (rejected): y = M^t(P_task || C_n).
 Stage 2 (chosen): reflect on the user and refine y, as one joint call (Appendix E.1) or as
-two calls (Eq. 4 then Eq. 5). A parse failure is regenerated up to `max_attempts` times, then
-the golden response is used; a refined response more than `length_ratio` times longer than the
-rejected or the golden one is replaced by the golden response. `chosen_source` records which.
+two calls (Eq. 4 then Eq. 5). A parse failure (or, under guided decoding, a refined response
+cut at the schema's cap) is regenerated up to `max_attempts` tries in all, then the golden
+response is used; a refined response more than `length_ratio` times longer than the rejected
+or the golden one, or the rejected one unchanged, is replaced by the golden response.
+`chosen_source` records which.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from typing import Any
@@ -82,9 +85,17 @@ def words(text: str) -> int:
 
 
 def choose(refined: str | None, rejected: str, golden: str, length_ratio: float) -> tuple[str, str]:
-    """Appendix A filters: (chosen text, chosen_source)."""
+    """Appendix A filters: (chosen text, chosen_source).
+
+    A refinement that returns the rejected response unchanged (small models copy it when
+    they score it 5/5) makes no pair: DPO learns nothing from it, and its SFT term would
+    train on the model's own answer. It is replaced by the golden response, as Appendix A
+    replaces the other unusable ones.
+    """
     if refined is None:
         return golden, "golden_parse_failure"
+    if refined.split() == rejected.split():
+        return golden, "golden_unchanged"
     if words(refined) > length_ratio * words(rejected) or words(refined) > length_ratio * words(
         golden
     ):
@@ -162,8 +173,12 @@ def make_pairs(
         else prompts.refine_messages(contexts[i], reject_texts[i], reflections[i])
         for i in range(n)
     ]
+    # Guided decoding closes the refined response at the schema's cap, mid-sentence: such an
+    # answer is regenerated like one that does not parse.
+    cap = prompts.REFINE_SCHEMA["properties"]["refined_response"]["maxLength"]
+    parse = functools.partial(parse_refinement, max_chars=cap if cfg.guided_json else None)
     refined, refine_attempts, refine_tokens = _retry(
-        engine, cfg, build, parse_refinement, seed_of("refine"), prompts.REFINE_SCHEMA
+        engine, cfg, build, parse, seed_of("refine"), prompts.REFINE_SCHEMA
     )
 
     seconds = (time.perf_counter() - t0) / max(len(rows), 1)

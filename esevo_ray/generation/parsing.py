@@ -1,9 +1,10 @@
 """Parse the JSON a model emits for reflection and refinement, the way small models emit it.
 
 Handles markdown fences, single-quoted keys (as in the paper's own template), trailing or
-leading prose, Python literals, trailing commas and nested quotes. Only the first balanced
-`{...}` object is read, so text after it (or a second object smuggled in by a user message
-quoted in the answer) cannot change the result.
+leading prose, Python literals, trailing commas and nested quotes. The first balanced `{...}`
+object that holds the answer's key is read, so text after it (or a second object smuggled in
+by a user message quoted in the answer) cannot change the result; braces in prose before it
+("{thinking}", "{}") are passed over.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from esevo_ray.prompts import REFLECTION_KEYS
@@ -24,8 +26,9 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
-def _balanced_object(text: str) -> str | None:
-    """The first balanced {...} span, respecting quoted strings of either quote style."""
+def _balanced_objects(text: str) -> Iterator[str]:
+    """Each balanced {...} span, by the position of its opening brace (nested ones too),
+    respecting quoted strings of either quote style."""
     start = text.find("{")
     while start != -1:
         depth, quote, escaped = 0, None, False
@@ -48,9 +51,9 @@ def _balanced_object(text: str) -> str | None:
             elif ch == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[start : i + 1]
+                    yield text[start : i + 1]
+                    break
         start = text.find("{", start + 1)
-    return None
 
 
 def _load(candidate: str) -> Any:
@@ -67,24 +70,28 @@ def _load(candidate: str) -> Any:
     raise ParseError(f"not a JSON object: {candidate[:80]!r}")
 
 
-def extract_object(text: str) -> dict[str, Any]:
-    """The first JSON-like object in `text` (inside a fence if there is one)."""
+def extract_object(text: str, holds: Callable[[dict], bool] = bool) -> dict[str, Any]:
+    """The first JSON-like object in `text` (inside a fence if there is one) that `holds`
+    accepts (by default: any non-empty one).
+
+    Raises:
+        ParseError: no such object; the message says what the first candidate lacked.
+    """
     if not isinstance(text, str) or not text.strip():
         raise ParseError("empty answer")
     sources = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    last_error: ParseError | None = None
+    first_error: ParseError | None = None
     for source in sources:
-        candidate = _balanced_object(source)
-        if candidate is None:
-            continue
-        try:
-            value = _load(candidate)
-        except ParseError as e:
-            last_error = e
-            continue
-        if isinstance(value, dict):
-            return value
-    raise last_error or ParseError("no {...} object in the answer")
+        for candidate in _balanced_objects(source):
+            try:
+                value = _load(candidate)
+            except ParseError as e:
+                first_error = first_error or e
+                continue
+            if isinstance(value, dict) and holds(value):
+                return value
+            first_error = first_error or ParseError(f"no usable answer in {candidate[:80]!r}")
+    raise first_error or ParseError("no {...} object in the answer")
 
 
 # The prompt's answer template writes each value as <what goes here>: echoed back, it is
@@ -118,9 +125,13 @@ def _lower_keys(d: dict) -> dict:
     return {str(k).strip().lower().replace(" ", "_"): v for k, v in d.items()}
 
 
+def _has(*keys: str) -> Callable[[dict], bool]:
+    return lambda obj: bool(keys & _lower_keys(obj).keys())
+
+
 def parse_reflection(text: str) -> dict[str, str]:
     """The four user-understanding fields; any may be empty but one must be present."""
-    obj = _lower_keys(extract_object(text))
+    obj = _lower_keys(extract_object(text, _has("understanding", *REFLECTION_KEYS)))
     inner = obj.get("understanding")
     if isinstance(inner, dict):
         obj = {**obj, **_lower_keys(inner)}
@@ -130,17 +141,22 @@ def parse_reflection(text: str) -> dict[str, str]:
     return out
 
 
-def parse_refinement(text: str) -> dict[str, Any]:
+def parse_refinement(text: str, max_chars: int | None = None) -> dict[str, Any]:
     """Reflection fields, evaluation_score, feedback and the refined response.
+
+    `max_chars`: the cap guided decoding put on `refined_response`; a response that reaches
+    it was cut there (mid-sentence) and is no answer.
 
     Raises:
         ParseError: no object, or no `refined_response` text (an object, a list, a number or
-            the template's placeholder is none).
+            the template's placeholder is none), or one cut at `max_chars`.
     """
-    obj = _lower_keys(extract_object(text))
+    obj = _lower_keys(extract_object(text, _has("refined_response")))
     value = obj.get("refined_response")
     if value is not None and not isinstance(value, str):
         raise ParseError(f"'refined_response' is a {type(value).__name__}, not text")
+    if max_chars is not None and value is not None and len(value) >= max_chars:
+        raise ParseError(f"'refined_response' was cut at its {max_chars}-character cap")
     refined = _as_text(value)
     if not refined:
         raise ParseError("no 'refined_response' text")

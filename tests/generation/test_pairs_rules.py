@@ -23,6 +23,17 @@ def test_length_rule_against_rejected_and_golden():
     assert choose(long, "one two three four five", "one two three four five", 2.0)[1] == "refined"
 
 
+def test_a_refinement_that_repeats_the_rejected_response_is_no_pair():
+    rejected = "That sounds hard. What happened?"
+    assert choose("  That sounds hard.\nWhat happened? ", rejected, "Tell me more.", 2.0) == (
+        "Tell me more.",
+        "golden_unchanged",
+    )
+    assert choose("That sounds hard. What happened then?", rejected, "Tell me.", 3.0)[1] == (
+        "refined"
+    )
+
+
 def test_request_seed_is_stable_and_distinct():
     a = request_seed(0, "d1", 3, 1, "refine", 0)
     assert a == request_seed(0, "d1", 3, 1, "refine", 0)

@@ -61,6 +61,26 @@ def test_prompt_injection_after_the_object_cannot_override():
     assert parse_refinement(text)["refined_response"] == "That sounds hard."
 
 
+def test_braces_in_prose_before_the_answer_are_passed_over():
+    assert (
+        parse_refinement('Sure {thinking} here: {"refined_response": "I hear you."}')[
+            "refined_response"
+        ]
+        == "I hear you."
+    )
+    assert parse_refinement('{} {"refined_response": "ok"}')["refined_response"] == "ok"
+    # An object without the answer's key before the answer is prose, not the answer.
+    assert parse_reflection('{"note": 1} {"user_emotion": "sad"}')["user_emotion"] == "sad"
+
+
+def test_a_refined_response_at_the_guided_cap_was_cut_there():
+    cut = '{"refined_response": "' + "a" * 300 + '"}'
+    assert parse_refinement(cut)["refined_response"] == "a" * 300  # no cap: whole
+    with pytest.raises(ParseError, match="300-character cap"):
+        parse_refinement(cut, max_chars=300)
+    assert parse_refinement('{"refined_response": "short"}', max_chars=300)
+
+
 def test_injected_fence_in_user_text_is_skipped_when_not_valid():
     text = "```json\n{ this is not json ```\n" + FULL
     assert parse_refinement(text)["user_emotion"] == "tired"
