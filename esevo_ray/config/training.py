@@ -29,6 +29,15 @@ class ScalingSection(Section):
     inject_failure_at_step: int | None = Field(None, ge=1)
 
 
+# Settings of a training section that change how a run is carried out, not what it trains:
+# a Ray Train run stopped part-way resumes under other values of them, and a run directory
+# continues (`pipeline.manifest.FREE_KEYS`).
+NOT_TRAINED = (
+    "logging_steps", "scaling.cpus_per_worker", "scaling.max_failures", "scaling.storage_path",
+    "scaling.inject_failure_at_step",
+)  # fmt: skip
+
+
 class TrainSection(Section):
     learning_rate: float = Field(5e-6, gt=0)
     warmup_ratio: float = Field(0.01, ge=0, lt=1)
@@ -74,13 +83,32 @@ class TrainSection(Section):
         "data_seed": "seed",
     }
 
+    # TRL keys the Ray Train wiring sets from other fields: checkpoints where the workers
+    # report them from, the eval split, early stopping, the device. A `trl` value would
+    # silently break resuming or early stopping; the error names what to set instead.
+    _wired: ClassVar[dict[str, str]] = {
+        "output_dir": "leave it out (each worker trains in a folder of its own)",
+        "save_strategy": "set save_steps",
+        "eval_strategy": "set eval_fraction and eval_steps",
+        "load_best_model_at_end": "set early_stopping_patience",
+        "metric_for_best_model": "set early_stopping_patience",
+        "greater_is_better": "set early_stopping_patience",
+        "use_cpu": "set scaling.use_gpu",
+    }
+
     @model_validator(mode="after")
     def _check_trl(self) -> TrainSection:
-        """`trl` keys must exist in the TRL config class and not repeat a first-class field."""
+        """`trl` keys must exist in the TRL config class, not repeat a first-class field and
+        not override the wiring."""
         twice = {k: self._trl_keys[k] for k in self.trl if k in self._trl_keys}
         if twice:
             both = ", ".join(f"trl.{k} and {field}" for k, field in twice.items())
             raise ValueError(f"{both} set the same TRL setting: keep only the field")
+        if wired := [k for k in self.trl if k in self._wired]:
+            raise ValueError(
+                "; ".join(f"trl.{k} is set by the training wiring: {self._wired[k]}"
+                          for k in wired)
+            )  # fmt: skip
         if self.trl:
             import dataclasses
 

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from esevo_ray.config import RunConfig
+from esevo_ray.config import NOT_TRAINED, RunConfig
 from esevo_ray.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -55,21 +55,26 @@ def _now() -> str:
 # Settings that do not change what the loop writes, so a run continues under other values:
 # where the run folder is found, how it is served, what is done about golden fallbacks
 # (the fallback error says to change these), the actors' count and CPUs (generation batches
-# are cut on the driver, the same whatever the pool), and how the judge endpoint is called.
+# are cut on the driver, the same whatever the pool), how the judge endpoint is called, and
+# how training runs are carried out (retries, CPUs, logging, checkpoint storage).
 FREE_KEYS = (
     "output_dir", "serve", "generation.fallback_policy", "generation.max_fallback_fraction",
     "generation.num_actors", "generation.cpus_per_actor", "eval.judge.base_url",
     "eval.judge.api_key_env", "eval.judge.concurrency", "eval.judge.requests_per_second",
     "eval.judge.timeout_s", "eval.judge.max_retries", "eval.judge.backoff_s",
+    *(f"{stage}.{key}" for stage in ("sft", "dpo") for key in NOT_TRAINED),
 )  # fmt: skip
 
 
-def config_changes(stored: dict, current: dict, defaults: dict, prefix: str = "") -> list[str]:
+def config_changes(
+    stored: dict, current: dict, defaults: dict, prefix: str = "", free_form: bool = False
+) -> list[str]:
     """Dotted keys whose value differs between a run's recorded config and `current`.
 
     A key that only `current` has (a setting added since the run was made) counts only when
     it is not at its default; a key that only the record has (a setting since removed) does
-    not count.
+    not count, except in a free-form mapping (`free_form`: one whose default is {}, such as
+    `sft.trl` or `generation.vllm`), where it is an option the run was made with.
     """
     changed = []
     for key, value in current.items():
@@ -78,9 +83,14 @@ def config_changes(stored: dict, current: dict, defaults: dict, prefix: str = ""
             if value != defaults.get(key):
                 changed.append(where)
         elif isinstance(value, dict) and isinstance(stored[key], dict):
-            changed += config_changes(stored[key], value, defaults.get(key) or {}, f"{where}.")
+            default = defaults.get(key)
+            changed += config_changes(
+                stored[key], value, default or {}, f"{where}.", free_form=default == {}
+            )
         elif stored[key] != value:
             changed.append(where)
+    if free_form:
+        changed += [f"{prefix}{key}" for key in stored if key not in current]
     return changed
 
 
@@ -88,7 +98,10 @@ def _free(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in FREE_KEYS)
 
 
-def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig) -> None:
+NEW_RUN = "rerun with --new-run to start a new run directory, or restore the original config"
+
+
+def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> None:
     """Accept a record that differs only by FREE_KEYS and by settings added since (at their
     defaults); the record then holds the current config."""
     current = cfg.model_dump(mode="json")
@@ -97,8 +110,7 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig) -> None:
     if blocking := [k for k in changed if not _free(k)]:
         raise RunConflict(
             f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
-            "rerun with --new-run to start a new run directory, or restore the original "
-            "config to continue this one"
+            f"{remedy} to continue this one"
         )
     if changed:
         logger.warning("%s: continuing with %s changed", run_dir, ", ".join(changed))
@@ -107,19 +119,25 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig) -> None:
     data.update(config_digest=cfg.digest(), config=current)
 
 
-def recorded(run_dir: Path, cfg: RunConfig) -> dict:
+def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN) -> dict:
     """The manifest of an existing run that `cfg` may continue, holding `cfg` (nothing is
     written); {} where no run is there yet.
 
     Raises:
-        RunConflict: the run was made by another config (other than FREE_KEYS).
+        RunConflict: the run was made by another config (other than FREE_KEYS), or its
+            manifest is not JSON; the message ends with `remedy`.
     """
     path = run_dir / "manifest.json"
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunConflict(
+            f"{path} is not JSON ({e}): restore it from a copy, or move the run directory away"
+        ) from None
     if data.get("config_digest") != cfg.digest():
-        _check_same_run(run_dir, data, cfg)
+        _check_same_run(run_dir, data, cfg, remedy)
     return data
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray import profile
-from esevo_ray.config import RunConfig, save_config
+from esevo_ray.config import NOT_TRAINED, RunConfig, save_config
 from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable
 from esevo_ray.models import adapter_hash
 from esevo_ray.numerics import describe, weights_dtype
@@ -102,12 +102,16 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     return out
 
 
-# Settings that change how a run is carried out, not what it trains: a run stopped part-way
-# resumes under other values of them.
-_NOT_TRAINED = {
-    "logging_steps": True,
-    "scaling": {"cpus_per_worker", "max_failures", "storage_path", "inject_failure_at_step"},
-}
+def _exclude(keys: tuple[str, ...]) -> dict:
+    """Dotted keys as pydantic's nested `exclude`."""
+    out: dict = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = True
+    return out
 
 
 def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
@@ -126,7 +130,7 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 data.update(block)
     key = {
-        "section": job.section(cfg).model_dump(mode="json", exclude=_NOT_TRAINED),
+        "section": job.section(cfg).model_dump(mode="json", exclude=_exclude(NOT_TRAINED)),
         "model": str(Path(job.model_path).resolve()),
         "dtype": cfg.model.dtype,
         "data": data.hexdigest(),

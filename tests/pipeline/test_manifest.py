@@ -61,8 +61,24 @@ def test_a_run_continues_under_the_fallback_errors_own_advice(tmp_path):
     free = ["generation.fallback_policy=warn", "generation.max_fallback_fraction=0.9",
             "generation.num_actors=2", "eval.judge.concurrency=8", f"output_dir={tmp_path}",
             # the judge moved to another host: its verdicts are kept (judge._TRANSPORT)
-            "eval.judge.base_url=http://10.0.0.9:8000/v1", "eval.judge.api_key_env=OTHER_KEY"]  # fmt: skip
+            "eval.judge.base_url=http://10.0.0.9:8000/v1", "eval.judge.api_key_env=OTHER_KEY",
+            # a training stage that failed past max_failures continues with more retries
+            "dpo.scaling.max_failures=3", "sft.scaling.cpus_per_worker=2", "sft.logging_steps=5"]  # fmt: skip
     again = Manifest.open(tmp_path, load_config(None, ["name=t", *free]))
     assert again.data["config"]["generation"]["fallback_policy"] == "warn"
     with pytest.raises(RunConflict, match=r"\(generation\.batch_size changed\)"):
         Manifest.open(tmp_path, load_config(None, ["name=t", *free, "generation.batch_size=3"]))
+
+
+def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
+    """`trl` and `vllm` pass options through as they are: one the run was made with and the
+    config no longer sets changes what the loop writes."""
+    Manifest.open(tmp_path, load_config(None, ["name=t", "sft.trl={neftune_noise_alpha: 5}"]))
+    with pytest.raises(RunConflict, match=r"sft\.trl\.neftune_noise_alpha changed"):
+        Manifest.open(tmp_path, load_config(None, ["name=t"]))
+
+
+def test_a_manifest_that_is_not_json_is_named(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"name": "t", "stages": {')
+    with pytest.raises(RunConflict, match=r"manifest\.json is not JSON"):
+        Manifest.open(tmp_path, load_config(None, ["name=t"]))
