@@ -242,3 +242,31 @@ def test_inspect_pairs_counts_words_as_the_length_rule_does(tmp_path, capsys):
     assert "rejected at the token limit (generation.decoding.max_new_tokens=10): 3 (100.0%)" in (
         capsys.readouterr().out
     )
+
+
+def test_a_stage_command_writes_into_a_run_only_with_its_config(tmp_path, config, capsys):
+    """`esevo data prepare data.max_train_dialogues=100` into a run made with all of them
+    would pass for the run's data, and `esevo evolve` would retrain M0 on it."""
+    from esevo_ray.config import load_config
+    from esevo_ray.layout import RunLayout
+    from esevo_ray.pipeline.manifest import Manifest
+
+    cfg = load_config(config)
+    Manifest.open(RunLayout.of(cfg).root, cfg)
+    for argv in (["data", "prepare"], ["sft"], ["dpo"], ["generate"], ["eval"]):
+        assert main([*argv, "--config", config, "data.max_train_dialogues=100"]) == 2, argv
+        err = _error(capsys)
+        assert "made by a different config (data.max_train_dialogues changed)" in err, argv
+        assert "pass --out to write elsewhere" in err
+    out = tmp_path / "small-data"
+    assert main(["data", "prepare", "--config", config, "data.max_train_dialogues=2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "manifest.json").exists()
+
+
+def test_eval_of_an_endpoint_needs_the_name_of_its_model(tmp_path, config, capsys):
+    contexts = tmp_path / "contexts.parquet"
+    contexts.write_bytes(b"")
+    argv = ["eval", "--config", config, "--model", "http://127.0.0.1:9/v1"]
+    assert main([*argv, "--contexts", str(contexts)]) == 2
+    assert "--served-model" in _error(capsys)

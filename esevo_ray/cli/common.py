@@ -20,7 +20,7 @@ from esevo_ray.data.dialogue import DataError  # noqa: E402
 from esevo_ray.errors import BenchUnavailable, EndpointError, JudgeError, UsageError  # noqa: E402
 from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
 from esevo_ray.parts import PartsConflict  # noqa: E402
-from esevo_ray.pipeline.manifest import RunConflict  # noqa: E402
+from esevo_ray.pipeline.manifest import RunConflict, recorded  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
 
 # Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
@@ -91,10 +91,22 @@ def layout_of(cfg: RunConfig) -> RunLayout:
     return layout
 
 
-def run_of(args: argparse.Namespace) -> tuple[RunConfig, RunLayout]:
-    """The config a stage command was given and the run directory it works in."""
+def run_of(args: argparse.Namespace, *, writes: bool) -> tuple[RunConfig, RunLayout]:
+    """The config a stage command was given and the run directory it works in.
+
+    `writes`: the command writes its output into the run (unless --out names another
+    place); it must then be given the run's config, as `esevo evolve` would be (FREE_KEYS
+    aside): an output made with other settings would pass for the run's, and evolve would
+    build on it.
+
+    Raises:
+        RunConflict: the run was made by another config.
+    """
     cfg = load_args_config(args)
-    return cfg, layout_of(cfg)
+    layout = layout_of(cfg)
+    if writes and not getattr(args, "out", None):
+        recorded(layout.root, cfg, remedy="pass --out to write elsewhere, or restore its config")
+    return cfg, layout
 
 
 def iteration(text: str) -> int:

@@ -10,16 +10,15 @@ from esevo_ray.cli.common import (
     UsageError,
     add_config_args,
     command_group,
-    layout_of,
-    load_args_config,
+    run_of,
 )
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from esevo_ray.data.prepare import prepare_data
 
-    cfg = load_args_config(args)
-    out = Path(args.out) if args.out else layout_of(cfg).data
+    cfg, layout = run_of(args, writes=True)
+    out = Path(args.out) if args.out else layout.data
     report = prepare_data(cfg.data, out)
     print(
         json.dumps(

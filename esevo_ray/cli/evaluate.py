@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.evaluate import evaluate_model
     from esevo_ray.models import resolve_model
 
-    cfg, layout = run_of(args)
+    cfg, layout = run_of(args, writes=True)
     contexts = _contexts(args, layout)
     model = args.model if args.model and is_endpoint(args.model) else None
     if model is None:  # with an endpoint, evaluate_model says why --adapter does not apply
@@ -115,6 +115,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = model or resolve_model(args.model or cfg.model.path)
     if is_endpoint(model):
         name = args.name or args.served_model
+        if not name:
+            raise UsageError(
+                f"--model {model} is an endpoint: name the model it serves with --served-model "
+                "(or this evaluation with --name)"
+            )
         out = layout.served_eval(name)
     else:
         name, out = _local_eval(layout, args.name, model, args.adapter)
@@ -132,7 +137,7 @@ def cmd_ablate_prompts(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.ablation import ablate_prompts
     from esevo_ray.models import resolve_model
 
-    cfg, layout = run_of(args)
+    cfg, layout = run_of(args, writes=True)
     out = Path(args.out) if args.out else layout.ablation("prompts")
     ablate_prompts(
         cfg, _contexts(args, layout), out, model_path=resolve_model(args.model or cfg.model.path),

@@ -47,7 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from esevo_ray.models import resolve_model
     from esevo_ray.pipeline.evolve import iteration_seeds
 
-    cfg, layout = run_of(args)
+    cfg, layout = run_of(args, writes=True)
     contexts = stage_input(
         args, args.contexts, layout.seed_contexts, "--contexts", "seed contexts", "data prepare"
     )
@@ -77,7 +77,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     from esevo_ray.io import emit_json
     from esevo_ray.models import resolve_model
 
-    cfg, layout = run_of(args)
+    cfg, layout = run_of(args, writes=False)
     contexts = stage_input(
         args, args.contexts, layout.seed_contexts, "--contexts", "contexts", "data prepare"
     )

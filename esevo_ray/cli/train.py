@@ -44,7 +44,7 @@ def _init_adapter(value: str | None, default: Path) -> Path | None:
 def cmd_sft(args: argparse.Namespace) -> int:
     from esevo_ray.training.sft import train_sft
 
-    cfg, layout = run_of(args)
+    cfg, layout = run_of(args, writes=True)
     data = stage_input(
         args, args.data, layout.data, "--data", "prepared data folder", "data prepare"
     )
@@ -56,7 +56,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def cmd_dpo(args: argparse.Namespace) -> int:
     from esevo_ray.training.dpo import train_dpo
 
-    (cfg, layout), t = run_of(args), args.iteration
+    (cfg, layout), t = run_of(args, writes=True), args.iteration
     pairs = stage_input(
         args, args.pairs, layout.pairs(t), "--pairs", "preference pairs",
         f"generate --iteration {t}",
