@@ -19,7 +19,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -196,11 +196,14 @@ def judge_responses(
     n_samples: int | None,
     seed: int,
     known: dict[tuple, Verdict] | None = None,
+    save: Callable[[pa.Table], None] | None = None,
 ) -> pa.Table:
     """Judge the responses of `n_samples` contexts (all models in the table) on `dimensions`.
 
     `known`: verdicts already at hand, by (dialogue_id, turn_index, model, dimension); they
-    are not asked for again.
+    are not asked for again. `save`: called with the verdicts at hand so far, every tenth of
+    the way and when the judging stops on an error or an interrupt (then re-raised), so a
+    run stopped part-way keeps what it was told.
     """
     chosen = set(sample_keys(table, n_samples, seed))
     rows = [r for r in table.to_pylist() if (r["dialogue_id"], r["turn_index"]) in chosen]
@@ -213,8 +216,25 @@ def judge_responses(
         "judging %d responses x %d dimensions with %s: %d verdicts to ask for, %d at hand",
         len(rows), len(dimensions), client.model, len(todo), len(have),
     )  # fmt: skip
-    asked = iter(_ask(client, todo))
-    verdicts = [have[i] if i in have else next(asked) for i in range(len(tasks))]
+    asking = [i for i in range(len(tasks)) if i not in have]
+    done: list[Verdict] = []  # the verdicts of asking[:len(done)], filled as they come
+
+    def so_far() -> None:
+        if save is not None and done:
+            at_hand = {**have, **dict(zip(asking, done, strict=False))}
+            order = sorted(at_hand)
+            save(_table([tasks[i] for i in order], [at_hand[i] for i in order], client.model))
+
+    try:
+        _ask(client, todo, done, so_far)
+    except BaseException:
+        so_far()
+        raise
+    got = {**have, **dict(zip(asking, done, strict=True))}
+    verdicts = [got[i] for i in range(len(tasks))]
+    missing = sum(v.score is None for v in verdicts)
+    if missing:
+        logger.warning("%d of %d verdicts missing", missing, len(verdicts))
     return _table(tasks, verdicts, client.model)
 
 
@@ -222,29 +242,37 @@ def _task_key(row: dict, dimension: str) -> tuple:
     return row["dialogue_id"], row["turn_index"], row["model"], dimension
 
 
-def _ask(client: JudgeClient, tasks: list[tuple[dict, str]]) -> list[Verdict]:
-    """The verdicts of `tasks`, in order: batched on a local engine, else on a thread pool."""
+def _ask(
+    client: JudgeClient,
+    tasks: list[tuple[dict, str]],
+    verdicts: list[Verdict],
+    progress: Callable[[], None],
+) -> None:
+    """Append the verdicts of `tasks` to `verdicts`, in order: batched on a local engine,
+    else on a thread pool, calling `progress` every tenth of the way."""
     if not tasks:
-        return []
+        return
     if hasattr(client, "judge_many"):  # a local engine judges whole batches
-        return client.judge_many(
+        verdicts += client.judge_many(
             [(dim, row["context"], row["response"] or "") for row, dim in tasks]
         )
+        return
     with ThreadPoolExecutor(max_workers=client.cfg.concurrency) as pool:
         futures = [
             pool.submit(client.judge, dim, row["context"], row["response"] or "")
             for row, dim in tasks
         ]
-        step, verdicts = max(1, len(futures) // 10), []
+        step = max(1, len(futures) // 10)
         try:
             for i, future in enumerate(futures, 1):
                 verdicts.append(future.result())
                 if i % step == 0 or i == len(futures):
                     logger.info("judged %d/%d", i, len(futures))
-        except JudgeError:
-            pool.shutdown(cancel_futures=True)  # the endpoint is unusable: stop at once
+                    if i < len(futures):
+                        progress()
+        except BaseException:  # an unusable endpoint, or an interrupt: stop at once
+            pool.shutdown(cancel_futures=True)
             raise
-    return verdicts
 
 
 def _table(tasks: list[tuple[dict, str]], verdicts: list[Verdict], judge_model: str) -> pa.Table:
@@ -262,9 +290,6 @@ def _table(tasks: list[tuple[dict, str]], verdicts: list[Verdict], judge_model: 
         }
         for (row, dim), v in zip(tasks, verdicts, strict=True)
     ]
-    missing = sum(v.score is None for v in verdicts)
-    if missing:
-        logger.warning("%d of %d verdicts missing", missing, len(verdicts))
     return conform(pa.Table.from_pylist(out, schema=JUDGE_SCORES), JUDGE_SCORES)
 
 
@@ -298,19 +323,22 @@ def judge_file(
     with profile.timed("startup"):  # a local judge loads its model here
         client = _client(cfg, base_url, model, local_model, dtype)
     settings, judged = _settings(cfg, client.model), _judged(table)
+
+    def write(scores: pa.Table) -> None:
+        """`out`, with the judge's settings and the responses it judged (for a rerun)."""
+        keys = scores.select(["dialogue_id", "turn_index", "model"]).to_pylist()
+        kept = {_response_key(r) for r in keys}
+        record = json.dumps(sorted([*k, d] for k, d in judged.items() if k in kept))
+        metadata = {_SETTINGS_KEY: settings, _JUDGED_KEY: record}
+        write_parquet(scores.replace_schema_metadata(metadata), out)
+
     with profile.timed("compute"):
         scores = judge_responses(
             table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed,
-            known=_earlier_verdicts(out, settings, judged),
+            known=_earlier_verdicts(out, settings, judged), save=write,
         )  # fmt: skip
-    kept = {
-        _response_key(r) for r in scores.select(["dialogue_id", "turn_index", "model"]).to_pylist()
-    }
-    record = json.dumps(sorted([*k, d] for k, d in judged.items() if k in kept))
     with profile.timed("io"):
-        write_parquet(
-            scores.replace_schema_metadata({_SETTINGS_KEY: settings, _JUDGED_KEY: record}), out
-        )
+        write(scores)
     errors = pc.fill_null(scores["error"], "")
     refused = scores.filter(pc.starts_with(errors, REQUEST_REJECTED))
     if refused.num_rows:  # missing verdicts, like unparseable ones: sending again won't help

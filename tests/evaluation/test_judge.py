@@ -353,6 +353,39 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_missing_verdicts(s
     assert len(server.seen) == 3
 
 
+def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path, monkeypatch):
+    """Ctrl-C (or a crash) in the middle of a judge stage: the verdicts already told are in
+    the scores file, and the run again asks only for the rest."""
+
+    class Stop(BaseException):  # as KeyboardInterrupt, without stopping pytest
+        pass
+
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    cfg = judge_cfg(dimensions=list(JUDGE_DIMENSIONS), concurrency=1)  # 3 x 7 verdicts
+    out, judge = tmp_path / "judge_scores.parquet", dict(n_samples=None, base_url=server.url,
+                                                         model="judge-x")  # fmt: skip
+    real, calls = JudgeClient.judge, []
+
+    def stopping(self, *args):
+        calls.append(1)
+        if len(calls) == 15:
+            raise Stop
+        return real(self, *args)
+
+    def scores() -> list:
+        return read_table(out, JUDGE_SCORES).column("score").to_pylist()
+
+    monkeypatch.setattr(JudgeClient, "judge", stopping)
+    with pytest.raises(Stop):
+        judge_file(path, out, cfg, **judge)
+    assert len(scores()) == 14 and None not in scores()
+    monkeypatch.setattr(JudgeClient, "judge", real)
+    asked = sum(server.seen.values())
+    judge_file(path, out, cfg, **judge)
+    assert sum(server.seen.values()) - asked == 7
+    assert len(scores()) == 21 and None not in scores()
+
+
 def _scores_by_dialogue(out) -> dict[str, float | None]:
     return {r["dialogue_id"]: r["score"] for r in read_table(out, JUDGE_SCORES).to_pylist()}
 
