@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from esevo_ray.errors import UsageError
 from esevo_ray.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class RunLayout:
                 olds.append((old, self.model(int(match[1]))))
         for old, new in olds:
             if new.exists():
-                raise FileExistsError(f"{old} and {new} both exist: remove one of them")
+                raise UsageError(f"{old} and {new} both exist: remove one of them")
         self._migrate_manifest()
         moved = []
         for old, new in olds:

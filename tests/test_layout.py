@@ -7,6 +7,7 @@ import json
 import pytest
 
 from esevo_ray.config import load_config
+from esevo_ray.errors import UsageError
 from esevo_ray.layout import RunLayout, model_index, model_name
 
 
@@ -91,5 +92,5 @@ def test_a_migration_cut_short_finishes_later_and_leaves_other_paths_alone(tmp_p
 def test_migration_refuses_to_merge_two_copies(tmp_path):
     _adapter(tmp_path / "iter_1" / "adapter")
     _adapter(tmp_path / "m1" / "adapter")
-    with pytest.raises(FileExistsError, match="both exist"):
+    with pytest.raises(UsageError, match="both exist"):
         RunLayout(tmp_path).migrate()

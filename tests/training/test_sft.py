@@ -120,6 +120,12 @@ def test_a_step_changes_lora_weights_and_not_the_base(make_cfg, sft_dir, tmp_pat
 def test_unknown_trl_key_fails_when_the_config_loads(make_cfg):
     with pytest.raises(ValueError, match=r"unknown SFTConfig keys \['bogus_key'\]"):
         make_cfg("sft.trl={bogus_key: 1}")
+    # Keys the Ray Train wiring sets: checkpoints to resume from, early stopping, the device.
+    with pytest.raises(ValueError, match=r"trl\.save_strategy is set by the training wiring: "
+                       "set save_steps"):  # fmt: skip
+        make_cfg("sft.trl={save_strategy: 'no'}")
+    with pytest.raises(ValueError, match=r"trl\.use_cpu .*: set scaling\.use_gpu"):
+        make_cfg("dpo.trl={use_cpu: true}")
 
 
 def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
