@@ -86,13 +86,13 @@ class TrainSection(Section):
     # TRL keys the Ray Train wiring sets from other fields: checkpoints where the workers
     # report them from, the eval split, early stopping, the device. A `trl` value would
     # silently break resuming or early stopping; the error names what to set instead.
+    # (Which metric early stopping keeps the best of, metric_for_best_model and
+    # greater_is_better, is the user's to choose.)
     _wired: ClassVar[dict[str, str]] = {
         "output_dir": "leave it out (each worker trains in a folder of its own)",
         "save_strategy": "set save_steps",
         "eval_strategy": "set eval_fraction and eval_steps",
         "load_best_model_at_end": "set early_stopping_patience",
-        "metric_for_best_model": "set early_stopping_patience",
-        "greater_is_better": "set early_stopping_patience",
         "use_cpu": "set scaling.use_gpu",
     }
 

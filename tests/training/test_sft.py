@@ -20,13 +20,16 @@ from tests.training.tables import GOOD, sft_table
 BLOCK_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def test_labels_cover_only_the_supporter_response(make_cfg, sft_dir, tmp_path):
-    cfg = make_cfg()
+def first_row(cfg, sft_dir, tmp_path) -> tuple:
+    """The SFT trainer's tokenizer, the first table row, and its token ids and labels."""
     trainer = build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
-    tok = trainer.processing_class
-    row = sft_table().to_pylist()[0]
     batch = trainer.data_collator([trainer.train_dataset[0]])
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    tok, row = trainer.processing_class, sft_table().to_pylist()[0]
+    return tok, row, batch["input_ids"][0], batch["labels"][0]
+
+
+def test_labels_cover_only_the_supporter_response(make_cfg, sft_dir, tmp_path):
+    tok, row, ids, labels = first_row(make_cfg(), sft_dir, tmp_path)
     supervised = labels != -100
 
     prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
@@ -66,12 +69,7 @@ def test_a_template_that_moves_the_system_prompt_still_trains_on_the_reply_only(
     """With Mistral's template TRL would score the seeker's last turn and train without
     P_task (it renders into the last turn only while that is a user turn)."""
     model = with_template(tiny_model, tmp_path / "mistral-like", MISTRAL_TEMPLATE)
-    cfg = make_cfg(f"model.path={model}")
-    trainer = build_sft_trainer(cfg, sft_job(cfg, sft_dir), str(tmp_path / "hf"))
-    tok = trainer.processing_class
-    row = sft_table().to_pylist()[0]
-    batch = trainer.data_collator([trainer.train_dataset[0]])
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    tok, row, ids, labels = first_row(make_cfg(f"model.path={model}"), sft_dir, tmp_path)
     supervised = labels != -100
     assert tok.decode(ids[supervised]).strip() == GOOD[0] + tok.eos_token
     prompt = tok.decode(ids[~supervised])
