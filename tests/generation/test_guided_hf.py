@@ -4,6 +4,7 @@ A tiny random model never writes parseable JSON by itself; under the constraint 
 reflection and refinement parses, so pairs are refined instead of golden fallbacks.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -47,15 +48,73 @@ def _gen(mode: str, guided: bool):
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()]).generation
 
 
+def _recording(engine, monkeypatch) -> dict[str, list]:
+    """The engine's completions by system prompt, with the seeds they were asked with."""
+    seen: dict[str, list] = {}
+    chat = engine.chat
+
+    def recorded(conversations, decoding, seeds, *args, **kwargs):
+        outs = chat(conversations, decoding, seeds, *args, **kwargs)
+        for c, seed, out in zip(conversations, seeds, outs, strict=True):
+            seen.setdefault(c[0]["content"], []).append((seed, out))
+        return outs
+
+    monkeypatch.setattr(engine, "chat", recorded)
+    return seen
+
+
+CAP = prompts.REFINE_SCHEMA["properties"]["refined_response"]["maxLength"]
+
+
 @pytest.mark.parametrize("mode", ["joint", "two_step"])
-def test_guided_json_makes_hf_reflections_parse(engine, mode):
+def test_guided_json_makes_hf_reflections_parse(engine, mode, monkeypatch):
+    """Every constrained answer parses. A random model's strings run to their caps, so a
+    refined response often ends at its cap, cut there: that one is no refinement."""
+    seen = _recording(engine, monkeypatch)
     pairs = make_pairs(engine, _gen(mode, guided=True), ROWS, iteration=1)
-    assert [p["chosen_source"] for p in pairs] == ["refined"] * len(ROWS)
-    for p in pairs:
-        assert p["attempts"] == (2 if mode == "two_step" else 1)  # parsed at the first try
-        assert p["chosen"][0]["content"] != p["golden"]
-        assert 1 <= p["evaluation_score"] <= 5
-        assert all(p[k] for k in prompts.REFLECTION_KEYS)
+    refine = prompts.REFINE_WITH_REFLECTION_PROMPT if mode == "two_step" else prompts.REFINE_PROMPT
+    answers = [json.loads(out.text, strict=False) for _, out in seen[refine]]
+    assert len(answers) == len(ROWS)  # one try each, every one valid JSON
+    for p, answer in zip(pairs, answers, strict=True):
+        cut = len(answer["refined_response"]) >= CAP
+        assert p["chosen_source"] == ("golden_parse_failure" if cut else "refined"), answer
+        assert p["attempts"] == (2 if mode == "two_step" else 1)
+        if not cut:
+            assert p["chosen"][0]["content"] == answer["refined_response"].strip()
+            assert 1 <= p["evaluation_score"] <= 5
+            assert all(p[k] for k in prompts.REFLECTION_KEYS)
+    if mode == "two_step":  # the reflections parsed whatever became of the refinements
+        assert all(parse_reflection(out.text) for _, out in seen[prompts.REFLECT_PROMPT])
+
+
+def test_a_failed_refinement_is_asked_again_with_a_new_seed_and_kept(engine, monkeypatch):
+    """Appendix A's regeneration: the first answer of each row is unusable (cut by the token
+    budget; then one cut at the schema's cap), the second is kept as the refinement."""
+    seen = _recording(engine, monkeypatch)
+    chat = engine.chat
+    answers = iter([
+        '{"understanding": {"user_profile": "a stud',  # cut by the token budget
+        '{"refined_response": "' + "x" * CAP + '"}',  # cut at the schema's cap
+        '{"evaluation_score": 4, "refined_response": "That sounds so hard."}',
+        '{"evaluation_score": 3, "refined_response": "I am here with you."}',
+    ])  # fmt: skip
+
+    def answering(conversations, *args, **kwargs):
+        outs = chat(conversations, *args, **kwargs)
+        if conversations[0][0]["content"] != prompts.REFINE_PROMPT:
+            return outs
+        return [dataclasses.replace(o, text=next(answers)) for o in outs]
+
+    monkeypatch.setattr(engine, "chat", answering)
+    cfg = _gen("joint", guided=True).model_copy(update={"max_attempts": 2})
+    pairs = make_pairs(engine, cfg, ROWS, iteration=1)
+    assert [p["chosen"][0]["content"] for p in pairs] == [
+        "That sounds so hard.", "I am here with you."
+    ]  # fmt: skip
+    assert [p["chosen_source"] for p in pairs] == ["refined", "refined"]
+    assert [p["attempts"] for p in pairs] == [2, 2]
+    seeds = [seed for seed, _ in seen[prompts.REFINE_PROMPT]]
+    assert len(seeds) == 4 and len(set(seeds)) == 4  # each try of each row its own seed
 
 
 def test_without_the_constraint_the_same_model_falls_back(engine):
