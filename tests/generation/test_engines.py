@@ -60,6 +60,7 @@ def test_vllm_guided_json_is_compact(tiny_model):
     engine = VllmEngine(tiny_model, options=EngineOptions(dtype="float32", max_model_len=1024))
     msgs = [prompts.reflect_messages([{"role": "user", "content": t}]) for t in ("sad", "hi")]
     sampled = DecodingSection(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=400)
+    finished = 0
     for out in engine.chat(msgs, sampled, [5, 6], prompts.REFLECT_SCHEMA):
         skeleton = re.sub(r'"(?:[^"\\]|\\.)*"', '""', out.text)  # string contents removed
         assert not re.search(r"\s", skeleton), out.text
@@ -67,3 +68,5 @@ def test_vllm_guided_json_is_compact(tiny_model):
         if out.output_tokens < sampled.max_new_tokens:  # finished, not cut off
             obj = json.loads(out.text, strict=False)
             assert list(obj) == list(prompts.REFLECT_SCHEMA["properties"])
+            finished += 1
+    assert finished, "no answer finished within the token budget: the JSON went unchecked"

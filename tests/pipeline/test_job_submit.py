@@ -70,3 +70,5 @@ def test_ray_job_submit_runs_a_job(ray_head, tmp_path):
         timeout=60,
     )
     assert listing.returncode != 0
+    # Refused for the missing token, not for any other failure (a dashboard gone, say).
+    assert "authentication" in (listing.stdout + listing.stderr).lower(), listing.stderr[-2000:]

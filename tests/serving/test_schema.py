@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 MAX_EXAMPLES = 30
 # Deterministic by default, so a commit's CI result does not depend on the draw; set
@@ -64,7 +63,6 @@ def test_openapi_conformance(served):
         "GET /health",
         "POST /human/api/sessions/{session_id}/turns",
     }
-    started = time.monotonic()
     failures: list[str] = []
     statuses: dict[int, int] = {}
     for op in operations:
@@ -78,4 +76,3 @@ def test_openapi_conformance(served):
     assert not failures, "\n\n".join(failures)
     assert statuses.get(200, 0) > 10 and statuses.get(400, 0) > 10, statuses
     assert set(statuses) <= {200, 400, 401, 404, 409, 413}, statuses
-    assert time.monotonic() - started < 120
