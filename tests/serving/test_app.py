@@ -73,6 +73,18 @@ def test_streaming_with_openai_client(client, http):
     assert text and text == _greedy(http, "current", max_tokens=12)  # the deltas, all of them
 
 
+def test_a_seed_makes_sampling_repeatable(http):
+    def sampled(seed: int) -> str:
+        body = {"model": "m0", "messages": USER, "max_tokens": 12, "temperature": 1.0,
+                "top_p": 1.0, "seed": seed}  # fmt: skip
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    first = sampled(5)
+    assert sampled(5) == first and sampled(6) != first
+
+
 def test_openai_client_errors(client):
     import openai
 
@@ -83,48 +95,31 @@ def test_openai_client_errors(client):
 
 
 BAD_REQUESTS = [
-    # (description, body or raw bytes, expected status, expected code or None)
-    ("malformed JSON", b'{"model": "m0", "messages": [', 400, "invalid_value"),
-    ("not an object", b"[1, 2, 3]", 400, "invalid_value"),
-    ("messages is a string", {"model": "m0", "messages": "hi"}, 400, "invalid_value"),
-    ("wrong role", {"model": "m0", "messages": [{"role": "robot", "content": "x"}]}, 400, None),
-    ("no messages", {"model": "m0", "messages": []}, 400, None),
-    ("max_tokens is text", {"model": "m0", "messages": USER, "max_tokens": "many"}, 400, None),
-    ("n > 1", {"model": "m0", "messages": USER, "n": 2}, 400, None),
-    ("unknown model", {"model": "gpt-9", "messages": USER}, 404, "model_not_found"),
-    ("too many messages", {"model": "m0", "messages": USER * 17}, 400, "too_many_messages"),
-    (
-        "too many characters",
-        {"model": "m0", "messages": [{"role": "user", "content": "a" * 4001}]},
-        400,
-        "too_many_characters",
-    ),
-    (
-        "max_tokens over limit",
-        {"model": "m0", "messages": USER, "max_tokens": MAX_TOKENS + 1},
-        400,
-        "invalid_value",
-    ),
-    (
-        "lone surrogate",
-        b'{"model": "m0", "messages": [{"role": "user", "content": "\\ud800"}]}',
-        400,
-        None,
-    ),
-    (
-        "five stop sequences",
-        {"model": "m0", "messages": USER, "stop": ["a", "b", "c", "d", "e"]},
-        400,
-        None,
-    ),
-    ("empty stop sequence", {"model": "m0", "messages": USER, "stop": ""}, 400, None),
-    (
-        "body too large",
-        {"model": "m0", "messages": [{"role": "user", "content": "a" * 70000}]},
-        413,
-        "request_too_large",
-    ),
-]
+    # (description, body or raw bytes, expected status, code or None, param the error names)
+    ("malformed JSON", b'{"model": "m0", "messages": [', 400, "invalid_value", None),  # the body
+    ("not an object", b"[1, 2, 3]", 400, "invalid_value", None),
+    ("messages is a string", {"model": "m0", "messages": "hi"}, 400, "invalid_value", "messages"),
+    ("wrong role", {"model": "m0", "messages": [{"role": "robot", "content": "x"}]}, 400, None,
+     "messages.0.role"),
+    ("no messages", {"model": "m0", "messages": []}, 400, None, "messages"),
+    ("max_tokens is text", {"model": "m0", "messages": USER, "max_tokens": "many"}, 400, None,
+     "max_tokens"),
+    ("n > 1", {"model": "m0", "messages": USER, "n": 2}, 400, None, "n"),
+    ("unknown model", {"model": "gpt-9", "messages": USER}, 404, "model_not_found", "model"),
+    ("too many messages", {"model": "m0", "messages": USER * 17}, 400, "too_many_messages",
+     "messages"),
+    ("too many characters", {"model": "m0", "messages": [{"role": "user", "content": "a" * 4001}]},
+     400, "too_many_characters", "messages"),
+    ("max_tokens over limit", {"model": "m0", "messages": USER, "max_tokens": MAX_TOKENS + 1}, 400,
+     "invalid_value", "max_tokens"),
+    ("lone surrogate", b'{"model": "m0", "messages": [{"role": "user", "content": "\\ud800"}]}',
+     400, None, "messages.0.content"),
+    ("five stop sequences", {"model": "m0", "messages": USER, "stop": ["a", "b", "c", "d", "e"]},
+     400, None, "stop"),
+    ("empty stop sequence", {"model": "m0", "messages": USER, "stop": ""}, 400, None, "stop"),
+    ("body too large", {"model": "m0", "messages": [{"role": "user", "content": "a" * 70000}]},
+     413, "request_too_large", None),
+]  # fmt: skip
 
 
 def test_stop_sequences_on_the_vllm_engine(served, http):
@@ -151,8 +146,10 @@ def test_a_stream_answering_a_chunked_upload_finishes(http):
     assert http.get("/health", timeout=10).json()["status"] == "ok"
 
 
-@pytest.mark.parametrize("what,body,status,code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_requests_get_openai_errors(http, what, body, status, code):
+@pytest.mark.parametrize(
+    "what,body,status,code,param", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_requests_get_openai_errors(http, what, body, status, code, param):
     if isinstance(body, bytes):
         r = http.post(
             "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
@@ -162,6 +159,7 @@ def test_bad_requests_get_openai_errors(http, what, body, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["message"] and err["type"]
+    assert err["param"] == param, err  # the field at fault, as the client wrote it
     if code is not None:
         assert err["code"] == code
 
