@@ -12,6 +12,8 @@ exits when the `LocalJudge` is dropped, so the driver never holds GPU memory.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -99,6 +101,13 @@ class LocalJudge:
         return self._local.judge_many(tasks)
 
 
+def _request_seed(seed: int, request: list[dict], attempt: int) -> int:
+    """The sampling seed of one judge request: its content's, not its place in a batch, so a
+    run that asks again only for missing verdicts samples each as a whole run would."""
+    key = json.dumps([seed, attempt, request], sort_keys=True).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
 class JudgeEngine:
     """The judge's engine and its batched, retried verdicts (in this process or an actor)."""
 
@@ -149,7 +158,7 @@ class JudgeEngine:
         for attempt in range(self.cfg.parse_retries + 1):
             if not pending:
                 break
-            seeds = [self.cfg.seed + 7919 * attempt + i for i in pending]
+            seeds = [_request_seed(self.cfg.seed, requests[i], attempt) for i in pending]
             outs = self.engine.chat([requests[i] for i in pending], self.decoding, seeds, schema)
             still = []
             for i, out in zip(pending, outs, strict=True):

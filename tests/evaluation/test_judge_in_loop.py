@@ -128,3 +128,37 @@ def test_judge_cli_uses_the_run_model_when_no_judge_model_is_named(tmp_path, tin
     scores = read_table(tmp_path / "j.parquet", JUDGE_SCORES)
     assert scores.column("judge_model").to_pylist() == [tiny_model.name] * 2
     assert json.loads(capsys.readouterr().out)["verdicts"] == 2
+
+
+def _local_judge(tiny_model, backend: str, *overrides: str):
+    from esevo_ray.evaluation.local_judge import LocalJudge
+
+    cfg = load_config(
+        None, [f"eval.judge.backend={backend}", "eval.judge.max_tokens=400", *overrides]
+    ).eval.judge
+    return LocalJudge(cfg, tiny_model, dtype="float32")
+
+
+def test_a_local_verdict_is_sampled_the_same_in_any_batch(tiny_model):
+    """A rerun asks only for the missing verdicts, in a smaller batch: on vLLM, which seeds
+    each request, each is sampled as in the whole run, not by its place in the batch."""
+    judge = _local_judge(tiny_model, "vllm")
+    ctx = [{"role": "user", "content": "I lost my job and I feel useless."}]
+    tasks = [("empathy", ctx, f"I am sorry, tell me more ({i}).") for i in range(3)]
+    whole = judge.judge_many(tasks)
+    assert judge.judge_many(tasks[2:]) == whole[2:]
+    assert len({(v.score, v.explanation) for v in whole}) > 1  # sampled, not one fixed reply
+
+
+def test_a_long_context_is_cut_to_fit_the_local_judge(tiny_model):
+    """The oldest exchanges go until the request and its answer fit max_model_len."""
+    judge = _local_judge(tiny_model, "hf", "eval.judge.max_model_len=1200")
+    engine = judge._local
+    turns = ["I keep going over what happened at work and I cannot sleep at all."] * 40
+    ctx = [{"role": ("user", "assistant")[i % 2], "content": f"{i}: {t}"}
+           for i, t in enumerate(turns)]  # fmt: skip
+    ctx.append({"role": "user", "content": "And now my sister is angry with me too."})
+    request = engine._messages("empathy", ctx, "That sounds hard.")
+    assert engine.engine.count_tokens(request) <= 1200 - 400
+    text = request[-1]["content"]
+    assert "And now my sister is angry with me too." in text and "0: I keep" not in text
