@@ -51,7 +51,7 @@ def test_a_crash_between_the_two_renames_is_undone_by_the_next_write(tmp_path):
     with atomic_dir(out) as tmp:
         (tmp / "v").write_text("1")
     out.rename(tmp_path / ".adapter.old")  # aside, and the new one never came in
-    with pytest.raises(RuntimeError), atomic_dir(out):
+    with pytest.raises(RuntimeError, match="this attempt fails too"), atomic_dir(out):
         raise RuntimeError("this attempt fails too")
     assert (out / "v").read_text() == "1"
 
