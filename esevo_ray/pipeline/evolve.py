@@ -29,7 +29,7 @@ from esevo_ray.config import ConfigError, RunConfig
 from esevo_ray.io import atomic_write_text
 from esevo_ray.layout import RunLayout, model_name
 from esevo_ray.models import resolve_model
-from esevo_ray.pipeline.manifest import Manifest
+from esevo_ray.pipeline.manifest import Manifest, run_lock
 from esevo_ray.pipeline.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -106,13 +106,23 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
 
 
 def evolve(cfg: RunConfig) -> RunLayout:
-    """Run (or continue) the whole loop for `cfg`; returns the run's layout."""
-    from esevo_ray.data.prepare import prepare_data, source_files
+    """Run (or continue) the whole loop for `cfg`; returns the run's layout.
 
+    Raises:
+        RunConflict: the run was made by another config, or another driver runs it now.
+    """
     run = RunLayout.of(cfg)
     run.migrate()
     run.root.mkdir(parents=True, exist_ok=True)
-    runner = Runner(Manifest.open(run.root, cfg))
+    with run_lock(run.root):
+        _loop(cfg, run, Runner(Manifest.open(run.root, cfg)))
+    return run
+
+
+def _loop(cfg: RunConfig, run: RunLayout, runner: Runner) -> None:
+    """Every stage of the loop, in order; finished ones are reused."""
+    from esevo_ray.data.prepare import prepare_data, source_files
+
     base = resolve_model(cfg.model.path)
 
     runner.stage(
@@ -137,7 +147,6 @@ def evolve(cfg: RunConfig) -> RunLayout:
         "report", inputs=inputs, outputs={"report": run.report},
         fn=lambda: _report(run.root), folder=run.report_dir,
     )  # fmt: skip
-    return run
 
 
 def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None:

@@ -6,10 +6,17 @@ driver leaves an accurate record of what finished and where its outputs are.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import platform
+import shlex
+import socket
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -139,6 +146,40 @@ def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN) -> dict:
     if data.get("config_digest") != cfg.digest():
         _check_same_run(run_dir, data, cfg, remedy)
     return data
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process: a second driver on the same run (a job submitted
+    again while the first still runs, two shells) would overwrite this one's manifest and
+    train into the same checkpoints.
+
+    An flock on `<run_dir>/.lock`, which the kernel releases when the process ends however it
+    ends, so no stale lock survives a crash; the file says who holds it.
+
+    Raises:
+        RunConflict: another process holds the run.
+    """
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "another process"
+            raise RunConflict(
+                f"{run_dir} is in use by {holder}: wait for it to end; two drivers on one run "
+                "would overwrite each other's manifest and checkpoints"
+            ) from None
+        os.ftruncate(fd, 0)
+        command, host = shlex.join(sys.argv), socket.gethostname()
+        os.write(fd, f"`{command}` (pid {os.getpid()} on {host}, since {_now()})".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass

@@ -82,3 +82,24 @@ def test_a_manifest_that_is_not_json_is_named(tmp_path):
     (tmp_path / "manifest.json").write_text('{"name": "t", "stages": {')
     with pytest.raises(RunConflict, match=r"manifest\.json is not JSON"):
         Manifest.open(tmp_path, load_config(None, ["name=t"]))
+
+
+def test_a_run_is_held_by_one_driver_at_a_time_and_freed_by_a_crash(tmp_path):
+    import subprocess
+    import sys
+
+    from esevo_ray.pipeline.manifest import run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(RunConflict, match=r"in use by `.*` \(pid \d+ on .*, since "):
+            with run_lock(tmp_path):
+                pass
+    # A driver killed while it holds the run leaves no stale lock behind.
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, pathlib; from esevo_ray.pipeline.manifest import "
+         f"run_lock\nwith run_lock(pathlib.Path({str(tmp_path)!r})): os.kill(os.getpid(), 9)"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    with run_lock(tmp_path):
+        pass
