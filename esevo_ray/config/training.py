@@ -30,8 +30,8 @@ class ScalingSection(Section):
 
 
 # Settings of a training section that change how a run is carried out, not what it trains:
-# a Ray Train run stopped part-way resumes under other values of them, and a run directory
-# continues (`pipeline.manifest.FREE_KEYS`).
+# a Ray Train run stopped part-way resumes under other values of them (other storage aside:
+# there it starts afresh), and a run directory continues (`pipeline.manifest.FREE_KEYS`).
 NOT_TRAINED = (
     "logging_steps", "scaling.cpus_per_worker", "scaling.max_failures", "scaling.storage_path",
     "scaling.inject_failure_at_step",

@@ -63,6 +63,7 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     local = "://" not in storage
     if local:
         storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
+        set_aside_unresumable(Path(storage) / name, job.stage)
     # Workers on other nodes read the data and write checkpoints the driver exports.
     reads = [job.data_path, job.model_path, job.init_adapter]
     check_shared(job.stage, writes=[storage] if local else [], reads=reads)
@@ -99,7 +100,56 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     t0 = time.perf_counter()
     out = export(result, cfg, job, out_dir, {"run_name": name, "wall_seconds": wall})
     _record_phases(out, start, time.perf_counter() - t0)
+    # Exported: the run's checkpoints are done with, and the stage run again on the same
+    # inputs (a retrained adapter asked for) must train afresh, not find this run finished.
+    _remove_run(storage, name)
     return out
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
+def unresumable(run_dir: Path) -> str | None:
+    """Why Ray Train could not resume the run folder `run_dir`; None when it can, or when
+    there is nothing to resume. (Ray refuses such a folder for good, and the run name is
+    fixed by the stage's inputs, so every rerun would fail the same way.)"""
+    import ray
+
+    snapshot = run_dir / SNAPSHOT
+    if not snapshot.exists():
+        return None
+    try:
+        state = json.loads(snapshot.read_text())
+        names = [r["checkpoint_dir_name"] for r in state["checkpoint_results"]]
+    except (ValueError, KeyError, TypeError) as e:  # e.g. empty: killed while writing it
+        return f"its {SNAPSHOT} is unreadable ({type(e).__name__}: {e})"
+    if state.get("ray_version") != ray.__version__:
+        return f"it was written by Ray {state.get('ray_version')}, not {ray.__version__}"
+    if gone := [n for n in names if not (run_dir / n).is_dir()]:
+        return f"its checkpoint {gone[0]} is gone"
+    return None
+
+
+def set_aside_unresumable(run_dir: Path, stage: str) -> None:
+    """Move a Ray Train run folder that cannot be resumed to `<name>.unresumable-<time>`,
+    so the stage trains afresh; nothing is deleted."""
+    if (why := unresumable(run_dir)) is None:
+        return
+    aside = run_dir.with_name(f"{run_dir.name}.unresumable-{time.strftime('%Y%m%dT%H%M%S')}")
+    run_dir.rename(aside)
+    logger.warning("%s: Ray Train run %s cannot be resumed (%s): moved to %s, training afresh",
+                   stage, run_dir.name, why, aside)  # fmt: skip
+
+
+def _remove_run(storage: str, name: str) -> None:
+    """Delete a finished Ray Train run folder (local or remote storage)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    try:
+        fs.delete_dir(f"{root.rstrip('/')}/{name}")
+    except (FileNotFoundError, OSError) as e:
+        logger.warning("could not remove the finished Ray Train run %s/%s: %s", storage, name, e)
 
 
 def _exclude(keys: tuple[str, ...]) -> dict:
@@ -171,7 +221,6 @@ def export(
         summary = json.loads((src / SUMMARY_FILE).read_text())
         summary.update(
             extra,
-            ray_run_path=result.path,
             config_digest=cfg.digest(),
             model_path=job.model_path,
             data_path=job.data_path,

@@ -67,6 +67,8 @@ def sft_adapter(ray_local, tiny_model, tmp_path_factory) -> Path:
     # ... and the same command again, which resumes it.
     args = parser.parse_args(command)
     assert args.func(args) == 0
+    # Exported, the run's checkpoints go: the command run again would train afresh.
+    assert (root / "ray_train").is_dir() and not list((root / "ray_train").iterdir())
     return root / "m0"
 
 

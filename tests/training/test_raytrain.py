@@ -5,7 +5,7 @@ from __future__ import annotations
 from esevo_ray.io import write_parquet
 from esevo_ray.models import build_tiny_adapter
 from esevo_ray.training.common import TrainJob
-from esevo_ray.training.raytrain import run_name
+from esevo_ray.training.raytrain import SNAPSHOT, run_name, set_aside_unresumable, unresumable
 from esevo_ray.training.sft import sft_job
 from tests.training.tables import sft_table
 
@@ -30,3 +30,31 @@ def test_a_stage_on_the_same_inputs_is_the_same_run(make_cfg, sft_dir, tiny_mode
     write_parquet(sft_table(5), sft_dir / "sft.parquet")
     others.add(run_name(cfg, job, out))
     assert name not in others and len(others) == 6
+
+
+def test_a_run_folder_ray_cannot_resume_is_set_aside(tmp_path, caplog):
+    """Ray refuses a damaged run folder for good, and the name is fixed by the inputs: it
+    is moved aside (not deleted) and the stage trains afresh."""
+    import json
+
+    import ray
+
+    run = tmp_path / "t-sft-abc"
+    run.mkdir()
+    assert unresumable(run) is None  # nothing to resume: a fresh run
+    (run / "checkpoint_2026-12-06_10-00-00.000000").mkdir()
+    state = {"ray_version": ray.__version__,
+             "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_2026-12-06_10-00-00.000000"}]}  # fmt: skip
+    (run / SNAPSHOT).write_text(json.dumps(state))
+    assert unresumable(run) is None
+    state["checkpoint_results"].append({"checkpoint_dir_name": "checkpoint_gone"})
+    (run / SNAPSHOT).write_text(json.dumps(state))
+    assert unresumable(run) == "its checkpoint checkpoint_gone is gone"
+    (run / SNAPSHOT).write_text(json.dumps({**state, "ray_version": "2.0.0"}))
+    assert "written by Ray 2.0.0" in unresumable(run)
+    (run / SNAPSHOT).write_text("")  # killed while Ray wrote it
+    assert "unreadable" in unresumable(run)
+    set_aside_unresumable(run, "sft")
+    assert not run.exists() and [p.name.split(".")[1][:11] for p in tmp_path.iterdir()] == [
+        "unresumable"
+    ]
