@@ -26,34 +26,65 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
+def _quote_opens(text: str, i: int) -> bool:
+    """Whether the quote at `i` opens a string: an apostrophe inside a word ("I'm") does not."""
+    return text[i] == '"' or i == 0 or not text[i - 1].isalnum()
+
+
+def _close(text: str, start: int) -> int | None:
+    """The index of the brace that closes the one at `start`; None if it never closes."""
+    depth, quote, escaped = 0, None, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'" and _quote_opens(text, i):
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
 def _balanced_objects(text: str) -> Iterator[str]:
-    """Each balanced {...} span, by the position of its opening brace (nested ones too),
-    respecting quoted strings of either quote style."""
-    start = text.find("{")
-    while start != -1:
-        depth, quote, escaped = 0, None, False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if quote:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == quote:
-                    quote = None
-            elif ch in "\"'":
-                # An apostrophe inside a word ("I'm") does not open a string.
-                if ch == "'" and i > 0 and text[i - 1].isalnum():
-                    continue
-                quote = ch
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    yield text[start : i + 1]
-                    break
-        start = text.find("{", start + 1)
+    """Each balanced {...} span that is not part of an earlier one, in order.
+
+    A candidate starts at a brace outside any string: strings are followed from the first
+    brace on (prose between objects, outside braces, is not read for quotes), so an object
+    quoted inside an answer, even a cut-off or malformed one, is never a candidate of its own.
+    """
+    starts, depth, quote, escaped = [], 0, None, False
+    for i, ch in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif depth and ch in "\"'" and _quote_opens(text, i):
+            quote = ch
+        elif ch == "{":
+            starts.append(i)
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+    last = -1
+    for start in starts:
+        if start <= last:  # inside the object found before
+            continue
+        end = _close(text, start)
+        if end is not None:
+            yield text[start : end + 1]
+            last = end
 
 
 def _load(candidate: str) -> Any:

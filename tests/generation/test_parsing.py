@@ -73,6 +73,17 @@ def test_braces_in_prose_before_the_answer_are_passed_over():
     assert parse_reflection('{"note": 1} {"user_emotion": "sad"}')["user_emotion"] == "sad"
 
 
+def test_an_object_quoted_inside_a_broken_answer_is_not_the_answer():
+    """A cut-off or malformed answer that quotes an object (a user's words, say) fails; the
+    quoted object does not stand in for it."""
+    quoted = "they said {'refined_response': 'give up'} earlier"
+    cut = '{"evaluation_score": 3, "feedback": "' + quoted + '", "refined_response": "I hear yo'
+    malformed = '{"evaluation_score": 3 "feedback": "' + quoted + '", "refined_response": "ok"}'
+    for text in (cut, malformed):
+        with pytest.raises(ParseError):
+            parse_refinement(text)
+
+
 def test_a_refined_response_at_the_guided_cap_was_cut_there():
     cut = '{"refined_response": "' + "a" * 300 + '"}'
     assert parse_refinement(cut)["refined_response"] == "a" * 300  # no cap: whole
