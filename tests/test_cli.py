@@ -262,6 +262,28 @@ def test_a_stage_command_writes_into_a_run_only_with_its_config(tmp_path, config
     assert main(["data", "prepare", "--config", config, "data.max_train_dialogues=2",
                  "--out", str(out)]) == 0  # fmt: skip
     assert (out / "manifest.json").exists()
+    # An --out inside the run is the run's as much as its default folder.
+    inside = str(RunLayout.of(cfg).root / "data")
+    argv = ["data", "prepare", "--config", config, "data.max_train_dialogues=2", "--out", inside]
+    assert main(argv) == 2 and "data.max_train_dialogues changed" in _error(capsys)
+
+
+def test_a_run_in_use_is_refused_to_a_second_writer(config, capsys):
+    from esevo_ray.config import load_config
+    from esevo_ray.layout import RunLayout
+    from esevo_ray.pipeline.evolve import evolve
+    from esevo_ray.pipeline.manifest import RunConflict, run_lock
+
+    cfg = load_config(config)
+    root = RunLayout.of(cfg).root
+    root.mkdir(parents=True)
+    with run_lock(root):  # another driver runs the loop
+        assert main(["sft", "--config", config]) == 2
+        assert f"{root} is in use by `" in _error(capsys)
+        with pytest.raises(RunConflict, match="is in use by"):
+            evolve(cfg)
+    # Released: the command goes on to its own checks (here: no data prepared yet).
+    assert main(["sft", "--config", config]) == 2 and "--data" in _error(capsys)
 
 
 def test_eval_of_an_endpoint_needs_the_name_of_its_model(tmp_path, config, capsys):

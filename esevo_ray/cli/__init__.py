@@ -7,6 +7,7 @@ One module per stage registers its subcommands (`add_parsers`) and benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from esevo_ray.cli import data, evaluate, evolve, generate, serve, train
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as args.held:  # what a command holds while it runs
+            return args.func(args)
     except USER_ERRORS as e:
         print(f"esevo: error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from esevo_ray.data.dialogue import DataError  # noqa: E402
 from esevo_ray.errors import BenchUnavailable, EndpointError, JudgeError, UsageError  # noqa: E402
 from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
 from esevo_ray.parts import PartsConflict  # noqa: E402
-from esevo_ray.pipeline.manifest import RunConflict, recorded  # noqa: E402
+from esevo_ray.pipeline.manifest import RunConflict, recorded, run_lock  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
 
 # Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
@@ -92,21 +92,35 @@ def layout_of(cfg: RunConfig) -> RunLayout:
 
 
 def run_of(args: argparse.Namespace, *, writes: bool) -> tuple[RunConfig, RunLayout]:
-    """The config a stage command was given and the run directory it works in.
-
-    `writes`: the command writes its output into the run (unless --out names another
-    place); it must then be given the run's config, as `esevo evolve` would be (FREE_KEYS
-    aside): an output made with other settings would pass for the run's, and evolve would
-    build on it.
-
-    Raises:
-        RunConflict: the run was made by another config.
-    """
+    """The config a stage command was given and the run directory it works in; with
+    `writes`, the command's output (--out, else the run's own folder) is claimed
+    (`claim_run`)."""
     cfg = load_args_config(args)
     layout = layout_of(cfg)
-    if writes and not getattr(args, "out", None):
-        recorded(layout.root, cfg, remedy="pass --out to write elsewhere, or restore its config")
+    if writes:
+        claim_run(args, cfg, layout, getattr(args, "out", None))
     return cfg, layout
+
+
+def claim_run(
+    args: argparse.Namespace, cfg: RunConfig, layout: RunLayout, out: str | Path | None
+) -> None:
+    """A command that writes `out` (None: the run's own folder) inside the run of `cfg`
+    holds the run for the rest of the command, as `esevo evolve` does, and must have the
+    run's config (FREE_KEYS aside): an output made with other settings would pass for the
+    run's, and evolve would build on it. An `out` outside the run is the user's own.
+
+    Raises:
+        RunConflict: the run was made by another config, or another process holds it.
+    """
+    root = layout.root.resolve()
+    if out is not None and not Path(out).resolve().is_relative_to(root):
+        return
+    held = getattr(args, "held", None)  # main()'s: released when the command ends
+    if held is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        held.enter_context(run_lock(root))
+    recorded(root, cfg, remedy="pass --out to write elsewhere, or restore its config")
 
 
 def iteration(text: str) -> int:

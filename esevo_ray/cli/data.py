@@ -9,16 +9,24 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     UsageError,
     add_config_args,
+    claim_run,
     command_group,
-    run_of,
+    layout_of,
+    load_args_config,
 )
+from esevo_ray.layout import RunLayout
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from esevo_ray.data.prepare import prepare_data
 
-    cfg, layout = run_of(args, writes=True)
-    out = Path(args.out) if args.out else layout.data
+    cfg = load_args_config(args)
+    if args.out:  # the run's folder is not touched unless `out` is inside it
+        layout, out = RunLayout.of(cfg), Path(args.out)
+    else:
+        layout = layout_of(cfg)
+        out = layout.data
+    claim_run(args, cfg, layout, args.out)
     report = prepare_data(cfg.data, out)
     print(
         json.dumps(

@@ -112,9 +112,9 @@ def evolve(cfg: RunConfig) -> RunLayout:
         RunConflict: the run was made by another config, or another driver runs it now.
     """
     run = RunLayout.of(cfg)
-    run.migrate()
     run.root.mkdir(parents=True, exist_ok=True)
-    with run_lock(run.root):
+    with run_lock(run.root):  # before migrate(), which rewrites the manifest
+        run.migrate()
         _loop(cfg, run, Runner(Manifest.open(run.root, cfg)))
     return run
 
