@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,6 +52,7 @@ _TRANSPORT = {
 }  # fmt: skip
 _SETTINGS_KEY = b"esevo.judge"  # file metadata: the settings its verdicts were made under
 _JUDGED_KEY = b"esevo.judged"  # and a digest of each judged (context, response)
+_PARTIAL_KEY = b"esevo.partial"  # b"1" while the judging that writes the file is unfinished
 
 
 class RateLimiter:
@@ -217,20 +218,23 @@ def judge_responses(
         len(rows), len(dimensions), client.model, len(todo), len(have),
     )  # fmt: skip
     asking = [i for i in range(len(tasks)) if i not in have]
-    done: list[Verdict] = []  # the verdicts of asking[:len(done)], filled as they come
+    told: dict[int, Verdict] = {}  # by position in `todo`, as they come
+
+    def at_hand() -> dict[int, Verdict]:
+        return {**have, **{asking[j]: v for j, v in told.items()}}
 
     def so_far() -> None:
-        if save is not None and done:
-            at_hand = {**have, **dict(zip(asking, done, strict=False))}
-            order = sorted(at_hand)
-            save(_table([tasks[i] for i in order], [at_hand[i] for i in order], client.model))
+        if save is not None and told:
+            got = at_hand()
+            order = sorted(got)
+            save(_table([tasks[i] for i in order], [got[i] for i in order], client.model))
 
     try:
-        _ask(client, todo, done, so_far)
+        _ask(client, todo, told, so_far)
     except BaseException:
         so_far()
         raise
-    got = {**have, **dict(zip(asking, done, strict=True))}
+    got = at_hand()
     verdicts = [got[i] for i in range(len(tasks))]
     missing = sum(v.score is None for v in verdicts)
     if missing:
@@ -245,30 +249,31 @@ def _task_key(row: dict, dimension: str) -> tuple:
 def _ask(
     client: JudgeClient,
     tasks: list[tuple[dict, str]],
-    verdicts: list[Verdict],
+    told: dict[int, Verdict],
     progress: Callable[[], None],
 ) -> None:
-    """Append the verdicts of `tasks` to `verdicts`, in order: batched on a local engine,
-    else on a thread pool, calling `progress` every tenth of the way."""
+    """Put the verdict of each of `tasks` into `told` (by position) as it comes: batched on
+    a local engine, else on a thread pool, calling `progress` every tenth of the way."""
     if not tasks:
         return
     if hasattr(client, "judge_many"):  # a local engine judges whole batches
-        verdicts += client.judge_many(
+        verdicts = client.judge_many(
             [(dim, row["context"], row["response"] or "") for row, dim in tasks]
         )
+        told.update(enumerate(verdicts))
         return
     with ThreadPoolExecutor(max_workers=client.cfg.concurrency) as pool:
-        futures = [
-            pool.submit(client.judge, dim, row["context"], row["response"] or "")
-            for row, dim in tasks
-        ]
+        futures = {
+            pool.submit(client.judge, dim, row["context"], row["response"] or ""): i
+            for i, (row, dim) in enumerate(tasks)
+        }
         step = max(1, len(futures) // 10)
         try:
-            for i, future in enumerate(futures, 1):
-                verdicts.append(future.result())
-                if i % step == 0 or i == len(futures):
-                    logger.info("judged %d/%d", i, len(futures))
-                    if i < len(futures):
+            for n, future in enumerate(as_completed(futures), 1):
+                told[futures[future]] = future.result()
+                if n % step == 0 or n == len(futures):
+                    logger.info("judged %d/%d", n, len(futures))
+                    if n < len(futures):
                         progress()
         except BaseException:  # an unusable endpoint, or an interrupt: stop at once
             pool.shutdown(cancel_futures=True)
@@ -324,18 +329,22 @@ def judge_file(
         client = _client(cfg, base_url, model, local_model, dtype)
     settings, judged = _settings(cfg, client.model), _judged(table)
 
-    def write(scores: pa.Table) -> None:
-        """`out`, with the judge's settings and the responses it judged (for a rerun)."""
+    def write(scores: pa.Table, partial: bool = False) -> None:
+        """`out`, with the judge's settings and the responses it judged (for a rerun), and
+        whether the judging is unfinished."""
         keys = scores.select(["dialogue_id", "turn_index", "model"]).to_pylist()
         kept = {_response_key(r) for r in keys}
         record = json.dumps(sorted([*k, d] for k, d in judged.items() if k in kept))
         metadata = {_SETTINGS_KEY: settings, _JUDGED_KEY: record}
+        if partial:
+            metadata[_PARTIAL_KEY] = b"1"
         write_parquet(scores.replace_schema_metadata(metadata), out)
 
     with profile.timed("compute"):
         scores = judge_responses(
             table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed,
-            known=_earlier_verdicts(out, settings, judged), save=write,
+            known=_earlier_verdicts(out, settings, judged),
+            save=lambda so_far: write(so_far, partial=True),
         )  # fmt: skip
     with profile.timed("io"):
         write(scores)
@@ -379,6 +388,14 @@ def _judged(table: pa.Table) -> dict[tuple, str]:
             ["dialogue_id", "turn_index", "model", "context", "response"]
         ).to_pylist()
     }
+
+
+def is_partial(path: str | Path) -> bool:
+    """Whether a scores file holds the verdicts of a judging that stopped part-way."""
+    try:
+        return (pq.read_schema(path).metadata or {}).get(_PARTIAL_KEY) == b"1"
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return False
 
 
 def _earlier_verdicts(out: Path, settings: str, judged: dict[tuple, str]) -> dict[tuple, Verdict]:

@@ -52,7 +52,17 @@ class Stage:
 
     @cached_property
     def judge(self) -> pa.Table | None:
+        """The verdicts on this model; None when there are none, or only those of a judging
+        that stopped part-way (means over them would pass for the whole sample's)."""
+        from esevo_ray.evaluation.judge import is_partial
+
         path = self.run.judge_scores(self.index)
+        if path.exists() and is_partial(path):
+            logger.warning(
+                "%s: the judging of %s stopped part-way; its verdicts are left out of the report "
+                "until it is run again to the end", path, self.label,
+            )  # fmt: skip
+            return None
         return read_table(path, JUDGE_SCORES) if path.exists() else None
 
     @cached_property

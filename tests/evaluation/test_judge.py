@@ -18,6 +18,7 @@ from esevo_ray.evaluation.judge import (
     JudgeError,
     RateLimiter,
     VerdictError,
+    is_partial,
     judge_file,
     judge_responses,
     parse_verdict,
@@ -379,11 +380,12 @@ def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path,
     with pytest.raises(Stop):
         judge_file(path, out, cfg, **judge)
     assert len(scores()) == 14 and None not in scores()
+    assert is_partial(out)  # a report leaves it out rather than average a part
     monkeypatch.setattr(JudgeClient, "judge", real)
     asked = sum(server.seen.values())
     judge_file(path, out, cfg, **judge)
     assert sum(server.seen.values()) - asked == 7
-    assert len(scores()) == 21 and None not in scores()
+    assert len(scores()) == 21 and None not in scores() and not is_partial(out)
 
 
 def _scores_by_dialogue(out) -> dict[str, float | None]:
