@@ -187,7 +187,9 @@ def trainer_args(
         eval_steps=section.eval_steps,
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
+        # A metric of the user's own (trl.metric_for_best_model): transformers infers which
+        # way is better from its name ("loss": lower) unless trl says so.
+        greater_is_better=False if early and "metric_for_best_model" not in section.trl else None,
         max_length=section.max_length,
         bf16=use_bf16(section),
         gradient_checkpointing=section.gradient_checkpointing,

@@ -126,6 +126,21 @@ def test_unknown_trl_key_fails_when_the_config_loads(make_cfg):
         make_cfg("dpo.trl={use_cpu: true}")
 
 
+def test_early_stopping_on_a_metric_of_ones_own_keeps_its_best(make_cfg):
+    """The direction of a metric named in trl is transformers' to infer (higher accuracy is
+    better), not the eval loss's lower-is-better."""
+    from trl import DPOConfig
+
+    cfg = make_cfg(
+        "dpo.eval_fraction=0.25", "dpo.trl={metric_for_best_model: eval_rewards/accuracies}"
+    )
+    args = common.trainer_args(DPOConfig, cfg.dpo, where="dpo", output_dir="/tmp/x", has_eval=True)
+    assert args.load_best_model_at_end and args.greater_is_better is True
+    loss = common.trainer_args(DPOConfig, make_cfg("dpo.eval_fraction=0.25").dpo, where="dpo",
+                               output_dir="/tmp/x", has_eval=True)  # fmt: skip
+    assert loss.metric_for_best_model == "eval_loss" and loss.greater_is_better is False
+
+
 def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
     from trl import SFTConfig
 
