@@ -31,8 +31,9 @@ def _quote_opens(text: str, i: int) -> bool:
     return text[i] == '"' or i == 0 or not text[i - 1].isalnum()
 
 
-def _close(text: str, start: int) -> int | None:
-    """The index of the brace that closes the one at `start`; None if it never closes."""
+def _braces(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
+    """(index, depth after it) of each brace from `start` on that is outside any string.
+    Strings are followed only inside braces: prose between objects is not read for quotes."""
     depth, quote, escaped = 0, None, False
     for i in range(start, len(text)):
         ch = text[i]
@@ -43,45 +44,28 @@ def _close(text: str, start: int) -> int | None:
                 escaped = True
             elif ch == quote:
                 quote = None
-        elif ch in "\"'" and _quote_opens(text, i):
+        elif depth and ch in "\"'" and _quote_opens(text, i):
             quote = ch
         elif ch == "{":
             depth += 1
-        elif ch == "}":
+            yield i, depth
+        elif ch == "}" and depth:
             depth -= 1
-            if depth == 0:
-                return i
-    return None
+            yield i, depth
 
 
 def _balanced_objects(text: str) -> Iterator[str]:
     """Each balanced {...} span that is not part of an earlier one, in order.
 
-    A candidate starts at a brace outside any string: strings are followed from the first
-    brace on (prose between objects, outside braces, is not read for quotes), so an object
-    quoted inside an answer, even a cut-off or malformed one, is never a candidate of its own.
+    A candidate starts at a brace outside any string, followed from the first brace on, so
+    an object quoted inside an answer, even a cut-off or malformed one, is never a candidate
+    of its own.
     """
-    starts, depth, quote, escaped = [], 0, None, False
-    for i, ch in enumerate(text):
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif depth and ch in "\"'" and _quote_opens(text, i):
-            quote = ch
-        elif ch == "{":
-            starts.append(i)
-            depth += 1
-        elif ch == "}" and depth:
-            depth -= 1
     last = -1
-    for start in starts:
-        if start <= last:  # inside the object found before
+    for start, _ in _braces(text):
+        if text[start] != "{" or start <= last:  # a closing brace, or inside the last object
             continue
-        end = _close(text, start)
+        end = next((i for i, depth in _braces(text, start) if depth == 0), None)
         if end is not None:
             yield text[start : end + 1]
             last = end
