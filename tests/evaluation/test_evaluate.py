@@ -59,7 +59,7 @@ def test_eval_local_model_writes_responses_metrics_and_resumes(
     temp = "generation.decoding.temperature"
     assert cli.main([*argv, "--name", "tiny", "eval.max_examples=3", f"{temp}=0.5"]) == 2
     assert f"{temp}: 0.9 -> 0.5" in capsys.readouterr().err
-    assert sorted(p.name for p in (out / "parts").glob(PART_GLOB)) == parts
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob(PART_GLOB)} == parts
 
 
 def test_eval_endpoint_sends_decoding_seeds_and_bounds_concurrency(
