@@ -9,6 +9,7 @@ new file, as a plain `open` would (temporary files start owner-only).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from esevo_ray.errors import UsageError
+
+
+def files_digest(files: list[Path], named: bool = False) -> str:
+    """A hash of the files' bytes (a single file's: the same as run manifests have always
+    recorded), and of their names when `named`."""
+    digest = hashlib.sha256()
+    for file in files:
+        if named:
+            digest.update(file.name.encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _umask() -> int:

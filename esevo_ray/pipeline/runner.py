@@ -12,13 +12,13 @@ manifest records its inputs' fingerprints when it starts, and it resumes only on
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from esevo_ray import profile
+from esevo_ray.io import files_digest
 from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash
 from esevo_ray.pipeline.manifest import Manifest
@@ -43,31 +43,18 @@ def fingerprint(path: Path) -> str | None:
         if not manifest.is_file():
             return None
         data = [f for f in path.iterdir() if f.is_file() and f != manifest and f.name[0] != "."]
-        return _digest(sorted(data), named=True) if data else legacy_fingerprint(path)
+        return files_digest(sorted(data), named=True) if data else legacy_fingerprint(path)
     if not path.is_file():
         return None
     wal = path.with_name(f"{path.name}-wal")
-    return _digest([path, wal] if wal.is_file() else [path])
+    return files_digest([path, wal] if wal.is_file() else [path])
 
 
 def legacy_fingerprint(path: Path) -> str | None:
     """The fingerprint a manifest recorded for a stage folder before folders were read by
     their data files: the hash of its manifest.json alone."""
     manifest = path / "manifest.json"
-    return _digest([manifest]) if manifest.is_file() else None
-
-
-def _digest(files: list[Path], named: bool = False) -> str:
-    """A hash of the files' bytes (a single file's: the same as manifests have always
-    recorded), and of their names when `named`."""
-    digest = hashlib.sha256()
-    for file in files:
-        if named:
-            digest.update(file.name.encode())
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return files_digest([manifest]) if manifest.is_file() else None
 
 
 def move_aside(paths: list[Path]) -> list[str]:

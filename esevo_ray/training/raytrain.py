@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray import profile
-from esevo_ray.config import NOT_TRAINED, RunConfig, save_config
-from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable
+from esevo_ray.config import NOT_TRAINED, RunConfig, apply_overrides, save_config
+from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable, files_digest
 from esevo_ray.models import adapter_hash
 from esevo_ray.numerics import describe, weights_dtype
 from esevo_ray.schema import parquet_files
@@ -152,18 +152,6 @@ def _remove_run(storage: str, name: str) -> None:
         logger.warning("could not remove the finished Ray Train run %s/%s: %s", storage, name, e)
 
 
-def _exclude(keys: tuple[str, ...]) -> dict:
-    """Dotted keys as pydantic's nested `exclude`."""
-    out: dict = {}
-    for key in keys:
-        *parents, leaf = key.split(".")
-        node = out
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = True
-    return out
-
-
 def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     """The Ray Train run of a stage, named by what it trains and where: its settings, the
     model and dtype, the data's bytes, the init adapter's weights and the output folder.
@@ -173,17 +161,12 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     again on the same inputs; on others, or into another folder (another run directory), it
     starts afresh, never from another run's state.
     """
-    data = hashlib.sha256()
-    for file in parquet_files(job.data_path):
-        data.update(file.name.encode())
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                data.update(block)
+    not_trained = apply_overrides({}, [f"{key}=true" for key in NOT_TRAINED])  # as `exclude`
     key = {
-        "section": job.section(cfg).model_dump(mode="json", exclude=_exclude(NOT_TRAINED)),
+        "section": job.section(cfg).model_dump(mode="json", exclude=not_trained),
         "model": str(Path(job.model_path).resolve()),
         "dtype": cfg.model.dtype,
-        "data": data.hexdigest(),
+        "data": files_digest(parquet_files(job.data_path), named=True),
         "init_adapter": adapter_hash(job.init_adapter),
         "out_dir": str(Path(out_dir).resolve()),
     }
