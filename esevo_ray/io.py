@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def files_digest(files: list[Path], named: bool = False) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Rename `path` to `<name>.<why>-<UTC time>` beside it (with a count when that is
+    taken), so that whatever replaces it deletes nothing; the new path."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = path.with_name(f"{path.name}.{why}-{stamp}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.{why}-{stamp}-{n}"), n + 1
+    path.rename(target)
+    return target
 
 
 def _umask() -> int:

@@ -5,7 +5,9 @@ Requests run on a bounded thread pool under a shared rate limit. Transport error
 `parse_retries` times and then recorded as missing (score None), never as a number.
 
 `judge_file` resumes: a scores file written before with the same judge and settings lends
-its verdicts, and only the rest is asked for. A request that failed for good (the endpoint
+its verdicts, and only the rest is asked for; one it would not keep whole (another judge
+or settings, responses since changed) is first moved aside to `<name>.superseded-<time>`,
+so no verdict is lost. A request that failed for good (the endpoint
 down past its retries) is written as missing and then stops the command with an error, so
 that running it again asks for just those.
 """
@@ -314,13 +316,14 @@ def judge_file(
     With `cfg.backend` "vllm" or "hf" the judge is `cfg.local_model` (else `local_model`,
     else the prepared default model) loaded locally in `dtype` (`model.dtype`); with
     "endpoint" it is `base_url`/`model` (else the config's). Verdicts of an earlier `out` by
-    the same judge and settings are kept, not asked for again.
+    the same judge and settings are kept, not asked for again; an earlier `out` holding
+    others is moved aside first (`_superseded`).
 
     Raises:
         JudgeError: the endpoint refuses the key, model or URL; or, after `out` is written,
             some requests failed for good (running again asks for those).
     """
-    from esevo_ray.io import write_parquet
+    from esevo_ray.io import set_aside, write_parquet
 
     out = Path(out)
     with profile.timed("io"):
@@ -340,11 +343,14 @@ def judge_file(
             metadata[_PARTIAL_KEY] = b"1"
         write_parquet(scores.replace_schema_metadata(metadata), out)
 
+    known = _earlier_verdicts(out, settings, judged)
+    if why := _superseded(out, settings, judged):  # its other verdicts would be lost
+        aside = set_aside(out, "superseded")
+        logger.warning("%s: %s; moved to %s, its verdicts still valid kept", out, why, aside)
     with profile.timed("compute"):
         scores = judge_responses(
             table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed,
-            known=_earlier_verdicts(out, settings, judged),
-            save=lambda so_far: write(so_far, partial=True),
+            known=known, save=lambda so_far: write(so_far, partial=True),
         )  # fmt: skip
     with profile.timed("io"):
         write(scores)
@@ -396,6 +402,26 @@ def is_partial(path: str | Path) -> bool:
         return (pq.read_schema(path).metadata or {}).get(_PARTIAL_KEY) == b"1"
     except (FileNotFoundError, pa.ArrowInvalid, OSError):
         return False
+
+
+def _superseded(out: Path, settings: str, judged: dict[tuple, str]) -> str | None:
+    """Why a scores file written before at `out` holds verdicts that judging `judged` under
+    `settings` will not carry over (another judge or settings, a response since changed or
+    gone, or a file that cannot be read); None when there is none, or every verdict of it
+    stays."""
+    try:
+        written = pq.read_schema(out).metadata or {}
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowInvalid, OSError) as e:
+        return f"it cannot be read ({e})"
+    if written.get(_SETTINGS_KEY) != settings.encode():
+        return "it holds the verdicts of another judge or other settings"
+    changed = sum(
+        judged.get((d, t, m)) != digest
+        for d, t, m, digest in json.loads(written.get(_JUDGED_KEY, b"[]"))
+    )  # fmt: skip
+    return f"{changed} of the responses it judged changed or are gone" if changed else None
 
 
 def _earlier_verdicts(out: Path, settings: str, judged: dict[tuple, str]) -> dict[tuple, Verdict]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from esevo_ray import profile
-from esevo_ray.io import files_digest
+from esevo_ray.io import files_digest, set_aside
 from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash
 from esevo_ray.pipeline.manifest import Manifest
@@ -59,17 +59,7 @@ def legacy_fingerprint(path: Path) -> str | None:
 
 def move_aside(paths: list[Path]) -> list[str]:
     """Rename each existing path to `<name>.stale-<UTC time>` beside it; the new names."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    moved = []
-    for path in paths:
-        if not path.exists():
-            continue
-        target, n = path.with_name(f"{path.name}.stale-{stamp}"), 1
-        while target.exists():
-            target, n = path.with_name(f"{path.name}.stale-{stamp}-{n}"), n + 1
-        path.rename(target)
-        moved.append(str(target))
-    return moved
+    return [str(set_aside(path, "stale")) for path in paths if path.exists()]
 
 
 class Runner:

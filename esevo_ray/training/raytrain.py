@@ -30,7 +30,13 @@ from typing import Any
 
 from esevo_ray import profile
 from esevo_ray.config import NOT_TRAINED, RunConfig, apply_overrides, save_config
-from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable, files_digest
+from esevo_ray.io import (
+    atomic_dir,
+    atomic_write_text,
+    check_replaceable,
+    files_digest,
+    set_aside,
+)
 from esevo_ray.models import adapter_hash
 from esevo_ray.numerics import describe, weights_dtype
 from esevo_ray.schema import parquet_files
@@ -135,8 +141,7 @@ def set_aside_unresumable(run_dir: Path, stage: str) -> None:
     so the stage trains afresh; nothing is deleted."""
     if (why := unresumable(run_dir)) is None:
         return
-    aside = run_dir.with_name(f"{run_dir.name}.unresumable-{time.strftime('%Y%m%dT%H%M%S')}")
-    run_dir.rename(aside)
+    aside = set_aside(run_dir, "unresumable")
     logger.warning("%s: Ray Train run %s cannot be resumed (%s): moved to %s, training afresh",
                    stage, run_dir.name, why, aside)  # fmt: skip
 

@@ -342,16 +342,25 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_missing_verdicts(s
     scores = _scores_by_dialogue(out)
     assert scores["d1"] is not None and scores["d2"] is None  # [bad] is still unparseable
     # A response evaluated again (another text under the same key) is judged again.
+    before = read_table(out, JUDGE_SCORES)
     write_responses(path, "M0", ["[ok] a, said again", "[down] b", "[bad] c"])
     asked = server.seen.copy()
     judge_file(path, out, cfg, **judge)
     asked_again = [user for (_, user), n in server.seen.items() if n > asked[(_, user)]]
     assert len(asked_again) == 2 and any("[ok] a, said again" in u for u in asked_again)
-    # Another reading of the rubrics' penalties: no verdict of the old one is kept.
+    (aside,) = tmp_path.glob("judge_scores.parquet.superseded-*")  # with the old text's verdict
+    assert read_table(aside, JUDGE_SCORES).equals(before)
+    # Another reading of the rubrics' penalties: no verdict of the old one is kept, nor lost.
     server.reset()
     server.down = False
+    before = read_table(out, JUDGE_SCORES)
     judge_file(path, out, judge_cfg(dimensions=["empathy"], penalty="subtract"), **judge)
     assert len(server.seen) == 3
+    asides = sorted(tmp_path.glob("judge_scores.parquet.superseded-*"))
+    assert len(asides) == 2 and any(read_table(p, JUDGE_SCORES).equals(before) for p in asides)
+    # Run again as it was: nothing to set aside.
+    judge_file(path, out, judge_cfg(dimensions=["empathy"], penalty="subtract"), **judge)
+    assert len(list(tmp_path.glob("judge_scores.parquet.superseded-*"))) == 2
 
 
 def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path, monkeypatch):
