@@ -81,7 +81,8 @@ def config_changes(
     A key that only `current` has (a setting added since the run was made) counts only when
     it is not at its default; a key that only the record has (a setting since removed) does
     not count, except in a free-form mapping (`free_form`: one whose default is {}, such as
-    `sft.trl` or `generation.vllm`), where it is an option the run was made with.
+    `sft.trl` or `generation.vllm`, and the mappings inside it), where it is an option the run
+    was made with.
     """
     changed = []
     for key, value in current.items():
@@ -91,8 +92,8 @@ def config_changes(
                 changed.append(where)
         elif isinstance(value, dict) and isinstance(stored[key], dict):
             default = defaults.get(key)
-            changed += config_changes(
-                stored[key], value, default or {}, f"{where}.", free_form=default == {}
+            changed += config_changes(  # inside a free-form mapping, all of it is
+                stored[key], value, default or {}, f"{where}.", free_form or default == {}
             )
         elif stored[key] != value:
             changed.append(where)

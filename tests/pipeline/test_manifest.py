@@ -76,6 +76,12 @@ def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
     Manifest.open(tmp_path, load_config(None, ["name=t", "sft.trl={neftune_noise_alpha: 5}"]))
     with pytest.raises(RunConflict, match=r"sft\.trl\.neftune_noise_alpha changed"):
         Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    # ... and one removed from a mapping inside it
+    nested = "dpo.trl={model_init_kwargs: {attn_implementation: eager, low_cpu_mem_usage: true}}"
+    Manifest.open(tmp_path / "n", load_config(None, ["name=t", nested]))
+    fewer = "dpo.trl={model_init_kwargs: {attn_implementation: eager}}"
+    with pytest.raises(RunConflict, match=r"model_init_kwargs\.low_cpu_mem_usage changed"):
+        Manifest.open(tmp_path / "n", load_config(None, ["name=t", fewer]))
 
 
 def test_a_manifest_that_is_not_json_is_named(tmp_path):
