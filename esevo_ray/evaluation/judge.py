@@ -87,14 +87,16 @@ class JudgeClient:
     ):
         from openai import OpenAI
 
+        from esevo_ray.evaluation.endpoint import base_url as api_base
+
         self.cfg = cfg
-        self.base_url = base_url or cfg.base_url
-        self.model = model or cfg.model
-        if not self.base_url or not self.model:
+        url, self.model = base_url or cfg.base_url, model or cfg.model
+        if not url or not self.model:
             raise UsageError(
                 "the judge needs an endpoint and a model: set eval.judge.base_url "
                 "and eval.judge.model, or pass --endpoint and --model"
             )
+        self.base_url = api_base(url)  # a server's root URL means its /v1, as for `esevo eval`
         key = api_key or os.environ.get(cfg.api_key_env)
         if not key:
             logger.info("$%s is not set; sending a placeholder API key", cfg.api_key_env)

@@ -313,6 +313,17 @@ def test_judge_cli_reports_a_rejected_key(server, tmp_path, capsys):
     assert not (tmp_path / "judge_scores.parquet").exists()
 
 
+def test_judge_cli_takes_a_server_root_url_as_eval_does(server, tmp_path, capsys):
+    """`--endpoint http://host:8000` means its /v1, as for `esevo eval --model` and `bench`."""
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    root = server.url.removesuffix("/v1")
+    argv = ["judge", "--responses", str(path), "--endpoint", root, "--model", "judge-x",
+            "eval.judge.dimensions=[empathy]"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    scores = read_table(tmp_path / "judge_scores.parquet", JUDGE_SCORES)
+    assert scores.num_rows == 3 and None not in scores.column("score").to_pylist()
+
+
 def test_verdict_with_control_characters_in_the_explanation_parses():
     from esevo_ray.evaluation.verdicts import parse_verdict
 
