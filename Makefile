@@ -106,5 +106,6 @@ lint: venv
 	$(BIN)/ruff format --check esevo_ray jobs tests
 	$(BIN)/lint-imports
 
+# The environment only: runs/ holds trained adapters and results, removed by hand if at all.
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache
