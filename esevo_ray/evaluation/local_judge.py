@@ -54,7 +54,7 @@ def judge_placement(cfg: JudgeSection) -> Placement:
         if not os.environ.get("RAY_ADDRESS"):
             import torch
 
-            local = resolve(cfg, cfg.backend, [float(torch.cuda.device_count())])
+            local = resolve(cfg, cfg.backend, [float(torch.cuda.device_count())], key=KEY)
             if not local.gpus:
                 return local  # in this process: no Ray needed
         ray.init()

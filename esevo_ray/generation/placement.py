@@ -8,8 +8,10 @@ One rule for the generation actors (`generation.*`) and a local judge (`eval.jud
 - `gpus_per_actor` unset is, on "cuda", `tensor_parallel_size` for vLLM and 1 for hf; on "cpu",
   0. Ray reserves that many GPUs per actor and sets the actor's CUDA_VISIBLE_DEVICES to them,
   so two actors never share a device and no engine lands on a node without one.
-- Before any actor starts, the cluster must hold all of them at once; otherwise the stage
-  stops with a `PlacementError` that says what to change, instead of Ray waiting forever.
+- Before any actor starts, the cluster must hold all of them at once, and on "cuda" each
+  actor's GPUs must hold its engine (`check_gpus`); otherwise the stage stops with a
+  `PlacementError` that says what to change, instead of Ray waiting forever or the engine
+  failing inside its actor.
 - Inside an actor that reserved no GPU every GPU is hidden, so an engine never takes a device
   that Ray gave to another stage; an actor on "cuda" whose torch sees no device stops at once.
 """
@@ -53,16 +55,74 @@ def resolve_device(device: str, gpus_by_node: list[float]) -> str:
 
 
 def resolve(
-    section: Any, engine: str, gpus_by_node: list[float], *, gpus_key: str = "gpus_per_actor"
+    section: Any,
+    engine: str,
+    gpus_by_node: list[float],
+    *,
+    key: str = "generation",
+    gpus_key: str = "gpus_per_actor",
 ) -> Placement:
     """The placement of one actor of `section` (generation, eval.judge, or serve, whose
-    `gpus_key` is gpus_per_replica and which has no tensor parallelism) on these nodes."""
+    `gpus_key` is gpus_per_replica and which has no tensor parallelism) on these nodes.
+
+    Raises:
+        PlacementError: on cuda, the GPUs each actor reserves cannot hold its engine
+            (`check_gpus`); the message names `key`'s settings.
+    """
     device = resolve_device(section.device, gpus_by_node)
     tensor_parallel_size = getattr(section, "tensor_parallel_size", 1)
     gpus = getattr(section, gpus_key)
     if gpus is None:
         gpus = (tensor_parallel_size if engine == "vllm" else 1) if device == "cuda" else 0
-    return Placement(device, float(gpus), tensor_parallel_size)
+    placement = Placement(device, float(gpus), tensor_parallel_size)
+    check_gpus(placement, engine, getattr(section, "vllm", None), key, gpus_key)
+    return placement
+
+
+VLLM_GPU_MEMORY_DEFAULT = 0.92  # vLLM's gpu_memory_utilization default (vllm/config/cache.py)
+
+
+def check_gpus(
+    placement: Placement, engine: str, vllm: dict | None, key: str, gpus_key: str
+) -> None:
+    """What an engine on cuda needs of the GPUs its actor reserves. Checked once the device
+    is resolved, since `device: auto` turns cuda only on a cluster with GPUs (the config's
+    own checks see `device: cuda` alone).
+
+    - at least some GPU: an actor that reserves none sees none;
+    - vLLM: a GPU per tensor-parallel rank, and when actors share a GPU, each engine's
+      `gpu_memory_utilization` within its share (vLLM claims that fraction of the whole
+      device at start, so a second engine would find too little free).
+    `vllm`: the section's extra vLLM arguments (None: it has none to set).
+    """
+    if placement.device != "cuda":
+        return
+    gpus, tp = placement.gpus, placement.tensor_parallel_size
+    if not gpus:
+        raise PlacementError(
+            f"{key}.device resolved to cuda, but {key}.{gpus_key} is 0: an actor that reserves "
+            f"no GPU sees none; leave {key}.{gpus_key} unset (a whole GPU), or set "
+            f"{key}.device=cpu"
+        )
+    if engine != "vllm":
+        return
+    if tp > 1 and gpus < tp:
+        raise PlacementError(
+            f"{key}.tensor_parallel_size {tp} needs {tp} GPUs per actor, but {key}.{gpus_key} "
+            f"is {gpus:g}: set it to {tp}, or leave it unset"
+        )
+    share = (vllm or {}).get("gpu_memory_utilization", VLLM_GPU_MEMORY_DEFAULT)
+    if gpus < 1 and share > gpus + 1e-9:
+        fix = (
+            f"set {key}.vllm.gpu_memory_utilization to at most {gpus:g}, or "
+            if vllm is not None
+            else ""
+        )
+        raise PlacementError(
+            f"{key}.{gpus_key} {gpus:g} shares a GPU between vLLM engines, but each claims "
+            f"gpu_memory_utilization {share:g} of the device's memory at start, so the next "
+            f"one finds too little free: {fix}set {key}.{gpus_key}=1"
+        )
 
 
 def check_capacity(
@@ -117,7 +177,7 @@ def place(
     """Resolve and check the placement of `actors` engine actors on these nodes (default:
     the connected cluster's); errors name `key`'s `gpus_key` and `count_key` settings."""
     gpus_by_node = node_gpus() if gpus_by_node is None else gpus_by_node
-    placement = resolve(section, engine, gpus_by_node, gpus_key=gpus_key)
+    placement = resolve(section, engine, gpus_by_node, key=key, gpus_key=gpus_key)
     check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
     logger.info(
         "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,

@@ -13,7 +13,7 @@ from pathlib import Path
 from esevo_ray.config import RunConfig, ServeSection, load_config
 from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import choose_engine
-from esevo_ray.generation.placement import Placement, node_gpus, place
+from esevo_ray.generation.placement import Placement, node_gpus, place, resolve_device
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_rank, lora_rank_bound
 from esevo_ray.serving.app import Ingress
@@ -50,11 +50,14 @@ def replica_placement(s: ServeSection, gpus_by_node: list[float]) -> Placement:
     on cpu) for each of `serve.num_replicas`, checked to fit before Serve waits on them.
 
     Raises:
-        PlacementError: the replicas' GPUs do not fit the cluster; the message names the keys.
+        PlacementError: the replicas' GPUs do not fit the cluster, or cannot hold their
+            engines (placement.check_gpus); the message names the keys.
+        EngineUnavailable: serve.engine cannot run there (engine_choice.choose_engine).
     """
+    device = resolve_device(s.device, gpus_by_node)
     return place(
-        s, s.engine, s.num_replicas, "serve", gpus_key="gpus_per_replica",
-        count_key="num_replicas", gpus_by_node=gpus_by_node,
+        s, choose_engine(s.engine, "serve.engine", device=device), s.num_replicas, "serve",
+        gpus_key="gpus_per_replica", count_key="num_replicas", gpus_by_node=gpus_by_node,
     )  # fmt: skip
 
 

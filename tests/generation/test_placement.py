@@ -53,9 +53,10 @@ def test_capacity_counts_whole_actors_per_node():
         ([], [0.0], Placement("cpu", 0.0)),
         ([], [0.0, 1.0], Placement("cuda", 1.0)),  # the GPU is reserved, not just used
         (["serve.device=cpu"], [1.0], Placement("cpu", 0.0)),
-        (["serve.gpus_per_replica=0.5", "serve.num_replicas=2"], [1.0], Placement("cuda", 0.5)),
+        (["serve.gpus_per_replica=0.5", "serve.num_replicas=2",
+          "serve.vllm={gpu_memory_utilization: 0.45}"], [1.0], Placement("cuda", 0.5)),
     ],
-)
+)  # fmt: skip
 def test_serve_replicas_follow_the_same_rule(overrides, nodes, expected):
     from esevo_ray.serving.deploy import replica_placement
 
@@ -70,6 +71,40 @@ def test_serve_replicas_that_do_not_fit_name_the_serve_keys():
         PlacementError, match=r"serve: 2 engine actor.*gpus_per_replica=0.*lower serve.num_replicas"
     ):
         replica_placement(serve, [1.0])  # Serve would wait forever for the second GPU
+
+
+@pytest.mark.parametrize(
+    "overrides, nodes, match",
+    [
+        # device auto turns cuda on a cluster with GPUs, where the rules of device: cuda hold
+        (["generation.gpus_per_actor=0"], [1.0], r"generation.gpus_per_actor is 0: .* sees none"),
+        (["generation.tensor_parallel_size=2", "generation.gpus_per_actor=1"], [2.0],
+         r"tensor_parallel_size 2 needs 2 GPUs per actor, but generation.gpus_per_actor is 1"),
+        (["generation.gpus_per_actor=0.5", "generation.num_actors=2"], [1.0],
+         r"gpu_memory_utilization 0.92 .* set generation.vllm.gpu_memory_utilization to at "
+         r"most 0.5"),
+        (["eval.judge.backend=vllm", "eval.judge.gpus_per_actor=0.5"], [1.0],
+         r"eval.judge.gpus_per_actor 0.5 shares a GPU .* too little free: set "
+         r"eval.judge.gpus_per_actor=1"),
+        (["serve.gpus_per_replica=0.5", "serve.num_replicas=2"], [1.0],
+         r"set serve.vllm.gpu_memory_utilization to at most 0.5"),
+        (["serve.gpus_per_replica=0"], [0.0, 1.0], r"serve.gpus_per_replica is 0"),
+    ],
+)  # fmt: skip
+def test_gpus_that_cannot_hold_the_engine_stop_before_any_actor_starts(overrides, nodes, match):
+    from esevo_ray.evaluation.local_judge import KEY
+    from esevo_ray.generation.placement import place
+    from esevo_ray.serving.deploy import replica_placement
+
+    cfg = load_config(None, overrides)
+    with pytest.raises(PlacementError, match=match):
+        if overrides[0].startswith("serve."):
+            replica_placement(cfg.serve, nodes)
+        elif overrides[0].startswith("eval.judge."):
+            place(cfg.eval.judge, cfg.eval.judge.backend, 1, KEY, gpus_by_node=nodes)
+        else:
+            gen = cfg.generation
+            place(gen, gen.engine, gen.num_actors, "generation", gpus_by_node=nodes)
 
 
 @pytest.mark.parametrize(
