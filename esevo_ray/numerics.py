@@ -1,8 +1,9 @@
 """Numerics chosen for the hardware a process runs on: `dtype: auto` and `bf16: auto`.
 
-bfloat16 pays off only where the hardware computes it natively: CUDA devices that support it,
-and CPUs with AVX-512 BF16 or AMX tiles. Elsewhere (an AVX2-only CPU, say) bf16 is emulated
-and slower than float32, so "auto" picks float32 there.
+bfloat16 pays off only where the hardware computes it natively: CUDA devices of compute
+capability 8.0 and up (a T4 or V100 emulates it, and vLLM refuses it there), and CPUs with
+AVX-512 BF16 or AMX tiles. Elsewhere (an AVX2-only CPU, say) bf16 is emulated and slower than
+float32, so "auto" picks float32 there.
 
 - Engines (vLLM, transformers generation, the local judge, serving) run in the resolved dtype.
 - Training with "auto" keeps float32 weights on CPU and lets autocast do the bf16 math (mixed
@@ -25,8 +26,8 @@ def native_bf16(on_gpu: bool) -> bool:
     """Whether this process's device computes bfloat16 natively."""
     import torch
 
-    if on_gpu:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if on_gpu:  # compute capability 8.0 (Ampere) and up; vLLM refuses bf16 below
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return False  # torch limited to other kernels (e.g. ATEN_CPU_CAPABILITY=avx2)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -31,6 +31,20 @@ def test_kernels_limited_to_avx2_mean_float32(cpu_bf16, monkeypatch):
     assert not native_bf16(on_gpu=False) and engine_dtype("auto") == "float32"
 
 
+@pytest.mark.parametrize("major, native", [(7, False), (8, True), (9, True)])
+def test_auto_on_a_gpu_is_bf16_from_ampere_on(major, native, monkeypatch):
+    """A V100 or T4 (compute capability 7.x) can make bf16 tensors, emulated: not native."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda d: True)
+    assert native_bf16(on_gpu=True) is native
+    assert engine_dtype("auto") == ("bfloat16" if native else "float32")
+    assert weights_dtype("auto", use_gpu=True) == ("bfloat16" if native else "float32")
+
+
 def test_an_explicit_dtype_is_kept(cpu_bf16):
     assert engine_dtype("float32") == "float32" and engine_dtype("bfloat16") == "bfloat16"
     assert weights_dtype("bfloat16", use_gpu=False) == "bfloat16"
