@@ -70,7 +70,10 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     if kind == "hf":  # vLLM binds its own CPU threads
         torch.set_num_threads(max(1, int(gen.cpus_per_actor)))
     t0 = time.perf_counter()
-    options = EngineOptions(dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm)
+    options = EngineOptions(
+        dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm,
+        tensor_parallel_size=gen.tensor_parallel_size,
+    )  # fmt: skip
     engine = build_engine(kind, model, options=options)
     batches = []
     for i in range(0, len(rows), gen.batch_size):

@@ -40,8 +40,9 @@ def _offline_run(
     """Output tokens/s of the offline vLLM engine, batches of each size in `sizes`, placed as
     a replica is (`placement`).
 
-    `lora`: the model as the server runs it (the adapter, or the zero adapter for the base
-    model, as a LoRA request); else plain weights (the adapter merged, or the base alone).
+    `lora`: the model as the server runs it (the adapter as a LoRA request; the base model on
+    CPU as the zero adapter, on GPUs as it is); else plain weights (the adapter merged, or the
+    base alone).
     """
     from esevo_ray.generation.placement import Placement, enter_actor
 
@@ -55,16 +56,27 @@ def _offline_run(
     s = {**settings, "dtype": engine_dtype(settings["dtype"])}  # as the replica resolves it
     import torch
 
-    cpu_block = None if torch.cuda.is_available() else CPU_BLOCK_SIZE  # as the server's engine
-    if lora and adapter is None:
+    on_gpu = torch.cuda.is_available()
+    cpu_block = None if on_gpu else CPU_BLOCK_SIZE  # as the server's engine
+    # The server's base model is the zero adapter on CPU; on GPUs, a LoRA engine's request
+    # without an adapter.
+    lora_engine = {}
+    if lora and adapter is None and not on_gpu:
         engine_settings = EngineSettings(**{k: v for k, v in s.items() if k != "decoding"})
         adapter = str(zero_adapter(engine_settings))
+    elif lora and adapter is None:
+        lora_engine = {"enable_lora": True, "max_lora_rank": s["max_lora_rank"], "max_loras": 1}
     options = EngineOptions(
         dtype=s["dtype"],
         max_model_len=s["max_model_len"],
         lora_mode="adapter" if lora else "merge",
         lora_rank=s["max_lora_rank"],
-        extra={"max_num_seqs": s["max_num_seqs"], "block_size": cpu_block, **s["extra"]},
+        extra={
+            "max_num_seqs": s["max_num_seqs"],
+            "block_size": cpu_block,
+            **lora_engine,
+            **s["extra"],
+        },
     )
     engine = VllmEngine(s["base_model"], adapter, options)
     decoding = DecodingSection(**{**s["decoding"], "max_new_tokens": max_tokens})
