@@ -133,11 +133,12 @@ def test_kuberay_images_are_the_pinned_gpu_image():
         assert images and set(images) == {tag}, f"{name} runs {images}, not {tag}"
 
 
-def test_the_gpu_image_has_a_c_compiler_for_triton():
+def test_the_gpu_image_has_c_and_cxx_compilers_for_triton_and_flashinfer():
     """Triton compiles its CUDA launcher with the system C compiler the first time a kernel
-    runs (TRL's fused LM head in SFT and DPO); python:*-slim has none."""
+    runs (TRL's fused LM head in SFT and DPO), FlashInfer its sampler with a C++ host compiler
+    (vLLM's top-p/top-k sampling on CUDA); python:*-slim has neither."""
     installs = re.search(r"apt-get install ([^&]*)", (REPO / "cluster/Dockerfile.gpu").read_text())
-    assert {"gcc", "libc6-dev"} <= set(installs.group(1).split())
+    assert {"gcc", "g++", "libc6-dev"} <= set(installs.group(1).split())
 
 
 def _pods(manifest: dict) -> list[dict]:
