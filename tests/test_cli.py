@@ -199,10 +199,10 @@ def test_baselines_refuse_a_changed_run_before_any_stage_and_take_new_run(
 ):
     from esevo_ray.config import load_config
     from esevo_ray.layout import RunLayout
-    from esevo_ray.pipeline.experiments import variant
+    from esevo_ray.pipeline.experiments import baseline_configs
     from esevo_ray.pipeline.manifest import Manifest
 
-    vanilla = variant(load_config(config), "vanilla", evolve={"init": "base", "iterations": 0})
+    vanilla = baseline_configs(load_config(config))["Vanilla"]
     Manifest.open(RunLayout.of(vanilla).root, vanilla)  # a run made with dpo.beta=0.1
     started = []
 

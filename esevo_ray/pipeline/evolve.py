@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from esevo_ray import profile
+from esevo_ray import profile, prompts
 from esevo_ray.config import ConfigError, RunConfig
 from esevo_ray.io import atomic_write_text
 from esevo_ray.layout import RunLayout, model_name
@@ -47,11 +47,15 @@ def _evaluate(
     from esevo_ray.evaluation.responses import generate_responses
 
     name, out = model_name(t), run.eval(t)
+    # The backbone itself answers under eval.base_prompt (the paper's vanilla rows).
+    vanilla = adapter is None and cfg.eval.base_prompt == "vanilla"
+    system = prompts.VANILLA_PROMPT if vanilla else prompts.TASK_PROMPT
 
     def score() -> dict:
         responses = generate_responses(
-            cfg, run.eval_contexts, out, model_path=base, adapter=adapter, model_name=name
-        )
+            cfg, run.eval_contexts, out, model_path=base, adapter=adapter, model_name=name,
+            system_prompt=system,
+        )  # fmt: skip
         metrics = score_responses(responses, out, cfg)
         return {"scores": metrics.get("scores", {})}
 

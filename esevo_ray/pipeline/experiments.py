@@ -5,12 +5,17 @@ Each variant is its own run directory, `<name>-<suffix>` beside the config's run
 serve` read it. The combined tables go to `<run>/ablation/{pairs_table,baselines}/`.
 
 Table 5 (`pairs_table`): from the base model (`evolve.init: base`, M0 = the backbone) with
-the seeds split per iteration (`evolve.seed_split`), the arms {HM, P} (chosen = the golden
-response) and {SR, P} (chosen = the self-refined response) each make M1..MT. {HL, P} needs
-Syn-ESC's GPT-4o responses, which are not available here.
+the seeds split per iteration (`evolve.seed_split`), each arm makes M1..MT: {HM, P} on ESConv
+seeds, chosen = the human response; {HL, P} on the config's ExTES / ServeForEmo seeds, chosen
+= their GPT-4 response (run only where data.seed_sources has them); {SR, P} on the config's
+seeds, chosen = the self-refined response.
 
-Table 2's baselines (`baselines`): Vanilla (the base model with P_task, no training),
-SFT-ESConv (SFT on ESConv alone, `data.alpaca_samples: 0`), then M0..MT of the config's run.
+Table 2's baselines (`baselines`): Vanilla (the base model, no training), SFT-ESConv (SFT on
+ESConv alone, `data.alpaca_samples: 0`), then M0..MT of the config's run.
+
+The untrained backbone (Vanilla, and Table 5's M0) answers under the paper's "Prompt for
+vanilla" (`eval.base_prompt: vanilla`), as the paper scored those rows: they repeat Table 3's
+plain-prompt row. Every trained model answers under P_task.
 
 Both tables come with paired bootstrap intervals (`evaluation.bootstrap`) of every
 comparison they make, over the evaluation contexts both models share.
@@ -36,11 +41,11 @@ from esevo_ray.pipeline.manifest import recorded
 
 logger = logging.getLogger(__name__)
 
-# run-name suffix -> (arm title, evolve.chosen)
-ARMS = {"hm": ("{HM,P}", "human_reference"), "sr": ("{SR,P}", "self_refined")}
+# The sources of Syn-ESC, whose golden responses GPT-4 wrote: the {HL, P} arm's seeds.
+SYNTHETIC_SOURCES = ("extes", "serveforemo")
 HL_NOTE = (
-    "{HL,P} is not run: its chosen responses are the GPT-4o responses of Syn-ESC "
-    "(ExTES / ServeForEmo), which are not available here."
+    "{HL,P} is not run: its seeds and chosen responses are Syn-ESC's (ExTES / ServeForEmo, "
+    "GPT-4 written), and data.seed_sources has neither."
 )
 # Table 2's columns (the paper's Distinct-n, per response).
 TABLE2_COLUMNS = ("bleu_2", "bleu_3", "rouge_l", "meteor", "bertscore", "distinct_2", "distinct_3")
@@ -59,11 +64,37 @@ def variant(cfg: RunConfig, suffix: str, **sections: dict) -> RunConfig:
 
 
 def arm_configs(cfg: RunConfig) -> dict[str, RunConfig]:
-    """Arm title -> the run config of that Table 5 arm."""
+    """Arm title -> the run config of that Table 5 arm (Appendix B.1), in the paper's order.
+
+    {HM, P}: seeds from ESConv, chosen = its human responses. {HL, P}: seeds from the
+    config's Syn-ESC sources (ExTES / ServeForEmo), chosen = their GPT-4 responses; only when
+    data.seed_sources has one. {SR, P}: the config's seeds, chosen = self-refined.
+    """
+    synthetic = [s for s in cfg.data.seed_sources if s in SYNTHETIC_SOURCES]
+    arms = {"{HM,P}": ("hm", "human_reference", ["esconv"])}
+    if synthetic:
+        arms["{HL,P}"] = ("hl", "human_reference", synthetic)
+    arms["{SR,P}"] = ("sr", "self_refined", list(cfg.data.seed_sources))
     return {
-        title: variant(cfg, suffix, evolve={"init": "base", "seed_split": True, "chosen": chosen})
-        for suffix, (title, chosen) in ARMS.items()
+        title: variant(
+            cfg,
+            suffix,
+            data={"seed_sources": seeds},
+            evolve={"init": "base", "seed_split": True, "chosen": chosen},
+            eval={"base_prompt": "vanilla"},  # M0, the backbone, as the paper scored it
+        )  # fmt: skip
+        for title, (suffix, chosen, seeds) in arms.items()
     }
+
+
+def baseline_configs(cfg: RunConfig) -> dict[str, RunConfig]:
+    """Row label -> the run config of that Table 2 baseline."""
+    return {
+        "Vanilla": variant(cfg, "vanilla", evolve={"init": "base", "iterations": 0},
+                           eval={"base_prompt": "vanilla"}),
+        "SFT-ESConv": variant(cfg, "sft-esconv", data={"alpaca_samples": 0},
+                              evolve={"iterations": 0}),
+    }  # fmt: skip
 
 
 def check_runs(cfgs: Iterable[RunConfig]) -> None:
@@ -123,8 +154,9 @@ def pairs_table(cfg: RunConfig) -> dict:
         ablation.pairs_table(m0.metrics, arms),
         "",
         f"Scores x100 on {n} evaluation contexts; % is the change from the row before (M1 from "
-        f"M0). M0 is the base model ({m0.run.root.name}/m0); every arm starts from it and "
-        "trains M^t on its own part of the seed contexts. " + HL_NOTE,
+        f"M0). M0 is the base model ({m0.run.root.name}/m0, under the paper's vanilla "
+        "prompt); every arm starts from it and "
+        "trains M^t on its own part of the seed contexts. " + ("" if "{HL,P}" in runs else HL_NOTE),
         "",
         "## Paired bootstrap intervals of each change",
         "",
@@ -139,7 +171,7 @@ def pairs_table(cfg: RunConfig) -> dict:
             for title, stages in models.items()
         },
         "comparisons": comparisons,
-        "not_run": {"{HL,P}": HL_NOTE},
+        "not_run": {} if "{HL,P}" in runs else {"{HL,P}": HL_NOTE},
     }
     return _write(RunLayout.of(cfg).ablation("pairs_table"), md, summary)
 
@@ -151,11 +183,7 @@ def baselines(cfg: RunConfig) -> dict:
         The summary written to `<run>/ablation/baselines/summary.json`; the table is
         `table.md` beside it.
     """
-    others = {
-        "Vanilla": variant(cfg, "vanilla", evolve={"init": "base", "iterations": 0}),
-        "SFT-ESConv": variant(cfg, "sft-esconv", data={"alpaca_samples": 0},
-                              evolve={"iterations": 0}),
-    }  # fmt: skip
+    others = baseline_configs(cfg)
     check_runs([*others.values(), cfg])  # before hours of work on the first of them
     rows = [Stage(label, 0, evolve(other)) for label, other in others.items()]
     run = evolve(cfg)
@@ -170,7 +198,8 @@ def baselines(cfg: RunConfig) -> dict:
         metrics_table({s.label: s.metrics for s in [*rows, *own]}),
         "",
         "Scores x100; in brackets the change from the row above, in points. Vanilla: the base "
-        "model with P_task; SFT-ESConv: SFT on ESConv alone (no Alpaca replay); M0..M"
+        "model under the paper's vanilla prompt (Appendix E.1); SFT-ESConv: SFT on ESConv "
+        "alone (no Alpaca replay); M0..M"
         f"{cfg.evolve.iterations}: the run {run.root.name}. SFT-SynESC needs ExTES / "
         "ServeForEmo, which are not available here.",
         "",

@@ -32,12 +32,38 @@ def test_arms_and_baselines_are_their_own_runs(tmp_path):
     }
     for arm in arms.values():
         assert arm.evolve.init == "base" and arm.evolve.seed_split
+        assert arm.eval.base_prompt == "vanilla"  # M0 scored as the paper's Table 5 M0
         assert arm.dpo.beta == 0.3 and arm.evolve.iterations == cfg.evolve.iterations
-    esconv = experiments.variant(cfg, "sft-esconv", data={"alpaca_samples": 0})
+    baselines = experiments.baseline_configs(cfg)
+    vanilla, esconv = baselines["Vanilla"], baselines["SFT-ESConv"]
+    assert vanilla.evolve.init == "base" and vanilla.eval.base_prompt == "vanilla"
     assert esconv.data.alpaca_samples == 0 and esconv.data.seed == cfg.data.seed
+    assert esconv.eval.base_prompt == cfg.eval.base_prompt == "task"
     assert len({cfg.digest(), esconv.digest(), *(a.digest() for a in arms.values())}) == 4
     with pytest.raises(ValueError, match="iterations"):
         experiments.variant(cfg, "x", evolve={"iterations": -1})
+
+
+def test_table5_arms_take_their_seeds_as_appendix_b1_does(tmp_path):
+    """{HM,P}: ESConv seeds and human responses; {HL,P}: Syn-ESC seeds and GPT-4 responses
+    (golden of ExTES / ServeForEmo), only when the config seeds from them; {SR,P}: the
+    config's seeds."""
+
+    def seeds(*sources):
+        cfg = load_config(None, [f"data.seed_sources=[{','.join(sources)}]"])
+        return {
+            title: (arm.data.seed_sources, arm.evolve.chosen)
+            for title, arm in experiments.arm_configs(cfg).items()
+        }
+
+    human, refined = "human_reference", "self_refined"
+    assert seeds("esconv") == {"{HM,P}": (["esconv"], human), "{SR,P}": (["esconv"], refined)}
+    assert seeds("extes", "serveforemo") == {
+        "{HM,P}": (["esconv"], human),  # not the GPT-written golden of the synthetic seeds
+        "{HL,P}": (["extes", "serveforemo"], human),
+        "{SR,P}": (["extes", "serveforemo"], refined),
+    }
+    assert seeds("esconv", "extes")["{HL,P}"] == (["extes"], human)
 
 
 @pytest.mark.parametrize(

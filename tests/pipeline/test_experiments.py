@@ -7,10 +7,11 @@ import polars as pl
 import pytest
 import yaml
 
+from esevo_ray import prompts
 from esevo_ray.cli import main
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_hash
-from esevo_ray.parts import PART_GLOB
+from esevo_ray.parts import PART_GLOB, recorded_producer
 from esevo_ray.schema import CHOSEN_SOURCES
 
 from ..conftest import REPO
@@ -114,6 +115,9 @@ def test_pairs_table_runs_both_arms_from_the_base_model(
         assert set(_pairs(sr, t)["chosen_source"]) <= set(CHOSEN_SOURCES)
     # Same generator, contexts and seeds at iteration 1: the arms differ in the chosen side only.
     assert hm1["rejected_text"].to_list() == sr1["rejected_text"].to_list()
+    # M0, the backbone, answers under the paper's vanilla prompt; trained models under P_task.
+    assert _eval_prompt(hm, 0) == prompts.VANILLA_PROMPT
+    assert _eval_prompt(hm, 1) == _eval_prompt(sr, 2) == prompts.TASK_PROMPT
 
     table = (root / "tiny-t5" / "ablation" / "pairs_table" / "table.md").read_text()
     assert table in out
@@ -158,6 +162,13 @@ def test_baselines_table_has_vanilla_sft_esconv_and_the_run(
     assert [c["label"] for c in summary["comparisons"]] == [
         "Vanilla vs M0", "SFT-ESConv vs M0", "M1 vs M0",
     ]  # fmt: skip
+    assert _eval_prompt(vanilla, 0) == prompts.VANILLA_PROMPT
+    assert _eval_prompt(esconv, 0) == _eval_prompt(run, 0) == prompts.TASK_PROMPT
     vanilla_b2 = json.loads((vanilla.eval(0) / "metrics.json").read_text())["scores"]["bleu_2"]
     assert summary["scores"]["Vanilla"]["bleu_2"] == pytest.approx(vanilla_b2)
     assert summary["comparisons"][0]["metrics"]["bleu_2"]["model"] == pytest.approx(vanilla_b2)
+
+
+def _eval_prompt(run: RunLayout, t: int) -> str:
+    """The system prompt M^t's evaluation responses were made under (its parts' producer)."""
+    return recorded_producer(run.eval(t) / "parts")["system_prompt"]
