@@ -102,7 +102,7 @@ REFINE_PROMPT = (
     '"user_intention": <intention of the user>}, '
     '"evaluation_score": <1-5>, '
     '"feedback": <weaknesses of the response and how to improve it>, '
-    '"refined_response": <your refined response, short!>}\n'
+    '"refined_response": <your refined response (short!!!)>}\n'
     "```"
 )
 

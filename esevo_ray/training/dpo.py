@@ -4,12 +4,11 @@ Loss: L = L_DPO + gamma * L_SFT, as TRL loss terms `["sigmoid", "sft"]` with wei
 `[1.0, gamma]` (gamma = 0 drops the SFT term: pure sigmoid DPO with temperature beta).
 
 The SFT term. The paper writes L_SFT = -log P(y_chosen | C) (Eq. 7), a sum over the
-response's tokens. TRL's "sft" term is the mean negative log-likelihood per chosen token
-over the (per-device) batch, so its scale does not grow with response length; gamma
-weighs that per-token mean. We keep TRL's definition: it is close to the length-normalised
-NLL of iterative RPO (Pang et al., 2024), and a length-independent term keeps gamma = 1 from
-swamping the DPO term on long responses. Multiply gamma by the mean chosen length (in
-tokens) to approximate Eq. 7's sum.
+response's tokens, but trained with LLaMA-Factory, whose DPO adds gamma times the chosen
+response's mean log-probability per token (`sft_loss = -policy_chosen_logps_avg`, its
+`pref_ftx`). TRL's "sft" term is the same length-normalised NLL, averaged over the chosen
+tokens of the (per-device) batch rather than per response first: gamma = 1 weighs it as
+the paper's runs did, and it does not grow with response length.
 
 Reference model. The reference of round t is M^t, the adapter that generated the pairs:
 the base is loaded with M^t as the trainable "default" adapter, and TRL's DPOTrainer adds

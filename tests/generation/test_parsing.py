@@ -110,7 +110,7 @@ def test_injected_fence_in_user_text_is_skipped_when_not_valid():
         '{"refined_response": ["Sorry", "to hear"]}',
         '{"refined_response": 3}',
         # the template's placeholder echoed back
-        '{"refined_response": "<your refined response, short!>"}',
+        '{"refined_response": "<your refined response (short!!!)>"}',
         "[1, 2]",
         "```json\n```",
     ],
