@@ -152,7 +152,9 @@ class EvolveSection(Section):
     # "human_reference", the golden response, no reflection generated ({HM, P}, Table 5).
     chosen: Literal["self_refined", "human_reference"] = "self_refined"
     # Split the seed contexts into `iterations` disjoint parts of whole dialogues, part t for
-    # iteration t (Appendix B.1); false: every iteration draws from all of them.
+    # iteration t; false: every iteration draws from all of them. Appendix B.1 splits them for
+    # Table 5's arms (`esevo ablate pairs-table` sets it); whether the main loop did is not
+    # said, so it stays off here (set it for that reading).
     seed_split: bool = False
 
 
