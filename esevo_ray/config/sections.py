@@ -149,7 +149,8 @@ class EvolveSection(Section):
     # SFT stage (Table 5's M0); then DPO of M1 trains a fresh adapter against the base.
     init: Literal["sft", "base"] = "sft"
     # Chosen side of the pairs: "self_refined", M^{t-1}'s reflection and refinement ({SR, P});
-    # "human_reference", the golden response, no reflection generated ({HM, P}, Table 5).
+    # "human_reference", the golden response, no reflection generated (Table 5: {HM, P} on
+    # ESConv seeds, {HL, P} on ExTES / ServeForEmo, whose golden responses GPT-4 wrote).
     chosen: Literal["self_refined", "human_reference"] = "self_refined"
     # Split the seed contexts into `iterations` disjoint parts of whole dialogues, part t for
     # iteration t; false: every iteration draws from all of them. Appendix B.1 splits them for
