@@ -319,7 +319,7 @@ def judge_file(
     else the prepared default model) loaded locally in `dtype` (`model.dtype`); with
     "endpoint" it is `base_url`/`model` (else the config's). Verdicts of an earlier `out` by
     the same judge and settings are kept, not asked for again; an earlier `out` holding
-    others is moved aside first (`_superseded`).
+    others is moved aside first (`_earlier`).
 
     Raises:
         JudgeError: the endpoint refuses the key, model or URL; or, after `out` is written,
@@ -332,7 +332,10 @@ def judge_file(
         table = read_table(responses, EVAL_RESPONSES)
     with profile.timed("startup"):  # a local judge loads its model here
         client = _client(cfg, base_url, model, local_model, dtype)
-    settings, judged = _settings(cfg, client.model), _judged(table)
+    # The responses judged now: those of the sampled contexts.
+    sampled = set(sample_keys(table, n_samples, cfg.seed))
+    judged = {k: d for k, d in _judged(table).items() if k[:2] in sampled}
+    settings = _settings(cfg, client.model)
 
     def write(scores: pa.Table, partial: bool = False) -> None:
         """`out`, with the judge's settings and the responses it judged (for a rerun), and
@@ -345,8 +348,8 @@ def judge_file(
             metadata[_PARTIAL_KEY] = b"1"
         write_parquet(scores.replace_schema_metadata(metadata), out)
 
-    known = _earlier_verdicts(out, settings, judged)
-    if why := _superseded(out, settings, judged):  # its other verdicts would be lost
+    known, why = _earlier(out, settings, judged)
+    if why:  # its other verdicts would be lost
         aside = set_aside(out, "superseded")
         logger.warning("%s: %s; moved to %s, its verdicts still valid kept", out, why, aside)
     with profile.timed("compute"):
@@ -406,48 +409,39 @@ def is_partial(path: str | Path) -> bool:
         return False
 
 
-def _superseded(out: Path, settings: str, judged: dict[tuple, str]) -> str | None:
-    """Why a scores file written before at `out` holds verdicts that judging `judged` under
-    `settings` will not carry over (another judge or settings, a response since changed or
-    gone, or a file that cannot be read); None when there is none, or every verdict of it
-    stays."""
+def _earlier(
+    out: Path, settings: str, judged: dict[tuple, str]
+) -> tuple[dict[tuple, Verdict], str | None]:
+    """What a scores file written before at `out` means for judging the responses `judged`
+    (their digests, by key) under `settings`.
+
+    Returns:
+        Its verdicts with a score on the same context and response by the same judge and
+        settings (a missing one is asked for again), and why it must be moved aside before
+        it is replaced: it holds verdicts this judging will not carry over (another judge
+        or settings, a response since changed or no longer judged) or cannot be read. None
+        when there is no file, or every verdict of it stays.
+    """
     try:
         written = pq.read_schema(out).metadata or {}
     except FileNotFoundError:
-        return None
+        return {}, None
     except (pa.ArrowInvalid, OSError) as e:
-        return f"it cannot be read ({e})"
+        return {}, f"it cannot be read ({e})"
     if written.get(_SETTINGS_KEY) != settings.encode():
-        return "it holds the verdicts of another judge or other settings"
-    changed = sum(
-        judged.get((d, t, m)) != digest
-        for d, t, m, digest in json.loads(written.get(_JUDGED_KEY, b"[]"))
-    )  # fmt: skip
-    return f"{changed} of the responses it judged changed or are gone" if changed else None
-
-
-def _earlier_verdicts(out: Path, settings: str, judged: dict[tuple, str]) -> dict[tuple, Verdict]:
-    """The verdicts of a scores file written before at `out` by the same judge and settings,
-    on the same context and response (`judged`), those with a score: a missing verdict
-    (request failed or rejected, reply unparseable) is asked for again. None from a file of
-    other settings (or unreadable)."""
-    try:
-        written = pq.read_schema(out).metadata or {}
-    except (FileNotFoundError, pa.ArrowInvalid, OSError):
-        return {}
-    if written.get(_SETTINGS_KEY) != settings.encode():
-        return {}
-    same = {
-        (d, t, m) for d, t, m, digest in json.loads(written.get(_JUDGED_KEY, b"[]"))
-        if judged.get((d, t, m)) == digest
-    }  # fmt: skip
-    return {
+        return {}, "it holds the verdicts of another judge or other settings"
+    recorded = json.loads(written.get(_JUDGED_KEY, b"[]"))
+    same = {(d, t, m) for d, t, m, digest in recorded if judged.get((d, t, m)) == digest}
+    known = {
         (*_response_key(r), r["dimension"]): Verdict(
             r["score"], r["explanation"], r["attempts"], r["error"]
         )
         for r in read_table(out, JUDGE_SCORES).to_pylist()
         if _response_key(r) in same and r["score"] is not None
     }
+    dropped = len(recorded) - len(same)
+    return known, (f"{dropped} of the responses it judged changed or are not judged now"
+                   if dropped else None)  # fmt: skip
 
 
 def rejection_hint(message: str) -> str:

@@ -370,8 +370,15 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_missing_verdicts(s
     asides = sorted(tmp_path.glob("judge_scores.parquet.superseded-*"))
     assert len(asides) == 2 and any(read_table(p, JUDGE_SCORES).equals(before) for p in asides)
     # Run again as it was: nothing to set aside.
-    judge_file(path, out, judge_cfg(dimensions=["empathy"], penalty="subtract"), **judge)
+    subtract = judge_cfg(dimensions=["empathy"], penalty="subtract")
+    judge_file(path, out, subtract, **judge)
     assert len(list(tmp_path.glob("judge_scores.parquet.superseded-*"))) == 2
+    # Fewer contexts sampled: the verdicts on the others are set aside too, not dropped.
+    before = read_table(out, JUDGE_SCORES)
+    judge_file(path, out, subtract, **{**judge, "n_samples": 2})
+    assert read_table(out, JUDGE_SCORES).num_rows == 2
+    asides = sorted(tmp_path.glob("judge_scores.parquet.superseded-*"))
+    assert len(asides) == 3 and any(read_table(p, JUDGE_SCORES).equals(before) for p in asides)
 
 
 def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path, monkeypatch):
