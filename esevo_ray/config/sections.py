@@ -135,10 +135,12 @@ def _check_placement(section: Any, engine: str) -> Any:
             f"tensor_parallel_size {tp} needs engine vllm on GPUs (engine {engine!r}, "
             f"device {section.device!r})"
         )
-    if gpus is not None and section.device == "cuda" and gpus < tp:
+    # The rules of placement.check_gpus that need no cluster (it checks them again once
+    # device: auto is resolved): some GPU, and one per tensor-parallel rank.
+    if gpus is not None and section.device == "cuda" and (gpus == 0 or (tp > 1 and gpus < tp)):
         raise ValueError(
-            f"device cuda needs gpus_per_actor >= tensor_parallel_size ({tp}), got {gpus} "
-            "(or leave gpus_per_actor unset)"
+            f"device cuda needs gpus_per_actor > 0 and >= tensor_parallel_size ({tp}), got "
+            f"{gpus:g} (or leave gpus_per_actor unset)"
         )
     return section
 

@@ -100,9 +100,9 @@ def check_gpus(
     gpus, tp = placement.gpus, placement.tensor_parallel_size
     if not gpus:
         raise PlacementError(
-            f"{key}.device resolved to cuda, but {key}.{gpus_key} is 0: an actor that reserves "
-            f"no GPU sees none; leave {key}.{gpus_key} unset (a whole GPU), or set "
-            f"{key}.device=cpu"
+            f"{key}.device resolved to cuda, but {key}.{gpus_key} is 0: an engine runs on the "
+            f"GPUs Ray reserves for it, and sees none without; leave {key}.{gpus_key} unset "
+            f"(a whole GPU), or set {key}.device=cpu"
         )
     if engine != "vllm":
         return

@@ -88,7 +88,7 @@ def config_changes(
     for key, value in current.items():
         where = f"{prefix}{key}"
         if key not in stored:
-            if value != defaults.get(key):
+            if free_form or value != defaults.get(key):  # a free-form option has no default
                 changed.append(where)
         elif isinstance(value, dict) and isinstance(stored[key], dict):
             default = defaults.get(key)

@@ -30,8 +30,11 @@ def _gen(*overrides):
         (["engine=hf", "device=cpu"], [8.0], Placement("cpu", 0.0)),
         (["engine=hf", "gpus_per_actor=0.5"], [1.0], Placement("cuda", 0.5)),
         (["engine=hf", "device=cuda"], [0.0], Placement("cuda", 1.0)),
+        # vLLM engines sharing a GPU, each within its share: as under device auto
+        (["device=cuda", "gpus_per_actor=0.5", "vllm={gpu_memory_utilization: 0.45}"], [1.0],
+         Placement("cuda", 0.5)),
     ],
-)
+)  # fmt: skip
 def test_the_placement_rule(overrides, nodes, expected):
     gen = _gen(*overrides)
     assert resolve(gen, gen.engine, nodes) == expected
@@ -113,7 +116,15 @@ def test_gpus_that_cannot_hold_the_engine_stop_before_any_actor_starts(overrides
         (["serve.device=cuda", "serve.gpus_per_replica=0"], "gpus_per_replica > 0"),
         (["generation.engine=hf", "generation.tensor_parallel_size=2"], "needs engine vllm"),
         (["generation.device=cpu", "generation.tensor_parallel_size=2"], "needs engine vllm"),
-        (["generation.device=cuda", "generation.gpus_per_actor=0"], "gpus_per_actor >= "),
+        (["generation.device=cuda", "generation.gpus_per_actor=0"], "gpus_per_actor > 0 "),
+        (
+            [
+                "generation.device=cuda",
+                "generation.tensor_parallel_size=2",
+                "generation.gpus_per_actor=1",
+            ],
+            r"gpus_per_actor > 0 and >= tensor_parallel_size \(2\)",
+        ),
         (["generation.vllm={tensor_parallel_size: 2}"], "set generation.tensor_parallel_size"),
         (["eval.judge.backend=hf", "eval.judge.tensor_parallel_size=2"], "needs engine vllm"),
     ],

@@ -82,6 +82,10 @@ def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
     fewer = "dpo.trl={model_init_kwargs: {attn_implementation: eager}}"
     with pytest.raises(RunConflict, match=r"model_init_kwargs\.low_cpu_mem_usage changed"):
         Manifest.open(tmp_path / "n", load_config(None, ["name=t", fewer]))
+    # ... and one added, even as null (passed through as None, not left at a default)
+    more = "dpo.trl={model_init_kwargs: {attn_implementation: eager, low_cpu_mem_usage: true, x: null}}"
+    with pytest.raises(RunConflict, match=r"model_init_kwargs\.x changed"):
+        Manifest.open(tmp_path / "n", load_config(None, ["name=t", more]))
 
 
 def test_a_manifest_that_is_not_json_is_named(tmp_path):
