@@ -12,6 +12,7 @@ the actor processes exit, so their devices are free before the next stage asks f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -39,6 +40,15 @@ def read_pairs(out_dir: str | Path) -> pa.Table:
     return read_parts(out_dir, schema.PAIRS)
 
 
+def _prompts_digest(actor: type[EngineActor]) -> dict[str, str]:
+    """{"prompts": a hash of the actor's fixed prompts}, or {} for an actor without any: a
+    parts folder resumed after a prompt was edited would mix rows of two prompts."""
+    texts = actor.prompt_texts()
+    if not texts:
+        return {}
+    return {"prompts": hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]}
+
+
 class EngineActor:
     """A Ray Data actor: one engine, whole batches in, one Parquet part out per batch."""
 
@@ -48,6 +58,12 @@ class EngineActor:
     settings = (
         "decoding", "reflection_decoding", "max_context_tokens", "max_model_len", "lora_mode",
     )  # fmt: skip
+
+    @classmethod
+    def prompt_texts(cls) -> tuple[str, ...]:
+        """The fixed prompts its rows depend on (read when the folder is claimed); a prompt
+        passed in, such as an eval's system prompt, is recorded as an argument instead."""
+        return ()
 
     def __init__(
         self,
@@ -111,6 +127,11 @@ class Generator(EngineActor):
         super().__init__(*args, **kwargs)
         self.iteration = iteration
 
+    @classmethod
+    def prompt_texts(cls) -> tuple[str, ...]:
+        return (prompts.TASK_PROMPT, prompts.REFINE_PROMPT, prompts.REFLECT_PROMPT,
+                prompts.REFINE_WITH_REFLECTION_PROMPT)  # fmt: skip
+
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
         pairs = make_pairs(self.engine, self.gen, rows, self.iteration)
         return pairs, sum(p["rejected_tokens"] + p["reflection_tokens"] for p in pairs)
@@ -118,6 +139,10 @@ class Generator(EngineActor):
 
 class ReferenceGenerator(Generator):
     """{HM, P} pairs: the rejected response only, chosen := golden (Table 5)."""
+
+    @classmethod
+    def prompt_texts(cls) -> tuple[str, ...]:
+        return (prompts.TASK_PROMPT,)
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
         pairs = make_reference_pairs(self.engine, self.gen, rows, self.iteration)
@@ -185,7 +210,7 @@ def run_engine_actors(
     claim(out_dir, {
         "stage": actor.__name__, "model": model_id(model_path, adapter), "engine": gen.engine,
         "dtype": cfg.model.dtype, "generation": gen.model_dump(include=set(actor.settings)),
-        **actor_kwargs,
+        **_prompts_digest(actor), **actor_kwargs,
     })  # fmt: skip
     t_read = time.perf_counter()
     pending = todo(contexts, out_dir, actor.output_schema)

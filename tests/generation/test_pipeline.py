@@ -112,6 +112,14 @@ def test_a_folder_of_another_generator_is_not_resumed(
                     "generation.reflection_decoding.max_new_tokens": 20}),
             path, out, model_path=tiny_model, adapter=a,
         )  # fmt: skip
+    # An edited refinement prompt is another generator too.
+    from esevo_ray import prompts
+
+    refine = prompts.REFINE_PROMPT
+    monkeypatch.setattr(prompts, "REFINE_PROMPT", refine.replace("short!!!", "short!"))
+    with pytest.raises(PartsConflict, match="prompts: '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
+        generate_pairs(cfg, path, out, model_path=tiny_model, adapter=a)
+    monkeypatch.setattr(prompts, "REFINE_PROMPT", refine)
     assert {p: p.stat().st_mtime_ns for p in out.glob(PART_GLOB)} == parts
     # The same generator resumes, and more contexts are added to the same folder.
     more = _cfg(**{"generation.max_contexts": 4, "generation.num_actors": 1})
