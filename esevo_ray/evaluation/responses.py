@@ -1,6 +1,7 @@
 """Responses of a local model to the evaluation contexts: responses.parquet of an eval folder.
 
-r_n = M(P || C_n) with the ground-truth context C_n and P = P_task, answered by the Ray Data
+r_n = M(P || C_n) with the ground-truth context C_n and P = P_task (for the untrained
+backbone, the prompt of `eval.base_prompt`: `eval_prompt`), answered by the Ray Data
 engine actors (`Responder`), one Parquet part per batch (resumable, see `esevo_ray.parts`).
 The HTTP twin for a served model is `esevo_ray.evaluation.endpoint.endpoint_responses`.
 """
@@ -28,19 +29,27 @@ def generate_responses(
     model_path: str | Path,
     adapter: str | Path | None = None,
     model_name: str,
-    system_prompt: str = prompts.TASK_PROMPT,
+    system_prompt: str | None = None,
 ) -> Path:
     """Responses of one model to the evaluation contexts; returns `out_dir/responses.parquet`.
 
-    `system_prompt` replaces P_task (the prompt ablation of Table 3).
+    `system_prompt`: the prompt ablation's (Table 3); None: `eval_prompt`.
     """
     out_dir = Path(out_dir)
+    system_prompt = system_prompt or eval_prompt(cfg, adapter)
     contexts = eval_contexts(cfg, contexts_path)
     run_engine_actors(
         cfg, contexts, out_dir / PARTS, Responder, model_path=model_path, adapter=adapter,
         label=f"eval responses {model_name}", model_name=model_name, system_prompt=system_prompt,
     )  # fmt: skip
     return collect_responses(out_dir, contexts)
+
+
+def eval_prompt(cfg: RunConfig, adapter: str | Path | None) -> str:
+    """The system prompt a model answers the evaluation contexts under: P_task, or for a
+    model without adapter (the backbone itself) the one `eval.base_prompt` names."""
+    vanilla = adapter is None and cfg.eval.base_prompt == "vanilla"
+    return prompts.VANILLA_PROMPT if vanilla else prompts.TASK_PROMPT
 
 
 def eval_contexts(cfg: RunConfig, path: str | Path) -> pa.Table:

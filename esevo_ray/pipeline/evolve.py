@@ -9,8 +9,9 @@ model it makes or scores: sft_m0, eval_m0, judge_m0, pairs_m1, dpo_m1, eval_m1, 
 
 The `evolve` section varies the loop for Table 5: `init: base` makes M0 the base model
 (stage base_m0 writes its marker instead of sft_m0 training an adapter), `chosen:
-human_reference` makes {HM, P} pairs instead of self-refined ones, and `seed_split` gives each
-iteration its own part of the seed contexts (m<t>/seed_contexts.parquet).
+human_reference` makes {HM, P} (or on Syn-ESC seeds {HL, P}) pairs instead of self-refined
+ones, and `seed_split` gives each iteration its own part of the seed contexts
+(m<t>/seed_contexts.parquet).
 
 Stages hand each other paths. A stage whose outputs exist, whose manifest entry is "done" and
 whose inputs are unchanged is skipped (`runner.Runner`), so rerunning the same command after a
@@ -24,7 +25,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from esevo_ray import profile, prompts
+from esevo_ray import profile
 from esevo_ray.config import ConfigError, RunConfig
 from esevo_ray.io import atomic_write_text
 from esevo_ray.layout import RunLayout, model_name
@@ -47,15 +48,11 @@ def _evaluate(
     from esevo_ray.evaluation.responses import generate_responses
 
     name, out = model_name(t), run.eval(t)
-    # The backbone itself answers under eval.base_prompt (the paper's vanilla rows).
-    vanilla = adapter is None and cfg.eval.base_prompt == "vanilla"
-    system = prompts.VANILLA_PROMPT if vanilla else prompts.TASK_PROMPT
 
     def score() -> dict:
         responses = generate_responses(
-            cfg, run.eval_contexts, out, model_path=base, adapter=adapter, model_name=name,
-            system_prompt=system,
-        )  # fmt: skip
+            cfg, run.eval_contexts, out, model_path=base, adapter=adapter, model_name=name
+        )
         metrics = score_responses(responses, out, cfg)
         return {"scores": metrics.get("scores", {})}
 

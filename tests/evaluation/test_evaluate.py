@@ -8,7 +8,7 @@ import polars as pl
 
 from esevo_ray import cli, prompts
 from esevo_ray.generation.pairs import request_seed
-from esevo_ray.parts import PART_GLOB
+from esevo_ray.parts import PART_GLOB, recorded_producer
 from esevo_ray.schema import CONTEXTS, EVAL_RESPONSES, read_table
 from tests.evaluation.chat_server import reply_text
 from tests.evaluation.conftest import write_config, write_contexts
@@ -60,6 +60,16 @@ def test_eval_local_model_writes_responses_metrics_and_resumes(
     assert cli.main([*argv, "--name", "tiny", "eval.max_examples=3", f"{temp}=0.5"]) == 2
     assert f"{temp}: 0.9 -> 0.5" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob(PART_GLOB)} == parts
+
+    # A model without adapter answers under eval.base_prompt (the paper's vanilla rows); the
+    # folder made under P_task refuses it.
+    vanilla = [*argv, "eval.max_examples=1", "eval.base_prompt=vanilla"]
+    assert cli.main([*vanilla, "--name", "tiny"]) == 2
+    assert "system_prompt" in capsys.readouterr().err
+    assert cli.main([*vanilla, "--name", "tiny-vanilla"]) == 0
+    assert recorded_producer(out / "parts")["system_prompt"] == prompts.TASK_PROMPT
+    made = recorded_producer(run / "eval" / "tiny-vanilla" / "parts")["system_prompt"]
+    assert made == prompts.VANILLA_PROMPT
 
 
 def test_eval_endpoint_sends_decoding_seeds_and_bounds_concurrency(
