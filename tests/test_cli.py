@@ -215,6 +215,7 @@ def test_baselines_refuse_a_changed_run_before_any_stage_and_take_new_run(
     err = _error(capsys)
     assert "t-vanilla was made by a different config (dpo.beta changed)" in err
     assert "--new-run" in err and started == []  # refused before any stage ran
+    assert "move " in err and "t-vanilla aside to make it again" in err  # that run alone
     with pytest.raises(RuntimeError, match="stop here"):
         main(["baselines", "--config", config, "dpo.beta=0.5", "--new-run"])
     assert started[0].startswith("t-2") and started[0].endswith("-vanilla")

@@ -299,7 +299,8 @@ def _add_ablate_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = ablate.add_parser(
         "pairs-table",
-        help="Table 5: the {HM,P} and {SR,P} arms from the base model, run and tabled",
+        help="Table 5: the {HM,P}, {HL,P} (with Syn-ESC seeds) and {SR,P} arms from the base "
+        "model, run and tabled",
     )
     add_config_args(p)
     add_new_run_arg(p)

@@ -37,7 +37,7 @@ from esevo_ray.evaluation.tables import METRIC_COLUMNS, metrics_table, scores_of
 from esevo_ray.io import atomic_write_text
 from esevo_ray.layout import RunLayout
 from esevo_ray.pipeline.evolve import evolve
-from esevo_ray.pipeline.manifest import recorded
+from esevo_ray.pipeline.manifest import NEW_RUN, recorded
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def check_runs(cfgs: Iterable[RunConfig]) -> None:
     """Refuse at once, before any stage runs, when a variant's run directory was made by
     another config (RunConflict names it and the way out: --new-run)."""
     for c in cfgs:
-        recorded(RunLayout.of(c).root, c)
+        root = RunLayout.of(c).root
+        recorded(root, c, remedy=f"move {root} aside to make it again, {NEW_RUN}")
 
 
 def _check_pairs_table(cfg: RunConfig) -> None:
@@ -148,6 +149,7 @@ def pairs_table(cfg: RunConfig) -> dict:
     ]
     labels = {k: ablation.TABLE5_LABELS[k] for k in ablation.TABLE5_COLUMNS}
     n = (m0.metrics or {}).get("settings", {}).get("n", "–")
+    not_run = {} if "{HL,P}" in runs else {"{HL,P}": HL_NOTE}
     md = [
         "# Preference-pair ablation (Table 5 layout)",
         "",
@@ -156,7 +158,7 @@ def pairs_table(cfg: RunConfig) -> dict:
         f"Scores x100 on {n} evaluation contexts; % is the change from the row before (M1 from "
         f"M0). M0 is the base model ({m0.run.root.name}/m0, under the paper's vanilla "
         "prompt); every arm starts from it and "
-        "trains M^t on its own part of the seed contexts. " + ("" if "{HL,P}" in runs else HL_NOTE),
+        "trains M^t on its own part of the seed contexts. " + " ".join(not_run.values()),
         "",
         "## Paired bootstrap intervals of each change",
         "",
@@ -171,7 +173,7 @@ def pairs_table(cfg: RunConfig) -> dict:
             for title, stages in models.items()
         },
         "comparisons": comparisons,
-        "not_run": {} if "{HL,P}" in runs else {"{HL,P}": HL_NOTE},
+        "not_run": not_run,
     }
     return _write(RunLayout.of(cfg).ablation("pairs_table"), md, summary)
 
@@ -200,8 +202,7 @@ def baselines(cfg: RunConfig) -> dict:
         "Scores x100; in brackets the change from the row above, in points. Vanilla: the base "
         "model under the paper's vanilla prompt (Appendix E.1); SFT-ESConv: SFT on ESConv "
         "alone (no Alpaca replay); M0..M"
-        f"{cfg.evolve.iterations}: the run {run.root.name}. SFT-SynESC needs ExTES / "
-        "ServeForEmo, which are not available here.",
+        f"{cfg.evolve.iterations}: the run {run.root.name}. SFT-SynESC is not run.",
         "",
         "## Paired bootstrap intervals against M0, and of each iteration",
         "",
