@@ -5,11 +5,11 @@ Requests run on a bounded thread pool under a shared rate limit. Transport error
 `parse_retries` times and then recorded as missing (score None), never as a number.
 
 `judge_file` resumes: a scores file written before with the same judge and settings lends
-its verdicts, and only the rest is asked for; one it would not keep whole (another judge
-or settings, responses since changed) is first moved aside to `<name>.superseded-<time>`,
-so no verdict is lost. A request that failed for good (the endpoint
-down past its retries) is written as missing and then stops the command with an error, so
-that running it again asks for just those.
+its verdicts, and only the rest is asked for; one it would not keep whole (another judge or
+settings, responses since changed, fewer contexts sampled) is first moved aside to
+`<name>.superseded-<time>`, so no verdict is lost. A request that failed for good (the
+endpoint down past its retries) is written as missing and then stops the command with an
+error, so that running it again asks for just those.
 """
 
 from __future__ import annotations
