@@ -26,7 +26,7 @@ from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, markdown_table, scores_of
 from esevo_ray.generation.parsing import ParseError, extract_object
-from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
+from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable, write_parquet
 from esevo_ray.schema import HUMAN_REFERENCE
 
 logger = logging.getLogger(__name__)
@@ -212,11 +212,13 @@ def human_reference_pairs(pairs: str | Path, out: str | Path) -> dict:
     Returns:
         The manifest written to `out/manifest.json`.
     Raises:
-        UsageError: `out` is the source folder or lies inside it (or the reverse).
+        UsageError: `out` is the source folder or lies inside it (or the reverse), or is
+            something other than an earlier {HM, P} pairs folder (`io.check_replaceable`).
     """
     src, out = Path(pairs).resolve(), Path(out).resolve()
     if out == src or src in out.parents or out in src.parents:
         raise UsageError(f"--out {out} must not be, contain or lie inside the source pairs {src}")
+    check_replaceable(out, holds="pairs.parquet", what="{HM, P} pairs")
     table = schema.read_table(src, schema.PAIRS)
     golden = pc.fill_null(table.column("golden"), "")
     keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(golden)), 0)

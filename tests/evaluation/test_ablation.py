@@ -136,6 +136,17 @@ def test_human_reference_pairs_replace_only_the_chosen_side(sr_pairs, tmp_path, 
         with pytest.raises(ValueError, match="must not be, contain or lie inside"):
             human_reference_pairs(src, bad)
     assert read_table(src, PAIRS).equals(table)
+    # Written again over itself, yes; over a folder (or file) of something else, never.
+    assert cli.main(["ablate", "pairs", "--pairs", str(src), "--out", str(out)]) == 0
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "sub" / "todo.md").write_text("keep me")
+    (tmp_path / "a.txt").write_text("keep me too")
+    for other in (notes, tmp_path / "a.txt"):
+        assert cli.main(["ablate", "pairs", "--pairs", str(src), "--out", str(other)]) == 2
+        assert "is not a {HM, P} pairs folder" in capsys.readouterr().err
+    assert (notes / "sub" / "todo.md").read_text() == "keep me"
+    assert (tmp_path / "a.txt").read_text() == "keep me too"
 
 
 def test_ablation_table_relative_change_and_cli(tmp_path, capsys):
