@@ -16,7 +16,7 @@ from esevo_ray.config import RunConfig, save_config
 from esevo_ray.errors import UsageError
 from esevo_ray.evaluation.endpoint import ChatEndpoint, endpoint_responses, is_endpoint
 from esevo_ray.evaluation.metrics import score_responses
-from esevo_ray.io import atomic_write_text
+from esevo_ray.io import atomic_write_text, check_replaceable
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,17 @@ def evaluate_model(
     Returns:
         The manifest written to `out/manifest.json` (model, source, rows, scores, seconds).
     Raises:
-        UsageError: an adapter with an endpoint, or an endpoint without `served_model`.
+        UsageError: an adapter with an endpoint, an endpoint without `served_model`, or an
+            `out` that is not an evaluation folder (`io.check_replaceable`).
         FileNotFoundError: no contexts file, or no model folder.
         EndpointError: the endpoint failed for good.
     """
     contexts, out = Path(contexts), Path(out)
     if not contexts.exists():
         raise FileNotFoundError(f"no evaluation contexts at {contexts}")
+    from esevo_ray.evaluation.responses import PARTS
+
+    check_replaceable(out, holds=PARTS, what="model evaluation")  # its files would be replaced
     t0 = time.perf_counter()
     if is_endpoint(model):
         if adapter is not None:

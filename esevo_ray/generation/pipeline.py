@@ -30,7 +30,15 @@ from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_p
 from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text
-from esevo_ray.parts import check_complete, claim, part_name, read_parts, todo, write_part
+from esevo_ray.parts import (
+    check_complete,
+    check_parts_folder,
+    claim,
+    part_name,
+    read_parts,
+    todo,
+    write_part,
+)
 from esevo_ray.storage import check_shared
 
 logger = logging.getLogger(__name__)
@@ -206,6 +214,7 @@ def run_engine_actors(
     # any of them starts.
     engine = generation_engine(cfg.generation)
     gen = cfg.generation.model_copy(update={"engine": engine})
+    check_parts_folder(out_dir, "generation parts")  # before claiming it: an unrelated folder
     out_dir.mkdir(parents=True, exist_ok=True)
     claim(out_dir, {
         "stage": actor.__name__, "model": model_id(model_path, adapter), "engine": gen.engine,

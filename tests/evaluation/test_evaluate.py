@@ -61,6 +61,14 @@ def test_eval_local_model_writes_responses_metrics_and_resumes(
     assert f"{temp}: 0.9 -> 0.5" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob(PART_GLOB)} == parts
 
+    # --out naming a folder of something else: refused before anything is written there.
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "manifest.json").write_text("mine")
+    assert cli.main([*argv, "--name", "tiny", "--out", str(notes)]) == 2
+    assert "is not a model evaluation folder" in capsys.readouterr().err
+    assert [p.name for p in notes.iterdir()] == ["manifest.json"]
+
     # A model without adapter answers under eval.base_prompt (the paper's vanilla rows); the
     # folder made under P_task refuses it.
     vanilla = [*argv, "eval.max_examples=1", "eval.base_prompt=vanilla"]

@@ -12,6 +12,7 @@ import pytest
 from esevo_ray import schema
 from esevo_ray.data import load_extes
 from esevo_ray.data.dialogue import context_rows, normalised
+from esevo_ray.errors import UsageError
 from esevo_ray.generation.engines import HfEngine
 from esevo_ray.generation.pairs import make_pairs
 from esevo_ray.generation.pipeline import generate_pairs
@@ -143,6 +144,17 @@ def test_a_folder_of_another_generator_is_not_resumed(
                        adapter=a)  # fmt: skip
     with pytest.raises(DataError, match="its generation has not finished"):
         dpo_job(more, out, a)
+
+
+def test_an_unrelated_folder_is_refused_before_anything_is_written(tiny_model, contexts, tmp_path):
+    """--out naming a run root or any other folder: claiming it would drop its manifest.json."""
+    path, _ = contexts
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"stages": {}}')
+    with pytest.raises(UsageError, match="is not a generation parts folder"):
+        generate_pairs(_cfg(), path, run, model_path=tiny_model)
+    assert [p.name for p in run.iterdir()] == ["manifest.json"]
 
 
 def _kill_one_generator_actor(out, killed):
