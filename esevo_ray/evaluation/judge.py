@@ -324,10 +324,14 @@ def judge_file(
     Raises:
         JudgeError: the endpoint refuses the key, model or URL; or, after `out` is written,
             some requests failed for good (running again asks for those).
+        UsageError: `out` is `responses`, or something other than a scores file.
     """
     from esevo_ray.io import set_aside, write_parquet
 
     out = Path(out)
+    if out.resolve() == Path(responses).resolve():
+        raise UsageError(f"the scores file {out} would replace the responses it judges")
+    _written(out)  # before a local judge loads: `out` must be a scores file, if anything
     with profile.timed("io"):
         table = read_table(responses, EVAL_RESPONSES)
     with profile.timed("startup"):  # a local judge loads its model here
@@ -409,6 +413,29 @@ def is_partial(path: str | Path) -> bool:
         return False
 
 
+def _written(out: Path) -> dict[bytes, bytes] | None:
+    """The metadata of the scores file at `out`; None when there is none.
+
+    Raises:
+        UsageError: `out` is something else (a folder, a file that is not Parquet, another
+            Parquet file).
+    """
+    try:
+        written = pq.read_schema(out)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowInvalid, OSError) as e:
+        why = f"{type(e).__name__}: {e}"
+    else:
+        if set(JUDGE_SCORES.names) <= set(written.names):
+            return written.metadata or {}
+        why = f"its columns are {', '.join(written.names[:8])}"
+    raise UsageError(
+        f"{out} exists and is not a judge scores file ({why}); choose another output, "
+        "nothing there is replaced"
+    )
+
+
 def _earlier(
     out: Path, settings: str, judged: dict[tuple, str]
 ) -> tuple[dict[tuple, Verdict], str | None]:
@@ -419,15 +446,12 @@ def _earlier(
         Its verdicts with a score on the same context and response by the same judge and
         settings (a missing one is asked for again), and why it must be moved aside before
         it is replaced: it holds verdicts this judging will not carry over (another judge
-        or settings, a response since changed or no longer judged) or cannot be read. None
-        when there is no file, or every verdict of it stays.
+        or settings, a response since changed or no longer judged). None when there is no
+        file, or every verdict of it stays.
     """
-    try:
-        written = pq.read_schema(out).metadata or {}
-    except FileNotFoundError:
+    written = _written(out)
+    if written is None:
         return {}, None
-    except (pa.ArrowInvalid, OSError) as e:
-        return {}, f"it cannot be read ({e})"
     if written.get(_SETTINGS_KEY) != settings.encode():
         return {}, "it holds the verdicts of another judge or other settings"
     recorded = json.loads(written.get(_JUDGED_KEY, b"[]"))

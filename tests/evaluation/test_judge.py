@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 import time
 
@@ -322,6 +323,22 @@ def test_judge_cli_takes_a_server_root_url_as_eval_does(server, tmp_path, capsys
     assert main(argv) == 0, capsys.readouterr().err
     scores = read_table(tmp_path / "judge_scores.parquet", JUDGE_SCORES)
     assert scores.num_rows == 3 and None not in scores.column("score").to_pylist()
+
+
+def test_judge_cli_refuses_an_output_that_is_not_a_scores_file(server, tmp_path, capsys):
+    """The responses themselves, a folder, or another Parquet file: refused, none touched."""
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    (tmp_path / "folder").mkdir()
+    other = write_responses(tmp_path / "other.parquet", "M1", ["x", "y", "z"])
+    argv = ["judge", "--responses", str(path), "--endpoint", server.url, "--model", "judge-x"]
+    for out, says in ((path, "would replace the responses it judges"),
+                      (tmp_path / "folder", "is not a judge scores file"),
+                      (other, r"is not a judge scores file \(its columns are dialogue_id")):  # fmt: skip
+        assert main([*argv, "--out", str(out)]) == 2
+        assert re.search(says, capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "other.parquet",
+                                                          "responses.parquet"]  # fmt: skip
+    assert server.seen == {}  # refused before any request
 
 
 def test_verdict_with_control_characters_in_the_explanation_parses():
