@@ -63,6 +63,26 @@ def _under_root(*parts: str) -> property:
     return property(lambda self: self.root.joinpath(*parts))
 
 
+def read_manifest(path: Path) -> dict:
+    """A run's manifest.json: an object whose "stages" is one.
+
+    Raises:
+        UsageError: it is not that (not UTF-8, not JSON, another shape), naming the file.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = f"not JSON: {e}"
+    else:
+        if isinstance(data, dict) and isinstance(data.get("stages"), dict):
+            return data
+        why = "not an object with a 'stages' object"
+    raise UsageError(
+        f"{path} is not a run manifest ({why}): restore it from a copy, or move the run "
+        "directory away"
+    )
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory. Nothing is created until a stage writes."""
@@ -183,12 +203,14 @@ class RunLayout:
         folders (not other paths that happen to hold an iter_<t>); nothing when none are."""
         if not self.manifest.exists():
             return
+        read_manifest(self.manifest)  # one of another shape is named, not migrated
         text = self.manifest.read_text()
         run = re.escape(self.root.name)
         new_text = re.sub(rf"({run}[\\/])iter_(\d+)(?=[\\/\"])", r"\1m\2", text)
         data = json.loads(new_text)
-        stages = {re.sub(r"^pairs_(\d+)$", r"pairs_m\1", k): v for k, v in data["stages"].items()}
-        if new_text == text and list(stages) == list(data["stages"]):
+        old = data["stages"]
+        stages = {re.sub(r"^pairs_(\d+)$", r"pairs_m\1", k): v for k, v in old.items()}
+        if new_text == text and list(stages) == list(old):
             return
         data["stages"] = stages
         atomic_write_text(self.manifest, json.dumps(data, indent=2))

@@ -24,6 +24,7 @@ from typing import Any
 
 from esevo_ray.config import NOT_TRAINED, RunConfig
 from esevo_ray.io import atomic_write_text
+from esevo_ray.layout import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +133,14 @@ def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN) -> dict:
     written); {} where no run is there yet.
 
     Raises:
-        RunConflict: the run was made by another config (other than FREE_KEYS), or its
-            manifest is not JSON; the message ends with `remedy`.
+        RunConflict: the run was made by another config (other than FREE_KEYS); the
+            message ends with `remedy`.
+        UsageError: its manifest is not a run manifest (layout.read_manifest).
     """
     path = run_dir / "manifest.json"
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunConflict(
-            f"{path} is not JSON ({e}): restore it from a copy, or move the run directory away"
-        ) from None
+    data = read_manifest(path)
     if data.get("config_digest") != cfg.digest():
         _check_same_run(run_dir, data, cfg, remedy)
     return data

@@ -88,10 +88,26 @@ def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
         Manifest.open(tmp_path / "n", load_config(None, ["name=t", more]))
 
 
-def test_a_manifest_that_is_not_json_is_named(tmp_path):
-    (tmp_path / "manifest.json").write_text('{"name": "t", "stages": {')
-    with pytest.raises(RunConflict, match=r"manifest\.json is not JSON"):
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'{"name": "t", "stages": {', "not JSON"),
+        (b"\xff\xfe binary", "not JSON"),
+        (b"[1, 2]", "not an object with a 'stages' object"),
+        (b'{"name": "t", "stages": []}', "not an object with a 'stages' object"),
+    ],
+)
+def test_a_manifest_that_is_not_one_is_named(tmp_path, content, why, capsys):
+    from esevo_ray.cli import main
+    from esevo_ray.errors import UsageError
+
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(UsageError, match=rf"manifest\.json is not a run manifest \({why}"):
         Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    # Every command that reads the run says so in one line (its old-layout migration too).
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run manifest" in capsys.readouterr().err
+    assert (tmp_path / "manifest.json").read_bytes() == content
 
 
 def test_a_run_is_held_by_one_driver_at_a_time_and_freed_by_a_crash(tmp_path):
