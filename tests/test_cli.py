@@ -77,6 +77,34 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main(["model", "prepare"])
 
 
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["eval", "--model", "http://127.0.0.1:9", "--served-model", "m", "--concurrency", "0"],
+         "--concurrency: must be 1 or more, got 0"),
+        (["bench", "train", "--pairs", "p", "--repeats", "0"], "--repeats: must be 1 or more"),
+        (["bench", "train", "--pairs", "p", "--steps", "-1"], "--steps: must be 1 or more"),
+        (["bench", "generate", "--repeats", "0"], "--repeats: must be 1 or more"),
+        (["bench", "serve", "--clients", "8", "0"], "--clients: must be 1 or more"),
+    ],
+)  # fmt: skip
+def test_counts_below_one_are_usage_errors(config, capsys, argv, says):
+    """0 requests in flight or 0 repeats ended in a traceback (ThreadPoolExecutor, median)."""
+    with pytest.raises(SystemExit) as e:
+        main([*argv[:2], "--config", config, *argv[2:]] if argv[0] == "bench" else
+             [argv[0], "--config", config, *argv[1:]])  # fmt: skip
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_bench_train_names_its_init_flag_and_a_config_not_utf8_is_named(tmp_path, config, capsys):
+    assert main(["bench", "train", "--config", config, "--pairs", "p", "--init", "nowhere"]) == 2
+    assert "--init nowhere: no adapter folder there" in _error(capsys)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")
+    assert main(["eval", "--config", str(latin)]) == 2
+    assert f"config {latin} is not valid YAML: 'utf-8' codec" in _error(capsys)
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, config, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's own usage error
         main(["generate", "--config", config, "--iteration", "0"])

@@ -16,6 +16,7 @@ from esevo_ray.cli.common import (
     existing,
     load_args_config,
     loop_config,
+    positive,
     run_of,
     stage_input,
 )
@@ -226,7 +227,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--served-model", help="model name at the endpoint")
     p.add_argument("--api-key-env", default="ESEVO_EVAL_API_KEY", help="env var with its key")
-    p.add_argument("--concurrency", type=int, default=4, help="endpoint requests in flight")
+    p.add_argument("--concurrency", type=positive, default=4, help="endpoint requests in flight")
     p.add_argument("--tokenizer", help="local tokenizer folder to cut contexts for an endpoint")
     p.add_argument(
         "--no-sampling-extras", action="store_true", help="do not send top_k/repetition_penalty"
@@ -323,6 +324,6 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="tokenizer for --api completions")
     p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=positive, default=4)
     p.add_argument("--out", default="bench/llm", help="folder for results.json and table.md")
     p.set_defaults(func=cmd_bench_llm)

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from esevo_ray.cli.common import existing, load_args_config
+from esevo_ray.cli.common import existing, load_args_config, positive
 
 
 def _load(args: argparse.Namespace):
@@ -158,14 +158,14 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="run directory (default from config)")
     p.add_argument("--model", default="current", help="served model name (default: current)")
     p.add_argument(
-        "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients to try"
+        "--clients", type=positive, nargs="+", default=[1, 8, 32], help="concurrent clients to try"
     )
     p.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument(
         "--soak", type=float, default=0.0, help="instead: soak for this many seconds (e.g. 120)"
     )
-    p.add_argument("--soak-clients", type=int, default=32, help="clients during --soak")
+    p.add_argument("--soak-clients", type=positive, default=32, help="clients during --soak")
     p.add_argument("--out", help="also write the JSON report here")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=cmd_bench_serve)

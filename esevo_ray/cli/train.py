@@ -18,6 +18,7 @@ from esevo_ray.cli.common import (
     existing,
     iteration,
     load_args_config,
+    positive,
     run_of,
     stage_input,
 )
@@ -73,7 +74,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from esevo_ray.training.bench import bench_train
 
     cfg = load_args_config(args)
-    init = None if args.init is None or args.init.lower() == FRESH else adapter_arg(args.init)
+    fresh = args.init is None or args.init.lower() == FRESH
+    init = None if fresh else adapter_arg(args.init, "--init")
     pairs = existing(args.pairs, "--pairs", "preference pairs")
     report = bench_train(
         cfg, pairs, init, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
@@ -138,9 +140,9 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pairs", required=True, help="pairs Parquet file or folder (PAIRS schema)")
     p.add_argument("--init", help=f"adapter M^t (default or '{FRESH}': a fresh adapter)")
-    p.add_argument("--steps", type=int, default=8, help="measured steps after warm-up")
+    p.add_argument("--steps", type=positive, default=8, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the measurement")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each mode (medians)")
+    p.add_argument("--repeats", type=positive, default=3, help="runs of each mode (medians)")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=cmd_bench_train)
 
@@ -153,7 +155,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
         help="folder with a config.json, or a known shape name (default: the config's model.path)",
     )
     p.add_argument("--stages", type=_stages, default=("sft", "dpo"), help="sft,dpo (default)")
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per stage")
+    p.add_argument("--steps", type=positive, default=3, help="optimizer steps per stage")
     p.add_argument(
         "--device", choices=["cuda", "cpu"], default="cuda",
         help="cpu: run the same steps without a measurement",

@@ -195,7 +195,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file not found: {path}") from e
         except OSError as e:  # a folder, no permission, ...
             raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from e
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:  # the latter: not UTF-8 text
             raise ConfigError(f"config {path} is not valid YAML: {e}") from e
         if loaded is None:
             loaded = {}
