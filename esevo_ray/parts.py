@@ -75,9 +75,24 @@ def check_parts_folder(out_dir: str | Path, what: str) -> None:
 
 
 def recorded_producer(out_dir: str | Path) -> dict[str, Any]:
-    """The producer a parts folder records (dotted setting -> value); {} without one."""
+    """The producer a parts folder records (dotted setting -> value); {} without one.
+
+    Raises:
+        PartsConflict: the record is not a JSON object, naming it.
+    """
     path = Path(out_dir) / PRODUCER_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        producer = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        producer = None
+    if not isinstance(producer, dict):
+        raise PartsConflict(
+            f"{path} is not a JSON object of settings: the folder's producer is unknown; "
+            "restore it, or move the folder away to start over"
+        )
+    return producer
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -35,6 +35,16 @@ def test_todo_skips_written_keys_and_refuses_keys_not_asked_for(tmp_path):
         todo(contexts, tmp_path, SCHEMA)
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"a string"'])
+def test_a_producer_record_that_is_not_one_is_named(tmp_path, text):
+    from esevo_ray.parts import PRODUCER_FILE, claim
+
+    (tmp_path / PRODUCER_FILE).write_text(text)
+    with pytest.raises(PartsConflict, match="producer.json is not a JSON object of settings"):
+        claim(tmp_path, {"model": "m"})
+    assert (tmp_path / PRODUCER_FILE).read_text() == text
+
+
 def test_check_complete_names_repeated_extra_and_missing_rows(tmp_path):
     contexts = _table(("a", 1), ("b", 1))
     check_complete(_table(("b", 1), ("a", 1)), contexts, tmp_path)

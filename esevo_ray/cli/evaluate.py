@@ -158,7 +158,7 @@ def cmd_ablate_pairs(args: argparse.Namespace) -> int:
 
 def cmd_ablate_table(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.ablation import ablation_table
-    from esevo_ray.evaluation.tables import METRIC_COLUMNS
+    from esevo_ray.evaluation.tables import METRIC_COLUMNS, read_metrics
     from esevo_ray.io import atomic_write_text
 
     metrics = {}
@@ -167,12 +167,14 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
         path = Path(folder) / "metrics.json"
         if not sep or not path.exists():
             raise FileNotFoundError(f"{item!r}: want LABEL=EVAL_DIR with a metrics.json ({path})")
-        metrics[label] = json.loads(path.read_text())
+        metrics[label] = read_metrics(path)
     columns = tuple(args.columns.split(","))
     unknown = [c for c in columns if c not in METRIC_COLUMNS]
     if unknown:
         raise UsageError(f"--columns: unknown {unknown}; choose from {', '.join(METRIC_COLUMNS)}")
     table = ablation_table(metrics, columns, relative=args.relative)
+    if args.out and Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder: name the Markdown file to write")
     if args.out:
         atomic_write_text(args.out, table + "\n")
     print(table)

@@ -19,6 +19,7 @@ from esevo_ray.evaluation.tables import (
     METRIC_COLUMNS,
     judge_table,
     metrics_table,
+    read_metrics,
     scores_of,
 )
 from esevo_ray.io import atomic_dir, atomic_write_text
@@ -42,8 +43,7 @@ class Stage:
 
     @cached_property
     def metrics(self) -> dict | None:
-        path = self.eval_dir / "metrics.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_metrics(self.eval_dir / "metrics.json")
 
     @cached_property
     def responses(self) -> pa.Table | None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pyarrow as pa
 
 from esevo_ray.config import JUDGE_DIMENSIONS
+from esevo_ray.errors import UsageError
 
 METRIC_COLUMNS = {
     "bleu_2": "BLEU-2",
@@ -29,6 +33,26 @@ ESCONV_COLUMNS = {
     "distinct_2": "D-2",
     "distinct_3": "D-3",
 }
+
+
+def read_metrics(path: Path) -> dict | None:
+    """An eval folder's metrics.json; None when there is none.
+
+    Raises:
+        UsageError: it is not a JSON object (with a "scores" object, if any), naming it.
+    """
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not JSON ({e}): evaluate that model again") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("scores", {}), dict):
+        raise UsageError(
+            f"{path} is not a metrics.json (an object with a 'scores' object): evaluate that "
+            "model again"
+        )
+    return metrics
 
 
 def scores_of(metrics: dict | None) -> dict[str, float]:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 
 from esevo_ray.config import JUDGE_DIMENSIONS
+from esevo_ray.errors import UsageError
 from esevo_ray.human_eval.store import connect
 from esevo_ray.io import atomic_write_text
 
@@ -116,12 +118,15 @@ JOIN (SELECT session_id, COUNT(*) AS voted FROM votes GROUP BY session_id) n USI
 
 def load_rows(db_path: str | Path) -> tuple[list[dict], list[dict]]:
     """Rating rows and vote rows (with `min_turns` and `voted`) of a human evaluation database."""
-    conn = connect(db_path, readonly=True)
     try:
-        ratings = [dict(r) for r in conn.execute("SELECT * FROM ratings")]
-        votes = [dict(r) for r in conn.execute(VOTES)]
-    finally:
-        conn.close()
+        conn = connect(db_path, readonly=True)
+        try:
+            ratings = [dict(r) for r in conn.execute("SELECT * FROM ratings")]
+            votes = [dict(r) for r in conn.execute(VOTES)]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:  # a folder, not SQLite, or another database
+        raise UsageError(f"{db_path} is not a human evaluation database ({e})") from None
     return ratings, votes
 
 

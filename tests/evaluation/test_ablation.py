@@ -172,3 +172,12 @@ def test_ablation_table_relative_change_and_cli(tmp_path, capsys):
     )
     assert cli.main(["ablate", "table", f"M2={tmp_path / 'none'}"]) == 2
     assert "want LABEL=EVAL_DIR with a metrics.json" in capsys.readouterr().err
+    # A folder as --out, and metrics.json files of other shapes: one line each, exit 2.
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 2
+    assert "is a folder: name the Markdown file" in capsys.readouterr().err
+    for bad, says in (('{"scores": ', "is not JSON"), ("[1]", "is not a metrics.json"),
+                      ('{"scores": "abc"}', "is not a metrics.json")):  # fmt: skip
+        (tmp_path / "M1" / "metrics.json").write_text(bad)
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and "Traceback" not in err and "\n" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 
 import pytest
 
@@ -152,6 +153,19 @@ def test_cli_report_human(tmp_path, capsys, with_evaluation_report):
     assert args.func(args) == 0
     assert (tmp_path / "rep" / "human_pairwise.png").exists()
     assert "m2 vs m0" in capsys.readouterr().out
+
+
+def test_cli_report_human_names_a_db_that_is_not_one(tmp_path, capsys):
+    from esevo_ray.cli import main
+
+    (tmp_path / "text.sqlite").write_text("not a database")
+    (tmp_path / "folder").mkdir()
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    for db in ("text.sqlite", "folder", "other.sqlite"):
+        assert main(["report", "human", "--db", str(tmp_path / db)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is not a human evaluation database" in err and "\n" not in err, err
 
 
 def test_cli_report_help_shows_both_reports():
