@@ -130,7 +130,14 @@ def parquet_files(path: str | Path) -> list[Path]:
 
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    """Read a Parquet file or folder of files and check it against `schema`."""
+    """Read a Parquet file or folder of files and check it against `schema`.
+
+    Raises:
+        FileNotFoundError: nothing there, or a folder without Parquet files.
+        SchemaError: a file that is not Parquet, lacks a column of `schema` (each file of a
+            folder is checked: the dataset would read another file's as nulls) or cannot
+            be read (corrupt pages); the message names the file.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no Parquet data at {path}")
@@ -139,21 +146,25 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
         files = [str(f) for f in parquet_files(path)]
         if not files:
             raise FileNotFoundError(f"no Parquet files in {path}")
-        for f in files:
-            _check_parquet(f)
-        table = ds.dataset(files, format="parquet").to_table()
     else:
-        _check_parquet(path)
-        table = ds.dataset(path, format="parquet").to_table()
+        files = [str(path)]
+    for f in files:
+        _check_parquet(f, schema)
+    try:
+        table = ds.dataset(files if path.is_dir() else path, format="parquet").to_table()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{path}: unreadable Parquet ({e})") from None
     return conform(table, schema, where=str(path))
 
 
-def _check_parquet(path: str | Path) -> None:
-    """Raise SchemaError unless `path` has a readable Parquet footer."""
+def _check_parquet(path: str | Path, schema: pa.Schema) -> None:
+    """Raise SchemaError unless `path` has a readable Parquet footer and `schema`'s columns."""
     try:
-        pq.read_metadata(path)
+        names = pq.read_schema(path).names
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: not a Parquet file ({e})") from None
+    if missing := [name for name in schema.names if name not in names]:
+        raise SchemaError(f"{path}: missing columns {missing} (has {names})")
 
 
 # chosen_source of a {HM, P} pair (Table 5): the chosen response is the human reference.

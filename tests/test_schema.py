@@ -25,3 +25,23 @@ def test_a_truncated_part_is_an_error_naming_it(tmp_path):
     # It used to be left out, silently: DPO trained on half of the pairs.
     with pytest.raises(SchemaError, match=r"part-1.parquet: not a Parquet file"):
         read_table(tmp_path, SCHEMA)
+
+
+def test_a_part_without_a_column_is_an_error_naming_it(tmp_path):
+    """The dataset takes the first file's columns and reads the others' as nulls."""
+    pq.write_table(pa.table({"a": [1, 2]}, schema=SCHEMA), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"b": [3, 4]}), tmp_path / "part-1.parquet")
+    with pytest.raises(SchemaError, match=r"part-1.parquet: missing columns \['a'\]"):
+        read_table(tmp_path, SCHEMA)
+
+
+def test_corrupt_pages_under_an_intact_footer_are_a_schema_error(tmp_path):
+    path = tmp_path / "part-0.parquet"
+    table = pa.table({"a": list(range(5000))}, schema=SCHEMA)
+    pq.write_table(table, path, compression="snappy", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    for i in range(8, 4000):  # the first data page, past the magic bytes
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(SchemaError, match=r"part-0.parquet: unreadable Parquet"):
+        read_table(path, SCHEMA)
