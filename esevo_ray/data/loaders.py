@@ -55,7 +55,10 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
 
     Record numbers are 1-based line numbers for JSON lines and 0-based indices for arrays.
     """
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     head = text.lstrip()[:1]
     if head == "[":
         try:

@@ -169,6 +169,9 @@ def test_malformed_extes_and_serveforemo(tmp_path):
     (tmp_path / "broken.json").write_text("[{")
     with pytest.raises(DataError, match="not valid JSON"):
         load_extes(tmp_path / "broken.json")
+    (tmp_path / "latin.json").write_bytes('[{"content": "caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.json: not UTF-8 text \(byte 17"):
+        load_extes(tmp_path / "latin.json")
 
 
 def test_alpaca_loads_and_rejects_missing_fields(data_root, tmp_path):
