@@ -103,6 +103,20 @@ def test_bench_train_names_its_init_flag_and_a_config_not_utf8_is_named(tmp_path
     latin.write_bytes(b"name: caf\xe9\n")
     assert main(["eval", "--config", str(latin)]) == 2
     assert f"config {latin} is not valid YAML: 'utf-8' codec" in _error(capsys)
+    assert main(["eval", "--config", config, "eval.judge_samples=-5"]) == 2
+    assert "eval.judge_samples: Input should be greater than or equal to 0" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["serve", "--config", config, "--run-dir", str(tmp_path / "a.txt")]) == 2
+    assert "a file, not a run directory" in _error(capsys)
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "metrics.json").write_text('{"scores": {"bleu_2": 1.0}}')
+    for rows in (["A=ev", "A=ev"], ["=ev"]):
+        assert (
+            main(["ablate", "table", *(r.replace("ev", str(tmp_path / "ev")) for r in rows)]) == 2
+        )
+        assert "each row needs a label of its own" in _error(capsys)
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, config, capsys):

@@ -167,6 +167,8 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
         path = Path(folder) / "metrics.json"
         if not sep or not path.exists():
             raise FileNotFoundError(f"{item!r}: want LABEL=EVAL_DIR with a metrics.json ({path})")
+        if not label or label in metrics:
+            raise UsageError(f"{item!r}: each row needs a label of its own, before the '='")
         metrics[label] = read_metrics(path)
     columns = tuple(args.columns.split(","))
     unknown = [c for c in columns if c not in METRIC_COLUMNS]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from esevo_ray.cli.common import existing, load_args_config, positive
+from esevo_ray.errors import UsageError
 
 
 def _load(args: argparse.Namespace):
@@ -33,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     run_dir = existing(args.run_dir, "--run-dir", "run directory") if args.run_dir else None
+    if run_dir is not None and not run_dir.is_dir():  # before Ray starts
+        raise UsageError(f"--run-dir {run_dir}: a file, not a run directory")
     url = start_app(cfg, run_dir)
     print(f"serving on {url}/v1 (chat completions), {url}/human (human evaluation); Ctrl-C stops")
     try:

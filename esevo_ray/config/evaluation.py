@@ -71,8 +71,8 @@ class EvalSection(Section):
     # The layer whose embeddings BERTScore compares: 6 for the packaged MiniLM. Another
     # encoder must name its own (bert-score's choice for roberta-large, the paper's, is 17).
     bertscore_num_layers: int = Field(6, ge=1)
-    # Contexts sampled (by judge.seed) for LLM-as-a-judge; the paper uses 100.
-    judge_samples: int = 100
+    # Contexts sampled (by judge.seed) for LLM-as-a-judge; the paper uses 100; 0: all of them.
+    judge_samples: int = Field(100, ge=0)
     judge: JudgeSection = JudgeSection()
 
     @model_validator(mode="after")
