@@ -49,6 +49,9 @@ def test_overrides_apply_and_validate(tmp_path):
         load_config(None, ["dpo.beta"])
     with pytest.raises(ConfigError, match="unknown key 'nope'"):
         load_config(None, ["nope=1"])
+    for bad in ("name=a/b", "name="):  # the key and the override named, not the whole config
+        with pytest.raises(ConfigError, match=rf"  name: .* \(from the override '{bad}'\)"):
+            load_config(None, [bad])
 
 
 def test_a_misspelled_key_is_traced_to_its_override_with_the_nearest_key(tmp_path):

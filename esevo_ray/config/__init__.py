@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, field_validator
 
 from esevo_ray.config.base import ConfigError, Section
 from esevo_ray.config.evaluation import JUDGE_DIMENSIONS, EvalSection, JudgeDimension, JudgeSection
@@ -59,11 +59,12 @@ class RunConfig(Section):
     eval: EvalSection = EvalSection()
     serve: ServeSection = ServeSection()
 
-    @model_validator(mode="after")
-    def _check(self) -> RunConfig:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not name or "/" in name:
+            raise ValueError("must be a non-empty string without '/' (a folder name)")
+        return name
 
     def digest(self) -> str:
         """A short stable hash of the resolved config, recorded in manifests."""
