@@ -151,7 +151,8 @@ def cmd_ablate_prompts(args: argparse.Namespace) -> int:
 def cmd_ablate_pairs(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.ablation import human_reference_pairs
 
-    manifest = human_reference_pairs(args.pairs, args.out)
+    pairs = existing(args.pairs, "--pairs", "pairs folder or file")
+    manifest = human_reference_pairs(pairs, args.out)
     print(json.dumps({"out": args.out, **manifest}, indent=2))
     return 0
 

@@ -163,7 +163,7 @@ def ablate_prompts(
 
     unknown = [n for n in names if n not in PROMPTS]
     if unknown:
-        raise UsageError(f"unknown prompts {unknown}; choose from {list(PROMPTS)}")
+        raise UsageError(f"--prompts: unknown {unknown}; choose from {', '.join(PROMPTS)}")
     out = Path(out)
     summary: dict = {"model": str(model_path), "config_digest": cfg.digest(), "prompts": {}}
     metrics: dict[str, dict] = {}

@@ -88,7 +88,7 @@ def test_prompt_ablation_on_tiny_model(ray_local, tiny_model, tmp_path, capsys):
     assert "2 of 2 answers held no JSON object" in table
 
     assert cli.main([*argv, "--prompts", "vanilla,cot"]) == 2
-    assert "unknown prompts ['cot']" in capsys.readouterr().err
+    assert "--prompts: unknown ['cot']" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -145,6 +145,8 @@ def test_human_reference_pairs_replace_only_the_chosen_side(sr_pairs, tmp_path, 
     for other in (notes, tmp_path / "a.txt"):
         assert cli.main(["ablate", "pairs", "--pairs", str(src), "--out", str(other)]) == 2
         assert "is not a {HM, P} pairs folder" in capsys.readouterr().err
+    assert cli.main(["ablate", "pairs", "--pairs", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "--pairs " in capsys.readouterr().err
     assert (notes / "sub" / "todo.md").read_text() == "keep me"
     assert (tmp_path / "a.txt").read_text() == "keep me too"
 
