@@ -123,28 +123,20 @@ def claim_run(
     recorded(root, cfg, remedy="pass --out to write elsewhere, or restore its config")
 
 
-def positive(text: str) -> int:
+def positive(text: str, why: str = "") -> int:
     """argparse type of a count (clients, repeats, steps, requests in flight): 1 or more."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be 1 or more{why}, got {value}")
     return value
 
 
 def iteration(text: str) -> int:
     """argparse type of --iteration: t >= 1 (pairs and DPO make m<t> from m<t-1>)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be 1 or more (m<t> is trained from m<t-1>), got {value}"
-        )
-    return value
+    return positive(text, " (m<t> is trained from m<t-1>)")
 
 
 def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> Path:
