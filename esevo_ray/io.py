@@ -109,13 +109,16 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-def check_replaceable(path: str | Path, *, holds: str, what: str) -> None:
-    """Raise UsageError if `path` is a folder with files but without `holds`: not an earlier
-    `what` but something else (a whole run given as --out, say) that replacing would delete."""
-    path = Path(path)
-    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / holds).exists()):
+def check_replaceable(path: str | Path, *, holds: str | tuple[str, ...], what: str) -> None:
+    """Raise UsageError if `path` is a file, or a folder with files but none of `holds`
+    (names, or glob patterns): not an earlier `what` but something else (a whole run given as
+    --out, say) that writing there would replace or mix with."""
+    path, marks = Path(path), (holds,) if isinstance(holds, str) else holds
+    if path.is_file() or (
+        path.is_dir() and any(path.iterdir()) and not any(any(path.glob(m)) for m in marks)
+    ):
         raise UsageError(
-            f"{path} exists and is not a {what} folder (it has no {holds}); "
+            f"{path} exists and is not a {what} folder (it has no {' or '.join(marks)}); "
             "choose an empty or new folder, nothing in it is replaced"
         )
 

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from esevo_ray import schema
-from esevo_ray.errors import UsageError
 from esevo_ray.io import atomic_write_text, write_parquet
 
 PART_GLOB = "part-*.parquet"
@@ -55,23 +54,6 @@ def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
         )
     if producer.keys() - old.keys():
         atomic_write_text(path, json.dumps({**old, **producer}, indent=2, sort_keys=True))
-
-
-def check_parts_folder(out_dir: str | Path, what: str) -> None:
-    """Raise UsageError unless `out_dir` is new, empty, or a parts folder (it holds a
-    producer.json or parts): claiming another folder would write into it and remove its
-    manifest.json."""
-    out_dir = Path(out_dir)
-    if out_dir.is_file() or (
-        out_dir.is_dir()
-        and any(out_dir.iterdir())
-        and not (out_dir / PRODUCER_FILE).exists()
-        and not any(out_dir.glob(PART_GLOB))
-    ):
-        raise UsageError(
-            f"{out_dir} exists and is not a {what} folder (it has no {PRODUCER_FILE} or "
-            f"parts); choose an empty or new folder, nothing in it is replaced"
-        )
 
 
 def recorded_producer(out_dir: str | Path) -> dict[str, Any]:

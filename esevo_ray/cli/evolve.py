@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from esevo_ray.cli.common import add_config_args, add_new_run_arg, loop_config
 from esevo_ray.generation.fallback import fallback_lines
-from esevo_ray.layout import RunLayout
+from esevo_ray.layout import RunLayout, read_manifest
 from esevo_ray.profile import table
 
 
@@ -24,7 +23,7 @@ def summary(layout: RunLayout) -> str:
         lines.append(f"m{t:<7d} {model}" + (f"  pairs {pairs}" if pairs and pairs.exists() else ""))
     lines.append(f"report:  {layout.report}")
     lines.append(f"manifest: {layout.manifest}")
-    stages = json.loads(layout.manifest.read_text())["stages"] if layout.manifest.exists() else {}
+    stages = read_manifest(layout.manifest)["stages"] if layout.manifest.exists() else {}
     fallbacks = fallback_lines(stages)
     if fallbacks:
         lines += ["", "Golden fallbacks per pairs stage (`fallback` in the manifest):", *fallbacks]

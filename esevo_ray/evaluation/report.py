@@ -5,7 +5,6 @@ Reads each model's eval folder and pairs through `RunLayout`; missing parts are 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +22,7 @@ from esevo_ray.evaluation.tables import (
     scores_of,
 )
 from esevo_ray.io import atomic_dir, atomic_write_text
-from esevo_ray.layout import RunLayout
+from esevo_ray.layout import RunLayout, read_manifest
 from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, PAIRS, read_table
 
 logger = logging.getLogger(__name__)
@@ -199,5 +198,5 @@ def _human_db(run_dir: Path) -> Path:
     """The run's human-evaluation database, by serve.human_eval.db_path of the config the run
     recorded (where the app wrote it)."""
     run = RunLayout(run_dir)
-    config = json.loads(run.manifest.read_text()).get("config", {}) if run.manifest.exists() else {}
+    config = read_manifest(run.manifest).get("config", {}) if run.manifest.exists() else {}
     return run.human_db_at(config.get("serve", {}).get("human_eval", {}).get("db_path"))

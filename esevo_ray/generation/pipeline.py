@@ -29,10 +29,11 @@ from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
 from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
-from esevo_ray.io import atomic_write_text
+from esevo_ray.io import atomic_write_text, check_replaceable
 from esevo_ray.parts import (
+    PART_GLOB,
+    PRODUCER_FILE,
     check_complete,
-    check_parts_folder,
     claim,
     part_name,
     read_parts,
@@ -214,7 +215,8 @@ def run_engine_actors(
     # any of them starts.
     engine = generation_engine(cfg.generation)
     gen = cfg.generation.model_copy(update={"engine": engine})
-    check_parts_folder(out_dir, "generation parts")  # before claiming it: an unrelated folder
+    # Before claiming it: claiming another folder would write into it and drop its manifest.
+    check_replaceable(out_dir, holds=(PRODUCER_FILE, PART_GLOB), what="generation parts")
     out_dir.mkdir(parents=True, exist_ok=True)
     claim(out_dir, {
         "stage": actor.__name__, "model": model_id(model_path, adapter), "engine": gen.engine,
