@@ -82,23 +82,16 @@ def loop_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def layout_of(cfg: RunConfig) -> RunLayout:
-    """The run directory of `cfg` (see check_output_dir), a folder of the old layout migrated
-    first (RunLayout.migrate)."""
-    check_output_dir(cfg)
-    layout = RunLayout.of(cfg)
-    layout.migrate()
-    return layout
-
-
 def run_of(args: argparse.Namespace, *, writes: bool) -> tuple[RunConfig, RunLayout]:
     """The config a stage command was given and the run directory it works in; with
     `writes`, the command's output (--out, else the run's own folder) is claimed
-    (`claim_run`)."""
+    (`claim_run`) before an old layout is migrated, as `esevo evolve` locks before it does."""
     cfg = load_args_config(args)
-    layout = layout_of(cfg)
+    check_output_dir(cfg)
+    layout = RunLayout.of(cfg)
     if writes:
         claim_run(args, cfg, layout, getattr(args, "out", None))
+    layout.migrate()
     return cfg, layout
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from esevo_ray.cli.common import (
     UsageError,
     add_config_args,
+    check_output_dir,
     claim_run,
     command_group,
-    layout_of,
     load_args_config,
 )
 from esevo_ray.layout import RunLayout
@@ -21,12 +21,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from esevo_ray.data.prepare import prepare_data
 
     cfg = load_args_config(args)
-    if args.out:  # the run's folder is not touched unless `out` is inside it
-        layout, out = RunLayout.of(cfg), Path(args.out)
-    else:
-        layout = layout_of(cfg)
-        out = layout.data
-    claim_run(args, cfg, layout, args.out)
+    if not args.out:  # the run's folder is not touched unless `out` is inside it
+        check_output_dir(cfg)
+    layout = RunLayout.of(cfg)
+    claim_run(args, cfg, layout, args.out)  # before a migration, which it then holds
+    if not args.out:
+        layout.migrate()
+    out = Path(args.out) if args.out else layout.data
     report = prepare_data(cfg.data, out)
     print(
         json.dumps(
