@@ -12,7 +12,6 @@ exits when the `LocalJudge` is dropped, so the driver never holds GPU memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from esevo_ray.config import DecodingSection, JudgeSection
 from esevo_ray.evaluation.judge_prompts import judge_messages
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.generation.engine_choice import choose_engine
+from esevo_ray.generation.pairs import seed_of
 from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
 from esevo_ray.storage import check_shared
 from esevo_ray.turns import drop_oldest_turns
@@ -104,8 +104,7 @@ class LocalJudge:
 def _request_seed(seed: int, request: list[dict], attempt: int) -> int:
     """The sampling seed of one judge request: its content's, not its place in a batch, so a
     run that asks again only for missing verdicts samples each as a whole run would."""
-    key = json.dumps([seed, attempt, request], sort_keys=True).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+    return seed_of(json.dumps([seed, attempt, request], sort_keys=True))
 
 
 class JudgeEngine:

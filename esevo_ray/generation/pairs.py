@@ -25,13 +25,17 @@ from esevo_ray.schema import HUMAN_REFERENCE
 from esevo_ray.turns import fit_turns
 
 
+def seed_of(key: str) -> int:
+    """A sampling seed drawn from `key`, whatever a request's batch or actor (vLLM samples
+    each request with its own; transformers' `generate` takes one per batch, its first)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
 def request_seed(
     base: int, dialogue_id: str, turn_index: int, iteration: int, stage: str, attempt: int
 ) -> int:
-    """A per-request seed that does not depend on batch composition or actor (vLLM samples
-    each request with its own; transformers' `generate` takes one per batch, its first)."""
-    key = f"{base}:{dialogue_id}:{turn_index}:{iteration}:{stage}:{attempt}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+    """The seed of one generation request, by what it is (`seed_of`)."""
+    return seed_of(f"{base}:{dialogue_id}:{turn_index}:{iteration}:{stage}:{attempt}")
 
 
 def fit_context(
