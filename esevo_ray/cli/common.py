@@ -132,10 +132,15 @@ def iteration(text: str) -> int:
     return positive(text, " (m<t> is trained from m<t-1>)")
 
 
-def existing(path: str | Path | None, flag: str, what: str, hint: str = "") -> Path:
-    """`path` as a Path, or a UsageError naming `flag` when it does not exist."""
+def existing(
+    path: str | Path | None, flag: str, what: str, hint: str = "", *, folder: bool = False
+) -> Path:
+    """`path` as a Path, or a UsageError naming `flag` when it does not exist (or, with
+    `folder`, is not a folder)."""
     if path is None or not Path(path).exists():
         raise UsageError(f"{flag} {path}: no {what} there{'; ' + hint if hint else ''}")
+    if folder and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path}: a file, not a {what}")
     return Path(path)
 
 

@@ -123,7 +123,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--contexts", help="contexts Parquet (default: the run's seed contexts)")
     p.add_argument("-n", "--contexts-n", type=positive, default=128, help="contexts per run")
-    p.add_argument("--naive-n", type=int, default=8, help="contexts for the naive loop")
+    p.add_argument("--naive-n", type=positive, default=8, help="contexts for the naive loop")
     p.add_argument("--repeats", type=positive, default=3)
     p.add_argument("--out", help="also write the JSON report here")
     p.set_defaults(func=cmd_bench_generate)

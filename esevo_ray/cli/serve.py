@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from esevo_ray.cli.common import existing, load_args_config, positive
-from esevo_ray.errors import UsageError
 
 
 def _load(args: argparse.Namespace):
@@ -27,15 +26,20 @@ def _load(args: argparse.Namespace):
     return load_args_config(args)
 
 
+def _run_dir(args: argparse.Namespace) -> Path | None:
+    """--run-dir, which must be a folder; None: the config's run."""
+    if not args.run_dir:
+        return None
+    return existing(args.run_dir, "--run-dir", "run directory", folder=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from esevo_ray.serving.deploy import start_app
 
     cfg = _load(args)
-    run_dir = existing(args.run_dir, "--run-dir", "run directory") if args.run_dir else None
-    if run_dir is not None and not run_dir.is_dir():  # before Ray starts
-        raise UsageError(f"--run-dir {run_dir}: a file, not a run directory")
+    run_dir = _run_dir(args)  # before Ray starts
     url = start_app(cfg, run_dir)
     print(f"serving on {url}/v1 (chat completions), {url}/human (human evaluation); Ctrl-C stops")
     try:
@@ -129,7 +133,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from esevo_ray.serving.bench import bench_serve_app, soak_app
 
     cfg = _load(args)
-    run_dir = existing(args.run_dir, "--run-dir", "run directory") if args.run_dir else None
+    run_dir = _run_dir(args)
     if args.soak:
         report = soak_app(
             cfg,
@@ -164,7 +168,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
         "--clients", type=positive, nargs="+", default=[1, 8, 32], help="concurrent clients to try"
     )
     p.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=positive, default=64)
     p.add_argument(
         "--soak", type=float, default=0.0, help="instead: soak for this many seconds (e.g. 120)"
     )
