@@ -104,16 +104,19 @@ def offline_tok_per_s(cfg: RunConfig, run_dir: Path, model: str, max_tokens: int
 
     from esevo_ray.generation.placement import node_gpus
     from esevo_ray.models import resolve_model
-    from esevo_ray.serving.deploy import engine_settings, replica_placement
+    from esevo_ray.serving.deploy import engine_settings, replica_placement, serve_engine
     from esevo_ray.serving.registry import resolve, scan_models
 
     served = resolve(scan_models(run_dir), model)
     if served is None:
         raise ValueError(f"model {model!r} is not in {run_dir}")
     # Placed as one replica (its GPUs reserved); the served app starts after this returns.
-    placement = replica_placement(cfg.serve.model_copy(update={"num_replicas": 1}), node_gpus())
+    gpus_by_node = node_gpus()
+    kind = serve_engine(cfg.serve, gpus_by_node)
+    one = cfg.serve.model_copy(update={"num_replicas": 1})
+    placement = replica_placement(one, gpus_by_node, kind)
     base = str(resolve_model(cfg.model.path).resolve())
-    settings = engine_settings(cfg, run_dir, base, placement.device)
+    settings = engine_settings(cfg, run_dir, base, kind=kind)
     settings["decoding"] = cfg.serve.decoding.model_dump()
     task = ray.remote(num_cpus=cfg.serve.cpus_per_replica, max_calls=1, **placement.ray_options())(
         _offline_run

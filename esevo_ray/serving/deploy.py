@@ -44,26 +44,45 @@ def served_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> list[Path
     return [resolve_model(cfg.model.path), *adapters]
 
 
-def replica_placement(s: ServeSection, gpus_by_node: list[float]) -> Placement:
+def serve_engine(s: ServeSection, gpus_by_node: list[float]) -> str:
+    """serve.engine for replicas on the device `serve.device` resolves to on these nodes.
+
+    Raises:
+        EngineUnavailable: it cannot run there (engine_choice.choose_engine).
+    """
+    device = resolve_device(s.device, gpus_by_node)
+    return choose_engine(s.engine, "serve.engine", device=device)
+
+
+def replica_placement(
+    s: ServeSection, gpus_by_node: list[float], engine: str | None = None
+) -> Placement:
     """Where each generator replica runs (the generation rule, esevo_ray.generation.placement):
     `serve.device` resolved on the cluster, and `serve.gpus_per_replica` (unset: 1 on cuda, 0
     on cpu) for each of `serve.num_replicas`, checked to fit before Serve waits on them.
+    `engine`: the replicas' (`serve_engine`; None: chosen here).
 
     Raises:
         PlacementError: the replicas' GPUs do not fit the cluster, or cannot hold their
             engines (placement.check_gpus); the message names the keys.
-        EngineUnavailable: serve.engine cannot run there (engine_choice.choose_engine).
+        EngineUnavailable: serve.engine cannot run there.
     """
-    device = resolve_device(s.device, gpus_by_node)
     return place(
-        s, choose_engine(s.engine, "serve.engine", device=device), s.num_replicas, "serve",
+        s, engine or serve_engine(s, gpus_by_node), s.num_replicas, "serve",
         gpus_key="gpus_per_replica", count_key="num_replicas", gpus_by_node=gpus_by_node,
     )  # fmt: skip
 
 
-def engine_settings(cfg: RunConfig, run_dir: Path, base: str, device: str | None = None) -> dict:
+def engine_settings(
+    cfg: RunConfig,
+    run_dir: Path,
+    base: str,
+    device: str | None = None,
+    kind: str | None = None,
+) -> dict:
     """The generator's EngineSettings (as a dict) from the `serve` section and the run, for
-    replicas on `device` (None: not checked against the installed vllm).
+    replicas on `device` (None: not checked against the installed vllm), with the engine
+    `kind` when it is chosen already (`serve_engine`).
 
     max_lora_rank: serve.max_lora_rank, else the largest of sft.lora.r, dpo.lora.r and the
     run's adapters, rounded up to a value vLLM accepts.
@@ -76,7 +95,7 @@ def engine_settings(cfg: RunConfig, run_dir: Path, base: str, device: str | None
         ranks = [cfg.sft.lora.r, cfg.dpo.lora.r, *(adapter_rank(a) for a in adapters)]
     settings = EngineSettings(
         base_model=base,
-        kind=choose_engine(s.engine, "serve.engine", device=device),
+        kind=kind or choose_engine(s.engine, "serve.engine", device=device),
         dtype=s.dtype or cfg.model.dtype,
         max_model_len=s.max_model_len,
         max_adapters=s.max_adapters,
@@ -122,12 +141,13 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
         import torch
 
         gpus_by_node = [float(torch.cuda.device_count())]
-    placement = replica_placement(s, gpus_by_node)
+    kind = serve_engine(s, gpus_by_node)  # once: its `auto` choice logs why
+    placement = replica_placement(s, gpus_by_node, kind)
     generator = Generator.options(
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.cpus_per_replica, **placement.ray_options()},
-    ).bind(engine_settings(cfg, run, base, placement.device), placement.as_dict())
+    ).bind(engine_settings(cfg, run, base, kind=kind), placement.as_dict())
     actor: dict = {"num_cpus": 0}
     if os.environ.get(s.api_key_env):
         # The replica may start in a process that does not inherit this shell's environment.
