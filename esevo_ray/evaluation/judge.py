@@ -331,15 +331,16 @@ def judge_file(
     out = Path(out)
     if out.resolve() == Path(responses).resolve():
         raise UsageError(f"the scores file {out} would replace the responses it judges")
-    _written(out)  # before a local judge loads: `out` must be a scores file, if anything
+    written = _written(out)  # before a local judge loads: a scores file, if anything
     with profile.timed("io"):
         table = read_table(responses, EVAL_RESPONSES)
+        # The responses judged now: those of the sampled contexts, drawn once here.
+        sampled = set(sample_keys(table, n_samples, cfg.seed))
+        keys = zip(table["dialogue_id"].to_pylist(), table["turn_index"].to_pylist(), strict=True)
+        table = table.filter(pa.array([k in sampled for k in keys], pa.bool_()))
     with profile.timed("startup"):  # a local judge loads its model here
         client = _client(cfg, base_url, model, local_model, dtype)
-    # The responses judged now: those of the sampled contexts.
-    sampled = set(sample_keys(table, n_samples, cfg.seed))
-    judged = {k: d for k, d in _judged(table).items() if k[:2] in sampled}
-    settings = _settings(cfg, client.model)
+    judged, settings = _judged(table), _settings(cfg, client.model)
 
     def write(scores: pa.Table, partial: bool = False) -> None:
         """`out`, with the judge's settings and the responses it judged (for a rerun), and
@@ -352,13 +353,13 @@ def judge_file(
             metadata[_PARTIAL_KEY] = b"1"
         write_parquet(scores.replace_schema_metadata(metadata), out)
 
-    known, why = _earlier(out, settings, judged)
+    known, why = _earlier(out, written, settings, judged)
     if why:  # its other verdicts would be lost
         aside = set_aside(out, "superseded")
         logger.warning("%s: %s; moved to %s, its verdicts still valid kept", out, why, aside)
     with profile.timed("compute"):
         scores = judge_responses(
-            table, client, dimensions=cfg.dimensions, n_samples=n_samples, seed=cfg.seed,
+            table, client, dimensions=cfg.dimensions, n_samples=None, seed=cfg.seed,
             known=known, save=lambda so_far: write(so_far, partial=True),
         )  # fmt: skip
     with profile.timed("io"):
@@ -437,10 +438,10 @@ def _written(out: Path) -> dict[bytes, bytes] | None:
 
 
 def _earlier(
-    out: Path, settings: str, judged: dict[tuple, str]
+    out: Path, written: dict[bytes, bytes] | None, settings: str, judged: dict[tuple, str]
 ) -> tuple[dict[tuple, Verdict], str | None]:
-    """What a scores file written before at `out` means for judging the responses `judged`
-    (their digests, by key) under `settings`.
+    """What a scores file written before at `out` (its metadata `written`, `_written`) means
+    for judging the responses `judged` (their digests, by key) under `settings`.
 
     Returns:
         Its verdicts with a score on the same context and response by the same judge and
@@ -449,7 +450,6 @@ def _earlier(
         or settings, a response since changed or no longer judged). None when there is no
         file, or every verdict of it stays.
     """
-    written = _written(out)
     if written is None:
         return {}, None
     if written.get(_SETTINGS_KEY) != settings.encode():
