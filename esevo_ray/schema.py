@@ -151,7 +151,7 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     for f in files:
         _check_parquet(f, schema)
     try:
-        table = ds.dataset(files if path.is_dir() else path, format="parquet").to_table()
+        table = ds.dataset(files, format="parquet").to_table()
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: unreadable Parquet ({e})") from None
     return conform(table, schema, where=str(path))

@@ -56,7 +56,7 @@ class Stage:
         from esevo_ray.evaluation.judge import is_partial
 
         path = self.run.judge_scores(self.index)
-        if path.exists() and is_partial(path):
+        if is_partial(path):
             logger.warning(
                 "%s: the judging of %s stopped part-way; its verdicts are left out of the report "
                 "until it is run again to the end", path, self.label,
