@@ -116,6 +116,10 @@ def test_env_vars_expand_in_paths(monkeypatch, caplog):
         ConfigError, match=r"output_dir '\$\{ESEVO_NOT_SET\}/runs': \$ESEVO_NOT_SET is not set"
     ):
         load_config(None, ["output_dir=${ESEVO_NOT_SET}/runs"])
+    with pytest.raises(
+        ConfigError, match=r"output_dir 'runs/\$\{ESEVO_MODELS': '\$\{ESEVO_MODELS' has no"
+    ):
+        load_config(None, ["output_dir=runs/${ESEVO_MODELS"])
     cfg = load_config(None, ["data.extes_path=$ESEVO_NOT_SET/ExTES.json"])
     assert cfg.data.extes_path == "$ESEVO_NOT_SET/ExTES.json"
     assert "data.extes_path '$ESEVO_NOT_SET/ExTES.json': $ESEVO_NOT_SET is not set" in caplog.text

@@ -106,6 +106,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 _ENV_VAR = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+_UNCLOSED = re.compile(r"\$\{[^}]*$")  # `${VAR` with no `}`: expandvars keeps it as text
 
 
 def _is_path_key(key: str) -> bool:
@@ -118,9 +119,9 @@ def _expand_env(node: Any, where: str = "") -> Any:
     written.
 
     Raises:
-        ConfigError: a variable in `output_dir` is not set: the run would be written into a
-            folder named after it. Elsewhere an unset variable is left as written, with a
-            warning naming the key (the path is checked where it is used).
+        ConfigError: a variable in `output_dir` is not set, or its `${` is not closed: the
+            run would be written into a folder named after it. Elsewhere such a path is left
+            as written, with a warning naming the key (the path is checked where it is used).
     """
     if isinstance(node, dict):
         return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
@@ -128,11 +129,15 @@ def _expand_env(node: Any, where: str = "") -> Any:
         return [_expand_env(v, where) for v in node]
     if not isinstance(node, str) or not _is_path_key(where.rsplit(".", 1)[-1]):
         return node
-    unset = [a or b for a, b in _ENV_VAR.findall(node) if (a or b) not in os.environ]
+    unset = [
+        f"${a or b} is not set" for a, b in _ENV_VAR.findall(node) if (a or b) not in os.environ
+    ]
+    if unclosed := _UNCLOSED.search(node):
+        unset.append(f"{unclosed.group()!r} has no closing brace")
     if unset and where == "output_dir":
-        raise ConfigError(f"output_dir {node!r}: ${unset[0]} is not set")
+        raise ConfigError(f"output_dir {node!r}: {unset[0]}")
     if unset:
-        logger.warning("%s %r: $%s is not set, the path is kept as written", where, node, unset[0])
+        logger.warning("%s %r: %s, the path is kept as written", where, node, unset[0])
     return os.path.expandvars(node)
 
 
