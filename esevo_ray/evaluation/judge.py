@@ -42,10 +42,12 @@ logger = logging.getLogger(__name__)
 _FATAL_STATUS = {401, 403, 404}
 REQUEST_FAILED = "request failed"  # the error of a verdict whose request failed for good
 # The error of a verdict whose request the endpoint refused (a 4xx such as 400: a content
-# filter, or a parameter it does not take); a run stops at once when its first
-# REJECTIONS_TO_STOP requests are all refused and none accepted.
+# filter, or a parameter it does not take).
 REQUEST_REJECTED = "request rejected"
-REJECTIONS_TO_STOP = 3
+# A run stops at once when its first FAILURES_TO_STOP requests are all rejected, or all
+# failed for good (an endpoint not there: a wrong port, a server not started), and none was
+# answered: asking for every other verdict would fail as well, slowly, through the retries.
+FAILURES_TO_STOP = 3
 # How the judge is called, not what it answers: a scores file written under other values
 # of these still lends its verdicts.
 _TRANSPORT = {
@@ -104,15 +106,16 @@ class JudgeClient:
             base_url=self.base_url, api_key=key or "EMPTY", max_retries=0, timeout=cfg.timeout_s
         )
         self._limiter = RateLimiter(cfg.requests_per_second)
-        self._replies = {"accepted": 0, "rejected": 0}
+        self._replies = {"accepted": 0, "rejected": 0, "failed": 0}
         self._replies_lock = threading.Lock()
 
     def complete(self, messages: list[dict]) -> str | None:
         """One chat completion, retrying transport errors with exponential backoff.
 
         Raises:
-            JudgeError: the endpoint rejects the key, model or URL (401, 403, 404), or
-                rejected the first REJECTIONS_TO_STOP requests and accepted none.
+            JudgeError: the endpoint rejects the key, model or URL (401, 403, 404), or its
+                first FAILURES_TO_STOP requests were all rejected, or all failed past their
+                retries, and none was answered.
             openai.APIError: a transport error that outlasted the retries, or another 4xx.
         """
         import openai
@@ -130,27 +133,36 @@ class JudgeClient:
                 self._client, request, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
                 before=self._limiter.wait,
             )  # fmt: skip
-        except openai.APIStatusError as e:
-            where = f"judge endpoint {self.base_url} model {self.model!r}: HTTP {e.status_code}"
-            if e.status_code in _FATAL_STATUS:
+        except openai.APIError as e:
+            where = f"judge endpoint {self.base_url} model {self.model!r}"
+            status = getattr(e, "status_code", None)  # None: no HTTP answer (connection)
+            if status is not None:
+                where = f"{where}: HTTP {status}"
+            if status in _FATAL_STATUS:
                 raise JudgeError(f"{where}: {e.message}") from e
-            if rejected(e.status_code) and self._nothing_accepted_after_rejection():
+            if status is not None and rejected(status):
+                if self._none_accepted_after("rejected"):
+                    raise JudgeError(
+                        f"{where}: it rejected the first {FAILURES_TO_STOP} requests and "
+                        f"accepted none ({e.message}){rejection_hint(e.message)}"
+                    ) from e
+            elif self._none_accepted_after("failed"):
                 raise JudgeError(
-                    f"{where}: it rejected the first {REJECTIONS_TO_STOP} requests and "
-                    f"accepted none ({e.message}){rejection_hint(e.message)}"
+                    f"{where}: its first {FAILURES_TO_STOP} requests all failed after "
+                    f"{cfg.max_retries + 1} attempts each and none was answered ({e}); is it "
+                    "running, at this URL?"
                 ) from e
             raise
         with self._replies_lock:
             self._replies["accepted"] += 1
         return reply.choices[0].message.content if reply.choices else None
 
-    def _nothing_accepted_after_rejection(self) -> bool:
-        """Count a rejected request; True when REJECTIONS_TO_STOP were and none accepted."""
+    def _none_accepted_after(self, outcome: str) -> bool:
+        """Count a request that ended in `outcome` ("rejected" or "failed"); True when
+        FAILURES_TO_STOP did and no request was accepted."""
         with self._replies_lock:
-            self._replies["rejected"] += 1
-            return (
-                self._replies["accepted"] == 0 and self._replies["rejected"] >= REJECTIONS_TO_STOP
-            )
+            self._replies[outcome] += 1
+            return self._replies["accepted"] == 0 and self._replies[outcome] >= FAILURES_TO_STOP
 
     def judge(self, dimension: str, context: list[dict], response: str) -> Verdict:
         """Score one response on one dimension; missing (None) after repeated bad replies."""

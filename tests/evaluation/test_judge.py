@@ -460,3 +460,28 @@ def test_a_rejected_request_is_a_missing_verdict_and_all_rejected_stops_at_once(
         judge_file(refused, tmp_path / "refused_scores.parquet", six_at_most,
                    n_samples=None, base_url=server.url, model="judge-x")  # fmt: skip
     assert len(server.bodies) <= 3 + 1  # of 6: the run stopped (one more may be in flight)
+
+
+def test_an_endpoint_that_answers_nothing_stops_the_run_after_its_first_requests(server, tmp_path):
+    """No answer to the first requests (nothing listening at the URL, or a server down past
+    its retries): the run stops then, naming the URL, instead of failing every other request
+    through its retries; what it was told is kept for the next run."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[down] x"] * 3)
+    every = judge_cfg(dimensions=list(JUDGE_DIMENSIONS), concurrency=1)  # 21 requests
+    with pytest.raises(JudgeError, match=rf"{closed}/v1 .*first 3 requests all failed after 3 "
+                       r"attempts each and none was answered.*is it running"):  # fmt: skip
+        judge_file(path, tmp_path / "scores.parquet", every, n_samples=None,
+                   base_url=closed, model="judge-x")  # fmt: skip
+    with pytest.raises(JudgeError, match=r"HTTP 503: its first 3 requests all failed"):
+        judge_file(path, tmp_path / "scores.parquet", every, n_samples=None,
+                   base_url=server.url, model="judge-x")  # fmt: skip
+    assert len(server.bodies) <= (3 + 1) * 3  # 3 requests of 21 (one more may be in flight)
+    server.down = False  # back: asked for all 21, the failed ones included
+    scores = judge_file(path, tmp_path / "scores.parquet", every, n_samples=None,
+                        base_url=server.url, model="judge-x")  # fmt: skip
+    assert scores.num_rows == 21 and scores["score"].null_count == 0
