@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -77,6 +78,32 @@ def _publish_file(tmp: str | Path, path: Path) -> None:
     _fsync(tmp)
     os.replace(tmp, path)
     _fsync(path.parent)
+
+
+# The temporary siblings of atomic writes: `.<name>.<mkstemp's 8 characters>.tmp`.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_leftovers(root: str | Path, older_than_s: float = 60.0) -> list[Path]:
+    """Remove the temporary files and folders that writes under `root` left behind when their
+    process was killed before publishing them (a folder of adapter weights, say), those last
+    touched more than `older_than_s` ago (a write going on elsewhere is younger); the paths
+    removed. For a driver that holds `root`."""
+    now, removed = time.time(), []
+    for path in sorted(Path(root).rglob(".*.tmp")):  # listed first: removing cuts the walk
+        if not _TEMP_NAME.fullmatch(path.name):
+            continue
+        try:
+            if now - path.lstat().st_mtime < older_than_s:
+                continue
+        except FileNotFoundError:  # inside one removed already
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -9,7 +9,7 @@ import stat
 import pyarrow as pa
 import pytest
 
-from esevo_ray.io import atomic_dir, atomic_write_text, write_parquet
+from esevo_ray.io import atomic_dir, atomic_write_text, remove_leftovers, write_parquet
 
 
 @pytest.fixture
@@ -67,3 +67,31 @@ def test_a_shared_cache_keeps_the_first_complete_copy(tmp_path):
     with atomic_dir(out) as third:  # an output of this run (not a cache) is replaced
         (third / "v").write_text("third")
     assert (out / "v").read_text() == "third"
+
+
+def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
+    """What a killed write leaves (a temporary file, a temporary folder of weights) is
+    removed; a write going on now (young), published files and other dot files are not."""
+    import tempfile
+    import time
+
+    m1 = tmp_path / "m1"
+    m1.mkdir()
+    fd, file = tempfile.mkstemp(prefix=".responses.parquet.", suffix=".tmp", dir=m1)
+    os.close(fd)
+    folder = tempfile.mkdtemp(prefix=".adapter.", suffix=".tmp", dir=m1)
+    (tmp_path / "m1" / "adapter.tmp").mkdir()  # the user's, not a temporary sibling
+    (tmp_path / ".cache.tmp").write_text("x")
+    with open(os.path.join(folder, "adapter_model.safetensors"), "wb") as f:
+        f.write(b"\0" * 1024)
+    atomic_write_text(m1 / "manifest.json", "{}")
+    young = tempfile.mkstemp(prefix=".report.md.", suffix=".tmp", dir=tmp_path)[1]
+    old = time.time() - 3600
+    for path in (file, folder, os.path.join(folder, "adapter_model.safetensors")):
+        os.utime(path, (old, old))
+
+    removed = remove_leftovers(tmp_path, older_than_s=60)
+    assert sorted(map(str, removed)) == sorted([file, folder])
+    assert not os.path.exists(file) and not os.path.exists(folder)
+    assert os.path.exists(young) and (m1 / "manifest.json").exists()
+    assert (m1 / "adapter.tmp").is_dir() and (tmp_path / ".cache.tmp").exists()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from esevo_ray import profile
 from esevo_ray.config import ConfigError, RunConfig
-from esevo_ray.io import atomic_write_text
+from esevo_ray.io import atomic_write_text, remove_leftovers
 from esevo_ray.layout import RunLayout, model_name
 from esevo_ray.models import resolve_model
 from esevo_ray.pipeline.manifest import Manifest, run_lock
@@ -116,6 +116,11 @@ def evolve(cfg: RunConfig) -> RunLayout:
     run.root.mkdir(parents=True, exist_ok=True)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest
         run.migrate()
+        if removed := remove_leftovers(run.root):
+            logger.warning(
+                "removed %d temporary file(s) of writes a stopped driver left unfinished: %s",
+                len(removed), ", ".join(str(p.relative_to(run.root)) for p in removed[:5]),
+            )  # fmt: skip
         _loop(cfg, run, Runner(Manifest.open(run.root, cfg)))
     return run
 

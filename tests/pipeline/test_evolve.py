@@ -99,9 +99,14 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
     for name, stamp in parts_before.items():
         assert (pairs / name).stat().st_mtime_ns == stamp, "finished batches were regenerated"
 
+    # What a write killed before publishing leaves: removed by the next driver.
+    leftover = run / "m1" / ".adapter.k1lled_0.tmp"
+    leftover.mkdir(parents=True)
+    os.utime(leftover, (time.time() - 3600,) * 2)
     third = _start(path)
     out, _ = third.communicate(timeout=TIMEOUT)
     assert third.returncode == 0, out[-4000:]
+    assert not leftover.exists() and "removed 1 temporary file(s)" in out
     assert "M1" in out and "report:" in out
 
     manifest = json.loads((run / "manifest.json").read_text())
