@@ -329,6 +329,20 @@ def test_a_run_in_use_is_refused_to_a_second_writer(config, capsys):
     assert main(["sft", "--config", config]) == 2 and "--data" in _error(capsys)
 
 
+def test_a_command_refused_on_a_new_run_leaves_no_run_folder(config, capsys):
+    """A mistyped run name: the command is refused, and no empty run folder stays behind to
+    be taken for a run; a run folder that was there stays."""
+    from esevo_ray.config import load_config
+    from esevo_ray.layout import RunLayout
+
+    typo = RunLayout.of(load_config(config, ["name=tpyo"])).root
+    assert main(["sft", "--config", config, "name=tpyo"]) == 2 and "--data" in _error(capsys)
+    assert not typo.exists()
+    typo.mkdir(parents=True)
+    assert main(["sft", "--config", config, "name=tpyo"]) == 2
+    assert typo.is_dir()
+
+
 def test_eval_of_an_endpoint_needs_the_name_of_its_model(tmp_path, config, capsys):
     contexts = tmp_path / "contexts.parquet"
     contexts.write_bytes(b"")

@@ -111,7 +111,6 @@ def claim_run(
         return
     held = getattr(args, "held", None)  # main()'s: released when the command ends
     if held is not None:
-        root.mkdir(parents=True, exist_ok=True)
         held.enter_context(run_lock(root))
     recorded(root, cfg, remedy="pass --out to write elsewhere, or restore its config")
 

@@ -113,7 +113,6 @@ def evolve(cfg: RunConfig) -> RunLayout:
         RunConflict: the run was made by another config, or another driver runs it now.
     """
     run = RunLayout.of(cfg)
-    run.root.mkdir(parents=True, exist_ok=True)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest
         run.migrate()
         if removed := remove_leftovers(run.root):

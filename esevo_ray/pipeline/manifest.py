@@ -156,11 +156,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     train into the same checkpoints.
 
     An flock on `<run_dir>/.lock`, which the kernel releases when the process ends however it
-    ends, so no stale lock survives a crash; the file says who holds it.
+    ends, so no stale lock survives a crash; the file says who holds it. A `run_dir` made
+    here that holds nothing else when the block ends (a command refused at once, for a run
+    name mistyped, say) is removed again.
 
     Raises:
         RunConflict: another process holds the run.
     """
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -175,7 +179,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         command, host = shlex.join(sys.argv), socket.gethostname()
         os.write(fd, f"`{command}` (pid {os.getpid()} on {host}, since {_now()})".encode())
-        yield
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # removed, or written to, meanwhile
+                if made and os.listdir(run_dir) == [LOCK_FILE]:  # while still held
+                    path.unlink()
+                    run_dir.rmdir()
     finally:
         os.close(fd)  # releases the lock
 

@@ -129,3 +129,10 @@ def test_a_run_is_held_by_one_driver_at_a_time_and_freed_by_a_crash(tmp_path):
     assert killed.returncode == -9, killed.stderr
     with run_lock(tmp_path):
         pass
+    # A run folder made by the lock goes with it when nothing was written there.
+    with run_lock(tmp_path / "runs" / "new"):
+        pass
+    assert not (tmp_path / "runs" / "new").exists()
+    with run_lock(tmp_path / "runs" / "new"):
+        (tmp_path / "runs" / "new" / "manifest.json").write_text("{}")
+    assert (tmp_path / "runs" / "new" / "manifest.json").exists()
