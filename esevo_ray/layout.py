@@ -64,7 +64,8 @@ def _under_root(*parts: str) -> property:
 
 
 def read_manifest(path: Path) -> dict:
-    """A run's manifest.json: an object whose "stages" is one.
+    """A run's manifest.json: an object whose "stages" is an object of objects, and whose
+    "config", if any, is an object.
 
     Raises:
         UsageError: it is not that (not UTF-8, not JSON, another shape), naming the file.
@@ -74,9 +75,15 @@ def read_manifest(path: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         why = f"not JSON: {e}"
     else:
-        if isinstance(data, dict) and isinstance(data.get("stages"), dict):
+        stages = data.get("stages") if isinstance(data, dict) else None
+        if not isinstance(stages, dict):
+            why = "not an object with a 'stages' object"
+        elif bad := [k for k, v in stages.items() if not isinstance(v, dict)]:
+            why = f"stage {bad[0]!r} is not an object"
+        elif not isinstance(data.get("config", {}), dict):
+            why = "its 'config' is not an object"
+        else:
             return data
-        why = "not an object with a 'stages' object"
     raise UsageError(
         f"{path} is not a run manifest ({why}): restore it from a copy, or move the run "
         "directory away"

@@ -95,6 +95,8 @@ def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
         (b"\xff\xfe binary", "not JSON"),
         (b"[1, 2]", "not an object with a 'stages' object"),
         (b'{"name": "t", "stages": []}', "not an object with a 'stages' object"),
+        (b'{"name": "t", "stages": {"sft_m0": "done"}}', "stage 'sft_m0' is not an object"),
+        (b'{"name": "t", "stages": {}, "config": [1]}', "its 'config' is not an object"),
     ],
 )
 def test_a_manifest_that_is_not_one_is_named(tmp_path, content, why, capsys):
