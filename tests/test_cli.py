@@ -343,6 +343,17 @@ def test_a_command_refused_on_a_new_run_leaves_no_run_folder(config, capsys):
     assert typo.is_dir()
 
 
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(config, capsys, monkeypatch):
+    import esevo_ray.data.prepare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(esevo_ray.data.prepare, "prepare_data", interrupted)
+    assert main(["data", "prepare", "--config", config]) == 130
+    assert "interrupted; what had finished is kept" in _error(capsys)
+
+
 def test_eval_of_an_endpoint_needs_the_name_of_its_model(tmp_path, config, capsys):
     contexts = tmp_path / "contexts.parquet"
     contexts.write_bytes(b"")

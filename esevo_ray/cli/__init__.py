@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"esevo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: stopped on purpose, a line instead of a traceback
+        print(
+            "esevo: interrupted; what had finished is kept (stages, batches, checkpoints, "
+            "verdicts): run the same command again to go on from there",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def run_job(command: list[str]) -> None:
