@@ -4,7 +4,9 @@ Both take chat conversations and a `DecodingSection` and return `Completion`s wi
 counts. The model is exactly M^t: the base folder plus, when given, the M^t LoRA adapter
 (merged into the weights, or served as a LoRA request by vLLM with `lora_mode="adapter"`).
 A JSON schema constrains decoding on both: vLLM's structured outputs, and on transformers
-xgrammar's logits processor, compiled the way vLLM compiles it (no free whitespace).
+xgrammar's logits processor, compiled the way vLLM compiles it (no free whitespace). Both
+sample each request from its own seed, so a reply does not depend on the requests batched
+with it.
 """
 
 from __future__ import annotations
@@ -203,6 +205,46 @@ class VllmEngine(Engine):
         ]
 
 
+class RowSampler:
+    """The last logits processor of a `generate` call made greedy: it adds Gumbel noise
+    drawn from each row's own generator, seeded by the row's seed, so that the greedy choice,
+    argmax(log p + Gumbel), is a draw from the row's distribution p that depends on its seed
+    alone, as with vLLM's per-request seeds (`generate`'s own sampling draws the whole batch
+    from torch's one global generator)."""
+
+    def __init__(self, seeds: list[int]):
+        self.seeds = seeds
+        self.generators: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if not self.generators:  # on the device of the logits, once it is known
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(seed) for seed in self.seeds
+            ]
+        draws = torch.empty_like(scores, dtype=torch.float32)
+        for row, generator in zip(draws, self.generators, strict=True):
+            row.exponential_(generator=generator)  # E ~ Exp(1): -log E is Gumbel(0, 1)
+        # A masked token (-inf) stays masked; log of a draw of exactly 0 would be +inf.
+        return scores.float() - draws.clamp_min_(torch.finfo(torch.float32).tiny).log_()
+
+
+def sampling_processors(decoding: DecodingSection, seeds: list[int]) -> list:
+    """Temperature, top-k and top-p (vLLM's order) and then the row sampler: what a greedy
+    `generate` call needs to sample each row from its own seed."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    processors: list = []
+    if decoding.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(decoding.temperature))
+    if decoding.top_k > 0:
+        processors.append(TopKLogitsWarper(decoding.top_k))
+    if decoding.top_p < 1.0:
+        processors.append(TopPLogitsWarper(decoding.top_p))
+    return [*processors, RowSampler(seeds)]
+
+
 class HfEngine(Engine):
     """transformers `generate`, batched with left padding and the KV cache."""
 
@@ -258,27 +300,25 @@ class HfEngine(Engine):
         ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
-        # One seed per batch: transformers samples the whole batch from one generator.
-        torch.manual_seed(batch.seeds[0])
-        # Like vLLM, a temperature this close to 0 means greedy decoding: dividing the logits
-        # by it overflows to inf and sampling fails.
-        sample = decoding.temperature >= GREEDY_BELOW
-        # transformers applies custom processors after the repetition penalty and before
-        # temperature, top-k and top-p, so sampling only ever sees tokens the grammar allows.
-        schema = batch.json_schema
-        guided = [self._json_processor(schema)] if schema is not None else None
+        # After the repetition penalty (generate's own), the grammar's mask, then sampling
+        # (sampling_processors: generate is greedy and the last processor samples), so only
+        # tokens the grammar allows are drawn. Like vLLM, a temperature this close to 0
+        # means greedy decoding: dividing the logits by it overflows to inf.
+        processors = [] if batch.json_schema is None else [self._json_processor(batch.json_schema)]
+        if decoding.temperature >= GREEDY_BELOW:
+            processors += sampling_processors(decoding, batch.seeds)
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
-                do_sample=sample,
-                temperature=decoding.temperature if sample else None,
-                top_p=decoding.top_p,
-                top_k=decoding.top_k,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
                 repetition_penalty=decoding.repetition_penalty,
                 max_new_tokens=decoding.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.stop_ids,
-                logits_processor=guided,
+                logits_processor=processors,
             )
         new = out[:, enc["input_ids"].shape[1] :]
         stops = set(self.stop_ids)

@@ -40,6 +40,38 @@ def test_hf_engine_treats_a_vanishing_temperature_as_greedy(tiny_model):
     assert [c.text for c in engine.chat(MESSAGES, tiny, [1, 2])] == _texts(engine)
 
 
+def test_hf_engine_samples_each_row_from_its_own_seed(tiny_model):
+    """As on vLLM, a sampled reply depends on its seed, not on the rows batched with it (a
+    resumed stage batches the rows left to do otherwise)."""
+    from esevo_ray.generation.engines import HfEngine
+
+    engine = HfEngine(tiny_model)
+    sampled = DecodingSection(temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=12)
+    longer = [{"role": "user", "content": "I failed my driving test again and they laughed."}]
+    alone = engine.chat([MESSAGES[1]], sampled, [7])[0].text
+    assert engine.chat(MESSAGES, sampled, [3, 7])[1].text == alone
+    assert engine.chat([longer, MESSAGES[1]], sampled, [5, 7])[1].text == alone
+    others = {engine.chat([MESSAGES[1]], sampled, [seed])[0].text for seed in (8, 9, 10)}
+    assert others - {alone}  # other seeds, other draws: it samples
+
+
+def test_row_sampler_draws_from_the_rows_distribution():
+    """argmax(logits + its Gumbel noise) over many seeds lands on each token as often as
+    softmax(logits) says, and never on a masked one."""
+    import math
+
+    import torch
+
+    from esevo_ray.generation.engines import RowSampler
+
+    n = 4000
+    logits = torch.tensor([math.log(0.7), math.log(0.2), math.log(0.1), -math.inf])
+    chosen = RowSampler(list(range(n)))(None, logits.repeat(n, 1)).argmax(dim=-1)
+    share = torch.bincount(chosen, minlength=4) / n
+    assert share[3] == 0
+    assert torch.allclose(share[:3], torch.tensor([0.7, 0.2, 0.1]), atol=0.03), share
+
+
 def test_chat_wants_one_seed_per_conversation(tiny_model):
     from esevo_ray.generation.engines import HfEngine
 
