@@ -85,7 +85,8 @@ def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
     with open(os.path.join(folder, "adapter_model.safetensors"), "wb") as f:
         f.write(b"\0" * 1024)
     atomic_write_text(m1 / "manifest.json", "{}")
-    young = tempfile.mkstemp(prefix=".report.md.", suffix=".tmp", dir=tmp_path)[1]
+    fd, young = tempfile.mkstemp(prefix=".report.md.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
     old = time.time() - 3600
     for path in (file, folder, os.path.join(folder, "adapter_model.safetensors")):
         os.utime(path, (old, old))
