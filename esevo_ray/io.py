@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from esevo_ray.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 
 def files_digest(files: list[Path], named: bool = False) -> str:
@@ -84,24 +87,42 @@ def _publish_file(tmp: str | Path, path: Path) -> None:
 _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
-def remove_leftovers(root: str | Path, older_than_s: float = 60.0) -> list[Path]:
+def _last_touched(path: Path) -> float:
+    """The newest modification time of `path` and, for a folder, of anything in it (a file
+    written into a folder does not touch the folder)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, _, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest
+
+
+def remove_leftovers(root: str | Path, older_than_s: float = 600.0) -> list[Path]:
     """Remove the temporary files and folders that writes under `root` left behind when their
-    process was killed before publishing them (a folder of adapter weights, say), those last
-    touched more than `older_than_s` ago (a write going on elsewhere is younger); the paths
-    removed. For a driver that holds `root`."""
+    process was killed before publishing them (a folder of adapter weights, say), those in
+    which nothing changed for `older_than_s` (a write going on elsewhere, such as `esevo
+    report`'s, is younger); the paths removed. For a driver that holds `root`."""
+    found = []
+    for folder, subfolders, files in os.walk(root):  # a folder gone meanwhile is skipped
+        found += [Path(folder, name) for name in sorted(subfolders + files)
+                  if _TEMP_NAME.fullmatch(name)]  # fmt: skip
+        subfolders[:] = [name for name in subfolders if not _TEMP_NAME.fullmatch(name)]
     now, removed = time.time(), []
-    for path in sorted(Path(root).rglob(".*.tmp")):  # listed first: removing cuts the walk
-        if not _TEMP_NAME.fullmatch(path.name):
-            continue
+    for path in found:
         try:
-            if now - path.lstat().st_mtime < older_than_s:
+            if now - _last_touched(path) < older_than_s:
                 continue
-        except FileNotFoundError:  # inside one removed already
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # published or cleaned up meanwhile
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        except OSError as e:  # not ours to remove (another user's, say): left as it is
+            logger.warning("%s: left in place, it cannot be removed (%s)", path, e)
+            continue
         removed.append(path)
     return removed
 

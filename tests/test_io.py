@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -90,9 +91,14 @@ def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
     old = time.time() - 3600
     for path in (file, folder, os.path.join(folder, "adapter_model.safetensors")):
         os.utime(path, (old, old))
+    # A folder being filled (an `esevo report` at work): old itself, its newest file young.
+    filling = tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=tmp_path)
+    (Path(filling) / "metrics.png").write_bytes(b"png")
+    os.utime(filling, (old, old))
 
     removed = remove_leftovers(tmp_path, older_than_s=60)
     assert sorted(map(str, removed)) == sorted([file, folder])
     assert not os.path.exists(file) and not os.path.exists(folder)
     assert os.path.exists(young) and (m1 / "manifest.json").exists()
+    assert (Path(filling) / "metrics.png").exists()
     assert (m1 / "adapter.tmp").is_dir() and (tmp_path / ".cache.tmp").exists()

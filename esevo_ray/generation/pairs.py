@@ -26,8 +26,8 @@ from esevo_ray.turns import fit_turns
 
 
 def seed_of(key: str) -> int:
-    """A sampling seed drawn from `key`, whatever a request's batch or actor (vLLM samples
-    each request with its own; transformers' `generate` takes one per batch, its first)."""
+    """A sampling seed drawn from `key`, whatever a request's batch or actor (both engines
+    sample each request with its own)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
