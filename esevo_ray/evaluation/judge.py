@@ -135,7 +135,8 @@ class JudgeClient:
             )  # fmt: skip
         except openai.APIError as e:
             where = f"judge endpoint {self.base_url} model {self.model!r}"
-            status = getattr(e, "status_code", None)  # None: no HTTP answer (connection)
+            # None: no HTTP answer (a connection error, a timeout)
+            status = e.status_code if isinstance(e, openai.APIStatusError) else None
             if status is not None:
                 where = f"{where}: HTTP {status}"
             if status in _FATAL_STATUS:
@@ -281,7 +282,8 @@ def _ask(
     with ThreadPoolExecutor(max_workers=client.cfg.concurrency) as pool:
         futures = {
             pool.submit(client.judge, dim, row["context"], row["response"] or ""): i
-            for i, (row, dim) in enumerate(tasks)
+            for i in _in_turns(tasks)
+            for row, dim in [tasks[i]]
         }
         step = max(1, len(futures) // 10)
         try:
@@ -294,6 +296,18 @@ def _ask(
         except BaseException:  # an unusable endpoint, or an interrupt: stop at once
             pool.shutdown(cancel_futures=True)
             raise
+
+
+def _in_turns(tasks: list[tuple[dict, str]]) -> list[int]:
+    """The positions of `tasks` in the order to ask: one dimension of each response in turn,
+    so that the first requests, which stop the run when they all fail, are about different
+    responses (one the endpoint cannot judge, too long say, is only missing verdicts)."""
+    turns: dict[tuple, int] = {}
+    ranked = []
+    for i, (row, _) in enumerate(tasks):
+        turn = turns[_response_key(row)] = turns.get(_response_key(row), 0) + 1
+        ranked.append((turn, i))
+    return [i for _, i in sorted(ranked)]
 
 
 def _table(tasks: list[tuple[dict, str]], verdicts: list[Verdict], judge_model: str) -> pa.Table:

@@ -485,3 +485,10 @@ def test_an_endpoint_that_answers_nothing_stops_the_run_after_its_first_requests
     scores = judge_file(path, tmp_path / "scores.parquet", every, n_samples=None,
                         base_url=server.url, model="judge-x")  # fmt: skip
     assert scores.num_rows == 21 and scores["score"].null_count == 0
+    # One response the endpoint never answers, among others it does: its verdicts are
+    # missing, the others are there (it alone does not stop the run at its first requests).
+    path = write_responses(tmp_path / "mixed.parquet", "M0", ["[down] x", "[ok] y", "[ok] z"])
+    server.down = True
+    with pytest.raises(JudgeError, match=r"7 of 21 requests failed for good"):
+        judge_file(path, tmp_path / "mixed_scores.parquet", every, n_samples=None,
+                   base_url=server.url, model="judge-x")  # fmt: skip
