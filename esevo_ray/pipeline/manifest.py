@@ -156,38 +156,74 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     train into the same checkpoints.
 
     An flock on `<run_dir>/.lock`, which the kernel releases when the process ends however it
-    ends, so no stale lock survives a crash; the file says who holds it. A `run_dir` made
-    here that holds nothing else when the block ends (a command refused at once, for a run
-    name mistyped, say) is removed again.
+    ends, so no stale lock survives a crash; the file says who holds it. The folders made
+    here, when they hold nothing else as the block ends (a command refused at once, for a
+    run name mistyped, say), are removed again.
 
     Raises:
         RunConflict: another process holds the run.
     """
-    made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    made = _missing_top(run_dir)  # the highest folder that this call makes, if any
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _hold(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "another process"
-            raise RunConflict(
-                f"{run_dir} is in use by {holder}: wait for it to end; two drivers on one run "
-                "would overwrite each other's manifest and checkpoints"
-            ) from None
         os.ftruncate(fd, 0)
         command, host = shlex.join(sys.argv), socket.gethostname()
         os.write(fd, f"`{command}` (pid {os.getpid()} on {host}, since {_now()})".encode())
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):  # removed, or written to, meanwhile
-                if made and os.listdir(run_dir) == [LOCK_FILE]:  # while still held
+            with contextlib.suppress(OSError):  # written to meanwhile: kept from there up
+                if made is not None and os.listdir(run_dir) == [LOCK_FILE]:  # still held
                     path.unlink()
-                    run_dir.rmdir()
+                    folder = run_dir
+                    while True:
+                        folder.rmdir()
+                        if folder == made:
+                            break
+                        folder = folder.parent
     finally:
         os.close(fd)  # releases the lock
+
+
+def _missing_top(folder: Path) -> Path | None:
+    """The highest of `folder` and its parents that does not exist; None when it does."""
+    if folder.exists():
+        return None
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
+
+
+def _hold(path: Path) -> int:
+    """An open descriptor of the lock file `path`, flocked; the file is still at `path`
+    (a holder that made the run's folder removes both when it wrote nothing else: one
+    opened before that is taken again).
+
+    Raises:
+        RunConflict: another process holds it.
+    """
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder removed meanwhile by its holder
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = path.read_text().strip() or "another process"
+            raise RunConflict(
+                f"{path.parent} is in use by {holder}: wait for it to end; two drivers on one "
+                "run would overwrite each other's manifest and checkpoints"
+            ) from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a file its holder removed before this process held it
 
 
 @dataclass

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -131,10 +132,39 @@ def test_a_run_is_held_by_one_driver_at_a_time_and_freed_by_a_crash(tmp_path):
     assert killed.returncode == -9, killed.stderr
     with run_lock(tmp_path):
         pass
-    # A run folder made by the lock goes with it when nothing was written there.
+    # The folders made by the lock go with it when nothing was written there.
     with run_lock(tmp_path / "runs" / "new"):
         pass
-    assert not (tmp_path / "runs" / "new").exists()
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()
+    with run_lock(tmp_path / "runs" / "new"):
+        (tmp_path / "runs" / "other").mkdir()  # another run made meanwhile: kept
+    assert not (tmp_path / "runs" / "new").exists() and (tmp_path / "runs" / "other").is_dir()
     with run_lock(tmp_path / "runs" / "new"):
         (tmp_path / "runs" / "new" / "manifest.json").write_text("{}")
     assert (tmp_path / "runs" / "new" / "manifest.json").exists()
+
+
+def test_a_lock_file_removed_by_its_holder_after_it_was_opened_is_not_held(tmp_path, monkeypatch):
+    """A holder that made the run's folder removes it with its lock file when it wrote
+    nothing else; a process that opened that file just before holds nothing with it, so it
+    takes the new one: two holders never coexist."""
+    from esevo_ray.pipeline import manifest
+
+    path, real_open, opened = tmp_path / "run" / ".lock", os.open, []
+
+    def opened_then_removed(file, flags, mode=0o777):
+        fd = real_open(file, flags, mode)
+        if not opened:
+            os.unlink(file)  # its holder, done, removes it just after this process opened it
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(manifest.os, "open", opened_then_removed)
+    fd = manifest._hold(path)
+    monkeypatch.undo()
+    try:
+        assert len(opened) == 2 and fd == opened[1]
+        assert os.path.samestat(os.fstat(fd), os.stat(path))
+    finally:
+        os.close(fd)
