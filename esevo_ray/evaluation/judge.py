@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -302,11 +303,12 @@ def _in_turns(tasks: list[tuple[dict, str]]) -> list[int]:
     """The positions of `tasks` in the order to ask: one dimension of each response in turn,
     so that the first requests, which stop the run when they all fail, are about different
     responses (one the endpoint cannot judge, too long say, is only missing verdicts)."""
-    turns: dict[tuple, int] = {}
+    asked: Counter[tuple] = Counter()  # tasks of each response so far
     ranked = []
     for i, (row, _) in enumerate(tasks):
-        turn = turns[_response_key(row)] = turns.get(_response_key(row), 0) + 1
-        ranked.append((turn, i))
+        key = _response_key(row)
+        asked[key] += 1
+        ranked.append((asked[key], i))
     return [i for _, i in sorted(ranked)]
 
 
