@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,8 +84,13 @@ def _publish_file(tmp: str | Path, path: Path) -> None:
     _fsync(path.parent)
 
 
-# The temporary siblings of atomic writes: `.<name>.<mkstemp's 8 characters>.tmp`.
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+def _beside(path: Path) -> dict[str, Any]:
+    """`tempfile.mkstemp`/`mkdtemp` arguments for the temporary sibling of an atomic write
+    to `path`: hidden, `.<name>.<8 random characters>.tmp` (`_TEMP_NAME`)."""
+    return {"prefix": f".{path.name}.", "suffix": ".tmp", "dir": path.parent}
+
+
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what `_beside` names
 
 
 def _last_touched(path: Path) -> float:
@@ -130,7 +136,7 @@ def remove_leftovers(root: str | Path, older_than_s: float = 600.0) -> list[Path
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(**_beside(path))
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -145,7 +151,7 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     """Write one Parquet file atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(**_beside(path))
     os.close(fd)
     try:
         pq.write_table(table, tmp)
@@ -189,7 +195,7 @@ def atomic_dir(path: str | Path, *, keep_existing: bool = False) -> Iterator[Pat
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():
         old.rename(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(**_beside(path)))
     try:
         yield tmp
         if path.exists() and keep_existing:  # published meanwhile: this copy is dropped
