@@ -300,13 +300,36 @@ class Manifest:
         return [k for k, v in fingerprints.items() if k in recorded and recorded[k] != v]
 
     def adopt_inputs(self, stage: str, fingerprints: dict[str, str | None]) -> None:
-        """Record the fingerprints of inputs a finished `stage`'s record lacks (added to the
-        stage since it ran); what it recorded stays as it is."""
-        recorded = self.data["stages"][stage].setdefault("input_fingerprints", {})
+        """Record a finished `stage` as reused: the fingerprints of inputs its record lacks
+        (added to the stage since it ran) are taken, what it recorded stays as it is, and an
+        `outdated_by` mark is dropped (what it reads came out the same)."""
+        entry = self.data["stages"][stage]
+        recorded = entry.setdefault("input_fingerprints", {})
         added = {k: v for k, v in fingerprints.items() if k not in recorded}
-        if added:
-            recorded.update(added)
+        recorded.update(added)
+        if added or entry.pop("outdated_by", None) is not None:
             self.save()
+
+    def outdate_dependents(self, stage: str, written: list[Path]) -> list[str]:
+        """Mark each finished stage that reads what `stage` writes (`written`: its outputs and
+        folder), and each finished stage built on those, `outdated_by: <stage>` as it starts:
+        until it ends, their record no longer reads as current. The runner still decides by
+        fingerprints: it reuses one whose inputs come out the same. The stages marked."""
+        paths, marked = set(map(Path, written)), []
+        grew = True
+        while grew:
+            grew = False
+            for name, entry in self.data["stages"].items():
+                if name == stage or name in marked or entry.get("status") != "done":
+                    continue
+                if any(_related(Path(p), paths) for p in entry.get("inputs", {}).values()):
+                    entry["outdated_by"] = stage
+                    marked.append(name)
+                    paths.update(map(Path, entry.get("outputs", {}).values()))
+                    grew = True
+        if marked:
+            self.save()
+        return marked
 
     def retire(self, stage: str, changed: list[str], moved: list[str]) -> None:
         """Record that `stage` must run again: `changed` inputs, old outputs `moved` aside."""
@@ -321,3 +344,8 @@ class Manifest:
             status="failed", end=_now(), error=error[:2000]
         )
         self.save()
+
+
+def _related(path: Path, written: set[Path]) -> bool:
+    """Is `path` one of `written`, inside one, or a folder holding one?"""
+    return any(path == w or path in w.parents or w in path.parents for w in written)

@@ -99,6 +99,7 @@ class Runner:
         ):  # its resumable parts hold rows made from the old inputs
             self._retire(name, changed, folder, outputs, "since it started")
         logger.info("stage %s: start", name)
+        self.manifest.outdate_dependents(name, [*outputs.values(), *([folder] if folder else [])])
         self.manifest.start(name, {k: str(v) for k, v in inputs.items()}, fingerprints)
         t0 = time.perf_counter()
         try:

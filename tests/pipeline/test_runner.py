@@ -69,6 +69,32 @@ def test_a_changed_input_reruns_what_depends_on_it_and_keeps_the_old_outputs(tmp
     assert all(s["status"] == "done" for s in manifest["stages"].values())
 
 
+def test_while_a_stage_runs_again_what_is_built_on_it_is_marked_outdated(tmp_path):
+    """A redo stopped part-way leaves the stages that read its old outputs marked, not
+    "done" as if current; a redo whose outputs come out the same clears the marks."""
+    (tmp_path / "fixed.txt").write_text("fixed")
+    _loop(tmp_path, [], "first")
+    stages = lambda: json.loads((tmp_path / "manifest.json").read_text())["stages"]  # noqa: E731
+
+    (tmp_path / "made.txt").unlink()  # `made` runs again, and is stopped part-way
+    runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+    with pytest.raises(KeyboardInterrupt):
+        runner.stage("made", inputs={"src": tmp_path / "source.txt"},
+                     outputs={"out": tmp_path / "made.txt"}, fn=_interrupt)  # fmt: skip
+    marks = {name: s.get("outdated_by") for name, s in stages().items()}
+    assert marks == {"made": None, "other": None, "scored": "made", "summary": "made"}
+    assert stages()["scored"]["status"] == "done", "the runner decides by fingerprints"
+
+    calls: list[str] = []
+    _loop(tmp_path, calls, "first")  # the same source: `made` writes what it wrote before
+    assert calls == ["made"], "a stage was redone on unchanged inputs"
+    assert all("outdated_by" not in s and s["status"] == "done" for s in stages().values())
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
 def test_a_stage_stopped_part_way_does_not_resume_on_changed_inputs(tmp_path, caplog):
     """Parts written from the old input would be kept and mixed with the new input's."""
     runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
