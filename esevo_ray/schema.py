@@ -58,7 +58,10 @@ SFT_ROWS = pa.schema(
     ]
 )
 
-CHOSEN_SOURCES = ("refined", "golden_parse_failure", "golden_length_rule", "golden_unchanged")
+CHOSEN_SOURCES = (
+    "refined", "golden_parse_failure", "golden_length_rule", "golden_unchanged",
+    "golden_empty_rejected",
+)  # fmt: skip
 
 # Preference pairs in TRL's conversational preference layout, plus lineage.
 PAIRS = pa.schema(

@@ -5,14 +5,16 @@ Stage 2 (chosen): reflect on the user and refine y, as one joint call (Appendix 
 two calls (Eq. 4 then Eq. 5). A parse failure (or, under guided decoding, a refined response
 cut at the schema's cap) is regenerated up to `max_attempts` tries in all, then the golden
 response is used; a refined response more than `length_ratio` times longer than the rejected
-or the golden one, or the rejected one unchanged, is replaced by the golden response.
-`chosen_source` records which.
+or the golden one, or the rejected one unchanged, is replaced by the golden response, and so is
+the refinement of an empty rejected response, which is not asked for. `chosen_source` records
+which.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -88,17 +90,27 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+def _wording(text: str) -> list[str]:
+    """The words of `text`, whatever their case and the punctuation and spaces around them."""
+    return re.findall(r"[\w']+", text.lower())
+
+
 def choose(refined: str | None, rejected: str, golden: str, length_ratio: float) -> tuple[str, str]:
     """Appendix A filters: (chosen text, chosen_source).
 
     A refinement that returns the rejected response unchanged (small models copy it when
-    they score it 5/5) makes no pair: DPO learns nothing from it, and its SFT term would
-    train on the model's own answer. It is replaced by the golden response, as Appendix A
-    replaces the other unusable ones.
+    they score it 5/5), or changes only its case or punctuation, makes no pair: DPO learns
+    little from it, and its SFT term would train on the model's own answer. It is replaced
+    by the golden response, as Appendix A replaces the other unusable ones. So is the
+    refinement of an empty rejected response (nothing was refined, and any answer is more
+    than twice as long), apart in `golden_empty_rejected` so that a model that stops at once
+    shows in the fallback counts.
     """
+    if not rejected.strip():
+        return golden, "golden_empty_rejected"
     if refined is None:
         return golden, "golden_parse_failure"
-    if refined.split() == rejected.split():
+    if _wording(refined) == _wording(rejected):
         return golden, "golden_unchanged"
     if words(refined) > length_ratio * words(rejected) or words(refined) > length_ratio * words(
         golden
@@ -160,12 +172,16 @@ def make_pairs(
     contexts, task, rejected = _rejected(engine, cfg, rows, iteration)
     reject_texts = [r.text.strip() for r in rejected]
     n = len(rows)
+    asked = [bool(text) for text in reject_texts]  # an empty rejected response is not refined
 
     reflection_tokens, attempts = [0] * n, [0] * n
     reflections: list[dict | None] = [None] * n
     two_step = cfg.reflection_mode == "two_step"
     if two_step:
-        build = [prompts.reflect_messages(c) for c in contexts]
+        build = [
+            prompts.reflect_messages(c) if ask else None
+            for c, ask in zip(contexts, asked, strict=True)
+        ]
         reflections, attempts, reflection_tokens = _retry(
             engine, cfg, build, parse_reflection, seed_of("reflect"), prompts.REFLECT_SCHEMA
         )
@@ -173,7 +189,7 @@ def make_pairs(
     # (its chosen side is the golden response, golden_parse_failure).
     build = [
         None
-        if two_step and reflections[i] is None
+        if not asked[i] or two_step and reflections[i] is None
         else prompts.refine_messages(contexts[i], reject_texts[i], reflections[i])
         for i in range(n)
     ]

@@ -109,7 +109,7 @@ def test_pairs_analysis_and_fallback_rates():
     )
     rates = analysis.fallback_rates(pairs)
     assert rates == {"refined": 50.0, "golden_parse_failure": 25.0, "golden_length_rule": 25.0,
-                     "golden_unchanged": 0.0}  # fmt: skip
+                     "golden_unchanged": 0.0, "golden_empty_rejected": 0.0}  # fmt: skip
     result = analysis.pairs_analysis(pairs, method="overlap")
     assert result["n"] == 4
     assert result["similarity"][3] == 1.0  # identical chosen and rejected

@@ -141,6 +141,32 @@ def test_two_step_never_refines_without_a_reflection(engine, monkeypatch):
     assert systems.count(prompts.REFLECT_PROMPT) == len(ROWS)
 
 
+@pytest.mark.parametrize("mode", ["joint", "two_step"])
+def test_an_empty_rejected_response_is_not_refined(engine, mode, monkeypatch):
+    """A model that stops at once has nothing to refine: the row is asked for no reflection
+    or refinement, and its chosen side is the golden response, counted apart."""
+    chat, asked = engine.chat, []
+
+    def answering(conversations, *args, **kwargs):
+        outs = chat(conversations, *args, **kwargs)
+        if conversations[0][0]["content"] == prompts.TASK_PROMPT:  # the rejected responses
+            return [dataclasses.replace(outs[0], text=" \n"), *outs[1:]]
+        asked.extend(c[-1]["content"] for c in conversations)
+        return outs
+
+    monkeypatch.setattr(engine, "chat", answering)
+    pairs = make_pairs(engine, _gen(mode, guided=True), ROWS, iteration=1)
+    assert pairs[0]["chosen_source"] == "golden_empty_rejected"
+    assert pairs[0]["chosen"][0]["content"] == ROWS[0]["golden"]
+    assert pairs[0]["rejected"][0]["content"] == "" and pairs[0]["attempts"] == 0
+    assert pairs[1]["chosen_source"] != "golden_empty_rejected"
+    # Only the second row's conversation was sent on (once per step).
+    assert asked and not any(ROWS[0]["context"][0]["content"] in text for text in asked)
+    assert sum(ROWS[1]["context"][0]["content"] in text for text in asked) == (
+        2 if mode == "two_step" else 1
+    )
+
+
 def test_constrained_text_follows_the_schema_key_order(engine):
     msgs = prompts.reflect_messages(ROWS[0]["context"])
     decoding = DecodingSection(max_new_tokens=400)

@@ -34,6 +34,25 @@ def test_a_refinement_that_repeats_the_rejected_response_is_no_pair():
     )
 
 
+def test_case_and_punctuation_alone_are_no_refinement():
+    assert choose("sorry, that sounds HARD!", "Sorry. That sounds hard.", "Tell me.", 2.0)[1] == (
+        "golden_unchanged"
+    )
+    assert (
+        choose(
+            "Sorry, that sounds hard for you.", "Sorry. That sounds hard.", "Tell me more.", 3.0
+        )[1]
+        == "refined"
+    )
+
+
+def test_an_empty_rejected_response_is_counted_apart():
+    assert choose("I am here for you.", "  ", "Tell me more.", 2.0) == (
+        "Tell me more.",
+        "golden_empty_rejected",
+    )
+
+
 def test_request_seed_is_stable_and_distinct():
     a = request_seed(0, "d1", 3, 1, "refine", 0)
     assert a == request_seed(0, "d1", 3, 1, "refine", 0)
