@@ -48,7 +48,7 @@ T = TypeVar("T")
 class Host(Protocol):
     """What the human evaluation needs from the application that serves the models."""
 
-    api_key: str | None
+    key_digest: str | None  # the API key's digest; None: no key, loopback clients only
 
     def auth(self, request: Request) -> None: ...
 
@@ -119,7 +119,7 @@ def human_page() -> HTMLResponse:
 @router.get("/api/config", response_model=HumanConfig)
 def human_config(ev: HumanEval = Service) -> HumanConfig:
     return HumanConfig(
-        auth_required=ev.host.api_key is not None,
+        auth_required=ev.host.key_digest is not None,
         dimensions=list(JUDGE_DIMENSIONS),
         min_turns_pointwise=ev.settings.min_turns_pointwise,
         min_turns_pairwise=ev.settings.min_turns_pairwise,

@@ -9,7 +9,6 @@ guard has the last word. The human-evaluation router is mounted here; the ingres
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -42,7 +41,6 @@ from esevo_ray.serving.protocol import (
 from esevo_ray.serving.registry import (
     CURRENT,
     ServedModel,
-    check_host_key,
     current_name,
     scan_models,
 )
@@ -63,11 +61,19 @@ app.dependency_overrides[human_eval_service] = _human_eval
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, generator, config: dict, run_dir: str | None, base_model: str, db_path: str):
+    def __init__(
+        self,
+        generator,
+        config: dict,
+        run_dir: str | None,
+        base_model: str,
+        db_path: str,
+        key_digest: str | None,
+    ):
+        """`key_digest`: the API key's `checks.key_digest`, None without one."""
         self.cfg = RunConfig.model_validate(config)
         self.scfg = self.cfg.serve
-        check_host_key(self.scfg)
-        self.api_key = os.environ.get(self.scfg.api_key_env) or None
+        self.key_digest = key_digest
         self.generator = generator
         self.run_dir = run_dir
         from transformers import AutoTokenizer
@@ -79,7 +85,7 @@ class Ingress:
     # --- models and generation, shared with the human evaluation (its Host) ---
 
     def auth(self, request: Request) -> None:
-        check_auth(request, self.api_key)
+        check_auth(request, self.key_digest)
 
     def models(self) -> dict[str, ServedModel]:
         at, models = self._scan

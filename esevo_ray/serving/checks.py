@@ -6,6 +6,7 @@ the chat template; a request that passes becomes the generator's request dict.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from urllib.parse import urlsplit
@@ -20,14 +21,21 @@ from esevo_ray.serving.registry import ServedModel, is_loopback
 from esevo_ray.turns import drop_oldest_turns
 
 
-def check_auth(request: Request, api_key: str | None) -> None:
-    """Without a key only loopback clients asking for a loopback host are served; with one,
-    `Bearer <key>` is required.
+def key_digest(key: str) -> str:
+    """What the server keeps of its API key: the key's SHA-256. The Ingress replica is
+    given this, not the key, since Ray shows a deployment's actor options (a runtime_env's
+    variables included) to whoever reaches its dashboard."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_auth(request: Request, key_digest_: str | None) -> None:
+    """Without a key (`key_digest_`, the key's `key_digest`) only loopback clients asking for
+    a loopback host are served; with one, `Bearer <key>` is required.
 
     The host check stops DNS rebinding: a web page in a local browser whose own name came to
     resolve to 127.0.0.1 reaches the server from loopback, but names its own host.
     """
-    if api_key is None:
+    if key_digest_ is None:
         client = request.client.host if request.client else ""
         if client and not is_loopback(client):
             raise ApiError(
@@ -44,8 +52,8 @@ def check_auth(request: Request, api_key: str | None) -> None:
                 "permission_error",
             )
         return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme != "Bearer" or not hmac.compare_digest(key_digest(given), key_digest_):
         raise ApiError(
             401,
             "missing or invalid API key (Authorization: Bearer <key>)",

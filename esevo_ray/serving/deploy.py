@@ -17,6 +17,7 @@ from esevo_ray.generation.placement import Placement, node_gpus, place, resolve_
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_rank, lora_rank_bound
 from esevo_ray.serving.app import Ingress
+from esevo_ray.serving.checks import key_digest
 from esevo_ray.serving.engine import EngineSettings
 from esevo_ray.serving.generator import Generator
 from esevo_ray.serving.registry import check_host_key, http_url
@@ -148,13 +149,15 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.cpus_per_replica, **placement.ray_options()},
     ).bind(engine_settings(cfg, run, base, kind=kind), placement.as_dict())
-    actor: dict = {"num_cpus": 0}
-    if os.environ.get(s.api_key_env):
-        # The replica may start in a process that does not inherit this shell's environment.
-        actor["runtime_env"] = {"env_vars": {s.api_key_env: os.environ[s.api_key_env]}}
+    # The replica is given the key's digest: it may start in a process that does not inherit
+    # this shell's environment, and Ray shows an actor's runtime_env on its dashboard.
+    key = os.environ.get(s.api_key_env)
     return Ingress.options(
-        max_ongoing_requests=4 * s.max_ongoing_requests, ray_actor_options=actor
-    ).bind(generator, cfg.model_dump(mode="json"), str(run), base, str(db.resolve()))
+        max_ongoing_requests=4 * s.max_ongoing_requests, ray_actor_options={"num_cpus": 0}
+    ).bind(
+        generator, cfg.model_dump(mode="json"), str(run), base, str(db.resolve()),
+        key_digest(key) if key else None,
+    )  # fmt: skip
 
 
 def build_app(args: dict):

@@ -188,6 +188,17 @@ def test_auth(served):
     assert httpx.get(f"{served.url}/nowhere", headers=served.headers).status_code == 404
 
 
+def test_the_key_is_not_in_what_ray_shows_of_the_deployments(served):
+    """Ray's dashboard serves each deployment's actor options (runtime_env included) to
+    anyone who reaches it: the key must not be there."""
+    import json
+
+    from ray.serve.context import _get_global_client
+
+    details = json.dumps(_get_global_client().get_serve_details(), default=str)
+    assert '"Ingress"' in details and API_KEY not in details
+
+
 def test_crisis_guard_on_live_replies(served, http):
     crisis = served.cfg.serve.crisis_text
 

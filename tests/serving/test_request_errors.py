@@ -124,7 +124,14 @@ def test_without_a_key_only_loopback_clients_asking_for_a_loopback_host_pass(cli
 def test_with_a_key_any_host_may_ask():
     from starlette.requests import Request
 
-    from esevo_ray.serving.checks import check_auth
+    from esevo_ray.serving.checks import check_auth, key_digest
 
-    headers = [(b"host", b"gpu-box.internal:8000"), (b"authorization", b"Bearer k")]
-    check_auth(Request({"type": "http", "client": ("10.0.0.5", 1), "headers": headers}), "k")
+    def request(authorization: bytes) -> Request:
+        headers = [(b"host", b"gpu-box.internal:8000"), (b"authorization", authorization)]
+        return Request({"type": "http", "client": ("10.0.0.5", 1), "headers": headers})
+
+    check_auth(request(b"Bearer k"), key_digest("k"))
+    for wrong in (b"Bearer kk", b"Basic k", b"k", b"Bearer " + key_digest("k").encode()):
+        with pytest.raises(ApiError) as e:
+            check_auth(request(wrong), key_digest("k"))
+        assert e.value.status == 401
