@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
 from esevo_ray.errors import UsageError
+from esevo_ray.evaluation import bootstrap
 from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, markdown_table, scores_of
 from esevo_ray.generation.parsing import ParseError, extract_object
@@ -133,10 +134,7 @@ def interval_table(comparisons: list[dict], columns: dict[str, str]) -> str:
         cells = []
         for key in columns:
             r = metrics.get(key)
-            mark = " *" if r and r["excludes_zero"] else ""
-            cells.append(
-                f"{r['diff']:+.2f}{mark} [{r['low']:+.2f}, {r['high']:+.2f}]" if r else "–"
-            )
+            cells.append(bootstrap.difference_text(r) if r else "–")
         n = next((r["n"] for k, r in metrics.items() if k in columns), "–")
         rows.append([comparison["label"], *cells, str(n)])
     return markdown_table(["Comparison", *columns.values(), "n"], rows)

@@ -150,13 +150,21 @@ def paired_interval(
     Distinct depends on corpus size and a resample holds fewer distinct contexts, so its
     resamples sit off the point difference (`shift`) and only their spread is used, widened
     by `subsample_scale` (the statistic counts each drawn dialogue once).
+
+    Contexts of a single dialogue give no interval (`low`, `high` None, `excludes_zero`
+    False): every resample would be that dialogue, an interval of width 0 around any
+    difference.
     """
     n = len(groups)
     whole = np.ones((1, n))
     base_value, model_value = float(base(whole)[0]), float(model(whole)[0])
+    point = model_value - base_value
+    result = {"base": base_value, "model": model_value, "diff": point, "n": n,
+              "dialogues": len(set(groups))}  # fmt: skip
+    if result["dialogues"] < 2:
+        return {**result, "low": None, "high": None, "excludes_zero": False, "shift": 0.0}
     counts = resample_counts(tuple(groups), resamples, seed)
     diffs = model(counts) - base(counts)
-    point = model_value - base_value
     shift = float(diffs.mean()) - point
     spread = diffs - diffs.mean()
     if getattr(model, "draws_once", False) or getattr(base, "draws_once", False):
@@ -164,16 +172,20 @@ def paired_interval(
     tail = (1.0 - confidence) / 2
     low, high = point + np.quantile(spread, [tail, 1.0 - tail])
     return {
-        "base": base_value,
-        "model": model_value,
-        "diff": point,
+        **result,
         "low": float(low),
         "high": float(high),
         "excludes_zero": bool(low > 0 or high < 0),
-        "n": n,
-        "dialogues": len(set(groups)),
         "shift": shift,
     }
+
+
+def difference_text(r: dict) -> str:
+    """A `paired_interval` result as "+d * [+low, +high]" (`*`: the interval excludes 0)."""
+    mark = " *" if r["excludes_zero"] else ""
+    if r["low"] is None:
+        return f"{r['diff']:+.2f} [– (one dialogue)]"
+    return f"{r['diff']:+.2f}{mark} [{r['low']:+.2f}, {r['high']:+.2f}]"
 
 
 def _keys(table: pa.Table) -> list[Key]:

@@ -52,16 +52,16 @@ def intervals(
     }
 
 
-def _rows(base: str, model: str, metrics: dict[str, dict]) -> list[str]:
+def _rows(base: str, model: str, metrics: dict[str, dict], confidence: float) -> list[str]:
     lines = [
-        f"| Metric | contexts (dialogues) | {base} | {model} | difference | 95% interval |",
-        "|---|---|---|---|---|---|",
+        f"| Metric | contexts (dialogues) | {base} | {model} | "
+        f"difference [{100 * confidence:.0f}% interval] |",
+        "|---|---|---|---|---|",
     ]
     for name, r in metrics.items():
-        mark = " *" if r["excludes_zero"] else ""
         lines.append(
             f"| {metric_label(name)} | {r['n']} ({r['dialogues']}) | {r['base']:.2f} | "
-            f"{r['model']:.2f} | {r['diff']:+.2f}{mark} | [{r['low']:+.2f}, {r['high']:+.2f}] |"
+            f"{r['model']:.2f} | {bootstrap.difference_text(r)} |"
         )
     return lines
 
@@ -108,6 +108,10 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         "",
     ]
     for c in done:
-        md += [f"### {c['model']} vs {c['base']}", "", *_rows(c["base"], c["model"], c["metrics"])]
+        md += [
+            f"### {c['model']} vs {c['base']}",
+            "",
+            *_rows(c["base"], c["model"], c["metrics"], result["confidence"]),
+        ]
         md.append("")
     return md

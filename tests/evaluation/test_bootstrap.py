@@ -184,6 +184,19 @@ def test_report_sections_mark_intervals_and_write_json(tmp_path, weak, strong):
     assert "1000 paired resamples of the dialogues those contexts come from" in md
 
 
+def test_contexts_of_one_dialogue_give_no_interval(tmp_path, weak, strong):
+    """Every resample of one dialogue is that dialogue: no interval, and no `*` for a
+    difference that would otherwise be one of width 0."""
+    one = [Model(m.label, m.responses.set_column(0, "dialogue_id", pa.array(["d"] * N)), None)
+           for m in (weak, strong)]  # fmt: skip
+    r = bootstrap.compare(*one, resamples=200, seed=0)["bleu_2"]
+    assert r["dialogues"] == 1 and r["diff"] > 0
+    assert (r["low"], r["high"], r["excludes_zero"]) == (None, None, False)
+    md = "\n".join(intervals.report_sections(one, tmp_path, resamples=200, confidence=0.9))
+    assert f"| {r['diff']:+.2f} [– (one dialogue)] |" in md and " *" not in md
+    assert "| difference [90% interval] |" in md
+
+
 def test_corpus_distinct_interval_is_as_wide_as_the_bootstrap_of_the_same_mean():
     """Responses that share no n-gram and are equally long make a resample's corpus Distinct
     the mean per-response Distinct of the contexts it draws, counted once: a subsample. Its
