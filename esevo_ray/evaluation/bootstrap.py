@@ -75,9 +75,18 @@ def resample_counts(groups: tuple[str, ...], resamples: int, seed: int) -> np.nd
     return counts
 
 
-def mean_stat(values: Sequence[float]) -> Statistic:
-    v = np.asarray(values, dtype=float)
-    return lambda counts: counts @ v / counts.sum(axis=1)
+def mean_stat(values: Sequence[float | None]) -> Statistic:
+    """The mean of each resample over the contexts it draws; a None value (a response with no
+    n-gram, for Distinct) is left out, as `lexical.mean_of_defined` leaves it (0 when every
+    drawn one is None)."""
+    defined = np.array([v is not None for v in values], dtype=float)
+    v = np.array([0.0 if x is None else x for x in values], dtype=float)
+
+    def stat(counts: np.ndarray) -> np.ndarray:
+        total, drawn = counts @ v, counts @ defined
+        return np.divide(total, drawn, out=np.zeros_like(total), where=drawn > 0)
+
+    return stat
 
 
 def bleu_stat(stats: dict, n: int, smoothing: str) -> Statistic:

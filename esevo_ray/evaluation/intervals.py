@@ -76,8 +76,9 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
     """
     md = [
         "In the automatic-metrics table, Distinct-n is the paper's definition (distinct "
-        "n-grams / n-grams of each response, averaged over responses) and Corpus Distinct-n "
-        "counts over all responses at once; `n` is the number of contexts a row rests on.",
+        "n-grams / n-grams of each response, averaged over the responses that hold one) and "
+        "Corpus Distinct-n counts over all responses at once; `n` is the number of contexts "
+        "a row rests on.",
         "",
     ]
     metrics = {m.label: m.metrics for m in models}

@@ -55,21 +55,30 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
-def response_distinct(tokens: Sequence[str], n: int) -> float:
-    """Distinct-n x100 of one token list; 0 when it has no n-gram."""
+def response_distinct(tokens: Sequence[str], n: int) -> float | None:
+    """Distinct-n x100 of one token list; None when it has no n-gram: a response shorter
+    than n tokens ("Hello!" for n = 3) repeats nothing, and is not repetitive either."""
     grams = ngrams(tokens, n)
-    return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
+    return 100.0 * len(set(grams)) / len(grams) if grams else None
 
 
-def distinct_per_response(texts: Sequence[str], n: int) -> list[float]:
+def distinct_per_response(texts: Sequence[str], n: int) -> list[float | None]:
     """Distinct-n x100 of each response (the values the paper's Distinct-n averages)."""
     return [response_distinct(tokenize(t), n) for t in texts]
 
 
+def mean_of_defined(values: Sequence[float | None]) -> float:
+    """The mean of the values that are not None; 0 when none is."""
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else 0.0
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
-    """The paper's Distinct-n x100: the mean over responses of per-response Distinct-n."""
-    values = distinct_per_response(texts, n)
-    return sum(values) / len(values) if values else 0.0
+    """The paper's Distinct-n x100: the mean of per-response Distinct-n over the responses
+    that hold an n-gram. Scoring a shorter one 0 would rate a model that says more short
+    greetings and goodbyes as less diverse, and Distinct-3 (which needs one token more)
+    below Distinct-2, which no row of the paper's Table 2 is."""
+    return mean_of_defined(distinct_per_response(texts, n))
 
 
 def corpus_distinct(grams_per_response: Sequence[Sequence[tuple]]) -> float:

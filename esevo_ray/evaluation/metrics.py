@@ -4,7 +4,8 @@ Definitions (all computed with maintained libraries):
 
 - Tokenisation, BLEU-n and Distinct-n: see `lexical.py` (13a tokens of ASCII-normalised text;
   nltk corpus BLEU with cumulative uniform weights and smoothing method1; Distinct-n per
-  response and averaged, which fits the paper's values, as `distinct_n`, and over the whole
+  response and averaged over the responses that hold an n-gram, which fits the paper's
+  values, as `distinct_n`, and over the whole
   corpus, over n-grams as Li et al. is commonly read, as `corpus_distinct_n`).
   Per-response BLEU uses `sentence_bleu` with the same settings.
 - ROUGE-L: `rouge_score` ROUGE-L F-measure (its own tokenizer: lowercase, non-alphanumerics
@@ -37,6 +38,7 @@ from esevo_ray.evaluation.lexical import (
     corpus_bleu,
     corpus_distinct_n,
     distinct_per_response,
+    mean_of_defined,
     sentence_bleu,
     tokenize,
     use_nltk_data_dir,
@@ -156,8 +158,8 @@ def score_all(
         per["bertscore"] = bertscore_f1(hyps, refs, backbone or resolve_backbone())
         corpus["bertscore"] = _mean(per["bertscore"])
     for n in (2, 3):
-        per[f"distinct_{n}"] = distinct_per_response(hyps, n)
-        corpus[f"distinct_{n}"] = _mean(per[f"distinct_{n}"])
+        per[f"distinct_{n}"] = distinct_per_response(hyps, n)  # None: no n-gram
+        corpus[f"distinct_{n}"] = mean_of_defined(per[f"distinct_{n}"])
     for n in (2, 3):
         corpus[f"corpus_distinct_{n}"] = corpus_distinct_n(hyps, n)
     return corpus, per
@@ -199,8 +201,11 @@ def metrics_report(
         "bleu": "nltk corpus_bleu, cumulative uniform weights, smoothing method1",
         "rouge": "rouge-score rougeL F-measure, mean over responses",
         "meteor": "nltk meteor_score with WordNet, mean over responses",
-        "distinct": "per response distinct n-grams / n-grams (0 without one), mean over "
-        "responses (the paper's Distinct-n)",
+        "distinct": "per response distinct n-grams / n-grams, mean over the responses that "
+        "hold an n-gram (the paper's Distinct-n); per_response holds null for the others",
+        "distinct_without_ngram": {
+            f"distinct_{n}": sum(v is None for v in per[f"distinct_{n}"]) for n in (2, 3)
+        },
         "corpus_distinct": "distinct n-grams / total n-grams over all responses",
         "per_response_bleu": "per_response bleu_n: nltk sentence_bleu of each response "
         "(method1); scores bleu_n is corpus BLEU, not their mean",

@@ -126,6 +126,12 @@ def test_corpus_statistics_match_the_metrics_on_the_whole_set_and_on_a_resample(
     stat = bootstrap.distinct_stat(grams)
     assert stat(whole)[0] == pytest.approx(lexical.corpus_distinct_n(hyps, 2))
     assert stat(counts)[0] == pytest.approx(lexical.corpus_distinct_n(hyps[:2], 2))
+    # Per-response Distinct-3 leaves out the responses without a trigram, as the metric does.
+    stat = bootstrap.mean_stat([lexical.response_distinct(t, 3) for t in hyp_tok])
+    assert stat(whole)[0] == pytest.approx(lexical.distinct_n(hyps, 3))
+    drawn = [hyps[0]] * 2 + [hyps[1]] * 3 + [hyps[2]] * 4 + [hyps[4]]
+    assert stat(np.array([[2, 3, 4, 0, 1]]))[0] == pytest.approx(lexical.distinct_n(drawn, 3))
+    assert stat(np.array([[0, 0, 1, 2, 1]]))[0] == 0.0  # no drawn response has one
 
 
 def test_clearly_better_model_has_intervals_above_zero(weak, strong):

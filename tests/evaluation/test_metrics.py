@@ -76,9 +76,13 @@ def test_paper_distinct_is_the_mean_of_per_response_distinct():
     repeated = ["i am sorry", "i am sorry", "i am sorry"]
     assert distinct_n(repeated, 2) == pytest.approx(100.0)
     assert corpus_distinct_n(repeated, 2) == pytest.approx(100 * 2 / 6)
-    # A response without a bigram scores 0 and still counts in the mean.
-    assert distinct_per_response(["ok", "a b"], 2) == [0.0, 100.0]
-    assert distinct_n(["ok", "a b"], 2) == pytest.approx(50.0)
+    # A response without an n-gram repeats none: it is left out of the mean, so a short
+    # reply moves neither Distinct-2 nor Distinct-3 (scored 0, it put D-3 below D-2).
+    assert distinct_per_response(["ok", "a b"], 2) == [None, 100.0]
+    assert distinct_n(["ok", "a b a b"], 2) == pytest.approx(200 / 3)
+    replies = ["Thank you!", "I hear you, and I am here for you."]
+    assert distinct_n(replies, 3) == distinct_n(replies, 2) == 100.0
+    assert distinct_n(["ok", ""], 2) == 0.0
 
 
 def test_bleu_by_hand():
@@ -183,9 +187,10 @@ def test_metrics_report_labels_backbone(backbone):
     assert len(report["per_response"]["bertscore"]) == 2
     mean_rouge = sum(report["per_response"]["rouge_l"]) / 2
     assert report["scores"]["rouge_l"] == pytest.approx(mean_rouge)
-    # "hi" has no bigram: Distinct-2 per response is [100, 0], the paper's score their mean.
-    assert report["per_response"]["distinct_2"] == [100.0, 0.0]
-    assert report["scores"]["distinct_2"] == pytest.approx(50.0)
+    # "hi" has no bigram: Distinct-2 per response is [100, None], the paper's score 100.
+    assert report["per_response"]["distinct_2"] == [100.0, None]
+    assert report["scores"]["distinct_2"] == pytest.approx(100.0)
+    assert report["settings"]["distinct_without_ngram"] == {"distinct_2": 1, "distinct_3": 1}
     assert report["scores"]["corpus_distinct_2"] == pytest.approx(100.0)
     assert report["esconv"]["scores"]["bleu_1"] > 0
     assert "off-by-one" in report["esconv"]["settings"]["distinct"]
