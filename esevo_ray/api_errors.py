@@ -98,7 +98,7 @@ def validation_error(errors: Sequence[dict]) -> tuple[str, str | None]:
     fitting = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
     first = (fitting or errors)[0]
     param = field_path(first.get("loc", ()))
-    said = [first.get("msg", "invalid value")]
+    said = [str(first.get("msg", "invalid value")).removeprefix("Value error, ")]
     if not fitting:  # no branch took the type: name every type the field accepts
         said += [e["msg"] for e in errors[1:] if field_path(e.get("loc", ())) == param]
     message = f"{param or 'body'}: {', or '.join(dict.fromkeys(said))}"

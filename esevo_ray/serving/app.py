@@ -115,9 +115,10 @@ class Ingress:
                 code="model_not_found",
             )
         if target is None:
+            names = [*models, *([CURRENT] if current_name(models) is not None else [])]
             raise ApiError(
                 404,
-                f"model {name!r} not found; available: {', '.join([*models, CURRENT])}",
+                f"model {name!r} not found; available: {', '.join(names)}",
                 param="model",
                 code="model_not_found",
             )
@@ -193,6 +194,14 @@ class Ingress:
                 ModelCard(id=CURRENT, created=models[target].stamp // 10**9, alias_of=target)
             )
         return ModelList(data=cards)
+
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERROR_RESPONSES)
+    def get_model(self, model_id: str, request: Request) -> ModelCard:
+        """One model's card, as `client.models.retrieve(name)` asks; 404 as for a request."""
+        self.auth(request)
+        model = self.resolve(model_id)
+        alias_of = model.name if model_id == CURRENT else None
+        return ModelCard(id=model_id, created=model.stamp // 10**9, alias_of=alias_of)
 
     @app.post(
         "/v1/chat/completions",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from esevo_ray.api_errors import ERROR_RESPONSES, ErrorBody, error_body
 
@@ -20,7 +20,7 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | Annotated[list[TextPart], Field(min_length=1)]
     name: str | None = None
 
     def text(self) -> str:
@@ -36,8 +36,20 @@ class StreamOptions(BaseModel):
 StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)]
 
 
+def _not_asked(value: Any, field: str, none: tuple = ()) -> Any:
+    """Refuse a field this server cannot honour, unless it asks for nothing (None, False,
+    0, an empty list or mapping, or one of `none`)."""
+    if value in (None, False, 0, [], {}) or value in none:
+        return value
+    what = f"{field}={value!r}" if isinstance(value, bool | int | str) else field
+    raise ValueError(f"{what} is not supported by this server (its replies are plain text)")
+
+
 class ChatRequest(BaseModel):
-    """The subset of OpenAI's request that the engines honour; other keys are ignored."""
+    """The subset of OpenAI's request that the engines honour. Fields that would change what
+    a reply is (JSON mode, log-probabilities, tool calls) are refused when they ask for
+    anything, so a client never takes plain text for what it asked; other keys are ignored.
+    """
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -54,6 +66,28 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: dict | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict | None) -> dict | None:
+        kind = value.get("type") if isinstance(value, dict) else None
+        return _not_asked(value, f"response_format type {kind!r}", ({"type": "text"},))
+
+    @field_validator("logprobs", "top_logprobs", "tools", "functions")
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        return _not_asked(value, str(info.field_name))
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_call(cls, value: str | dict | None) -> str | dict | None:
+        return _not_asked(value, "tool_choice", ("none", "auto"))
 
     def token_limit(self) -> tuple[str, int | None]:
         """(the field that sets the reply's length, its value): max_completion_tokens, the

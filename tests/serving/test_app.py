@@ -33,6 +33,10 @@ def test_health_and_models(served, client, http):
     assert {"base", "m0", "current"} <= set(cards)
     newest = max((n for n in cards if n.startswith("m")), key=lambda n: int(n[1:]))
     assert cards["current"].alias_of == newest
+    # One card, as `models.retrieve` asks for it: the same as in the list.
+    assert client.models.retrieve("current").alias_of == newest
+    assert client.models.retrieve("m0").id == "m0" and client.models.retrieve("m0").alias_of is None
+    assert http.get("/v1/models/m9").status_code == 404
 
 
 def test_chat_with_openai_client_uses_task_prompt(served, client):
@@ -117,6 +121,14 @@ BAD_REQUESTS = [
     ("five stop sequences", {"model": "m0", "messages": USER, "stop": ["a", "b", "c", "d", "e"]},
      400, None, "stop"),
     ("empty stop sequence", {"model": "m0", "messages": USER, "stop": ""}, 400, None, "stop"),
+    ("JSON mode", {"model": "m0", "messages": USER, "response_format": {"type": "json_object"}},
+     400, "invalid_value", "response_format"),
+    ("log-probabilities", {"model": "m0", "messages": USER, "logprobs": True}, 400, None,
+     "logprobs"),
+    ("tools", {"model": "m0", "messages": USER, "tools": [{"type": "function"}]}, 400, None,
+     "tools"),
+    ("empty content parts", {"model": "m0", "messages": [{"role": "user", "content": []}]}, 400,
+     None, "messages.0.content"),
     ("body too large", {"model": "m0", "messages": [{"role": "user", "content": "a" * 70000}]},
      413, "request_too_large", None),
 ]  # fmt: skip

@@ -89,6 +89,18 @@ def test_a_request_without_max_tokens_gets_the_room_its_prompt_leaves(tiny_model
         build_request(tok, s, m0, full, None)
 
 
+def test_fields_that_ask_for_nothing_are_accepted():
+    """What OpenAI's clients send by default (or explicitly off) is no request for JSON mode,
+    log-probabilities or tools."""
+    from esevo_ray.serving.protocol import ChatRequest
+
+    off = {"response_format": {"type": "text"}, "logprobs": False, "top_logprobs": 0,
+           "tools": [], "tool_choice": "none", "presence_penalty": 0.5}  # fmt: skip
+    ChatRequest.model_validate(
+        {"model": "m0", "messages": [{"role": "user", "content": "x"}]} | off
+    )
+
+
 def test_null_n_and_stream_mean_their_defaults():
     body = ChatRequest.model_validate({"model": "m0", "messages": USER, "n": None, "stream": None})
     assert not body.stream and body.n in (None, 1)
@@ -135,3 +147,19 @@ def test_with_a_key_any_host_may_ask():
         with pytest.raises(ApiError) as e:
             check_auth(request(wrong), key_digest("k"))
         assert e.value.status == 401
+
+
+def test_an_unknown_model_error_offers_current_only_once_an_iteration_finished():
+    from esevo_ray.serving.app import Ingress
+    from esevo_ray.serving.registry import ServedModel
+
+    ingress = object.__new__(Ingress.func_or_class)
+    for models, offered in (
+        ({"base": ServedModel("base", None)}, "available: base"),
+        ({"base": ServedModel("base", None), "m0": ServedModel("m0", "a")},
+         "available: base, m0, current"),
+    ):  # fmt: skip
+        ingress.models = lambda models=models: models
+        with pytest.raises(ApiError) as e:
+            ingress.resolve("m9")
+        assert e.value.status == 404 and e.value.message.endswith(offered)
