@@ -14,7 +14,9 @@ guarded reply); the application provides the `HumanEval` by overriding the depen
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import threading
 import uuid
 from collections.abc import Awaitable
 from importlib.resources import files
@@ -69,6 +71,9 @@ class HumanEval:
         self.store = HumanEvalStore(db_path)
         self.settings = settings
         self.locks: dict[str, asyncio.Lock] = {}
+        # Sessions start in the route threadpool: a draw and its insert go together, or raters
+        # starting at once all read the same counts and get the same model.
+        self.drawing = threading.Lock()
 
     def session(self, session_id: str) -> dict:
         sess = self.store.session(session_id)
@@ -78,8 +83,18 @@ class HumanEval:
             )
         return sess
 
+    def open_session(self, mode: str, rater: str) -> tuple[str, int]:
+        """A new session of `mode` on a drawn model (or pair): (its id, its minimum turns)."""
+        sid, min_turns = uuid.uuid4().hex, self.min_turns(mode)
+        with self.drawing:
+            model_a, model_b = self.draw(mode)
+            self.store.add_session(sid, mode, rater, model_a, model_b, min_turns)
+        return sid, min_turns
+
     def draw(self, mode: str) -> tuple[str, str | None]:
-        """The least-used finished model(s) for a new session; ties broken at random."""
+        """The least-used finished model for a point-wise session; for a pair-wise one, the
+        least-used pair, then the pair of least-used models, so that every pair is compared
+        about as often. Ties are broken at random."""
         names = self.settings.models or [
             n for n in self.host.served_names() if model_index(n) is not None
         ]
@@ -92,8 +107,14 @@ class HumanEval:
                 "conflict_error",
             )
         counts = self.store.assignments(mode)
-        ranked = sorted(pool, key=lambda n: (counts.get(n, 0), _rng.random()))
-        return (ranked[0], None) if need == 1 else (ranked[0], ranked[1])
+        if need == 1:
+            return min(pool, key=lambda n: (counts.get(n, 0), _rng.random())), None
+        pairs = self.store.pair_assignments()
+        return min(
+            itertools.combinations(pool, 2),  # each pair once, its names sorted
+            key=lambda p: (pairs.get(p, 0), counts.get(p[0], 0) + counts.get(p[1], 0),
+                           _rng.random()),
+        )  # fmt: skip
 
     def min_turns(self, mode: str) -> int:
         s = self.settings
@@ -130,10 +151,7 @@ def human_config(ev: HumanEval = Service) -> HumanConfig:
 @router.post("/api/sessions", response_model=SessionOut)
 def new_session(body: NewSession, request: Request, ev: HumanEval = Service) -> SessionOut:
     ev.host.auth(request)
-    model_a, model_b = ev.draw(body.mode)
-    sid = uuid.uuid4().hex
-    min_turns = ev.min_turns(body.mode)
-    ev.store.add_session(sid, body.mode, body.rater, model_a, model_b, min_turns)
+    sid, min_turns = ev.open_session(body.mode, body.rater)
     return SessionOut(session_id=sid, mode=body.mode, min_turns=min_turns)
 
 

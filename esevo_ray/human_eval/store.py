@@ -137,6 +137,15 @@ class HumanEvalStore:
                     counts[m] = counts.get(m, 0) + 1
         return counts
 
+    def pair_assignments(self) -> dict[tuple[str, str], int]:
+        """Pair-wise sessions per pair of models (its names sorted) so far."""
+        counts: dict[tuple[str, str], int] = {}
+        rows = self._read("SELECT model_a, model_b FROM sessions WHERE mode = 'pairwise'", ())
+        for row in rows:
+            pair = tuple(sorted((row["model_a"], row["model_b"])))
+            counts[pair] = counts.get(pair, 0) + 1
+        return counts
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()

@@ -225,3 +225,65 @@ def test_stop_sequences_on_the_fallback_engine(served, http):
     from tests.serving.conftest import check_stop_sequences
 
     check_stop_sequences(http, "m0")
+
+
+class _Pool:
+    """The host side of the draw: the finished models a run serves."""
+
+    key_digest = None
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def served_names(self) -> list[str]:
+        return self.names
+
+    def resolve_name(self, name: str) -> str | None:
+        return name if name in self.names else None
+
+
+def _pairs(ev) -> dict:
+    return ev.store.pair_assignments()
+
+
+def test_pairwise_sessions_compare_every_pair_about_as_often(tmp_path):
+    """With four models, drawing the two least-used models left some pairs at a quarter of
+    the sessions of others; each pair's report line rests on its own sessions."""
+    from esevo_ray.config import HumanEvalSection
+    from esevo_ray.human_eval.routes import HumanEval
+
+    ev = HumanEval(_Pool(["m0", "m1", "m2", "m3"]), tmp_path / "h.sqlite", HumanEvalSection())
+    for i in range(24):
+        ev.open_session("pairwise", f"r{i}")
+    assert sorted(_pairs(ev).values()) == [4] * 6, _pairs(ev)
+    assert sorted(ev.store.assignments("pairwise").values()) == [12] * 4
+
+
+def test_sessions_started_at_once_are_drawn_one_after_another(tmp_path, monkeypatch):
+    """Each draw sees the sessions drawn before it, however slow their insert."""
+    import threading
+    import time
+
+    from esevo_ray.config import HumanEvalSection
+    from esevo_ray.human_eval.routes import HumanEval
+
+    ev = HumanEval(_Pool(["m0", "m1", "m2"]), tmp_path / "h.sqlite", HumanEvalSection())
+    add = ev.store.add_session
+
+    def slow_add(*args):  # a disk that takes its time to sync
+        time.sleep(0.05)
+        add(*args)
+
+    monkeypatch.setattr(ev.store, "add_session", slow_add)
+    start = threading.Barrier(9)
+
+    def rater(i: int) -> None:
+        start.wait()
+        ev.open_session("pairwise", f"r{i}")
+
+    threads = [threading.Thread(target=rater, args=(i,)) for i in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(_pairs(ev).values()) == [3, 3, 3], _pairs(ev)
