@@ -71,6 +71,7 @@ class HumanEval:
         self.store = HumanEvalStore(db_path)
         self.settings = settings
         self.locks: dict[str, asyncio.Lock] = {}
+        self.replying: set[str] = set()  # sessions whose reply is being made
         # Sessions start in the route threadpool: a draw and its insert go together, or raters
         # starting at once all read the same counts and get the same model.
         self.drawing = threading.Lock()
@@ -204,14 +205,18 @@ async def post_turn(
             raise ApiError(409, "this session is already rated", "conflict_error")
         dialogue = [*history(turns), {"role": "user", "content": body.message}]
         pair = [sess["model_a"], sess["model_b"]]
-        if sess["model_b"] is not None:
-            _rng.shuffle(pair)  # blind the sides anew on every turn
-            (a, crisis_a), (b, crisis_b) = await both(
-                ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
-            )
-            crisis = crisis_a or crisis_b  # either side's reply may fire the guard
-        else:
-            (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
+        ev.replying.add(session_id)
+        try:
+            if sess["model_b"] is not None:
+                _rng.shuffle(pair)  # blind the sides anew on every turn
+                (a, crisis_a), (b, crisis_b) = await both(
+                    ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
+                )
+                crisis = crisis_a or crisis_b  # either side's reply may fire the guard
+            else:
+                (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
+        finally:
+            ev.replying.discard(session_id)
         index = len(turns)
         await asyncio.to_thread(
             ev.store.add_turn, session_id, index, body.message, pair[0], a, pair[1], b, crisis
@@ -249,10 +254,11 @@ async def post_rating(
     sess = await asyncio.to_thread(ev.session, session_id)
     if sess["mode"] != "pointwise":
         raise ApiError(409, "ratings belong to point-wise sessions", "conflict_error")
-    lock = ev.locks.setdefault(session_id, asyncio.Lock())
-    if lock.locked():  # the rater has not seen the reply being generated
+    if session_id in ev.replying:  # the rater has not seen the reply being made
         raise ApiError(409, "a reply is still on its way: rate once it is shown", "conflict_error")
-    async with lock:  # and no turn starts while the rating is stored
+    # No turn starts while the rating is stored; a second rating (a double click) waits for
+    # the first and is then told the session is rated.
+    async with ev.locks.setdefault(session_id, asyncio.Lock()):
         n = len(await asyncio.to_thread(ev.store.turns, session_id))
         if n < sess["min_turns"]:
             raise ApiError(

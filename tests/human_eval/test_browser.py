@@ -81,8 +81,13 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     wait.until(lambda d: form.is_displayed())
     for i, dim in enumerate(DIMS):
         browser.find_element(By.ID, f"{dim}-{1 + i % 5}").click()
-    browser.find_element(By.ID, "submit-rating").click()
+    # A double click sends the rating once (the second would be refused as a conflict).
+    browser.execute_script(
+        "const b = document.getElementById('submit-rating'); b.click(); b.click();"
+    )
     wait.until(lambda d: "rating is saved" in d.find_element(By.ID, "status").text)
+    sent = "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/ratings')).length"
+    assert browser.execute_script(sent) == 1
     point_sid = _session_id(browser)
 
     browser.find_element(By.ID, "start-pairwise").click()

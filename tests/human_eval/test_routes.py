@@ -63,6 +63,24 @@ def test_pointwise_session_rules_and_rows(served, http):
     assert '"m0"' not in state and '"base"' not in state
 
 
+def test_a_rating_sent_twice_at_once_is_stored_once_and_the_second_told_so(served, http):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = http.post("/human/api/sessions", json={"mode": "pointwise", "rater": "r2"}).json()
+    sid = sid["session_id"]
+    for i in range(2):
+        assert http.post(f"/human/api/sessions/{sid}/turns", json={"message": f"hi {i}"}).is_success
+    scores = dict.fromkeys(DIMS, 3)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(
+            lambda _: http.post(f"/human/api/sessions/{sid}/ratings", json=scores), range(3)
+        ))  # fmt: skip
+    assert sorted(r.status_code for r in answers) == [200, 409, 409]
+    refused = [r.json()["error"]["message"] for r in answers if r.status_code == 409]
+    assert refused == ["this session is already rated"] * 2  # not "a reply is on its way"
+    assert rows(served.db, "SELECT COUNT(*) FROM ratings WHERE session_id = ?", sid) == [(7,)]
+
+
 def test_a_long_session_keeps_going_past_the_request_limits(served, http):
     # serve.max_chars=4000 and max_messages=16 bound one chat request; a session passes both
     # (three 1,500-character messages, then 9 turns = 17 messages) and goes on answering.
