@@ -36,6 +36,21 @@ def test_single_quoted_keys_as_in_the_paper_template():
     assert out["evaluation_score"] == 3.0 and out["refined_response"] == "It's normal to feel this."
 
 
+def test_single_quoted_values_holding_apostrophes():
+    """The paper's template quotes with single quotes; a reply copying it says "It's" and
+    "I'm", which end a Python string early."""
+    text = (
+        "{'understanding': {'user_profile': 'student', 'user_emotion': 'sad'}, "
+        "'evaluation_score': 3, 'feedback': 'it's generic', "
+        "'refined_response': 'It's hard, and your friends' support matters. I'm here.'}"
+    )
+    out = parse_refinement(text)
+    assert out["refined_response"] == "It's hard, and your friends' support matters. I'm here."
+    assert out["feedback"] == "it's generic" and out["user_emotion"] == "sad"
+    quoted = parse_refinement("""{'refined_response': 'Say \"no\" if it\\'s too much.'}""")
+    assert quoted["refined_response"] == 'Say "no" if it\'s too much.'
+
+
 def test_trailing_comma_and_missing_keys():
     out = parse_refinement('{"refined_response": "I hear you.", "evaluation_score": 9,}')
     assert out["refined_response"] == "I hear you."
