@@ -175,6 +175,23 @@ def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
         ("generation.reflection_decoding.max_new_tokens=5000", "leave no room for the refine"),
         # MiniLM's layer 6 is no default for another encoder (roberta-large's is 17)
         ("eval.bertscore_model=/m/roberta-large", "set eval.bertscore_num_layers too"),
+        # a run folder outside output_dir (name=.. with output_dir=/runs is /)
+        ("name=..", "name: .*must be a folder name"),
+        ("name=.", "name: .*must be a folder name"),
+        # accepted once, these failed only when the judge or the trainer used them
+        ("eval.judge.top_p=5", "eval.judge.top_p: Input should be less"),
+        ("eval.judge.max_tokens=0", "eval.judge.max_tokens: Input should be greater"),
+        ("eval.judge.dimensions=[]", "eval.judge.dimensions: List should have at least 1"),
+        ("eval.judge.timeout_s=-1", "eval.judge.timeout_s: Input should be greater"),
+        ("sft.learning_rate=.inf", "sft.learning_rate: Input should be a finite number"),
+        ("dpo.beta=.inf", "dpo.beta: Input should be a finite number"),
+        # vLLM would get these twice, inside an actor
+        (
+            "generation.vllm={max_model_len: 4096}",
+            r"generation.vllm may not set max_model_len "
+            r"\(set generation.max_model_len\)",
+        ),
+        ("serve.vllm={enable_lora: false}", r"serve.vllm may not set enable_lora \(set by"),
     ],
 )
 def test_bad_values_are_config_errors_that_name_them(override, message):

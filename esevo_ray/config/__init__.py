@@ -62,8 +62,10 @@ class RunConfig(Section):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not name or "/" in name:
-            raise ValueError("must be a non-empty string without '/' (a folder name)")
+        if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+            raise ValueError(
+                "must be a folder name: not empty, not '.' or '..', without '/', '\\' or NUL"
+            )
         return name
 
     def digest(self) -> str:

@@ -10,4 +10,5 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf is no setting: a learning rate or beta of .inf would load and fail mid-run.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -32,24 +32,24 @@ class JudgeSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_actor: float | None = Field(None, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
-    max_model_len: int = 2048
+    max_model_len: int = Field(2048, ge=1)
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "ESEVO_JUDGE_API_KEY"
     # Decoding of the judge (paper Appendix B.2); top_k goes in the request's extra body
     # (vLLM and most local servers accept it; None leaves it out, e.g. for api.openai.com).
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int | None = 50
-    max_tokens: int = 256
+    temperature: float = Field(0.8, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int | None = Field(50, ge=0)
+    max_tokens: int = Field(256, ge=1)
     seed: int = 0
-    dimensions: list[JudgeDimension] = list(JUDGE_DIMENSIONS)
+    dimensions: list[JudgeDimension] = Field(list(JUDGE_DIMENSIONS), min_length=1)
     concurrency: int = Field(4, ge=1)
     requests_per_second: float = Field(4.0, gt=0)
-    timeout_s: float = 60.0
+    timeout_s: float = Field(60.0, gt=0)
     # Retries after a transport error (429, 5xx, timeout), with exponential backoff.
     max_retries: int = Field(3, ge=0)
-    backoff_s: float = 1.0
+    backoff_s: float = Field(1.0, ge=0)
     # New requests after an unparseable verdict before it is recorded as missing.
     parse_retries: int = Field(2, ge=0)
 

@@ -113,8 +113,10 @@ class GenerationSection(Section):
                 f"{f' + {ANALYSIS_MARGIN}' if two_step else ''} leave no room for the "
                 f"refinement request in max_model_len ({self.max_model_len})"
             )
-        if "tensor_parallel_size" in self.vllm:
-            raise ValueError("set generation.tensor_parallel_size, not vllm.tensor_parallel_size")
+        check_engine_keys(self.vllm, "generation", {
+            "tensor_parallel_size": "generation.tensor_parallel_size",
+            "max_model_len": "generation.max_model_len", "model": "model.path", "seed": None,
+        })  # fmt: skip
         return _check_placement(self, self.engine)
 
     def refinement_budget(self) -> int:
@@ -125,6 +127,15 @@ class GenerationSection(Section):
         if self.reflection_mode == "two_step":
             room += self.reflection_decoding.max_new_tokens + ANALYSIS_MARGIN
         return self.max_model_len - room
+
+
+def check_engine_keys(extra: dict, section: str, wired: dict[str, str | None]) -> None:
+    """Refuse keys of `<section>.vllm` that the engine is given already (vLLM would stop with
+    "got multiple values" inside an actor, after the stages before it ran); `wired` maps each
+    to the setting that gives it (None: fixed by the project)."""
+    if clash := [k for k in extra if k in wired]:
+        said = [f"{k} (set {wired[k]})" if wired[k] else f"{k} (set by esevo_ray)" for k in clash]
+        raise ValueError(f"{section}.vllm may not set {', '.join(said)}")
 
 
 def _check_placement(section: Any, engine: str) -> Any:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from esevo_ray.config.base import Section
-from esevo_ray.config.sections import DecodingSection
+from esevo_ray.config.sections import DecodingSection, check_engine_keys
 
 DEFAULT_CRISIS_TEXT = (
     "It sounds like you may be going through something very painful. You deserve support "
@@ -84,6 +84,12 @@ class ServeSection(Section):
                 f"max_tokens ({self.max_tokens}) must be below max_model_len "
                 f"({self.max_model_len}), leaving room for the prompt"
             )
+        check_engine_keys(self.vllm, "serve", {
+            "model": "model.path", "dtype": "model.dtype", "max_model_len": "serve.max_model_len",
+            "max_num_seqs": "serve.max_num_seqs", "max_lora_rank": "serve.max_lora_rank",
+            "max_loras": "serve.max_adapters", "max_cpu_loras": "serve.max_adapters",
+            "enable_lora": None, "seed": None, "disable_log_stats": None,
+        })  # fmt: skip
         if self.device == "cuda" and self.gpus_per_replica == 0:
             raise ValueError(
                 "device cuda needs gpus_per_replica > 0 (a replica sees only the GPUs Ray "

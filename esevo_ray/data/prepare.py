@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from esevo_ray import prompts, schema
-from esevo_ray.config import DataSection
+from esevo_ray.config import ConfigError, DataSection
 from esevo_ray.data.dialogue import (
     SEEKER,
     SUPPORTER,
@@ -268,6 +268,13 @@ def prepare_data(
         "seed_contexts": _context_table(seed_dialogues, cfg),
         "sft": sft_rows(train_ctx, replay, task_prompt),
     }
+    if seed_dialogues and not tables["seed_contexts"].num_rows:
+        raise ConfigError(
+            f"the greeting filter leaves no seed context of {len(seed_dialogues)} seed "
+            f"dialogue(s): data.greeting_first ({cfg.greeting_first}) and data.greeting_last "
+            f"({cfg.greeting_last}) exchanges drop every supporter turn; lower them, or set "
+            "data.drop_greetings=false"
+        )
     report["rows"] = {name: t.num_rows for name, t in tables.items()}
     report["greeting_filter"] = _greeting_filter(cfg)
     report["dialogue_ids"] = {

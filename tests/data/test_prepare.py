@@ -241,3 +241,14 @@ def test_the_source_files_are_all_that_preparing_reads(prepared, data_root, tmp_
     assert again["rows"] == report["rows"] and again["dialogue_ids"] == report["dialogue_ids"]
     (copy / "alpaca" / "alpaca_data.json").unlink()
     assert "alpaca" not in source_files(only) and "esconv_train" in source_files(only)
+
+
+def test_a_greeting_filter_that_leaves_no_seed_context_is_an_error(tmp_path, data_root):
+    """Else the data stage finished with 0 seed contexts and the loop failed after SFT."""
+    from esevo_ray.config import ConfigError
+
+    cfg = load_config(None, ["data.max_train_dialogues=4", "data.max_seed_dialogues=2",
+                             "data.max_eval_dialogues=2", "data.greeting_first=100"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data.greeting_first \(100\)"):
+        prepare_data(cfg.data, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
