@@ -94,6 +94,8 @@ class TrainSection(Section):
         "eval_strategy": "set eval_fraction and eval_steps",
         "load_best_model_at_end": "set early_stopping_patience",
         "use_cpu": "set scaling.use_gpu",
+        "restore_callback_states_from_checkpoint": "on, so a resumed run stops early where "
+        "an uninterrupted one would",
     }
 
     @model_validator(mode="after")

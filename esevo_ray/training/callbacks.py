@@ -90,14 +90,14 @@ def fill_checkpoint(output_dir: Path, state: Any, root: Path) -> bool:
     False when it has nothing to report.
 
     Rank 0: the checkpoint (trainable adapter, optimizer, scheduler, trainer state) as
-    HF_DIR and, when an older checkpoint holds the best evaluation so far, that adapter as
+    HF_DIR and, when an older checkpoint is the best one transformers keeps, that adapter as
     BEST_DIR. Other ranks: their RNG state.
     """
     src = output_dir / f"checkpoint-{state.global_step}"
     dst = root / HF_DIR
     if state.is_world_process_zero:
         copy_trainable_checkpoint(src, dst)
-        best = state.best_global_step
+        best = best_step(state.best_model_checkpoint)
         if best and best != state.global_step:
             _copy_adapter(output_dir / f"checkpoint-{best}", root / BEST_DIR)
     else:
@@ -105,6 +105,14 @@ def fill_checkpoint(output_dir: Path, state: Any, root: Path) -> bool:
             dst.mkdir(exist_ok=True)
             shutil.copy2(rng, dst / rng.name)
     return dst.exists()
+
+
+def best_step(checkpoint: str | None) -> int | None:
+    """The step of the best checkpoint transformers keeps (`best_model_checkpoint`), None
+    without one. It is not always the best evaluation's step (`best_global_step`): an
+    evaluation between saves (eval_steps below save_steps) has no checkpoint, and
+    transformers then keeps the best one that has."""
+    return int(Path(checkpoint).name.removeprefix("checkpoint-")) if checkpoint else None
 
 
 def restore_best(restored: Path, output_dir: Path) -> None:
@@ -119,7 +127,7 @@ def restore_best(restored: Path, output_dir: Path) -> None:
     if not state_file.exists():
         return
     state = json.loads(state_file.read_text())
-    best = state.get("best_global_step")
+    best = best_step(state.get("best_model_checkpoint"))
     if not best:
         return
     target = output_dir / f"checkpoint-{best}"

@@ -186,6 +186,9 @@ def trainer_args(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=section.eval_steps,
         load_best_model_at_end=early,
+        # Early stopping's patience count is kept in the checkpoint: a run resumed after a
+        # failure stops where an uninterrupted one would.
+        restore_callback_states_from_checkpoint=True,
         metric_for_best_model="eval_loss" if early else None,
         # A metric of the user's own (trl.metric_for_best_model): transformers infers which
         # way is better from its name ("loss": lower) unless trl says so.

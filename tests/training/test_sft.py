@@ -308,3 +308,60 @@ def test_a_worker_restarted_on_another_node_still_ends_on_the_best_adapter(
         for name, value in best.items():
             key = name.replace(".weight", ".default.weight")
             torch.testing.assert_close(weights[key].detach(), value, msg=name)
+
+
+def test_evaluations_between_saves_neither_break_the_report_nor_move_the_best(make_cfg, tmp_path):
+    """With eval_steps below save_steps the best evaluation (step 1) may have no checkpoint:
+    transformers then keeps no best one (and ends on the last), nor does the Ray checkpoint;
+    copying step 1's stopped the report."""
+    from transformers import TrainerCallback
+
+    from esevo_ray.training.callbacks import BEST_DIR, fill_checkpoint
+
+    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
+    cfg = make_cfg(
+        "sft.max_steps=4", "sft.eval_fraction=0.25", "sft.eval_steps=1", "sft.save_steps=2",
+        "sft.early_stopping_patience=10", "sft.trl={greater_is_better: true}",
+    )  # fmt: skip
+    reported = []
+
+    class Report(TrainerCallback):  # what RayReportCallback sends at each save
+        def on_save(self, args, state, control, **kwargs):
+            root = tmp_path / f"ray-{state.global_step}"
+            fill_checkpoint(Path(args.output_dir), state, root)
+            reported.append((state.global_step, (root / BEST_DIR).exists()))
+
+    trainer = build_sft_trainer(cfg, sft_job(cfg, tmp_path / "data"), str(tmp_path / "hf"),
+                                [Report()])  # fmt: skip
+    trainer.train()
+    assert trainer.state.best_global_step == 1  # evaluated, never saved
+    assert reported == [(2, False), (4, False)]
+    assert trainer.state.best_model_checkpoint is None
+
+
+def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(make_cfg, tmp_path):
+    """Early stopping's patience count is restored with the checkpoint: reset, a run resumed
+    after a failure would train `patience` evaluations longer."""
+    from transformers import TrainerCallback
+
+    from esevo_ray.training.callbacks import fill_checkpoint
+
+    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
+    # Every evaluation after the first is worse (the loss falls; higher is "better").
+    cfg = make_cfg(
+        "sft.max_steps=8", "sft.eval_fraction=0.25", "sft.eval_steps=1", "sft.save_steps=1",
+        "sft.early_stopping_patience=2", "sft.trl={greater_is_better: true}",
+    )  # fmt: skip
+    job = sft_job(cfg, tmp_path / "data")
+
+    class ReportAtStep2(TrainerCallback):  # what RayReportCallback sends at step 2
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                fill_checkpoint(Path(args.output_dir), state, tmp_path / "ray")
+
+    whole = build_sft_trainer(cfg, job, str(tmp_path / "a"), [ReportAtStep2()])
+    whole.train()
+    assert whole.state.global_step == 3  # best at 1, then two worse evaluations
+    resumed = build_sft_trainer(cfg, job, str(tmp_path / "a"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "ray" / common.HF_DIR))
+    assert resumed.state.global_step == 3
