@@ -178,14 +178,18 @@ def check_replaceable(path: str | Path, *, holds: str | tuple[str, ...], what: s
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path, *, keep_existing: bool = False, keep_replaced: bool = False
+) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
 
     A caller writing to a folder the user named calls check_replaceable first, before its
     work, so that what `path` holds is known to be an earlier version of its output.
     `keep_existing`: for a cache that several processes may fill at once (a merged model):
     a complete `path` published by another process meanwhile is kept and this copy dropped,
-    never swapped out under a process that is reading it.
+    never swapped out under a process that is reading it. `keep_replaced`: for what took
+    long to make (a trained adapter): the version replaced is moved aside to
+    `<name>.replaced-<time>` (`set_aside`), not deleted.
 
     Replacing takes two renames (`path` aside, the new folder in); a crash between them
     leaves the old version aside, and the next call on `path` puts it back first.
@@ -204,6 +208,9 @@ def atomic_dir(path: str | Path, *, keep_existing: bool = False) -> Iterator[Pat
         for file in (f for f in tmp.rglob("*") if f.is_file()):
             _fsync(file)
         _fsync(tmp)
+        if path.exists() and keep_replaced:
+            logger.warning("%s replaced: the earlier version is kept as %s", path,
+                           set_aside(path, "replaced"))  # fmt: skip
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)

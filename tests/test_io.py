@@ -70,6 +70,21 @@ def test_a_shared_cache_keeps_the_first_complete_copy(tmp_path):
     assert (out / "v").read_text() == "third"
 
 
+def test_a_trained_adapter_replaced_is_kept_aside(tmp_path):
+    """`esevo dpo` run again into a finished run's m1/adapter keeps the hours behind the old
+    one: moved to adapter.replaced-<time>, only once the new one is complete."""
+    out = tmp_path / "adapter"
+    with atomic_dir(out, keep_replaced=True) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(out, keep_replaced=True):
+        raise RuntimeError("training failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+    with atomic_dir(out, keep_replaced=True) as tmp:
+        (tmp / "v").write_text("2")
+    (kept,) = tmp_path.glob("adapter.replaced-*")
+    assert (kept / "v").read_text() == "1" and (out / "v").read_text() == "2"
+
+
 def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
     """What a killed write leaves (a temporary file, a temporary folder of weights) is
     removed; a write going on now (young), published files and other dot files are not."""

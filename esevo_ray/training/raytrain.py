@@ -215,7 +215,7 @@ def export(
             init_adapter=job.init_adapter,
             init_adapter_hash=adapter_hash(job.init_adapter),
         )
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, keep_replaced=True) as tmp:  # hours of training: kept
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             save_config(cfg, tmp / "config.yaml")
             atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
