@@ -119,6 +119,25 @@ def test_bench_train_names_its_init_flag_and_a_config_not_utf8_is_named(tmp_path
         assert "each row needs a label of its own" in _error(capsys)
 
 
+def test_an_output_dir_through_a_file_is_a_one_line_error(tmp_path, config, capsys):
+    (tmp_path / "afile").write_text("x")
+    argv = ["data", "prepare", "--config", config, f"output_dir={tmp_path / 'afile'}"]
+    assert main(argv) == 2
+    assert "Not a directory" in _error(capsys)
+
+
+def test_serve_refuses_a_run_not_made_yet_before_ray_starts(config, capsys, monkeypatch):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started for a run that is not there")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    assert main(["serve", "--config", config]) == 2
+    assert "serve: no run directory at" in _error(capsys)
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, config, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's own usage error
         main(["generate", "--config", config, "--iteration", "0"])

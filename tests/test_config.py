@@ -111,6 +111,8 @@ def test_env_vars_expand_in_paths(monkeypatch, caplog):
     )
     assert cfg.model.path == "/models/m"
     assert cfg.serve.crisis_text == "Call $ESEVO_MODELS"  # text, not a path: kept as written
+    monkeypatch.setenv("HOME", "/home/someone")  # not a folder named "~" in the working dir
+    assert load_config(None, ["output_dir=~/runs"]).output_dir == "/home/someone/runs"
     # An unset variable: refused where the run would be written, named elsewhere.
     with pytest.raises(
         ConfigError, match=r"output_dir '\$\{ESEVO_NOT_SET\}/runs': \$ESEVO_NOT_SET is not set"

@@ -27,7 +27,8 @@ from esevo_ray.schema import SchemaError  # noqa: E402
 # bug and keeps its traceback.
 USER_ERRORS = (
     ConfigError, DataError, SchemaError, RunConflict, UsageError, FileNotFoundError,
-    EndpointError, JudgeError, BenchUnavailable, PartsConflict,
+    NotADirectoryError, IsADirectoryError, PermissionError, EndpointError, JudgeError,
+    BenchUnavailable, PartsConflict,
 )  # fmt: skip
 
 

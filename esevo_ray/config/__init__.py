@@ -116,9 +116,9 @@ def _is_path_key(key: str) -> bool:
 
 
 def _expand_env(node: Any, where: str = "") -> Any:
-    """Expand `$VAR` / `${VAR}` in path values (`path`, `*_path`, `*_dir`, `*_model` keys:
-    model and data folders, output_dir, ...); other text (a crisis message, say) is kept as
-    written.
+    """Expand `$VAR` / `${VAR}` and a leading `~` in path values (`path`, `*_path`, `*_dir`,
+    `*_model` keys: model and data folders, output_dir, ...); other text (a crisis message,
+    say) is kept as written.
 
     Raises:
         ConfigError: a variable in `output_dir` is not set, or its `${` is not closed: the
@@ -140,7 +140,7 @@ def _expand_env(node: Any, where: str = "") -> Any:
         raise ConfigError(f"output_dir {node!r}: {unset[0]}")
     if unset:
         logger.warning("%s %r: %s, the path is kept as written", where, node, unset[0])
-    return os.path.expandvars(node)
+    return os.path.expanduser(os.path.expandvars(node))  # not a folder named "~"
 
 
 def _section_keys(loc: tuple) -> list[str]:

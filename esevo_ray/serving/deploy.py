@@ -30,6 +30,26 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.serve.run_dir) if cfg.serve.run_dir else RunLayout.of(cfg).root
 
 
+def served_run(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """The run folder to serve: `run_dir`, else the config's, resolved.
+
+    Raises:
+        UsageError: no folder is there (else the base model alone would be served, and the
+            human-evaluation database written into a folder made for it).
+    """
+    run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
+    if not run.is_dir():
+        where = (
+            "the run_dir given" if run_dir is not None
+            else "serve.run_dir" if cfg.serve.run_dir else "<output_dir>/<name> of the config"
+        )  # fmt: skip
+        raise UsageError(
+            f"serve: no run directory at {run} ({where}): train the run first (`esevo evolve` "
+            "with this config), or serve one that is there"
+        )
+    return run
+
+
 def human_db(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     """serve.human_eval.db_path, else the run's human-evaluation database."""
     run = RunLayout(Path(run_dir) if run_dir is not None else default_run_dir(cfg))
@@ -123,16 +143,7 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
 
     check_host_key(cfg.serve)
     s = cfg.serve
-    run = Path(run_dir if run_dir is not None else default_run_dir(cfg)).resolve()
-    if not run.is_dir():  # else: the base model alone, and a database in a folder made for it
-        where = (
-            "the run_dir given" if run_dir is not None
-            else "serve.run_dir" if s.run_dir else "<output_dir>/<name> of the config"
-        )  # fmt: skip
-        raise UsageError(
-            f"serve: no run directory at {run} ({where}): train the run first (`esevo evolve` "
-            "with this config), or serve one that is there"
-        )
+    run = served_run(cfg, run_dir)
     base = str(resolve_model(cfg.model.path).resolve())
     db = human_db(cfg, run)
     if ray.is_initialized():
@@ -172,6 +183,7 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
     from ray import serve
 
     check_host_key(cfg.serve)  # before anything starts
+    served_run(cfg, run_dir)
     if not ray.is_initialized():
         ray.init()
     app = build_application(cfg, run_dir)
