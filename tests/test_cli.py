@@ -199,6 +199,20 @@ def test_generate_makes_what_the_loop_makes(tmp_path, config, capsys, monkeypatc
     assert part.equals(seed_part(schema.read_table(seeds, schema.CONTEXTS), 2, 2))
 
 
+def test_an_out_inside_another_run_holds_to_that_runs_config(tmp_path, config, capsys):
+    """Written with this config into run `other`'s data folder, its data stage would still
+    read as done, and its later stages would build on data of another config."""
+    from esevo_ray.config import load_config
+    from esevo_ray.pipeline.manifest import Manifest
+
+    other = tmp_path / "runs" / "other"
+    Manifest.open(other, load_config(None, ["name=other", f"output_dir={tmp_path / 'runs'}"]))
+    argv = ["data", "prepare", "--config", config, "--out", str(other / "data")]
+    assert main(argv) == 2
+    assert f"{other} was made by a different config (name changed)" in _error(capsys)
+    assert not (other / "data").exists()
+
+
 def test_a_ray_job_needs_an_absolute_output_dir(tmp_path, monkeypatch, capsys):
     """In `ray job submit --working-dir .` the job runs in Ray's unpacked copy of the folder:
     a relative output_dir would write the run there, to vanish with the session."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -102,18 +103,35 @@ def claim_run(
     """A command that writes `out` (None: the run's own folder) inside the run of `cfg`
     holds the run for the rest of the command, as `esevo evolve` does, and must have the
     run's config (FREE_KEYS aside): an output made with other settings would pass for the
-    run's, and evolve would build on it. An `out` outside the run is the user's own.
+    run's, and evolve would build on it. The same holds for an `out` inside another run
+    (a folder above it holds a run manifest); any other `out` is the user's own.
 
     Raises:
         RunConflict: the run was made by another config, or another process holds it.
     """
     root = layout.root.resolve()
     if out is not None and not Path(out).resolve().is_relative_to(root):
-        return
+        root = _run_holding(Path(out).resolve())
+        if root is None:
+            return
     held = getattr(args, "held", None)  # main()'s: released when the command ends
     if held is not None:
         held.enter_context(run_lock(root))
     recorded(root, cfg, remedy="pass --out to write elsewhere, or restore its config")
+
+
+def _run_holding(path: Path) -> Path | None:
+    """The run folder that `path` is in (the nearest folder above it, or itself, holding a
+    run's manifest.json), None when it is in none. A stage folder's manifest (data, pairs)
+    is no run manifest: it has no "stages"."""
+    for folder in (path, *path.parents):
+        try:
+            data = json.loads((folder / "manifest.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("stages"), dict):
+            return folder
+    return None
 
 
 def positive(text: str, why: str = "") -> int:
