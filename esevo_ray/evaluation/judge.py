@@ -410,12 +410,14 @@ def judge_file(
     return scores
 
 
+def verdict_settings(cfg: JudgeSection) -> dict:
+    """The settings a verdict depends on: every one but the transport's."""
+    return cfg.model_dump(mode="json", exclude=_TRANSPORT)
+
+
 def _settings(cfg: JudgeSection, judge_model: str) -> str:
-    """What a verdict depends on: the judge model and every setting but the transport."""
-    return json.dumps(
-        {"judge_model": judge_model, **cfg.model_dump(mode="json", exclude=_TRANSPORT)},
-        sort_keys=True,
-    )
+    """What a verdict depends on: the judge model and `verdict_settings`."""
+    return json.dumps({"judge_model": judge_model, **verdict_settings(cfg)}, sort_keys=True)
 
 
 def _response_key(row: dict) -> tuple:

@@ -98,11 +98,14 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
             "summary": summarize(scores),
         }
 
+    from esevo_ray.evaluation.judge import verdict_settings
+
     runner.stage(
         f"judge_{name}",
         inputs={"responses": responses},
         outputs={"judge_scores": run.judge_scores(t)},
         fn=score,
+        settings={**verdict_settings(judge), "judge_samples": cfg.eval.judge_samples},
     )
 
 
@@ -206,10 +209,11 @@ def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runne
             iteration=t, chosen=cfg.evolve.chosen,
         )  # fmt: skip
 
-    # The seeds as read: iteration t's part follows from them (and the config) alone.
+    # The seeds as read: iteration t's part follows from them and the number of parts.
     runner.stage(
         f"pairs_{name}", inputs={"seeds": run.seed_contexts, "generator": prev or base},
         outputs={"pairs": pairs / "manifest.json"}, fn=make_pairs, folder=pairs,
+        settings={"seed_parts": cfg.evolve.iterations} if cfg.evolve.seed_split else None,
     )  # fmt: skip
     _dpo(cfg, run, t, prev, base, runner)
 

@@ -60,16 +60,19 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# Settings that do not change what the loop writes, so a run continues under other values:
+# Settings a run continues under other values of. Most do not change what the loop writes:
 # where the run folder is found, how it is served, what is done about golden fallbacks
 # (the fallback error says to change these), the actors' count and CPUs (generation batches
-# are cut on the driver, the same whatever the pool), how the judge endpoint is called, and
-# how training runs are carried out (retries, CPUs, logging, checkpoint storage).
+# are cut on the driver, the same whatever the pool), and how training runs are carried out
+# (retries, CPUs, logging, checkpoint storage). The others are given to the stages that read
+# them as `settings` (pipeline.runner), which run again when they change: the judge's (so
+# that a judge, or a setting its endpoint refuses, can change after the responses are
+# made) and the number of iterations (a finished run goes on to more; with
+# evolve.seed_split the pairs stages, whose seed parts it sets, run again).
 FREE_KEYS = (
     "output_dir", "serve", "generation.fallback_policy", "generation.max_fallback_fraction",
-    "generation.num_actors", "generation.cpus_per_actor", "eval.judge.base_url",
-    "eval.judge.api_key_env", "eval.judge.concurrency", "eval.judge.requests_per_second",
-    "eval.judge.timeout_s", "eval.judge.max_retries", "eval.judge.backoff_s",
+    "generation.num_actors", "generation.cpus_per_actor", "eval.judge", "eval.judge_samples",
+    "evolve.iterations",
     *(f"{stage}.{key}" for stage in ("sft", "dpo") for key in NOT_TRAINED),
 )  # fmt: skip
 

@@ -12,6 +12,8 @@ manifest records its inputs' fingerprints when it starts, and it resumes only on
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -77,13 +79,18 @@ class Runner:
         outputs: dict[str, Path],
         fn: Callable[[], dict | None],
         folder: Path | None = None,
+        settings: dict | None = None,
     ) -> None:
         """Run `fn` as stage `name`, unless it finished on the same inputs.
 
         `folder`: where the stage writes (its outputs and any resumable parts); a stage run
         again on changed inputs moves it aside first, or its output files when there is none.
+        `settings`: the config values it reads that a run may change (manifest.FREE_KEYS),
+        taken as one more input (`settings`, by their hash), so that changed ones run it again.
         """
         fingerprints = _fingerprints(inputs)
+        if settings is not None:
+            fingerprints[SETTINGS] = settings_digest(settings)
         if self.manifest.done(name, outputs):
             changed = self._changed(name, inputs, fingerprints)
             if not changed:
@@ -115,7 +122,7 @@ class Runner:
         # What the stage read is what was there when it started; an input that did not exist
         # then (None) is read again now. One changed meanwhile (retrained in another shell)
         # is not recorded as read: the next run sees the change.
-        read = {
+        read = {  # (settings are never None)
             k: fingerprint(Path(inputs[k])) if v is None else v for k, v in fingerprints.items()
         }
         self.manifest.finish(
@@ -134,7 +141,8 @@ class Runner:
         return [
             k
             for k in self.manifest.changed_inputs(name, fingerprints)
-            if not (Path(inputs[k]).is_dir() and recorded[k] == legacy_fingerprint(Path(inputs[k])))
+            if k not in inputs  # the settings
+            or not (Path(inputs[k]).is_dir() and recorded[k] == legacy_fingerprint(Path(inputs[k])))
         ]
 
     def _retire(
@@ -147,6 +155,13 @@ class Runner:
             name, ", ".join(changed), when, ", ".join(moved) or "nowhere",
         )  # fmt: skip
         self.manifest.retire(name, changed, moved)
+
+
+SETTINGS = "settings"  # the input name of a stage's settings
+
+
+def settings_digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _fingerprints(inputs: dict[str, Path]) -> dict[str, str | None]:

@@ -71,6 +71,17 @@ def test_a_run_continues_under_the_fallback_errors_own_advice(tmp_path):
         Manifest.open(tmp_path, load_config(None, ["name=t", *free, "generation.batch_size=3"]))
 
 
+def test_a_run_takes_the_judge_errors_advice_and_more_iterations(tmp_path):
+    """The judge error says to set eval.judge.top_k=null; the judge stages run again under it
+    (pipeline.runner settings), as they do for another judge or sample, and a finished run
+    goes on to more iterations."""
+    Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    changed = ["eval.judge.top_k=null", "eval.judge.model=other", "eval.judge_samples=50",
+               "evolve.iterations=3"]  # fmt: skip
+    again = Manifest.open(tmp_path, load_config(None, ["name=t", *changed]))
+    assert again.data["config"]["evolve"]["iterations"] == 3
+
+
 def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
     """`trl` and `vllm` pass options through as they are: one the run was made with and the
     config no longer sets changes what the loop writes."""

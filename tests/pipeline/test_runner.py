@@ -91,6 +91,30 @@ def test_while_a_stage_runs_again_what_is_built_on_it_is_marked_outdated(tmp_pat
     assert all("outdated_by" not in s and s["status"] == "done" for s in stages().values())
 
 
+def test_a_stage_runs_again_when_the_settings_it_reads_change(tmp_path, caplog):
+    runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+    (tmp_path / "in.txt").write_text("x")
+    calls: list[dict] = []
+
+    def judge(settings: dict) -> None:
+        def fn():
+            calls.append(settings)
+            (tmp_path / "scores.txt").write_text(str(settings))
+
+        runner.stage("judge", inputs={"in": tmp_path / "in.txt"},
+                     outputs={"out": tmp_path / "scores.txt"}, fn=fn, settings=settings)  # fmt: skip
+
+    judge({"top_k": 50})
+    judge({"top_k": 50})
+    assert calls == [{"top_k": 50}], "a stage was redone under the same settings"
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
+        judge({"top_k": None})
+    assert calls == [{"top_k": 50}, {"top_k": None}]
+    assert "stage judge: its input settings changed since it ran" in caplog.text
+    (aside,) = tmp_path.glob("scores.txt.stale-*")
+    assert aside.read_text() == "{'top_k': 50}"
+
+
 def _interrupt():
     raise KeyboardInterrupt
 
