@@ -85,7 +85,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         (["bench", "train", "--pairs", "p", "--repeats", "0"], "--repeats: must be 1 or more"),
         (["bench", "train", "--pairs", "p", "--steps", "-1"], "--steps: must be 1 or more"),
         (["bench", "generate", "--repeats", "0"], "--repeats: must be 1 or more"),
-        (["bench", "serve", "--clients", "8", "0"], "--clients: must be 1 or more"),
+        (["bench", "serve", "--clients", "8,0"], "--clients: must be 1 or more"),
     ],
 )  # fmt: skip
 def test_counts_below_one_are_usage_errors(config, capsys, argv, says):
@@ -94,6 +94,15 @@ def test_counts_below_one_are_usage_errors(config, capsys, argv, says):
         main([*argv[:2], "--config", config, *argv[2:]] if argv[0] == "bench" else
              [argv[0], "--config", config, *argv[1:]])  # fmt: skip
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_client_counts_leave_the_overrides_to_the_config():
+    from esevo_ray.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["bench", "serve", "--config", "c.yaml", "--clients", "1,8", "serve.port=9001"]
+    )
+    assert args.clients == (1, 8) and args.overrides == ["serve.port=9001"]
 
 
 def test_bench_train_names_its_init_flag_and_a_config_not_utf8_is_named(tmp_path, config, capsys):

@@ -134,6 +134,12 @@ def _run_holding(path: Path) -> Path | None:
     return None
 
 
+def positive_list(text: str) -> tuple[int, ...]:
+    """argparse type of several counts, comma-separated ("1,8,32"): nargs="+" would swallow
+    the key=value overrides after them."""
+    return tuple(positive(part) for part in text.split(","))
+
+
 def positive(text: str, why: str = "") -> int:
     """argparse type of a count (clients, repeats, steps, requests in flight): 1 or more."""
     try:

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from esevo_ray.cli.common import existing, load_args_config, positive
+from esevo_ray.cli.common import existing, load_args_config, positive, positive_list
 
 
 def _load(args: argparse.Namespace):
@@ -165,8 +165,9 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="run directory (default from config)")
     p.add_argument("--model", default="current", help="served model name (default: current)")
     p.add_argument(
-        "--clients", type=positive, nargs="+", default=[1, 8, 32], help="concurrent clients to try"
-    )
+        "--clients", type=positive_list, default=(1, 8, 32),
+        help="concurrent clients to try, comma-separated (default 1,8,32)",
+    )  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
     p.add_argument("--max-tokens", type=positive, default=64)
     p.add_argument(
