@@ -402,3 +402,17 @@ def test_eval_of_an_endpoint_needs_the_name_of_its_model(tmp_path, config, capsy
     argv = ["eval", "--config", config, "--model", "http://127.0.0.1:9/v1"]
     assert main([*argv, "--contexts", str(contexts)]) == 2
     assert "--served-model" in _error(capsys)
+
+
+def test_a_job_script_takes_the_verbose_flag_anywhere():
+    from esevo_ray.cli import build_parser, job_argv
+
+    argv = job_argv(["evolve"], ["--config", "c.yaml", "-v", "output_dir=/runs"])
+    args = build_parser().parse_args(argv)
+    assert args.verbose and args.command == "evolve" and args.overrides == ["output_dir=/runs"]
+
+
+def test_the_run_report_refuses_the_options_of_the_human_report(tmp_path, config, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["report", str(tmp_path / "run"), "--config", config]) == 2
+    assert "--config: options of `esevo report human`" in _error(capsys)

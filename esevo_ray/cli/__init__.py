@@ -50,5 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_job(command: list[str]) -> None:
-    """Entry point of `jobs/*.py`: `esevo <command> <the script's arguments>`."""
-    sys.exit(main([*command, *sys.argv[1:]]))
+    """Entry point of `jobs/*.py`: `esevo <command> <the script's arguments>`; `-v` among
+    them is esevo's own flag, which goes before the command."""
+    sys.exit(main(job_argv(command, sys.argv[1:])))
+
+
+def job_argv(command: list[str], given: list[str]) -> list[str]:
+    verbose = [a for a in given if a in ("-v", "--verbose")]
+    return [*verbose, *command, *(a for a in given if a not in verbose)]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from esevo_ray.cli.common import existing, load_args_config, positive, positive_list
+from esevo_ray.errors import UsageError
 
 
 def _load(args: argparse.Namespace):
@@ -123,6 +124,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     def dispatch(args: argparse.Namespace) -> int:
         if args.run_dir == "human":
             return cmd_report_human(args)
+        given = {"--db": args.db, "--config": args.config, "--run-dir": args.human_run_dir,
+                 "--human-out": args.human_out}  # fmt: skip
+        if flags := [flag for flag, value in given.items() if value]:
+            raise UsageError(
+                f"{', '.join(flags)}: options of `esevo report human`; the report of run "
+                f"{args.run_dir} takes none of them"
+            )
         return previous(args)
 
     report.set_defaults(func=dispatch)
