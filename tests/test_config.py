@@ -180,6 +180,7 @@ def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
         # a run folder outside output_dir (name=.. with output_dir=/runs is /)
         ("name=..", "name: .*must be a folder name"),
         ("name=.", "name: .*must be a folder name"),
+        ("name=001", r"\(got 1\).*; quote it as YAML text: \"name='001'\""),
         # accepted once, these failed only when the judge or the trainer used them
         ("eval.judge.top_p=5", "eval.judge.top_p: Input should be less"),
         ("eval.judge.max_tokens=0", "eval.judge.max_tokens: Input should be greater"),

@@ -6,6 +6,7 @@ the key and the file, instead of after Ray workers have started.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -180,7 +181,12 @@ def _describe(err: ValidationError, source: str, overrides: list[str]) -> str:
                 f"  unknown key '{where}'{origin}" + (f"; did you mean {maybe}?" if near else "")
             )
         else:
-            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r}){origin}")
+            got = e.get("input")
+            # YAML reads 2024-06-01 as a date, 001 as a number, yes as true: text is quoted.
+            typed = e["type"] == "string_type" and isinstance(got, int | float | dt.date)
+            raw = texts[-1].split("=", 1)[1].strip() if texts else str(got)
+            hint = f"; quote it as YAML text: \"{where}='{raw}'\"" if typed else ""
+            lines.append(f"  {where}: {e['msg']} (got {got!r}){origin}{hint}")
     return "\n".join(lines)
 
 
