@@ -63,6 +63,19 @@ def _under_root(*parts: str) -> property:
     return property(lambda self: self.root.joinpath(*parts))
 
 
+def label_folder(label: str) -> str:
+    """A model's label as the name of one folder in `eval/`: its slashes as "_" (vLLM names a
+    served model org/model), never "." or "..", which would put the evaluation elsewhere.
+
+    Raises:
+        UsageError: the label is no folder name even so.
+    """
+    folder = label.replace("/", "_").replace("\\", "_")
+    if folder in ("", ".", "..") or "\0" in folder:
+        raise UsageError(f"model label {label!r} is no folder name: give another with --name")
+    return folder
+
+
 def read_manifest(path: Path) -> dict:
     """A run's manifest.json: an object whose "stages" is an object of objects, and whose
     "config", if any, is an object.
@@ -149,12 +162,13 @@ class RunLayout:
     def eval(self, name: str | int) -> Path:
         """Evaluation folder of M^t (given t or `m<t>`) or of any other named model."""
         t = name if isinstance(name, int) else model_index(name)
-        return self.model(t) / "eval" if t is not None else self.root / "eval" / name
+        return self.model(t) / "eval" if t is not None else self.root / "eval" / label_folder(name)
 
     def served_eval(self, name: str) -> Path:
         """Evaluation folder of a model behind an endpoint: `eval/<name>`, or
         `eval/served-<name>` for a name m<t>, whose own folder holds the run's M^t."""
-        return self.root / "eval" / (f"served-{name}" if model_index(name) is not None else name)
+        folder = label_folder(name)
+        return self.root / "eval" / (folder if model_index(name) is None else f"served-{folder}")
 
     def judge_scores(self, name: str | int) -> Path:
         return self.eval(name) / "judge_scores.parquet"

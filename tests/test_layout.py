@@ -35,6 +35,16 @@ def test_paths_follow_one_model_name(tmp_path):
         run.pairs(0)
 
 
+def test_a_model_label_is_one_folder_inside_the_run(tmp_path):
+    """vLLM serves models by names like org/model; `..` would put the evaluation outside."""
+    run = RunLayout.of(load_config(None, [f"output_dir={tmp_path}", "name=demo"]))
+    assert run.served_eval("HuggingFaceTB/SmolLM2") == run.root / "eval" / "HuggingFaceTB_SmolLM2"
+    assert run.eval("../../escape") == run.root / "eval" / ".._.._escape"
+    for label in ("..", "."):
+        with pytest.raises(UsageError, match="is no folder name"):
+            run.served_eval(label)
+
+
 def test_finished_lists_only_adapters_with_weights(tmp_path):
     run = RunLayout(tmp_path)
     _adapter(run.adapter(0))
