@@ -265,6 +265,31 @@ def test_fit_prompt_makes_room_for_the_answer_with_most_tokens_not_most_characte
     assert fits and size([*fitted, *rejected]) <= budget and size([*fitted, *chosen]) <= budget
 
 
+def _first_evaluation_best(make_cfg, tmp_path, *overrides: str):
+    """(cfg, job) of SFT on 16 rows evaluated at every step, with early stopping on a loss
+    that falls while higher counts as better: the first evaluation is the best, every later
+    one worse."""
+    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
+    cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=1",
+                   "sft.trl={greater_is_better: true}", *overrides)  # fmt: skip
+    return cfg, sft_job(cfg, tmp_path / "data")
+
+
+def _report_at(step: int, root: Path):
+    """A callback that does at `step` what RayReportCallback does at each save: fill the
+    Ray checkpoint (here the folder `root`)."""
+    from transformers import TrainerCallback
+
+    from esevo_ray.training.callbacks import fill_checkpoint
+
+    class ReportAt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                fill_checkpoint(Path(args.output_dir), state, root)
+
+    return ReportAt()
+
+
 def test_a_worker_restarted_on_another_node_still_ends_on_the_best_adapter(
     make_cfg, tmp_path, tiny_model
 ):
@@ -272,26 +297,16 @@ def test_a_worker_restarted_on_another_node_still_ends_on_the_best_adapter(
     resumed Trainer's state says it is, so early stopping's best model survives a restart
     on a node without the first worker's folders."""
     from safetensors.torch import load_file
-    from transformers import TrainerCallback
 
-    from esevo_ray.training.callbacks import fill_checkpoint, restore_best
+    from esevo_ray.training.callbacks import restore_best
 
-    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
-    # Best = the highest eval loss: the first evaluation, as the loss falls.
-    cfg = make_cfg(
-        "sft.max_steps=3", "sft.eval_fraction=0.25", "sft.eval_steps=1", "sft.save_steps=1",
-        "sft.early_stopping_patience=10", "sft.trl={greater_is_better: true}",
-    )  # fmt: skip
-    job = sft_job(cfg, tmp_path / "data")
+    cfg, job = _first_evaluation_best(
+        make_cfg, tmp_path, "sft.max_steps=3", "sft.save_steps=1", "sft.early_stopping_patience=10"
+    )
     ray_checkpoint = tmp_path / "ray-checkpoint"
 
-    class ReportAtStep2(TrainerCallback):  # what RayReportCallback sends at step 2
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                fill_checkpoint(Path(args.output_dir), state, ray_checkpoint)
-
     first_node = tmp_path / "node-a" / "hf"
-    whole = build_sft_trainer(cfg, job, str(first_node), [ReportAtStep2()])
+    whole = build_sft_trainer(cfg, job, str(first_node), [_report_at(2, ray_checkpoint)])
     whole.train()
     assert whole.state.best_global_step == 1
     best = load_file(first_node / "checkpoint-1" / "adapter_model.safetensors")
@@ -318,11 +333,9 @@ def test_evaluations_between_saves_neither_break_the_report_nor_move_the_best(ma
 
     from esevo_ray.training.callbacks import BEST_DIR, fill_checkpoint
 
-    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
-    cfg = make_cfg(
-        "sft.max_steps=4", "sft.eval_fraction=0.25", "sft.eval_steps=1", "sft.save_steps=2",
-        "sft.early_stopping_patience=10", "sft.trl={greater_is_better: true}",
-    )  # fmt: skip
+    cfg, job = _first_evaluation_best(
+        make_cfg, tmp_path, "sft.max_steps=4", "sft.save_steps=2", "sft.early_stopping_patience=10"
+    )
     reported = []
 
     class Report(TrainerCallback):  # what RayReportCallback sends at each save
@@ -331,8 +344,7 @@ def test_evaluations_between_saves_neither_break_the_report_nor_move_the_best(ma
             fill_checkpoint(Path(args.output_dir), state, root)
             reported.append((state.global_step, (root / BEST_DIR).exists()))
 
-    trainer = build_sft_trainer(cfg, sft_job(cfg, tmp_path / "data"), str(tmp_path / "hf"),
-                                [Report()])  # fmt: skip
+    trainer = build_sft_trainer(cfg, job, str(tmp_path / "hf"), [Report()])
     trainer.train()
     assert trainer.state.best_global_step == 1  # evaluated, never saved
     assert reported == [(2, False), (4, False)]
@@ -342,24 +354,11 @@ def test_evaluations_between_saves_neither_break_the_report_nor_move_the_best(ma
 def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(make_cfg, tmp_path):
     """Early stopping's patience count is restored with the checkpoint: reset, a run resumed
     after a failure would train `patience` evaluations longer."""
-    from transformers import TrainerCallback
+    cfg, job = _first_evaluation_best(
+        make_cfg, tmp_path, "sft.max_steps=8", "sft.save_steps=1", "sft.early_stopping_patience=2"
+    )
 
-    from esevo_ray.training.callbacks import fill_checkpoint
-
-    write_parquet(sft_table(16), tmp_path / "data" / "sft.parquet")
-    # Every evaluation after the first is worse (the loss falls; higher is "better").
-    cfg = make_cfg(
-        "sft.max_steps=8", "sft.eval_fraction=0.25", "sft.eval_steps=1", "sft.save_steps=1",
-        "sft.early_stopping_patience=2", "sft.trl={greater_is_better: true}",
-    )  # fmt: skip
-    job = sft_job(cfg, tmp_path / "data")
-
-    class ReportAtStep2(TrainerCallback):  # what RayReportCallback sends at step 2
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                fill_checkpoint(Path(args.output_dir), state, tmp_path / "ray")
-
-    whole = build_sft_trainer(cfg, job, str(tmp_path / "a"), [ReportAtStep2()])
+    whole = build_sft_trainer(cfg, job, str(tmp_path / "a"), [_report_at(2, tmp_path / "ray")])
     whole.train()
     assert whole.state.global_step == 3  # best at 1, then two worse evaluations
     resumed = build_sft_trainer(cfg, job, str(tmp_path / "a"))
