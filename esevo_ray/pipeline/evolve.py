@@ -105,7 +105,10 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
         inputs={"responses": responses},
         outputs={"judge_scores": run.judge_scores(t)},
         fn=score,
-        settings={**verdict_settings(judge), "judge_samples": cfg.eval.judge_samples},
+        settings={
+            **{f"eval.judge.{k}": v for k, v in verdict_settings(judge).items()},
+            "eval.judge_samples": cfg.eval.judge_samples,
+        },
     )
 
 
@@ -154,6 +157,8 @@ def _loop(cfg: RunConfig, run: RunLayout, runner: Runner) -> None:
     runner.stage(
         "report", inputs=inputs, outputs={"report": run.report},
         fn=lambda: _report(run.root), folder=run.report_dir,
+        # more iterations add inputs, which a finished stage would take as they are
+        settings={"evolve.iterations": cfg.evolve.iterations},
     )  # fmt: skip
 
 
@@ -213,7 +218,7 @@ def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runne
     runner.stage(
         f"pairs_{name}", inputs={"seeds": run.seed_contexts, "generator": prev or base},
         outputs={"pairs": pairs / "manifest.json"}, fn=make_pairs, folder=pairs,
-        settings={"seed_parts": cfg.evolve.iterations} if cfg.evolve.seed_split else None,
+        settings={"evolve.iterations": cfg.evolve.iterations} if cfg.evolve.seed_split else None,
     )  # fmt: skip
     _dpo(cfg, run, t, prev, base, runner)
 

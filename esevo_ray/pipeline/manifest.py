@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -115,20 +115,44 @@ NEW_RUN = "rerun with --new-run to start a new run directory, or restore the ori
 
 def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> None:
     """Accept a record that differs only by FREE_KEYS and by settings added since (at their
-    defaults); the record then holds the current config."""
+    defaults); the record then holds the current config, and lists what changed under
+    `config_changes` (and, for this process, `CHANGED_NOW`)."""
     current = cfg.model_dump(mode="json")
     defaults = RunConfig().model_dump(mode="json")
-    changed = config_changes(data.get("config", {}), current, defaults)
+    stored = _expanduser(data.get("config", {}))  # "~/x" as a path is written now
+    changed = config_changes(stored, current, defaults)
     if blocking := [k for k in changed if not _free(k)]:
         raise RunConflict(
             f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
             f"{remedy} to continue this one"
         )
+    before = stored.get("evolve", {}).get("iterations", 0)
+    if current["evolve"]["iterations"] < before:  # more, yes; fewer would leave M^T+1.. there
+        raise RunConflict(
+            f"{run_dir} has {before} iterations, and evolve.iterations="
+            f"{current['evolve']['iterations']} would leave the models past it in the report "
+            f"and the server; {remedy} to continue this one"
+        )
     if changed:
         logger.warning("%s: continuing with %s changed", run_dir, ", ".join(changed))
+        data.setdefault("config_changes", []).append({"when": _now(), "changed": changed})
     else:
         logger.warning("%s: config settings added since the run began keep their defaults", run_dir)
-    data.update(config_digest=cfg.digest(), config=current)
+    data.update(config_digest=cfg.digest(), config=current, **{CHANGED_NOW: changed})
+
+
+# The config keys changed as this process took the run on (not saved): a stage recorded
+# before it was given settings (pipeline.runner) runs again when they are among them.
+CHANGED_NOW = "_changed_now"
+
+
+def _expanduser(node: Any) -> Any:
+    """A recorded config with a leading "~" of its text expanded, as config loading does."""
+    if isinstance(node, dict):
+        return {k: _expanduser(v) for k, v in node.items()}
+    if isinstance(node, str) and node.startswith("~"):
+        return os.path.expanduser(node)
+    return node
 
 
 def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN) -> dict:
@@ -233,13 +257,17 @@ def _hold(path: Path) -> int:
 class Manifest:
     path: Path
     data: dict[str, Any]
+    # The free config keys changed as this process opened the run (CHANGED_NOW).
+    changed: list[str] = field(default_factory=list)
 
     @classmethod
     def open(cls, run_dir: Path, cfg: RunConfig) -> Manifest:
         """Load the run's manifest, or start one; refuse a run made by another config."""
         path = run_dir / "manifest.json"
+        changed: list[str] = []
         if path.exists():
             data = recorded(run_dir, cfg)
+            changed = data.pop(CHANGED_NOW, [])
             data["resumed"] = data.get("resumed", 0) + 1
         else:
             data = {
@@ -250,7 +278,7 @@ class Manifest:
                 "created": _now(),
                 "stages": {},
             }
-        manifest = cls(path, data)
+        manifest = cls(path, data, changed)
         manifest.save()
         return manifest
 

@@ -85,14 +85,16 @@ class Runner:
 
         `folder`: where the stage writes (its outputs and any resumable parts); a stage run
         again on changed inputs moves it aside first, or its output files when there is none.
-        `settings`: the config values it reads that a run may change (manifest.FREE_KEYS),
-        taken as one more input (`settings`, by their hash), so that changed ones run it again.
+        `settings`: the config values it reads that a run may change (manifest.FREE_KEYS), by
+        their dotted keys, taken as one more input (`settings`, by their hash), so that changed
+        ones run it again. A stage recorded before it was given settings runs again when one
+        of them is among the keys changed as the run was opened (`Manifest.changed`).
         """
         fingerprints = _fingerprints(inputs)
         if settings is not None:
             fingerprints[SETTINGS] = settings_digest(settings)
         if self.manifest.done(name, outputs):
-            changed = self._changed(name, inputs, fingerprints)
+            changed = self._changed(name, inputs, fingerprints, settings)
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))
                 logger.info("stage %s: done, reusing %s", name, reused)
@@ -102,7 +104,7 @@ class Runner:
                 return
             self._retire(name, changed, folder, outputs, "since it ran")
         elif self.manifest.stopped(name) and (
-            changed := self._changed(name, inputs, fingerprints)
+            changed := self._changed(name, inputs, fingerprints, settings)
         ):  # its resumable parts hold rows made from the old inputs
             self._retire(name, changed, folder, outputs, "since it started")
         logger.info("stage %s: start", name)
@@ -133,17 +135,29 @@ class Runner:
                     ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items()))  # fmt: skip
 
     def _changed(
-        self, name: str, inputs: dict[str, Path], fingerprints: dict[str, str | None]
+        self,
+        name: str,
+        inputs: dict[str, Path],
+        fingerprints: dict[str, str | None],
+        settings: dict | None = None,
     ) -> list[str]:
         """The inputs of `name` that changed since it ran; a folder recorded the old way (by
-        its manifest.json) is unchanged while that file is."""
+        its manifest.json) is unchanged while that file is, and settings recorded the old way
+        (not at all) while none of their keys changed as the run was opened."""
         recorded = self.manifest.data["stages"].get(name, {}).get("input_fingerprints", {})
-        return [
+        changed = [
             k
             for k in self.manifest.changed_inputs(name, fingerprints)
             if k not in inputs  # the settings
             or not (Path(inputs[k]).is_dir() and recorded[k] == legacy_fingerprint(Path(inputs[k])))
         ]
+        if (
+            settings is not None
+            and SETTINGS not in recorded
+            and _touched(settings, self.manifest.changed)
+        ):
+            changed.append(SETTINGS)
+        return changed
 
     def _retire(
         self, name: str, changed: list[str], folder: Path | None, outputs: dict, when: str
@@ -162,6 +176,15 @@ SETTINGS = "settings"  # the input name of a stage's settings
 
 def settings_digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _touched(settings: dict, changed: list[str]) -> bool:
+    """Is a dotted key of `settings` among `changed`, inside one or holding one?"""
+    return any(
+        key == c or key.startswith(f"{c}.") or c.startswith(f"{key}.")
+        for key in settings
+        for c in changed
+    )
 
 
 def _fingerprints(inputs: dict[str, Path]) -> dict[str, str | None]:

@@ -80,6 +80,25 @@ def test_a_run_takes_the_judge_errors_advice_and_more_iterations(tmp_path):
                "evolve.iterations=3"]  # fmt: skip
     again = Manifest.open(tmp_path, load_config(None, ["name=t", *changed]))
     assert again.data["config"]["evolve"]["iterations"] == 3
+    assert set(again.changed) == {
+        "eval.judge.top_k",
+        "eval.judge.model",
+        "eval.judge_samples",
+        "evolve.iterations",
+    }
+    assert again.data["config_changes"][-1]["changed"] == again.changed
+    # Fewer iterations would leave M3 beside a run of two, in the report and the server.
+    with pytest.raises(RunConflict, match="has 3 iterations, and evolve.iterations=2"):
+        Manifest.open(tmp_path, load_config(None, ["name=t", *changed[:3]]))
+
+
+def test_a_home_folder_written_as_tilde_is_the_same_setting(tmp_path, monkeypatch):
+    """A run recorded "~/models/x" (read as a path where it was used); the config now
+    expands it when it loads."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    _record(tmp_path, lambda c: c["model"].update(path="~/models/x"))
+    Manifest.open(tmp_path, load_config(None, ["name=t", "model.path=~/models/x"]))
 
 
 def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):

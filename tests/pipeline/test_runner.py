@@ -104,15 +104,38 @@ def test_a_stage_runs_again_when_the_settings_it_reads_change(tmp_path, caplog):
         runner.stage("judge", inputs={"in": tmp_path / "in.txt"},
                      outputs={"out": tmp_path / "scores.txt"}, fn=fn, settings=settings)  # fmt: skip
 
-    judge({"top_k": 50})
-    judge({"top_k": 50})
-    assert calls == [{"top_k": 50}], "a stage was redone under the same settings"
+    judge({"eval.judge.top_k": 50})
+    judge({"eval.judge.top_k": 50})
+    assert calls == [{"eval.judge.top_k": 50}], "a stage was redone under the same settings"
     with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
-        judge({"top_k": None})
-    assert calls == [{"top_k": 50}, {"top_k": None}]
+        judge({"eval.judge.top_k": None})
+    assert calls == [{"eval.judge.top_k": 50}, {"eval.judge.top_k": None}]
     assert "stage judge: its input settings changed since it ran" in caplog.text
     (aside,) = tmp_path.glob("scores.txt.stale-*")
-    assert aside.read_text() == "{'top_k': 50}"
+    assert aside.read_text() == "{'eval.judge.top_k': 50}"
+
+
+def test_a_stage_recorded_before_it_had_settings_runs_again_when_one_changed(tmp_path):
+    """Its record has no settings to compare: the keys changed as the run was opened say."""
+    calls: list[str] = []
+
+    def judge(root, cfg_overrides: list[str], settings: dict | None) -> None:
+        (root / "in.txt").write_text("x")
+        runner = Runner(Manifest.open(root, load_config(None, ["name=t", *cfg_overrides])))
+
+        def fn():
+            calls.append(f"{root.name}: {settings}")
+            (root / "scores.txt").write_text(str(settings))
+
+        runner.stage("judge", inputs={"in": root / "in.txt"},
+                     outputs={"out": root / "scores.txt"}, fn=fn, settings=settings)  # fmt: skip
+
+    for name, changed in (("other_keys", "eval.judge.concurrency=8"),
+                          ("its_key", "eval.judge.model=other")):  # fmt: skip
+        (tmp_path / name).mkdir()
+        judge(tmp_path / name, [], None)  # as the stage was recorded before it had settings
+        judge(tmp_path / name, [changed, "evolve.iterations=3"], {"eval.judge.model": "m"})
+    assert calls == ["other_keys: None", "its_key: None", "its_key: {'eval.judge.model': 'm'}"]
 
 
 def _interrupt():
