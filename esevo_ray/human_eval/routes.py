@@ -18,6 +18,7 @@ import itertools
 import random
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Awaitable
 from importlib.resources import files
 from pathlib import Path
@@ -71,7 +72,8 @@ class HumanEval:
         self.store = HumanEvalStore(db_path)
         self.settings = settings
         self.locks: dict[str, asyncio.Lock] = {}
-        self.replying: set[str] = set()  # sessions whose reply is being made
+        # Turns of each session asked for and not yet stored (waiting, replying, storing).
+        self.replying: Counter[str] = Counter()
         # Sessions start in the route threadpool: a draw and its insert go together, or raters
         # starting at once all read the same counts and get the same model.
         self.drawing = threading.Lock()
@@ -197,31 +199,40 @@ async def post_turn(
             f"message has {len(body.message)} characters, over the limit of {limit}",
             param="message",
         )
+    ev.replying[session_id] += 1
+    try:
+        index, a, b = await _turn(ev, session_id, sess, body.message)
+    finally:
+        ev.replying[session_id] -= 1
+        if not ev.replying[session_id]:
+            del ev.replying[session_id]
+    return TurnOut(turn_index=index, replies=[a] if b is None else [a, b])
+
+
+async def _turn(ev: HumanEval, session_id: str, sess: dict, message: str):
+    """One turn of a session: its replies made and stored, under the session's lock.
+    (its index, reply A, reply B or None)"""
     async with ev.locks.setdefault(session_id, asyncio.Lock()):
         turns = await asyncio.to_thread(ev.store.turns, session_id)
         if sess["mode"] == "pairwise" and turns and turns[-1]["choice"] is None:
             raise ApiError(409, f"vote on turn {turns[-1]['turn_index']} first", "conflict_error")
         if sess["mode"] == "pointwise" and await asyncio.to_thread(ev.store.rated, session_id):
             raise ApiError(409, "this session is already rated", "conflict_error")
-        dialogue = [*history(turns), {"role": "user", "content": body.message}]
+        dialogue = [*history(turns), {"role": "user", "content": message}]
         pair = [sess["model_a"], sess["model_b"]]
-        ev.replying.add(session_id)
-        try:
-            if sess["model_b"] is not None:
-                _rng.shuffle(pair)  # blind the sides anew on every turn
-                (a, crisis_a), (b, crisis_b) = await both(
-                    ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
-                )
-                crisis = crisis_a or crisis_b  # either side's reply may fire the guard
-            else:
-                (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
-        finally:
-            ev.replying.discard(session_id)
+        if sess["model_b"] is not None:
+            _rng.shuffle(pair)  # blind the sides anew on every turn
+            (a, crisis_a), (b, crisis_b) = await both(
+                ev.host.reply(pair[0], dialogue), ev.host.reply(pair[1], dialogue)
+            )
+            crisis = crisis_a or crisis_b  # either side's reply may fire the guard
+        else:
+            (a, crisis), b = await ev.host.reply(pair[0], dialogue), None
         index = len(turns)
         await asyncio.to_thread(
-            ev.store.add_turn, session_id, index, body.message, pair[0], a, pair[1], b, crisis
+            ev.store.add_turn, session_id, index, message, pair[0], a, pair[1], b, crisis
         )
-    return TurnOut(turn_index=index, replies=[a] if b is None else [a, b])
+    return index, a, b
 
 
 @router.post("/api/sessions/{session_id}/votes", response_model=Ack)
@@ -254,7 +265,7 @@ async def post_rating(
     sess = await asyncio.to_thread(ev.session, session_id)
     if sess["mode"] != "pointwise":
         raise ApiError(409, "ratings belong to point-wise sessions", "conflict_error")
-    if session_id in ev.replying:  # the rater has not seen the reply being made
+    if ev.replying[session_id]:  # the rater has not seen the reply being made
         raise ApiError(409, "a reply is still on its way: rate once it is shown", "conflict_error")
     # No turn starts while the rating is stored; a second rating (a double click) waits for
     # the first and is then told the session is rated.
