@@ -66,6 +66,11 @@ def _rows(base: str, model: str, metrics: dict[str, dict], confidence: float) ->
     return lines
 
 
+def _distinct_scored_zero(metrics: dict) -> bool:
+    """Whether a metrics.json predates leaving responses without an n-gram out of Distinct-n."""
+    return "(0 without one)" in str(metrics.get("settings", {}).get("distinct", ""))
+
+
 def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options) -> list[str]:
     """Markdown of the ESConv-toolkit table and the interval tables; writes intervals.json.
 
@@ -82,6 +87,13 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         "",
     ]
     metrics = {m.label: m.metrics for m in models}
+    if old := [label for label, m in metrics.items() if m and _distinct_scored_zero(m)]:
+        md += [
+            f"Distinct-n of {', '.join(old)} was scored under the earlier definition, in which "
+            "a response without an n-gram scored 0 and counted in the mean (its intervals "
+            "below use the current one): `esevo eval` on the same responses scores it again.",
+            "",
+        ]
     if any(m and "esconv" in m for m in metrics.values()):
         md += [
             "## ESConv-toolkit metrics",

@@ -188,6 +188,12 @@ def test_report_sections_mark_intervals_and_write_json(tmp_path, weak, strong):
     assert "## ESConv-toolkit metrics" in md and "| Model | B-1 |" in md
     assert "### M1 vs M0" in md and "| Judge empathy | 40 (40) |" in md
     assert "1000 paired resamples of the dialogues those contexts come from" in md
+    assert "earlier definition" not in md
+    # A metrics.json of an earlier version: its Distinct-n is named as scored the old way.
+    settings = {**weak.metrics["settings"], "distinct": "per response (0 without one), mean"}
+    old = Model(weak.label, weak.responses, {**weak.metrics, "settings": settings}, weak.judge)
+    md = "\n".join(intervals.report_sections([old, strong], tmp_path, resamples=100))
+    assert "Distinct-n of M0 was scored under the earlier definition" in md
 
 
 def test_contexts_of_one_dialogue_give_no_interval(tmp_path, weak, strong):
