@@ -31,14 +31,51 @@ _THINKING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 def parse_verdict(text: str | None) -> tuple[float, str | None]:
     """The (score, explanation) in a judge reply: its last JSON object with a valid score,
     possibly in a code fence, outside any <think> block (a draft, an example of the format
-    or a scale quoted before the verdict do not count).
+    or a scale quoted before the verdict do not count). Failing that, the last such object
+    read leniently (single quotes as in the paper's templates, a trailing comma), and then
+    the "Score: N" line that Appendix E.2's output format asks for, when every such line
+    in the reply gives the same score.
 
     Raises:
-        VerdictError: no JSON object with a numeric `score` in [1, 5].
+        VerdictError: no score in [1, 5] found.
     """
     if not text:
         raise VerdictError("empty reply")
     text = _THINKING.sub(" ", text)
+    try:
+        return _json_verdict(text)
+    except VerdictError as e:
+        if found := _lenient_verdict(text):
+            return found
+        lines = {float(m.group(1)) for m in _SCORE_LINE.finditer(text)}
+        if len(lines) == 1 and SCORE_RANGE[0] <= (score := lines.pop()) <= SCORE_RANGE[1]:
+            explanation = _EXPLANATION_LINE.search(text)
+            return score, explanation.group(1).strip() if explanation else None
+        raise e
+
+
+# "Score: 4", "**Score**: 4/5", "score - 4.5" (a number right after the word, nothing else).
+_SCORE_LINE = re.compile(r"(?im)^[\s*#_]*score\W{0,5}?(\d+(?:\.\d+)?)(?:\s*/\s*5)?\W*$")
+_EXPLANATION_LINE = re.compile(
+    r"(?ims)^[\s*#_]*explanation[\s*_]*:[\s*_]*(.+?)(?=^[\s*#_]*score|\Z)"
+)
+
+
+def _lenient_verdict(text: str) -> tuple[float, str | None] | None:
+    from esevo_ray.generation.parsing import lenient_objects
+
+    found = None
+    for obj in lenient_objects(text):
+        fields = {str(k).strip().lower(): v for k, v in obj.items()}
+        score = _number(fields.get("score"))
+        if score is not None and SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+            explanation = fields.get("explanation")
+            found = score, None if explanation is None else str(explanation)
+    return found
+
+
+def _json_verdict(text: str) -> tuple[float, str | None]:
+    """The last JSON object of `text` with a valid score (parse_verdict)."""
     decoder = json.JSONDecoder(strict=False)  # control characters inside strings are harmless
     found, invalid, inside = None, None, 0
     for match in re.finditer(r"\{", text):
@@ -69,9 +106,9 @@ def _number(value: object) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+    if isinstance(value, str) and (match := _SCORE_TEXT.fullmatch(value)):
+        return float(match.group(1))
     return None
+
+
+_SCORE_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*")  # "4", " 4.5 ", "4/5"

@@ -124,6 +124,18 @@ def _load(candidate: str) -> Any:
     raise ParseError(f"not a JSON object: {candidate[:80]!r}")
 
 
+def lenient_objects(text: str) -> Iterator[dict]:
+    """Each balanced {...} object of `text` that reads as a mapping the lenient way (`_load`:
+    JSON, a trailing comma, a Python literal, single quotes around apostrophes), in order."""
+    for candidate in _balanced_objects(text):
+        try:
+            value = _load(candidate)
+        except ParseError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
 def extract_object(text: str, holds: Callable[[dict], bool] = bool) -> dict[str, Any]:
     """The first JSON-like object in `text` (inside a fence if there is one) that `holds`
     accepts (by default: any non-empty one).

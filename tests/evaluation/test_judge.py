@@ -113,10 +113,16 @@ def test_parse_verdict_formats():
     nested = '{"explanation": "x", "score": 2, "parts": [{"name": "tone", "score": 5}]}'
     assert parse_verdict(nested) == (2.0, "x")
     assert parse_verdict('{"verdict": {"explanation": "y", "score": 4}}') == (4.0, "y")
+    # Appendix E.2's own output format, and the single quotes of the paper's templates.
+    assert parse_verdict("Explanation: warm but vague.\nScore: 3") == (3.0, "warm but vague.")
+    assert parse_verdict("**Score**: 4/5") == (4.0, None)
+    assert parse_verdict("{'explanation': 'it's kind', 'score': 4,}") == (4.0, "it's kind")
+    assert parse_verdict('{"score": "4/5"}') == (4.0, None)
     for bad in [
         "",
         None,
-        "Score: 4",
+        "Score: 2\nScore: 5",  # which one?
+        "Score: <a scale from 0 to 5>",  # the template echoed
         '{"score": 7}',
         '{"score": true}',
         '{"score": "high"}',
