@@ -39,28 +39,45 @@ def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: f
     """`client.chat.completions.create(**request)`, retrying transport errors.
 
     Timeouts, connection errors, 408/409/429 and 5xx are retried with exponential backoff and
-    jitter; `before()` (e.g. a rate limiter) runs before every attempt. Any other HTTP error
-    raises `openai.APIStatusError` at once; after the retries the last error is raised.
+    jitter, or after the wait a 429 or 503 names (Retry-After, in seconds; at most
+    MAX_RETRY_AFTER_S); `before()` (e.g. a rate limiter) runs before every attempt. Any other
+    HTTP error raises `openai.APIStatusError` at once; after the retries the last error is
+    raised.
     """
     import openai
 
     for attempt in range(max_retries + 1):
         if before is not None:
             before()
+        asked = None  # the wait the server asked for
         try:
             return client.chat.completions.create(**request)
         except openai.APIStatusError as e:
             if rejected(e.status_code):
                 raise
             error: Exception = e
+            asked = retry_after(e.response.headers.get("retry-after"))
         except openai.APIConnectionError as e:  # includes timeouts
             error = e
         if attempt == max_retries:
             raise error
         delay = backoff_s * 2**attempt * (1 + 0.25 * random.random())
+        delay = max(delay, asked or 0.0)
         logger.debug("request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
         time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+MAX_RETRY_AFTER_S = 120.0
+
+
+def retry_after(value: str | None) -> float | None:
+    """The seconds of a Retry-After header given in seconds (not an HTTP date), capped at
+    MAX_RETRY_AFTER_S; None without one."""
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value else None
+    except ValueError:
+        return None
 
 
 def is_endpoint(model: str | os.PathLike) -> bool:

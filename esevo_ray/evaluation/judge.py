@@ -48,6 +48,8 @@ REQUEST_REJECTED = "request rejected"
 # A run stops at once when its first FAILURES_TO_STOP requests are all rejected, or all
 # failed for good (an endpoint not there: a wrong port, a server not started), and none was
 # answered: asking for every other verdict would fail as well, slowly, through the retries.
+# An endpoint that stops answering later stops the run after FAILURES_TO_STOP x concurrency
+# requests in a row failed for good (those in flight as it went down fail together).
 FAILURES_TO_STOP = 3
 # How the judge is called, not what it answers: a scores file written under other values
 # of these still lends its verdicts.
@@ -108,6 +110,7 @@ class JudgeClient:
         )
         self._limiter = RateLimiter(cfg.requests_per_second)
         self._replies = {"accepted": 0, "rejected": 0, "failed": 0}
+        self._in_row = 0  # requests failed for good since the last one answered
         self._replies_lock = threading.Lock()
 
     def complete(self, messages: list[dict]) -> str | None:
@@ -154,10 +157,23 @@ class JudgeClient:
                     f"{cfg.max_retries + 1} attempts each and none was answered ({e}); is it "
                     "running, at this URL?"
                 ) from e
+            elif (in_row := self._failed_in_row()) >= FAILURES_TO_STOP * cfg.concurrency:
+                raise JudgeError(
+                    f"{where}: the last {in_row} requests all failed after "
+                    f"{cfg.max_retries + 1} attempts each ({e}); it stopped answering: run the "
+                    "same command again once it answers, to ask for the verdicts left"
+                ) from e
             raise
         with self._replies_lock:
             self._replies["accepted"] += 1
+            self._in_row = 0
         return reply.choices[0].message.content if reply.choices else None
+
+    def _failed_in_row(self) -> int:
+        """Count a request that failed for good; the failures since the last answer."""
+        with self._replies_lock:
+            self._in_row += 1
+            return self._in_row
 
     def _none_accepted_after(self, outcome: str) -> bool:
         """Count a request that ended in `outcome` ("rejected" or "failed"); True when

@@ -498,3 +498,36 @@ def test_an_endpoint_that_answers_nothing_stops_the_run_after_its_first_requests
     with pytest.raises(JudgeError, match=r"7 of 21 requests failed for good"):
         judge_file(path, tmp_path / "mixed_scores.parquet", every, n_samples=None,
                    base_url=server.url, model="judge-x")  # fmt: skip
+
+
+def test_an_endpoint_that_stops_answering_part_way_stops_the_run(server, tmp_path, monkeypatch):
+    """Once one verdict came, the first-requests rule no longer applies: without a stop, every
+    request left would go through its retries (hours at the default timeout)."""
+    answer = server.reply
+
+    def goes_down(body):  # answers the first request, then is down
+        try:
+            return answer(body)
+        finally:
+            server.down = True
+
+    server.down = False
+    monkeypatch.setattr(server, "reply", goes_down)
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[down] x"] * 3)
+    cfg = judge_cfg(dimensions=list(JUDGE_DIMENSIONS), concurrency=1)  # 21 requests
+    with pytest.raises(JudgeError, match=r"HTTP 503: the last 3 requests all failed after 3 "
+                       r"attempts each .*it stopped answering"):  # fmt: skip
+        judge_file(path, tmp_path / "scores.parquet", cfg, n_samples=None,
+                   base_url=server.url, model="judge-x")  # fmt: skip
+    # the first verdict, then 3 requests x 3 attempts (and the one in flight as it stopped)
+    assert len(server.bodies) <= 1 + (3 + 1) * 3
+    kept = read_table(tmp_path / "scores.parquet", JUDGE_SCORES)
+    assert kept["score"].drop_null().to_pylist() != []  # what came is kept for the rerun
+
+
+def test_a_retry_waits_as_long_as_the_server_asks():
+    from esevo_ray.evaluation.endpoint import MAX_RETRY_AFTER_S, retry_after
+
+    assert retry_after("7") == 7.0 and retry_after("0.5") == 0.5
+    assert retry_after("100000") == MAX_RETRY_AFTER_S
+    assert retry_after(None) is None and retry_after("Wed, 21 Oct 2026 07:28:00 GMT") is None
