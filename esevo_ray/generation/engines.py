@@ -230,6 +230,28 @@ class RowSampler:
         return scores.float() - draws.clamp_min_(torch.finfo(torch.float32).tiny).log_()
 
 
+class RowRepetitionPenalty:
+    """transformers' repetition penalty (a seen token's logit divided by `penalty`, or times
+    it when negative) over each row's own tokens. Left padding is none of them: transformers'
+    own processor penalises the pad token too, so a row's distribution changed with the
+    longer prompts batched beside it (and the pad token is often a stop token)."""
+
+    def __init__(self, penalty: float, pads: list[int]):
+        self.penalty = penalty
+        self.pads = pads  # the left padding of each row
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        pads = torch.tensor(self.pads, device=input_ids.device)
+        first = input_ids.gather(1, pads[:, None])  # each row's first token of its own
+        padded = torch.arange(input_ids.shape[1], device=input_ids.device) < pads[:, None]
+        ids = torch.where(padded, first, input_ids)  # a token already counted, instead
+        seen = scores.gather(1, ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, ids, seen)
+
+
 def sampling_processors(decoding: DecodingSection, seeds: list[int]) -> list:
     """Temperature, top-k and top-p (vLLM's order) and then the row sampler: what a greedy
     `generate` call needs to sample each row from its own seed."""
@@ -300,11 +322,16 @@ class HfEngine(Engine):
         ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
-        # After the repetition penalty (generate's own), the grammar's mask, then sampling
-        # (sampling_processors: generate is greedy and the last processor samples), so only
-        # tokens the grammar allows are drawn. Like vLLM, a temperature this close to 0
-        # means greedy decoding: dividing the logits by it overflows to inf.
-        processors = [] if batch.json_schema is None else [self._json_processor(batch.json_schema)]
+        # The repetition penalty, the grammar's mask, then sampling (sampling_processors:
+        # generate is greedy and the last processor samples), so only tokens the grammar
+        # allows are drawn. Like vLLM, a temperature this close to 0 means greedy decoding:
+        # dividing the logits by it overflows to inf.
+        processors: list = []
+        if decoding.repetition_penalty != 1.0:
+            pads = (enc["attention_mask"] == 0).sum(dim=1).tolist()
+            processors.append(RowRepetitionPenalty(decoding.repetition_penalty, pads))
+        if batch.json_schema is not None:
+            processors.append(self._json_processor(batch.json_schema))
         if decoding.temperature >= GREEDY_BELOW:
             processors += sampling_processors(decoding, batch.seeds)
         with torch.inference_mode():
@@ -314,7 +341,7 @@ class HfEngine(Engine):
                 temperature=None,
                 top_p=None,
                 top_k=None,
-                repetition_penalty=decoding.repetition_penalty,
+                repetition_penalty=None,  # RowRepetitionPenalty
                 max_new_tokens=decoding.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.stop_ids,

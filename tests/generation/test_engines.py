@@ -72,6 +72,27 @@ def test_row_sampler_draws_from_the_rows_distribution():
     assert torch.allclose(share[:3], torch.tensor([0.7, 0.2, 0.1]), atol=0.03), share
 
 
+def test_the_repetition_penalty_counts_a_rows_own_tokens_not_its_padding():
+    """transformers' penalty on a left-padded row also lowers the pad token (often a stop
+    token): the row's distribution then depends on the longer prompts beside it."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from esevo_ray.generation.engines import RowRepetitionPenalty
+
+    pad = 0
+    own = torch.tensor([[5, 3, 5]])  # the row alone, unpadded
+    padded = torch.tensor([[pad, pad, 5, 3, 5], [7, 2, 9, 4, 6]])  # beside a longer prompt
+    scores = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
+    alone = RepetitionPenaltyLogitsProcessor(1.5)(own, scores[:1].clone())
+    ours = RowRepetitionPenalty(1.5, [2, 0])(padded, scores.clone())
+    torch.testing.assert_close(ours[:1], alone)  # the pad token (0) is left alone
+    torch.testing.assert_close(ours[1:], RepetitionPenaltyLogitsProcessor(1.5)(
+        padded[1:], scores[1:].clone()))  # fmt: skip
+    assert not torch.equal(RepetitionPenaltyLogitsProcessor(1.5)(padded, scores.clone())[:1],
+                           alone)  # fmt: skip
+
+
 def test_chat_wants_one_seed_per_conversation(tiny_model):
     from esevo_ray.generation.engines import HfEngine
 
