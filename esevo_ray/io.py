@@ -208,20 +208,23 @@ def atomic_dir(
         for file in (f for f in tmp.rglob("*") if f.is_file()):
             _fsync(file)
         _fsync(tmp)
-        if path.exists() and keep_replaced:
-            logger.warning("%s replaced: the earlier version is kept as %s", path,
-                           set_aside(path, "replaced"))  # fmt: skip
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+        if keep_existing:  # never swapped: a copy published meanwhile, even now, stays
             try:
                 tmp.rename(path)
-            except OSError:  # another process published `path` first
-                if not (keep_existing and path.exists()):
+            except OSError:  # another process published `path` first (a folder not empty)
+                if not path.exists():
                     raise
+        else:
+            if path.exists() and keep_replaced:
+                logger.warning("%s replaced: the earlier version is kept as %s", path,
+                               set_aside(path, "replaced"))  # fmt: skip
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
         _fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

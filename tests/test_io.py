@@ -70,6 +70,29 @@ def test_a_shared_cache_keeps_the_first_complete_copy(tmp_path):
     assert (out / "v").read_text() == "third"
 
 
+def test_a_shared_copy_published_while_another_is_synced_is_never_swapped_out(
+    tmp_path, monkeypatch
+):
+    """Engines that merge the same adapter at once: the first copy published stays, with
+    what has it open, even when it lands while a later copy is being synced to disk."""
+    import esevo_ray.io as io
+
+    out = tmp_path / "merged"
+    sync = io._fsync
+
+    def publish_meanwhile(path):  # another process publishes its copy during this sync
+        if not out.exists():
+            out.mkdir()
+            (out / "v").write_text("first")
+        sync(path)
+
+    monkeypatch.setattr(io, "_fsync", publish_meanwhile)
+    with atomic_dir(out, keep_existing=True) as second:
+        (second / "v").write_text("second")
+    assert (out / "v").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+
+
 def test_a_trained_adapter_replaced_is_kept_aside(tmp_path):
     """`esevo dpo` run again into a finished run's m1/adapter keeps the hours behind the old
     one: moved to adapter.replaced-<time>, only once the new one is complete."""
