@@ -109,6 +109,10 @@ def conform(table: pa.Table, schema: pa.Schema, *, where: str = "table") -> pa.T
         raise SchemaError(f"{where}: missing columns {missing} (has {table.column_names})")
     columns = []
     for field in schema:
+        got = table.schema.field(field.name).type
+        if absent := _absent_fields(got, field.type, field.name):
+            # A cast would fill them with nulls: {role, text} read as {role, content: None}.
+            raise SchemaError(f"{where}: column {field.name!r} is {got}, without {absent}")
         try:
             columns.append(table.column(field.name).cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -117,6 +121,24 @@ def conform(table: pa.Table, schema: pa.Schema, *, where: str = "table") -> pa.T
                 f"{where}: column {field.name!r} is {got}, want {field.type}: {e}"
             ) from None
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _absent_fields(got: pa.DataType, want: pa.DataType, where: str) -> list[str]:
+    """The struct fields of `want` (at any depth of lists and structs) that `got` lacks."""
+    if pa.types.is_struct(want) and pa.types.is_struct(got):
+        names = {got.field(i).name: got.field(i).type for i in range(got.num_fields)}
+        absent = []
+        for i in range(want.num_fields):
+            sub = want.field(i)
+            if sub.name not in names:
+                absent.append(f"{where}.{sub.name}")
+            else:
+                absent += _absent_fields(names[sub.name], sub.type, f"{where}.{sub.name}")
+        return absent
+    lists = (pa.types.is_list, pa.types.is_large_list)
+    if any(t(want) for t in lists) and any(t(got) for t in lists):
+        return _absent_fields(got.value_type, want.value_type, f"{where}[]")
+    return []
 
 
 def parquet_files(path: str | Path) -> list[Path]:

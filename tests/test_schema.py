@@ -45,3 +45,17 @@ def test_corrupt_pages_under_an_intact_footer_are_a_schema_error(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(SchemaError, match=r"part-0.parquet: unreadable Parquet"):
         read_table(path, SCHEMA)
+
+
+def test_a_message_without_its_content_field_is_an_error_not_a_null(tmp_path):
+    """A cast fills a struct field the file lacks with nulls: messages {role, text} were read
+    as {role, content: None} and went into the chat template so."""
+    from esevo_ray.schema import CONTEXTS
+
+    row = {name: None for name in CONTEXTS.names}
+    row.update(dialogue_id="d", turn_index=1, context=[{"role": "user", "text": "hi"}])
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "contexts.parquet")
+    with pytest.raises(
+        SchemaError, match=r"column 'context' is .* without \['context\[\]\.content'\]"
+    ):
+        read_table(tmp_path / "contexts.parquet", CONTEXTS)
