@@ -42,8 +42,9 @@ def pointwise_figure(summary: dict[str, dict[str, dict]], path: Path) -> str:
                 continue
             xs.append(g + i * width)
             ys.append(d["mean"])
-            lo.append(d["mean"] - d["ci_low"])
-            hi.append(d["ci_high"] - d["mean"])
+            no_ci = d["ci_low"] is None  # one rating
+            lo.append(0.0 if no_ci else d["mean"] - d["ci_low"])
+            hi.append(0.0 if no_ci else d["ci_high"] - d["mean"])
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=model)
     ax.set_xticks([g + width * (len(models) - 1) / 2 for g in range(len(JUDGE_DIMENSIONS))])
     ax.set_xticklabels([d.capitalize() for d in JUDGE_DIMENSIONS], rotation=15)

@@ -36,7 +36,7 @@ def model_order(name: str) -> tuple[int, str]:
 
 
 def bootstrap_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
+    """95% percentile bootstrap interval of the mean (NaN without a value)."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return (float(x.mean()), float(x.mean())) if len(x) else (math.nan, math.nan)
@@ -58,7 +58,8 @@ def pointwise_summary(ratings: list[dict]) -> dict[str, dict[str, dict]]:
             scores = by[model].get(dim, [])
             if not scores:
                 continue
-            lo, hi = bootstrap_ci(scores)
+            # One rating has no interval (every resample is that rating): None, not [x, x].
+            lo, hi = bootstrap_ci(scores) if len(scores) > 1 else (None, None)
             out[model][dim] = {
                 "n": len(scores),
                 "mean": float(np.mean(scores)),
@@ -146,11 +147,11 @@ def _markdown(point: dict, pair: list[dict], left_out: dict[str, int]) -> str:
         for model, dims in point.items():
             n = max((d["n"] for d in dims.values()), default=0)
             cells = [
-                f"{dims[d]['mean']:.2f} [{dims[d]['ci_low']:.2f}, {dims[d]['ci_high']:.2f}]"
-                if d in dims
-                else "-"
+                "-" if d not in dims
+                else f"{dims[d]['mean']:.2f}" if dims[d]["ci_low"] is None
+                else f"{dims[d]['mean']:.2f} [{dims[d]['ci_low']:.2f}, {dims[d]['ci_high']:.2f}]"
                 for d in JUDGE_DIMENSIONS
-            ]
+            ]  # fmt: skip
             lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     else:
         lines.append("no ratings yet")

@@ -43,6 +43,12 @@ def test_pointwise_summary_means_and_intervals():
     e = summary["m1"]["empathy"]
     assert e["n"] == 3 and e["mean"] == pytest.approx(14 / 3)
     assert 4 <= e["ci_low"] <= e["mean"] <= e["ci_high"] <= 5
+    # One rating has no interval, and the table shows none (not [4.00, 4.00]).
+    one = pointwise_summary([{"model": "m2", "dimension": "empathy", "score": 4}])
+    assert one["m2"]["empathy"] == {"n": 1, "mean": 4.0, "ci_low": None, "ci_high": None}
+    from esevo_ray.human_eval.report import _markdown
+
+    assert "| m2 | 1 | - | - | 4.00 | - |" in _markdown(one, [], {"votes": 0, "sessions": 0})
 
 
 def test_pairwise_summary_counts_from_the_later_models_side():
