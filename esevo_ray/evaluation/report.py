@@ -49,14 +49,19 @@ class Stage:
         path = self.eval_dir / "responses.parquet"
         return read_table(path, EVAL_RESPONSES) if path.exists() else None
 
+    @property
+    def judging_unfinished(self) -> bool:
+        """Whether the verdicts on this model are those of a judging that stopped part-way."""
+        from esevo_ray.evaluation.judge import is_partial
+
+        return is_partial(self.run.judge_scores(self.index))
+
     @cached_property
     def judge(self) -> pa.Table | None:
         """The verdicts on this model; None when there are none, or only those of a judging
         that stopped part-way (means over them would pass for the whole sample's)."""
-        from esevo_ray.evaluation.judge import is_partial
-
         path = self.run.judge_scores(self.index)
-        if is_partial(path):
+        if self.judging_unfinished:
             logger.warning(
                 "%s: the judging of %s stopped part-way; its verdicts are left out of the report "
                 "until it is run again to the end", path, self.label,
@@ -140,6 +145,12 @@ def _render(
             "`missing` counts each file's verdicts that stayed unparseable or failed.",
             "",
         ]
+        if unfinished := [s.label for s in evaluated if s.judging_unfinished]:
+            md += [
+                f"Left out: {', '.join(unfinished)}, whose judging stopped part-way (run it "
+                "again to the end: `esevo evolve`, or `esevo judge`).",
+                "",
+            ]
         md += _human_agreement(run_dir, judged)
 
     md += intervals.report_sections(evaluated, out)

@@ -144,10 +144,12 @@ def judge_table(judged: dict[str, pa.Table]) -> str:
         missing[label] = sum(r["score"] is None for r in rows)
         judges[label] = ", ".join(sorted(set(table.column("judge_model").to_pylist())))
     dims = [d for d in JUDGE_DIMENSIONS if any(d in s for s in scored.values())]
-    common = {d: set.intersection(*(set(s.get(d, ())) for s in scored.values())) for d in dims}
+    # Over the rows judged on it: a row not judged on a dimension shows "–" there, and
+    # leaves the other rows' means.
+    common = {d: set.intersection(*(set(s[d]) for s in scored.values() if d in s)) for d in dims}
     means = {
-        label: {d: sum(s[d][k] for k in common[d]) / len(common[d]) if common[d] else None
-                for d in dims}
+        label: {d: sum(s[d][k] for k in common[d]) / len(common[d])
+                if common[d] and d in s else None for d in dims}
         for label, s in scored.items()
     }  # fmt: skip
     sizes = sorted({len(keys) for keys in common.values()})

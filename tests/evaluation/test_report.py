@@ -225,6 +225,35 @@ def test_table_7_refuses_a_file_of_several_models():
         table_7({"m1": both})
 
 
+def test_table_7_leaves_a_dimension_a_model_was_not_judged_on_to_the_others():
+    """M1 judged on coherence only: its empathy is "–", the others' empathy is still there."""
+    import pyarrow.compute as pc
+
+    from esevo_ray.evaluation.tables import judge_table as table_7
+
+    m1 = judge_table("m1", [4, 4])
+    m1 = m1.filter(pc.equal(m1["dimension"], "coherence"))
+    text = table_7({"M0": judge_table("m0", [3, 2]), "M1": m1, "M2": judge_table("m2", [5, 5])})
+    assert "| M0 | 2.50 | 2.50 |" in text and "| M2 | 5.00 (+1.00) | 5.00 |" in text, text
+    assert "| M1 | 4.00 (+1.50) | – |" in text, text
+
+
+def test_a_model_whose_judging_stopped_part_way_is_named_as_left_out(tmp_path):
+    from esevo_ray.evaluation.judge import _PARTIAL_KEY, _SETTINGS_KEY
+
+    run = tmp_path / "demo"
+    for stage in ("m0", "m1"):
+        eval_dir = run / stage / "eval"
+        score_responses(write_responses(eval_dir / "responses.parquet", stage,
+                                        RESPONSES[stage]), eval_dir, bertscore=False)  # fmt: skip
+    write_parquet(judge_table("m0", [3, 2]), run / "m0/eval/judge_scores.parquet")
+    partial = judge_table("m1", [4]).replace_schema_metadata({_SETTINGS_KEY: b"{}",
+                                                             _PARTIAL_KEY: b"1"})  # fmt: skip
+    write_parquet(partial, run / "m1/eval/judge_scores.parquet")
+    text = write_report(run, relevance="overlap").read_text()
+    assert "Left out: M1, whose judging stopped part-way" in text
+
+
 def test_table_7_names_rows_scored_by_different_judges():
     from esevo_ray.evaluation.tables import judge_table as table_7
 
