@@ -73,12 +73,15 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     options = EngineOptions(
         dtype=cfg.model.dtype, max_model_len=gen.max_model_len, extra=gen.vllm,
         tensor_parallel_size=gen.tensor_parallel_size,
+        device="cpu" if gen.device == "cpu" else None,  # as the pipeline's actors run
     )  # fmt: skip
     engine = build_engine(kind, model, options=options)
     batches = []
     for i in range(0, len(rows), gen.batch_size):
         batch = rows[i : i + gen.batch_size]
-        convs = [prompts.task_messages(fit_context(engine, r["context"], gen)) for r in batch]
+        # The task request alone, as the pipeline's evaluation responses fit it.
+        fitted = [fit_context(engine, r["context"], gen, refine=False) for r in batch]
+        convs = [prompts.task_messages(c) for c in fitted]
         seeds = [
             request_seed(gen.decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0)
             for r in batch
@@ -95,6 +98,8 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from esevo_ray.generation.engines import GREEDY_BELOW
+
     torch.set_num_threads(os.cpu_count() or 1)
     d = cfg.generation.decoding
     t0 = time.perf_counter()
@@ -109,10 +114,11 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
         messages = prompts.task_messages(r["context"])
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
+        sample = d.temperature >= GREEDY_BELOW  # as the engines: else greedy
+        sampling = dict(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k) if sample else {}
         out = lm.generate(
-            **ids, do_sample=True, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
-            repetition_penalty=d.repetition_penalty, max_new_tokens=d.max_new_tokens,
-            pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            **ids, do_sample=sample, **sampling, repetition_penalty=d.repetition_penalty,
+            max_new_tokens=d.max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
         )  # fmt: skip
         batches.append((time.perf_counter() - t0, out.shape[1] - ids["input_ids"].shape[1]))
     del lm
