@@ -452,6 +452,16 @@ def _judged(table: pa.Table) -> dict[tuple, str]:
     }
 
 
+def judged_under(path: str | Path) -> dict:
+    """The settings a scores file's verdicts were made under (the judge model and
+    `verdict_settings`); {} for a file without them."""
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(_SETTINGS_KEY)
+        return json.loads(raw) if raw else {}
+    except (FileNotFoundError, pa.ArrowInvalid, OSError, ValueError):
+        return {}
+
+
 def is_partial(path: str | Path) -> bool:
     """Whether a scores file holds the verdicts of a judging that stopped part-way."""
     try:

@@ -117,10 +117,11 @@ def esconv_table(metrics: dict[str, dict | None]) -> str:
     return markdown_table(["Model", *ESCONV_COLUMNS.values(), "n"], rows)
 
 
-def judge_table(judged: dict[str, pa.Table]) -> str:
+def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = None) -> str:
     """Table 7 layout: mean judge score (1-5) per dimension over the contexts every row has a
     verdict for on it (so a change between rows compares the same contexts), each file's
-    missing verdicts, that number of contexts, and the judge.
+    missing verdicts, that number of contexts, and the judge. `settings`: each row's judge
+    settings (judge.judged_under), named under the table where they differ.
 
     Raises:
         ValueError: a file holds verdicts of several models (one file per row).
@@ -158,7 +159,16 @@ def judge_table(judged: dict[str, pa.Table]) -> str:
     for row in rows:
         row += [str(missing[row[0]]), n]
     table = markdown_table(["Model", *(d.capitalize() for d in dims), "missing", "n"], rows)
-    if len(set(judges.values())) == 1:
-        return f"{table}\n\nJudge: {next(iter(judges.values()))}."
-    named = "; ".join(f"{label}: {j}" for label, j in judges.items())
-    return f"{table}\n\nThe rows were scored by different judges ({named}): they do not compare."
+    if len(set(judges.values())) > 1:
+        named = "; ".join(f"{label}: {j}" for label, j in judges.items())
+        return (
+            f"{table}\n\nThe rows were scored by different judges ({named}): they do not compare."
+        )
+    known = [s for s in (settings or {}).values() if s]
+    differ = sorted({k for s in known for k in s if len({json.dumps(t.get(k)) for t in known}) > 1})
+    if differ:  # a penalty read as caps in one row and as points off in another, say
+        return (
+            f"{table}\n\nJudge: {next(iter(judges.values()))}, but the rows were judged under "
+            f"different settings ({', '.join(differ)}): they do not compare."
+        )
+    return f"{table}\n\nJudge: {next(iter(judges.values()))}."

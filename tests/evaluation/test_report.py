@@ -254,6 +254,19 @@ def test_a_model_whose_judging_stopped_part_way_is_named_as_left_out(tmp_path):
     assert "Left out: M1, whose judging stopped part-way" in text
 
 
+def test_table_7_says_when_rows_were_judged_under_different_settings():
+    """One judge, but caps in one row and points off in the other: the scores do not compare."""
+    from esevo_ray.evaluation.tables import judge_table as table_7
+
+    rows = {"M0": judge_table("m0", [3, 2]), "M1": judge_table("m1", [4, 4])}
+    same = {"judge_model": "j", "penalty": "cap", "temperature": 0.8}
+    assert table_7(rows, {"M0": same, "M1": same}).endswith("Judge: j.")
+    other = {**same, "penalty": "subtract"}
+    text = table_7(rows, {"M0": same, "M1": other})
+    assert text.endswith("the rows were judged under different settings (penalty): they do not "
+                         "compare.")  # fmt: skip
+
+
 def test_table_7_names_rows_scored_by_different_judges():
     from esevo_ray.evaluation.tables import judge_table as table_7
 
