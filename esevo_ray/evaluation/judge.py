@@ -312,6 +312,10 @@ def _ask(
                         progress()
         except BaseException:  # an unusable endpoint, or an interrupt: stop at once
             pool.shutdown(cancel_futures=True)
+            # Verdicts that came meanwhile are kept with the others (paid for already).
+            for future, i in futures.items():
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    told.setdefault(i, future.result())
             raise
 
 

@@ -438,6 +438,30 @@ def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path,
     assert len(scores()) == 21 and None not in scores() and not is_partial(out)
 
 
+def test_verdicts_that_came_while_the_judging_stopped_are_kept(server, tmp_path, monkeypatch):
+    """With requests in flight as one stops the run, their answers (paid for) are written
+    with the others, not asked for again."""
+
+    class Stop(BaseException):
+        pass
+
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    cfg = judge_cfg(dimensions=list(JUDGE_DIMENSIONS), concurrency=4)
+    out, real, calls = tmp_path / "judge_scores.parquet", JudgeClient.judge, []
+
+    def stopping(self, *args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise Stop
+        return real(self, *args)
+
+    monkeypatch.setattr(JudgeClient, "judge", stopping)
+    with pytest.raises(Stop):
+        judge_file(path, out, cfg, n_samples=None, base_url=server.url, model="judge-x")
+    # Every request started but the stopping one came back, and is in the file.
+    assert read_table(out, JUDGE_SCORES).num_rows == len(calls) - 1
+
+
 def _scores_by_dialogue(out) -> dict[str, float | None]:
     return {r["dialogue_id"]: r["score"] for r in read_table(out, JUDGE_SCORES).to_pylist()}
 
