@@ -187,6 +187,15 @@ def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
     assert "over 3 models rated by both, 3 rated sessions" in text
 
 
+def _evaluated(run, stages):
+    """`run` with the evaluation (responses and metrics) of each of `stages`."""
+    for stage in stages:
+        eval_dir = run / stage / "eval"
+        score_responses(write_responses(eval_dir / "responses.parquet", stage,
+                                        RESPONSES[stage]), eval_dir, bertscore=False)  # fmt: skip
+    return run
+
+
 def test_human_agreement_needs_three_models_and_reads_the_configured_database(tmp_path):
     """Two per-model means always correlate at +-1; and the app writes its ratings where
     serve.human_eval.db_path says, which the run's recorded config holds."""
@@ -194,11 +203,7 @@ def test_human_agreement_needs_three_models_and_reads_the_configured_database(tm
 
     from esevo_ray.human_eval.store import HumanEvalStore
 
-    run = tmp_path / "demo"
-    for stage in ("m0", "m1"):
-        eval_dir = run / stage / "eval"
-        score_responses(write_responses(eval_dir / "responses.parquet", stage,
-                                        RESPONSES[stage]), eval_dir, bertscore=False)  # fmt: skip
+    run = _evaluated(tmp_path / "demo", ("m0", "m1"))
     write_parquet(judge_table("m0", [3, 2]), run / "m0/eval/judge_scores.parquet")
     write_parquet(judge_table("m1", [4, 5]), run / "m1/eval/judge_scores.parquet")
     db = tmp_path / "elsewhere" / "ratings.sqlite"
@@ -241,11 +246,7 @@ def test_table_7_leaves_a_dimension_a_model_was_not_judged_on_to_the_others():
 def test_a_model_whose_judging_stopped_part_way_is_named_as_left_out(tmp_path):
     from esevo_ray.evaluation.judge import _PARTIAL_KEY, _SETTINGS_KEY
 
-    run = tmp_path / "demo"
-    for stage in ("m0", "m1"):
-        eval_dir = run / stage / "eval"
-        score_responses(write_responses(eval_dir / "responses.parquet", stage,
-                                        RESPONSES[stage]), eval_dir, bertscore=False)  # fmt: skip
+    run = _evaluated(tmp_path / "demo", ("m0", "m1"))
     write_parquet(judge_table("m0", [3, 2]), run / "m0/eval/judge_scores.parquet")
     partial = judge_table("m1", [4]).replace_schema_metadata({_SETTINGS_KEY: b"{}",
                                                              _PARTIAL_KEY: b"1"})  # fmt: skip
