@@ -117,6 +117,13 @@ def esconv_table(metrics: dict[str, dict | None]) -> str:
     return markdown_table(["Model", *ESCONV_COLUMNS.values(), "n"], rows)
 
 
+# Judge settings that change which verdicts are asked for, or where, not what a verdict on a
+# context says: rows that differ only in them compare.
+_SAME_VERDICTS = {
+    "dimensions", "seed", "device", "gpus_per_actor", "tensor_parallel_size", "parse_retries",
+}  # fmt: skip
+
+
 def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = None) -> str:
     """Table 7 layout: mean judge score (1-5) per dimension over the contexts every row has a
     verdict for on it (so a change between rows compares the same contexts), each file's
@@ -165,7 +172,8 @@ def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = 
             f"{table}\n\nThe rows were scored by different judges ({named}): they do not compare."
         )
     known = [s for s in (settings or {}).values() if s]
-    differ = sorted({k for s in known for k in s if len({json.dumps(t.get(k)) for t in known}) > 1})
+    differ = sorted({k for s in known for k in s if k not in _SAME_VERDICTS
+                     and len({json.dumps(t.get(k)) for t in known}) > 1})  # fmt: skip
     if differ:  # a penalty read as caps in one row and as points off in another, say
         return (
             f"{table}\n\nJudge: {next(iter(judges.values()))}, but the rows were judged under "

@@ -262,6 +262,8 @@ def test_table_7_says_when_rows_were_judged_under_different_settings():
     rows = {"M0": judge_table("m0", [3, 2]), "M1": judge_table("m1", [4, 4])}
     same = {"judge_model": "j", "penalty": "cap", "temperature": 0.8}
     assert table_7(rows, {"M0": same, "M1": same}).endswith("Judge: j.")
+    other_sample = {**same, "seed": 1, "dimensions": ["empathy"]}  # other contexts, same verdicts
+    assert table_7(rows, {"M0": same, "M1": other_sample}).endswith("Judge: j.")
     other = {**same, "penalty": "subtract"}
     text = table_7(rows, {"M0": same, "M1": other})
     assert text.endswith("the rows were judged under different settings (penalty): they do not "
