@@ -429,12 +429,14 @@ def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path,
     monkeypatch.setattr(JudgeClient, "judge", stopping)
     with pytest.raises(Stop):
         judge_file(path, out, cfg, **judge)
-    assert len(scores()) == 14 and None not in scores()
+    # 14 told, and the one in flight as it stopped when the worker had taken it already
+    kept = len(scores())
+    assert kept in (14, 15) and None not in scores()
     assert is_partial(out)  # a report leaves it out rather than average a part
     monkeypatch.setattr(JudgeClient, "judge", real)
     asked = sum(server.seen.values())
     judge_file(path, out, cfg, **judge)
-    assert sum(server.seen.values()) - asked == 7
+    assert sum(server.seen.values()) - asked == 21 - kept
     assert len(scores()) == 21 and None not in scores() and not is_partial(out)
 
 
