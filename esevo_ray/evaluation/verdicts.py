@@ -64,14 +64,19 @@ _EXPLANATION_LINE = re.compile(
 def _lenient_verdict(text: str) -> tuple[float, str | None] | None:
     from esevo_ray.generation.parsing import lenient_objects
 
-    found = None
-    for obj in lenient_objects(text):
-        fields = {str(k).strip().lower(): v for k, v in obj.items()}
-        score = _number(fields.get("score"))
-        if score is not None and SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
-            explanation = fields.get("explanation")
-            found = score, None if explanation is None else str(explanation)
-    return found
+    verdicts = [v for v in map(_verdict_in, lenient_objects(text)) if v is not None]
+    return verdicts[-1] if verdicts else None
+
+
+def _verdict_in(obj: dict) -> tuple[float, str | None] | None:
+    """(score, explanation) of a verdict object; None when its score (keys read whatever
+    their case) is no number in SCORE_RANGE."""
+    fields = {str(k).strip().lower(): v for k, v in obj.items()}
+    score = _number(fields.get("score"))
+    if score is None or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+        return None
+    explanation = fields.get("explanation")
+    return score, None if explanation is None else str(explanation)
 
 
 def _json_verdict(text: str) -> tuple[float, str | None]:
@@ -87,15 +92,12 @@ def _json_verdict(text: str) -> tuple[float, str | None]:
             continue
         if not isinstance(obj, dict):
             continue
-        fields = {str(k).strip().lower(): v for k, v in obj.items()}
-        if "score" not in fields:
+        if (verdict := _verdict_in(obj)) is None:
+            fields = {str(k).strip().lower(): v for k, v in obj.items()}
+            if "score" in fields:
+                invalid = f"score {fields['score']!r} is not a number in {SCORE_RANGE}"
             continue
-        score = _number(fields["score"])
-        if score is None or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
-            invalid = f"score {fields['score']!r} is not a number in {SCORE_RANGE}"
-            continue
-        explanation = fields.get("explanation")
-        found, inside = (score, None if explanation is None else str(explanation)), end
+        found, inside = verdict, end
     if found is not None:
         return found
     raise VerdictError(invalid or f"no JSON object with a score in reply {text[:80]!r}")
