@@ -14,7 +14,6 @@ their `min_turns` voted turns count, and the votes of shorter ones are reported 
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from pathlib import Path
 
@@ -35,11 +34,14 @@ def model_order(name: str) -> tuple[int, str]:
     return (10**6, name)
 
 
-def bootstrap_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean (NaN without a value)."""
+def bootstrap_ci(
+    values: list[float], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float] | tuple[None, None]:
+    """95% percentile bootstrap interval of the mean; (None, None) for fewer than two values
+    (every resample of one value is that value: an interval of width 0 says nothing)."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
-        return (float(x.mean()), float(x.mean())) if len(x) else (math.nan, math.nan)
+        return None, None
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
@@ -58,8 +60,7 @@ def pointwise_summary(ratings: list[dict]) -> dict[str, dict[str, dict]]:
             scores = by[model].get(dim, [])
             if not scores:
                 continue
-            # One rating has no interval (every resample is that rating): None, not [x, x].
-            lo, hi = bootstrap_ci(scores) if len(scores) > 1 else (None, None)
+            lo, hi = bootstrap_ci(scores)
             out[model][dim] = {
                 "n": len(scores),
                 "mean": float(np.mean(scores)),
