@@ -23,7 +23,7 @@ class DataSection(Section):
     data_dir: str | None = None
     # Seed contexts for preference data: ESConv's training pool and/or ExTES / ServeForEmo (the
     # paper's), whose files must then exist at extes_path / serveforemo_path.
-    seed_sources: list[Literal["esconv", "extes", "serveforemo"]] = ["esconv"]
+    seed_sources: list[Literal["esconv", "extes", "serveforemo"]] = Field(["esconv"], min_length=1)
     extes_path: str | None = None
     serveforemo_path: str | None = None
     # Appendix A's greeting filter, on preference-data seeds only (seed_contexts): SFT and
@@ -42,6 +42,12 @@ class DataSection(Section):
     alpaca_samples: int = Field(500, ge=0)
     seed: int = 42
     on_bad_record: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _sources_once(self) -> DataSection:
+        if len(set(self.seed_sources)) < len(self.seed_sources):
+            raise ValueError(f"seed_sources names a source twice: {self.seed_sources}")
+        return self
 
 
 class DecodingSection(Section):

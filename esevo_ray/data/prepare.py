@@ -1,12 +1,12 @@
 """Read the raw corpora, normalise, split, and write the Parquet datasets of a run.
 
 Outputs (one folder, written atomically):
-    dialogues.parquet        every normalised dialogue (DIALOGUES)
+    dialogues.parquet        every normalised ESConv dialogue, train and test (DIALOGUES)
     train_contexts.parquet   ESConv training pool, every supporter turn (CONTEXTS)
     eval_contexts.parquet    ESConv test split, every supporter turn (CONTEXTS)
     seed_contexts.parquet    seed contexts for preference data, greeting-filtered (CONTEXTS)
     sft.parquet              SFT rows: ESConv + Alpaca replay (SFT_ROWS)
-    manifest.json            config hash, counts, chosen ids, skipped records
+    manifest.json            the data settings, counts, chosen ids, skipped records
 
 A supporter turn is one of the normalised dialogue (Appendix A): consecutive utterances of a
 speaker are one turn, and a dialogue opens with the seeker. ESConv's test split has 2,895
@@ -70,7 +70,8 @@ def source_files(cfg: DataSection) -> dict[str, Path]:
     except FileNotFoundError:
         return {}
     files = {f"esconv_{split}": _esconv_file(root, split) for split in ESCONV_SPLITS}
-    files["alpaca"] = _alpaca_file(root)
+    if cfg.alpaca_samples:
+        files["alpaca"] = _alpaca_file(root)
     for source in cfg.seed_sources:
         if source != "esconv" and (path := _seed_source_path(cfg, source)):
             files[source] = Path(path)
@@ -162,13 +163,59 @@ def sft_rows(
     return schema.conform(pa.Table.from_pylist(rows, schema=schema.SFT_ROWS), schema.SFT_ROWS)
 
 
-def _seed_dialogues(
-    cfg: DataSection, root: Path, pool: list[Dialogue], report: dict
+def _alpaca_replay(cfg: DataSection, root: Path, report: dict) -> list[dict]:
+    """`data.alpaca_samples` usable Alpaca examples, drawn by seed.
+
+    Raises:
+        DataError: the file has fewer usable examples than asked for.
+    """
+    if not cfg.alpaca_samples:
+        report["alpaca_unusable"] = 0
+        return []
+    path = _alpaca_file(root)
+    alpaca = load_alpaca(path, cfg.on_bad_record)
+    usable = [a for a in alpaca.items if a["output"].strip() and "<nooutput>" not in a["output"]]
+    report["alpaca_unusable"] = len(alpaca.items) - len(usable)
+    if len(usable) < cfg.alpaca_samples:
+        raise DataError(
+            f"{path}: data.alpaca_samples asks for {cfg.alpaca_samples} replay examples but "
+            f"the file has {len(usable)} usable ({report['alpaca_unusable']} with no output, "
+            f"{alpaca.skipped} record(s) skipped); lower data.alpaca_samples"
+        )
+    return _rng(cfg, "alpaca").sample(usable, cfg.alpaca_samples)
+
+
+def _esconv_seeds(
+    cfg: DataSection, pool: list[Dialogue], n_sft: int, others: int, report: dict
 ) -> list[Dialogue]:
-    seeds: list[Dialogue] = []
+    """ESConv's seed dialogues: those of `pool` (shuffled) that SFT does not train on, so
+    that pairs are not made for contexts M0 learnt; when they are fewer than
+    `data.max_seed_dialogues` (with `others` from other sources), SFT's dialogues make up
+    the rest, and when SFT took every dialogue (no limit on either), all of them are seeds.
+    The manifest counts the seeds SFT also trained on (`seeds_in_sft`)."""
+    untrained, trained = pool[n_sft:], pool[:n_sft]
+    if cfg.max_seed_dialogues is None:
+        taken = trained if not untrained else []
+    else:
+        taken = trained[: max(0, cfg.max_seed_dialogues - others - len(untrained))]
+    report["seeds_in_sft"] = len(taken)
+    if taken and untrained:
+        logger.warning(
+            "data.max_seed_dialogues=%d: %d ESConv dialogue(s) are not in SFT's %d; %d seed "
+            "dialogue(s) are SFT dialogues too", cfg.max_seed_dialogues, len(untrained),
+            n_sft, len(taken),
+        )  # fmt: skip
+    return untrained + taken
+
+
+def _seed_dialogues(
+    cfg: DataSection, root: Path, pool: list[Dialogue], n_sft: int, report: dict
+) -> list[Dialogue]:
+    """The seed dialogues of every source in `data.seed_sources`; ESConv's come from `pool`,
+    the training split shuffled, whose first `n_sft` are SFT's (see `_esconv_seeds`)."""
+    by_source: dict[str, list[Dialogue]] = {}
     for source in cfg.seed_sources:
         if source == "esconv":
-            seeds += pool
             continue
         path = _seed_source_path(cfg, source)
         loader = load_extes if source == "extes" else load_serveforemo
@@ -188,7 +235,13 @@ def _seed_dialogues(
         if not loaded.items:
             raise DataError(f"{path}: no usable dialogue ({loaded.skipped} record(s) skipped)")
         # Named by source: ids from another corpus (or its file name) may be ESConv's.
-        seeds += [replace(d, dialogue_id=f"{source}/{d.dialogue_id}") for d in loaded.items]
+        by_source[source] = [
+            replace(d, dialogue_id=f"{source}/{d.dialogue_id}") for d in loaded.items
+        ]
+    if "esconv" in cfg.seed_sources:
+        others = sum(len(v) for v in by_source.values())
+        by_source["esconv"] = _esconv_seeds(cfg, pool, n_sft, others, report)
+    seeds = [d for source in cfg.seed_sources for d in by_source[source]]
     return _unique(seeds, "the seed dialogues (data.seed_sources)")
 
 
@@ -228,7 +281,10 @@ def prepare_data(
     """
     check_replaceable(out_dir, holds="sft.parquet", what="prepared data")
     root = data_dir(cfg)
-    report: dict = {"data_dir": str(root), "seed": cfg.seed, "skipped": {}, "problems": []}
+    report: dict = {
+        "data_dir": str(root), "seed": cfg.seed, "settings": cfg.model_dump(mode="json"),
+        "skipped": {}, "problems": [],
+    }  # fmt: skip
 
     splits = load_esconv_splits(root, cfg.on_bad_record)
     for split, loaded in splits.items():
@@ -246,17 +302,10 @@ def prepare_data(
     shuffled = _subset(train_pool, None, _rng(cfg, "train"))
     n_sft = len(shuffled) if cfg.max_train_dialogues is None else cfg.max_train_dialogues
     sft_dialogues = shuffled[:n_sft]
-    # With ESConv as the seed source, seed dialogues come after the SFT subset when the pool
-    # is large enough, so a small demo does not generate pairs for contexts it trained on.
-    rest = shuffled[n_sft:] or shuffled
-    seed_pool = [normalised(d) for d in _seed_dialogues(cfg, root, rest, report)]
+    seed_pool = [normalised(d) for d in _seed_dialogues(cfg, root, shuffled, n_sft, report)]
     seed_dialogues = _subset(seed_pool, cfg.max_seed_dialogues, _rng(cfg, "seed"))
     eval_dialogues = _subset(test, cfg.max_eval_dialogues, _rng(cfg, "eval"))
-
-    alpaca = load_alpaca(_alpaca_file(root), cfg.on_bad_record)
-    usable = [a for a in alpaca.items if a["output"].strip() and "<nooutput>" not in a["output"]]
-    report["alpaca_unusable"] = len(alpaca.items) - len(usable)
-    replay = _rng(cfg, "alpaca").sample(usable, min(cfg.alpaca_samples, len(usable)))
+    replay = _alpaca_replay(cfg, root, report)
 
     train_ctx = _context_table(sft_dialogues)
     tables = {

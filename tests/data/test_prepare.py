@@ -138,7 +138,7 @@ def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
     env = {"ESEVO_DATA_DIR": str(root), "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, "-m", "esevo_ray.cli", "data", "prepare", "--out", str(tmp_path / "out")]
     cmd += ["--config", str(tmp_path / "c.yaml")]
-    (tmp_path / "c.yaml").write_text("name: t\n")
+    (tmp_path / "c.yaml").write_text("name: t\ndata: {alpaca_samples: 1}\n")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "train.json: record 4: not valid JSON" in proc.stderr
@@ -252,3 +252,64 @@ def test_a_greeting_filter_that_leaves_no_seed_context_is_an_error(tmp_path, dat
     with pytest.raises(ConfigError, match=r"data.greeting_first \(100\)"):
         prepare_data(cfg.data, tmp_path / "data")
     assert not (tmp_path / "data").exists()
+
+
+def _small_data(tmp_path, data_root, *, train: int, alpaca: list[dict] | None = None):
+    """A data folder with the first `train` ESConv training dialogues, the first 3 test ones
+    and `alpaca` (none: no Alpaca file)."""
+    root = tmp_path / "raw"
+    (root / "esconv").mkdir(parents=True)
+    for split, n in (("train", train), ("test", 3)):
+        with (data_root / "esconv" / f"{split}.json").open() as f:
+            (root / "esconv" / f"{split}.json").write_text("".join(next(f) for _ in range(n)))
+    if alpaca is not None:
+        (root / "alpaca").mkdir()
+        (root / "alpaca" / "alpaca_data.json").write_text(json.dumps(alpaca))
+    return root
+
+
+def test_seeds_not_in_sft_are_topped_up_to_the_number_asked_for(tmp_path, data_root):
+    """Seeds come from the dialogues SFT leaves out; with fewer left than
+    data.max_seed_dialogues, SFT's make up the rest (counted in the manifest). The number
+    asked for used to give 1 seed dialogue with 9 of 10 in SFT, and 10 (all SFT's) with 10."""
+    root = _small_data(tmp_path, data_root, train=10)
+    common = [f"data.data_dir={root}", "data.alpaca_samples=0", "data.max_seed_dialogues=4"]
+    for n_sft, in_sft in ((6, 0), (9, 3), (10, 4)):
+        cfg = load_config(None, [*common, f"data.max_train_dialogues={n_sft}"])
+        report = prepare_data(cfg.data, tmp_path / f"out-{n_sft}")
+        ids = report["dialogue_ids"]
+        assert len(ids["seed"]) == 4 and report["seeds_in_sft"] == in_sft
+        assert len(set(ids["seed"]) & set(ids["sft"])) == in_sft
+    everything = load_config(None, [f"data.data_dir={root}", "data.alpaca_samples=0"])
+    report = prepare_data(everything.data, tmp_path / "all")  # no limits: SFT's are seeds
+    assert sorted(report["dialogue_ids"]["seed"]) == sorted(report["dialogue_ids"]["sft"])
+    assert report["seeds_in_sft"] == 10 and report["settings"]["alpaca_samples"] == 0
+
+
+def test_alpaca_replay_is_all_asked_for_or_an_error(tmp_path, data_root):
+    """Fewer usable Alpaca examples than data.alpaca_samples used to train on fewer with no
+    word; with alpaca_samples=0 the file is neither read nor needed."""
+    alpaca = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(3)]
+    alpaca.append({"instruction": "q", "input": "", "output": "<nooutput>"})
+    root = _small_data(tmp_path, data_root, train=4, alpaca=alpaca)
+    cfg = load_config(None, [f"data.data_dir={root}", "data.alpaca_samples=4"])
+    with pytest.raises(
+        DataError, match=r"alpaca_data.json: data.alpaca_samples asks for 4 .* has 3 usable"
+    ):
+        prepare_data(cfg.data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (root / "alpaca" / "alpaca_data.json").unlink()
+    cfg = load_config(None, [f"data.data_dir={root}", "data.alpaca_samples=0"])
+    assert "alpaca" not in source_files(cfg.data)
+    assert prepare_data(cfg.data, tmp_path / "out")["alpaca_ids"] == []
+
+
+@pytest.mark.parametrize(
+    "sources, message",
+    [("[]", "seed_sources.*at least 1 item"), ("[esconv,esconv]", "names a source twice")],
+)
+def test_seed_sources_name_each_source_once(sources, message):
+    from esevo_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"data.seed_sources={sources}"])
