@@ -56,7 +56,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
     Record numbers are 1-based line numbers for JSON lines and 0-based indices for arrays.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     head = text.lstrip()[:1]
@@ -67,7 +67,9 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}: not valid JSON at line {e.lineno}: {e.msg}") from None
         yield from enumerate(data)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() also splits at U+2028 and U+0085, which JSON
+    # strings may hold unescaped.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -185,3 +185,19 @@ def test_alpaca_loads_and_rejects_missing_fields(data_root, tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="ExTES file not found"):
         load_extes(tmp_path / "nope.json")
+
+
+def test_json_lines_split_at_newlines_only_and_a_byte_order_mark_is_read(data_root, tmp_path):
+    """U+2028 and U+0085 may stand unescaped in a JSON string (json.dumps(ensure_ascii=False)
+    writes them), and editors save UTF-8 with a BOM: neither loses or shifts a record."""
+    records = [json.loads(line) for line in (data_root / "esconv" / "train.json").open()][:3]
+    records[0]["dialog"][0]["text"] = "first line\u2028second\u0085third"
+    (tmp_path / "lines.json").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8"
+    )
+    loaded = load_esconv(tmp_path / "lines.json", "train", "skip")
+    assert (len(loaded.items), loaded.skipped) == (3, 0)
+    assert loaded.items[0].turns[0].text.startswith("first line")
+    extes = json.loads((ASSETS / "extes_sample.json").read_text())
+    (tmp_path / "bom.json").write_text(json.dumps(extes, indent=2), encoding="utf-8-sig")
+    assert len(load_extes(tmp_path / "bom.json").items) == len(extes)
