@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -416,3 +419,17 @@ def test_the_run_report_refuses_the_options_of_the_human_report(tmp_path, config
     (tmp_path / "run").mkdir()
     assert main(["report", str(tmp_path / "run"), "--config", config]) == 2
     assert "--config: options of `esevo report human`" in _error(capsys)
+
+
+def test_a_seed_split_the_seeds_cannot_fill_stops_before_sft(config, capsys, data_root, tiny_model):
+    """It used to stop at pairs_m1, after SFT and M0's evaluation had run."""
+    overrides = [f"model.path={tiny_model}", "data.max_train_dialogues=2", "data.max_seed_dialogues=1", "data.alpaca_samples=1",
+                 "data.max_eval_dialogues=1", "evolve.seed_split=true", "evolve.iterations=2"]  # fmt: skip
+    assert main(["evolve", "--config", config, *overrides]) == 2
+    assert re.search(
+        r"evolve.seed_split: seed split: 1 seed dialogues cannot fill 2 disjoint parts; raise "
+        r"data.max_seed_dialogues or lower evolve.iterations",
+        _error(capsys),
+    )
+    run = Path(config).parent / "runs" / "t"
+    assert (run / "data" / "seed_contexts.parquet").is_file() and not (run / "m0").exists()

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from esevo_ray import profile
+from esevo_ray import profile, schema
 from esevo_ray.config import ConfigError, RunConfig
 from esevo_ray.io import atomic_write_text, remove_leftovers
 from esevo_ray.layout import RunLayout, model_name
@@ -143,6 +143,8 @@ def _loop(cfg: RunConfig, run: RunLayout, runner: Runner) -> None:
         fn=lambda: {"rows": _timed("io", prepare_data, cfg.data, run.data)["rows"]},
         folder=run.data,
     )
+    if cfg.evolve.seed_split:  # now, not at pairs_m1 after SFT and M0's evaluation
+        _check_seed_split(cfg, run)
     _initial(cfg, run, base, runner)
     _evaluate(cfg, run, base, 0, _adapter(run, 0), runner)
     for t in range(1, cfg.evolve.iterations + 1):
@@ -200,6 +202,18 @@ def iteration_seeds(cfg: RunConfig, run: RunLayout, t: int) -> Path:
         return write_seed_part(run.seed_contexts, run.seeds(t), t, cfg.evolve.iterations)
     except ValueError as e:
         raise ConfigError(f"evolve.seed_split: {e}") from None
+
+
+def _check_seed_split(cfg: RunConfig, run: RunLayout) -> None:
+    """Raises ConfigError when the seed dialogues cannot fill one part per iteration."""
+    from esevo_ray.data.seeds import part_of_rows
+
+    try:
+        part_of_rows(schema.read_table(run.seed_contexts, schema.CONTEXTS), cfg.evolve.iterations)
+    except ValueError as e:
+        raise ConfigError(
+            f"evolve.seed_split: {e}; raise data.max_seed_dialogues or lower evolve.iterations"
+        ) from None
 
 
 def _iteration(cfg: RunConfig, run: RunLayout, base: Path, t: int, runner: Runner) -> None:
