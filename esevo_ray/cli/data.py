@@ -43,10 +43,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     if args.dataset != "esconv":
         raise UsageError(f"--dataset {args.dataset!r}: only 'esconv' is available here")
     splits = load_esconv_splits(data_dir(), args.on_bad_record or "error")
-    unknown = sorted(set(args.splits.split(",")) - set(splits))
+    names = list(dict.fromkeys(args.splits.split(",")))  # a split named twice counts once
+    unknown = sorted(set(names) - set(splits))
     if unknown:
         raise UsageError(f"--splits: unknown splits {unknown}; known: {sorted(splits)}")
-    dialogues = [d for s in args.splits.split(",") for d in splits[s].items]
+    dialogues = [d for s in names for d in splits[s].items]
     stats = esconv_stats(dialogues)
     if args.json:
         print(json.dumps(stats, indent=2))

@@ -112,7 +112,7 @@ def test_task_prompt_is_the_papers_with_short_style_as_an_option():
         prompts.task_prompt("brief")
 
 
-def test_stats_cli_matches_paper_counting():
+def test_stats_cli_matches_paper_counting(capsys):
     proc = subprocess.run(
         [sys.executable, "-m", "esevo_ray.cli", "data", "stats", "--dataset", "esconv", "--json"],
         capture_output=True, text=True, check=True,
@@ -123,6 +123,10 @@ def test_stats_cli_matches_paper_counting():
     assert stats["avg_utterance_len"] == pytest.approx(21.11, abs=0.01)
     for key in ("avg_seeker_utterance_len", "avg_supporter_utterance_len"):
         assert 15 < stats[key] < 30
+    from esevo_ray.cli import main
+
+    assert main(["data", "stats", "--splits", "test,test,train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == stats  # a split named twice counts once
 
 
 def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
