@@ -296,10 +296,14 @@ def _add_ablate_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for the {HM, P} pairs")
     p.set_defaults(func=cmd_ablate_pairs)
 
-    p = ablate.add_parser("table", help="Markdown table of several eval folders (Table 5)")
+    p = ablate.add_parser("table", help="Markdown table of several eval folders")
     p.add_argument("evals", nargs="+", help="LABEL=EVAL_DIR (a folder with metrics.json)")
     p.add_argument("--columns", default=",".join(TABLE5_COLUMNS), help="metric keys")
-    p.add_argument("--relative", action="store_true", help="add %% change from the first row")
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="add %% change from the first row (Table 5's is from the row before)",
+    )
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_ablate_table)
 

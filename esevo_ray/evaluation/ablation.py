@@ -207,17 +207,34 @@ def human_reference_pairs(pairs: str | Path, out: str | Path) -> dict:
     Chosen := the golden response (chosen_source "human_reference"); prompt, rejected, keys and
     lineage columns are kept. Rows with an empty golden response are dropped and counted.
 
+    Only first-iteration pairs seeded from ESConv qualify: ExTES's and ServeForEmo's golden
+    responses are GPT-4's ({HL, P}), and a later iteration's rejected responses come from the
+    {SR, P} arm's own model (`esevo ablate pairs-table` runs each arm as its own loop).
+
     Returns:
         The manifest written to `out/manifest.json`.
     Raises:
         UsageError: `out` is the source folder or lies inside it (or the reverse), or is
-            something other than an earlier {HM, P} pairs folder (`io.check_replaceable`).
+            something other than an earlier {HM, P} pairs folder (`io.check_replaceable`);
+            the source folder is unfinished (no manifest.json) or holds pairs of another
+            source or iteration.
     """
     src, out = Path(pairs).resolve(), Path(out).resolve()
     if out == src or src in out.parents or out in src.parents:
         raise UsageError(f"--out {out} must not be, contain or lie inside the source pairs {src}")
+    if src.is_dir() and not (src / "manifest.json").is_file():
+        raise UsageError(f"{src}: unfinished pairs (no manifest.json); finish generating them")
     check_replaceable(out, holds="pairs.parquet", what="{HM, P} pairs")
     table = schema.read_table(src, schema.PAIRS)
+    for column, allowed, why in (
+        ("source", {"esconv"}, "only ESConv's golden responses are human-written"),
+        ("iteration", {1}, "a later iteration's rejected responses are the {SR, P} arm's"),
+    ):
+        if other := sorted(set(table.column(column).to_pylist()) - allowed):
+            raise UsageError(
+                f"{src}: pairs with {column} {other}; {why}: {{HM, P}} pairs come from "
+                "first-iteration pairs of ESConv seeds (`esevo ablate pairs-table` runs the arms)"
+            )
     golden = pc.fill_null(table.column("golden"), "")
     keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(golden)), 0)
     kept = table.filter(keep)

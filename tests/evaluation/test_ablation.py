@@ -151,6 +151,33 @@ def test_human_reference_pairs_replace_only_the_chosen_side(sr_pairs, tmp_path, 
     assert (tmp_path / "a.txt").read_text() == "keep me too"
 
 
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("source", "extes", r"pairs with source \['extes'\]; only ESConv's golden"),
+        ("iteration", 2, r"pairs with iteration \[2\]; a later iteration's rejected"),
+        (None, None, r"unfinished pairs \(no manifest.json\)"),
+    ],
+)
+def test_human_reference_pairs_come_from_first_iteration_esconv_pairs(
+    sr_pairs, tmp_path, column, value, message
+):
+    """ExTES's golden responses are GPT-4's: labelled human_reference, they made an {HL, P}
+    arm read as {HM, P}; an unfinished folder gave fewer pairs with no word."""
+    src, table = sr_pairs
+    if column is None:
+        (src / "manifest.json").unlink()
+    else:
+        values = [value] * table.num_rows
+        table = table.set_column(
+            table.schema.get_field_index(column), column, pa.array(values, table[column].type)
+        )
+        write_parquet(table, src / "part-a.parquet")
+    with pytest.raises(ValueError, match=message):
+        human_reference_pairs(src, tmp_path / "hm")
+    assert not (tmp_path / "hm").exists()
+
+
 def test_ablation_table_relative_change_and_cli(tmp_path, capsys):
     scores = {
         "M0": {"scores": {"bleu_2": 10.0, "bleu_3": 5.0, "rouge_l": 8.0, "distinct_2": 50.0}},
