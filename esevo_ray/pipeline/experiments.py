@@ -93,7 +93,7 @@ def baseline_configs(cfg: RunConfig) -> dict[str, RunConfig]:
         "Vanilla": variant(cfg, "vanilla", evolve={"init": "base", "iterations": 0},
                            eval={"base_prompt": "vanilla"}),
         "SFT-ESConv": variant(cfg, "sft-esconv", data={"alpaca_samples": 0},
-                              evolve={"iterations": 0}),
+                              evolve={"init": "sft", "iterations": 0}),
     }  # fmt: skip
 
 

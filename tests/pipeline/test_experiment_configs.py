@@ -42,6 +42,9 @@ def test_arms_and_baselines_are_their_own_runs(tmp_path):
     assert len({cfg.digest(), esconv.digest(), *(a.digest() for a in arms.values())}) == 4
     with pytest.raises(ValueError, match="iterations"):
         experiments.variant(cfg, "x", evolve={"iterations": -1})
+    # A run whose own M0 is the base model still gets an SFT-ESConv row that is trained.
+    based = load_config(None, ["name=demo", f"output_dir={tmp_path}", "evolve.init=base"])
+    assert experiments.baseline_configs(based)["SFT-ESConv"].evolve.init == "sft"
 
 
 def test_table5_arms_take_their_seeds_as_appendix_b1_does(tmp_path):
