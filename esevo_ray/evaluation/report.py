@@ -76,9 +76,20 @@ class Stage:
             return None
         return read_table(path, JUDGE_SCORES) if path.exists() else None
 
+    @property
+    def pairs_unfinished(self) -> bool:
+        """Whether this iteration's pairs folder is still being written (no manifest.json
+        yet): its parts are the first batches only."""
+        if self.index == 0:
+            return False
+        folder = self.run.pairs(self.index)
+        return folder.is_dir() and not (folder / "manifest.json").is_file()
+
     @cached_property
     def pairs(self) -> pa.Table | None:
-        if self.index > 0 and self.run.pairs(self.index).exists():
+        """This iteration's preference pairs; None when there are none, or when they are
+        still being generated."""
+        if self.index > 0 and self.run.pairs(self.index).exists() and not self.pairs_unfinished:
             return read_table(self.run.pairs(self.index), PAIRS)
         return None
 
@@ -167,6 +178,12 @@ def _render(
     pairs = {f"iteration {s.index}": t for s in stages if (t := s.pairs) is not None}
     if pairs:
         md += pairs_sections(pairs, out, relevance)
+    if unfinished := [str(s.index) for s in stages if s.pairs_unfinished]:
+        md += [
+            "",
+            f"Pairs left out: iteration {', '.join(unfinished)}, whose generation has not "
+            "finished (no manifest.json in its pairs folder).",
+        ]
     return "\n".join(md)
 
 

@@ -73,6 +73,9 @@ def run_dir(tmp_path_factory) -> Path:
         ),
         run / "m1/pairs/part-0.parquet",
     )
+    (run / "m1/pairs/manifest.json").write_text("{}")
+    # Iteration 2's pairs still being generated: the first batch only, no manifest yet.
+    write_parquet(pairs_table(2, ["Why?"], ["Sad."], ["refined"]), run / "m2/pairs/part-0.parquet")
     (run / "data").mkdir()
     return run
 
@@ -125,6 +128,8 @@ def test_write_report_tables_and_plots(run_dir):
     assert '"it sounds like"' in text
     assert "| M0 | 66.7 |" in text  # two of three M0 responses say "It sounds like"
     assert "| iteration 1 | 2 |" in text and "% golden_parse_failure" in text
+    assert "| iteration 2 |" not in text
+    assert "Pairs left out: iteration 2, whose generation has not finished" in text
     assert "| 50.0 | 50.0 |" in text
     for name in (
         "metrics.png",
