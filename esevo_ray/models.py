@@ -55,17 +55,51 @@ def gguf_source() -> Path:
     return path
 
 
+# What a converted folder records of its making (CONVERSION_FILE); a folder of an older
+# conversion is made again. 2: SmolLM2's pre-tokenizer splits digits before ByteLevel.
+CONVERSION_FILE = "esevo_conversion.json"
+CONVERSION_VERSION = 2
+
+
+def _converted(out: Path) -> bool:
+    """Whether `out` holds a conversion of the current version."""
+    try:
+        return json.loads((out / CONVERSION_FILE).read_text())["version"] == CONVERSION_VERSION
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def smollm2_pre_tokenizer(tokenizer) -> None:
+    """Give `tokenizer` SmolLM2's own pre-tokenizer: digits split off one by one, then GPT-2's
+    byte-level regex (llama.cpp's "smollm" pre-tokenizer type, which transformers' GGUF
+    loader does not know: it leaves bare ByteLevel, so "\n\n1." encoded as [198, 198, 33,
+    30] instead of SmolLM2's [1116, 33, 30], a sequence the model never saw in training)."""
+    from tokenizers import pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+
+
 def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
-    """Convert the packaged GGUF SmolLM2 into a safetensors folder in the cache (once)."""
+    """Convert the packaged GGUF SmolLM2 into a safetensors folder in the cache (once; again
+    when the folder is of an older conversion)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = default_model_dir()
-    if (out / "config.json").exists() and not force:
+    current = _converted(out)
+    if current and not force:
         return out
     src = gguf_source()
+    if (out / "config.json").exists() and not current:
+        logger.warning("%s is of an older conversion: converting %s again", out, src.name)
     logger.info("converting %s -> %s", src.name, out)
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    smollm2_pre_tokenizer(tokenizer)
     gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
     config = gguf_model.config
     config.quantization_config = None
@@ -77,9 +111,12 @@ def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Two processes converting at once (engine actors on a fresh node): the first one kept.
-    with atomic_dir(out, keep_existing=not force) as tmp:
+    # An older conversion is replaced.
+    with atomic_dir(out, keep_existing=not force and not out.exists()) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        stamp = {"version": CONVERSION_VERSION, "source": src.name, "dtype": dtype}
+        (tmp / CONVERSION_FILE).write_text(json.dumps(stamp, indent=2))
     return out
 
 

@@ -42,6 +42,15 @@ def test_default_model_converts_from_packaged_gguf(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, original(ids).logits)
     assert prepare_default_model() == out  # second call reuses the folder
+    # SmolLM2's pre-tokenizer splits digits first: "\n\n" stays one token before "1".
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer("\n\n1.")["input_ids"] == [1116, 33, 30]
+    assert tokenizer.decode(tokenizer("Top 10:\n  1. eat")["input_ids"]) == "Top 10:\n  1. eat"
+    # A folder of an older conversion (before the stamp) is converted again.
+    (out / "esevo_conversion.json").unlink()
+    (out / "tokenizer.json").write_text("{}")
+    assert prepare_default_model() == out
+    assert AutoTokenizer.from_pretrained(out)("\n\n1.")["input_ids"] == [1116, 33, 30]
 
 
 def test_merged_models_are_cached_per_base_folder_and_adapter_config(tmp_path, monkeypatch):
