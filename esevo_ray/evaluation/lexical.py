@@ -7,7 +7,8 @@
   one token and a model that types curly quotes would lose n-grams against ESConv's ASCII text.
 - Distinct-n, two definitions, each named for what it is:
   `distinct_n`: per response, distinct n-grams / n-grams, averaged over responses; a response
-  with no n-gram (fewer than n tokens) scores 0. This per-response mean is what fits the
+  with no n-gram (fewer than n tokens) has no score and is left out of the mean (scored 0, it
+  made a model of short replies read as less diverse). This per-response mean is what fits the
   paper's Table 2 values (72.8-97.1, the verbose vanilla model lowest).
   `corpus_distinct_n`: distinct n-grams over all responses / all n-grams (n-grams do not
   cross response boundaries); it falls as the test set grows. This is the common reading of
