@@ -120,12 +120,15 @@ class Engine(ABC):
 def sampling_params(decoding: DecodingSection, seed: int, **extra: Any) -> Any:
     """vLLM's SamplingParams for one request: `decoding`'s settings and the request's seed.
 
-    A temperature below 1e-5 decodes greedily in vLLM (`GREEDY_BELOW`).
+    A temperature below 1e-5 (`GREEDY_BELOW`) decodes greedily, as on the HF engine: it is
+    passed as 0, since vLLM raises any temperature in (0, 0.01) to 0.01 before its own
+    greedy check and would sample.
     """
     from vllm import SamplingParams
 
+    greedy = decoding.temperature < GREEDY_BELOW
     return SamplingParams(
-        temperature=decoding.temperature,
+        temperature=0.0 if greedy else decoding.temperature,
         top_p=decoding.top_p,
         top_k=decoding.top_k,
         repetition_penalty=decoding.repetition_penalty,

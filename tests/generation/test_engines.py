@@ -123,3 +123,16 @@ def test_vllm_guided_json_is_compact(tiny_model):
             assert list(obj) == list(prompts.REFLECT_SCHEMA["properties"])
             finished += 1
     assert finished, "no answer finished within the token budget: the JSON went unchecked"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-6, 9e-6])
+def test_a_temperature_below_greedy_below_decodes_greedily_on_vllm(temperature):
+    """vLLM raises a temperature in (0, 0.01) to 0.01 before its greedy check: 1e-6 sampled
+    on vLLM, while the HF engine decoded it greedily."""
+    from vllm.sampling_params import SamplingType
+
+    from esevo_ray.generation.engines import sampling_params
+
+    params = sampling_params(DecodingSection(temperature=temperature), seed=3)
+    assert params.sampling_type == SamplingType.GREEDY and params.temperature == 0.0
+    assert sampling_params(DecodingSection(temperature=0.02), seed=3).temperature == 0.02
