@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ class ChatBatch:
     decoding: DecodingSection
     seeds: list[int]
     json_schema: dict | None = None
+    stop: tuple[str, ...] = ()
 
 
 class TokenCounter(Protocol):
@@ -98,14 +100,18 @@ class Engine(ABC):
         decoding: DecodingSection,
         seeds: list[int],
         json_schema: dict | None = None,
+        stop: Sequence[str] = (),
     ) -> list[Completion]:
         """One answer per conversation, request i seeded with `seeds[i]`; with `json_schema`,
-        every answer is constrained to that JSON schema."""
+        every answer is constrained to that JSON schema; with `stop`, an answer ends at the
+        first of these strings, which is left out of its text but counted in its tokens
+        (vLLM's and OpenAI's `stop`)."""
         if len(seeds) != len(conversations):
             raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds")
         if not conversations:
             return []
-        return self._complete(ChatBatch(conversations, decoding, seeds, json_schema))
+        batch = ChatBatch(conversations, decoding, seeds, json_schema, tuple(stop))
+        return self._complete(batch)
 
     @abstractmethod
     def _complete(self, batch: ChatBatch) -> list[Completion]: ...
@@ -191,8 +197,10 @@ class VllmEngine(Engine):
         guided = None
         if batch.json_schema is not None:
             guided = StructuredOutputsParams(json=batch.json_schema)
+        stop = list(batch.stop) or None
         params = [
-            sampling_params(batch.decoding, seed, structured_outputs=guided) for seed in batch.seeds
+            sampling_params(batch.decoding, seed, structured_outputs=guided, stop=stop)
+            for seed in batch.seeds
         ]
         outputs = self.llm.chat(
             batch.conversations, params, use_tqdm=False, lora_request=self.lora_request
@@ -337,9 +345,12 @@ class HfEngine(Engine):
             processors.append(self._json_processor(batch.json_schema))
         if decoding.temperature >= GREEDY_BELOW:
             processors += sampling_processors(decoding, batch.seeds)
+        # Stop strings end a row inside `generate`, at the token that completes one.
+        stop = {"stop_strings": list(batch.stop), "tokenizer": self.tokenizer} if batch.stop else {}
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
+                **stop,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
@@ -359,8 +370,19 @@ class HfEngine(Engine):
             tokens = min(n + 1, len(row))
             prompt = int(enc["attention_mask"][i].sum())
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            results.append(Completion(text, prompt, tokens, stopped=n < len(row)))
+            cut = min((k for k in map(text.find, batch.stop) if k >= 0), default=-1)
+            if cut >= 0:  # a stop string ended the row: its last token completed it
+                text, tokens = text[:cut], _before_padding(row[:n], self.tokenizer.pad_token_id)
+            results.append(Completion(text, prompt, tokens, stopped=cut >= 0 or n < len(row)))
         return results
+
+
+def _before_padding(row: list[int], pad_id: int | None) -> int:
+    """The number of tokens of a finished `generate` row before the padding after its end."""
+    end = len(row)
+    while end and row[end - 1] == pad_id:
+        end -= 1
+    return end
 
 
 ENGINES: dict[str, type[Engine]] = {"vllm": VllmEngine, "hf": HfEngine}

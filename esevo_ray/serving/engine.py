@@ -285,28 +285,20 @@ class HfServeEngine:
         return self.base.chat(*args)
 
     async def stream(self, request: dict, adapter: Any) -> AsyncIterator[dict]:
-        engine = self.base
         decoding = DecodingSection(**request["decoding"])
         self.running += 1
         try:
             async with self.lock:  # `unfinished` counts a cancelled request until it ends
+                stop = tuple(request.get("stop") or ())
                 call = (self._chat, adapter, [request["messages"]], decoding, [request["seed"]])
-                (c,) = await _thread_to_its_end(*call)
+                (c,) = await _thread_to_its_end(*call, None, stop)
         finally:
             self.running -= 1
-        text, tokens = c.text, c.output_tokens
-        finish = "stop" if c.stopped else "length"
-        cut = min(
-            (i for i in (text.find(s) for s in request.get("stop") or []) if i >= 0), default=-1
-        )
-        if cut >= 0:  # as vLLM: the text before the first stop sequence, which is left out
-            text, finish = text[:cut], "stop"
-            tokens = len(engine.tokenizer.encode(text, add_special_tokens=False))
         yield {
-            "text": text,
-            "output_tokens": tokens,
+            "text": c.text,
+            "output_tokens": c.output_tokens,
             "prompt_tokens": c.prompt_tokens,
-            "finish": finish,
+            "finish": "stop" if c.stopped else "length",
         }
 
     def unfinished(self) -> int:

@@ -159,3 +159,21 @@ def test_a_cancelled_adapter_load_keeps_the_model_until_attached_then_drops_it(
     assert len(attached) == 1 and not locked  # the load ended with its thread, lock freed
     asyncio.run(_reply(engine, _request(2)))
     assert engine.adapters() == []
+
+
+def test_a_stop_sequence_ends_generation_and_its_tokens_are_counted(engine):
+    """As on vLLM: `generate` ends at the token that completes the stop sequence, which is
+    counted. The reply used to run to max_tokens holding the model, and its usage was the
+    re-encoded text before the stop (fewer tokens than were generated)."""
+
+    def greedy(max_tokens: int, stop=None) -> dict:
+        request = {**_request(max_tokens, temperature=0.0), "stop": stop}
+        return asyncio.run(_reply(engine, request))
+
+    full = greedy(40)["text"]
+    stop = full[len(full) // 3 : len(full) // 3 + 3]
+    reply = greedy(400, [stop])
+    assert reply["text"] == full[: full.find(stop)] and reply["finish"] == "stop"
+    # Greedy: the reply cut at k tokens is the first k tokens of the whole one.
+    completes = next(k for k in range(1, 41) if stop in greedy(k)["text"])
+    assert reply["output_tokens"] == completes
