@@ -141,7 +141,10 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", required=True, help="pairs Parquet file or folder (PAIRS schema)")
     p.add_argument("--init", help=f"adapter M^t (default or '{FRESH}': a fresh adapter)")
     p.add_argument("--steps", type=positive, default=8, help="measured steps after warm-up")
-    p.add_argument("--warmup", type=int, default=2, help="steps left out of the measurement")
+    p.add_argument(
+        "--warmup", type=positive, default=2,
+        help="steps left out of the measurement (1 or more: it starts at the end of one)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=positive, default=3, help="runs of each mode (medians)")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=cmd_bench_train)

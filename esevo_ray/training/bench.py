@@ -90,6 +90,7 @@ def steady_state(run: dict[str, Any], warmup: int) -> dict[str, float]:
     (t0, s0, n0), (t1, s1, n1) = marks[0], marks[-1]
     return {
         "steps": s1 - s0,
+        "last_step": s1,
         "seconds": t1 - t0,
         "pairs_per_s": (s1 - s0) * run["pairs_per_step"] / (t1 - t0),
         "tokens_per_s": (n1 - n0) / (t1 - t0),
@@ -104,10 +105,26 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+def _walled(run: dict[str, float], t0: float) -> dict[str, float]:
+    """`run` with its wall time, and the part of it outside training steps at the steady pace
+    (start-up and shut-down): each run's slower or faster steps are not counted as start-up."""
+    wall = time.perf_counter() - t0
+    per_step = run["seconds"] / run["steps"]
+    return {**run, "wall_s": wall, "outside_steps_s": wall - run["last_step"] * per_step}
+
+
 def _plain(cfg: RunConfig, job: TrainJob, tmp: str, warmup: int) -> dict[str, float]:
-    t0 = time.perf_counter()
-    run = steady_state(timed_train(cfg, job, tmp), warmup)
-    return {**run, "wall_s": time.perf_counter() - t0}
+    import torch
+
+    # The threads a Ray worker gets (OMP_NUM_THREADS = its CPUs), so that both modes compute
+    # with as many cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cfg.dpo.scaling.cpus_per_worker)))
+    try:
+        t0 = time.perf_counter()
+        return _walled(steady_state(timed_train(cfg, job, tmp), warmup), t0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _every_position(cfg: RunConfig, job: TrainJob, tmp: str, warmup: int) -> dict[str, float]:
@@ -133,8 +150,7 @@ def _ray_train(cfg: RunConfig, job: TrainJob, tmp: str, warmup: int) -> dict[str
         ),
     )
     t0 = time.perf_counter()
-    run = steady_state(trainer.fit().return_value, warmup)
-    return {**run, "wall_s": time.perf_counter() - t0}
+    return _walled(steady_state(trainer.fit().return_value, warmup), t0)
 
 
 # --compare: (baseline, mode) and the key of the mode / baseline pairs/s ratio.
@@ -159,7 +175,8 @@ def bench_train(
     """DPO pairs/s and tokens/s of two modes (`COMPARISONS[compare]`), medians of `repeats`.
 
     Each repeat runs both modes side by side. With "ray", `wall_s` is the whole call as the
-    driver sees it, so its difference is Ray Train's start-up overhead. With "lm-head", both
+    driver sees it; the difference of `outside_steps_s` (the wall time less the steps at each
+    mode's steady pace) is Ray Train's start-up overhead. With "lm-head", both
     run in-process; on CUDA TRL already scores labelled positions only, so expect about 1.
     """
     modes, ratio = COMPARISONS[compare]
@@ -184,5 +201,8 @@ def bench_train(
         "runs": runs,
     }
     if compare == "ray":
-        report["ray_startup_overhead_s"] = medians[other]["wall_s"] - medians[base]["wall_s"]
+        # Paired by repeat: each repeat ran both modes side by side.
+        pairs = zip(base_runs, other_runs, strict=True)
+        outside = [o["outside_steps_s"] - b["outside_steps_s"] for b, o in pairs]
+        report["ray_startup_overhead_s"] = statistics.median(outside)
     return report

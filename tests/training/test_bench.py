@@ -28,6 +28,31 @@ def test_steady_state_drops_warmup_steps():
         steady_state(run, warmup=4)
 
 
+def test_start_up_is_the_wall_time_outside_the_steps_at_their_steady_pace(monkeypatch):
+    """Ray's overhead was wall(ray) - wall(plain), which also counted Ray's slower steps as
+    start-up; and the plain process trained on every core where a Ray worker gets its CPUs."""
+    import time
+
+    import torch
+
+    from esevo_ray.config import load_config
+    from esevo_ray.training import bench
+
+    run = {"marks": [(0.0, 1, 0.0), (2.0, 2, 10.0), (4.0, 3, 20.0), (6.0, 4, 30.0)],
+           "pairs_per_step": 2, "world_size": 1, "started": -1.0}  # fmt: skip
+    walled = bench._walled(steady_state(run, warmup=1), time.perf_counter() - 20.0)
+    assert walled["outside_steps_s"] == pytest.approx(20.0 - 4 * 2.0, abs=0.5)
+
+    threads = []
+    monkeypatch.setattr(
+        bench, "timed_train", lambda *a: threads.append(torch.get_num_threads()) or run
+    )
+    before = torch.get_num_threads()
+    cfg = load_config(None, ["dpo.scaling.cpus_per_worker=1"])
+    bench._plain(cfg, None, "", warmup=1)
+    assert threads == [1] and torch.get_num_threads() == before
+
+
 @pytest.mark.slow
 def test_bench_train_reports_both_modes(ray_local, tiny_model, tmp_path):
     pairs = write_parquet(pairs_table(), tmp_path / "pairs.parquet")
@@ -58,6 +83,8 @@ def test_bench_train_reports_both_modes(ray_local, tiny_model, tmp_path):
         assert report[mode]["steps"] == 3 and report[mode]["world_size"] == 1
         assert report[mode]["pairs_per_s"] > 0 and report[mode]["tokens_per_s"] > 0
         assert 0 < report[mode]["startup_s"] < report[mode]["wall_s"]
+        assert 0 < report[mode]["outside_steps_s"] < report[mode]["wall_s"]
+    assert "ray_startup_overhead_s" in report
 
 
 def test_bench_lm_head_times_both_heads_in_process(tiny_model, tmp_path):
