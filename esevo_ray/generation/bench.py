@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
+from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.numerics import engine_dtype, release_gpu_memory
 
@@ -133,8 +134,18 @@ def bench_generate(
 
     Steady state excludes start-up (engine or model load, and for (a) Ray worker start and
     the first batch), which is reported separately as seconds to the first batch.
+
+    Raises:
+        UsageError: fewer than two batches of contexts (no batch after the first to time).
     """
     rows = schema.read_table(contexts, schema.CONTEXTS).slice(0, n).to_pylist()
+    batch = cfg.generation.batch_size
+    if len(rows) < 2 * batch:
+        raise UsageError(
+            f"{len(rows)} contexts (-n {n}, {contexts}) make fewer than two batches of "
+            f"generation.batch_size={batch}: the steady state is timed over the batches after "
+            f"the first; use -n {2 * batch} or more, or a smaller generation.batch_size"
+        )
     modes = {
         "pipeline": lambda: _pipeline(cfg, rows, model),
         "engine": lambda: _direct(cfg, rows, model),

@@ -15,3 +15,16 @@ def test_the_baselines_decode_greedily_at_temperature_0(tiny_model, extes_contex
     direct = bench._direct(cfg, rows, tiny_model)
     assert len(naive) == 3 and len(direct) == 1  # start-up, then one per context / batch
     assert sum(tokens for _, tokens in naive) > 0 and direct[0][1] > 0
+
+
+def test_fewer_contexts_than_two_batches_are_refused_before_any_run(tiny_model, extes_contexts):
+    """One batch left no batch after the first to time: the steady tok/s and both ratios
+    came out NaN, which every GPU config (batch 256) gave at the default -n 128."""
+    import pytest
+
+    from esevo_ray.errors import UsageError
+
+    path, _ = extes_contexts
+    cfg = gen_cfg(**{"generation.batch_size": 256})
+    with pytest.raises(UsageError, match=r"-n 128.*fewer than two batches.*use -n 512 or more"):
+        bench.bench_generate(cfg, path, tiny_model, n=128, repeats=1)
