@@ -89,6 +89,10 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         (["bench", "train", "--pairs", "p", "--steps", "-1"], "--steps: must be 1 or more"),
         (["bench", "generate", "--repeats", "0"], "--repeats: must be 1 or more"),
         (["bench", "serve", "--clients", "8,0"], "--clients: must be 1 or more"),
+        # --warmup 0 measured one step fewer than it said; -1 trained whole epochs.
+        (["bench", "train", "--pairs", "p", "--warmup", "0"], "--warmup: must be 1 or more"),
+        (["bench", "serve", "--duration", "0"], "--duration: must be more than 0 seconds"),
+        (["bench", "serve", "--soak", "-5"], "--soak: must be more than 0 seconds"),
     ],
 )  # fmt: skip
 def test_counts_below_one_are_usage_errors(config, capsys, argv, says):
@@ -97,6 +101,21 @@ def test_counts_below_one_are_usage_errors(config, capsys, argv, says):
         main([*argv[:2], "--config", config, *argv[2:]] if argv[0] == "bench" else
              [argv[0], "--config", config, *argv[1:]])  # fmt: skip
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_bench_serve_refuses_what_would_fail_after_the_offline_runs(config, capsys):
+    """Both used to fail only after minutes of offline measurement (a host the load generator
+    cannot target also left the app running); a wildcard host is reached through loopback."""
+    from esevo_ray.config import load_config
+    from esevo_ray.serving.bench import local_url
+
+    argv = ["bench", "serve", "--config", config]
+    assert main([*argv, "--max-tokens", "600"]) == 2
+    assert "--max-tokens 600: the app refuses more than serve.max_tokens (512)" in _error(capsys)
+    assert main([*argv, "serve.host=10.1.2.3"]) == 2
+    assert "serve.host='10.1.2.3': the benchmark sends its load to loopback" in _error(capsys)
+    assert local_url(load_config(config, ["serve.host=0.0.0.0"])) == "http://127.0.0.1:8000"
+    assert local_url(load_config(config, ['serve.host="::"'])) == "http://[::1]:8000"
 
 
 def test_client_counts_leave_the_overrides_to_the_config():

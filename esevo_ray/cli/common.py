@@ -151,6 +151,17 @@ def positive(text: str, why: str = "") -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type of a duration in seconds: more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def iteration(text: str) -> int:
     """argparse type of --iteration: t >= 1 (pairs and DPO make m<t> from m<t-1>)."""
     return positive(text, " (m<t> is trained from m<t-1>)")

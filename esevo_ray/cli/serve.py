@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from esevo_ray.cli.common import existing, load_args_config, positive, positive_list
+from esevo_ray.cli.common import existing, load_args_config, positive, positive_list, seconds
 from esevo_ray.errors import UsageError
 
 
@@ -141,6 +141,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from esevo_ray.serving.bench import bench_serve_app, soak_app
 
     cfg = _load(args)
+    if args.max_tokens > cfg.serve.max_tokens:  # else every served request is refused
+        raise UsageError(
+            f"--max-tokens {args.max_tokens}: the app refuses more than serve.max_tokens "
+            f"({cfg.serve.max_tokens})"
+        )
     run_dir = _run_dir(args)
     if args.soak:
         report = soak_app(
@@ -176,10 +181,10 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
         "--clients", type=positive_list, default=(1, 8, 32),
         help="concurrent clients to try, comma-separated (default 1,8,32)",
     )  # fmt: skip
-    p.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
+    p.add_argument("--duration", type=seconds, default=20.0, help="seconds per client count")
     p.add_argument("--max-tokens", type=positive, default=64)
     p.add_argument(
-        "--soak", type=float, default=0.0, help="instead: soak for this many seconds (e.g. 120)"
+        "--soak", type=seconds, default=None, help="instead: soak for this many seconds (e.g. 120)"
     )
     p.add_argument("--soak-clients", type=positive, default=32, help="clients during --soak")
     p.add_argument("--out", help="also write the JSON report here")

@@ -19,8 +19,29 @@ from dataclasses import replace
 from pathlib import Path
 
 from esevo_ray.config import RunConfig
+from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.serving.loadgen import Load, Result, prompt, run_clients, summarise
+from esevo_ray.serving.registry import http_url, is_loopback
+
+# A server bound to every interface is reached on this machine through loopback.
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def local_url(cfg: RunConfig) -> str:
+    """The URL the load generator sends to: serve.host, or loopback where it is a wildcard.
+
+    Raises:
+        UsageError: serve.host is one interface other than loopback (the load generator
+            only targets this machine's loopback).
+    """
+    host = WILDCARD_HOSTS.get(cfg.serve.host, cfg.serve.host)
+    if not is_loopback(host):
+        raise UsageError(
+            f"serve.host={cfg.serve.host!r}: the benchmark sends its load to loopback; bind "
+            "to 127.0.0.1 (or 0.0.0.0) to benchmark"
+        )
+    return http_url(host, cfg.serve.port)
 
 
 def bench_serve(load: Load) -> dict:
@@ -151,12 +172,13 @@ def bench_serve_app(
     from esevo_ray.serving.deploy import APP_NAME, default_run_dir, start_app
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    key = os.environ.get(cfg.serve.api_key_env)
+    load = Load(local_url(cfg), model, max_tokens=max_tokens, api_key=key)  # before any work
     if not ray.is_initialized():
         ray.init()
     load_before = round(os.getloadavg()[0], 2)
     offline = offline_tok_per_s(cfg, run, model, max_tokens, clients)
-    url = start_app(cfg, run)
-    load = Load(url, model, max_tokens=max_tokens, api_key=os.environ.get(cfg.serve.api_key_env))
+    start_app(cfg, run)
     served: dict[str, dict] = {}
     try:
         bench_serve(replace(load, clients=max(clients), duration_s=5.0))  # warm-up: adapter, caches
@@ -243,9 +265,11 @@ def soak_app(
 
     from esevo_ray.serving.deploy import APP_NAME, start_app
 
-    url = start_app(cfg, run_dir)
     key = os.environ.get(cfg.serve.api_key_env)
-    load = Load(url, model, clients=8, duration_s=5.0, max_tokens=max_tokens, api_key=key)
+    load = Load(
+        local_url(cfg), model, clients=8, duration_s=5.0, max_tokens=max_tokens, api_key=key
+    )
+    start_app(cfg, run_dir)
     try:
         bench_serve(load)  # warm-up: adapter, caches
         soaked = replace(
