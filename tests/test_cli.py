@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -280,6 +281,11 @@ def test_eval_of_another_runs_adapter_never_lands_in_this_runs_model_folder(
     assert (got["name"], got["out"]) == ("t-sr-m1", runs / "t" / "eval" / "t-sr-m1")
     assert main([*argv, "--adapter", str(other), "--name", "m1"]) == 2
     assert "--name m1: that is this run's M1" in _error(capsys)
+    # A model folder (no adapter) named m<t>, e.g. a merged copy: a traceback (Path(None)).
+    merged = tmp_path / "exported" / "m2"
+    shutil.copytree(tiny_model, merged)
+    assert main([*argv, "--model", str(merged)]) == 0
+    assert (got["name"], got["out"]) == ("exported-m2", runs / "t" / "eval" / "exported-m2")
 
 
 def test_dpo_and_generate_agree_that_m0_is_the_base_under_evolve_init_base(

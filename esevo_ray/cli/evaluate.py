@@ -97,7 +97,8 @@ def _local_eval(layout, name: str | None, model: Path, adapter: str | None) -> t
             f"--name {name}: that is this run's M{t} (at {own}), and the model evaluated is "
             "another one; give it another name"
         )
-    folder = Path(adapter).resolve()  # <run>/m<t>/adapter, or a folder named m<t>
+    # <run>/m<t>/adapter, a model folder <run>/.../m<t> (merged), or an adapter named m<t>
+    folder = Path(adapter if adapter is not None else model).resolve()
     run = folder.parent.parent if folder.name == "adapter" else folder.parent
     label = f"{run.name}-{label}"
     return label, layout.eval(label)
