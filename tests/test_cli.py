@@ -256,6 +256,11 @@ def test_a_ray_job_needs_an_absolute_output_dir(tmp_path, monkeypatch, capsys):
         assert main([*command, "--config", "run.yaml"]) == 2
         assert "output_dir 'runs' is relative, and this job runs in Ray's" in _error(capsys)
     assert not (job_dir / "runs").exists()
+    # A relative --out was written into the copy, and lost with it.
+    absolute = f"output_dir={tmp_path / 'runs'}"
+    assert main(["data", "prepare", "--config", "run.yaml", "--out", "mydata", absolute]) == 2
+    assert "--out 'mydata' is relative, and this job runs in Ray's" in _error(capsys)
+    assert not (job_dir / "mydata").exists()
 
 
 def test_eval_of_another_runs_adapter_never_lands_in_this_runs_model_folder(

@@ -56,14 +56,16 @@ def check_output_dir(cfg: RunConfig) -> None:
     Raises:
         ConfigError: the run would be written into that copy, and lost with the session.
     """
+    _check_job_path(cfg.output_dir, "output_dir", "the run", "output_dir=/runs")
+
+
+def _check_job_path(path: str | Path, name: str, what: str, example: str) -> None:
     cwd = Path.cwd()
-    if not Path(cfg.output_dir).is_absolute() and any(
-        part.startswith("_ray_pkg_") for part in cwd.parts
-    ):
+    if not Path(path).is_absolute() and any(part.startswith("_ray_pkg_") for part in cwd.parts):
         raise ConfigError(
-            f"output_dir {cfg.output_dir!r} is relative, and this job runs in Ray's temporary "
-            f"copy of its working dir ({cwd}): the run would be lost with the Ray session; "
-            "pass an absolute one, e.g. output_dir=/runs (a folder every node mounts)"
+            f"{name} {str(path)!r} is relative, and this job runs in Ray's temporary copy of "
+            f"its working dir ({cwd}): {what} would be lost with the Ray session; pass an "
+            f"absolute one, e.g. {example} (a folder every node mounts)"
         )
 
 
@@ -108,7 +110,10 @@ def claim_run(
 
     Raises:
         RunConflict: the run was made by another config, or another process holds it.
+        ConfigError: a relative `out` in a Ray job (see `check_output_dir`).
     """
+    if out is not None:
+        _check_job_path(out, "--out", "the output", "--out /runs/mine")
     root = layout.root.resolve()
     if out is not None and not Path(out).resolve().is_relative_to(root):
         root = _run_holding(Path(out).resolve())
