@@ -11,7 +11,10 @@ CONFIG=${1:-configs/llama3-8b-l40.yaml}
 make venv-gpu
 export PATH="$PWD/.venv/bin:$PATH"   # the job's `python` is the pinned one
 export RAY_AUTH_MODE=token HF_HUB_OFFLINE=1 RAY_TRAIN_ENABLE_PRINT_PATCH=0
-export ESEVO_DATA_DIR=${ESEVO_DATA_DIR:-/data/esc} ESEVO_MODELS=${ESEVO_MODELS:-/models}
+# Absolute: the job resolves them in Ray's copy of this folder, not here.
+ESEVO_DATA_DIR=$(realpath -m "${ESEVO_DATA_DIR:-/data/esc}")
+ESEVO_MODELS=$(realpath -m "${ESEVO_MODELS:-/models}")
+export ESEVO_DATA_DIR ESEVO_MODELS
 RUNS=$(realpath -m "${ESEVO_RUNS:-$PWD/runs}")
 # cluster/runtime-env.yaml with this machine's data and model folders.
 RUNTIME_ENV=$(.venv/bin/python -c '
