@@ -12,7 +12,16 @@ The job runs in Ray's copy of the working dir: output_dir must be absolute (READ
 Ray cluster").
 """
 
+import sys
+
 from esevo_ray.cli import run_job
 
+STAGES = ("sft", "dpo")
+
 if __name__ == "__main__":
+    stage = next((a for a in sys.argv[1:] if a not in ("-v", "--verbose")), None)
+    if stage not in STAGES:  # else argparse offers every esevo command
+        print(f"usage: python jobs/train.py [-v] {{sft,dpo}} --config CONFIG ...; got {stage!r}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
     run_job([])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -443,6 +446,29 @@ def test_a_job_script_takes_the_verbose_flag_anywhere():
     argv = job_argv(["evolve"], ["--config", "c.yaml", "-v", "output_dir=/runs"])
     args = build_parser().parse_args(argv)
     assert args.verbose and args.command == "evolve" and args.overrides == ["output_dir=/runs"]
+
+
+def test_overrides_may_follow_a_later_flag(tmp_path, capsys):
+    """A flag appended to a documented job line, then another override, used to end in
+    "unrecognized arguments"; a stray word is still one."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\n")
+    argv = ["data", "prepare", "--config", str(config), "data.max_train_dialogues=2",
+            "--out", str(tmp_path / "d"), "data.max_eval_dialogues=1", "data.alpaca_samples=0"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["settings"]["max_eval_dialogues"] == 1
+    assert manifest["settings"]["max_train_dialogues"] == 2
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "stray"])
+    assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_the_train_job_takes_sft_or_dpo_only():
+    job = Path(__file__).parents[1] / "jobs" / "train.py"
+    proc = subprocess.run([sys.executable, str(job), "-v", "data", "stats"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "{sft,dpo}" in proc.stderr and "got 'data'" in proc.stderr
 
 
 def test_the_run_report_refuses_the_options_of_the_human_report(tmp_path, config, capsys):

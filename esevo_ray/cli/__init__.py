@@ -32,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides after a later flag (`evolve --config c a=1 --new-run b=2`): argparse
+    # takes only the first run of them as the positional list.
+    takes = hasattr(args, "overrides")
+    if unknown := [a for a in rest if not (takes and _is_override(a))]:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if rest:
+        args.overrides = [*(args.overrides or []), *rest]
     setup_logging(args.verbose)
     try:
         with contextlib.ExitStack() as args.held:  # what a command holds while it runs
@@ -47,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
 
 
 def run_job(command: list[str]) -> None:
