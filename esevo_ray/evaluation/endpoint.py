@@ -14,7 +14,7 @@ import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, RunConfig
@@ -35,14 +35,40 @@ def rejected(status: int) -> bool:
     return status < 500 and status not in _RETRY_STATUS
 
 
-def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: float, before=None):
-    """`client.chat.completions.create(**request)`, retrying transport errors.
+class MalformedReply(Exception):
+    """A 200 answer that holds no chat completion's text (see `reply_text`)."""
 
-    Timeouts, connection errors, 408/409/429 and 5xx are retried with exponential backoff and
-    jitter, or after the wait a 429 or 503 names (Retry-After, in seconds; at most
-    MAX_RETRY_AFTER_S); `before()` (e.g. a rate limiter) runs before every attempt. Any other
-    HTTP error raises `openai.APIStatusError` at once; after the retries the last error is
-    raised.
+
+def reply_text(reply) -> str:
+    """The text of a chat completion's first choice.
+
+    Raises:
+        MalformedReply: no completion (an HTML page, a streamed body, an error object sent
+            with status 200), no choice, no message text, or a reply the server's content
+            filter withheld: each would otherwise be scored as an empty response.
+    """
+    choices = getattr(reply, "choices", None)
+    if not isinstance(choices, list):
+        raise MalformedReply(f"the reply is not a chat completion: {str(reply)[:120]!r}")
+    if not choices:
+        raise MalformedReply("the reply has no choices")
+    choice = choices[0]
+    if getattr(choice, "finish_reason", None) == "content_filter":
+        raise MalformedReply("the server's content filter withheld the reply")
+    content = getattr(getattr(choice, "message", None), "content", None)
+    if not isinstance(content, str):
+        raise MalformedReply("the reply's first choice has no message text")
+    return content
+
+
+def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: float, before=None):
+    """`reply_text(client.chat.completions.create(**request))`, retrying transport errors.
+
+    Timeouts, connection errors, 408/409/429, 5xx and malformed replies (`MalformedReply`)
+    are retried with exponential backoff and jitter, or after the wait a 429 or 503 names
+    (Retry-After, in seconds; at most MAX_RETRY_AFTER_S); `before()` (e.g. a rate limiter)
+    runs before every attempt. Any other HTTP error raises `openai.APIStatusError` at once;
+    after the retries the last error is raised.
     """
     import openai
 
@@ -51,7 +77,9 @@ def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: f
             before()
         asked = None  # the wait the server asked for
         try:
-            return client.chat.completions.create(**request)
+            return reply_text(client.chat.completions.create(**request))
+        except (MalformedReply, ValueError) as e:  # ValueError: a body that is not JSON
+            error = e if isinstance(e, MalformedReply) else MalformedReply(f"not JSON ({e})")
         except openai.APIStatusError as e:
             if rejected(e.status_code):
                 raise
@@ -90,6 +118,17 @@ def base_url(url: str) -> str:
     return url if urlparse(url).path not in ("", "/") else f"{url}/v1"
 
 
+def shown_url(url: str) -> str:
+    """`url` without a user and password, for logs and records."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class ChatEndpoint:
     """One model behind an OpenAI-compatible chat endpoint, with retries on transport errors.
 
@@ -97,8 +136,9 @@ class ChatEndpoint:
         url: the server (`http://host:8000`) or its base URL (`http://host:8000/v1`).
         model: the served model name sent in each request.
         api_key_env: environment variable holding the bearer key (a placeholder when unset).
-        sampling_extras: also send `top_k` and `repetition_penalty` (vLLM and `esevo serve`
-            accept them; servers that reject unknown fields need False).
+        sampling_extras: also send `top_k` and `repetition_penalty` (vLLM honours them;
+            `esevo serve` decodes with its own `serve.decoding` values of both and ignores
+            them; servers that reject unknown fields need False).
     """
 
     def __init__(
@@ -114,15 +154,30 @@ class ChatEndpoint:
     ):
         from openai import OpenAI
 
-        self.url, self.model = base_url(url), model
+        # `url` as shown and recorded: a key written into it is not.
+        self.url, self.model = shown_url(base_url(url)), model
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.sampling_extras = sampling_extras
         key = os.environ.get(api_key_env)
         if not key:
             logger.info("$%s is not set; sending a placeholder API key", api_key_env)
         self._client = OpenAI(
-            base_url=self.url, api_key=key or "EMPTY", max_retries=0, timeout=timeout_s
+            base_url=base_url(url), api_key=key or "EMPTY", max_retries=0, timeout=timeout_s
         )
+
+    def identity(self) -> dict | None:
+        """What the server says of the model behind the name (GET /v1/models/{name}), so that
+        another model served under it later is not taken for this one: `esevo serve`'s
+        adapter stamp (`created`) and, for `current`, the iteration it stands for; vLLM's
+        `root` (the model it loaded). None where the server says nothing of it."""
+        try:
+            card = self._client.models.retrieve(self.model).model_dump()
+        except Exception as e:  # an endpoint without the route, or that refuses it
+            logger.debug("no model card for %r (%s)", self.model, e)
+            return None
+        # vLLM's `created` is the time of the request, which a resume must not compare.
+        keys = ("created", "alias_of") if card.get("owned_by") == "esevo" else ("root",)
+        return {k: card[k] for k in keys if card.get(k) is not None} or None
 
     def chat(self, messages: list[dict], decoding: DecodingSection, seed: int) -> str:
         """One completion; transport errors (timeouts, 408/409/429, 5xx) are retried.
@@ -139,14 +194,14 @@ class ChatEndpoint:
             extra_body=extra if self.sampling_extras else None,
         )  # fmt: skip
         try:
-            reply = create_with_retries(
+            text = create_with_retries(
                 self._client, request, max_retries=self.max_retries, backoff_s=self.backoff_s
             )
         except openai.APIStatusError as e:
             raise EndpointError(self._where(f"HTTP {e.status_code}: {e.message}")) from e
-        except openai.APIError as e:
+        except (openai.APIError, MalformedReply) as e:
             raise EndpointError(self._where(f"{e} after {self.max_retries + 1} attempts")) from e
-        return (reply.choices[0].message.content or "").strip() if reply.choices else ""
+        return text.strip()
 
     def _where(self, what: str) -> str:
         return f"endpoint {self.url} model {self.model!r}: {what}"
@@ -193,7 +248,9 @@ def endpoint_responses(
     gen = cfg.generation
     claim(out_dir / PARTS, {
         "stage": "endpoint", "model": f"{endpoint.model} at {endpoint.url}",
-        "model_name": model_name, "system_prompt": system_prompt,
+        "served": endpoint.identity(), "model_name": model_name, "system_prompt": system_prompt,
+        "sampling_extras": endpoint.sampling_extras,
+        "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
         "generation": {"decoding": gen.decoding.model_dump(), "max_context_tokens":
                        gen.max_context_tokens if tokenizer is not None else None},
     })  # fmt: skip
@@ -223,8 +280,10 @@ def _answer(
     model_name: str,
     concurrency: int,
 ) -> None:
-    """Send every request, `concurrency` at a time; write each batch's part when it is done."""
+    """Send every request, `concurrency` at a time; write each batch's part when it is done,
+    and when a request fails for good (or the run is stopped) the answers already in."""
     decoding, size = cfg.generation.decoding, cfg.generation.batch_size
+    written = 0
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures: list[Future] = [
             pool.submit(endpoint.chat, request, decoding, eval_seed(decoding, r))
@@ -236,9 +295,17 @@ def _answer(
                 texts = [f.result() for f in futures[start : start + size]]
                 out = [response_row(r, model_name, t) for r, t in zip(batch, texts, strict=True)]
                 write_part(parts, out, schema.EVAL_RESPONSES)
-                logger.info(
-                    "endpoint %s: %d/%d answered", model_name, start + len(batch), len(rows)
-                )
+                written = start + len(batch)
+                logger.info("endpoint %s: %d/%d answered", model_name, written, len(rows))
         except BaseException:
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown(cancel_futures=True)  # waits for the requests in flight
+            answered = [
+                response_row(r, model_name, f.result())
+                for r, f in zip(rows[written:], futures[written:], strict=True)
+                if f.done() and not f.cancelled() and f.exception() is None
+            ]
+            if answered:  # parts are named by their keys: any grouping resumes alike
+                write_part(parts, answered, schema.EVAL_RESPONSES)
+                logger.info("endpoint %s: kept %d answers of the unfinished batches",
+                            model_name, len(answered))  # fmt: skip
             raise

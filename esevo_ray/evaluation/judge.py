@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from esevo_ray import profile
 from esevo_ray.config import JudgeSection
 from esevo_ray.errors import JudgeError, UsageError
-from esevo_ray.evaluation.judge_prompts import judge_messages
+from esevo_ray.evaluation.judge_prompts import judge_messages, request_seed
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.models import resolve_model
 from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, conform, read_table
@@ -113,8 +113,9 @@ class JudgeClient:
         self._in_row = 0  # requests failed for good since the last one answered
         self._replies_lock = threading.Lock()
 
-    def complete(self, messages: list[dict]) -> str | None:
-        """One chat completion, retrying transport errors with exponential backoff.
+    def complete(self, messages: list[dict], seed: int | None = None) -> str:
+        """One chat completion sampled with `seed`, retrying transport errors with
+        exponential backoff.
 
         Raises:
             JudgeError: the endpoint rejects the key, model or URL (401, 403, 404), or its
@@ -124,22 +125,22 @@ class JudgeClient:
         """
         import openai
 
-        from esevo_ray.evaluation.endpoint import create_with_retries, rejected
+        from esevo_ray.evaluation.endpoint import MalformedReply, create_with_retries, rejected
 
         cfg = self.cfg
         extra = None if cfg.top_k is None else {"top_k": cfg.top_k}
         request = dict(
             model=self.model, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens, extra_body=extra,
+            max_tokens=cfg.max_tokens, extra_body=extra, seed=seed,
         )  # fmt: skip
         try:
-            reply = create_with_retries(
+            text = create_with_retries(
                 self._client, request, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
                 before=self._limiter.wait,
             )  # fmt: skip
-        except openai.APIError as e:
+        except (openai.APIError, MalformedReply) as e:
             where = f"judge endpoint {self.base_url} model {self.model!r}"
-            # None: no HTTP answer (a connection error, a timeout)
+            # None: no HTTP answer (a connection error, a timeout, a malformed reply)
             status = e.status_code if isinstance(e, openai.APIStatusError) else None
             if status is not None:
                 where = f"{where}: HTTP {status}"
@@ -167,7 +168,7 @@ class JudgeClient:
         with self._replies_lock:
             self._replies["accepted"] += 1
             self._in_row = 0
-        return reply.choices[0].message.content if reply.choices else None
+        return text
 
     def _failed_in_row(self) -> int:
         """Count a request that failed for good; the failures since the last answer."""
@@ -186,14 +187,14 @@ class JudgeClient:
         """Score one response on one dimension; missing (None) after repeated bad replies."""
         import openai
 
-        from esevo_ray.evaluation.endpoint import rejected
+        from esevo_ray.evaluation.endpoint import MalformedReply, rejected
 
         messages = judge_messages(dimension, context, response, self.cfg.penalty)
         error = None
         for attempt in range(1, self.cfg.parse_retries + 2):
             try:
-                text = self.complete(messages)
-            except openai.APIError as e:
+                text = self.complete(messages, request_seed(self.cfg.seed, messages, attempt))
+            except (openai.APIError, MalformedReply) as e:
                 if isinstance(e, openai.APIStatusError) and rejected(e.status_code):
                     error = f"{REQUEST_REJECTED}: {e.message}"  # "Error code: 400 - ..."
                     return Verdict(None, None, attempt, error)

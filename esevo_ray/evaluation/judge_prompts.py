@@ -7,9 +7,11 @@ in the paper's notation, "(-N cap)" and "(max N)"; `penalty` chooses how "(-N ca
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Literal
 
+from esevo_ray.generation.pairs import seed_of
 from esevo_ray.prompts import STRATEGIES, render_conversation
 
 _PREAMBLE = (
@@ -233,3 +235,9 @@ def judge_messages(
     )
     system = rubric(dimension, penalty)
     return [{"role": "system", "content": system}, {"role": "user", "content": body}]
+
+
+def request_seed(seed: int, request: list[dict], attempt: int) -> int:
+    """The sampling seed of one judge request: its content's, not its place in a batch, so a
+    run that asks again only for missing verdicts samples each as a whole run would."""
+    return seed_of(json.dumps([seed, attempt, request], sort_keys=True))

@@ -12,16 +12,14 @@ exits when the `LocalJudge` is dropped, so the driver never holds GPU memory.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from esevo_ray.config import DecodingSection, JudgeSection
-from esevo_ray.evaluation.judge_prompts import judge_messages
+from esevo_ray.evaluation.judge_prompts import judge_messages, request_seed
 from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.generation.engine_choice import choose_engine
-from esevo_ray.generation.pairs import seed_of
 from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
 from esevo_ray.storage import check_shared
 from esevo_ray.turns import drop_oldest_turns
@@ -101,12 +99,6 @@ class LocalJudge:
         return self._local.judge_many(tasks)
 
 
-def _request_seed(seed: int, request: list[dict], attempt: int) -> int:
-    """The sampling seed of one judge request: its content's, not its place in a batch, so a
-    run that asks again only for missing verdicts samples each as a whole run would."""
-    return seed_of(json.dumps([seed, attempt, request], sort_keys=True))
-
-
 class JudgeEngine:
     """The judge's engine and its batched, retried verdicts (in this process or an actor)."""
 
@@ -157,7 +149,7 @@ class JudgeEngine:
         for attempt in range(self.cfg.parse_retries + 1):
             if not pending:
                 break
-            seeds = [_request_seed(self.cfg.seed, requests[i], attempt) for i in pending]
+            seeds = [request_seed(self.cfg.seed, requests[i], attempt) for i in pending]
             outs = self.engine.chat([requests[i] for i in pending], self.decoding, seeds, schema)
             still = []
             for i, out in zip(pending, outs, strict=True):

@@ -4,8 +4,12 @@ Replies depend on the requested model:
 - "judge": a JSON verdict {"score": 4, ...} (LLM-as-a-judge);
 - "missing": HTTP 404 (unknown model);
 - "flaky-*": HTTP 503 for the first request of each conversation, then like any other model;
+- "null-once": no message text (content null) for the first request of each conversation;
+- "html": an HTML page with status 200 (a proxy's error page);
+- "tired": HTTP 400 once `answers_left` requests have been answered;
 - anything else: "reply to: <the last user message>".
-Every request body and Authorization header is recorded, with the peak number in flight.
+GET /v1/models/{id} answers with `cards[id]` (404 for a model not in it). Every request body
+and Authorization header is recorded, with the peak number in flight.
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ class ChatServer:
         self.auth: list[str] = []
         self.seen: Counter = Counter()
         self.inflight = self.max_inflight = 0
+        self.answers_left = 3
+        self.answered = 0  # requests answered with a chat completion
+        self.cards: dict[str, dict] = {}
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def reply(self, body: dict) -> tuple[int, str]:
+    def reply(self, body: dict) -> tuple[int, str | None]:
         model = body["model"]
         key = json.dumps(body["messages"])
         with self.lock:
@@ -52,6 +59,13 @@ class ChatServer:
             return 404, f"model {model} not found"
         if model.startswith("flaky") and first:
             return 503, "overloaded"
+        if model == "null-once" and first:
+            return 200, None
+        if model == "tired":
+            with self.lock:
+                if self.answers_left == 0:
+                    return 400, "no more"
+                self.answers_left -= 1
         if model == "judge":
             return 200, json.dumps({"explanation": "clear and kind", "score": JUDGE_SCORE})
         return 200, reply_text(body["messages"])
@@ -75,7 +89,11 @@ class ChatServer:
                         server.inflight -= 1
                 if self.path != "/v1/chat/completions":
                     status, content = 404, f"no route {self.path}"
+                if status == 200 and body["model"] == "html":
+                    return self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
                 if status == 200:
+                    with server.lock:
+                        server.answered += 1
                     message = {"role": "assistant", "content": content}
                     payload = {
                         "id": "cmpl-1", "object": "chat.completion", "created": 0,
@@ -85,9 +103,19 @@ class ChatServer:
                     }  # fmt: skip
                 else:
                     payload = {"error": {"message": content, "type": "server_error"}}
-                data = json.dumps(payload).encode()
+                self._send(status, json.dumps(payload).encode())
+
+            def do_GET(self):  # noqa: N802
+                name = self.path.removeprefix("/v1/models/")
+                if name in server.cards:
+                    card = {"id": name, "object": "model", **server.cards[name]}
+                    return self._send(200, json.dumps(card).encode())
+                error = {"error": {"message": f"no model {name}", "type": "not_found"}}
+                self._send(404, json.dumps(error).encode())
+
+            def _send(self, status: int, data: bytes, kind: str = "application/json") -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -156,3 +156,60 @@ def test_eval_endpoint_retries_server_errors_and_names_a_bad_model(chat_server, 
 
     assert cli.main([*base, "--adapter", str(tmp_path), "--served-model", "m"]) == 2
     assert "--adapter applies to a local model folder" in capsys.readouterr().err
+
+
+def test_eval_endpoint_never_scores_a_reply_without_text_as_an_empty_response(
+    chat_server, tmp_path, capsys
+):
+    """content null, an HTML page with status 200: both were stored as "" and scored (or
+    ended in a traceback); now retried, and an error naming the endpoint when they stay."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "runs")
+    contexts = write_contexts(tmp_path / "ctx.parquet", 2)
+    base = ["eval", "--config", str(config), "--model", chat_server.url, "--no-bertscore"]
+    base += ["--contexts", str(contexts)]
+
+    assert cli.main([*base, "--served-model", "null-once", "--out", str(tmp_path / "a")]) == 0
+    texts = pl.read_parquet(tmp_path / "a" / "responses.parquet")["response"].to_list()
+    assert len(texts) == 2 and all(t.startswith("reply to: ") for t in texts)
+
+    assert cli.main([*base, "--served-model", "html", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"endpoint {chat_server.url}/v1 model 'html': the reply is not a chat completion" in err
+    assert "Traceback" not in err and not (tmp_path / "b" / "responses.parquet").exists()
+
+
+def test_eval_endpoint_keeps_every_answer_when_a_request_fails(chat_server, tmp_path, capsys):
+    """Answers of a batch a failure cut short were dropped: a rerun asked for them again."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "runs", generation={"batch_size": 4})
+    contexts = write_contexts(tmp_path / "ctx.parquet", 8)
+    out = tmp_path / "tired"
+    argv = ["eval", "--config", str(config), "--model", chat_server.url, "--served-model",
+            "tired", "--contexts", str(contexts), "--out", str(out), "--no-bertscore",
+            "--concurrency", "1"]  # fmt: skip
+    chat_server.answers_left = 6
+    assert cli.main(argv) == 2 and "HTTP 400" in capsys.readouterr().err
+    kept = pl.concat([pl.read_parquet(p) for p in (out / "parts").glob(PART_GLOB)])
+    assert kept.height == chat_server.answered == 6
+    chat_server.answers_left = 2
+    assert cli.main(argv) == 0 and chat_server.answered == 8  # only the two left are asked
+
+
+def test_eval_endpoint_refuses_to_resume_with_another_model_behind_the_name(
+    chat_server, tmp_path, capsys
+):
+    """`current` moved to a newer iteration (or a retrained m2): its answers were mixed with
+    the earlier model's under one name, or all reused."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "runs")
+    contexts = write_contexts(tmp_path / "ctx.parquet", 2)
+    out = tmp_path / "current"
+    argv = ["eval", "--config", str(config), "--model", chat_server.url, "--served-model",
+            "current", "--contexts", str(contexts), "--out", str(out), "--no-bertscore"]  # fmt: skip
+    chat_server.cards["current"] = {"created": 100, "owned_by": "esevo", "alias_of": "m1"}
+    assert cli.main(argv) == 0
+    assert recorded_producer(out / "parts")["served.alias_of"] == "m1"
+    chat_server.cards["current"] = {"created": 200, "owned_by": "esevo", "alias_of": "m2"}
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "served.alias_of: 'm1' -> 'm2'" in err and "served.created: 100 -> 200" in err
+    assert cli.main([*argv, "--no-sampling-extras"]) == 2  # another decoding, too
+    assert "sampling_extras: True -> False" in capsys.readouterr().err

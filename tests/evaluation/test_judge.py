@@ -557,3 +557,31 @@ def test_a_retry_waits_as_long_as_the_server_asks():
     assert retry_after("7") == 7.0 and retry_after("0.5") == 0.5
     assert retry_after("100000") == MAX_RETRY_AFTER_S
     assert retry_after(None) is None and retry_after("Wed, 21 Oct 2026 07:28:00 GMT") is None
+
+
+def test_a_judge_request_carries_its_own_seed_and_a_malformed_reply_is_a_failure(server):
+    """The endpoint judge sent no seed (its verdicts, sampled at temperature 0.8, could not
+    be reproduced, and a parse retry sent the same request again); an HTML page with status
+    200 ended the run in an AttributeError."""
+    table = responses_table("M0", ["[flaky] a", "[ok] b", "[ok] c"])
+    client = JudgeClient(judge_cfg(), base_url=server.url, model="j")
+
+    def seeds() -> dict[str, list[int]]:
+        server.reset()
+        judge_responses(table, client, dimensions=["empathy"], n_samples=None, seed=0)
+        by_request: dict[str, list[int]] = {}
+        for body in server.bodies:
+            by_request.setdefault(body["messages"][1]["content"], []).append(body["seed"])
+        return {k: sorted(v) for k, v in by_request.items()}
+
+    first = seeds()
+    assert sorted(map(len, first.values())) == [1, 1, 2]
+    assert len({s for v in first.values() for s in v}) == 4  # the parse retry samples anew
+    assert seeds() == first  # and a rerun samples alike
+
+    html = JudgeClient(judge_cfg(max_retries=0), base_url=server.url, model="html")
+    with pytest.raises(JudgeError, match=r"all failed .*not a chat completion"):
+        judge_responses(
+            responses_table("M0", ["a", "b", "c"]), html, dimensions=["empathy"], n_samples=None,
+            seed=0,
+        )  # fmt: skip
