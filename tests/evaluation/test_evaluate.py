@@ -213,3 +213,13 @@ def test_eval_endpoint_refuses_to_resume_with_another_model_behind_the_name(
     assert "served.alias_of: 'm1' -> 'm2'" in err and "served.created: 100 -> 200" in err
     assert cli.main([*argv, "--no-sampling-extras"]) == 2  # another decoding, too
     assert "sampling_extras: True -> False" in capsys.readouterr().err
+
+
+def test_a_key_written_into_the_url_is_not_shown():
+    from esevo_ray.evaluation.endpoint import ChatEndpoint, shown_url
+
+    assert shown_url("http://user:sk-1@127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert shown_url("https://sk-1@[::1]/v1") == "https://[::1]/v1"
+    assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    endpoint = ChatEndpoint("http://user:sk-1@127.0.0.1:9", "m")
+    assert "sk-1" not in endpoint.url and "sk-1" not in endpoint._where("x")
