@@ -16,7 +16,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -330,13 +330,17 @@ class Manifest:
         recorded = self.data["stages"].get(stage, {}).get("input_fingerprints", {})
         return [k for k, v in fingerprints.items() if k in recorded and recorded[k] != v]
 
-    def adopt_inputs(self, stage: str, fingerprints: dict[str, str | None]) -> None:
+    def adopt_inputs(
+        self, stage: str, fingerprints: dict[str, str | None], replace: Iterable[str] = ()
+    ) -> None:
         """Record a finished `stage` as reused: the fingerprints of inputs its record lacks
-        (added to the stage since it ran) are taken, what it recorded stays as it is, and an
-        `outdated_by` mark is dropped (what it reads came out the same)."""
+        (added to the stage since it ran) and of those in `replace` are taken, what else it
+        recorded stays as it is, and an `outdated_by` mark is dropped (what it reads came
+        out the same)."""
         entry = self.data["stages"][stage]
         recorded = entry.setdefault("input_fingerprints", {})
-        added = {k: v for k, v in fingerprints.items() if k not in recorded}
+        replace = set(replace)
+        added = {k: v for k, v in fingerprints.items() if k not in recorded or k in replace}
         recorded.update(added)
         if added or entry.pop("outdated_by", None) is not None:
             self.save()

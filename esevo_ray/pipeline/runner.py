@@ -30,26 +30,49 @@ logger = logging.getLogger(__name__)
 
 def fingerprint(path: Path) -> str | None:
     """What a stage reads at `path`, as a content hash; None for a missing path or a folder
-    that is neither an adapter nor a finished stage folder (one with a manifest.json: a base
-    model is neither).
+    that is neither an adapter, a model folder nor a finished stage folder.
 
     A stage folder is its data files (the Parquet parts), not its manifest, which also
     records how long the stage took and where it ran: a folder written again with the same
-    rows is the same input (a folder holding nothing but its manifest is that file). An
-    SQLite file includes its write-ahead log, where recent rows wait.
+    rows is the same input (a folder holding nothing but its manifest is that file). A model
+    folder is `model_fingerprint`. An SQLite file includes its write-ahead log, where recent
+    rows wait.
     """
     if is_adapter(path):
         return adapter_hash(path)
     if path.is_dir():
         manifest = path / "manifest.json"
         if not manifest.is_file():
-            return None
+            return model_fingerprint(path) if is_model_folder(path) else None
         data = [f for f in path.iterdir() if f.is_file() and f != manifest and f.name[0] != "."]
         return files_digest(sorted(data), named=True) if data else legacy_fingerprint(path)
     if not path.is_file():
         return None
     wal = path.with_name(f"{path.name}-wal")
     return files_digest([path, wal] if wal.is_file() else [path])
+
+
+# Weight files of a model folder, fingerprinted by name and size: hashing gigabytes on every
+# run of the loop would take minutes.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def is_model_folder(path: Path) -> bool:
+    """A Hugging Face model folder (a base model): a config.json and no stage manifest."""
+    return (path / "config.json").is_file() and not (path / "manifest.json").is_file()
+
+
+def model_fingerprint(path: Path) -> str:
+    """A model folder: the bytes of its configuration and tokenizer files, and the names and
+    sizes of its weight files, so that a model converted again with another tokenizer (or
+    replaced by another) is seen as changed."""
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name[0] != ".")
+    small = [f for f in files if not f.name.endswith(WEIGHT_SUFFIXES)]
+    digest = hashlib.sha256(files_digest(small, named=True).encode())
+    for f in files:
+        if f.name.endswith(WEIGHT_SUFFIXES):
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 def legacy_fingerprint(path: Path) -> str | None:
@@ -98,9 +121,11 @@ class Runner:
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))
                 logger.info("stage %s: done, reusing %s", name, reused)
-                # An input added since the stage ran (an older manifest) is taken as it is
-                # now, so that a later change to it is seen.
-                self.manifest.adopt_inputs(name, fingerprints)
+                # An input added since the stage ran (an older manifest), or a model folder
+                # recorded before model folders had fingerprints, is taken as it is now, so
+                # that a later change to it is seen.
+                legacy = self._legacy_models(name, inputs, fingerprints)
+                self.manifest.adopt_inputs(name, fingerprints, replace=legacy)
                 return
             self._retire(name, changed, folder, outputs, "since it ran")
         elif self.manifest.stopped(name) and (
@@ -145,11 +170,17 @@ class Runner:
         its manifest.json) is unchanged while that file is, and settings recorded the old way
         (not at all) while none of their keys changed as the run was opened."""
         recorded = self.manifest.data["stages"].get(name, {}).get("input_fingerprints", {})
+        legacy = self._legacy_models(name, inputs, fingerprints)
         changed = [
             k
             for k in self.manifest.changed_inputs(name, fingerprints)
-            if k not in inputs  # the settings
-            or not (Path(inputs[k]).is_dir() and recorded[k] == legacy_fingerprint(Path(inputs[k])))
+            if k not in legacy
+            and (
+                k not in inputs  # the settings
+                or not (
+                    Path(inputs[k]).is_dir() and recorded[k] == legacy_fingerprint(Path(inputs[k]))
+                )
+            )
         ]
         if (
             settings is not None
@@ -158,6 +189,27 @@ class Runner:
         ):
             changed.append(SETTINGS)
         return changed
+
+    def _legacy_models(
+        self, name: str, inputs: dict[str, Path], fingerprints: dict[str, str | None]
+    ) -> list[str]:
+        """The model-folder inputs of `name` recorded without a fingerprint (before model
+        folders had one): taken as they are now, with a warning, since a change before now
+        cannot be told."""
+        recorded = self.manifest.data["stages"].get(name, {}).get("input_fingerprints", {})
+        legacy = [
+            k
+            for k, v in fingerprints.items()
+            if k in recorded and recorded[k] is None and v is not None
+            and k in inputs and is_model_folder(Path(inputs[k]))
+        ]  # fmt: skip
+        for k in legacy:
+            logger.warning(
+                "stage %s: its input %s (%s) was recorded before model folders had "
+                "fingerprints: taken as it is now (a change to it before now is not seen)",
+                name, k, inputs[k],
+            )  # fmt: skip
+        return legacy
 
     def _retire(
         self, name: str, changed: list[str], folder: Path | None, outputs: dict, when: str

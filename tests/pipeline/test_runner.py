@@ -178,7 +178,50 @@ def test_an_adapter_is_fingerprinted_by_its_weights(tiny_model, tmp_path):
     before = fingerprint(a)
     assert before == fingerprint(build_tiny_adapter(tiny_model, tmp_path / "a2", 1))
     assert before != fingerprint(build_tiny_adapter(tiny_model, tmp_path / "a", 2))
-    assert fingerprint(tiny_model) is None and fingerprint(tmp_path / "missing") is None
+    assert fingerprint(tmp_path / "missing") is None
+
+
+def test_a_model_folder_changed_in_place_runs_its_stages_again(tiny_model, tmp_path, caplog):
+    """A base model had no fingerprint: converted again with another tokenizer (as `esevo
+    model prepare` does after a conversion fix), every stage built on it was reused. A
+    record made before is taken as the folder is now, with a warning."""
+    import shutil
+
+    base = Path(shutil.copytree(tiny_model, tmp_path / "base"))
+    calls: list[str] = []
+
+    def sft() -> None:
+        runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+        out = tmp_path / "adapter.txt"
+
+        def train() -> None:
+            calls.append("sft")
+            out.write_text("a")
+
+        runner.stage("sft_m0", inputs={"base": base}, outputs={"out": out}, fn=train)
+
+    sft()
+    sft()
+    assert calls == ["sft"]
+    tokenizer = base / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"Digits"', '"Digits" ', 1) + " ")
+    sft()
+    assert calls == ["sft", "sft"], "a tokenizer changed in place went unseen"
+
+    manifest = tmp_path / "manifest.json"  # as recorded before model folders had fingerprints
+    data = json.loads(manifest.read_text())
+    data["stages"]["sft_m0"]["input_fingerprints"]["base"] = None
+    manifest.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
+        sft()
+    assert (
+        calls == ["sft", "sft"] and "recorded before model folders had fingerprints" in caplog.text
+    )
+    recorded = json.loads(manifest.read_text())["stages"]["sft_m0"]["input_fingerprints"]
+    assert recorded["base"] == fingerprint(base)
+    (base / "config.json").write_text((base / "config.json").read_text() + "\n")
+    sft()
+    assert calls == ["sft", "sft", "sft"]
 
 
 def test_a_run_continued_under_another_spelling_of_output_dir_reuses_its_stages(
