@@ -346,11 +346,12 @@ class HfEngine(Engine):
         if decoding.temperature >= GREEDY_BELOW:
             processors += sampling_processors(decoding, batch.seeds)
         # Stop strings end a row inside `generate`, at the token that completes one.
-        stop = {"stop_strings": list(batch.stop), "tokenizer": self.tokenizer} if batch.stop else {}
+        prompt_len = enc["input_ids"].shape[1]
+        stop = [GeneratedStopStrings(self.tokenizer, batch.stop, prompt_len)] if batch.stop else []
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
-                **stop,
+                stopping_criteria=stop,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
@@ -375,6 +376,24 @@ class HfEngine(Engine):
                 text, tokens = text[:cut], _before_padding(row[:n], self.tokenizer.pad_token_id)
             results.append(Completion(text, prompt, tokens, stopped=cut >= 0 or n < len(row)))
         return results
+
+
+class GeneratedStopStrings:
+    """A `generate` stopping criterion: a row is done once its generated text holds one of
+    `stops`. transformers' own `stop_strings` also match across the end of the prompt (a
+    stop "\n1." completed by a reply that starts "1."), where vLLM reads the output only."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, tuple(stops), prompt_len
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(
+            input_ids[:, self.prompt_len :], skip_special_tokens=True
+        )
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def _before_padding(row: list[int], pad_id: int | None) -> int:

@@ -177,3 +177,8 @@ def test_a_stop_sequence_ends_generation_and_its_tokens_are_counted(engine):
     # Greedy: the reply cut at k tokens is the first k tokens of the whole one.
     completes = next(k for k in range(1, 41) if stop in greedy(k)["text"])
     assert reply["output_tokens"] == completes
+    # As vLLM, only the reply is searched: the prompt ends with "\n", and a stop "\n" + the
+    # reply's start ended transformers' stop_strings at once.
+    across = "\n" + full[:2]
+    expected = full[: full.find(across)] if across in full else full
+    assert greedy(40, [across])["text"] == expected
