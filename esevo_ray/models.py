@@ -91,11 +91,12 @@ def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = default_model_dir()
-    current = _converted(out)
-    if current and not force:
+    if _converted(out) and not force:
         return out
     src = gguf_source()
-    if (out / "config.json").exists() and not current:
+    # Decided now: a folder another process publishes while this one converts is kept.
+    stale = out.exists()
+    if stale and not force:
         logger.warning("%s is of an older conversion: converting %s again", out, src.name)
     logger.info("converting %s -> %s", src.name, out)
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
@@ -112,7 +113,7 @@ def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
         tokenizer.pad_token = tokenizer.eos_token
     # Two processes converting at once (engine actors on a fresh node): the first one kept.
     # An older conversion is replaced.
-    with atomic_dir(out, keep_existing=not force and not out.exists()) as tmp:
+    with atomic_dir(out, keep_existing=not force and not stale) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         stamp = {"version": CONVERSION_VERSION, "source": src.name, "dtype": dtype}
