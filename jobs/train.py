@@ -20,7 +20,7 @@ STAGES = ("sft", "dpo")
 
 if __name__ == "__main__":
     stage = next((a for a in sys.argv[1:] if a not in ("-v", "--verbose")), None)
-    if stage not in STAGES:  # else argparse offers every esevo command
+    if stage not in (*STAGES, "-h", "--help"):  # else argparse offers every esevo command
         print(f"usage: python jobs/train.py [-v] {{sft,dpo}} --config CONFIG ...; got {stage!r}",
               file=sys.stderr)  # fmt: skip
         sys.exit(2)

@@ -118,6 +118,9 @@ def test_bench_serve_refuses_what_would_fail_after_the_offline_runs(config, caps
     assert "--max-tokens 600: the app refuses more than serve.max_tokens (512)" in _error(capsys)
     assert main([*argv, "serve.host=10.1.2.3"]) == 2
     assert "serve.host='10.1.2.3': the benchmark sends its load to loopback" in _error(capsys)
+    assert main([*argv, "serve.host=0.0.0.0"]) == 2  # start_app would refuse it without a key
+    assert "serve.host='0.0.0.0' is not a loopback address: set an API key" in _error(capsys)
+    assert main(argv) == 2 and "serve: no run directory at" in _error(capsys)
     assert local_url(load_config(config, ["serve.host=0.0.0.0"])) == "http://127.0.0.1:8000"
     assert local_url(load_config(config, ['serve.host="::"'])) == "http://[::1]:8000"
 
@@ -294,6 +297,15 @@ def test_eval_of_another_runs_adapter_never_lands_in_this_runs_model_folder(
     shutil.copytree(tiny_model, merged)
     assert main([*argv, "--model", str(merged)]) == 0
     assert (got["name"], got["out"]) == ("exported-m2", runs / "t" / "eval" / "exported-m2")
+    # With M0 the base model (evolve.init: base), only that model is the run's M0: another
+    # folder named m0 took M0's evaluation folder.
+    (runs / "t" / "m0").mkdir(parents=True, exist_ok=True)
+    (runs / "t" / "m0" / "base_model.json").write_text(json.dumps({"model": str(tiny_model)}))
+    other_m0 = shutil.copytree(tiny_model, tmp_path / "exported" / "m0")
+    assert main([*argv, "--model", str(other_m0), "evolve.init=base"]) == 0
+    assert got["out"] == runs / "t" / "eval" / "exported-m0"
+    assert main([*argv, "--model", str(tiny_model), "--name", "m0", "evolve.init=base"]) == 0
+    assert got["out"] == runs / "t" / "m0" / "eval"
 
 
 def test_dpo_and_generate_agree_that_m0_is_the_base_under_evolve_init_base(
@@ -469,6 +481,8 @@ def test_the_train_job_takes_sft_or_dpo_only():
     proc = subprocess.run([sys.executable, str(job), "-v", "data", "stats"],
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "{sft,dpo}" in proc.stderr and "got 'data'" in proc.stderr
+    proc = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: esevo" in proc.stdout
 
 
 def test_the_run_report_refuses_the_options_of_the_human_report(tmp_path, config, capsys):
@@ -489,3 +503,15 @@ def test_a_seed_split_the_seeds_cannot_fill_stops_before_sft(config, capsys, dat
     )
     run = Path(config).parent / "runs" / "t"
     assert (run / "data" / "seed_contexts.parquet").is_file() and not (run / "m0").exists()
+    # With no iteration there is nothing to split (esevo baselines' runs): no error.
+    from esevo_ray.config import ConfigError, load_config
+    from esevo_ray.layout import RunLayout
+    from esevo_ray.pipeline.evolve import _check_seed_split
+
+    for iterations, fails in ((0, False), (1, False), (2, True)):
+        cfg = load_config(config, [*overrides, f"evolve.iterations={iterations}"])
+        if fails:
+            with pytest.raises(ConfigError, match="cannot fill 2 disjoint parts"):
+                _check_seed_split(cfg, RunLayout.of(cfg))
+        else:
+            _check_seed_split(cfg, RunLayout.of(cfg))

@@ -88,7 +88,7 @@ def _local_eval(layout, name: str | None, model: Path, adapter: str | None) -> t
     if t is None:
         return label, layout.eval(label)
     own = layout.adapter(t)
-    if (adapter is None and layout.is_base(t)) or (
+    if (adapter is None and _is_runs_base(layout, t, model)) or (
         adapter is not None and Path(adapter).resolve() == own.resolve()
     ):
         return label, layout.eval(t)
@@ -102,6 +102,18 @@ def _local_eval(layout, name: str | None, model: Path, adapter: str | None) -> t
     run = folder.parent.parent if folder.name == "adapter" else folder.parent
     label = f"{run.name}-{label}"
     return label, layout.eval(label)
+
+
+def _is_runs_base(layout, t: int, model: Path) -> bool:
+    """Whether `model` is the base model the run's M^t is (evolve.init: base): the one its
+    marker names, not any folder named m<t>."""
+    if not layout.is_base(t):
+        return False
+    try:
+        recorded = json.loads(layout.base_marker(t).read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return Path(recorded).resolve() == Path(model).resolve()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

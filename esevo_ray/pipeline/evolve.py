@@ -143,8 +143,7 @@ def _loop(cfg: RunConfig, run: RunLayout, runner: Runner) -> None:
         fn=lambda: {"rows": _timed("io", prepare_data, cfg.data, run.data)["rows"]},
         folder=run.data,
     )
-    if cfg.evolve.seed_split:  # now, not at pairs_m1 after SFT and M0's evaluation
-        _check_seed_split(cfg, run)
+    _check_seed_split(cfg, run)  # now, not at pairs_m1 after SFT and M0's evaluation
     _initial(cfg, run, base, runner)
     _evaluate(cfg, run, base, 0, _adapter(run, 0), runner)
     for t in range(1, cfg.evolve.iterations + 1):
@@ -205,9 +204,12 @@ def iteration_seeds(cfg: RunConfig, run: RunLayout, t: int) -> Path:
 
 
 def _check_seed_split(cfg: RunConfig, run: RunLayout) -> None:
-    """Raises ConfigError when the seed dialogues cannot fill one part per iteration."""
+    """Raises ConfigError when, with evolve.seed_split, the seed dialogues cannot fill one
+    part per iteration (a run without iterations splits nothing: esevo baselines' runs)."""
     from esevo_ray.data.seeds import part_of_rows
 
+    if not (cfg.evolve.seed_split and cfg.evolve.iterations):
+        return
     try:
         part_of_rows(schema.read_table(run.seed_contexts, schema.CONTEXTS), cfg.evolve.iterations)
     except ValueError as e:

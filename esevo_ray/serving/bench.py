@@ -22,7 +22,7 @@ from esevo_ray.config import RunConfig
 from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.serving.loadgen import Load, Result, prompt, run_clients, summarise
-from esevo_ray.serving.registry import http_url, is_loopback
+from esevo_ray.serving.registry import check_host_key, http_url, is_loopback
 
 # A server bound to every interface is reached on this machine through loopback.
 WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -169,11 +169,14 @@ def bench_serve_app(
     import ray
     from ray import serve
 
-    from esevo_ray.serving.deploy import APP_NAME, default_run_dir, start_app
+    from esevo_ray.serving.deploy import APP_NAME, default_run_dir, served_run, start_app
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     key = os.environ.get(cfg.serve.api_key_env)
-    load = Load(local_url(cfg), model, max_tokens=max_tokens, api_key=key)  # before any work
+    # What start_app would refuse after the offline runs, refused before any work.
+    load = Load(local_url(cfg), model, max_tokens=max_tokens, api_key=key)
+    check_host_key(cfg.serve)
+    served_run(cfg, run)
     if not ray.is_initialized():
         ray.init()
     load_before = round(os.getloadavg()[0], 2)
