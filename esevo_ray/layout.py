@@ -227,7 +227,8 @@ class RunLayout:
         read_manifest(self.manifest)  # one of another shape is named, not migrated
         text = self.manifest.read_text()
         run = re.escape(self.root.name)
-        new_text = re.sub(rf"({run}[\\/])iter_(\d+)(?=[\\/\"])", r"\1m\2", text)
+        # The run's own name, whole: not that of a run whose name ends with it (cpu-demo).
+        new_text = re.sub(rf"(?<=[\\/\"])({run}[\\/])iter_(\d+)(?=[\\/\"])", r"\1m\2", text)
         data = json.loads(new_text)
         old = data["stages"]
         stages = {re.sub(r"^pairs_(\d+)$", r"pairs_m\1", k): v for k, v in old.items()}

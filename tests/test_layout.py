@@ -82,8 +82,10 @@ def test_a_migration_cut_short_finishes_later_and_leaves_other_paths_alone(tmp_p
     of another folder that holds an iter_<t> (a dataset's, say) is not this run's."""
     _adapter(tmp_path / "iter_1" / "adapter")
     other = "/data/iter_2/ExTES.json"
+    # A run whose name ends with this run's (cpu-demo beside demo) is another run.
+    longer = str(tmp_path.parent / f"cpu-{tmp_path.name}" / "iter_2" / "merged")
     manifest = {
-        "config": {"data": {"extes_path": other}},
+        "config": {"data": {"extes_path": other}, "model": {"path": longer}},
         "stages": {"pairs_1": {"outputs": {"pairs": str(tmp_path / "iter_1/pairs")}}},
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
@@ -93,6 +95,7 @@ def test_a_migration_cut_short_finishes_later_and_leaves_other_paths_alone(tmp_p
     data = json.loads(run.manifest.read_text())
     assert data["stages"]["pairs_m1"]["outputs"]["pairs"] == str(run.pairs(1))
     assert data["config"]["data"]["extes_path"] == other
+    assert data["config"]["model"]["path"] == longer
     # Folders moved by an earlier version that died before its manifest step: still done.
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert run.migrate() == []
