@@ -10,13 +10,16 @@ from esevo_ray.config.base import Section
 
 
 class LoraSection(Section):
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1)  # the paper's rank and alpha (Appendix B.1)
     alpha: int = Field(16, ge=1)
+    # Not given by the paper; applies to SFT only (TRL's DPO turns dropout off).
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
 
 class ScalingSection(Section):
+    # Data-parallel workers: each takes per_device_batch_size examples per micro-batch, so
+    # a step holds num_workers times the batch (the paper's 8 pairs with one worker).
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=0)

@@ -7,8 +7,9 @@ The SFT term. The paper writes L_SFT = -log P(y_chosen | C) (Eq. 7), a sum over 
 response's tokens, but trained with LLaMA-Factory, whose DPO adds gamma times the chosen
 response's mean log-probability per token (`sft_loss = -policy_chosen_logps_avg`, its
 `pref_ftx`). TRL's "sft" term is the same length-normalised NLL, averaged over the chosen
-tokens of the (per-device) batch rather than per response first: gamma = 1 weighs it as
-the paper's runs did, and it does not grow with response length.
+tokens of each micro-batch (`per_device_batch_size` pairs; gradient accumulation then
+averages the micro-batches) rather than per response first: gamma = 1 weighs it as the
+paper's runs did, and it does not grow with response length.
 
 Reference model. The reference of round t is M^t, the adapter that generated the pairs:
 the base is loaded with M^t as the trainable "default" adapter, and TRL's DPOTrainer adds
