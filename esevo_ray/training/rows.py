@@ -88,16 +88,19 @@ def fit_prompt(
 
 def fit_table(
     table: pa.Table, tokenizer: Any, max_length: int, answer_columns: Sequence[str]
-) -> tuple[pa.Table, int]:
-    """`fit_prompt` on every row's `prompt` column; returns the table and how many rows
-    still do not fit."""
+) -> tuple[pa.Table, int, int]:
+    """`fit_prompt` on every row's `prompt` column; returns the table, how many rows lost
+    turns, and how many still do not fit."""
+    rows = table.select(["prompt", *answer_columns]).to_pylist()
     fitted = [
         fit_prompt(tokenizer, row["prompt"], [row[c] for c in answer_columns], max_length)
-        for row in table.select(["prompt", *answer_columns]).to_pylist()
+        for row in rows
     ]
     prompts = pa.array([p for p, _ in fitted], type=table.schema.field("prompt").type)
+    shortened = sum(len(p) < len(row["prompt"]) for (p, _), row in zip(fitted, rows, strict=True))
     too_long = sum(not ok for _, ok in fitted)
-    return table.set_column(table.column_names.index("prompt"), "prompt", prompts), too_long
+    table = table.set_column(table.column_names.index("prompt"), "prompt", prompts)
+    return table, shortened, too_long
 
 
 def load_split(
@@ -120,7 +123,13 @@ def load_split(
     table = table.select(list(columns))
     if tokenizer is not None:
         answers = [c for c in columns if c != "prompt"]
-        table, too_long = fit_table(table, tokenizer, section.max_length, answers)
+        table, shortened, too_long = fit_table(table, tokenizer, section.max_length, answers)
+        if shortened:  # e.g. pairs generated from longer contexts than DPO's max_length holds
+            logger.warning(
+                "%s: %d of %d rows lose their oldest turns to fit %s.max_length=%d, so they "
+                "train on less of the dialogue than they were made from; a larger max_length "
+                "keeps them whole", where, shortened, table.num_rows, where, section.max_length,
+            )  # fmt: skip
         if too_long:
             logger.warning(
                 "%s: %d of %d rows do not fit %s.max_length=%d even with only their last turn: "

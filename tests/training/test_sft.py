@@ -244,6 +244,22 @@ def test_fit_prompt_drops_oldest_turns_and_keeps_system_and_answer(tiny_model):
     fitted, fits = fit_prompt(tok, [system, *turns], [answer], 8)
     assert fitted == [system, turns[-1]] and not fits
 
+    # A table counts the rows that lost turns (DPO's max_length below the generation
+    # context's used to shorten them with no word) apart from those that still do not fit.
+    import pyarrow as pa
+
+    from esevo_ray.schema import SFT_ROWS
+    from esevo_ray.training.rows import fit_table
+
+    rows = [{"example_id": "d:1", "source": "esconv", "prompt": [system, *turns],
+             "completion": answer},
+            {"example_id": "d:3", "source": "esconv", "prompt": [system, turns[-1]],
+             "completion": answer}]  # fmt: skip
+    table = pa.Table.from_pylist(rows, schema=SFT_ROWS)
+    fitted_table, shortened, too_long = fit_table(table, tok, budget, ["completion"])
+    assert (shortened, too_long) == (1, 0)
+    assert len(fitted_table.column("prompt").to_pylist()[0]) < len(turns) + 1
+
 
 def test_fit_prompt_makes_room_for_the_answer_with_most_tokens_not_most_characters(tiny_model):
     from transformers import AutoTokenizer
