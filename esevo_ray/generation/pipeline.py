@@ -258,6 +258,9 @@ def run_engine_actors(
     return progress
 
 
+BATCH_RETRIES = 3
+
+
 def _actor_dataset(
     cfg: RunConfig,
     gen: GenerationSection,
@@ -287,6 +290,10 @@ def _actor_dataset(
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=gen.num_actors),
         num_cpus=gen.cpus_per_actor,
+        # An actor that dies (a node lost, out of memory) is started again, as Ray Data does,
+        # but a batch that kills its actor every time fails the stage after these retries:
+        # Ray Data's default retries it forever, reloading the engine each time.
+        max_task_retries=BATCH_RETRIES,
         **placement.ray_options(),
     )  # fmt: skip
 

@@ -184,6 +184,29 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_local, tiny_model, contex
     _check_pairs(out, n)
 
 
+@pytest.mark.timeout(600)
+def test_a_batch_that_kills_its_actor_every_time_fails_the_stage(
+    ray_local, tiny_model, contexts, tmp_path
+):
+    """Ray Data retries an actor task forever by default: a batch whose every attempt kills
+    the actor (out of memory, a native crash) reloaded the engine until Ray's 30-minute
+    no-progress guard. Now it fails after BATCH_RETRIES retries."""
+    from ray.exceptions import RayError
+
+    from esevo_ray.generation import pipeline
+
+    class Fatal(pipeline.Responder):
+        def __call__(self, batch):
+            os._exit(1)
+
+    path, _ = contexts
+    table = pa.parquet.read_table(path).slice(0, 1)
+    with pytest.raises(RayError):
+        pipeline.run_engine_actors(_cfg(), table, tmp_path / "out", Fatal,
+                                   model_path=tiny_model, adapter=None, label="fatal",
+                                   model_name="m0")  # fmt: skip
+
+
 def test_generation_uses_exactly_m_t(tiny_model, contexts, tmp_path):
     path, _ = contexts
     rows = pa.parquet.read_table(path).slice(0, 3).to_pylist()
