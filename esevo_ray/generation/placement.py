@@ -157,6 +157,53 @@ def check_capacity(
     )
 
 
+def check_cpus(
+    cpus: float,
+    gpus: float,
+    actors: int,
+    nodes: list[tuple[float, float]],
+    key: str,
+    *,
+    cpus_key: str = "cpus_per_actor",
+) -> None:
+    """Raise PlacementError unless some node holds one actor of `cpus` CPUs (and `gpus`
+    GPUs) at once: Ray would wait for one without end (its 30-minute no-progress guard
+    aside). Fewer than `actors` at once: a warning, since the others wait their turn.
+
+    `nodes`: each live node's (CPUs, GPUs).
+    """
+    if not cpus:
+        return
+
+    def fit(have: float, need: float) -> int:
+        return math.floor(have / need + 1e-9) if need else actors
+
+    fits = sum(min(fit(c, cpus), fit(g, gpus)) for c, g in nodes)
+    shown = ", ".join(f"{c:g} CPUs" + (f" + {g:g} GPUs" if gpus else "") for c, g in nodes)
+    if not fits:
+        raise PlacementError(
+            f"{key}.{cpus_key} is {cpus:g}, and no node of this Ray cluster can hold one engine "
+            f"actor ({shown or 'no nodes'}): lower {key}.{cpus_key}, or connect to a cluster "
+            "with larger nodes"
+        )
+    if fits < actors:
+        logger.warning(
+            "%s: %d of the %d engine actors fit this Ray cluster at once (%s, %s.%s %g); the "
+            "others wait for a free node", key, fits, actors, shown, key, cpus_key, cpus,
+        )  # fmt: skip
+
+
+def node_resources() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) declared by each live node of the connected Ray cluster."""
+    import ray
+
+    return [
+        (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
 def node_gpus() -> list[float]:
     """GPUs declared by each live node of the connected Ray cluster."""
     import ray

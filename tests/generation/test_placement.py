@@ -188,3 +188,32 @@ def test_declared_gpus_give_each_actor_its_own_device(tiny_model, extes_contexts
     # device auto -> cuda on a cluster with GPUs; a CPU torch is named, not a CUDA crash.
     assert "PlacementError" in result["auto_error"]
     assert "sees no CUDA device" in result["auto_error"]
+
+
+def test_cpus_per_actor_no_node_holds_stop_at_once_and_fewer_actors_warn(caplog):
+    """CPUs were never checked: 4 CPUs per actor on 2-CPU nodes waited without end."""
+    import logging
+
+    from esevo_ray.generation.placement import check_cpus
+
+    with pytest.raises(PlacementError, match=r"generation.cpus_per_actor is 4, and no node .*"
+                       r"\(2 CPUs, 2 CPUs\): lower generation.cpus_per_actor"):  # fmt: skip
+        check_cpus(4, 0, 1, [(2, 0), (2, 0)], "generation")
+    # A GPU actor needs its CPUs on a node with the GPU.
+    with pytest.raises(PlacementError, match=r"\(16 CPUs \+ 0 GPUs, 2 CPUs \+ 1 GPUs\)"):
+        check_cpus(4, 1, 1, [(16, 0), (2, 1)], "generation")
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.generation.placement"):
+        check_cpus(1, 0, 3, [(2, 0)], "generation")
+    assert "2 of the 3 engine actors fit this Ray cluster at once" in caplog.text
+    check_cpus(0, 0, 8, [], "generation")  # no CPUs asked: nothing to check
+
+
+@pytest.mark.timeout(120)  # the bug this catches is Ray waiting for CPUs no node has
+def test_cpus_the_cluster_lacks_stop_the_stage_at_once(
+    ray_local, tiny_model, extes_contexts, tmp_path
+):
+    path, _ = extes_contexts
+    cfg = load_config(None, ["generation.engine=hf", "generation.cpus_per_actor=64"])
+    with pytest.raises(PlacementError, match="generation.cpus_per_actor is 64"):
+        generate_pairs(cfg, path, tmp_path / "pairs", model_path=tiny_model)
+    assert not list((tmp_path / "pairs").glob(PART_GLOB))
