@@ -69,11 +69,17 @@ def fit_context(
         )
 
     context, ok = fit_turns(context, fits)
-    # A single turn too long on its own keeps its most recent words.
+    # A single turn too long on its own keeps its most recent words, and a word too long on
+    # its own (a pasted log, no spaces) its last characters.
     last = context[-1]["content"].split()
     while not ok and len(last) > 8:
         last = last[len(last) // 2 :]
         context = [*context[:-1], {**context[-1], "content": " ".join(last)}]
+        ok = fits(context)
+    text = context[-1]["content"]
+    while not ok and len(text) > 1:
+        text = text[len(text) // 2 :]
+        context = [*context[:-1], {**context[-1], "content": text}]
         ok = fits(context)
     if not ok:
         task = engine.count_tokens(prompts.task_messages(context, system_prompt))

@@ -90,6 +90,18 @@ def test_fit_context_drops_oldest_turns_then_shortens_the_last():
     short = fit_context(_WordEngine(), huge, cfg)
     assert short[0]["content"].endswith("x499") and len(short[0]["content"].split()) <= 12
 
+    # A turn of few but long words (a pasted log) keeps its last characters: it failed the
+    # whole stage, on every rerun, with "the prompts do not fit".
+    class CharEngine:
+        def count_tokens(self, messages):
+            return sum(len(m["content"]) // 4 + 1 for m in messages)
+
+    budget = CharEngine().count_tokens([{"content": TASK_PROMPT}]) + 40
+    gen = cfg.model_copy(update={"max_context_tokens": budget})
+    pasted = [{"role": "user", "content": "I feel " + "so" * 3000 + " sad today"}]
+    fitted = fit_context(CharEngine(), pasted, gen, refine=False)
+    assert fitted[0]["content"].endswith("so sad today") and len(fitted[0]["content"]) < 200
+
 
 def test_two_step_refinement_leaves_room_for_the_reflection_it_holds():
     """Eq. 5's request holds C_n, y and the reflection; with the budget of the joint request it
