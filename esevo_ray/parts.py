@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from esevo_ray import schema
+from esevo_ray.errors import UsageError
 from esevo_ray.io import atomic_write_text, write_parquet
 
 PART_GLOB = "part-*.parquet"
@@ -116,13 +117,21 @@ def todo(contexts: pa.Table, out_dir: str | Path, sch: pa.Schema) -> pa.Table:
     """The rows of `contexts` whose key `out_dir`'s parts do not hold yet (the resume filter).
 
     Raises:
+        UsageError: `contexts` holds a key twice (found only after all was generated, and
+            again on every rerun).
         PartsConflict: the parts hold keys `contexts` lacks: they were written for another
             contexts file (or a longer cut of it), and what reads the folder would take them.
     """
+    asked = keys(contexts)
+    counts = pc.value_counts(asked)
+    if len(repeated := counts.field("values").filter(pc.greater(counts.field("counts"), 1))):
+        raise UsageError(
+            f"the contexts hold {len(repeated)} (dialogue_id, turn_index) keys more than once "
+            f"(e.g. {_shown(repeated)}): each context must have its own key"
+        )
     written = keys(read_parts(out_dir, sch))
     if not len(written):
         return contexts
-    asked = keys(contexts)
     extra = pc.unique(written.filter(pc.invert(pc.is_in(written, value_set=asked))))
     if len(extra):
         raise PartsConflict(

@@ -35,6 +35,36 @@ def test_todo_skips_written_keys_and_refuses_keys_not_asked_for(tmp_path):
         todo(contexts, tmp_path, SCHEMA)
 
 
+def test_contexts_with_a_key_twice_are_refused_before_any_work(tmp_path):
+    """Found only by check_complete, after everything was generated, and again on every
+    rerun: the folder could not be finished."""
+    from esevo_ray.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"hold 1 \(dialogue_id, turn_index\) keys more than "
+                       r"once \(e.g. a/1\)"):  # fmt: skip
+        todo(_table(("a", 1), ("a", 1), ("b", 1)), tmp_path, SCHEMA)
+
+
+def test_pairs_train_in_key_order_however_generation_batched_them(tmp_path):
+    """Part files are read in name order, hashes of each batch's keys: the same pairs
+    generated with another batch_size trained in another order."""
+    from esevo_ray.config import load_config
+    from esevo_ray.schema import PAIRS
+    from esevo_ray.training.rows import load_split
+    from tests.training.tables import pairs_table
+
+    rows = pairs_table(9).to_pylist()
+    section = load_config(None, ["dpo.eval_fraction=0"]).dpo
+    order = []
+    for size in (1, 3, 4):
+        folder = tmp_path / f"batch-{size}"
+        for i in range(0, len(rows), size):
+            write_part(folder, rows[i : i + size], PAIRS)
+        train, _ = load_split(str(folder), PAIRS, ["prompt", "chosen", "rejected"], section)
+        order.append([r["chosen"][0]["content"] + r["prompt"][-1]["content"] for r in train])
+    assert order[0] == order[1] == order[2]
+
+
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"a string"'])
 def test_a_producer_record_that_is_not_one_is_named(tmp_path, text):
     from esevo_ray.parts import PRODUCER_FILE, claim
