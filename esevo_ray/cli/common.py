@@ -116,7 +116,7 @@ def claim_run(
         _check_job_path(out, "--out", "the output", "--out /runs/mine")
     root = layout.root.resolve()
     if out is not None and not Path(out).resolve().is_relative_to(root):
-        root = _run_holding(Path(out).resolve())
+        root = run_holding(Path(out).resolve())
         if root is None:
             return
     held = getattr(args, "held", None)  # main()'s: released when the command ends
@@ -125,7 +125,7 @@ def claim_run(
     recorded(root, cfg, remedy="pass --out to write elsewhere, or restore its config")
 
 
-def _run_holding(path: Path) -> Path | None:
+def run_holding(path: Path) -> Path | None:
     """The run folder that `path` is in (the nearest folder above it, or itself, holding a
     run's manifest.json), None when it is in none. A stage folder's manifest (data, pairs)
     is no run manifest: it has no "stages"."""

@@ -17,11 +17,13 @@ from esevo_ray.cli.common import (
     load_args_config,
     loop_config,
     positive,
+    run_holding,
     run_of,
     stage_input,
 )
 from esevo_ray.errors import UsageError
 from esevo_ray.layout import RunLayout
+from esevo_ray.pipeline.manifest import run_lock
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -48,6 +50,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
     cfg = load_args_config(args)
     existing(args.responses, "--responses", "responses Parquet")
     out = Path(args.out) if args.out else Path(args.responses).parent / "judge_scores.parquet"
+    held = getattr(args, "held", None)  # main()'s: released when the command ends
+    if held is not None and (root := run_holding(out.resolve())) is not None:
+        held.enter_context(run_lock(root))  # a run's own file: not while evolve runs there
     n_samples = None if cfg.eval.judge_samples <= 0 else cfg.eval.judge_samples
     scores = judge_file(
         args.responses,

@@ -98,13 +98,20 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
             "summary": summarize(scores),
         }
 
-    from esevo_ray.evaluation.judge import verdict_settings
+    from esevo_ray.evaluation.judge import judged_under, verdict_settings
+
+    def judged_as_configured() -> bool:
+        """False when `esevo judge` rewrote the file under other judge settings (a setting
+        the file does not record is taken as the same)."""
+        made = judged_under(run.judge_scores(t))
+        return all(made.get(k, v) == v for k, v in verdict_settings(judge).items())
 
     runner.stage(
         f"judge_{name}",
         inputs={"responses": responses},
         outputs={"judge_scores": run.judge_scores(t)},
         fn=score,
+        current=judged_as_configured,
         settings={
             **{f"eval.judge.{k}": v for k, v in verdict_settings(judge).items()},
             "eval.judge_samples": cfg.eval.judge_samples,

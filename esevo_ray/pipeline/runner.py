@@ -103,6 +103,7 @@ class Runner:
         fn: Callable[[], dict | None],
         folder: Path | None = None,
         settings: dict | None = None,
+        current: Callable[[], bool] | None = None,
     ) -> None:
         """Run `fn` as stage `name`, unless it finished on the same inputs.
 
@@ -112,11 +113,21 @@ class Runner:
         their dotted keys, taken as one more input (`settings`, by their hash), so that changed
         ones run it again. A stage recorded before it was given settings runs again when one
         of them is among the keys changed as the run was opened (`Manifest.changed`).
+        `current()`: False when its outputs were rewritten since it ran, by other means than
+        the stage (a command run alone with other settings): it runs again, and is left to
+        reconcile what it finds.
         """
         fingerprints = _fingerprints(inputs)
         if settings is not None:
             fingerprints[SETTINGS] = settings_digest(settings)
-        if self.manifest.done(name, outputs):
+        done = self.manifest.done(name, outputs)
+        if done and current is not None and not current():
+            logger.warning(
+                "stage %s: %s rewritten since it ran, not as this config makes it; running it "
+                "again", name, ", ".join(map(str, outputs.values())),
+            )  # fmt: skip
+            done = False
+        if done:
             changed = self._changed(name, inputs, fingerprints, settings)
             if not changed:
                 reused = ", ".join(map(str, outputs.values()))

@@ -305,6 +305,21 @@ def test_judge_cli_writes_scores(server, tmp_path, capsys):
     assert printed["verdicts"] == 4 and "M0" in printed["summary"]
 
 
+def test_judge_cli_holds_the_run_it_writes_into(server, tmp_path, capsys):
+    """`esevo judge` wrote a run's own judge_scores.parquet while `esevo evolve` ran there."""
+    from esevo_ray.pipeline.manifest import Manifest, run_lock
+
+    run = tmp_path / "runs" / "t"
+    Manifest.open(run, load_config(None, ["name=t", f"output_dir={tmp_path / 'runs'}"]))
+    path = write_responses(run / "m0" / "eval" / "responses.parquet", "M0", ["a", "b", "c"])
+    argv = ["judge", "--responses", str(path), "--endpoint", server.url, "--model", "judge-x"]
+    with run_lock(run):
+        assert main(argv) == 2
+    assert f"{run} is in use by" in capsys.readouterr().err
+    assert not (run / "m0" / "eval" / "judge_scores.parquet").exists()
+    assert main([*argv, "eval.judge.backoff_s=0.01"]) == 0
+
+
 def test_judge_config_defaults_follow_the_paper():
     judge = load_config().eval.judge
     assert (judge.temperature, judge.top_p, judge.top_k) == (0.8, 0.95, 50)

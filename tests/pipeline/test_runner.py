@@ -355,3 +355,31 @@ def test_a_database_is_read_with_its_write_ahead_log(tmp_path):
     before = fingerprint(db)
     (tmp_path / "db.sqlite-wal").write_bytes(b"a rating not yet checkpointed")
     assert fingerprint(db) != before
+
+
+def test_outputs_rewritten_by_other_means_run_the_stage_again(tmp_path, caplog):
+    """`esevo judge` with other settings rewrote a run's judge file, and the loop reused it
+    as its own judge's verdicts."""
+    calls: list[str] = []
+    out = tmp_path / "scores.txt"
+    (tmp_path / "in.txt").write_text("responses")
+
+    def judge(current=None) -> None:
+        runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+
+        def fn() -> None:
+            calls.append("judge")
+            out.write_text("temperature 0.8")
+
+        runner.stage("judge_m0", inputs={"responses": tmp_path / "in.txt"},
+                     outputs={"out": out}, fn=fn, current=current)  # fmt: skip
+
+    as_configured = lambda: out.read_text() == "temperature 0.8"  # noqa: E731
+    judge(as_configured)
+    judge(as_configured)
+    assert calls == ["judge"]
+    out.write_text("temperature 0.1")  # rewritten by `esevo judge` with other settings
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
+        judge(as_configured)
+    assert calls == ["judge", "judge"] and "rewritten since it ran" in caplog.text
+    assert out.read_text() == "temperature 0.8"
