@@ -259,7 +259,9 @@ def judge_responses(
         return {**have, **{asking[j]: v for j, v in told.items()}}
 
     def so_far() -> None:
-        if save is not None and told:
+        # Also with nothing new: the verdicts kept from an earlier file (moved aside when it
+        # held others too) are then in `out`, not only in the superseded copy.
+        if save is not None and (told or have):
             got = at_hand()
             order = sorted(got)
             save(_table([tasks[i] for i in order], [got[i] for i in order], client.model))

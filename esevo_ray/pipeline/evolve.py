@@ -112,6 +112,7 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
         outputs={"judge_scores": run.judge_scores(t)},
         fn=score,
         current=judged_as_configured,
+        reconciles=True,  # judge_file keeps the verdicts still valid (more judge_samples)
         settings={
             **{f"eval.judge.{k}": v for k, v in verdict_settings(judge).items()},
             "eval.judge_samples": cfg.eval.judge_samples,

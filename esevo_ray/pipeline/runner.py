@@ -104,6 +104,7 @@ class Runner:
         folder: Path | None = None,
         settings: dict | None = None,
         current: Callable[[], bool] | None = None,
+        reconciles: bool = False,
     ) -> None:
         """Run `fn` as stage `name`, unless it finished on the same inputs.
 
@@ -115,7 +116,9 @@ class Runner:
         of them is among the keys changed as the run was opened (`Manifest.changed`).
         `current()`: False when its outputs were rewritten since it ran, by other means than
         the stage (a command run alone with other settings): it runs again, and is left to
-        reconcile what it finds.
+        reconcile what it finds. `reconciles`: the stage keeps what of its earlier outputs
+        still holds and moves aside the rest itself (the judge: verdicts of the same judge
+        and settings), so they are not moved aside before it runs again.
         """
         fingerprints = _fingerprints(inputs)
         if settings is not None:
@@ -138,11 +141,11 @@ class Runner:
                 legacy = self._legacy_models(name, inputs, fingerprints)
                 self.manifest.adopt_inputs(name, fingerprints, replace=legacy)
                 return
-            self._retire(name, changed, folder, outputs, "since it ran")
+            self._retire(name, changed, folder, outputs, "since it ran", reconciles)
         elif self.manifest.stopped(name) and (
             changed := self._changed(name, inputs, fingerprints, settings)
         ):  # its resumable parts hold rows made from the old inputs
-            self._retire(name, changed, folder, outputs, "since it started")
+            self._retire(name, changed, folder, outputs, "since it started", reconciles)
         logger.info("stage %s: start", name)
         self.manifest.outdate_dependents(name, [*outputs.values(), *([folder] if folder else [])])
         self.manifest.start(name, {k: str(v) for k, v in inputs.items()}, fingerprints)
@@ -223,13 +226,21 @@ class Runner:
         return legacy
 
     def _retire(
-        self, name: str, changed: list[str], folder: Path | None, outputs: dict, when: str
+        self,
+        name: str,
+        changed: list[str],
+        folder: Path | None,
+        outputs: dict,
+        when: str,
+        reconciles: bool = False,
     ) -> None:
-        """Move a stage's old outputs aside before it runs again on changed inputs."""
-        moved = move_aside([folder] if folder else list(outputs.values()))
+        """Move a stage's old outputs aside before it runs again on changed inputs (unless
+        it `reconciles` them itself)."""
+        moved = [] if reconciles else move_aside([folder] if folder else list(outputs.values()))
         logger.warning(
-            "stage %s: its input %s changed %s; running it again (old outputs moved to %s)",
-            name, ", ".join(changed), when, ", ".join(moved) or "nowhere",
+            "stage %s: its input %s changed %s; running it again (old outputs %s)",
+            name, ", ".join(changed), when,
+            "left to it" if reconciles else f"moved to {', '.join(moved) or 'nowhere'}",
         )  # fmt: skip
         self.manifest.retire(name, changed, moved)
 

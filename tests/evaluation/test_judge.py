@@ -47,6 +47,7 @@ class JudgeServer(ChatServer):
         super().reset()
         self.scores: dict[tuple[str, str], int] = {}
         self.down = True
+        self.forbid = False  # HTTP 401 to every model (a key revoked)
 
     def reply(self, body: dict) -> tuple[int, str]:
         system, user = body["messages"][0]["content"], body["messages"][1]["content"]
@@ -54,7 +55,7 @@ class JudgeServer(ChatServer):
         with self.lock:
             self.seen[key] += 1
             n = self.seen[key]
-        if body["model"] == "forbidden":
+        if body["model"] == "forbidden" or self.forbid:
             return 401, "bad key"
         if "[reject]" in user:
             return 400, "Unrecognized request argument supplied: top_k"
@@ -417,6 +418,24 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_missing_verdicts(s
     assert read_table(out, JUDGE_SCORES).num_rows == 2
     asides = sorted(tmp_path.glob("judge_scores.parquet.superseded-*"))
     assert len(asides) == 3 and any(read_table(p, JUDGE_SCORES).equals(before) for p in asides)
+
+
+def test_verdicts_kept_from_a_superseded_file_survive_a_run_that_fails_at_once(
+    server, tmp_path
+):
+    """The earlier file went aside before judging; a run that failed before its first new
+    verdict (a 401) left no scores file, and the next run asked for every verdict again."""
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    out, cfg = tmp_path / "judge_scores.parquet", judge_cfg(dimensions=["empathy"])
+    judge_file(path, out, cfg, n_samples=None, base_url=server.url, model="judge-x")
+    write_responses(path, "M0", ["[ok] a", "[ok] b", "[ok] c, said again"])
+    server.forbid = True
+    with pytest.raises(JudgeError, match="HTTP 401"):
+        judge_file(path, out, cfg, n_samples=None, base_url=server.url, model="judge-x")
+    server.reset()
+    judge_file(path, out, cfg, n_samples=None, base_url=server.url, model="judge-x")
+    assert len(server.bodies) == 1, "verdicts still valid were asked for again"
+    assert read_table(out, JUDGE_SCORES).num_rows == 3
 
 
 def test_judge_file_stopped_part_way_keeps_the_verdicts_it_got(server, tmp_path, monkeypatch):

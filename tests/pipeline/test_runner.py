@@ -383,3 +383,27 @@ def test_outputs_rewritten_by_other_means_run_the_stage_again(tmp_path, caplog):
         judge(as_configured)
     assert calls == ["judge", "judge"] and "rewritten since it ran" in caplog.text
     assert out.read_text() == "temperature 0.8"
+
+
+def test_a_stage_that_reconciles_its_outputs_finds_them_in_place(tmp_path):
+    """The judge keeps the verdicts still valid when its settings change (more samples): the
+    runner moved its file aside first, and every verdict was asked for again."""
+    calls: list[str] = []
+    out = tmp_path / "scores.txt"
+    (tmp_path / "in.txt").write_text("responses")
+
+    def judge(samples: int) -> None:
+        runner = Runner(Manifest.open(tmp_path, load_config(None, ["name=t"])))
+
+        def fn() -> None:
+            calls.append(out.read_text() if out.exists() else "")
+            out.write_text(f"{samples} verdicts")
+
+        runner.stage("judge_m0", inputs={"responses": tmp_path / "in.txt"},
+                     outputs={"out": out}, fn=fn, settings={"eval.judge_samples": samples},
+                     reconciles=True)  # fmt: skip
+
+    judge(2)
+    judge(4)
+    assert calls == ["", "2 verdicts"] and out.read_text() == "4 verdicts"
+    assert not [p for p in tmp_path.iterdir() if ".stale-" in p.name]
