@@ -180,7 +180,7 @@ def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None
         runner.stage(
             f"sft_{name}", inputs={"sft": run.sft_data, "base": base},
             outputs={"adapter": run.adapter(0)}, folder=run.adapter(0),
-            fn=lambda: _trained(train_sft(cfg, run.data, run.adapter(0))),
+            fn=lambda: _trained(train_sft(cfg, run.data, run.adapter(0), reuse=True)),
         )  # fmt: skip
         return
 
@@ -259,7 +259,8 @@ def _dpo(
     def dpo() -> dict:
         summary = pairs_summary(pairs, samples=0)
         summary.pop("samples")
-        return {**_trained(train_dpo(cfg, pairs, prev, run.adapter(t))), "pairs": summary}
+        adapter = train_dpo(cfg, pairs, prev, run.adapter(t), reuse=True)
+        return {**_trained(adapter), "pairs": summary}
 
     runner.stage(
         f"dpo_{model_name(t)}", inputs={"pairs": pairs, "init": prev or base},

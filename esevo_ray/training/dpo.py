@@ -94,11 +94,17 @@ def off_policy_generators(pairs: str | Path, init_adapter: str | Path | None) ->
 
 
 def train_dpo(
-    cfg: RunConfig, pairs: str | Path, init_adapter: str | Path | None, out_dir: str | Path
+    cfg: RunConfig,
+    pairs: str | Path,
+    init_adapter: str | Path | None,
+    out_dir: str | Path,
+    *,
+    reuse: bool = False,
 ) -> Path:
     """Train M^{t+1} from M^t (`init_adapter`) on a PAIRS Parquet under Ray Train.
 
     Returns the adapter folder (adapter files, tokenizer, config.yaml, train_summary.json).
+    `reuse`: see `raytrain.run_stage`.
     """
     from trl import DPOConfig
 
@@ -113,4 +119,4 @@ def train_dpo(
             "or generate the pairs with M^t)", pairs, ", ".join(generators),
             init_adapter or "the base model",
         )  # fmt: skip
-    return raytrain.run_stage(cfg, job, build_dpo_trainer, out_dir)
+    return raytrain.run_stage(cfg, job, build_dpo_trainer, out_dir, reuse=reuse)

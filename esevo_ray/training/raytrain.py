@@ -37,6 +37,7 @@ from esevo_ray.io import (
     files_digest,
     set_aside,
 )
+from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash
 from esevo_ray.numerics import describe, weights_dtype
 from esevo_ray.schema import parquet_files
@@ -52,8 +53,19 @@ SUMMARY_FILE = "train_summary.json"
 FINAL_DIR = "adapter"  # in the last Ray checkpoint of a run: the trained adapter
 
 
-def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: str | Path) -> Path:
+def run_stage(
+    cfg: RunConfig,
+    job: TrainJob,
+    builder: TrainerBuilder,
+    out_dir: str | Path,
+    *,
+    reuse: bool = False,
+) -> Path:
     """Train one stage under Ray Train and write its adapter folder (atomically) to `out_dir`.
+
+    `reuse`: an adapter `out_dir` already holds from the same Ray Train run (`run_name`: the
+    same settings, model, data, init adapter and folder; `esevo sft` run alone before the
+    loop, or a driver stopped between export and its record) is kept, not trained again.
 
     Raises:
         ray.train.TrainingFailedError: the run failed more often than scaling.max_failures.
@@ -62,9 +74,13 @@ def run_stage(cfg: RunConfig, job: TrainJob, builder: TrainerBuilder, out_dir: s
     from ray.train.torch import TorchTrainer
 
     section, out_dir = job.section(cfg), Path(out_dir).resolve()
+    name = run_name(cfg, job, out_dir)
+    if reuse and _exported_by(out_dir, name):
+        logger.info("%s: %s holds the adapter of Ray Train run %s already: kept", job.stage,
+                    out_dir, name)  # fmt: skip
+        return out_dir
     check_replaceable(out_dir, holds="adapter_config.json", what="LoRA adapter")  # before training
     scaling = section.scaling
-    name = run_name(cfg, job, out_dir)
     storage = scaling.storage_path or str(out_dir.parent / "ray_train")
     local = "://" not in storage
     if local:
@@ -177,6 +193,14 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.name}-{job.stage}-{digest}"
+
+
+def _exported_by(adapter_dir: Path, name: str) -> bool:
+    """Whether `adapter_dir` holds the adapter that Ray Train run `name` exported."""
+    try:
+        return is_adapter(adapter_dir) and read_summary(adapter_dir).get("run_name") == name
+    except (OSError, ValueError):
+        return False
 
 
 def read_summary(adapter_dir: str | Path) -> dict[str, Any]:

@@ -40,14 +40,16 @@ def sft_job(cfg: RunConfig, data_dir: str | Path) -> TrainJob:
     return TrainJob("sft", str(resolve_model(cfg.model.path)), str(data.resolve()))
 
 
-def train_sft(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path) -> Path:
+def train_sft(
+    cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, reuse: bool = False
+) -> Path:
     """Train M0 on `data_dir/sft.parquet` under Ray Train; returns the adapter folder.
 
     The folder holds adapter_config.json, adapter_model.safetensors, the tokenizer,
-    config.yaml and train_summary.json.
+    config.yaml and train_summary.json. `reuse`: see `raytrain.run_stage`.
     """
     from trl import SFTConfig
 
     job = sft_job(cfg, data_dir)
     common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig)
-    return raytrain.run_stage(cfg, job, build_sft_trainer, out_dir)
+    return raytrain.run_stage(cfg, job, build_sft_trainer, out_dir, reuse=reuse)

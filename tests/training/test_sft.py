@@ -380,3 +380,25 @@ def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(make_cfg, tmp
     resumed = build_sft_trainer(cfg, job, str(tmp_path / "a"))
     resumed.train(resume_from_checkpoint=str(tmp_path / "ray" / common.HF_DIR))
     assert resumed.state.global_step == 3
+
+
+def test_the_loop_keeps_an_adapter_its_own_ray_train_run_exported(
+    make_cfg, sft_dir, tmp_path, tiny_model
+):
+    """`esevo sft` run alone, then `esevo evolve` with the same config: the loop trained SFT
+    again from scratch (hours at full scale), since only its manifest said what was done."""
+    import json
+
+    from esevo_ray.models import build_tiny_adapter
+    from esevo_ray.training import raytrain
+    from esevo_ray.training.sft import sft_job, train_sft
+
+    cfg = make_cfg()
+    out = build_tiny_adapter(tiny_model, tmp_path / "m0" / "adapter", seed=1).resolve()
+    name = raytrain.run_name(cfg, sft_job(cfg, sft_dir), out)
+    (out / "train_summary.json").write_text(json.dumps({"run_name": name}))
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    assert train_sft(cfg, sft_dir, out, reuse=True) == out  # no Ray started: kept as it is
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    assert not raytrain._exported_by(out, raytrain.run_name(make_cfg("sft.seed=7"),
+                                                            sft_job(cfg, sft_dir), out))  # fmt: skip
