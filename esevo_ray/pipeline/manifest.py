@@ -285,6 +285,18 @@ class Manifest:
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=2))
 
+    def changed_since(self, stage: str) -> list[str]:
+        """The config keys changed as the run was opened since `stage` was recorded (its end,
+        else its start): by this process (`changed`), and by earlier ones (`config_changes`)
+        that stopped before the stage came round again."""
+        entry = self.data["stages"].get(stage, {})
+        since, keys = entry.get("end") or entry.get("start"), list(self.changed)
+        if since:
+            for change in self.data.get("config_changes", []):
+                if change.get("when", "") >= since:
+                    keys += change.get("changed", [])
+        return keys
+
     def done(self, stage: str, outputs: dict[str, Path] | None = None) -> bool:
         """Did `stage` finish, and are its outputs there? `outputs`: where they are now (the
         recorded paths are as written: relative ones only hold in the directory of the run

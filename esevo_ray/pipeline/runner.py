@@ -113,7 +113,8 @@ class Runner:
         `settings`: the config values it reads that a run may change (manifest.FREE_KEYS), by
         their dotted keys, taken as one more input (`settings`, by their hash), so that changed
         ones run it again. A stage recorded before it was given settings runs again when one
-        of them is among the keys changed as the run was opened (`Manifest.changed`).
+        of them is among the keys changed as the run was opened since it was recorded
+        (`Manifest.changed_since`).
         `current()`: False when its outputs were rewritten since it ran, by other means than
         the stage (a command run alone with other settings): it runs again, and is left to
         reconcile what it finds. `reconciles`: the stage keeps what of its earlier outputs
@@ -199,7 +200,7 @@ class Runner:
         if (
             settings is not None
             and SETTINGS not in recorded
-            and _touched(settings, self.manifest.changed)
+            and _touched(settings, self.manifest.changed_since(name))
         ):
             changed.append(SETTINGS)
         return changed

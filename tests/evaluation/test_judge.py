@@ -420,9 +420,7 @@ def test_judge_file_keeps_what_it_got_and_asks_again_only_for_missing_verdicts(s
     assert len(asides) == 3 and any(read_table(p, JUDGE_SCORES).equals(before) for p in asides)
 
 
-def test_verdicts_kept_from_a_superseded_file_survive_a_run_that_fails_at_once(
-    server, tmp_path
-):
+def test_verdicts_kept_from_a_superseded_file_survive_a_run_that_fails_at_once(server, tmp_path):
     """The earlier file went aside before judging; a run that failed before its first new
     verdict (a 401) left no scores file, and the next run asked for every verdict again."""
     path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])

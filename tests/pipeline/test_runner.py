@@ -137,6 +137,14 @@ def test_a_stage_recorded_before_it_had_settings_runs_again_when_one_changed(tmp
         judge(tmp_path / name, [changed, "evolve.iterations=3"], {"eval.judge.model": "m"})
     assert calls == ["other_keys: None", "its_key: None", "its_key: {'eval.judge.model': 'm'}"]
 
+    # The run that changed the key stopped before the stage came round: the next run, which
+    # changes nothing, still runs it again (the change is in the manifest's config_changes).
+    (tmp_path / "stopped").mkdir()
+    judge(tmp_path / "stopped", [], None)
+    Manifest.open(tmp_path / "stopped", load_config(None, ["name=t", "eval.judge.model=other"]))
+    judge(tmp_path / "stopped", ["eval.judge.model=other"], {"eval.judge.model": "m"})
+    assert calls[-1] == "stopped: {'eval.judge.model': 'm'}"
+
 
 def _interrupt():
     raise KeyboardInterrupt
