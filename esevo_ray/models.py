@@ -95,7 +95,7 @@ def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
         return out
     src = gguf_source()
     # Decided now: a folder another process publishes while this one converts is kept.
-    stale = out.exists()
+    stale = out.exists() and not _converted(out)
     if stale and not force:
         logger.warning("%s is of an older conversion: converting %s again", out, src.name)
     logger.info("converting %s -> %s", src.name, out)
