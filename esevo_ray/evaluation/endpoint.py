@@ -22,7 +22,7 @@ from esevo_ray.errors import EndpointError
 from esevo_ray.evaluation.responses import PARTS, collect_responses, eval_contexts
 from esevo_ray.generation.pairs import fit_context
 from esevo_ray.generation.pipeline import eval_seed, response_row
-from esevo_ray.parts import claim, todo, write_part
+from esevo_ray.parts import claim, recorded_producer, todo, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,12 @@ def rejected(status: int) -> bool:
 
 
 class MalformedReply(Exception):
-    """A 200 answer that holds no chat completion's text (see `reply_text`)."""
+    """A 200 answer that holds no chat completion (see `reply_text`): retried."""
+
+
+class NoText(MalformedReply):
+    """A chat completion without text: filtered by the server, or no message content. The
+    same request (and seed) gets the same answer: not retried."""
 
 
 def reply_text(reply) -> str:
@@ -44,8 +49,8 @@ def reply_text(reply) -> str:
 
     Raises:
         MalformedReply: no completion (an HTML page, a streamed body, an error object sent
-            with status 200), no choice, no message text, or a reply the server's content
-            filter withheld: each would otherwise be scored as an empty response.
+            with status 200) or no choice; `NoText`: no message text, or a reply the
+            server's content filter withheld. Each would otherwise read as an empty reply.
     """
     choices = getattr(reply, "choices", None)
     if not isinstance(choices, list):
@@ -54,10 +59,10 @@ def reply_text(reply) -> str:
         raise MalformedReply("the reply has no choices")
     choice = choices[0]
     if getattr(choice, "finish_reason", None) == "content_filter":
-        raise MalformedReply("the server's content filter withheld the reply")
+        raise NoText("the server's content filter withheld the reply")
     content = getattr(getattr(choice, "message", None), "content", None)
     if not isinstance(content, str):
-        raise MalformedReply("the reply's first choice has no message text")
+        raise NoText("the reply's first choice has no message text")
     return content
 
 
@@ -67,8 +72,8 @@ def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: f
     Timeouts, connection errors, 408/409/429, 5xx and malformed replies (`MalformedReply`)
     are retried with exponential backoff and jitter, or after the wait a 429 or 503 names
     (Retry-After, in seconds; at most MAX_RETRY_AFTER_S); `before()` (e.g. a rate limiter)
-    runs before every attempt. Any other HTTP error raises `openai.APIStatusError` at once;
-    after the retries the last error is raised.
+    runs before every attempt. Any other HTTP error raises `openai.APIStatusError`, and a
+    reply without text `NoText`, at once; after the retries the last error is raised.
     """
     import openai
 
@@ -78,6 +83,8 @@ def create_with_retries(client, request: dict, *, max_retries: int, backoff_s: f
         asked = None  # the wait the server asked for
         try:
             return reply_text(client.chat.completions.create(**request))
+        except NoText:
+            raise
         except (MalformedReply, ValueError) as e:  # ValueError: a body that is not JSON
             error = e if isinstance(e, MalformedReply) else MalformedReply(f"not JSON ({e})")
         except openai.APIStatusError as e:
@@ -172,9 +179,13 @@ class ChatEndpoint:
         `root` (the model it loaded). None where the server says nothing of it."""
         try:
             card = self._client.models.retrieve(self.model).model_dump()
-        except Exception as e:  # an endpoint without the route, or that refuses it
-            logger.debug("no model card for %r (%s)", self.model, e)
-            return None
+        except Exception:  # vLLM has no /v1/models/{id}: its list has the card
+            try:
+                cards = self._client.models.list().data
+                card = next(c.model_dump() for c in cards if c.id == self.model)
+            except Exception as e:  # no model list, or the name not in it
+                logger.debug("no model card for %r (%s)", self.model, e)
+                return None
         # vLLM's `created` is the time of the request, which a resume must not compare.
         keys = ("created", "alias_of") if card.get("owned_by") == "esevo" else ("root",)
         return {k: card[k] for k in keys if card.get(k) is not None} or None
@@ -246,9 +257,15 @@ def endpoint_responses(
     out_dir = Path(out_dir)
     contexts = eval_contexts(cfg, contexts_path)
     gen = cfg.generation
+    served = endpoint.identity()
+    if served is None and any(k.startswith("served.") for k in recorded_producer(out_dir / PARTS)):
+        logger.warning(
+            "%s: the server does not say now which model is behind %r, so a resume cannot tell "
+            "whether it is the one the earlier answers came from", out_dir, endpoint.model,
+        )  # fmt: skip
     claim(out_dir / PARTS, {
         "stage": "endpoint", "model": f"{endpoint.model} at {endpoint.url}",
-        "served": endpoint.identity(), "model_name": model_name, "system_prompt": system_prompt,
+        "served": served, "model_name": model_name, "system_prompt": system_prompt,
         "sampling_extras": endpoint.sampling_extras,
         "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
         "generation": {"decoding": gen.decoding.model_dump(), "max_context_tokens":

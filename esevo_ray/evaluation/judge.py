@@ -93,6 +93,7 @@ class JudgeClient:
         from openai import OpenAI
 
         from esevo_ray.evaluation.endpoint import base_url as api_base
+        from esevo_ray.evaluation.endpoint import shown_url
 
         self.cfg = cfg
         url, self.model = base_url or cfg.base_url, model or cfg.model
@@ -101,12 +102,13 @@ class JudgeClient:
                 "the judge needs an endpoint and a model: set eval.judge.base_url "
                 "and eval.judge.model, or pass --endpoint and --model"
             )
-        self.base_url = api_base(url)  # a server's root URL means its /v1, as for `esevo eval`
+        # A server's root URL means its /v1, as for `esevo eval`; shown without a key in it.
+        self.base_url = shown_url(api_base(url))
         key = api_key or os.environ.get(cfg.api_key_env)
         if not key:
             logger.info("$%s is not set; sending a placeholder API key", cfg.api_key_env)
         self._client = OpenAI(
-            base_url=self.base_url, api_key=key or "EMPTY", max_retries=0, timeout=cfg.timeout_s
+            base_url=api_base(url), api_key=key or "EMPTY", max_retries=0, timeout=cfg.timeout_s
         )
         self._limiter = RateLimiter(cfg.requests_per_second)
         self._replies = {"accepted": 0, "rejected": 0, "failed": 0}
@@ -125,7 +127,12 @@ class JudgeClient:
         """
         import openai
 
-        from esevo_ray.evaluation.endpoint import MalformedReply, create_with_retries, rejected
+        from esevo_ray.evaluation.endpoint import (
+            MalformedReply,
+            NoText,
+            create_with_retries,
+            rejected,
+        )
 
         cfg = self.cfg
         extra = None if cfg.top_k is None else {"top_k": cfg.top_k}
@@ -138,6 +145,8 @@ class JudgeClient:
                 self._client, request, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
                 before=self._limiter.wait,
             )  # fmt: skip
+        except NoText:  # answered, but with nothing to read: a verdict that does not parse
+            text = ""
         except (openai.APIError, MalformedReply) as e:
             where = f"judge endpoint {self.base_url} model {self.model!r}"
             # None: no HTTP answer (a connection error, a timeout, a malformed reply)

@@ -72,8 +72,10 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
     if judge.backend == "endpoint" and not (judge.base_url and judge.model):
         logger.info("eval.judge.base_url/model not set: LLM-as-a-judge of %s skipped", name)
         return
+    from esevo_ray.evaluation.endpoint import shown_url
+
     where = (
-        f"{judge.model} at {judge.base_url}"
+        f"{judge.model} at {shown_url(judge.base_url)}"
         if judge.backend == "endpoint"
         else (f"local {judge.backend} judge {judge.local_model or base}")
     )
@@ -98,26 +100,42 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
             "summary": summarize(scores),
         }
 
-    from esevo_ray.evaluation.judge import judged_under, verdict_settings
-
-    def judged_as_configured() -> bool:
-        """False when `esevo judge` rewrote the file under other judge settings (a setting
-        the file does not record is taken as the same)."""
-        made = judged_under(run.judge_scores(t))
-        return all(made.get(k, v) == v for k, v in verdict_settings(judge).items())
+    from esevo_ray.evaluation.judge import verdict_settings
 
     runner.stage(
         f"judge_{name}",
         inputs={"responses": responses},
         outputs={"judge_scores": run.judge_scores(t)},
         fn=score,
-        current=judged_as_configured,
+        current=lambda: judged_as_configured(cfg, run.judge_scores(t), responses),
         reconciles=True,  # judge_file keeps the verdicts still valid (more judge_samples)
         settings={
             **{f"eval.judge.{k}": v for k, v in verdict_settings(judge).items()},
             "eval.judge_samples": cfg.eval.judge_samples,
         },
     )
+
+
+def judged_as_configured(cfg: RunConfig, scores: Path, responses: Path) -> bool:
+    """Whether the judge file `scores` holds the verdicts this config's judge makes: False
+    when `esevo judge` rewrote it under other judge settings, another endpoint model
+    (--model) or another sample of contexts (--samples); a setting the file does not record
+    is taken as the same."""
+    import pyarrow.parquet as pq
+
+    from esevo_ray.evaluation.judge import judged_under, sample_keys, verdict_settings
+
+    judge = cfg.eval.judge
+    made, expected = judged_under(scores), verdict_settings(judge)
+    if judge.backend == "endpoint":
+        expected["judge_model"] = judge.model
+    if any(made.get(k, v) != v for k, v in expected.items()):
+        return False
+    n = cfg.eval.judge_samples if cfg.eval.judge_samples > 0 else None
+    table = pq.read_table(scores, columns=["dialogue_id", "turn_index"])
+    judged = set(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
+    asked = schema.read_table(responses, schema.EVAL_RESPONSES)
+    return judged == set(sample_keys(asked, n, judge.seed))
 
 
 def evolve(cfg: RunConfig) -> RunLayout:

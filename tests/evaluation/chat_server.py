@@ -8,7 +8,8 @@ Replies depend on the requested model:
 - "html": an HTML page with status 200 (a proxy's error page);
 - "tired": HTTP 400 once `answers_left` requests have been answered;
 - anything else: "reply to: <the last user message>".
-GET /v1/models/{id} answers with `cards[id]` (404 for a model not in it). Every request body
+GET /v1/models/{id} answers with `cards[id]` (404 for a model not in it, or with `list_only`,
+as vLLM has only GET /v1/models). Every request body
 and Authorization header is recorded, with the peak number in flight.
 """
 
@@ -44,6 +45,7 @@ class ChatServer:
         self.answers_left = 3
         self.answered = 0  # requests answered with a chat completion
         self.cards: dict[str, dict] = {}
+        self.list_only = False  # as vLLM: GET /v1/models only, no /v1/models/{id}
 
     def close(self) -> None:
         self._httpd.shutdown()
@@ -106,8 +108,11 @@ class ChatServer:
                 self._send(status, json.dumps(payload).encode())
 
             def do_GET(self):  # noqa: N802
+                if self.path == "/v1/models":
+                    cards = [{"id": k, "object": "model", **v} for k, v in server.cards.items()]
+                    return self._send(200, json.dumps({"object": "list", "data": cards}).encode())
                 name = self.path.removeprefix("/v1/models/")
-                if name in server.cards:
+                if name in server.cards and not server.list_only:
                     card = {"id": name, "object": "model", **server.cards[name]}
                     return self._send(200, json.dumps(card).encode())
                 error = {"error": {"message": f"no model {name}", "type": "not_found"}}

@@ -162,17 +162,22 @@ def test_eval_endpoint_never_scores_a_reply_without_text_as_an_empty_response(
     chat_server, tmp_path, capsys
 ):
     """content null, an HTML page with status 200: both were stored as "" and scored (or
-    ended in a traceback); now retried, and an error naming the endpoint when they stay."""
+    ended in a traceback). A reply without text is an error at once (the same request and
+    seed get the same answer); a body that is no completion is retried first."""
     config = write_config(tmp_path / "c.yaml", tmp_path / "runs")
     contexts = write_contexts(tmp_path / "ctx.parquet", 2)
     base = ["eval", "--config", str(config), "--model", chat_server.url, "--no-bertscore"]
     base += ["--contexts", str(contexts)]
 
-    assert cli.main([*base, "--served-model", "null-once", "--out", str(tmp_path / "a")]) == 0
-    texts = pl.read_parquet(tmp_path / "a" / "responses.parquet")["response"].to_list()
-    assert len(texts) == 2 and all(t.startswith("reply to: ") for t in texts)
+    assert cli.main([*base, "--served-model", "null-once", "--out", str(tmp_path / "a")]) == 2
+    assert "model 'null-once': the reply's first choice has no message text" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "a" / "responses.parquet").exists()
 
+    bodies = len(chat_server.bodies)
     assert cli.main([*base, "--served-model", "html", "--out", str(tmp_path / "b")]) == 2
+    assert len(chat_server.bodies) - bodies > 2  # retried
     err = capsys.readouterr().err
     assert f"endpoint {chat_server.url}/v1 model 'html': the reply is not a chat completion" in err
     assert "Traceback" not in err and not (tmp_path / "b" / "responses.parquet").exists()
@@ -223,3 +228,13 @@ def test_a_key_written_into_the_url_is_not_shown():
     assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
     endpoint = ChatEndpoint("http://user:sk-1@127.0.0.1:9", "m")
     assert "sk-1" not in endpoint.url and "sk-1" not in endpoint._where("x")
+
+
+def test_a_vllm_server_names_its_model_in_its_list(chat_server):
+    """vLLM has no GET /v1/models/{id}: the model behind a name went unrecorded there."""
+    from esevo_ray.evaluation.endpoint import ChatEndpoint
+
+    chat_server.list_only = True
+    chat_server.cards["m"] = {"created": 1, "owned_by": "vllm", "root": "/models/m2-merged"}
+    assert ChatEndpoint(chat_server.url, "m").identity() == {"root": "/models/m2-merged"}
+    assert ChatEndpoint(chat_server.url, "unknown").identity() is None

@@ -40,7 +40,8 @@ class JudgeServer(ChatServer):
     [ok] valid verdict (score varies with the prompt), [flaky] one malformed reply then
     valid, [bad] always malformed, [e500] one HTTP 500 then valid, [down] HTTP 503 while
     `down` is set (always, unless a test clears it), [reject] HTTP 400 naming top_k (as
-    api.openai.com answers a request with it). Model "forbidden" gets HTTP 401.
+    api.openai.com answers a request with it), [null] a reply without text. Model "forbidden"
+    gets HTTP 401.
     """
 
     def reset(self) -> None:
@@ -59,6 +60,8 @@ class JudgeServer(ChatServer):
             return 401, "bad key"
         if "[reject]" in user:
             return 400, "Unrecognized request argument supplied: top_k"
+        if "[null]" in user:  # answered, with no text (content null)
+            return 200, None
         if ("[down]" in user and self.down) or ("[e500]" in user and n == 1):
             return 503 if "[down]" in user else 500, "overloaded"
         if "[bad]" in user or ("[flaky]" in user and n == 1):
@@ -617,3 +620,37 @@ def test_a_judge_request_carries_its_own_seed_and_a_malformed_reply_is_a_failure
             responses_table("M0", ["a", "b", "c"]), html, dimensions=["empathy"], n_samples=None,
             seed=0,
         )  # fmt: skip
+
+
+def test_a_reply_without_text_is_a_missing_verdict_not_a_failed_request(server, tmp_path):
+    """A content-filtered or text-less answer was retried as a transport error and then
+    failed the judging, on every rerun (the same request and seed get the same answer)."""
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[null] a", "[ok] b", "[ok] c"])
+    out = tmp_path / "judge_scores.parquet"
+    judge_file(path, out, judge_cfg(dimensions=["empathy"]), n_samples=None,
+               base_url=server.url, model="judge-x")  # fmt: skip
+    rows = {r["dialogue_id"]: r for r in read_table(out, JUDGE_SCORES).to_pylist()}
+    assert rows["d0"]["score"] is None and rows["d0"]["error"].startswith("unparseable verdict")
+    assert rows["d1"]["score"] is not None
+
+
+def test_the_loop_takes_only_a_judge_file_made_as_its_config_makes_it(server, tmp_path):
+    """`esevo judge --model X` or `--samples 10` on a run's own file: the loop reused those
+    verdicts as its own judge's (only the settings in the config were compared)."""
+    from esevo_ray.pipeline.evolve import judged_as_configured
+
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    out = tmp_path / "judge_scores.parquet"
+    cfg = load_config(None, ["eval.judge.backend=endpoint", f"eval.judge.base_url={server.url}",
+                             "eval.judge.model=judge-x", "eval.judge.dimensions=[empathy]",
+                             "eval.judge.backoff_s=0.01", "eval.judge_samples=0"])  # fmt: skip
+
+    def judged(**kw) -> bool:
+        judge_file(path, out, kw.pop("judge", cfg.eval.judge), **{"n_samples": None, **kw})
+        return judged_as_configured(cfg, out, path)
+
+    assert judged()
+    assert not judged(model="other-judge", base_url=server.url)
+    assert not judged(n_samples=2)
+    assert not judged(judge=cfg.eval.judge.model_copy(update={"temperature": 0.1}))
+    assert judged()
