@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from esevo_ray.io import atomic_dir
+from esevo_ray.io import atomic_dir, files_digest
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def prepare_default_model(dtype: str = "bfloat16", force: bool = False) -> Path:
     model = model.to(getattr(torch, dtype))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if stale and not force and _converted(out):  # another process converted it meanwhile
+        return out
     # Two processes converting at once (engine actors on a fresh node): the first one kept.
     # An older conversion is replaced.
     with atomic_dir(out, keep_existing=not force and not stale) as tmp:
@@ -129,6 +131,31 @@ def resolve_model(path: str | None) -> Path:
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"model path {p} has no config.json (a Hugging Face model folder)")
     return p
+
+
+# Weight files of a model folder, fingerprinted by name and size: hashing gigabytes on every
+# run of the loop would take minutes (so a same-size replacement is not told apart).
+WEIGHT_SUFFIXES = (
+    ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ot", ".onnx", ".tflite",
+)  # fmt: skip
+
+
+def is_model_folder(path: Path) -> bool:
+    """A Hugging Face model folder (a base model): a config.json and no stage manifest."""
+    return (path / "config.json").is_file() and not (path / "manifest.json").is_file()
+
+
+def model_fingerprint(path: Path) -> str:
+    """A model folder: the bytes of its configuration and tokenizer files, and the names and
+    sizes of its weight files, so that a model converted again with another tokenizer (or
+    replaced by one of another shape) is seen as changed."""
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name[0] != ".")
+    small = [f for f in files if not f.name.endswith(WEIGHT_SUFFIXES)]
+    digest = hashlib.sha256(files_digest(small, named=True).encode())
+    for f in files:
+        if f.name.endswith(WEIGHT_SUFFIXES):
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 # The values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).

@@ -2,12 +2,15 @@
 
 A finished stage is reused only while its inputs are what it read: when it finishes, the
 manifest records a fingerprint of each input (a file's bytes, a LoRA adapter's weights, a
-stage folder's manifest.json). A stage whose input changed since (an upstream stage run
-again, or an adapter retrained by `esevo dpo`) runs again, and through their inputs so do
-the stages built on it, while unrelated ones stay reused. Before it runs again, its folder
-(or its output files) is moved aside to `<name>.stale-<time>`: its resumable parts hold rows
-of the old inputs, and nothing is deleted. The same holds for a stage stopped part-way: the
-manifest records its inputs' fingerprints when it starts, and it resumes only on those.
+stage folder's data files, a model folder's configuration and tokenizer) and of the config
+settings it reads. A stage whose input changed since (an upstream stage run again, an
+adapter retrained by `esevo dpo`, a base model converted again) runs again, and through
+their inputs so do the stages built on it, while unrelated ones stay reused. Before it runs
+again, its folder (or its output files) is moved aside to `<name>.stale-<time>`: its
+resumable parts hold rows of the old inputs, and nothing is deleted; a stage that reconciles
+its own outputs (the judge) finds them in place. The same holds for a stage stopped
+part-way: the manifest records its inputs' fingerprints when it starts, and it resumes only
+on those.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from esevo_ray import profile
 from esevo_ray.io import files_digest, set_aside
 from esevo_ray.layout import is_adapter
-from esevo_ray.models import adapter_hash
+from esevo_ray.models import adapter_hash, is_model_folder, model_fingerprint
 from esevo_ray.pipeline.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -50,29 +53,6 @@ def fingerprint(path: Path) -> str | None:
         return None
     wal = path.with_name(f"{path.name}-wal")
     return files_digest([path, wal] if wal.is_file() else [path])
-
-
-# Weight files of a model folder, fingerprinted by name and size: hashing gigabytes on every
-# run of the loop would take minutes.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-
-def is_model_folder(path: Path) -> bool:
-    """A Hugging Face model folder (a base model): a config.json and no stage manifest."""
-    return (path / "config.json").is_file() and not (path / "manifest.json").is_file()
-
-
-def model_fingerprint(path: Path) -> str:
-    """A model folder: the bytes of its configuration and tokenizer files, and the names and
-    sizes of its weight files, so that a model converted again with another tokenizer (or
-    replaced by another) is seen as changed."""
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.name[0] != ".")
-    small = [f for f in files if not f.name.endswith(WEIGHT_SUFFIXES)]
-    digest = hashlib.sha256(files_digest(small, named=True).encode())
-    for f in files:
-        if f.name.endswith(WEIGHT_SUFFIXES):
-            digest.update(f"{f.name}:{f.stat().st_size}".encode())
-    return digest.hexdigest()[:16]
 
 
 def legacy_fingerprint(path: Path) -> str | None:
@@ -124,27 +104,26 @@ class Runner:
         fingerprints = _fingerprints(inputs)
         if settings is not None:
             fingerprints[SETTINGS] = settings_digest(settings)
-        done = self.manifest.done(name, outputs)
-        if done and current is not None and not current():
-            logger.warning(
-                "stage %s: %s rewritten since it ran, not as this config makes it; running it "
-                "again", name, ", ".join(map(str, outputs.values())),
-            )  # fmt: skip
-            done = False
-        if done:
-            changed = self._changed(name, inputs, fingerprints, settings)
-            if not changed:
+        legacy = self._legacy_models(name, inputs, fingerprints)
+        if self.manifest.done(name, outputs):
+            changed = self._changed(name, inputs, fingerprints, settings, legacy)
+            if changed:
+                self._retire(name, changed, folder, outputs, "since it ran", reconciles)
+            elif current is not None and not current():
+                logger.warning(
+                    "stage %s: %s rewritten since it ran, not as this config makes it; running "
+                    "it again", name, ", ".join(map(str, outputs.values())),
+                )  # fmt: skip
+            else:
                 reused = ", ".join(map(str, outputs.values()))
                 logger.info("stage %s: done, reusing %s", name, reused)
                 # An input added since the stage ran (an older manifest), or a model folder
                 # recorded before model folders had fingerprints, is taken as it is now, so
                 # that a later change to it is seen.
-                legacy = self._legacy_models(name, inputs, fingerprints)
                 self.manifest.adopt_inputs(name, fingerprints, replace=legacy)
                 return
-            self._retire(name, changed, folder, outputs, "since it ran", reconciles)
         elif self.manifest.stopped(name) and (
-            changed := self._changed(name, inputs, fingerprints, settings)
+            changed := self._changed(name, inputs, fingerprints, settings, legacy)
         ):  # its resumable parts hold rows made from the old inputs
             self._retire(name, changed, folder, outputs, "since it started", reconciles)
         logger.info("stage %s: start", name)
@@ -180,12 +159,13 @@ class Runner:
         inputs: dict[str, Path],
         fingerprints: dict[str, str | None],
         settings: dict | None = None,
+        legacy: list[str] = (),
     ) -> list[str]:
         """The inputs of `name` that changed since it ran; a folder recorded the old way (by
-        its manifest.json) is unchanged while that file is, and settings recorded the old way
-        (not at all) while none of their keys changed as the run was opened."""
+        its manifest.json) is unchanged while that file is, a model folder recorded without
+        a fingerprint (`legacy`) is unchanged, and settings recorded the old way (not at all)
+        while none of their keys changed as the run was opened since."""
         recorded = self.manifest.data["stages"].get(name, {}).get("input_fingerprints", {})
-        legacy = self._legacy_models(name, inputs, fingerprints)
         changed = [
             k
             for k in self.manifest.changed_inputs(name, fingerprints)
