@@ -38,7 +38,7 @@ from esevo_ray.io import (
     set_aside,
 )
 from esevo_ray.layout import is_adapter
-from esevo_ray.models import adapter_hash
+from esevo_ray.models import adapter_hash, model_fingerprint
 from esevo_ray.numerics import describe, weights_dtype
 from esevo_ray.schema import parquet_files
 from esevo_ray.storage import check_shared
@@ -75,7 +75,8 @@ def run_stage(
 
     section, out_dir = job.section(cfg), Path(out_dir).resolve()
     name = run_name(cfg, job, out_dir)
-    if reuse and _exported_by(out_dir, name):
+    base = model_fingerprint(Path(job.model_path))  # run_name has its path, not its content
+    if reuse and _exported_by(out_dir, name, base):
         logger.info("%s: %s holds the adapter of Ray Train run %s already: kept", job.stage,
                     out_dir, name)  # fmt: skip
         return out_dir
@@ -120,7 +121,8 @@ def run_stage(
     result = trainer.fit()
     wall = time.time() - start
     t0 = time.perf_counter()
-    out = export(result, cfg, job, out_dir, {"run_name": name, "wall_seconds": wall})
+    extra = {"run_name": name, "model_fingerprint": base, "wall_seconds": wall}
+    out = export(result, cfg, job, out_dir, extra)
     _record_phases(out, start, time.perf_counter() - t0)
     # Exported: the run's checkpoints are done with, and the stage run again on the same
     # inputs (a retrained adapter asked for) must train afresh, not find this run finished.
@@ -195,12 +197,14 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     return f"{cfg.name}-{job.stage}-{digest}"
 
 
-def _exported_by(adapter_dir: Path, name: str) -> bool:
-    """Whether `adapter_dir` holds the adapter that Ray Train run `name` exported."""
+def _exported_by(adapter_dir: Path, name: str, base: str) -> bool:
+    """Whether `adapter_dir` holds the adapter that Ray Train run `name` exported from the
+    base model of fingerprint `base` (one converted again since is another)."""
     try:
-        return is_adapter(adapter_dir) and read_summary(adapter_dir).get("run_name") == name
+        summary = read_summary(adapter_dir) if is_adapter(adapter_dir) else {}
     except (OSError, ValueError):
         return False
+    return summary.get("run_name") == name and summary.get("model_fingerprint") == base
 
 
 def read_summary(adapter_dir: str | Path) -> dict[str, Any]:

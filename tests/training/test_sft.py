@@ -389,16 +389,20 @@ def test_the_loop_keeps_an_adapter_its_own_ray_train_run_exported(
     again from scratch (hours at full scale), since only its manifest said what was done."""
     import json
 
-    from esevo_ray.models import build_tiny_adapter
+    from esevo_ray.models import build_tiny_adapter, model_fingerprint
     from esevo_ray.training import raytrain
     from esevo_ray.training.sft import sft_job, train_sft
 
     cfg = make_cfg()
     out = build_tiny_adapter(tiny_model, tmp_path / "m0" / "adapter", seed=1).resolve()
     name = raytrain.run_name(cfg, sft_job(cfg, sft_dir), out)
-    (out / "train_summary.json").write_text(json.dumps({"run_name": name}))
+    base = model_fingerprint(tiny_model)
+    summary = {"run_name": name, "model_fingerprint": base}
+    (out / "train_summary.json").write_text(json.dumps(summary))
     weights = (out / "adapter_model.safetensors").read_bytes()
     assert train_sft(cfg, sft_dir, out, reuse=True) == out  # no Ray started: kept as it is
     assert (out / "adapter_model.safetensors").read_bytes() == weights
-    assert not raytrain._exported_by(out, raytrain.run_name(make_cfg("sft.seed=7"),
-                                                            sft_job(cfg, sft_dir), out))  # fmt: skip
+    other_run = raytrain.run_name(make_cfg("sft.seed=7"), sft_job(cfg, sft_dir), out)
+    assert not raytrain._exported_by(out, other_run, base)
+    # The base model converted again since (its path, in the run name, is the same).
+    assert not raytrain._exported_by(out, name, "another base")
