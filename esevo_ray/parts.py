@@ -57,6 +57,14 @@ def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps({**old, **producer}, indent=2, sort_keys=True))
 
 
+def unfinished(out_dir: str | Path) -> bool:
+    """Whether `out_dir` is a parts folder whose stage has not finished: it records a
+    producer but not yet the manifest.json written last (its parts are the first batches
+    only). A folder of Parquet files made otherwise is not one."""
+    out_dir = Path(out_dir)
+    return (out_dir / PRODUCER_FILE).is_file() and not (out_dir / "manifest.json").is_file()
+
+
 def recorded_producer(out_dir: str | Path) -> dict[str, Any]:
     """The producer a parts folder records (dotted setting -> value); {} without one.
 

@@ -28,6 +28,7 @@ from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, markdown_table, scores_of
 from esevo_ray.generation.parsing import ParseError, extract_object
 from esevo_ray.io import atomic_dir, atomic_write_text, check_replaceable, write_parquet
+from esevo_ray.parts import unfinished
 from esevo_ray.schema import HUMAN_REFERENCE
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def human_reference_pairs(pairs: str | Path, out: str | Path) -> dict:
     src, out = Path(pairs).resolve(), Path(out).resolve()
     if out == src or src in out.parents or out in src.parents:
         raise UsageError(f"--out {out} must not be, contain or lie inside the source pairs {src}")
-    if src.is_dir() and not (src / "manifest.json").is_file():
+    if unfinished(src):
         raise UsageError(f"{src}: unfinished pairs (no manifest.json); finish generating them")
     check_replaceable(out, holds="pairs.parquet", what="{HM, P} pairs")
     table = schema.read_table(src, schema.PAIRS)

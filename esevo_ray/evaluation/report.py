@@ -23,6 +23,7 @@ from esevo_ray.evaluation.tables import (
 )
 from esevo_ray.io import atomic_dir, atomic_write_text
 from esevo_ray.layout import RunLayout, read_manifest
+from esevo_ray.parts import unfinished
 from esevo_ray.schema import EVAL_RESPONSES, JUDGE_SCORES, PAIRS, read_table
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ class Stage:
     def pairs_unfinished(self) -> bool:
         """Whether this iteration's pairs folder is still being written (no manifest.json
         yet): its parts are the first batches only."""
-        if self.index == 0:
-            return False
-        folder = self.run.pairs(self.index)
-        return folder.is_dir() and not (folder / "manifest.json").is_file()
+        return self.index > 0 and unfinished(self.run.pairs(self.index))
 
     @cached_property
     def pairs(self) -> pa.Table | None:

@@ -27,13 +27,7 @@ from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.generation.engines import EngineOptions, build_engine, model_id
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
-from esevo_ray.generation.placement import (
-    Placement,
-    check_cpus,
-    enter_actor,
-    node_resources,
-    place,
-)
+from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text, check_replaceable
 from esevo_ray.parts import (
@@ -246,11 +240,9 @@ def run_engine_actors(
         ray.init()
     # Checked before any actor starts: Ray would wait forever for GPUs the cluster lacks,
     # and a worker that writes its parts on an unshared disk loses them to the driver.
-    nodes = node_resources()
     progress.placement = place(
-        gen, gen.engine, gen.num_actors, "generation", gpus_by_node=[g for _, g in nodes]
+        gen, gen.engine, gen.num_actors, "generation", cpus=gen.cpus_per_actor
     )
-    check_cpus(gen.cpus_per_actor, progress.placement.gpus, gen.num_actors, nodes, "generation")
     check_shared(label, writes=[out_dir], reads=[model_path, adapter])
     ds = _actor_dataset(cfg, gen, pending, out_dir, actor, progress.placement, dict(
         model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,

@@ -206,9 +206,7 @@ def node_resources() -> list[tuple[float, float]]:
 
 def node_gpus() -> list[float]:
     """GPUs declared by each live node of the connected Ray cluster."""
-    import ray
-
-    return [float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return [gpus for _, gpus in node_resources()]
 
 
 def place(
@@ -220,12 +218,18 @@ def place(
     gpus_key: str = "gpus_per_actor",
     count_key: str = "num_actors",
     gpus_by_node: list[float] | None = None,
+    cpus: float = 0,
+    cpus_key: str = "cpus_per_actor",
 ) -> Placement:
     """Resolve and check the placement of `actors` engine actors on these nodes (default:
-    the connected cluster's); errors name `key`'s `gpus_key` and `count_key` settings."""
-    gpus_by_node = node_gpus() if gpus_by_node is None else gpus_by_node
+    the connected cluster's), each with `cpus` CPUs beside its GPUs (`check_cpus`); errors
+    name `key`'s `gpus_key`, `count_key` and `cpus_key` settings."""
+    nodes = node_resources() if gpus_by_node is None or cpus else []
+    if gpus_by_node is None:
+        gpus_by_node = [gpus for _, gpus in nodes]
     placement = resolve(section, engine, gpus_by_node, key=key, gpus_key=gpus_key)
     check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
+    check_cpus(cpus, placement.gpus, actors, nodes, key, cpus_key=cpus_key)
     logger.info(
         "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,
         placement.gpus,

@@ -29,7 +29,7 @@ from esevo_ray import schema
 from esevo_ray.config import RunConfig
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.models import adapter_hash, resolve_model
-from esevo_ray.parts import PRODUCER_FILE
+from esevo_ray.parts import unfinished
 from esevo_ray.training import common, raytrain
 from esevo_ray.training.common import TrainJob
 
@@ -74,7 +74,7 @@ def dpo_job(cfg: RunConfig, pairs: str | Path, init_adapter: str | Path | None) 
     pairs = Path(pairs)
     if not pairs.exists():
         raise FileNotFoundError(f"no pairs Parquet at {pairs}")
-    if (pairs / PRODUCER_FILE).exists() and not (pairs / "manifest.json").exists():
+    if unfinished(pairs):
         raise DataError(
             f"{pairs}: its generation has not finished (no manifest.json beside the parts); "
             "run the same `esevo generate` again to finish it"

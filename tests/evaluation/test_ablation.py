@@ -19,6 +19,7 @@ from esevo_ray.evaluation.ablation import (
 from esevo_ray.generation.pairs import request_seed
 from esevo_ray.generation.pipeline import Responder
 from esevo_ray.io import write_parquet
+from esevo_ray.parts import claim
 from esevo_ray.schema import CONTEXTS, EVAL_RESPONSES, PAIRS, read_table
 from tests.evaluation.conftest import write_config, write_contexts
 from tests.evaluation.helpers import pairs_table, responses_table
@@ -109,6 +110,7 @@ def sr_pairs(tmp_path):
     )
     folder = tmp_path / "m1" / "pairs"
     write_parquet(table, folder / "part-a.parquet")
+    claim(folder, {"stage": "Generator"})
     (folder / "manifest.json").write_text("{}")
     return folder, table
 

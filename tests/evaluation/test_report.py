@@ -14,6 +14,7 @@ from esevo_ray.evaluation import score_responses
 from esevo_ray.evaluation.judge_scores import pearson
 from esevo_ray.evaluation.report import find_stages, write_report
 from esevo_ray.io import write_parquet
+from esevo_ray.parts import claim
 from esevo_ray.schema import JUDGE_SCORES, conform
 from tests.evaluation.helpers import pairs_table, write_responses
 
@@ -76,6 +77,7 @@ def run_dir(tmp_path_factory) -> Path:
     (run / "m1/pairs/manifest.json").write_text("{}")
     # Iteration 2's pairs still being generated: the first batch only, no manifest yet.
     write_parquet(pairs_table(2, ["Why?"], ["Sad."], ["refined"]), run / "m2/pairs/part-0.parquet")
+    claim(run / "m2/pairs", {"stage": "Generator"})
     (run / "data").mkdir()
     return run
 
