@@ -68,12 +68,18 @@ def _lenient_verdict(text: str) -> tuple[float, str | None] | None:
     return verdicts[-1] if verdicts else None
 
 
+def _fields(obj: dict) -> dict:
+    """A verdict object's fields, their keys read whatever their case."""
+    return {str(k).strip().lower(): v for k, v in obj.items()}
+
+
 def _verdict_in(obj: dict) -> tuple[float, str | None] | None:
-    """(score, explanation) of a verdict object; None when its score (keys read whatever
-    their case) is no number in SCORE_RANGE."""
-    fields = {str(k).strip().lower(): v for k, v in obj.items()}
-    score = _number(fields.get("score"))
-    if score is None or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+    """(score, explanation) of a verdict object; None when its score is no number in
+    SCORE_RANGE (`parsing.as_score`: 4, "4", "4/5")."""
+    from esevo_ray.generation.parsing import as_score
+
+    fields = _fields(obj)
+    if (score := as_score(fields.get("score"))) is None:
         return None
     explanation = fields.get("explanation")
     return score, None if explanation is None else str(explanation)
@@ -93,24 +99,10 @@ def _json_verdict(text: str) -> tuple[float, str | None]:
         if not isinstance(obj, dict):
             continue
         if (verdict := _verdict_in(obj)) is None:
-            fields = {str(k).strip().lower(): v for k, v in obj.items()}
-            if "score" in fields:
+            if "score" in (fields := _fields(obj)):
                 invalid = f"score {fields['score']!r} is not a number in {SCORE_RANGE}"
             continue
         found, inside = verdict, end
     if found is not None:
         return found
     raise VerdictError(invalid or f"no JSON object with a score in reply {text[:80]!r}")
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and (match := _SCORE_TEXT.fullmatch(value)):
-        return float(match.group(1))
-    return None
-
-
-_SCORE_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*")  # "4", " 4.5 ", "4/5"

@@ -174,7 +174,8 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _as_score(value: Any) -> float | None:
+def as_score(value: Any) -> float | None:
+    """A 1-5 score: a number, or text such as "4", "4.5" or "4/5"; None for anything else."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
@@ -230,7 +231,7 @@ def parse_refinement(text: str, max_chars: int | None = None) -> dict[str, Any]:
     understanding = _lower_keys(inner) if isinstance(inner, dict) else obj
     return {
         **{key: _as_text(understanding.get(key)) for key in REFLECTION_KEYS},
-        "evaluation_score": _as_score(obj.get("evaluation_score")),
+        "evaluation_score": as_score(obj.get("evaluation_score")),
         "feedback": _as_text(obj.get("feedback")),
         "refined_response": refined,
     }
