@@ -468,22 +468,26 @@ def _judged(table: pa.Table) -> dict[tuple, str]:
     }
 
 
+def _metadata(path: str | Path) -> dict:
+    """A scores file's Parquet metadata; {} for a missing or unreadable file."""
+    try:
+        return pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError):  # FileNotFoundError is an OSError
+        return {}
+
+
 def judged_under(path: str | Path) -> dict:
     """The settings a scores file's verdicts were made under (the judge model and
     `verdict_settings`); {} for a file without them."""
     try:
-        raw = (pq.read_schema(path).metadata or {}).get(_SETTINGS_KEY)
-        return json.loads(raw) if raw else {}
-    except (FileNotFoundError, pa.ArrowInvalid, OSError, ValueError):
+        return json.loads(_metadata(path).get(_SETTINGS_KEY) or "{}")
+    except ValueError:
         return {}
 
 
 def is_partial(path: str | Path) -> bool:
     """Whether a scores file holds the verdicts of a judging that stopped part-way."""
-    try:
-        return (pq.read_schema(path).metadata or {}).get(_PARTIAL_KEY) == b"1"
-    except (FileNotFoundError, pa.ArrowInvalid, OSError):
-        return False
+    return _metadata(path).get(_PARTIAL_KEY) == b"1"
 
 
 def _written(out: Path) -> dict[bytes, bytes] | None:

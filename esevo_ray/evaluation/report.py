@@ -50,14 +50,14 @@ class Stage:
         path = self.eval_dir / "responses.parquet"
         return read_table(path, EVAL_RESPONSES) if path.exists() else None
 
-    @property
+    @cached_property
     def judge_settings(self) -> dict:
         """The settings the verdicts on this model were made under ({} without a file)."""
         from esevo_ray.evaluation.judge import judged_under
 
         return judged_under(self.run.judge_scores(self.index))
 
-    @property
+    @cached_property
     def judging_unfinished(self) -> bool:
         """Whether the verdicts on this model are those of a judging that stopped part-way."""
         from esevo_ray.evaluation.judge import is_partial
@@ -154,7 +154,9 @@ def _render(
         md += [
             "## LLM-as-a-judge (Table 7 layout)",
             "",
-            judge_table(judged, {s.label: s.judge_settings for s in evaluated}),
+            judge_table(
+                judged, {s.label: s.judge_settings for s in evaluated if s.label in judged}
+            ),
             "",
             "Mean score on a 1-5 scale over the contexts every model has a verdict for on "
             "that dimension (`n` of them), so each change compares the same contexts; "
