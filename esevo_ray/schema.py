@@ -116,7 +116,6 @@ def conform(table: pa.Table, schema: pa.Schema, *, where: str = "table") -> pa.T
         try:
             columns.append(table.column(field.name).cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            got = table.schema.field(field.name).type
             raise SchemaError(
                 f"{where}: column {field.name!r} is {got}, want {field.type}: {e}"
             ) from None

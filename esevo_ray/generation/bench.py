@@ -64,7 +64,7 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     import torch
 
     from esevo_ray.generation.engines import EngineOptions, build_engine
-    from esevo_ray.generation.pairs import fit_context, request_seed
+    from esevo_ray.generation.pipeline import respond
 
     gen = cfg.generation
     kind = generation_engine(gen)  # as the pipeline chooses it
@@ -79,15 +79,8 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
     engine = build_engine(kind, model, options=options)
     batches = []
     for i in range(0, len(rows), gen.batch_size):
-        batch = rows[i : i + gen.batch_size]
-        # The task request alone, as the pipeline's evaluation responses fit it.
-        fitted = [fit_context(engine, r["context"], gen, refine=False) for r in batch]
-        convs = [prompts.task_messages(c) for c in fitted]
-        seeds = [
-            request_seed(gen.decoding.seed, r["dialogue_id"], r["turn_index"], 0, "eval", 0)
-            for r in batch
-        ]
-        outs = engine.chat(convs, gen.decoding, seeds)
+        # As the pipeline's evaluation responses are asked for (Responder).
+        outs = respond(engine, gen, rows[i : i + gen.batch_size], prompts.TASK_PROMPT)
         batches.append((time.perf_counter() - t0, sum(o.output_tokens for o in outs)))
     del engine
     release_gpu_memory()  # the next mode's engine runs in a Ray actor on the same GPU

@@ -247,14 +247,16 @@ class RowRepetitionPenalty:
     own processor penalises the pad token too, so a row's distribution changed with the
     longer prompts batched beside it (and the pad token is often a stop token)."""
 
-    def __init__(self, penalty: float, pads: list[int]):
+    def __init__(self, penalty: float, pads):
+        import torch
+
         self.penalty = penalty
-        self.pads = pads  # the left padding of each row
+        self.pads = torch.as_tensor(pads)  # the left padding of each row (a list or tensor)
 
     def __call__(self, input_ids, scores):
         import torch
 
-        pads = torch.tensor(self.pads, device=input_ids.device)
+        pads = self.pads = self.pads.to(input_ids.device)  # moved once, then already there
         first = input_ids.gather(1, pads[:, None])  # each row's first token of its own
         padded = torch.arange(input_ids.shape[1], device=input_ids.device) < pads[:, None]
         ids = torch.where(padded, first, input_ids)  # a token already counted, instead
@@ -339,7 +341,7 @@ class HfEngine(Engine):
         # dividing the logits by it overflows to inf.
         processors: list = []
         if decoding.repetition_penalty != 1.0:
-            pads = (enc["attention_mask"] == 0).sum(dim=1).tolist()
+            pads = (enc["attention_mask"] == 0).sum(dim=1)  # on the device already
             processors.append(RowRepetitionPenalty(decoding.repetition_penalty, pads))
         if batch.json_schema is not None:
             processors.append(self._json_processor(batch.json_schema))

@@ -24,7 +24,13 @@ import pyarrow.compute as pc
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
 from esevo_ray.generation.engine_choice import generation_engine
-from esevo_ray.generation.engines import EngineOptions, build_engine, model_id
+from esevo_ray.generation.engines import (
+    Completion,
+    Engine,
+    EngineOptions,
+    build_engine,
+    model_id,
+)
 from esevo_ray.generation.fallback import enforce_fallbacks, fallback_entry
 from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_pairs, request_seed
 from esevo_ray.generation.placement import Placement, enter_actor, place
@@ -168,22 +174,28 @@ class Responder(EngineActor):
         self.model_name, self.system_prompt = model_name, system_prompt
 
     def produce(self, rows: list[dict]) -> tuple[list[dict], int]:
-        contexts = [
-            fit_context(
-                self.engine, r["context"], self.gen, system_prompt=self.system_prompt, refine=False
-            )
-            for r in rows
-        ]
-        outs = self.engine.chat(
-            [prompts.task_messages(c, self.system_prompt) for c in contexts],
-            self.gen.decoding,
-            [eval_seed(self.gen.decoding, r) for r in rows],
-        )
+        outs = respond(self.engine, self.gen, rows, self.system_prompt)
         out = [
             response_row(r, self.model_name, o.text.strip())
             for r, o in zip(rows, outs, strict=True)
         ]
         return out, sum(o.output_tokens for o in outs)
+
+
+def respond(
+    engine: Engine, gen: GenerationSection, rows: list[dict], system_prompt: str
+) -> list[Completion]:
+    """The engine's responses to context rows, as evaluation asks for them: each context fit
+    to the task request alone, under `system_prompt`, seeded by its key (`eval_seed`)."""
+    contexts = [
+        fit_context(engine, r["context"], gen, system_prompt=system_prompt, refine=False)
+        for r in rows
+    ]
+    return engine.chat(
+        [prompts.task_messages(c, system_prompt) for c in contexts],
+        gen.decoding,
+        [eval_seed(gen.decoding, r) for r in rows],
+    )
 
 
 def eval_seed(decoding: DecodingSection, row: dict) -> int:
