@@ -75,6 +75,34 @@ class RunConfig(Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last
+    silently, so a second `dpo:` block would replace the first (and what it merged in) whole.
+    Keys a `<<` merge brings in may still be overridden by the mapping's own."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: construct_mapping names it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(stream) -> Any:
+    return yaml.load(stream, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into a key path and a YAML-parsed value."""
     if "=" not in text:
@@ -84,7 +112,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r} has an empty key part")
     try:
-        return parts, yaml.safe_load(raw) if raw.strip() else ""
+        return parts, _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         example = f"'{key}=\"{raw}\"'" if '"' not in raw else "key='...'"
@@ -204,7 +232,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             # A stream: YAML errors then name the file, not "<unicode string>".
             with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f)
+                loaded = _load_yaml(f)
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
         except OSError as e:  # a folder, no permission, ...
