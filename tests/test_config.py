@@ -95,6 +95,20 @@ def test_a_yaml_error_names_the_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_is_refused_but_a_merged_key_may_be_overridden(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `dpo:` block replaced the first
+    one whole, with what it merged in (GPUs, bf16), and nothing said so."""
+    path = tmp_path / "twice.yaml"
+    head = "sft: &train\n  learning_rate: 1.0e-5\n  bf16: true\ndpo:\n  <<: *train\n"
+    path.write_text(head + "  learning_rate: 2.0e-5\n")
+    cfg = load_config(path)
+    assert (cfg.dpo.learning_rate, cfg.dpo.bf16) == (2.0e-5, True)
+    path.write_text(head + "dpo:\n  beta: 0.2\n")
+    with pytest.raises(ConfigError, match=r"(?s)key 'dpo' is given twice \(first on line 4\)"
+                       r".*line 6"):  # fmt: skip
+        load_config(path)
+
+
 def test_missing_file_and_non_mapping(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
@@ -195,6 +209,15 @@ def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
             r"\(set generation.max_model_len\)",
         ),
         ("serve.vllm={enable_lora: false}", r"serve.vllm may not set enable_lora \(set by"),
+        # generation ran in bf16 while training, merging and its record said model.dtype
+        ("generation.vllm={dtype: bfloat16}", r"may not set dtype \(set model.dtype\)"),
+        ("generation.vllm={a: 1, a: 2}", "key 'a' is given twice"),
+        # a local judge with no room left for the request judged the last turn alone
+        (
+            "eval.judge={backend: vllm, max_tokens: 2048, max_model_len: 2048}",
+            r"max_tokens \(2048\) leaves no room for the request",
+        ),
+        ("eval.judge.dimensions=[empathy, empathy]", "dimensions names one twice"),
     ],
 )
 def test_bad_values_are_config_errors_that_name_them(override, message):

@@ -55,6 +55,13 @@ class JudgeSection(Section):
 
     @model_validator(mode="after")
     def _check_local(self) -> JudgeSection:
+        if len(set(self.dimensions)) < len(self.dimensions):
+            raise ValueError(f"dimensions names one twice: {self.dimensions}")
+        if self.backend != "endpoint" and self.max_tokens >= self.max_model_len:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) leaves no room for the request in "
+                f"max_model_len ({self.max_model_len}) of the local judge"
+            )
         return _check_placement(self, self.backend)
 
 

@@ -122,6 +122,7 @@ class GenerationSection(Section):
         check_engine_keys(self.vllm, "generation", {
             "tensor_parallel_size": "generation.tensor_parallel_size",
             "max_model_len": "generation.max_model_len", "model": "model.path", "seed": None,
+            "dtype": "model.dtype",  # training, merging and the placement record use that one
         })  # fmt: skip
         return _check_placement(self, self.engine)
 

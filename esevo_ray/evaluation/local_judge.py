@@ -22,7 +22,7 @@ from esevo_ray.evaluation.verdicts import Verdict, VerdictError, parse_verdict
 from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.generation.placement import Placement, enter_actor, place, resolve
 from esevo_ray.storage import check_shared
-from esevo_ray.turns import drop_oldest_turns
+from esevo_ray.turns import fit_turns
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class JudgeEngine:
             tensor_parallel_size=placement.tensor_parallel_size,
         )  # fmt: skip
         self.engine = build_engine(cfg.backend, model_path, options=options)
+        self._unfit = 0  # requests of the last batch too long even with the last turn alone
         self.decoding = DecodingSection(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
             repetition_penalty=1.0, max_new_tokens=cfg.max_tokens, seed=cfg.seed,
@@ -133,14 +134,21 @@ class JudgeEngine:
         def request(turns: list[dict]) -> list[dict]:
             return judge_messages(dimension, turns, response, self.cfg.penalty)
 
-        fitted = drop_oldest_turns(
-            context, lambda t: self.engine.count_tokens(request(t)) <= budget
-        )
+        fitted, fits = fit_turns(context, lambda t: self.engine.count_tokens(request(t)) <= budget)
+        self._unfit += not fits
         return request(fitted)
 
     def judge_many(self, tasks: list[tuple[str, list[dict], str]]) -> list[Verdict]:
         """Score (dimension, context, response) tasks; missing after repeated bad replies."""
+        self._unfit = 0
         requests = [self._messages(*task) for task in tasks]
+        if self._unfit:
+            logger.warning(
+                "local judge: %d of %d requests exceed eval.judge.max_model_len (%d) less "
+                "max_tokens (%d) even with the last turn alone; their verdicts are made on "
+                "what the engine keeps: raise eval.judge.max_model_len",
+                self._unfit, len(tasks), self.cfg.max_model_len, self.cfg.max_tokens,
+            )  # fmt: skip
         parsed: list[tuple[float, str | None] | None] = [None] * len(tasks)
         errors: list[str | None] = [None] * len(tasks)
         attempts = [0] * len(tasks)

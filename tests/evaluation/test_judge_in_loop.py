@@ -162,3 +162,15 @@ def test_a_long_context_is_cut_to_fit_the_local_judge(tiny_model):
     assert engine.engine.count_tokens(request) <= 1200 - 400
     text = request[-1]["content"]
     assert "And now my sister is angry with me too." in text and "0: I keep" not in text
+
+
+def test_a_request_too_long_even_with_its_last_turn_is_named(tiny_model, caplog):
+    """The last turn always stays: when even it does not fit, the verdict is made on what the
+    engine keeps, and the judge says how many requests that was and what to raise."""
+    judge = _local_judge(tiny_model, "hf", "eval.judge.max_model_len=1200")
+    long = [{"role": "user", "content": "I cannot sleep. " * 300}]
+    short = [{"role": "user", "content": "I cannot sleep."}]
+    tasks = [("empathy", ctx, "That sounds hard.") for ctx in (long, short, long)]
+    with caplog.at_level("WARNING", logger="esevo_ray.evaluation.local_judge"):
+        judge.judge_many(tasks)
+    assert "2 of 3 requests exceed eval.judge.max_model_len (1200)" in caplog.text
