@@ -57,6 +57,14 @@ _TRANSPORT = {
     "base_url", "api_key_env", "concurrency", "requests_per_second", "timeout_s",
     "max_retries", "backoff_s",
 }  # fmt: skip
+# Recorded, but a verdict does not depend on them: `judge_model` names the model that
+# answered (an endpoint's `model`, or --model), and a local judge's place is not its answer.
+_NAMING_AND_PLACE = {"model", "device", "gpus_per_actor", "tensor_parallel_size"}
+# What only a local judge reads: an endpoint judge's verdicts do not depend on them.
+_LOCAL_ONLY = {"local_model", "guided_json", "max_model_len"}
+# Which verdicts are asked for, not what one says: files that differ only in them still
+# compare (Table 7, the intervals) on the verdicts they share.
+_ASKED = {"dimensions", "seed", "parse_retries"}
 _SETTINGS_KEY = b"esevo.judge"  # file metadata: the settings its verdicts were made under
 _JUDGED_KEY = b"esevo.judged"  # and a digest of each judged (context, response)
 _PARTIAL_KEY = b"esevo.partial"  # b"1" while the judging that writes the file is unfinished
@@ -452,6 +460,27 @@ def _settings(cfg: JudgeSection, judge_model: str) -> str:
     return json.dumps({"judge_model": judge_model, **verdict_settings(cfg)}, sort_keys=True)
 
 
+def _defining(settings: dict) -> dict:
+    """Recorded settings (`judged_under`'s) less those no verdict depends on."""
+    ignored = _NAMING_AND_PLACE | (_LOCAL_ONLY if settings.get("backend") == "endpoint" else set())
+    kept = {k: v for k, v in settings.items() if k not in ignored}
+    if isinstance(kept.get("dimensions"), list):  # verdicts are kept by dimension
+        kept["dimensions"] = sorted(kept["dimensions"])
+    return kept
+
+
+def differing_settings(recorded: Sequence[dict], *, asked: bool = False) -> list[str]:
+    """The settings in which judge files' recorded settings (`judged_under`, or
+    `verdict_settings` with `judge_model`) disagree such that their verdicts do not compare:
+    with `asked`, also those that choose which verdicts are asked for. A setting some of
+    them do not record (a file written before it existed) is taken as the same."""
+    defining = [_defining(s) for s in recorded if s]
+    keys = {k for s in defining for k in s if asked or k not in _ASKED}
+    return sorted(
+        k for k in keys if len({json.dumps(s[k], sort_keys=True) for s in defining if k in s}) > 1
+    )
+
+
 def _response_key(row: dict) -> tuple:
     return row["dialogue_id"], row["turn_index"], row["model"]
 
@@ -528,7 +557,11 @@ def _earlier(
     """
     if written is None:
         return {}, None
-    if written.get(_SETTINGS_KEY) != settings.encode():
+    try:
+        made = json.loads(written.get(_SETTINGS_KEY) or b"{}")
+    except ValueError:
+        made = {}
+    if _defining(made) != _defining(json.loads(settings)):
         return {}, "it holds the verdicts of another judge or other settings"
     recorded = json.loads(written.get(_JUDGED_KEY, b"[]"))
     same = {(d, t, m) for d, t, m, digest in recorded if judged.get((d, t, m)) == digest}

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from esevo_ray.config import JUDGE_DIMENSIONS
 from esevo_ray.errors import UsageError
+from esevo_ray.evaluation.judge import differing_settings
 
 METRIC_COLUMNS = {
     "bleu_2": "BLEU-2",
@@ -84,6 +85,15 @@ def delta_rows(values: dict[str, dict[str, float | None]], keys: list[str]) -> l
     return rows
 
 
+def bertscore_encoder(metrics: dict | None) -> str | None:
+    """The encoder and layer a metrics.json's BERTScore was computed with ("name, L6");
+    scores of different ones do not compare. None when it does not say."""
+    settings = (metrics or {}).get("settings", {})
+    if not settings.get("bertscore_backbone"):
+        return None
+    return f"{settings['bertscore_backbone']}, L{settings['bertscore_num_layers']}"
+
+
 def metrics_table(metrics: dict[str, dict | None]) -> str:
     """Table 2 layout: models as rows, metrics x100, (+/-) change from the previous model, and
     `n`, the number of contexts the row rests on.
@@ -93,11 +103,7 @@ def metrics_table(metrics: dict[str, dict | None]) -> str:
     """
     scores = {label: scores_of(m) for label, m in metrics.items()}
     header = ["Model", *METRIC_COLUMNS.values(), "n"]
-    backbones = list(dict.fromkeys(
-        f"{s['bertscore_backbone']}, L{s['bertscore_num_layers']}"
-        for s in ((m or {}).get("settings", {}) for m in metrics.values())
-        if s.get("bertscore_backbone")
-    ))  # fmt: skip
+    backbones = list(dict.fromkeys(b for m in metrics.values() if (b := bertscore_encoder(m))))
     if len(backbones) == 1:
         header[header.index("BERTScore")] = f"BERTScore ({backbones[0]})"
     elif backbones:  # rows scored with other backbones do not compare
@@ -115,13 +121,6 @@ def esconv_table(metrics: dict[str, dict | None]) -> str:
     for row, m in zip(rows, metrics.values(), strict=True):
         row.append(str((m or {}).get("settings", {}).get("n", "–")))
     return markdown_table(["Model", *ESCONV_COLUMNS.values(), "n"], rows)
-
-
-# Judge settings that change which verdicts are asked for, or where, not what a verdict on a
-# context says: rows that differ only in them compare.
-_SAME_VERDICTS = {
-    "dimensions", "seed", "device", "gpus_per_actor", "tensor_parallel_size", "parse_retries",
-}  # fmt: skip
 
 
 def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = None) -> str:
@@ -171,10 +170,8 @@ def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = 
         return (
             f"{table}\n\nThe rows were scored by different judges ({named}): they do not compare."
         )
-    known = [s for s in (settings or {}).values() if s]
-    differ = sorted({k for s in known for k in s if k not in _SAME_VERDICTS
-                     and len({json.dumps(t.get(k)) for t in known}) > 1})  # fmt: skip
-    if differ:  # a penalty read as caps in one row and as points off in another, say
+    # a penalty read as caps in one row and as points off in another, say
+    if differ := differing_settings(list((settings or {}).values())):
         return (
             f"{table}\n\nJudge: {next(iter(judges.values()))}, but the rows were judged under "
             f"different settings ({', '.join(differ)}): they do not compare."

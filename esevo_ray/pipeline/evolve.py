@@ -123,13 +123,18 @@ def judged_as_configured(cfg: RunConfig, scores: Path, responses: Path) -> bool:
     is taken as the same."""
     import pyarrow.parquet as pq
 
-    from esevo_ray.evaluation.judge import judged_under, sample_keys, verdict_settings
+    from esevo_ray.evaluation.judge import (
+        differing_settings,
+        judged_under,
+        sample_keys,
+        verdict_settings,
+    )
 
     judge = cfg.eval.judge
-    made, expected = judged_under(scores), verdict_settings(judge)
+    expected = verdict_settings(judge)
     if judge.backend == "endpoint":
         expected["judge_model"] = judge.model
-    if any(made.get(k, v) != v for k, v in expected.items()):
+    if differing_settings([judged_under(scores), expected], asked=True):
         return False
     n = cfg.eval.judge_samples if cfg.eval.judge_samples > 0 else None
     table = pq.read_table(scores, columns=["dialogue_id", "turn_index"])

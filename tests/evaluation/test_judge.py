@@ -654,3 +654,33 @@ def test_the_loop_takes_only_a_judge_file_made_as_its_config_makes_it(server, tm
     assert not judged(n_samples=2)
     assert not judged(judge=cfg.eval.judge.model_copy(update={"temperature": 0.1}))
     assert judged()
+
+
+def test_settings_no_verdict_depends_on_keep_the_verdicts(server, tmp_path):
+    """`esevo judge --model X` records model null where the loop's config says X; an
+    endpoint judge reads no local-engine setting; verdicts are kept by dimension. None of
+    these made a new judging ask (and pay) for every verdict again, nor Table 7 call the
+    files incomparable."""
+    from esevo_ray.evaluation.judge import differing_settings, judged_under
+
+    path = write_responses(tmp_path / "responses.parquet", "M0", ["[ok] a", "[ok] b", "[ok] c"])
+    out = tmp_path / "judge_scores.parquet"
+    dims = ["empathy", "coherence"]
+    judge_file(path, out, judge_cfg(dimensions=dims), n_samples=None, base_url=server.url,
+               model="judge-x")  # fmt: skip
+    first = judged_under(out)
+    asked = len(server.bodies)
+    same = judge_cfg(dimensions=dims[::-1], model="judge-x", base_url=server.url, device="cpu",
+                     max_model_len=4096, guided_json=False, local_model="/models/x")  # fmt: skip
+    judge_file(path, out, same, n_samples=None)
+    assert len(server.bodies) == asked and not list(tmp_path.glob("*.superseded-*"))
+    assert differing_settings([first, judged_under(out)]) == []
+    # What an endpoint verdict does depend on still counts, and which verdicts were asked.
+    judge_file(path, out, same.model_copy(update={"top_p": 0.5}), n_samples=None)
+    assert len(server.bodies) == asked + 6 and len(list(tmp_path.glob("*.superseded-*"))) == 1
+    assert differing_settings([first, judged_under(out)]) == ["top_p"]
+    assert differing_settings([first, {**first, "seed": 1}]) == []
+    assert differing_settings([first, {**first, "seed": 1}], asked=True) == ["seed"]
+    # A local judge's own settings do count for it.
+    local = {**first, "backend": "vllm"}
+    assert differing_settings([local, {**local, "max_model_len": 1}]) == ["max_model_len"]
