@@ -43,6 +43,8 @@ class Evaluated(Protocol):
     def responses(self) -> pa.Table | None: ...
     @property
     def judge(self) -> pa.Table | None: ...
+    @property
+    def judge_settings(self) -> dict: ...
 
 
 def method_text(
@@ -135,7 +137,7 @@ def subsample_scale(dialogues: int) -> float:
     subsample, without replacement, of the f*g distinct ones it holds, with
     f = 1 - (1 - 1/g)^g (0.632 for large g). Such a subsample's statistic varies around the
     whole sample's with variance (1 - f)/f times the bootstrap's (0.58): its interval would
-    be about 0.76 of the right width and cover ~82% instead of 95%. Multiplying the centred
+    be about 0.76 of the right width and cover ~86% instead of 95%. Multiplying the centred
     differences by sqrt(f / (1 - f)) restores the bootstrap's spread.
     """
     f = 1.0 - (1.0 - 1.0 / dialogues) ** dialogues

@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esevo_ray.evaluation import bootstrap
-from esevo_ray.evaluation.tables import ESCONV_COLUMNS, METRIC_COLUMNS, esconv_table
+from esevo_ray.evaluation.judge import differing_settings
+from esevo_ray.evaluation.tables import (
+    ESCONV_COLUMNS,
+    METRIC_COLUMNS,
+    bertscore_encoder,
+    esconv_table,
+)
 from esevo_ray.io import atomic_write_text
 
 INTERVALS_FILE = "intervals.json"
@@ -24,6 +30,23 @@ def metric_label(name: str) -> str:
     return METRIC_COLUMNS.get(name, name)
 
 
+def not_compared(base: bootstrap.Evaluated, model: bootstrap.Evaluated) -> dict[str, str]:
+    """Why some scores of `base` and `model` do not compare, by the key of `bootstrap.compare`
+    ("judge" for every judge dimension): BERTScore of other encoders, verdicts of other
+    judges or settings (the rule of Table 7)."""
+    why: dict[str, str] = {}
+    encoders = sorted({e for m in (base, model) if (e := bertscore_encoder(m.metrics))})
+    if len(encoders) > 1:
+        why["bertscore"] = f"computed with other encoders ({'; '.join(encoders)})"
+    if base.judge is not None and model.judge is not None:
+        judges = [sorted(set(m.judge.column("judge_model").to_pylist())) for m in (base, model)]
+        if judges[0] != judges[1]:
+            why["judge"] = f"scored by other judges ({' vs '.join(', '.join(j) for j in judges)})"
+        elif differ := differing_settings([base.judge_settings, model.judge_settings]):
+            why["judge"] = f"judged under other settings ({', '.join(differ)})"
+    return why
+
+
 def intervals(
     models: Sequence[bootstrap.Evaluated],
     *,
@@ -35,14 +58,18 @@ def intervals(
     by_label = {m.label: m for m in models}
     options = {"resamples": resamples, "seed": seed, "confidence": confidence}
     cache: dict = {}
-    comparisons = [
-        {
+    comparisons = []
+    for base, model in bootstrap.comparison_pairs(list(by_label)):
+        metrics = bootstrap.compare(by_label[base], by_label[model], cache=cache, **options)
+        why = not_compared(by_label[base], by_label[model])
+        left = {n: why.get(n, why.get("judge") if n.startswith("judge_") else None)
+                for n in metrics}  # fmt: skip
+        comparisons.append({
             "base": base,
             "model": model,
-            "metrics": bootstrap.compare(by_label[base], by_label[model], cache=cache, **options),
-        }
-        for base, model in bootstrap.comparison_pairs(list(by_label))
-    ]
+            "metrics": {n: r for n, r in metrics.items() if left[n] is None},
+            "not_compared": {n: w for n, w in left.items() if w is not None},
+        })  # fmt: skip
     return {
         "method": "paired percentile bootstrap over evaluation dialogues (each resample "
         "draws whole dialogues with their contexts); corpus metrics recomputed on each "
@@ -52,17 +79,19 @@ def intervals(
     }
 
 
-def _rows(base: str, model: str, metrics: dict[str, dict], confidence: float) -> list[str]:
+def _rows(comparison: dict, confidence: float) -> list[str]:
     lines = [
-        f"| Metric | contexts (dialogues) | {base} | {model} | "
+        f"| Metric | contexts (dialogues) | {comparison['base']} | {comparison['model']} | "
         f"difference [{100 * confidence:.0f}% interval] |",
         "|---|---|---|---|---|",
     ]
-    for name, r in metrics.items():
+    for name, r in comparison["metrics"].items():
         lines.append(
             f"| {metric_label(name)} | {r['n']} ({r['dialogues']}) | {r['base']:.2f} | "
             f"{r['model']:.2f} | {bootstrap.difference_text(r)} |"
         )
+    for name, why in comparison.get("not_compared", {}).items():
+        lines.append(f"| {metric_label(name)} | – | – | – | not compared: {why} |")
     return lines
 
 
@@ -107,7 +136,7 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         ]
     result = intervals(models, **options)
     atomic_write_text(out / INTERVALS_FILE, json.dumps(result, indent=1))
-    done = [c for c in result["comparisons"] if c["metrics"]]
+    done = [c for c in result["comparisons"] if c["metrics"] or c["not_compared"]]
     if not done:
         return md
     md += [
@@ -115,7 +144,9 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         "",
         "Difference (model - base) on the contexts both models share, with the "
         f"{bootstrap.method_text(result['confidence'], result['resamples'], result['seed'])}; "
-        "`*`: the interval excludes 0. Judge rows use the contexts judged for both models. "
+        "`*`: the interval excludes 0 (for that one comparison: with some twenty metrics "
+        "and several comparisons, a few marks are expected by chance alone). Judge rows use "
+        "the contexts judged for both models. "
         "On a few dozen contexts or fewer an interval is itself rough. Every number is in "
         f"`{INTERVALS_FILE}`.",
         "",
@@ -124,7 +155,7 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         md += [
             f"### {c['model']} vs {c['base']}",
             "",
-            *_rows(c["base"], c["model"], c["metrics"], result["confidence"]),
+            *_rows(c, result["confidence"]),
         ]
         md.append("")
     return md

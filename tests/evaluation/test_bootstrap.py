@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,7 @@ class Model:
     responses: pa.Table | None
     metrics: dict | None = None
     judge: pa.Table | None = None
+    judge_settings: dict = field(default_factory=dict)
 
 
 def goldens(n: int = N) -> list[str]:
@@ -194,6 +195,39 @@ def test_report_sections_mark_intervals_and_write_json(tmp_path, weak, strong):
     old = Model(weak.label, weak.responses, {**weak.metrics, "settings": settings}, weak.judge)
     md = "\n".join(intervals.report_sections([old, strong], tmp_path, resamples=100))
     assert "Distinct-n of M0 was scored under the earlier definition" in md
+
+
+def test_scores_that_do_not_compare_get_no_interval(tmp_path, weak, strong):
+    """BERTScore of other encoders, verdicts of other judges or judge settings: Table 2 and
+    Table 7 say they do not compare; their intervals were shown, starred, all the same."""
+
+    def scored(m: Model, encoder: str, judge_model: str, top_p: float) -> Model:
+        settings = {**m.metrics["settings"], "bertscore_backbone": encoder,
+                    "bertscore_num_layers": 6}  # fmt: skip
+        per = {**m.metrics["per_response"], "bertscore": [0.5] * N}
+        judge = m.judge.set_column(
+            m.judge.schema.get_field_index("judge_model"), "judge_model",
+            pa.array([judge_model] * m.judge.num_rows),
+        )  # fmt: skip
+        return replace(m, metrics={**m.metrics, "settings": settings, "per_response": per},
+                       judge=judge, judge_settings={"backend": "endpoint", "top_p": top_p})  # fmt: skip
+
+    base = scored(weak, "minilm", "judge-a", 0.95)
+    md = "\n".join(intervals.report_sections(
+        [base, scored(strong, "roberta-large", "judge-b", 0.95)], tmp_path, resamples=100
+    ))  # fmt: skip
+    [c] = json.loads((tmp_path / "intervals.json").read_text())["comparisons"]
+    assert "bertscore" not in c["metrics"] and "judge_empathy" not in c["metrics"]
+    assert "bleu_2" in c["metrics"]
+    assert "| BERTScore | – | – | – | not compared: computed with other encoders " in md
+    assert "| Judge empathy | – | – | – | not compared: scored by other judges " in md
+    intervals.report_sections([base, scored(strong, "minilm", "judge-a", 0.5)], tmp_path)
+    [c] = json.loads((tmp_path / "intervals.json").read_text())["comparisons"]
+    assert "bertscore" in c["metrics"]
+    assert c["not_compared"] == {"judge_empathy": "judged under other settings (top_p)"}
+    intervals.report_sections([base, scored(strong, "minilm", "judge-a", 0.95)], tmp_path)
+    [c] = json.loads((tmp_path / "intervals.json").read_text())["comparisons"]
+    assert c["not_compared"] == {} and "judge_empathy" in c["metrics"]
 
 
 def test_contexts_of_one_dialogue_give_no_interval(tmp_path, weak, strong):
