@@ -101,6 +101,17 @@ def _wording(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
 
 
+# A "refinement" that says the response needs none ("N/A", "No changes needed.", "Same as
+# the original response.") in place of a response, matched on its words (`_wording`).
+_NO_REFINEMENT = re.compile(
+    r"n a|na|none|nothing|unchanged|no|"
+    r"(no|nothing)( (changes?|refinements?|revisions?|edits?|improvements?))?"
+    r"( (is|are))?( (needed|required|necessary|to (change|refine|add)))?|"
+    r"(it is |it's )?(the )?same( as)?( the)?( (original|above|rejected|previous))?"
+    r"( (response|reply|one))?|keep( it| the (original|response))?( as it is| as is)?"
+)
+
+
 def choose(refined: str | None, rejected: str, golden: str, length_ratio: float) -> tuple[str, str]:
     """Appendix A filters: (chosen text, chosen_source).
 
@@ -110,13 +121,15 @@ def choose(refined: str | None, rejected: str, golden: str, length_ratio: float)
     by the golden response, as Appendix A replaces the other unusable ones. So is the
     refinement of an empty rejected response (nothing was refined, and any answer is more
     than twice as long), apart in `golden_empty_rejected` so that a model that stops at once
-    shows in the fallback counts.
+    shows in the fallback counts. A "refinement" that says none is needed ("N/A", "No
+    changes needed."), or holds no word, leaves the response unchanged as well.
     """
     if not rejected.strip():
         return golden, "golden_empty_rejected"
     if refined is None:
         return golden, "golden_parse_failure"
-    if _wording(refined) == _wording(rejected):
+    wording = _wording(refined)
+    if not wording or wording == _wording(rejected) or _NO_REFINEMENT.fullmatch(" ".join(wording)):
         return golden, "golden_unchanged"
     if words(refined) > length_ratio * words(rejected) or words(refined) > length_ratio * words(
         golden

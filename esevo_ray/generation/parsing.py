@@ -192,18 +192,43 @@ def _lower_keys(d: dict) -> dict:
     return {str(k).strip().lower().replace(" ", "_"): v for k, v in d.items()}
 
 
-def _has(*keys: str) -> Callable[[dict], bool]:
-    return lambda obj: bool(keys & _lower_keys(obj).keys())
-
-
-def parse_reflection(text: str) -> dict[str, str]:
-    """The four user-understanding fields; any may be empty but one must be present."""
-    obj = _lower_keys(extract_object(text, _has("understanding", *REFLECTION_KEYS)))
+def _reflection(obj: dict) -> dict[str, str]:
+    """The four user-understanding fields of an answer, flat or under "understanding"."""
+    obj = _lower_keys(obj)
     inner = obj.get("understanding")
     if isinstance(inner, dict):
         obj = {**obj, **_lower_keys(inner)}
-    out = {key: _as_text(obj.get(key)) for key in REFLECTION_KEYS}
-    if not any(out.values()):
+    return {key: _as_text(obj.get(key)) for key in REFLECTION_KEYS}
+
+
+def _answers_refinement(obj: dict) -> bool:
+    """Whether `obj` gives a refined response: not the template echoed back before the answer
+    (its placeholder) nor one without the key."""
+    value = _lower_keys(obj).get("refined_response")
+    return value is not None and not (isinstance(value, str) and not _as_text(value))
+
+
+# A "refined response" that is the speaker's label and quotes around the reply, as the
+# prompt shows each turn (supporter: "..."), stands for the reply.
+_LABELLED = re.compile(r"""(?is)\s*(?:supporter|assistant)\s*:\s*(.*)""")
+_QUOTED = re.compile(r"""(?s)\s*(["'\u201c])(.*)(["'\u201d])\s*""")
+
+
+def _unwrapped(reply: str) -> str:
+    if match := _LABELLED.fullmatch(reply):
+        reply = match.group(1)
+    match = _QUOTED.fullmatch(reply)
+    pair = match and {match.group(1), match.group(3)}
+    if pair in ({'"'}, {"'"}, {"\u201c", "\u201d"}) and not pair & set(match.group(2)):
+        reply = match.group(2)  # one quoted reply, not two quotes with words between
+    return reply.strip()
+
+
+def parse_reflection(text: str) -> dict[str, str]:
+    """The four user-understanding fields; any may be empty but one must be given (an
+    answer template echoed before the answer gives none)."""
+    out = _reflection(extract_object(text, lambda obj: any(_reflection(obj).values())))
+    if not any(out.values()):  # pragma: no cover (extract_object found none such)
         raise ParseError(f"none of {list(REFLECTION_KEYS)} in the answer")
     return out
 
@@ -218,19 +243,17 @@ def parse_refinement(text: str, max_chars: int | None = None) -> dict[str, Any]:
         ParseError: no object, or no `refined_response` text (an object, a list, a number or
             the template's placeholder is none), or one cut at `max_chars`.
     """
-    obj = _lower_keys(extract_object(text, _has("refined_response")))
+    obj = _lower_keys(extract_object(text, _answers_refinement))
     value = obj.get("refined_response")
     if value is not None and not isinstance(value, str):
         raise ParseError(f"'refined_response' is a {type(value).__name__}, not text")
     if max_chars is not None and value is not None and len(value) >= max_chars:
         raise ParseError(f"'refined_response' was cut at its {max_chars}-character cap")
-    refined = _as_text(value)
+    refined = _unwrapped(_as_text(value))
     if not refined:
         raise ParseError("no 'refined_response' text")
-    inner = obj.get("understanding")
-    understanding = _lower_keys(inner) if isinstance(inner, dict) else obj
     return {
-        **{key: _as_text(understanding.get(key)) for key in REFLECTION_KEYS},
+        **_reflection(obj),
         "evaluation_score": as_score(obj.get("evaluation_score")),
         "feedback": _as_text(obj.get("feedback")),
         "refined_response": refined,

@@ -1,3 +1,5 @@
+import pytest
+
 from esevo_ray.generation.pairs import choose, request_seed
 
 
@@ -159,3 +161,22 @@ def test_bench_steady_state_excludes_the_first_batch():
 
     out = steady([(10.0, 100), (12.0, 50), (14.0, 50)])
     assert out == {"startup_s": 10.0, "tok_per_s": 25.0, "total_tok_per_s": 200 / 14}
+
+
+@pytest.mark.parametrize(
+    "refined",
+    ["N/A", "No refinement needed.", "...", "Same as the original response.", "(unchanged)",
+     "No changes are needed.", "Keep it as is.", "None"],
+)  # fmt: skip
+def test_a_refinement_that_says_none_is_needed_is_no_response(refined):
+    """Small models scoring their reply 5/5 write this in place of a response: it became the
+    chosen response, and the SFT term trained the next model to say it."""
+    rejected, golden = "That sounds really hard. Have you told anyone?", "That must hurt."
+    assert choose(refined, rejected, golden, 2.0) == (golden, "golden_unchanged")
+
+
+@pytest.mark.parametrize(
+    "refined", ["No worries, I am here.", "None of this is your fault.", "Keep going, you can."]
+)
+def test_a_response_that_starts_like_no_refinement_is_one(refined):
+    assert choose(refined, "That sounds hard.", "That must hurt so much.", 3.0)[1] == "refined"

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from esevo_ray.generation.parsing import (
@@ -169,3 +171,39 @@ def test_raw_control_characters_inside_strings_are_accepted():
     # Small models under guided decoding emit these; the JSON is otherwise well formed.
     out = parse_refinement('{"feedback": "a\x1bb", "refined_response": "I hear\x08 you."}')
     assert out["refined_response"] == "I hear\x08 you."
+
+
+def test_an_answer_after_the_echoed_template_is_found():
+    """Without guided JSON a model may repeat the prompt's template before its answer: the
+    template (placeholders only) was taken as the answer and failed the row."""
+    template = (
+        '```json\n{"understanding": {"user_profile": "<profile>", "user_emotion": "<emotion>"},'
+        ' "evaluation_score": "<1-5>", "refined_response": "<your refined response>"}\n```'
+    )
+    answer = (
+        '```json\n{"understanding": {"user_profile": "student", "user_emotion": "anxious"},'
+        ' "evaluation_score": 3, "refined_response": "Exams are stressful. What worries you?"}'
+        "\n```"
+    )
+    text = f"{template}\nHere is my answer:\n{answer}"
+    out = parse_refinement(text)
+    assert out["refined_response"] == "Exams are stressful. What worries you?"
+    assert out["user_profile"] == "student" and out["evaluation_score"] == 3.0
+    assert parse_reflection(text)["user_emotion"] == "anxious"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['\\"I hear you.\\"', "supporter: I hear you.", 'Supporter: \\"I hear you.\\"',
+     "\u201cI hear you.\u201d", "'I hear you.'"],
+)  # fmt: skip
+def test_a_refined_response_as_the_prompt_shows_a_turn_is_the_reply(value):
+    """The prompt shows each turn as supporter: "...": the label and quotes are not part of
+    the reply the next model is trained to give."""
+    assert parse_refinement('{"refined_response": "' + value + '"}')["refined_response"] == (
+        "I hear you."
+    )
+    for kept in ('"Sorry" is all I said. I understand.', '"Sorry," she said. "I am here."'):
+        assert parse_refinement(json.dumps({"refined_response": kept}))["refined_response"] == (
+            kept
+        )
