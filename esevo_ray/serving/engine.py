@@ -209,6 +209,19 @@ async def _thread_to_its_end(fn: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
+def _remove_lora_layers(model: Any) -> None:
+    """Put back the layers PEFT wrapped in a model it never returned wrapped (the first
+    adapter's load failed): `PeftModel.unload` for a model without its PeftModel."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for key, module in list(model.named_modules()):
+        if key and isinstance(module, BaseTunerLayer):
+            parent, _, child = key.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
 class HfServeEngine:
     """transformers `generate`: one request at a time, whole completions. Every adapter is
     a named LoRA on the one base model (PEFT), switched per request under the lock: an
@@ -243,10 +256,21 @@ class HfServeEngine:
 
         self._detach_retired()
         model = self.base.model
-        if isinstance(model, PeftModel):
-            model.load_adapter(path, adapter_name=name)
-        else:
-            self.base.model = PeftModel.from_pretrained(model, path, adapter_name=name).eval()
+        try:
+            if isinstance(model, PeftModel):
+                model.load_adapter(path, adapter_name=name)
+            else:
+                self.base.model = PeftModel.from_pretrained(model, path, adapter_name=name).eval()
+        except BaseException:
+            # PEFT adds an adapter's layers to the model before it loads their weights: a
+            # load that fails there (another base model's adapter, a file cut short) left
+            # them in it, half loaded and on for every later request, the base model's too.
+            if isinstance(model, PeftModel):
+                if name in model.peft_config:
+                    model.delete_adapter(name)
+            else:
+                _remove_lora_layers(model)
+            raise
 
     def retire(self, name: str) -> None:
         with self.retired_lock:

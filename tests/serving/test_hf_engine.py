@@ -127,6 +127,44 @@ def test_adapters_are_loras_on_the_one_model_and_answer_as_their_merged_models(
     assert engine.adapters() == [] and size(engine.base.model) == plain
 
 
+def test_an_adapter_that_fails_to_load_leaves_the_model_as_it_was(tiny_model, tmp_path):
+    """PEFT adds an adapter's layers before it loads their weights: another base model's
+    adapter (a tensor of another shape) failed to load and left its layers on, so the base
+    model (and every adapter after) answered through them, and each retry added more."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from esevo_ray.models import build_tiny_adapter
+    from esevo_ray.serving.engine import EngineSettings, HfServeEngine
+
+    engine = HfServeEngine(EngineSettings(str(tiny_model), "hf"))
+    good = build_tiny_adapter(tiny_model, tmp_path / "good", seed=1)
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    weights = load_file(bad / "adapter_model.safetensors")
+    key = next(k for k in sorted(weights) if "lora_B" in k)
+    weights[key] = weights[key].new_ones(weights[key].shape[0] + 8, weights[key].shape[1])
+    save_file(weights, bad / "adapter_model.safetensors")
+
+    greedy = _request(8, temperature=0)
+    base = asyncio.run(_reply(engine, greedy))["text"]
+    plain = sum(p.numel() for p in engine.base.model.parameters())
+    handle = None
+    for _ in range(2):  # on the plain model, then beside an attached adapter
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            asyncio.run(engine.load("m9@1", str(bad)))
+        assert engine.adapters() == ([handle.name] if handle else [])
+        assert asyncio.run(_reply(engine, greedy))["text"] == base
+        if handle is None:
+            handle = asyncio.run(engine.load("m1@1", str(good)))
+            with_good = asyncio.run(_reply(engine, greedy, handle))["text"]
+    assert asyncio.run(_reply(engine, greedy, handle))["text"] == with_good
+    handle.__del__()
+    asyncio.run(_reply(engine, greedy))
+    assert sum(p.numel() for p in engine.base.model.parameters()) == plain
+
+
 def test_a_cancelled_adapter_load_keeps_the_model_until_attached_then_drops_it(
     tiny_model, tmp_path, monkeypatch
 ):
