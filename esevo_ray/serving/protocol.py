@@ -24,9 +24,11 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
     def text(self) -> str:
+        """The message's text; parts on lines of their own, as vLLM's server joins them
+        (glued, "hopeless" + "suicide..." hid the words from the crisis guard and the model)."""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "\n".join(p.text for p in self.content)
 
 
 class StreamOptions(BaseModel):

@@ -68,6 +68,16 @@ def test_only_the_latest_user_message_counts():
     assert check_messages([{"role": "assistant", "content": "kill myself"}]) is None
 
 
+def test_a_message_sent_in_text_parts_is_read_as_its_words():
+    from esevo_ray.serving.protocol import ChatMessage
+
+    parts = [{"type": "text", "text": "I feel hopeless"},
+             {"type": "text", "text": "suicide seems like the only way"}]  # fmt: skip
+    message = ChatMessage(role="user", content=parts)
+    assert message.text() == "I feel hopeless\nsuicide seems like the only way"
+    assert check_messages([{"role": "user", "content": message.text()}]) is not None
+
+
 def test_reply_always_carries_the_resources():
     text = "Call the helpline."
     assert guarded_reply("I understand.", text).startswith(text)
