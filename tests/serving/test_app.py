@@ -191,6 +191,17 @@ def test_a_body_not_sent_as_json_says_so(http):
     assert r.status_code == 400 and r.json()["error"]["message"] == "request body is not valid JSON"
 
 
+def test_serve_already_running_on_the_cluster_is_left_alone(served, http):
+    """`ray.init()` joins a running cluster: Serve there kept its own port (the URL printed
+    was wrong) and Ctrl-C's `serve.shutdown()` stopped every application on it."""
+    from esevo_ray.errors import UsageError
+    from esevo_ray.serving.deploy import start_app
+
+    with pytest.raises(UsageError, match=r"Ray Serve runs on this Ray cluster already \(appl"):
+        start_app(served.cfg, served.run_dir)
+    assert http.get("/health").status_code == 200
+
+
 def test_auth(served):
     body = {"model": "m0", "messages": USER, "max_tokens": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
