@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from esevo_ray.config.base import Section
 from esevo_ray.config.sections import DecodingSection, check_engine_keys
@@ -29,6 +30,14 @@ class HumanEvalSection(Section):
     min_turns_pointwise: int = Field(8, ge=1)
     min_turns_pairwise: int = Field(10, ge=1)
     max_message_chars: int = Field(2000, ge=1)
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: list[str] | None) -> list[str] | None:
+        # A name the server does not serve (M1 for m1) left the model out of the study.
+        if odd := [m for m in models or [] if not re.fullmatch(r"base|current|m\d+", m)]:
+            raise ValueError(f"{odd} are not served names: base, current or m<t> (m0, m1, ...)")
+        return models
 
 
 class ServeSection(Section):

@@ -14,6 +14,8 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 class HumanConfig(BaseModel):
     auth_required: bool
     dimensions: list[str]
+    # What each dimension asks (the paper's Appendix D), shown beside it on the rating form.
+    criteria: dict[str, str]
     min_turns_pointwise: int
     min_turns_pairwise: int
     max_message_chars: int
@@ -40,6 +42,7 @@ class SessionOut(BaseModel):
     session_id: str
     mode: Literal["pointwise", "pairwise"]
     min_turns: int
+    rater: str | None = None  # so that a page resuming it shows whose session it is
     rated: bool = False
     turns: list[TurnOut] = []
 

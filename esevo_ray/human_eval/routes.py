@@ -124,6 +124,21 @@ class HumanEval:
         return s.min_turns_pointwise if mode == "pointwise" else s.min_turns_pairwise
 
 
+# The human evaluation criteria (the paper's Appendix D), in the raters' words.
+CRITERIA = {
+    "coherence": "Is the response logical, clear, and consistent with the ongoing conversation?",
+    "understanding": "Does it accurately interpret your emotions and needs, so that the "
+    "response fits the context?",
+    "empathy": "Does it show care and sensitivity toward your emotions?",
+    "engagement": "Do you feel encouraged to continue the conversation?",
+    "informativeness": "Does it give clear, useful information that helps address your "
+    "concerns or ease your distress?",
+    "helpfulness": "Does it meet your needs with practical, actionable support?",
+    "overall": "Overall quality: emotional support, informativeness and the interaction as "
+    "a whole.",
+}
+
+
 def human_eval_service() -> HumanEval:
     """The HumanEval behind the routes: the mounting application overrides this dependency."""
     raise RuntimeError("the human_eval router is mounted without overriding human_eval_service")
@@ -145,6 +160,7 @@ def human_config(ev: HumanEval = Service) -> HumanConfig:
     return HumanConfig(
         auth_required=ev.host.key_digest is not None,
         dimensions=list(JUDGE_DIMENSIONS),
+        criteria={d: CRITERIA[d] for d in JUDGE_DIMENSIONS},
         min_turns_pointwise=ev.settings.min_turns_pointwise,
         min_turns_pairwise=ev.settings.min_turns_pairwise,
         max_message_chars=ev.settings.max_message_chars,
@@ -166,6 +182,7 @@ def get_session(session_id: str, request: Request, ev: HumanEval = Service) -> S
         session_id=session_id,
         mode=sess["mode"],
         min_turns=sess["min_turns"],
+        rater=sess["rater"],
         rated=ev.store.rated(session_id),
         turns=[turn_out(t, with_user=True) for t in ev.store.turns(session_id)],
     )

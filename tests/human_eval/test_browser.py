@@ -79,6 +79,7 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     _say(browser, wait, By, "I don't know anyone in this city.", 2)
     form = browser.find_element(By.ID, "rating-form")
     wait.until(lambda d: form.is_displayed())
+    point_sid = _session_id(browser)
     for i, dim in enumerate(DIMS):
         browser.find_element(By.ID, f"{dim}-{1 + i % 5}").click()
     # A double click sends the rating once (the second would be refused as a conflict).
@@ -88,10 +89,10 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     wait.until(lambda d: "rating is saved" in d.find_element(By.ID, "status").text)
     sent = "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/ratings')).length"
     assert browser.execute_script(sent) == 1
-    point_sid = _session_id(browser)
+    assert _session_id(browser) is None  # rated: the next page load starts afresh
 
     browser.find_element(By.ID, "start-pairwise").click()
-    wait.until(lambda d: _session_id(d) != point_sid)
+    wait.until(lambda d: _session_id(d) not in (None, point_sid))
     _say(browser, wait, By, "My exams are next week and I can't focus.", 1)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".pair .bot")) == 2
     browser.find_element(By.ID, "vote-A").click()
@@ -111,8 +112,27 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     wait.until(lambda d: "enter the API key to resume" in status.text)
     assert _session_id(browser) == pair_sid
     browser.find_element(By.ID, "apikey").send_keys(API_KEY + Keys.TAB)
-    wait.until(lambda d: "Resumed your last session" in status.text)
-    assert browser.find_element(By.ID, "turn-count").text.startswith("Turns: 2 ")
+    wait.until(lambda d: "Resumed your last session (rater: browser-rater)" in status.text)
+    assert browser.find_element(By.ID, "turn-count").text.startswith("Turns: 2 (2 voted;")
+    assert browser.find_element(By.ID, "rater").get_attribute("value") == "browser-rater"
+
+    # The next rater on this browser: not in the last rater's session, and not with the
+    # last rating's answers already ticked.
+    rater = browser.find_element(By.ID, "rater")
+    rater.clear()
+    rater.send_keys("second-rater")
+    wait.until(lambda d: "Another rater: start a new session" in status.text)
+    assert _session_id(browser) is None
+    assert not browser.find_element(By.ID, "compose").is_displayed()
+    browser.find_element(By.ID, "start-pointwise").click()
+    wait.until(lambda d: _session_id(d) not in (None, pair_sid))
+    second_sid = _session_id(browser)
+    _say(browser, wait, By, "Work has been overwhelming.", 1)
+    _say(browser, wait, By, "I never get a break.", 2)
+    form = browser.find_element(By.ID, "rating-form")  # the page was loaded again
+    wait.until(lambda d: form.is_displayed())
+    assert not browser.find_elements(By.CSS_SELECTOR, "#likert-rows input:checked")
+    assert "consistent with the ongoing conversation" in form.text  # the paper's criteria
 
     conn = sqlite3.connect(served.db)
     try:
@@ -120,6 +140,9 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
             "SELECT mode, rater FROM sessions WHERE session_id = ?", (point_sid,)
         ).fetchone()
         assert (mode, rater) == ("pointwise", "browser-rater")
+        assert conn.execute(
+            "SELECT rater FROM sessions WHERE session_id = ?", (second_sid,)
+        ).fetchone() == ("second-rater",)
         assert conn.execute(
             "SELECT user_text FROM turns WHERE session_id = ? ORDER BY turn_index", (point_sid,)
         ).fetchall() == [
