@@ -67,6 +67,8 @@ def cmd_report_human(args: argparse.Namespace) -> int:
 
     db = human_db_path(args)
     out = Path(args.human_out) if args.human_out else db.parent / "report"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--human-out {out} is not a folder; name a folder for the report")
     report = human_report(db, out)
     print(
         json.dumps(

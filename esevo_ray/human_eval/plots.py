@@ -78,9 +78,10 @@ def pairwise_figure(entries: list[dict], path: Path) -> str:
                 )
         left = [a + r for a, r in zip(left, rates, strict=True)]
     wins = [e["win"]["rate"] for e in entries]
+    cis = [(e["win"]["ci_low"], e["win"]["ci_high"]) for e in entries]  # None: one session
     err = [
-        [w - e["win"]["ci_low"] for w, e in zip(wins, entries, strict=True)],
-        [e["win"]["ci_high"] - w for w, e in zip(wins, entries, strict=True)],
+        [0.0 if lo is None else w - lo for w, (lo, _) in zip(wins, cis, strict=True)],
+        [0.0 if hi is None else hi - w for w, (_, hi) in zip(wins, cis, strict=True)],
     ]
     ax.errorbar(wins, [y + 0.18 for y in ys], xerr=err, fmt="none", ecolor="black", capsize=3)
     ax.set_yticks(ys, [f"{e['model']} vs {e['opponent']} (n={e['n']})" for e in entries])

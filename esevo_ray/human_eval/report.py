@@ -48,6 +48,14 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
+def _interval(low: float, high: float, none: bool) -> dict:
+    return (
+        {"ci_low": None, "ci_high": None}
+        if none
+        else {"ci_low": float(low), "ci_high": float(high)}
+    )
+
+
 def pointwise_summary(ratings: list[dict]) -> dict[str, dict[str, dict]]:
     """{model: {dimension: {n, mean, ci_low, ci_high}}} from rating rows."""
     by: dict[str, dict[str, list[int]]] = {}
@@ -97,16 +105,13 @@ def pairwise_summary(votes: list[dict], n_boot: int = 2000, seed: int = 0) -> li
         margin = np.percentile(rates[:, 0] - rates[:, 2], [2.5, 97.5])
         n = int(total.sum())
         entry = {"model": x, "opponent": y, "n": n, "sessions": len(per)}
+
+        # Every resample of one session is that session: no interval (as bootstrap_ci).
+        one = len(per) < 2
         for i, outcome in enumerate(OUTCOMES):
-            entry[outcome] = {
-                "count": int(total[i]), "rate": total[i] / n,
-                "ci_low": float(lo[i]), "ci_high": float(hi[i]),
-            }  # fmt: skip
-        entry["margin"] = {
-            "value": (total[0] - total[2]) / n,
-            "ci_low": float(margin[0]),
-            "ci_high": float(margin[1]),
-        }
+            entry[outcome] = {"count": int(total[i]), "rate": total[i] / n,
+                              **_interval(lo[i], hi[i], one)}  # fmt: skip
+        entry["margin"] = {"value": (total[0] - total[2]) / n, **_interval(*margin, one)}
         out.append(entry)
     return out
 

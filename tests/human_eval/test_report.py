@@ -80,6 +80,8 @@ def test_pairwise_intervals_resample_sessions_not_votes():
     assert entry["margin"]["ci_low"] < -0.5 < 0.5 < entry["margin"]["ci_high"]
     one = pairwise_summary([v for v in votes if v["session_id"] == "s0"])[0]
     assert one["sessions"] == 1 and one["win"]["rate"] == 1.0
+    # Every resample of one session is that session: no interval, not one of width 0.
+    assert one["win"]["ci_low"] is None and one["margin"]["ci_high"] is None
 
 
 def _fill(db) -> None:
@@ -172,6 +174,20 @@ def test_cli_report_human_names_a_db_that_is_not_one(tmp_path, capsys):
         assert main(["report", "human", "--db", str(tmp_path / db)]) == 2
         err = capsys.readouterr().err.strip()
         assert "is not a human evaluation database" in err and "\n" not in err, err
+
+
+def test_cli_report_human_refuses_an_output_that_is_a_file(tmp_path, capsys):
+    from esevo_ray.cli import main
+
+    db = tmp_path / "db.sqlite"
+    _fill(db)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert (
+        main(["report", "human", "--db", str(db), "--human-out", str(tmp_path / "notes.txt")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "--human-out" in err and "is not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_cli_report_help_shows_both_reports():
