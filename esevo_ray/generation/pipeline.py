@@ -259,7 +259,9 @@ def run_engine_actors(
     ds = _actor_dataset(cfg, gen, pending, out_dir, actor, progress.placement, dict(
         model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,
     ))  # fmt: skip
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    # No prefetch: Ray Data would hold each finished batch back until the next one is done,
+    # so progress (and the ETA) came a batch late, and not at all before a second batch.
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         elapsed = time.perf_counter() - t0
         progress.add(batch, elapsed)
         done = progress.rows
