@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from esevo_ray.io import atomic_dir, files_digest
+from esevo_ray.storage import job_copy_hint
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def resolve_model(path: str | None) -> Path:
     if path is None:
         return prepare_default_model()
     p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model path {p} does not exist{job_copy_hint(p)}")
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"model path {p} has no config.json (a Hugging Face model folder)")
     return p

@@ -35,6 +35,24 @@ class StorageError(ConfigError):
     """A path the stage needs is not the same on every node of the Ray cluster."""
 
 
+def job_copy() -> Path | None:
+    """The working dir when it is Ray's temporary copy of a job's (`ray job submit
+    --working-dir`): it holds the uploaded code, not the user's runs, data or models, and
+    goes with the Ray session. None elsewhere."""
+    cwd = Path.cwd()
+    return cwd if any(part.startswith("_ray_pkg_") for part in cwd.parts) else None
+
+
+def job_copy_hint(path: str | Path) -> str:
+    """Why a relative `path` is not found in a Ray job; '' for an absolute one, or outside."""
+    if Path(path).is_absolute() or (cwd := job_copy()) is None:
+        return ""
+    return (
+        f" (a relative path in a Ray job is read in Ray's copy of its working dir, {cwd}, "
+        "which holds only the uploaded code: pass an absolute path)"
+    )
+
+
 def signature(path: str | Path) -> list[tuple[str, int]] | None:
     """What a node sees at `path`: (relative name, size) of each file, or None if absent."""
     path = Path(path)

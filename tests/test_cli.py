@@ -267,6 +267,17 @@ def test_a_ray_job_needs_an_absolute_output_dir(tmp_path, monkeypatch, capsys):
     assert main(["data", "prepare", "--config", "run.yaml", "--out", "mydata", absolute]) == 2
     assert "--out 'mydata' is relative, and this job runs in Ray's" in _error(capsys)
     assert not (job_dir / "mydata").exists()
+    # A relative input is read in that copy too: not "no folder there" alone, nor a
+    # model folder "without config.json" that is not there at all.
+    copy = "a relative path in a Ray job is read in Ray's copy of its working dir"
+    runs = f"output_dir={tmp_path / 'runs'}"
+    pairs = ["dpo", "--config", "run.yaml", "--iteration", "1", "--pairs", "runs/t/m1/pairs"]
+    assert main([*pairs, runs]) == 2
+    assert f"--pairs runs/t/m1/pairs: no preference pairs there ({copy}" in _error(capsys)
+    from esevo_ray.models import resolve_model
+
+    with pytest.raises(FileNotFoundError, match=rf"model path models/x does not exist \({copy}"):
+        resolve_model("models/x")
 
 
 def test_eval_of_another_runs_adapter_never_lands_in_this_runs_model_folder(

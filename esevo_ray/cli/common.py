@@ -23,6 +23,7 @@ from esevo_ray.layout import RunLayout, is_adapter  # noqa: E402
 from esevo_ray.parts import PartsConflict  # noqa: E402
 from esevo_ray.pipeline.manifest import RunConflict, recorded, run_lock  # noqa: E402
 from esevo_ray.schema import SchemaError  # noqa: E402
+from esevo_ray.storage import job_copy, job_copy_hint  # noqa: E402
 
 # Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
 # bug and keeps its traceback.
@@ -60,8 +61,7 @@ def check_output_dir(cfg: RunConfig) -> None:
 
 
 def _check_job_path(path: str | Path, name: str, what: str, example: str) -> None:
-    cwd = Path.cwd()
-    if not Path(path).is_absolute() and any(part.startswith("_ray_pkg_") for part in cwd.parts):
+    if not Path(path).is_absolute() and (cwd := job_copy()) is not None:
         raise ConfigError(
             f"{name} {str(path)!r} is relative, and this job runs in Ray's temporary copy of "
             f"its working dir ({cwd}): {what} would be lost with the Ray session; pass an "
@@ -178,7 +178,8 @@ def existing(
     """`path` as a Path, or a UsageError naming `flag` when it does not exist (or, with
     `folder`, is not a folder)."""
     if path is None or not Path(path).exists():
-        raise UsageError(f"{flag} {path}: no {what} there{'; ' + hint if hint else ''}")
+        where = job_copy_hint(path) if path is not None else ""
+        raise UsageError(f"{flag} {path}: no {what} there{where}{'; ' + hint if hint else ''}")
     if folder and not Path(path).is_dir():
         raise UsageError(f"{flag} {path}: a file, not a {what}")
     return Path(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from esevo_ray.data.dialogue import SEEKER, SUPPORTER, DataError, Dialogue, Turn
+from esevo_ray.storage import job_copy_hint
 
 OnBad = Literal["error", "skip"]
 
@@ -81,7 +82,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
 def _load(path: str | Path, parse: Callable[[Any, str], Any], on_bad: OnBad, label: str) -> Loaded:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{label} file not found: {path}")
+        raise FileNotFoundError(f"{label} file not found: {path}{job_copy_hint(path)}")
     out = Loaded()
     for n, record in _records(path):
         where = f"{path}: record {n}"
