@@ -150,6 +150,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
         RunConflict: the run was made by another config, or another driver runs it now.
     """
     run = RunLayout.of(cfg)
+    warn_unused_dpo_lora(cfg)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest
         run.migrate()
         if removed := remove_leftovers(run.root):
@@ -232,6 +233,18 @@ def iteration_seeds(cfg: RunConfig, run: RunLayout, t: int) -> Path:
         return write_seed_part(run.seed_contexts, run.seeds(t), t, cfg.evolve.iterations)
     except ValueError as e:
         raise ConfigError(f"evolve.seed_split: {e}") from None
+
+
+def warn_unused_dpo_lora(cfg: RunConfig) -> None:
+    """Under evolve.init: sft every DPO continues M^t's adapter, whose LoRA is sft.lora's: a
+    dpo.lora of its own is recorded and never used (said at once, not at the first DPO)."""
+    if cfg.evolve.init == "sft" and cfg.evolve.iterations and cfg.dpo.lora != cfg.sft.lora:
+        differ = [k for k, v in cfg.dpo.lora if v != getattr(cfg.sft.lora, k)]
+        logger.warning(
+            "dpo.lora (%s) is not used: under evolve.init: sft each DPO continues the adapter "
+            "of M^t, trained with sft.lora; set sft.lora to change the LoRA",
+            ", ".join(f"{k}={getattr(cfg.dpo.lora, k)}" for k in differ),
+        )
 
 
 def _check_seed_split(cfg: RunConfig, run: RunLayout) -> None:

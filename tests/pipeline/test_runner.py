@@ -415,3 +415,16 @@ def test_a_stage_that_reconciles_its_outputs_finds_them_in_place(tmp_path):
     judge(4)
     assert calls == ["", "2 verdicts"] and out.read_text() == "4 verdicts"
     assert not [p for p in tmp_path.iterdir() if ".stale-" in p.name]
+
+
+def test_a_dpo_lora_the_loop_never_uses_is_named_at_its_start(caplog):
+    """Under evolve.init: sft each DPO continues M^t's adapter: dpo.lora.r=64 was recorded
+    and ignored, said (for r and alpha only) after SFT and the first pairs."""
+    from esevo_ray.pipeline.evolve import warn_unused_dpo_lora
+
+    with caplog.at_level(logging.WARNING):
+        warn_unused_dpo_lora(load_config(None, ["dpo.lora.r=64", "dpo.lora.dropout=0.2"]))
+        warn_unused_dpo_lora(load_config(None, ["evolve.init=base", "dpo.lora.r=64"]))
+        warn_unused_dpo_lora(load_config(None, []))
+    assert caplog.text.count("is not used") == 1
+    assert "dpo.lora (r=64, dropout=0.2) is not used: under evolve.init: sft" in caplog.text
