@@ -234,7 +234,24 @@ def place(
         "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,
         placement.gpus,
     )  # fmt: skip
+    if nodes:
+        _say_if_waiting(cpus, placement.gpus, key)
     return placement
+
+
+def _say_if_waiting(cpus: float, gpus: float, key: str) -> None:
+    """Warn when the cluster has too few free CPUs or GPUs for one actor now: Ray starts it
+    when other work (another job) frees them, and says nothing meanwhile."""
+    import ray
+
+    free = ray.available_resources()
+    needs = {"CPU": cpus, "GPU": gpus}
+    short = [f"{n:g} {r} ({free.get(r, 0):g} free)" for r, n in needs.items() if n > free.get(r, 0)]
+    if short:
+        logger.warning(
+            "%s: one engine actor needs %s now, held by other work on the cluster: it starts "
+            "when they are freed", key, " and ".join(short),
+        )  # fmt: skip
 
 
 def enter_actor(placement: Placement, key: str) -> dict[str, Any]:

@@ -217,3 +217,27 @@ def test_cpus_the_cluster_lacks_stop_the_stage_at_once(
     with pytest.raises(PlacementError, match="generation.cpus_per_actor is 64"):
         generate_pairs(cfg, path, tmp_path / "pairs", model_path=tiny_model)
     assert not list((tmp_path / "pairs").glob(PART_GLOB))
+
+
+def test_an_actor_waiting_for_cpus_other_work_holds_is_said(ray_local, caplog):
+    """A job whose actor waits for CPUs another job holds logged nothing until it started."""
+    import logging
+
+    import ray
+
+    from esevo_ray.generation.placement import place
+
+    @ray.remote(num_cpus=2)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    cfg = load_config(None, ["generation.engine=hf"]).generation
+    try:
+        with caplog.at_level(logging.WARNING, logger="esevo_ray.generation.placement"):
+            place(cfg, "hf", 1, "generation", cpus=1)
+    finally:
+        ray.kill(holder)
+    assert "generation: one engine actor needs 1 CPU (0 free) now" in caplog.text
