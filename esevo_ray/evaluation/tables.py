@@ -176,4 +176,9 @@ def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = 
             f"{table}\n\nJudge: {next(iter(judges.values()))}, but the rows were judged under "
             f"different settings ({', '.join(differ)}): they do not compare."
         )
-    return f"{table}\n\nJudge: {next(iter(judges.values()))}."
+    note = ""
+    if "seed" in differing_settings(list((settings or {}).values()), asked=True):
+        # Other seeds draw other samples of contexts: few are shared (5 of 100, say).
+        note = " The rows were judged on samples drawn with other seeds: `n` counts the few"
+        note += " contexts they share."
+    return f"{table}\n\nJudge: {next(iter(judges.values()))}.{note}"

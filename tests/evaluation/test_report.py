@@ -237,6 +237,17 @@ def test_table_7_refuses_a_file_of_several_models():
         table_7({"m1": both})
 
 
+def test_table_7_says_when_rows_were_judged_on_samples_of_other_seeds():
+    """Other judge seeds compare, but draw other contexts: a few shared ones alone."""
+    from esevo_ray.evaluation.tables import judge_table as table_7
+
+    judged = {"M0": judge_table("m0", [3, 2]), "M1": judge_table("m1", [4, 4])}
+    same = table_7(judged, {"M0": {"seed": 0}, "M1": {"seed": 0}})
+    other = table_7(judged, {"M0": {"seed": 0}, "M1": {"seed": 1}})
+    assert "other seeds" not in same and "do not compare" not in other
+    assert "judged on samples drawn with other seeds: `n` counts the few" in other
+
+
 def test_table_7_leaves_a_dimension_a_model_was_not_judged_on_to_the_others():
     """M1 judged on coherence only: its empathy is "–", the others' empathy is still there."""
     import pyarrow.compute as pc
