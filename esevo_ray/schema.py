@@ -176,19 +176,26 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
         _check_parquet(f, schema)
     try:
         table = ds.dataset(files, format="parquet").to_table()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SchemaError(f"{path}: unreadable Parquet ({e})") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
+        # One file's column of another type than the first file's (a list for a string, say)
+        raise SchemaError(f"{path}: unreadable Parquet, or files of other types ({e})") from None
     return conform(table, schema, where=str(path))
 
 
 def _check_parquet(path: str | Path, schema: pa.Schema) -> None:
-    """Raise SchemaError unless `path` has a readable Parquet footer and `schema`'s columns."""
+    """Raise SchemaError unless `path` has a readable Parquet footer and `schema`'s columns,
+    with every struct field: a folder's files are read as the first one's schema, and a
+    later file's message {role, text} came back as {role, content: None}."""
     try:
-        names = pq.read_schema(path).names
+        found = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: not a Parquet file ({e})") from None
-    if missing := [name for name in schema.names if name not in names]:
-        raise SchemaError(f"{path}: missing columns {missing} (has {names})")
+    if missing := [name for name in schema.names if name not in found.names]:
+        raise SchemaError(f"{path}: missing columns {missing} (has {found.names})")
+    for field in schema:
+        got = found.field(field.name).type
+        if absent := _absent_fields(got, field.type, field.name):
+            raise SchemaError(f"{path}: column {field.name!r} is {got}, without {absent}")
 
 
 # chosen_source of a {HM, P} pair (Table 5): the chosen response is the human reference.

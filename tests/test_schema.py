@@ -59,3 +59,26 @@ def test_a_message_without_its_content_field_is_an_error_not_a_null(tmp_path):
         SchemaError, match=r"column 'context' is .* without \['context\[\]\.content'\]"
     ):
         read_table(tmp_path / "contexts.parquet", CONTEXTS)
+
+
+def test_a_later_part_without_a_struct_field_is_an_error_naming_it(tmp_path):
+    """A folder is read as its first file's schema: a later part's {role, text} messages
+    came back as {role, content: None}, and DPO trained on empty messages."""
+    from esevo_ray.schema import CONTEXTS
+
+    def part(i: int, message: dict) -> None:
+        row = {name: None for name in CONTEXTS.names}
+        row.update(dialogue_id=f"d{i}", turn_index=1, context=[message])
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / f"part-{i}.parquet")
+
+    part(0, {"role": "user", "content": "hi there"})
+    part(1, {"role": "user", "text": "hi"})
+    with pytest.raises(SchemaError, match=r"part-1.parquet: column 'context' is .* without"):
+        read_table(tmp_path, CONTEXTS)
+
+
+def test_parts_of_other_column_types_are_a_schema_error(tmp_path):
+    pq.write_table(pa.table({"a": [1]}, schema=SCHEMA), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"a": [[1, 2]]}), tmp_path / "part-1.parquet")
+    with pytest.raises(SchemaError, match="unreadable Parquet, or files of other types"):
+        read_table(tmp_path, SCHEMA)
