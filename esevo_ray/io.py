@@ -168,9 +168,9 @@ def check_replaceable(path: str | Path, *, holds: str | tuple[str, ...], what: s
     (names, or glob patterns): not an earlier `what` but something else (a whole run given as
     --out, say) that writing there would replace or mix with."""
     path, marks = Path(path), (holds,) if isinstance(holds, str) else holds
-    if path.is_file() or (
-        path.is_dir() and any(path.iterdir()) and not any(any(path.glob(m)) for m in marks)
-    ):
+    # A write of ours that a kill left unfinished is no one else's content.
+    own = [p for p in path.iterdir() if not _TEMP_NAME.fullmatch(p.name)] if path.is_dir() else []
+    if path.is_file() or (own and not any(any(path.glob(m)) for m in marks)):
         raise UsageError(
             f"{path} exists and is not a {what} folder (it has no {' or '.join(marks)}); "
             "choose an empty or new folder, nothing in it is replaced"
@@ -195,6 +195,8 @@ def atomic_dir(
     leaves the old version aside, and the next call on `path` puts it back first.
     """
     path = Path(path)
+    if path.is_symlink():  # replace what it points to (data on another disk, say): renamed,
+        path = path.resolve()  # the link itself went aside and its target was left behind
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():

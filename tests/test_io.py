@@ -140,3 +140,32 @@ def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
     assert os.path.exists(young) and (m1 / "manifest.json").exists()
     assert (Path(filling) / "metrics.png").exists()
     assert (m1 / "adapter.tmp").is_dir() and (tmp_path / ".cache.tmp").exists()
+
+
+def test_a_killed_write_of_ours_does_not_make_a_folder_someone_elses(tmp_path):
+    """A kill while the first producer.json was written left only its temporary file, and
+    every rerun was refused as writing into a folder that is not a parts folder."""
+    from esevo_ray.errors import UsageError
+    from esevo_ray.io import check_replaceable
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    (folder / ".producer.json.ab12cd34.tmp").write_text('{"half')
+    check_replaceable(folder, holds="producer.json", what="generation parts")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not a generation parts folder"):
+        check_replaceable(folder, holds="producer.json", what="generation parts")
+
+
+def test_a_folder_that_is_a_link_is_replaced_where_it_points(tmp_path):
+    """The link itself was renamed aside and a plain folder put in its place: the data left
+    the disk it was linked to, and the next replacement failed on the link left aside."""
+    target, link = tmp_path / "bigdisk" / "data", tmp_path / "run" / "data"
+    target.mkdir(parents=True)
+    link.parent.mkdir()
+    link.symlink_to(target)
+    for version in ("v1", "v2"):
+        with atomic_dir(link) as tmp:
+            (tmp / "rows.txt").write_text(version)
+    assert link.is_symlink() and (target / "rows.txt").read_text() == "v2"
+    assert sorted(p.name for p in link.parent.iterdir()) == ["data"]
