@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,34 +133,30 @@ def remove_leftovers(root: str | Path, older_than_s: float = 600.0) -> list[Path
     return removed
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(**_beside(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish_file(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_parquet(table: pa.Table, path: str | Path) -> Path:
-    """Write one Parquet file atomically (temp file in the same folder, then rename)."""
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """`write(tmp)` to a hidden sibling of `path`, published as `path` only once whole and
+    flushed (a kill leaves `path` as it was and a temporary file `remove_leftovers` clears)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(**_beside(path))
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         _publish_file(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> Path:
+    """Write one Parquet file atomically (temp file in the same folder, then rename)."""
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def check_replaceable(path: str | Path, *, holds: str | tuple[str, ...], what: str) -> None:

@@ -31,6 +31,15 @@ def test_outputs_get_the_umask_permissions_not_the_temporary_files(tmp_path, uma
         (tmp / "f.txt").write_text("x")
     assert _mode(tmp_path / "a.json") == _mode(tmp_path / "a.parquet") == 0o644
     assert _mode(tmp_path / "folder") == 0o755
+    # The human report's figures were written by a copy of this, left owner-only (0600).
+    from esevo_ray.human_eval.plots import pairwise_figure
+
+    entry = {"model": "m1", "opponent": "m0", "n": 2, "sessions": 1}
+    entry |= {o: {"count": 1, "rate": 0.5, "ci_low": None, "ci_high": None}
+              for o in ("win", "tie", "loss")}  # fmt: skip
+    pairwise_figure([entry], tmp_path / "figures" / "pair.png")
+    assert _mode(tmp_path / "figures" / "pair.png") == 0o644
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["pair.png"]
 
 
 def test_a_published_file_and_its_folder_entry_are_flushed(tmp_path, monkeypatch):
