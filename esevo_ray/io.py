@@ -228,6 +228,22 @@ def atomic_dir(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | Path) -> Iterator[None]:
+    """An flock on the file `path`, waited for: one process at a time makes what several
+    would make alike (a merged model). The kernel releases it however the holder ends."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def emit_json(report: dict, out: str | Path | None = None) -> None:
     """Print a JSON report and, if `out` is given, also write it there atomically."""
     import json

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from esevo_ray.io import atomic_dir, files_digest
+from esevo_ray.io import atomic_dir, files_digest, waiting_lock
 from esevo_ray.storage import job_copy_hint
 
 logger = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32")
     The cache key holds the base folder (its path and files: another model of the same name,
     or one converted again in place, is another base), the adapter's weights hash and its
     adapter_config.json (r, alpha and the targets change the merged weights), and the dtype.
-    Engine actors that merge at once each publish only where none did before them.
+    Engine actors that ask at once on one node wait for the first one's merge.
     """
     import torch
     from peft import PeftModel
@@ -316,12 +316,17 @@ def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32")
     out = cache_dir() / "merged" / key
     if (out / "config.json").exists():
         return out
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(
-        adapter if (adapter / "tokenizer_config.json").exists() else base
-    )
-    with atomic_dir(out, keep_existing=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    # Engine actors starting together on one node merge once: each of them loading the
+    # base model to merge it held the model in host memory as many times (8 x 16 GB).
+    with waiting_lock(out.with_name(f".{key}.lock")):
+        if (out / "config.json").exists():  # merged by the actor we waited for
+            return out
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(
+            adapter if (adapter / "tokenizer_config.json").exists() else base
+        )
+        with atomic_dir(out, keep_existing=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return out

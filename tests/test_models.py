@@ -76,3 +76,33 @@ def test_merged_models_are_cached_per_base_folder_and_adapter_config(tmp_path, m
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 64}))
     assert merge_adapter(base_a, adapter) not in (merged_a, merged_b)
+
+
+def test_actors_merging_one_adapter_at_once_merge_it_once(tmp_path, monkeypatch):
+    """Each engine actor loaded the base model to merge the same adapter, together: host
+    memory held the model once per actor (and each wrote a copy, all but one deleted)."""
+    import threading
+
+    import transformers
+
+    from esevo_ray.models import build_tiny_adapter, build_tiny_model, merge_adapter
+
+    monkeypatch.setenv("ESEVO_CACHE_DIR", str(tmp_path / "cache"))
+    base = build_tiny_model(tmp_path / "base", seed=0)
+    adapter = build_tiny_adapter(base, tmp_path / "adapter", seed=1)
+    loads, load = [], transformers.AutoModelForCausalLM.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        threading.Event().wait(0.5)  # the others arrive while this one merges
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counted)
+    merged: list = []
+    threads = [threading.Thread(target=lambda: merged.append(merge_adapter(base, adapter)))
+               for _ in range(3)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(set(merged)) == 1 and len(merged) == 3
