@@ -24,6 +24,7 @@ from esevo_ray.models import adapter_hash, adapter_rank, lora_rank_bound, merge_
 from esevo_ray.numerics import engine_dtype
 
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
+LOWEST_TEMPERATURE = 1e-2  # vLLM's _MAX_TEMP: a lower one (not greedy) samples at this one
 
 
 @dataclass
@@ -272,7 +273,7 @@ def sampling_processors(decoding: DecodingSection, seeds: list[int]) -> list:
 
     processors: list = []
     if decoding.temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(decoding.temperature))
+        processors.append(TemperatureLogitsWarper(max(decoding.temperature, LOWEST_TEMPERATURE)))
     if decoding.top_k > 0:
         processors.append(TopKLogitsWarper(decoding.top_k))
     if decoding.top_p < 1.0:

@@ -40,6 +40,23 @@ def test_hf_engine_treats_a_vanishing_temperature_as_greedy(tiny_model):
     assert [c.text for c in engine.chat(MESSAGES, tiny, [1, 2])] == _texts(engine)
 
 
+def test_a_temperature_vllm_raises_is_raised_alike_on_the_hf_engine():
+    """vLLM samples any temperature in (1e-5, 0.01) at 0.01; the HF engine sampled at the
+    temperature asked: another distribution for the same setting."""
+    import torch
+
+    from esevo_ray.generation.engines import sampling_processors
+
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+
+    def warped(temperature: float) -> torch.Tensor:
+        decoding = DecodingSection(temperature=temperature, top_k=0, top_p=1.0)
+        return sampling_processors(decoding, [0])[0](None, logits.clone())
+
+    assert torch.equal(warped(0.001), warped(0.01))
+    assert not torch.equal(warped(0.02), warped(0.01))
+
+
 def test_hf_engine_samples_each_row_from_its_own_seed(tiny_model):
     """As on vLLM, a sampled reply depends on its seed, not on the rows batched with it (a
     resumed stage batches the rows left to do otherwise)."""
