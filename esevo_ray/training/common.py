@@ -267,6 +267,11 @@ def build_trainer(
     )
     check_eval_rows(trainer, where, section)
     dropped = len(train) - len(trainer.train_dataset)
+    if dropped == len(train):  # else transformers: "num_samples should be a positive integer"
+        raise DataError(
+            f"{where}: every one of the {dropped} training rows was dropped because its prompt "
+            f"fills {where}.max_length={section.max_length}: raise it"
+        )
     if dropped:
         # TRL truncates keeping the start, then drops rows left without response tokens.
         logger.warning(
@@ -325,4 +330,10 @@ def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type
     )
     if train.num_rows == 0:
         raise DataError(f"{job.data_path}: {table.num_rows} rows leave nothing to train on")
+    if held_out is None and section.eval_fraction > 0:
+        logger.warning(
+            "%s: eval_fraction=%g of %d rows holds out no whole dialogue: no eval loss%s",
+            job.stage, section.eval_fraction, table.num_rows,
+            ", so early stopping is off" if section.early_stopping_patience is not None else "",
+        )  # fmt: skip
     return {"train_rows": train.num_rows, "eval_rows": held_out.num_rows if held_out else 0}

@@ -202,6 +202,12 @@ def test_rows_that_do_not_fit_max_length_are_named(make_cfg, pairs_path, tmp_pat
     dropped = 8 - len(trainer.train_dataset)
     assert dropped > 0
     assert f"dpo: {dropped} of 8 training rows dropped: the prompt fills" in caplog.text
+    from esevo_ray.data.dialogue import DataError
+
+    # None left: a clear error, not transformers' "num_samples should be a positive integer"
+    cfg = make_cfg("dpo.max_length=300")
+    with pytest.raises(DataError, match=r"dpo: every one of the 8 training rows was dropped"):
+        build_dpo_trainer(cfg, dpo_job(cfg, pairs_path, None), str(tmp_path / "hf2"))
 
 
 def test_dpo_lora_settings_that_an_init_adapter_overrides_are_named(

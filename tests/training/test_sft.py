@@ -141,7 +141,7 @@ def test_early_stopping_on_a_metric_of_ones_own_keeps_its_best(make_cfg):
     assert loss.metric_for_best_model == "eval_loss" and loss.greater_is_better is False
 
 
-def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
+def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir, caplog):
     from trl import SFTConfig
 
     from esevo_ray import schema
@@ -161,10 +161,13 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir):
     table = sft_table(8)
     ids = [f"d{i // 4}:{2 * (i % 4) + 1}" for i in range(8)]
     write_parquet(table.set_column(0, "example_id", pa.array(ids)), sft_dir / "sft.parquet")
-    assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
-        "train_rows": 8,
-        "eval_rows": 0,
-    }
+    with caplog.at_level("WARNING", logger="esevo_ray.training"):
+        assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
+            "train_rows": 8,
+            "eval_rows": 0,
+        }
+    # Early stopping turned off without a word.
+    assert "sft: eval_fraction=0.25 of 8 rows holds out no whole dialogue" in caplog.text
     missing = TrainJob("sft", job.model_path, job.data_path, init_adapter=str(sft_dir))
     with pytest.raises(FileNotFoundError, match="adapter_config"):
         common.preflight(cfg, missing, schema.SFT_ROWS, SFTConfig)
