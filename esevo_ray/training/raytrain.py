@@ -247,7 +247,10 @@ def export(
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             save_config(cfg, tmp / "config.yaml")
             atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
-    logger.info("%s: adapter written to %s (%d steps)", job.stage, out_dir, summary["global_step"])
+    logger.info(
+        "%s: adapter written to %s (step %s of %d)", job.stage, out_dir,
+        summary.get("adapter_step", summary["global_step"]), summary["global_step"],
+    )  # fmt: skip
     return out_dir
 
 
@@ -359,13 +362,16 @@ def summarize(
     stage: str, trainer: Any, output: Any, seconds: float, resumed: str | None
 ) -> dict[str, Any]:
     """Steps, losses, timing and early-stopping outcome of one finished `train()`."""
-    from esevo_ray.training.callbacks import latest_metrics
+    from esevo_ray.training.callbacks import best_step, latest_metrics
 
     state = trainer.state
     history = state.log_history
+    best = best_step(state.best_model_checkpoint) if trainer.args.load_best_model_at_end else None
     return {
         "stage": stage,
         "global_step": state.global_step,
+        # The step whose weights the adapter holds: the best checkpoint's under early stopping.
+        "adapter_step": best if best is not None else state.global_step,
         "max_steps": state.max_steps,
         "epoch": state.epoch,
         "stopped_early": state.global_step < state.max_steps,

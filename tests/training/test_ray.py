@@ -78,6 +78,9 @@ def test_sft_run_writes_an_adapter_that_reloads_and_generates(sft_adapter, tiny_
     summary = json.loads((sft_adapter / "train_summary.json").read_text())
     assert summary["global_step"] == 3 and summary["world_size"] == 1
     assert len(summary["eval_losses"]) == 3 and summary["best_eval_loss"] is not None
+    # The adapter is the best evaluation's (a checkpoint every step), which the summary names.
+    best = min(summary["eval_losses"], key=lambda e: e[1])
+    assert summary["adapter_step"] == best[0] and best[1] == summary["best_eval_loss"]
     assert summary["config_digest"] == load_config(sft_adapter / "config.yaml").digest()
     # Run again after the failure, the stage continued from the checkpoint at step 2.
     assert summary["resumed_from_step"] == 2 and summary["run_name"].startswith("t-sft-")
