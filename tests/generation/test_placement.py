@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,9 @@ def test_an_actor_waiting_for_cpus_other_work_holds_is_said(ray_local, caplog):
 
     holder = Holder.remote()
     ray.get(holder.ready.remote())
+    deadline = time.monotonic() + 30  # the cluster's view of free resources lags a little
+    while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     cfg = load_config(None, ["generation.engine=hf"]).generation
     try:
         with caplog.at_level(logging.WARNING, logger="esevo_ray.generation.placement"):
