@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -259,9 +261,7 @@ def run_engine_actors(
     ds = _actor_dataset(cfg, gen, pending, out_dir, actor, progress.placement, dict(
         model_path=str(model_path), adapter=str(adapter) if adapter else None, **actor_kwargs,
     ))  # fmt: skip
-    # No prefetch: Ray Data would hold each finished batch back until the next one is done,
-    # so progress (and the ETA) came a batch late, and not at all before a second batch.
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+    for batch in finished_batches(ds):
         elapsed = time.perf_counter() - t0
         progress.add(batch, elapsed)
         done = progress.rows
@@ -272,6 +272,13 @@ def run_engine_actors(
     progress.seconds = time.perf_counter() - t0
     progress.record_profile(driver_io)
     return progress
+
+
+def finished_batches(ds: Any) -> Iterator[pa.Table]:
+    """Each batch of `ds` as soon as it is done. No prefetch: Ray Data would hold a finished
+    batch back until the next one is done, so progress (and its ETA) came a batch late, and
+    not at all before a second batch."""
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
 BATCH_RETRIES = 3

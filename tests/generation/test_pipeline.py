@@ -246,3 +246,33 @@ def test_eval_responses_cover_every_context_once(ray_local, tiny_model, contexts
 
     assert keys(table) == keys(expected)
     assert table["golden"].to_pylist() != table["response"].to_pylist()
+
+
+def test_each_batch_reaches_the_driver_as_soon_as_it_is_done(ray_local, tmp_path):
+    """Ray Data's prefetch held a finished batch back until the next one was done: progress
+    came a batch late, and a stage of two batches logged nothing until it ended. Here the
+    second batch waits (20 s at most) for the driver to have the first."""
+    import time
+
+    import ray
+
+    from esevo_ray.generation.pipeline import finished_batches
+
+    seen = tmp_path / "first-batch-seen"
+
+    def work(batch: dict) -> dict:
+        waited = True
+        if batch["i"][0] == 1:
+            deadline = time.monotonic() + 20
+            while not seen.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            waited = seen.exists()
+        return {**batch, "driver_had_the_first": [waited]}
+
+    items = ray.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2)
+    batches = []
+    for batch in finished_batches(items.map_batches(work, batch_size=None)):
+        seen.touch()
+        batches.append(batch)
+    assert sorted(b["i"][0].as_py() for b in batches) == [0, 1]
+    assert all(b["driver_had_the_first"][0].as_py() for b in batches)
