@@ -37,7 +37,8 @@ def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
     """Record `producer` (flat: setting -> JSON value) as the writer of `out_dir`'s parts.
 
     A folder that already records one must have the same value for every setting both name
-    (a setting added since is not compared); a folder with parts but no record (written
+    (a setting added since is not compared), unless it holds no part yet (a run that failed
+    before its first batch: nothing to mix); a folder with parts but no record (written
     before producers were recorded) is taken over as it is.
 
     Raises:
@@ -47,6 +48,8 @@ def claim(out_dir: str | Path, producer: dict[str, Any]) -> None:
     producer = _flat(json.loads(json.dumps(producer)))  # as it reads back: tuples are lists
     old = recorded_producer(out_dir)
     changed = [k for k in sorted(old.keys() & producer.keys()) if old[k] != producer[k]]
+    if changed and not any(Path(out_dir).glob(PART_GLOB)):
+        old, changed = {}, []  # recorded by a run that wrote nothing: this one's instead
     if changed:
         diffs = "; ".join(f"{k}: {old[k]!r:.60} -> {producer[k]!r:.60}" for k in changed[:6])
         raise PartsConflict(

@@ -84,3 +84,16 @@ def test_check_complete_names_repeated_extra_and_missing_rows(tmp_path):
         check_complete(_table(("a", 1), ("z", 4)), contexts, tmp_path)
     with pytest.raises(RuntimeError, match="1 of 2 rows written"):
         check_complete(_table(("a", 1)), contexts, tmp_path)
+
+
+def test_a_run_that_wrote_no_part_does_not_hold_its_folder(tmp_path):
+    """A run that failed before its first batch (a context budget too small, say) left its
+    record, and the corrected rerun was refused for mixing rows there were none of."""
+    from esevo_ray.parts import claim, recorded_producer
+
+    claim(tmp_path, {"model": "m", "generation.max_context_tokens": 256})
+    claim(tmp_path, {"model": "m", "generation.max_context_tokens": 768})
+    assert recorded_producer(tmp_path)["generation.max_context_tokens"] == 768
+    write_part(tmp_path, _rows(("d", 1)), SCHEMA)
+    with pytest.raises(PartsConflict, match="generation.max_context_tokens: 768 -> 256"):
+        claim(tmp_path, {"model": "m", "generation.max_context_tokens": 256})

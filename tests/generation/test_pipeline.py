@@ -1,6 +1,7 @@
 """The generation pipeline end to end on the tiny model: both engines, resume, a killed actor."""
 
 import os
+import re
 import signal
 import threading
 import time
@@ -113,6 +114,12 @@ def test_a_folder_of_another_generator_is_not_resumed(
                     "generation.reflection_decoding.max_new_tokens": 20}),
             path, out, model_path=tiny_model, adapter=a,
         )  # fmt: skip
+    # Another base model of the same folder name: the name alone resumed one's rows.
+    import shutil
+
+    other = shutil.copytree(tiny_model, tmp_path / "elsewhere" / tiny_model.name)
+    with pytest.raises(PartsConflict, match=rf"model_path: '{re.escape(str(tiny_model))}' -> '"):
+        generate_pairs(cfg, path, out, model_path=other, adapter=a)
     # An edited refinement prompt is another generator too.
     from esevo_ray import prompts
 
