@@ -31,9 +31,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.tables import metrics_table
 
     layout = RunLayout(existing(args.run_dir, "run_dir", "run directory"))
-    held = getattr(args, "held", None)  # main()'s: released when the command ends
-    if held is not None:  # esevo evolve clears a stopped writer's temp folders under it
-        held.enter_context(run_lock(layout.root))
     layout.migrate()
     path = write_report(layout.root, relevance=args.relevance)
     stages = [s for s in find_stages(layout.root) if s.metrics is not None]

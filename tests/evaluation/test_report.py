@@ -157,19 +157,6 @@ def test_report_cli_prints_main_table(run_dir, capsys):
     assert "Jaccard" in (run_dir / "report" / "report.md").read_text()
 
 
-def test_report_cli_holds_the_run(run_dir, capsys):
-    """Its temp folder was taken for a stopped writer's by `esevo evolve` (which clears
-    those under the run lock) and published without what was deleted."""
-    from esevo_ray.cli import main
-    from esevo_ray.pipeline.manifest import run_lock
-
-    before = (run_dir / "report" / "report.md").stat().st_mtime_ns
-    with run_lock(run_dir):
-        assert main(["report", str(run_dir), "--relevance", "overlap"]) != 0
-    assert "is in use by" in capsys.readouterr().err
-    assert (run_dir / "report" / "report.md").stat().st_mtime_ns == before
-
-
 def test_report_on_empty_run_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no m<t>/eval"):
         write_report(tmp_path)
