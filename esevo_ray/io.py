@@ -105,11 +105,33 @@ def _last_touched(path: Path) -> float:
     return newest
 
 
+# Held (flock) by `atomic_dir` in its temporary folder while the block runs: a write that
+# is still going on, however long since it last wrote (a report computing its intervals).
+_WRITER_LOCK = ".writer.lock"
+
+
+def _being_written(folder: Path) -> bool:
+    """Whether the `atomic_dir` block that made `folder` still runs."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / _WRITER_LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def remove_leftovers(root: str | Path, older_than_s: float = 600.0) -> list[Path]:
     """Remove the temporary files and folders that writes under `root` left behind when their
     process was killed before publishing them (a folder of adapter weights, say), those in
-    which nothing changed for `older_than_s` (a write going on elsewhere, such as `esevo
-    report`'s, is younger); the paths removed. For a driver that holds `root`."""
+    which nothing changed for `older_than_s` and whose writer is gone (`esevo report`'s, say,
+    may run beside the loop); the paths removed. For a driver that holds `root`."""
     found = []
     for folder, subfolders, files in os.walk(root):  # a folder gone meanwhile is skipped
         found += [Path(folder, name) for name in sorted(subfolders + files)
@@ -118,7 +140,7 @@ def remove_leftovers(root: str | Path, older_than_s: float = 600.0) -> list[Path
     now, removed = time.time(), []
     for path in found:
         try:
-            if now - _last_touched(path) < older_than_s:
+            if now - _last_touched(path) < older_than_s or _being_written(path):
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -198,8 +220,10 @@ def atomic_dir(
     if old.exists() and not path.exists():
         old.rename(path)
     tmp = Path(tempfile.mkdtemp(**_beside(path)))
+    writer = _hold_writer_lock(tmp)
     try:
         yield tmp
+        (tmp / _WRITER_LOCK).unlink()  # not published; held until the end all the same
         if path.exists() and keep_existing:  # published meanwhile: this copy is dropped
             return
         os.chmod(tmp, 0o777 & ~_umask())
@@ -226,6 +250,15 @@ def atomic_dir(
         _fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(writer)
+
+
+def _hold_writer_lock(folder: Path) -> int:
+    import fcntl
+
+    fd = os.open(folder / _WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 @contextlib.contextmanager

@@ -178,3 +178,27 @@ def test_a_folder_that_is_a_link_is_replaced_where_it_points(tmp_path):
             (tmp / "rows.txt").write_text(version)
     assert link.is_symlink() and (target / "rows.txt").read_text() == "v2"
     assert sorted(p.name for p in link.parent.iterdir()) == ["data"]
+
+
+def test_a_folder_still_being_written_is_no_leftover_however_old(tmp_path):
+    """`esevo report` beside `esevo evolve`: nothing written for ten minutes while it
+    computed intervals, its temporary folder was cleared by evolve as a killed write's, and
+    the report published without the figures deleted from it."""
+    import time
+
+    old = time.time() - 3600
+    with atomic_dir(tmp_path / "report") as tmp:
+        (tmp / "metrics.png").write_bytes(b"png")
+        for path in (tmp / "metrics.png", tmp):
+            os.utime(path, (old, old))
+        assert remove_leftovers(tmp_path, older_than_s=60) == []
+        (tmp / "report.md").write_text("![](metrics.png)")
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["metrics.png", "report.md"]
+    # A writer that is gone (killed): its folder goes, lock file and all.
+    import tempfile
+
+    dead = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=tmp_path))
+    (dead / ".writer.lock").write_text("")
+    os.utime(dead / ".writer.lock", (old, old))
+    os.utime(dead, (old, old))
+    assert remove_leftovers(tmp_path, older_than_s=60) == [dead]
