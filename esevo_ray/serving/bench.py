@@ -169,7 +169,13 @@ def bench_serve_app(
     import ray
     from ray import serve
 
-    from esevo_ray.serving.deploy import APP_NAME, default_run_dir, served_run, start_app
+    from esevo_ray.serving.deploy import (
+        APP_NAME,
+        check_no_serve,
+        default_run_dir,
+        served_run,
+        start_app,
+    )
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     key = os.environ.get(cfg.serve.api_key_env)
@@ -179,6 +185,7 @@ def bench_serve_app(
     served_run(cfg, run)
     if not ray.is_initialized():
         ray.init()
+    check_no_serve(cfg.serve)
     load_before = round(os.getloadavg()[0], 2)
     offline = offline_tok_per_s(cfg, run, model, max_tokens, clients)
     start_app(cfg, run)

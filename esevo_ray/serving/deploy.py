@@ -177,6 +177,22 @@ def build_app(args: dict):
     return build_application(cfg, args.get("run_dir"))
 
 
+def check_no_serve(s: ServeSection) -> None:
+    """Raise UsageError when Serve runs on the connected Ray cluster already: it would keep
+    its own host and port, and stopping this application's Serve would stop every one."""
+    from ray import serve
+
+    running = serve.status()
+    if running.proxies or running.applications:
+        apps = ", ".join(sorted(running.applications)) or "none"
+        raise UsageError(
+            f"Ray Serve runs on this Ray cluster already (applications: {apps}): it would "
+            f"not listen on {s.host}:{s.port}, and stopping this one would stop them all. "
+            "Deploy beside them with `serve deploy cluster/serve.yaml`, or stop it first "
+            "(`serve shutdown`)"
+        )
+
+
 def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
     """Start Serve on cfg.serve.host:port with the application; returns the base URL.
 
@@ -192,15 +208,7 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
     served_run(cfg, run_dir)
     if not ray.is_initialized():
         ray.init()
-    running = serve.status()
-    if running.proxies or running.applications:
-        apps = ", ".join(sorted(running.applications)) or "none"
-        raise UsageError(
-            f"Ray Serve runs on this Ray cluster already (applications: {apps}): it would "
-            f"not listen on {cfg.serve.host}:{cfg.serve.port}, and stopping this one would "
-            "stop them all. Deploy beside them with `serve deploy cluster/serve.yaml`, or "
-            "stop it first (`serve shutdown`)"
-        )
+    check_no_serve(cfg.serve)
     app = build_application(cfg, run_dir)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=name, route_prefix="/")
