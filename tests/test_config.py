@@ -219,7 +219,7 @@ def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
         ),
         ("eval.judge.dimensions=[empathy, empathy]", "dimensions names one twice"),
         # M1 for m1 left the model out of the human study without a word
-        ("serve.human_eval.models=[m0, M1]", r"\['M1'\] are not served names"),
+        ("serve.human_eval.models=[m0, M1, m01]", r"\['M1', 'm01'\] are not served names"),
     ],
 )
 def test_bad_values_are_config_errors_that_name_them(override, message):

@@ -35,7 +35,8 @@ class HumanEvalSection(Section):
     @classmethod
     def _check_models(cls, models: list[str] | None) -> list[str] | None:
         # A name the server does not serve (M1 for m1) left the model out of the study.
-        if odd := [m for m in models or [] if not re.fullmatch(r"base|current|m\d+", m)]:
+        # m<t> as layout.model_name writes it: m1, not m01
+        if odd := [m for m in models or [] if not re.fullmatch(r"base|current|m(0|[1-9]\d*)", m)]:
             raise ValueError(f"{odd} are not served names: base, current or m<t> (m0, m1, ...)")
         return models
 

@@ -91,8 +91,18 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     assert browser.execute_script(sent) == 1
     assert _session_id(browser) is None  # rated: the next page load starts afresh
 
-    browser.find_element(By.ID, "start-pairwise").click()
+    # The next session on the same page: its form does not come with the last one's ticks.
+    browser.find_element(By.ID, "start-pointwise").click()
     wait.until(lambda d: _session_id(d) not in (None, point_sid))
+    again_sid = _session_id(browser)
+    _say(browser, wait, By, "Work has been overwhelming.", 1)
+    _say(browser, wait, By, "I never get a break.", 2)
+    wait.until(lambda d: form.is_displayed())
+    assert not browser.find_elements(By.CSS_SELECTOR, "#likert-rows input:checked")
+    assert "consistent with the ongoing conversation" in form.text  # the paper's criteria
+
+    browser.find_element(By.ID, "start-pairwise").click()
+    wait.until(lambda d: _session_id(d) not in (None, point_sid, again_sid))
     _say(browser, wait, By, "My exams are next week and I can't focus.", 1)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".pair .bot")) == 2
     browser.find_element(By.ID, "vote-A").click()
@@ -116,23 +126,24 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     assert browser.find_element(By.ID, "turn-count").text.startswith("Turns: 2 (2 voted;")
     assert browser.find_element(By.ID, "rater").get_attribute("value") == "browser-rater"
 
-    # The next rater on this browser: not in the last rater's session, and not with the
-    # last rating's answers already ticked.
+    # The next rater on this browser is not put in the last rater's session; the first
+    # name typed back brings it back.
     rater = browser.find_element(By.ID, "rater")
     rater.clear()
-    rater.send_keys("second-rater")
+    rater.send_keys("second-rater" + Keys.TAB)
     wait.until(lambda d: "Another rater: start a new session" in status.text)
     assert _session_id(browser) is None
     assert not browser.find_element(By.ID, "compose").is_displayed()
+    rater.clear()
+    rater.send_keys("browser-rater" + Keys.TAB)
+    wait.until(lambda d: "Back in your session" in status.text)
+    assert _session_id(browser) == pair_sid
+    rater.clear()
+    rater.send_keys("second-rater" + Keys.TAB)
+    wait.until(lambda d: "Another rater: start a new session" in status.text)
     browser.find_element(By.ID, "start-pointwise").click()
     wait.until(lambda d: _session_id(d) not in (None, pair_sid))
     second_sid = _session_id(browser)
-    _say(browser, wait, By, "Work has been overwhelming.", 1)
-    _say(browser, wait, By, "I never get a break.", 2)
-    form = browser.find_element(By.ID, "rating-form")  # the page was loaded again
-    wait.until(lambda d: form.is_displayed())
-    assert not browser.find_elements(By.CSS_SELECTOR, "#likert-rows input:checked")
-    assert "consistent with the ongoing conversation" in form.text  # the paper's criteria
 
     conn = sqlite3.connect(served.db)
     try:
