@@ -241,7 +241,8 @@ def place(
 
 def _say_if_waiting(cpus: float, gpus: float, key: str) -> None:
     """Warn when the cluster has too few free CPUs or GPUs for one actor now: Ray starts it
-    when other work (another job) frees them, and says nothing meanwhile."""
+    when other work (another job, or the stage before still letting go) frees them, and says
+    nothing meanwhile. Free resources are counted over the cluster, not per node."""
     import ray
 
     free = ray.available_resources()
@@ -249,8 +250,8 @@ def _say_if_waiting(cpus: float, gpus: float, key: str) -> None:
     short = [f"{n:g} {r} ({free.get(r, 0):g} free)" for r, n in needs.items() if n > free.get(r, 0)]
     if short:
         logger.warning(
-            "%s: one engine actor needs %s now, held by other work on the cluster: it starts "
-            "when they are freed", key, " and ".join(short),
+            "%s: one engine actor needs %s now: it starts when other work on the cluster (another "
+            "job, or the stage before still letting go) frees them", key, " and ".join(short),
         )  # fmt: skip
 
 

@@ -234,7 +234,7 @@ def test_an_actor_waiting_for_cpus_other_work_holds_is_said(ray_local, caplog):
             return True
 
     holder = Holder.remote()
-    ray.get(holder.ready.remote())
+    ray.get(holder.ready.remote(), timeout=120)  # CPUs an earlier test still holds: a failure
     deadline = time.monotonic() + 30  # the cluster's view of free resources lags a little
     while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)
