@@ -177,8 +177,13 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     try:
         table = ds.dataset(files, format="parquet").to_table()
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
-        # One file's column of another type than the first file's (a list for a string, say)
-        raise SchemaError(f"{path}: unreadable Parquet, or files of other types ({e})") from None
+        # A file whose column is of another type than the first file's (a list for a string)
+        first = pq.read_schema(files[0])
+        odd = [f for f in files[1:] if any(
+            pq.read_schema(f).field(n).type != first.field(n).type for n in schema.names
+        )]  # fmt: skip
+        which = f"; {', '.join(odd[:3])} hold other column types than {files[0]}" if odd else ""
+        raise SchemaError(f"{path}: unreadable Parquet{which} ({e})") from None
     return conform(table, schema, where=str(path))
 
 

@@ -80,5 +80,5 @@ def test_a_later_part_without_a_struct_field_is_an_error_naming_it(tmp_path):
 def test_parts_of_other_column_types_are_a_schema_error(tmp_path):
     pq.write_table(pa.table({"a": [1]}, schema=SCHEMA), tmp_path / "part-0.parquet")
     pq.write_table(pa.table({"a": [[1, 2]]}), tmp_path / "part-1.parquet")
-    with pytest.raises(SchemaError, match="unreadable Parquet, or files of other types"):
+    with pytest.raises(SchemaError, match=r"part-1.parquet hold other column types than .*part-0"):
         read_table(tmp_path, SCHEMA)
