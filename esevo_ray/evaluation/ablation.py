@@ -126,16 +126,18 @@ def interval_table(comparisons: list[dict], columns: dict[str, str]) -> str:
     its bootstrap interval, `*` when the interval excludes 0, and n, the contexts it rests on.
 
     Args:
-        comparisons: {"label", "metrics": `bootstrap.compare` result} in row order.
+        comparisons: {"label", "metrics", "not_compared"} (`intervals.comparison`) in row
+            order.
         columns: metric key -> column title.
     """
     rows = []
     for comparison in comparisons:
-        metrics = comparison["metrics"]
+        metrics, apart = comparison["metrics"], comparison.get("not_compared", {})
         cells = []
         for key in columns:
             r = metrics.get(key)
-            cells.append(bootstrap.difference_text(r) if r else "–")
+            cells.append(bootstrap.difference_text(r) if r else "not compared" if key in apart
+                         else "–")  # fmt: skip
         n = next((r["n"] for k, r in metrics.items() if k in columns), "–")
         rows.append([comparison["label"], *cells, str(n)])
     return markdown_table(["Comparison", *columns.values(), "n"], rows)

@@ -47,6 +47,20 @@ def not_compared(base: bootstrap.Evaluated, model: bootstrap.Evaluated) -> dict[
     return why
 
 
+def comparison(
+    base: bootstrap.Evaluated, model: bootstrap.Evaluated, *, cache: dict | None = None, **options
+) -> dict:
+    """{"metrics": `bootstrap.compare` of model - base less the scores that do not compare,
+    "not_compared": those, with why (`not_compared`)}."""
+    why = not_compared(base, model)
+    metrics = bootstrap.compare(base, model, cache=cache, **options)
+    left = {n: why.get(n, why.get("judge") if n.startswith("judge_") else None) for n in metrics}
+    return {
+        "metrics": {n: r for n, r in metrics.items() if left[n] is None},
+        "not_compared": {n: w for n, w in left.items() if w is not None},
+    }
+
+
 def intervals(
     models: Sequence[bootstrap.Evaluated],
     *,
@@ -58,18 +72,11 @@ def intervals(
     by_label = {m.label: m for m in models}
     options = {"resamples": resamples, "seed": seed, "confidence": confidence}
     cache: dict = {}
-    comparisons = []
-    for base, model in bootstrap.comparison_pairs(list(by_label)):
-        metrics = bootstrap.compare(by_label[base], by_label[model], cache=cache, **options)
-        why = not_compared(by_label[base], by_label[model])
-        left = {n: why.get(n, why.get("judge") if n.startswith("judge_") else None)
-                for n in metrics}  # fmt: skip
-        comparisons.append({
-            "base": base,
-            "model": model,
-            "metrics": {n: r for n, r in metrics.items() if left[n] is None},
-            "not_compared": {n: w for n, w in left.items() if w is not None},
-        })  # fmt: skip
+    comparisons = [
+        {"base": base, "model": model,
+         **comparison(by_label[base], by_label[model], cache=cache, **options)}
+        for base, model in bootstrap.comparison_pairs(list(by_label))
+    ]  # fmt: skip
     return {
         "method": "paired percentile bootstrap over evaluation dialogues (each resample "
         "draws whole dialogues with their contexts); corpus metrics recomputed on each "

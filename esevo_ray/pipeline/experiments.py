@@ -31,7 +31,7 @@ from pathlib import Path
 
 from esevo_ray.config import RunConfig
 from esevo_ray.errors import UsageError
-from esevo_ray.evaluation import ablation, bootstrap
+from esevo_ray.evaluation import ablation, bootstrap, intervals
 from esevo_ray.evaluation.report import Stage
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, metrics_table, scores_of
 from esevo_ray.io import atomic_write_text
@@ -120,7 +120,7 @@ def _compare(pairs: list[tuple[Stage, Stage]], prefix: str = "") -> list[dict]:
     """Paired bootstrap intervals of model - base for each (base, model)."""
     return [
         {"label": f"{prefix}{b.label} vs {a.label}", "base": a.label, "model": b.label,
-         "metrics": bootstrap.compare(a, b)}
+         **intervals.comparison(a, b)}
         for a, b in pairs
     ]  # fmt: skip
 

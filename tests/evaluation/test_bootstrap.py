@@ -221,6 +221,11 @@ def test_scores_that_do_not_compare_get_no_interval(tmp_path, weak, strong):
     assert "bleu_2" in c["metrics"]
     assert "| BERTScore | – | – | – | not compared: computed with other encoders " in md
     assert "| Judge empathy | – | – | – | not compared: scored by other judges " in md
+    # esevo baselines' and ablate pairs-table's intervals follow the same rule.
+    from esevo_ray.evaluation import ablation
+
+    row = ablation.interval_table([{"label": "M1 vs M0", **c}], {"bertscore": "BERTScore"})
+    assert "| M1 vs M0 | not compared |" in row
     intervals.report_sections([base, scored(strong, "minilm", "judge-a", 0.5)], tmp_path)
     [c] = json.loads((tmp_path / "intervals.json").read_text())["comparisons"]
     assert "bertscore" in c["metrics"]
