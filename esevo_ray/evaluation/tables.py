@@ -177,8 +177,8 @@ def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = 
             f"different settings ({', '.join(differ)}): they do not compare."
         )
     note = ""
-    if "seed" in differing_settings(list((settings or {}).values()), asked=True):
-        # Other seeds draw other samples of contexts: few are shared (5 of 100, say).
-        note = " The rows were judged on samples drawn with other seeds: `n` counts the few"
-        note += " contexts they share."
+    fewest = min(len({k for keys in s.values() for k in keys}) for s in scored.values())
+    if sizes and sizes[0] < fewest / 2:  # other samples (other judge seeds: 5 of 100 shared)
+        note = (f" The rows share {sizes[0]} of the {fewest} or more contexts each was judged "
+                "on (other samples: another judge seed, say); `n` counts those.")  # fmt: skip
     return f"{table}\n\nJudge: {next(iter(judges.values()))}.{note}"

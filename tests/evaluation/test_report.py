@@ -237,15 +237,18 @@ def test_table_7_refuses_a_file_of_several_models():
         table_7({"m1": both})
 
 
-def test_table_7_says_when_rows_were_judged_on_samples_of_other_seeds():
-    """Other judge seeds compare, but draw other contexts: a few shared ones alone."""
+def test_table_7_says_when_rows_share_few_of_their_contexts():
+    """Other judge seeds compare, but draw other samples: 5 of 100 contexts shared, say."""
     from esevo_ray.evaluation.tables import judge_table as table_7
 
-    judged = {"M0": judge_table("m0", [3, 2]), "M1": judge_table("m1", [4, 4])}
-    same = table_7(judged, {"M0": {"seed": 0}, "M1": {"seed": 0}})
-    other = table_7(judged, {"M0": {"seed": 0}, "M1": {"seed": 1}})
-    assert "other seeds" not in same and "do not compare" not in other
-    assert "judged on samples drawn with other seeds: `n` counts the few" in other
+    m0, m1 = judge_table("m0", [3, 2, 4, 4]), judge_table("m1", [4, 4, 5, 5])
+    assert "share" not in table_7({"M0": m0, "M1": m1})
+    moved = {"d0": "d3", "d1": "e1", "d2": "e2", "d3": "e3"}  # another sample: d3 alone shared
+    ids = pa.array([moved[d] for d in m1["dialogue_id"].to_pylist()])
+    other = m1.set_column(m1.schema.get_field_index("dialogue_id"), "dialogue_id", ids)
+    text = table_7({"M0": m0, "M1": other}, {"M0": {"seed": 0}, "M1": {"seed": 1}})
+    assert "do not compare" not in text
+    assert "The rows share 1 of the 4 or more contexts each was judged on" in text
 
 
 def test_table_7_leaves_a_dimension_a_model_was_not_judged_on_to_the_others():
