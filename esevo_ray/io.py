@@ -210,7 +210,9 @@ def atomic_dir(
     `<name>.replaced-<time>` (`set_aside`), not deleted.
 
     Replacing takes two renames (`path` aside, the new folder in); a crash between them
-    leaves the old version aside, and the next call on `path` puts it back first.
+    leaves the old version aside, and the next call on `path` puts it back first. A `path`
+    that is a symlink has what it points to replaced, beside it (where a killed write's
+    temporary folder is left for the user: `remove_leftovers` looks in the run only).
     """
     path = Path(path)
     if path.is_symlink():  # replace what it points to (data on another disk, say): renamed,

@@ -318,6 +318,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, dtype: str = "float32")
         return out
     # Engine actors starting together on one node merge once: each of them loading the
     # base model to merge it held the model in host memory as many times (8 x 16 GB).
+    logger.info("merging adapter %s into %s (or waiting for the process merging it)", adapter, out)
     with waiting_lock(out.with_name(f".{key}.lock")):
         if (out / "config.json").exists():  # merged by the actor we waited for
             return out

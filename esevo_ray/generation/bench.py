@@ -92,7 +92,7 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from esevo_ray.generation.engines import GREEDY_BELOW
+    from esevo_ray.generation.engines import GREEDY_BELOW, LOWEST_TEMPERATURE
 
     torch.set_num_threads(os.cpu_count() or 1)
     d = cfg.generation.decoding
@@ -109,7 +109,8 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
         sample = d.temperature >= GREEDY_BELOW  # as the engines: else greedy
-        sampling = dict(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k) if sample else {}
+        temperature = max(d.temperature, LOWEST_TEMPERATURE)
+        sampling = dict(temperature=temperature, top_p=d.top_p, top_k=d.top_k) if sample else {}
         out = lm.generate(
             **ids, do_sample=sample, **sampling, repetition_penalty=d.repetition_penalty,
             max_new_tokens=d.max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
