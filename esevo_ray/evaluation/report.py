@@ -5,6 +5,7 @@ Reads each model's eval folder and pairs through `RunLayout`; missing parts are 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -119,6 +120,21 @@ def write_report(run_dir: str | Path, *, relevance: analysis.Method = "embedding
     return run.report
 
 
+def _other_contexts(run_dir: Path, evaluated: list[Stage]) -> dict[str, str]:
+    """The models whose evaluation (its manifest.json) read other contexts than a run's
+    evaluation contexts (by their place in a run: the run may have moved since)."""
+    own = RunLayout(run_dir).eval_contexts
+    out = {}
+    for s in evaluated:
+        try:
+            used = json.loads((s.eval_dir / "manifest.json").read_text())["contexts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if Path(used).parts[-2:] != own.parts[-2:]:
+            out[s.label] = used
+    return out
+
+
 def _render(
     run_dir: Path,
     stages: list[Stage],
@@ -138,6 +154,12 @@ def _render(
         "roberta-large BERTScores.",
         "",
     ]
+    if elsewhere := _other_contexts(run_dir, evaluated):  # `esevo eval --contexts` into m<t>
+        md += [
+            "Evaluated on other contexts than the run's evaluation contexts, so not comparable "
+            f"with the other rows: {'; '.join(f'{k} ({v})' for k, v in elsewhere.items())}.",
+            "",
+        ]
     scores = {s.label: scores_of(s.metrics) for s in evaluated}
     figure = plots.grouped_bars(
         scores,

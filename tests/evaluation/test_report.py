@@ -157,6 +157,21 @@ def test_report_cli_prints_main_table(run_dir, capsys):
     assert "Jaccard" in (run_dir / "report" / "report.md").read_text()
 
 
+def test_a_model_evaluated_on_other_contexts_is_named(tmp_path):
+    """`esevo eval --contexts <another file>` writes into the run's own m<t>/eval: the
+    report showed those scores as M^t's on the test split."""
+    import json
+
+    run = _evaluated(tmp_path / "demo", ("m0", "m1"))
+    own = {"contexts": str(tmp_path / "moved" / "demo" / "data" / "eval_contexts.parquet")}
+    (run / "m0/eval/manifest.json").write_text(json.dumps(own))
+    seeds = {"contexts": str(run / "data" / "seed_contexts.parquet")}
+    (run / "m1/eval/manifest.json").write_text(json.dumps(seeds))
+    text = write_report(run, relevance="overlap").read_text()
+    assert "Evaluated on other contexts than the run's evaluation contexts" in text
+    assert f"M1 ({seeds['contexts']})" in text and "M0 (" not in text
+
+
 def test_report_on_empty_run_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no m<t>/eval"):
         write_report(tmp_path)
