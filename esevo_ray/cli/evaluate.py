@@ -48,14 +48,18 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if args.endpoint or args.model:  # the judge they name, even where the config's is local
         args.overrides = [*(args.overrides or []), "eval.judge.backend=endpoint"]
     cfg = load_args_config(args)
-    existing(args.responses, "--responses", "responses Parquet")
-    out = Path(args.out) if args.out else Path(args.responses).parent / "judge_scores.parquet"
+    responses = existing(args.responses, "--responses", "responses Parquet")
+    if responses.is_dir():  # an eval folder: read whole, its parts/ would be judged twice
+        if not (responses / "responses.parquet").is_file():
+            raise UsageError(f"--responses {responses}: a folder without responses.parquet")
+        responses = responses / "responses.parquet"
+    out = Path(args.out) if args.out else responses.parent / "judge_scores.parquet"
     held = getattr(args, "held", None)  # main()'s: released when the command ends
     if held is not None and (root := run_holding(out.resolve())) is not None:
         held.enter_context(run_lock(root))  # a run's own file: not while evolve runs there
     n_samples = None if cfg.eval.judge_samples <= 0 else cfg.eval.judge_samples
     scores = judge_file(
-        args.responses,
+        responses,
         out,
         cfg.eval.judge,
         n_samples=n_samples,

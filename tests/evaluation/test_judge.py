@@ -283,23 +283,22 @@ def test_judge_cli_writes_scores(server, tmp_path, capsys):
     )
     parser = argparse.ArgumentParser()
     cli.add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        [
-            "judge",
-            "--responses",
-            str(path),
-            "--endpoint",
-            server.url,
-            "--model",
-            "judge-x",
-            "--samples",
-            "2",
-            "eval.judge.dimensions=[coherence,empathy]",
-            "eval.judge.backoff_s=0.01",
-            "eval.judge.requests_per_second=200",
-            "eval.judge.backend=hf",  # a config's local judge: --endpoint still wins
-        ]
-    )
+    argv = [
+        "judge",
+        "--responses",
+        str(path),
+        "--endpoint",
+        server.url,
+        "--model",
+        "judge-x",
+        "--samples",
+        "2",
+        "eval.judge.dimensions=[coherence,empathy]",
+        "eval.judge.backoff_s=0.01",
+        "eval.judge.requests_per_second=200",
+        "eval.judge.backend=hf",  # a config's local judge: --endpoint still wins
+    ]
+    args = parser.parse_args(argv)
     assert args.func(args) == 0
     scores = read_table(tmp_path / "eval" / "judge_scores.parquet", JUDGE_SCORES)
     assert scores.num_rows == 2 * 2 and len(server.bodies) >= 4
@@ -307,6 +306,13 @@ def test_judge_cli_writes_scores(server, tmp_path, capsys):
     assert set(scores.column("dimension").to_pylist()) == {"coherence", "empathy"}
     printed = json.loads(capsys.readouterr().out)
     assert printed["verdicts"] == 4 and "M0" in printed["summary"]
+    # The eval folder itself: read whole, its parts/ beside responses.parquet were judged too.
+    write_responses(tmp_path / "eval" / "parts" / "part-0.parquet", "M0", ["[ok] a", "[bad] b",
+                                                                           "[ok] c"])  # fmt: skip
+    folder = [str(tmp_path / "eval") if a == str(path) else a for a in argv]
+    again = parser.parse_args([*folder, "--out", str(tmp_path / "folder.parquet")])
+    assert again.func(again) == 0
+    assert read_table(tmp_path / "folder.parquet", JUDGE_SCORES).num_rows == 2 * 2
 
 
 def test_judge_cli_holds_the_run_it_writes_into(server, tmp_path, capsys):
