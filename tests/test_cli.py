@@ -526,3 +526,9 @@ def test_a_seed_split_the_seeds_cannot_fill_stops_before_sft(config, capsys, dat
                 _check_seed_split(cfg, RunLayout.of(cfg))
         else:
             _check_seed_split(cfg, RunLayout.of(cfg))
+
+
+def test_the_run_report_of_a_file_says_so(tmp_path, config, capsys):
+    """A config file given where the run folder goes ended in FileExistsError's traceback."""
+    assert main(["report", config]) == 2
+    assert f"run_dir {config}: a file, not a run directory" in _error(capsys)

@@ -30,7 +30,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.report import find_stages, write_report
     from esevo_ray.evaluation.tables import metrics_table
 
-    layout = RunLayout(existing(args.run_dir, "run_dir", "run directory"))
+    layout = RunLayout(existing(args.run_dir, "run_dir", "run directory", folder=True))
     layout.migrate()
     path = write_report(layout.root, relevance=args.relevance)
     stages = [s for s in find_stages(layout.root) if s.metrics is not None]

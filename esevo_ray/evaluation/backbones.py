@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from esevo_ray.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +58,25 @@ def default_backbone_path() -> Path:
 
 
 def resolve_backbone(model: str | None = None, num_layers: int = 6) -> Backbone:
-    """`model` (a local encoder folder) or the packaged MiniLM, with the layers to use."""
+    """`model` (a local encoder folder) or the packaged MiniLM, with the layers to use.
+
+    Raises:
+        ConfigError: the encoder has fewer than `num_layers` layers (bert-score asserts so
+            only once every response has been generated).
+    """
     if model is None:
-        return Backbone(DEFAULT_BACKBONE, str(default_backbone_path()), num_layers)
-    path = Path(model)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"eval.bertscore_model: no encoder config.json in {path}")
-    return Backbone(path.name, str(path.resolve()), num_layers)
+        path, label = default_backbone_path(), DEFAULT_BACKBONE
+    else:
+        path, label = Path(model), Path(model).name
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"eval.bertscore_model: no encoder config.json in {path}")
+    layers = json.loads((path / "config.json").read_text()).get("num_hidden_layers")
+    if isinstance(layers, int) and not 1 <= num_layers <= layers:
+        raise ConfigError(
+            f"eval.bertscore_num_layers is {num_layers}, and the encoder {label} has {layers} "
+            "layers: choose one of them"
+        )
+    return Backbone(label, str(path.resolve()), num_layers)
 
 
 @functools.lru_cache(maxsize=2)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from esevo_ray.config import RunConfig, save_config
 from esevo_ray.errors import UsageError
+from esevo_ray.evaluation.backbones import resolve_backbone
 from esevo_ray.evaluation.endpoint import ChatEndpoint, endpoint_responses, is_endpoint
 from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.io import atomic_write_text, check_replaceable
@@ -67,6 +68,8 @@ def evaluate_model(
     from esevo_ray.evaluation.responses import PARTS
 
     check_replaceable(out, holds=PARTS, what="model evaluation")  # its files would be replaced
+    if bertscore:  # its encoder's settings checked now, not once every response is made
+        resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     t0 = time.perf_counter()
     if is_endpoint(model):
         if adapter is not None:

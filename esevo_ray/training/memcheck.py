@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray.config import RunConfig, TrainSection
+from esevo_ray.errors import UsageError
 from esevo_ray.numerics import release_gpu_memory, weights_dtype
 from esevo_ray.training.common import Stage, lora_config, trainer_args
 from esevo_ray.training.dpo import dpo_loss_terms
@@ -78,7 +79,7 @@ def model_shape(cfg: RunConfig, shape: Any = None) -> Any:
     if source.name in KNOWN_SHAPES:
         model_type, sizes = KNOWN_SHAPES[source.name]
         return AutoConfig.for_model(model_type, tie_word_embeddings=False, **sizes)
-    raise ValueError(
+    raise UsageError(
         f"model shape {str(source)!r}: no config.json there and not a known shape "
         f"(known: {sorted(KNOWN_SHAPES)}); pass a folder holding a config.json"
     )

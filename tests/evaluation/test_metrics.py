@@ -208,3 +208,14 @@ def test_score_responses_writes_metrics_json(tmp_path, backbone):
     assert saved["models"] == ["M0"]
     assert saved["keys"]["dialogue_id"] == ["d0", "d1", "d2"]
     assert saved["settings"]["n"] == 3
+
+
+def test_an_encoder_layer_the_encoder_lacks_is_a_config_error_before_any_response(tmp_path):
+    """bert-score asserted it (a traceback) once every response had been generated."""
+    from esevo_ray.config import ConfigError, load_config
+    from esevo_ray.evaluation.evaluate import evaluate_model
+
+    (tmp_path / "contexts.parquet").write_bytes(b"")
+    cfg = load_config(None, ["eval.bertscore_num_layers=12"])
+    with pytest.raises(ConfigError, match=r"bertscore_num_layers is 12, and the encoder .* has 6"):
+        evaluate_model(cfg, tmp_path / "no-model", tmp_path / "contexts.parquet", tmp_path / "out")
