@@ -532,3 +532,11 @@ def test_the_run_report_of_a_file_says_so(tmp_path, config, capsys):
     """A config file given where the run folder goes ended in FileExistsError's traceback."""
     assert main(["report", config]) == 2
     assert f"run_dir {config}: a file, not a run directory" in _error(capsys)
+
+
+def test_endpoint_options_without_an_endpoint_are_refused(tmp_path, config, capsys):
+    """--served-model with --model forgotten evaluated the local base model instead."""
+    (tmp_path / "contexts.parquet").write_bytes(b"")
+    argv = ["eval", "--config", config, "--contexts", str(tmp_path / "contexts.parquet")]
+    assert main([*argv, "--served-model", "m2"]) == 2
+    assert "--served-model: for an endpoint, and --model is no http(s) URL" in _error(capsys)

@@ -135,6 +135,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = args.model if args.model and is_endpoint(args.model) else None
     if model is None:  # with an endpoint, evaluate_model says why --adapter does not apply
         adapter_arg(args.adapter)
+        given = [flag for flag, value in (
+            ("--served-model", args.served_model), ("--tokenizer", args.tokenizer),
+            ("--no-sampling-extras", args.no_sampling_extras),
+        ) if value]  # fmt: skip
+        if given:  # --model forgotten: the local base model would be evaluated instead
+            raise UsageError(
+                f"{', '.join(given)}: for an endpoint, and --model is no http(s) URL "
+                f"({args.model or 'none given: the config model'})"
+            )
     model = model or resolve_model(args.model or cfg.model.path)
     if is_endpoint(model):
         name = args.name or args.served_model

@@ -66,6 +66,8 @@ class JudgeSection(Section):
 
 
 class EvalSection(Section):
+    # The first N evaluation contexts in file order (whole dialogues, turn by turn): a quick
+    # look on few dialogues, not a sample of the test split; None: all of them.
     max_examples: int | None = Field(None, ge=1)
     # The system prompt a model that is the backbone itself (no adapter: evolve.init base)
     # answers the evaluation contexts under: "task", P_task; "vanilla", the paper's "Prompt
