@@ -225,7 +225,7 @@ def atomic_dir(
     writer = _hold_writer_lock(tmp)
     try:
         yield tmp
-        (tmp / _WRITER_LOCK).unlink()  # not published; held until the end all the same
+        (tmp / _WRITER_LOCK).unlink(missing_ok=True)  # not published; held to the end all the same
         if path.exists() and keep_existing:  # published meanwhile: this copy is dropped
             return
         os.chmod(tmp, 0o777 & ~_umask())

@@ -227,10 +227,7 @@ def _unwrapped(reply: str) -> str:
 def parse_reflection(text: str) -> dict[str, str]:
     """The four user-understanding fields; any may be empty but one must be given (an
     answer template echoed before the answer gives none)."""
-    out = _reflection(extract_object(text, lambda obj: any(_reflection(obj).values())))
-    if not any(out.values()):  # pragma: no cover (extract_object found none such)
-        raise ParseError(f"none of {list(REFLECTION_KEYS)} in the answer")
-    return out
+    return _reflection(extract_object(text, lambda obj: any(_reflection(obj).values())))
 
 
 def parse_refinement(text: str, max_chars: int | None = None) -> dict[str, Any]:
