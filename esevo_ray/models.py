@@ -161,6 +161,19 @@ def model_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_sample(path: Path, edge: int = 1 << 20) -> str:
+    """A digest of the first and last `edge` bytes of each weight file of a model folder:
+    two checkpoints of one shape (their sizes alike) differ there, read in milliseconds
+    where hashing gigabytes would take minutes."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        with open(f, "rb") as fh:
+            head = fh.read(edge)
+            fh.seek(max(fh.seek(0, os.SEEK_END) - edge, 0))
+            digest.update(f.name.encode() + head + fh.read(edge))
+    return digest.hexdigest()[:16]
+
+
 # The values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 

@@ -38,7 +38,7 @@ from esevo_ray.generation.pairs import fit_context, make_pairs, make_reference_p
 from esevo_ray.generation.placement import Placement, enter_actor, place
 from esevo_ray.generation.progress import Progress
 from esevo_ray.io import atomic_write_text, check_replaceable
-from esevo_ray.models import model_fingerprint
+from esevo_ray.models import model_fingerprint, weights_sample
 from esevo_ray.parts import (
     PART_GLOB,
     PRODUCER_FILE,
@@ -236,9 +236,10 @@ def run_engine_actors(
     claim(out_dir, {
         "stage": actor.__name__, "model": model_id(model_path, adapter), "engine": gen.engine,
         # Another base model of the same folder name is another model (the name alone
-        # resumed one's rows with the other's).
-        "model_path": str(Path(model_path).resolve()),
+        # resumed one's rows with the other's); by content, not path: a run resumed from
+        # another home or mount reads the same model elsewhere.
         "model_fingerprint": model_fingerprint(Path(model_path)),
+        "model_weights": weights_sample(Path(model_path)),
         "dtype": cfg.model.dtype, "generation": gen.model_dump(include=set(actor.settings)),
         **_prompts_digest(actor), **actor_kwargs,
     })  # fmt: skip
