@@ -189,7 +189,7 @@ def test_a_folder_still_being_written_is_no_leftover_however_old(tmp_path):
     old = time.time() - 3600
     with atomic_dir(tmp_path / "report") as tmp:
         (tmp / "metrics.png").write_bytes(b"png")
-        for path in (tmp / "metrics.png", tmp):
+        for path in (tmp / "metrics.png", tmp / ".writer.lock", tmp):
             os.utime(path, (old, old))
         assert remove_leftovers(tmp_path, older_than_s=60) == []
         (tmp / "report.md").write_text("![](metrics.png)")
