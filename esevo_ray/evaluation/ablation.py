@@ -24,6 +24,7 @@ from esevo_ray import prompts, schema
 from esevo_ray.config import RunConfig
 from esevo_ray.errors import UsageError
 from esevo_ray.evaluation import bootstrap
+from esevo_ray.evaluation.backbones import resolve_backbone
 from esevo_ray.evaluation.metrics import score_responses
 from esevo_ray.evaluation.tables import METRIC_COLUMNS, markdown_table, scores_of
 from esevo_ray.generation.parsing import ParseError, extract_object
@@ -165,6 +166,8 @@ def ablate_prompts(
     unknown = [n for n in names if n not in PROMPTS]
     if unknown:
         raise UsageError(f"--prompts: unknown {unknown}; choose from {', '.join(PROMPTS)}")
+    if bertscore:  # its settings checked before the responses, not after them
+        resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     out = Path(out)
     summary: dict = {"model": str(model_path), "config_digest": cfg.digest(), "prompts": {}}
     metrics: dict[str, dict] = {}

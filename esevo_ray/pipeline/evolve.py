@@ -149,8 +149,12 @@ def evolve(cfg: RunConfig) -> RunLayout:
     Raises:
         RunConflict: the run was made by another config, or another driver runs it now.
     """
+    from esevo_ray.evaluation.backbones import resolve_backbone
+
     run = RunLayout.of(cfg)
     warn_unused_dpo_lora(cfg)
+    # The BERTScore encoder's settings, now rather than at M0's evaluation after SFT.
+    resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest
         run.migrate()
         if removed := remove_leftovers(run.root):

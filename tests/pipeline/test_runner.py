@@ -428,3 +428,14 @@ def test_a_dpo_lora_the_loop_never_uses_is_named_at_its_start(caplog):
         warn_unused_dpo_lora(load_config(None, []))
     assert caplog.text.count("is not used") == 1
     assert "dpo.lora (r=64, dropout=0.2) is not used: under evolve.init: sft" in caplog.text
+
+
+def test_a_bertscore_layer_the_encoder_lacks_stops_the_loop_before_any_stage(tmp_path):
+    """Said at M0's evaluation, after data preparation and SFT."""
+    from esevo_ray.config import ConfigError
+    from esevo_ray.pipeline.evolve import evolve
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "eval.bertscore_num_layers=9"])
+    with pytest.raises(ConfigError, match="bertscore_num_layers is 9, and the encoder"):
+        evolve(cfg)
+    assert not (tmp_path / "runs").exists()
