@@ -284,7 +284,7 @@ def build_trainer(
 def check_eval_rows(trainer: Any, where: str, section: TrainSection) -> None:
     """Fail clearly when every held-out row was dropped (no eval loss to stop early on)."""
     if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
-        raise ValueError(
+        raise DataError(
             f"{where}: every held-out row was dropped because its prompt fills "
             f"{where}.max_length={section.max_length}; raise max_length or set eval_fraction=0"
         )

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray import profile
-from esevo_ray.config import NOT_TRAINED, RunConfig, apply_overrides, save_config
+from esevo_ray.config import NOT_TRAINED, ConfigError, RunConfig, apply_overrides, save_config
+from esevo_ray.data.dialogue import DataError
 from esevo_ray.io import (
     atomic_dir,
     atomic_write_text,
@@ -68,6 +69,8 @@ def run_stage(
     loop, or a driver stopped between export and its record) is kept, not trained again.
 
     Raises:
+        DataError, ConfigError: a worker found the data or the settings unfit to train on,
+            or ran out of GPU memory (`user_error`).
         ray.train.TrainingFailedError: the run failed more often than scaling.max_failures.
     """
     import ray.train
@@ -118,7 +121,12 @@ def run_stage(
         storage,
     )
     start = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        if (said := user_error(e, job.stage)) is not None:
+            raise said from e
+        raise
     wall = time.time() - start
     t0 = time.perf_counter()
     extra = {"run_name": name, "model_fingerprint": base, "wall_seconds": wall}
@@ -128,6 +136,32 @@ def run_stage(
     # inputs (a retrained adapter asked for) must train afresh, not find this run finished.
     _remove_run(storage, name)
     return out
+
+
+def user_error(error: Exception, stage: str) -> Exception | None:
+    """What a failed run's workers raised, said as the driver's own checks say it: a worker's
+    DataError or ConfigError itself, out of GPU memory as a ConfigError naming the settings
+    that decide it; None for any other failure (it keeps Ray Train's traceback).
+
+    Ray Train wraps a worker's exception in a TrainingFailedError whose message is the
+    worker's traceback: the CLI printed a bug's traceback for what is the user's to change.
+    """
+    import torch
+
+    failures = getattr(error, "worker_failures", None) or {}  # WorkerGroupError: rank -> error
+    for rank in sorted(failures):
+        cause = failures[rank]
+        if isinstance(cause, (DataError, ConfigError)):
+            return cause
+        if isinstance(cause, torch.OutOfMemoryError):
+            first_line = (str(cause).strip().splitlines() or [""])[0]
+            return ConfigError(
+                f"{stage}: worker {rank} ran out of GPU memory ({first_line}): lower "
+                f"{stage}.per_device_batch_size (raising gradient_accumulation_steps keeps the "
+                f"batch) or {stage}.max_length, or set {stage}.gradient_checkpointing=true; "
+                f"`esevo bench memory --config <config>` measures the peak"
+            )
+    return None
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints

@@ -1,6 +1,6 @@
-"""Whole Ray Train runs (three fits): SFT through the CLI on one worker, stopped by a failure
+"""Whole Ray Train runs (four fits): SFT through the CLI on one worker, stopped by a failure
 and run again (it resumes), then DPO from its adapter on two DDP workers with an injected
-failure that the run recovers from."""
+failure that the run recovers from, and a DPO run whose worker finds no row to train on."""
 
 from __future__ import annotations
 
@@ -127,3 +127,16 @@ def test_dpo_on_two_workers_recovers_from_an_injected_failure(
     assert "rewards/margins" in summary["last_metrics"]
     assert not (out / "ref").exists()
     assert (tmp_path / "ray_train").is_dir()  # Ray storage beside the output, not inside it
+
+
+def test_a_workers_data_error_reaches_the_driver_as_itself(sft_adapter, tiny_model, tmp_path):
+    """Ray Train wraps a worker's exception in a TrainingFailedError: the CLI printed its
+    traceback as a bug's for data the user can fix."""
+    from esevo_ray.data.dialogue import DataError
+
+    pairs = write_parquet(pairs_table(), tmp_path / "pairs.parquet")
+    dpo = [f"dpo.{o}" for o in TINY_TRAIN] + ["dpo.max_length=300", "dpo.scaling.num_workers=1"]
+    cfg = load_config(None, [f"model.path={tiny_model}", "model.dtype=float32", "name=t", *dpo])
+    with pytest.raises(DataError, match="dpo: every one of the 8 training rows was dropped"):
+        train_dpo(cfg, pairs, sft_adapter, tmp_path / "m1")
+    assert not (tmp_path / "m1").exists()

@@ -58,3 +58,19 @@ def test_a_run_folder_ray_cannot_resume_is_set_aside(tmp_path, caplog):
     assert not run.exists() and [p.name.split(".")[1][:11] for p in tmp_path.iterdir()] == [
         "unresumable"
     ]
+
+
+def test_a_worker_out_of_gpu_memory_is_said_with_the_settings_that_decide_it():
+    import torch
+    from ray.train import WorkerGroupError
+
+    from esevo_ray.config import ConfigError
+    from esevo_ray.training.raytrain import user_error
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nmore")
+    said = user_error(WorkerGroupError("rank 1: oom", {1: oom}), "dpo")
+    assert isinstance(said, ConfigError)
+    assert "dpo: worker 1 ran out of GPU memory (CUDA out of memory. Tried" in str(said)
+    assert "dpo.per_device_batch_size" in str(said) and "more" not in str(said)
+    # Any other worker failure keeps Ray Train's error and traceback.
+    assert user_error(WorkerGroupError("rank 0", {0: RuntimeError("boom")}), "dpo") is None
