@@ -42,13 +42,16 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     if args.dataset != "esconv":
         raise UsageError(f"--dataset {args.dataset!r}: only 'esconv' is available here")
-    splits = load_esconv_splits(data_dir(), args.on_bad_record or "error")
+    data = load_args_config(args).data  # the defaults without --config
+    splits = load_esconv_splits(data_dir(data), data.on_bad_record)
     names = list(dict.fromkeys(args.splits.split(",")))  # a split named twice counts once
     unknown = sorted(set(names) - set(splits))
     if unknown:
         raise UsageError(f"--splits: unknown splits {unknown}; known: {sorted(splits)}")
     dialogues = [d for s in names for d in splits[s].items]
     stats = esconv_stats(dialogues)
+    if data.on_bad_record == "skip":
+        stats["skipped_records"] = {s: splits[s].skipped for s in names}
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -73,6 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_prepare)
 
     p = data.add_parser("stats", help="Table 1 statistics of a dataset")
+    add_config_args(p, required=False)  # data.data_dir: where the data is
     p.add_argument(
         "--dataset", default="esconv", help="the dataset (esconv: the one in the data folder)"
     )

@@ -26,7 +26,10 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from esevo_ray.config import DataSection
 
 import numpy as np
 
@@ -187,20 +190,35 @@ def check_pairs(hyps: Sequence[str], refs: Sequence[str]) -> None:
             )
 
 
-def nltk_data_dir() -> Path:
-    """`$NLTK_DATA`, else `<data dir>/nltk_data` (where WordNet lives offline)."""
+def nltk_data_dir(data: DataSection | None = None) -> Path | None:
+    """`$NLTK_DATA`, else `<data dir>/nltk_data` (where WordNet lives offline; the data dir
+    as `data prepare` finds it, `data.data_dir` first); None when there is no data dir."""
     if os.environ.get("NLTK_DATA"):
         return Path(os.environ["NLTK_DATA"].split(os.pathsep)[0])
     from esevo_ray.data.prepare import data_dir
 
-    return data_dir() / "nltk_data"
+    try:
+        return data_dir(data) / "nltk_data"
+    except FileNotFoundError:
+        return None
 
 
-def use_nltk_data_dir() -> str:
-    """Put the NLTK data folder first on nltk's search path; return it."""
+_chosen: list[str] = []  # the folder put first by a call with a config
+
+
+def use_nltk_data_dir(data: DataSection | None = None) -> str | None:
+    """Put the NLTK data folder first on nltk's search path; return it. A run's scoring
+    calls this with its config first: later calls without one keep that folder first."""
     import nltk
 
-    folder = str(nltk_data_dir())
-    if folder not in nltk.data.path:
-        nltk.data.path.insert(0, folder)
-    return folder
+    if data is None and _chosen:
+        return _chosen[0]
+    folder = nltk_data_dir(data)
+    if folder is None:
+        return None
+    if str(folder) in nltk.data.path:
+        nltk.data.path.remove(str(folder))
+    nltk.data.path.insert(0, str(folder))
+    if data is not None:
+        _chosen[:] = [str(folder)]
+    return str(folder)

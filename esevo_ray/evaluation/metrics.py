@@ -90,8 +90,9 @@ def ensure_wordnet() -> None:
             nltk.data.find("corpora/wordnet")
         except LookupError:
             raise FileNotFoundError(
-                f"METEOR needs WordNet: no corpora/wordnet(.zip) under {folder} or "
-                f"{nltk.data.path}; set NLTK_DATA to a folder that holds it"
+                f"METEOR needs WordNet: no corpora/wordnet(.zip) under "
+                f"{folder or 'a data dir (none found)'} or {nltk.data.path}; set NLTK_DATA "
+                f"to a folder that holds it"
             ) from None
 
 
@@ -238,6 +239,8 @@ def score_responses(
     from esevo_ray.schema import EVAL_RESPONSES, read_table
 
     eval_cfg = cfg if isinstance(cfg, EvalSection) else (cfg.eval if cfg else EvalSection())
+    if cfg is not None and not isinstance(cfg, EvalSection):
+        use_nltk_data_dir(cfg.data)  # WordNet under the run's data.data_dir
     table = read_table(responses_parquet, EVAL_RESPONSES)
     if table.num_rows == 0:
         raise DataError(f"{responses_parquet}: no responses to score")

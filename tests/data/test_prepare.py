@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -129,8 +130,8 @@ def test_stats_cli_matches_paper_counting(capsys):
     assert json.loads(capsys.readouterr().out) == stats  # a split named twice counts once
 
 
-def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
-    root = tmp_path / "data"
+def _data_with_a_bad_record(root: Path, data_root: Path) -> Path:
+    """A data folder: 6 ESConv dialogues per split, the 4th train record not JSON."""
     (root / "esconv").mkdir(parents=True)
     (root / "alpaca").mkdir()
     good = (data_root / "esconv" / "test.json").read_text().splitlines()[:6]
@@ -139,6 +140,11 @@ def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
     (root / "alpaca" / "alpaca_data.json").write_text(
         json.dumps([{"instruction": "a", "input": "", "output": "b"}])
     )
+    return root
+
+
+def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
+    root = _data_with_a_bad_record(tmp_path / "data", data_root)
     env = {"ESEVO_DATA_DIR": str(root), "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, "-m", "esevo_ray.cli", "data", "prepare", "--out", str(tmp_path / "out")]
     cmd += ["--config", str(tmp_path / "c.yaml")]
@@ -152,6 +158,18 @@ def test_cli_bad_record_reports_and_skip_mode(tmp_path, data_root):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["skipped"]["esconv_train"] == 1
+
+
+def test_stats_reads_the_configs_data_dir_and_counts_skipped_records(tmp_path, data_root, capsys):
+    """`data stats` read $ESEVO_DATA_DIR or ../shared/data only, and said nothing of what it
+    skipped."""
+    from esevo_ray.cli import main
+
+    root = _data_with_a_bad_record(tmp_path / "data", data_root)
+    args = ["data", "stats", "--json", f"data.data_dir={root}", "--on-bad-record", "skip"]
+    assert main(args) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["sessions"] == 12 and stats["skipped_records"] == {"train": 1, "test": 0}
 
 
 def test_the_evaluation_subset_does_not_move_with_other_selections(data_root, tmp_path):

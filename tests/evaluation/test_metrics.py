@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import nltk
 import pytest
@@ -208,6 +209,30 @@ def test_score_responses_writes_metrics_json(tmp_path, backbone):
     assert saved["models"] == ["M0"]
     assert saved["keys"]["dialogue_id"] == ["d0", "d1", "d2"]
     assert saved["settings"]["n"] == 3
+
+
+def test_a_runs_wordnet_is_found_under_its_configs_data_dir(tmp_path, monkeypatch):
+    """Only data prepare read data.data_dir: scoring a run whose data is there alone stopped at
+    METEOR with "no data directory: set ESEVO_DATA_DIR or data.data_dir in the config"."""
+    from esevo_ray.config import load_config
+    from esevo_ray.data import prepare
+    from esevo_ray.evaluation import lexical
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "nltk_data").symlink_to(Path(lexical.nltk_data_dir()).resolve())
+    for name in ("NLTK_DATA", "ESEVO_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(prepare, "REPO_ROOT", tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(nltk.data, "path", [])
+    monkeypatch.setattr(lexical, "_chosen", [], raising=False)
+    replies = ["That must hurt.", "Exams are hard.", "I am sorry."]
+    path = write_responses(tmp_path / "eval" / "responses.parquet", "M0", replies)
+    cfg = load_config(None, [f"data.data_dir={data}"])
+    report = score_responses(path, tmp_path / "eval", cfg, bertscore=False)
+    assert report["scores"]["meteor"] > 0
+    assert nltk.data.path[0] == str(data / "nltk_data")
 
 
 def test_an_encoder_layer_the_encoder_lacks_is_a_config_error_before_any_response(tmp_path):
