@@ -91,7 +91,9 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate preference pairs with M^t (Ray Data + engines)")
+    p = sub.add_parser(
+        "generate", help="generate iteration t's preference pairs with M^{t-1} (Ray Data + engines)"
+    )
     add_config_args(p)
     p.add_argument("--iteration", type=iteration, default=1, help="t: these pairs train m<t>")
     p.add_argument(

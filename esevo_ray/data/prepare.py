@@ -2,7 +2,7 @@
 
 Outputs (one folder, written atomically):
     dialogues.parquet        every normalised ESConv dialogue, train and test (DIALOGUES)
-    train_contexts.parquet   ESConv training pool, every supporter turn (CONTEXTS)
+    train_contexts.parquet   every supporter turn of the SFT dialogues (CONTEXTS)
     eval_contexts.parquet    ESConv test split, every supporter turn (CONTEXTS)
     seed_contexts.parquet    seed contexts for preference data, greeting-filtered (CONTEXTS)
     sft.parquet              SFT rows: ESConv + Alpaca replay (SFT_ROWS)
