@@ -27,6 +27,11 @@ from esevo_ray.evaluation import esconv_metrics, lexical
 RESAMPLES = 1000
 SEED = 0
 CONFIDENCE = 0.95
+# Fewer dialogues give no interval. Drawn from d dialogues, the percentile interval of a mean
+# covers far less than asked: 95% intervals held the true difference 50% of the time on 2
+# dialogues (3 distinct resamples: the interval spans the two dialogues' differences), 81% on
+# 4, 89% on 10, 93% on 20 (2,000 simulated normal cases each).
+MIN_DIALOGUES = 10
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 Key = tuple[str, int]
@@ -162,9 +167,9 @@ def paired_interval(
     resamples sit off the point difference (`shift`) and only their spread is used, widened
     by `subsample_scale` (the statistic counts each drawn dialogue once).
 
-    Contexts of a single dialogue give no interval (`low`, `high` None, `excludes_zero`
-    False): every resample would be that dialogue, an interval of width 0 around any
-    difference.
+    Contexts of fewer than MIN_DIALOGUES dialogues give no interval (`low`, `high` None,
+    `excludes_zero` False): with one, every resample would be that dialogue, an interval of
+    width 0 around any difference; with a few, one that covers far less than `confidence`.
     """
     n = len(groups)
     whole = np.ones((1, n))
@@ -172,7 +177,7 @@ def paired_interval(
     point = model_value - base_value
     result = {"base": base_value, "model": model_value, "diff": point, "n": n,
               "dialogues": len(set(groups))}  # fmt: skip
-    if result["dialogues"] < 2:
+    if result["dialogues"] < MIN_DIALOGUES:
         return {**result, "low": None, "high": None, "excludes_zero": False, "shift": 0.0}
     counts = resample_counts(tuple(groups), resamples, seed)
     diffs = model(counts) - base(counts)
@@ -195,7 +200,8 @@ def difference_text(r: dict) -> str:
     """A `paired_interval` result as "+d * [+low, +high]" (`*`: the interval excludes 0)."""
     mark = " *" if r["excludes_zero"] else ""
     if r["low"] is None:
-        return f"{r['diff']:+.2f} [– (one dialogue)]"
+        few = "one dialogue" if r["dialogues"] == 1 else f"{r['dialogues']} dialogues"
+        return f"{r['diff']:+.2f} [– ({few})]"
     return f"{r['diff']:+.2f}{mark} [{r['low']:+.2f}, {r['high']:+.2f}]"
 
 

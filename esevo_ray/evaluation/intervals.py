@@ -115,13 +115,7 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         out: the report folder.
         options: resamples, seed, confidence (see `intervals`).
     """
-    md = [
-        "In the automatic-metrics table, Distinct-n is the paper's definition (distinct "
-        "n-grams / n-grams of each response, averaged over the responses that hold one) and "
-        "Corpus Distinct-n counts over all responses at once; `n` is the number of contexts "
-        "a row rests on.",
-        "",
-    ]
+    md: list[str] = []
     metrics = {m.label: m.metrics for m in models}
     if old := [label for label, m in metrics.items() if m and _distinct_scored_zero(m)]:
         md += [
@@ -154,8 +148,9 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         "`*`: the interval excludes 0 (for that one comparison: with some twenty metrics "
         "and several comparisons, a few marks are expected by chance alone). Judge rows use "
         "the contexts judged for both models. "
-        "On a few dozen contexts or fewer an interval is itself rough. Every number is in "
-        f"`{INTERVALS_FILE}`.",
+        f"Contexts of fewer than {bootstrap.MIN_DIALOGUES} dialogues get no interval (a "
+        "bootstrap over a few dialogues covers far less than its level), and on a few dozen "
+        f"dialogues an interval is itself rough. Every number is in `{INTERVALS_FILE}`.",
         "",
     ]
     for c in done:

@@ -203,22 +203,12 @@ def nltk_data_dir(data: DataSection | None = None) -> Path | None:
         return None
 
 
-_chosen: list[str] = []  # the folder put first by a call with a config
-
-
 def use_nltk_data_dir(data: DataSection | None = None) -> str | None:
-    """Put the NLTK data folder first on nltk's search path; return it. A run's scoring
-    calls this with its config first: later calls without one keep that folder first."""
+    """Put the NLTK data folder first on nltk's search path; return it (None: no data dir).
+    A run's scoring calls this with its config, so its data.data_dir is searched too."""
     import nltk
 
-    if data is None and _chosen:
-        return _chosen[0]
     folder = nltk_data_dir(data)
-    if folder is None:
-        return None
-    if str(folder) in nltk.data.path:
-        nltk.data.path.remove(str(folder))
-    nltk.data.path.insert(0, str(folder))
-    if data is not None:
-        _chosen[:] = [str(folder)]
-    return str(folder)
+    if folder is not None and str(folder) not in nltk.data.path:
+        nltk.data.path.insert(0, str(folder))
+    return str(folder) if folder is not None else None

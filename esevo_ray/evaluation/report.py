@@ -151,7 +151,10 @@ def _render(
         "",
         "Scores x100. In brackets: change from the previous model, in points. "
         "BERTScore uses the backbone named in its column and is not comparable with "
-        "roberta-large BERTScores.",
+        "roberta-large BERTScores. Distinct-n is the paper's definition (distinct n-grams / "
+        "n-grams of each response, averaged over the responses that hold one) and Corpus "
+        "Distinct-n counts over all responses at once; `n` is the number of contexts a row "
+        "rests on, and the dialogues they come from.",
         "",
     ]
     if elsewhere := _other_contexts(run_dir, evaluated):  # `esevo eval --contexts` into m<t>

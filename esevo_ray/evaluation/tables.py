@@ -110,8 +110,19 @@ def metrics_table(metrics: dict[str, dict | None]) -> str:
         header[header.index("BERTScore")] = f"BERTScore (differs by row: {'; '.join(backbones)})"
     rows = delta_rows(scores, list(METRIC_COLUMNS))
     for row, m in zip(rows, metrics.values(), strict=True):
-        row.append(str((m or {}).get("settings", {}).get("n", "–")))
+        row.append(contexts_text(m))
     return markdown_table(header, rows)
+
+
+def contexts_text(metrics: dict | None) -> str:
+    """A row's `n`: its contexts, and the dialogues they come from (turns of one dialogue
+    are far from independent: 16 contexts may be 2 dialogues)."""
+    n = (metrics or {}).get("settings", {}).get("n", "–")
+    ids = (metrics or {}).get("keys", {}).get("dialogue_id")
+    if not ids:
+        return str(n)
+    d = len(set(ids))
+    return f"{n} ({d} dialogue{'' if d == 1 else 's'})"
 
 
 def esconv_table(metrics: dict[str, dict | None]) -> str:
@@ -119,7 +130,7 @@ def esconv_table(metrics: dict[str, dict | None]) -> str:
     scores = {label: (m or {}).get("esconv", {}).get("scores", {}) for label, m in metrics.items()}
     rows = delta_rows(scores, list(ESCONV_COLUMNS))
     for row, m in zip(rows, metrics.values(), strict=True):
-        row.append(str((m or {}).get("settings", {}).get("n", "–")))
+        row.append(contexts_text(m))
     return markdown_table(["Model", *ESCONV_COLUMNS.values(), "n"], rows)
 
 

@@ -89,16 +89,16 @@ def test_resamples_draw_whole_dialogues():
 
 
 def test_correlated_turns_widen_the_interval():
-    """Forty contexts of four dialogues, one model right on two dialogues and the other on the
-    other two: the difference rests on four dialogues, not on forty independent turns."""
+    """Forty contexts of ten dialogues, one model right on five dialogues and the other on the
+    other five: the difference rests on ten dialogues, not on forty independent turns."""
     better = model("B", [g if i < 20 else GENERIC for i, g in enumerate(goldens())])
     worse = model("W", [GENERIC if i < 20 else g for i, g in enumerate(goldens())])
     grouped = [Model(m.label, m.responses.set_column(0, "dialogue_id",
-                     pa.array([f"d{i // 10}" for i in range(N)])), None)
+                     pa.array([f"d{i // 4}" for i in range(N)])), None)
                for m in (better, worse)]  # fmt: skip
     by_turn = bootstrap.compare(better, worse, resamples=1000, seed=0)["bleu_2"]
     by_dialogue = bootstrap.compare(*grouped, resamples=1000, seed=0)["bleu_2"]
-    assert by_dialogue["dialogues"] == 4 and by_turn["dialogues"] == N
+    assert by_dialogue["dialogues"] == 10 and by_turn["dialogues"] == N
     assert by_dialogue["high"] - by_dialogue["low"] > 1.5 * (by_turn["high"] - by_turn["low"])
 
 
@@ -246,6 +246,18 @@ def test_contexts_of_one_dialogue_give_no_interval(tmp_path, weak, strong):
     md = "\n".join(intervals.report_sections(one, tmp_path, resamples=200, confidence=0.9))
     assert f"| {r['diff']:+.2f} [– (one dialogue)] |" in md and " *" not in md
     assert "| difference [90% interval] |" in md
+
+
+def test_contexts_of_few_dialogues_give_no_interval(weak, strong):
+    """A bootstrap over two dialogues has three distinct resamples: its "95% interval" spans
+    the two dialogues' differences and excluded 0 whenever both moved the same way."""
+    few = [Model(m.label, m.responses.set_column(0, "dialogue_id",
+                 pa.array([f"d{i % 9}" for i in range(N)])), None)
+           for m in (weak, strong)]  # fmt: skip
+    r = bootstrap.compare(*few, resamples=200, seed=0)["bleu_2"]
+    assert r["dialogues"] == 9 and r["diff"] > 0
+    assert (r["low"], r["high"], r["excludes_zero"]) == (None, None, False)
+    assert bootstrap.difference_text(r) == f"{r['diff']:+.2f} [– (9 dialogues)]"
 
 
 def test_corpus_distinct_interval_is_as_wide_as_the_bootstrap_of_the_same_mean():

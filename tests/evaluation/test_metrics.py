@@ -226,7 +226,6 @@ def test_a_runs_wordnet_is_found_under_its_configs_data_dir(tmp_path, monkeypatc
     monkeypatch.setattr(prepare, "REPO_ROOT", tmp_path / "elsewhere")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(nltk.data, "path", [])
-    monkeypatch.setattr(lexical, "_chosen", [], raising=False)
     replies = ["That must hurt.", "Exams are hard.", "I am sorry."]
     path = write_responses(tmp_path / "eval" / "responses.parquet", "M0", replies)
     cfg = load_config(None, [f"data.data_dir={data}"])

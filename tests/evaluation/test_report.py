@@ -110,7 +110,7 @@ def test_write_report_tables_and_plots(run_dir):
     assert "| M0 | 2.50 | 2.50 | 2 | 2 |" in text
     assert "| M1 | 4.00 (+1.50) | 4.00 (+1.50) | 0 | 2 |" in text
     assert "Judge: j." in text
-    assert rows["M0"].endswith("| 3 |")  # contexts each row rests on
+    assert rows["M0"].endswith("| 3 (3 dialogues) |")  # contexts each row rests on, and dialogues
 
     # The ESConv-toolkit set, and paired intervals for M1, M2 vs M0 and M2 vs M1.
     assert "## ESConv-toolkit metrics" in text and "| Model | B-1 | B-2 |" in text
