@@ -119,17 +119,20 @@ def _judge(cfg: RunConfig, run: RunLayout, t: int, base: Path, runner: Runner) -
 def judged_as_configured(cfg: RunConfig, scores: Path, responses: Path) -> bool:
     """Whether the judge file `scores` holds the verdicts this config's judge makes: False
     when `esevo judge` rewrote it under other judge settings, another endpoint model
-    (--model) or another sample of contexts (--samples); a setting the file does not record
-    is taken as the same."""
+    (--model) or another sample of contexts (--samples), or stopped part-way rewriting it;
+    a setting the file does not record is taken as the same."""
     import pyarrow.parquet as pq
 
     from esevo_ray.evaluation.judge import (
         differing_settings,
+        is_partial,
         judged_under,
         sample_keys,
         verdict_settings,
     )
 
+    if is_partial(scores):  # the report leaves it out until a judging runs to the end
+        return False
     judge = cfg.eval.judge
     expected = verdict_settings(judge)
     if judge.backend == "endpoint":

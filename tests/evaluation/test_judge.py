@@ -9,6 +9,7 @@ import threading
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from esevo_ray.cli import evaluate as cli
@@ -660,6 +661,12 @@ def test_the_loop_takes_only_a_judge_file_made_as_its_config_makes_it(server, tm
     assert not judged(n_samples=2)
     assert not judged(judge=cfg.eval.judge.model_copy(update={"temperature": 0.1}))
     assert judged()
+    # `esevo judge` on the same file, stopped part-way: same settings, same contexts, but
+    # the report leaves the file out until a judging finishes it, which the loop must do.
+    table = pq.read_table(out)
+    metadata = {**table.schema.metadata, b"esevo.partial": b"1"}
+    pq.write_table(table.replace_schema_metadata(metadata), out)
+    assert not judged_as_configured(cfg, out, path)
 
 
 def test_settings_no_verdict_depends_on_keep_the_verdicts(server, tmp_path):
