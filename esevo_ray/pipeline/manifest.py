@@ -24,7 +24,7 @@ from typing import Any
 
 from esevo_ray.config import NOT_TRAINED, RunConfig
 from esevo_ray.io import atomic_write_text
-from esevo_ray.layout import read_manifest
+from esevo_ray.layout import RunLayout, model_index, model_name, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +126,11 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> N
             f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
             f"{remedy} to continue this one"
         )
-    before = stored.get("evolve", {}).get("iterations", 0)
-    if current["evolve"]["iterations"] < before:  # more, yes; fewer would leave M^T+1.. there
+    wanted = current["evolve"]["iterations"]
+    if past := _models_past(run_dir, data, wanted):  # they would stay in report and server
         raise RunConflict(
-            f"{run_dir} has {before} iterations, and evolve.iterations="
-            f"{current['evolve']['iterations']} would leave the models past it in the report "
-            f"and the server; {remedy} to continue this one"
+            f"{run_dir} holds {', '.join(past)}, past evolve.iterations={wanted}: the report "
+            f"and the server would keep showing them; {remedy} to continue this one"
         )
     if changed:
         logger.warning("%s: continuing with %s changed", run_dir, ", ".join(changed))
@@ -139,6 +138,15 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> N
     else:
         logger.warning("%s: config settings added since the run began keep their defaults", run_dir)
     data.update(config_digest=cfg.digest(), config=current, **{CHANGED_NOW: changed})
+
+
+def _models_past(run_dir: Path, data: dict, iterations: int) -> list[str]:
+    """The models of `run_dir` past M^`iterations` that it holds (m<t> folders) or has begun
+    (stages named `<stage>_m<t>`). Fewer iterations than the record's are fine while none is:
+    a run whose iterations were raised and then stopped before M^T+1's first stage."""
+    folders = RunLayout(run_dir).model_indices()
+    begun = (model_index(stage.rpartition("_")[2]) for stage in data.get("stages", {}))
+    return [model_name(t) for t in sorted({*folders, *begun} - {None}) if t > iterations]
 
 
 # The config keys changed as this process took the run on (not saved): a stage recorded

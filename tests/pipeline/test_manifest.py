@@ -87,9 +87,19 @@ def test_a_run_takes_the_judge_errors_advice_and_more_iterations(tmp_path):
         "evolve.iterations",
     }
     assert again.data["config_changes"][-1]["changed"] == again.changed
-    # Fewer iterations would leave M3 beside a run of two, in the report and the server.
-    with pytest.raises(RunConflict, match="has 3 iterations, and evolve.iterations=2"):
-        Manifest.open(tmp_path, load_config(None, ["name=t", *changed[:3]]))
+    # Back to two before M3 began (raised, then stopped at once): nothing would be left
+    # past it, and refusing left no way on (the advice to lower iterations was refused).
+    fewer = load_config(None, ["name=t", *changed[:3], "evolve.iterations=2"])
+    assert Manifest.open(tmp_path, fewer).data["config"]["evolve"]["iterations"] == 2
+    # Once M3 has begun, fewer would leave it beside a run of two, in the report and server.
+    again = Manifest.open(tmp_path, load_config(None, ["name=t", *changed]))
+    again.data["stages"]["pairs_m3"] = {"status": "running"}
+    again.save()
+    with pytest.raises(RunConflict, match=r"holds m3, past evolve.iterations=2"):
+        Manifest.open(tmp_path, fewer)
+    (tmp_path / "m4").mkdir()
+    with pytest.raises(RunConflict, match=r"holds m3, m4, past evolve.iterations=2"):
+        Manifest.open(tmp_path, fewer)
 
 
 def test_a_home_folder_written_as_tilde_is_the_same_setting(tmp_path, monkeypatch):
