@@ -270,11 +270,13 @@ def run_engine_actors(
     for batch in finished_batches(ds):
         elapsed = time.perf_counter() - t0
         progress.add(batch, elapsed)
-        done = progress.rows
-        logger.info(
-            "%s: %d/%d rows, %.1f output tok/s, ETA %.0fs", label, total - remaining + done,
-            total, progress.tokens / elapsed, elapsed / done * (remaining - done),
-        )  # fmt: skip
+        done = total - remaining + progress.rows
+        if (pace := progress.pace()) is None:
+            logger.info("%s: %d/%d rows, the first batch after %.0fs (start-up included)",
+                        label, done, total, elapsed)  # fmt: skip
+        else:
+            logger.info("%s: %d/%d rows, %.1f output tok/s, ETA %.0fs", label, done, total,
+                        pace[1], (total - done) / pace[0])  # fmt: skip
     progress.seconds = time.perf_counter() - t0
     progress.record_profile(driver_io)
     return progress

@@ -31,6 +31,7 @@ class Progress:
     # Seconds the actors report: engine builds, generation, part writes (summed over actors).
     phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASE_COLUMNS, 0.0))
     first_batch_work: float = 0.0
+    first_batch_rows: int = 0
 
     def add(self, batch: pa.Table, elapsed: float) -> None:
         """Count one batch of actor results (rows, tokens, the actors' placement records)."""
@@ -38,15 +39,26 @@ class Progress:
             if (record := json.loads(placed)) not in self.actors:
                 self.actors.append(record)
         tokens = pc.sum(batch["tokens"]).as_py()
+        rows = pc.sum(batch["rows"]).as_py()
         if not self.batches:
             self.first_batch_work = (
                 pc.sum(batch["compute_s"]).as_py() + pc.sum(batch["io_s"]).as_py()
             )
+            self.first_batch_rows = rows
         for column in PHASE_COLUMNS:
             self.phases[column] += pc.sum(batch[column]).as_py()
-        self.rows += pc.sum(batch["rows"]).as_py()
+        self.rows += rows
         self.tokens += tokens
         self.batches.append((elapsed, tokens))
+
+    def pace(self) -> tuple[float, float] | None:
+        """(rows/s, output tokens/s) over the batches after the first: the pool's pace
+        without the wait for the first batch, which holds Ray's, the actors' and the
+        engines' start-up (a minute or two for vLLM on a GPU). None before a second batch."""
+        if len(self.batches) < 2 or self.batches[-1][0] <= self.batches[0][0]:
+            return None
+        span = self.batches[-1][0] - self.batches[0][0]
+        return (self.rows - self.first_batch_rows) / span, (self.tokens - self.batches[0][1]) / span
 
     def record_profile(self, driver_io: float) -> None:
         """The stage's start-up, compute and I/O: the actors' seconds, shared by the pool.
