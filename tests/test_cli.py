@@ -455,6 +455,22 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130(config, capsys, monk
     assert "interrupted; what had finished is kept" in _error(capsys)
 
 
+def test_a_new_run_stopped_by_ctrl_c_says_how_to_go_on_with_it(config, capsys, monkeypatch):
+    """ "Run the same command again" with --new-run started yet another run, from the data."""
+    import importlib
+
+    names = []
+
+    def interrupted(cfg):
+        names.append(cfg.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("esevo_ray.pipeline.evolve"), "evolve", interrupted)
+    assert main(["evolve", "--config", config, "--new-run"]) == 130
+    err = _error(capsys)
+    assert f"without --new-run, with name={names[0]}," in err and names[0].startswith("t-2")
+
+
 def test_eval_of_an_endpoint_needs_the_name_of_its_model(tmp_path, config, capsys):
     contexts = tmp_path / "contexts.parquet"
     contexts.write_bytes(b"")

@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"esevo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: stopped on purpose, a line instead of a traceback
+        again = getattr(args, "go_on", "the same command again")
         print(
             "esevo: interrupted; what had finished is kept (stages, batches, checkpoints, "
-            "verdicts): run the same command again to go on from there",
+            f"verdicts): run {again} to go on from there",
             file=sys.stderr,
         )
         return 130

@@ -25,6 +25,8 @@ from esevo_ray.pipeline.manifest import RunConflict, recorded, run_lock  # noqa:
 from esevo_ray.schema import SchemaError  # noqa: E402
 from esevo_ray.storage import job_copy, job_copy_hint  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 # Errors in what the user gave: one line on stderr, exit status 2. Any other exception is a
 # bug and keeps its traceback.
 USER_ERRORS = (
@@ -83,6 +85,9 @@ def loop_config(args: argparse.Namespace) -> RunConfig:
     check_output_dir(cfg)
     if args.new_run:
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
+        # The same command again would start yet another run: this one goes on by its name.
+        args.go_on = f"the same command without --new-run, with name={cfg.name},"
+        logger.info("new run %s (go on with it: name=%s, without --new-run)", cfg.name, cfg.name)
     return cfg
 
 
