@@ -214,6 +214,23 @@ _LABELLED = re.compile(r"""(?is)\s*(?:supporter|assistant)\s*:\s*(.*)""")
 _QUOTED = re.compile(r"""(?s)\s*(["'\u201c])(.*)(["'\u201d])\s*""")
 
 
+# JSON or template residue a small model writes as its reply ("{#Refining Response}",
+# "{[]} None [None]", "[The reFinishs] No way!"): braces or square brackets, and under three
+# words outside them (2 of ESConv's 15,654 supporter turns hold a bracket at all).
+_BRACKET = re.compile(r"[{}\[\]]")
+_BRACKETED = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def _is_markup(reply: str) -> bool:
+    if not _BRACKET.search(reply):
+        return False
+    prose = reply
+    while (less := _BRACKETED.sub(" ", prose)) != prose:  # innermost first: {[..]} too
+        prose = less
+    return len(_WORD.findall(prose)) < 3
+
+
 def _unwrapped(reply: str) -> str:
     if match := _LABELLED.fullmatch(reply):
         reply = match.group(1)
@@ -238,7 +255,8 @@ def parse_refinement(text: str, max_chars: int | None = None) -> dict[str, Any]:
 
     Raises:
         ParseError: no object, or no `refined_response` text (an object, a list, a number or
-            the template's placeholder is none), or one cut at `max_chars`.
+            the template's placeholder is none), one cut at `max_chars`, or markup (braces or
+            square brackets, and under three words outside them).
     """
     obj = _lower_keys(extract_object(text, _answers_refinement))
     value = obj.get("refined_response")
@@ -249,6 +267,8 @@ def parse_refinement(text: str, max_chars: int | None = None) -> dict[str, Any]:
     refined = _unwrapped(_as_text(value))
     if not refined:
         raise ParseError("no 'refined_response' text")
+    if _is_markup(refined):
+        raise ParseError(f"'refined_response' is markup, not a reply: {refined[:60]!r}")
     return {
         **_reflection(obj),
         "evaluation_score": as_score(obj.get("evaluation_score")),

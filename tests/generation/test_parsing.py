@@ -109,6 +109,22 @@ def test_a_refined_response_at_the_guided_cap_was_cut_there():
     assert parse_refinement('{"refined_response": "short"}', max_chars=300)
 
 
+@pytest.mark.parametrize(
+    "junk", ["{#Refining Response}", "{[]} None [None]", "[] ] }}};{} {contentType:",
+             "{'helpful'}.", "[The reFinishs] No way!"],
+)  # fmt: skip
+def test_markup_in_the_refined_response_is_no_reply(junk):
+    """A 135M model writes template and JSON residue into the field (9 of the demo's 15
+    "refined" chosen responses of iteration 1): as the chosen response its SFT term trained
+    the next model to answer a seeker with it."""
+    with pytest.raises(ParseError, match="markup, not a reply"):
+        parse_refinement(json.dumps({"refined_response": junk}))
+    for reply in ["That sounds hard. What happened at work?", "You said [at work] it hurts."]:
+        assert parse_refinement(json.dumps({"refined_response": reply}))["refined_response"] == (
+            reply
+        )
+
+
 def test_injected_fence_in_user_text_is_skipped_when_not_valid():
     text = "```json\n{ this is not json ```\n" + FULL
     assert parse_refinement(text)["user_emotion"] == "tired"
