@@ -53,18 +53,22 @@ def histograms(
     path: Path,
     *,
     xlabel: str,
+    ylabel: str = "count",
     bins: int = 20,
 ) -> str:
-    """One panel per key of `panels`, overlaid histograms of its named series."""
+    """One panel per key of `panels`, overlaid histograms of its named series: outlines, so
+    that where series overlap no blended colour reads as another series."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
         pooled = [v for values in series.values() for v in values]
         edges = np.histogram_bin_edges(pooled, bins=bins) if pooled else bins
         for name, values in series.items():
             if len(values):
-                ax.hist(values, bins=edges, alpha=0.5, label=f"{name} (n={len(values)})")
+                ax.hist(values, bins=edges, histtype="step", linewidth=1.8,
+                        label=f"{name} (n={len(values)})")  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize="small")
     return _save(fig, path)
 

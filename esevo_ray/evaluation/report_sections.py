@@ -83,7 +83,9 @@ def _relevance_section(
         for m, v in rel.items()
         if v
     ]
-    figure = plots.histograms({"responses": rel}, out / "relevance.png", xlabel=_axis(relevance))
+    figure = plots.histograms(
+        {"responses": rel}, out / "relevance.png", xlabel=_axis(relevance), ylabel="responses"
+    )
     return [
         "## Relevance to the user's last turn",
         "",
@@ -125,11 +127,14 @@ def pairs_sections(pairs: dict[str, pa.Table], out: Path, relevance: analysis.Me
         it: {"chosen": r["relevance_chosen"], "rejected": r["relevance_rejected"]}
         for it, r in results.items()
     }
-    rel_fig = plots.histograms(panels, out / "pairs_relevance.png", xlabel=_axis(relevance))
+    rel_fig = plots.histograms(
+        panels, out / "pairs_relevance.png", xlabel=_axis(relevance), ylabel="pairs"
+    )
     sim_fig = plots.histograms(
         {"chosen vs rejected": {it: r["similarity"] for it, r in results.items()}},
         out / "pairs_similarity.png",
         xlabel=_axis(relevance),
+        ylabel="pairs",
     )
     return [
         "## Preference pairs per iteration",
