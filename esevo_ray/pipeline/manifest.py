@@ -126,8 +126,8 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> N
             f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
             f"{remedy} to continue this one"
         )
-    wanted = current["evolve"]["iterations"]
-    if past := _models_past(run_dir, data, wanted):  # they would stay in report and server
+    before, wanted = stored.get("evolve", {}).get("iterations", 0), current["evolve"]["iterations"]
+    if wanted < before and (past := _models_past(run_dir, data, wanted)):  # would stay shown
         raise RunConflict(
             f"{run_dir} holds {', '.join(past)}, past evolve.iterations={wanted}: the report "
             f"and the server would keep showing them; {remedy} to continue this one"

@@ -100,6 +100,12 @@ def test_a_run_takes_the_judge_errors_advice_and_more_iterations(tmp_path):
     (tmp_path / "m4").mkdir()
     with pytest.raises(RunConflict, match=r"holds m3, m4, past evolve.iterations=2"):
         Manifest.open(tmp_path, fewer)
+    # A run of two beside an m3 that a stage command made: a free setting changes nothing.
+    two = load_config(None, ["name=t2", "evolve.iterations=2"])
+    Manifest.open(tmp_path / "two", two)
+    (tmp_path / "two" / "m3").mkdir()
+    free = load_config(None, ["name=t2", "evolve.iterations=2", "generation.num_actors=2"])
+    assert Manifest.open(tmp_path / "two", free).data["config"]["generation"]["num_actors"] == 2
 
 
 def test_a_home_folder_written_as_tilde_is_the_same_setting(tmp_path, monkeypatch):
