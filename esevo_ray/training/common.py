@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from esevo_ray.config import LoraSection, RunConfig, TrainSection
+from esevo_ray.config import ConfigError, LoraSection, RunConfig, TrainSection
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.numerics import native_bf16, weights_dtype
 from esevo_ray.schema import read_table
@@ -208,8 +208,8 @@ def trainer_args(
     kwargs.update(section.trl)
     try:
         return config_cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ValueError(
+    except (ValueError, TypeError) as e:  # raised on the worker: a ConfigError says it in a line
+        raise ConfigError(
             f"{where}: invalid training settings for {config_cls.__name__}: {e}"
         ) from e
 
@@ -297,7 +297,7 @@ def save_adapter(trainer: Trainer, path: Path) -> None:
     trainer.processing_class.save_pretrained(path)
 
 
-def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema, config_cls: type) -> dict[str, int]:
+def preflight(cfg: RunConfig, job: TrainJob, schema: pa.Schema) -> dict[str, int]:
     """Driver-side checks before any worker starts; returns the train/eval row counts."""
     section = job.section(cfg)
     if job.init_adapter is not None:

@@ -106,11 +106,9 @@ def train_dpo(
     Returns the adapter folder (adapter files, tokenizer, config.yaml, train_summary.json).
     `reuse`: see `raytrain.run_stage`.
     """
-    from trl import DPOConfig
-
     dpo_loss_terms(cfg.dpo.gamma)
     job = dpo_job(cfg, pairs, init_adapter)
-    common.preflight(cfg, job, schema.PAIRS, DPOConfig)
+    common.preflight(cfg, job, schema.PAIRS)
     generators = off_policy_generators(job.data_path, job.init_adapter)
     if generators:
         logger.warning(

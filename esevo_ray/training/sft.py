@@ -48,8 +48,6 @@ def train_sft(
     The folder holds adapter_config.json, adapter_model.safetensors, the tokenizer,
     config.yaml and train_summary.json. `reuse`: see `raytrain.run_stage`.
     """
-    from trl import SFTConfig
-
     job = sft_job(cfg, data_dir)
-    common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig)
+    common.preflight(cfg, job, schema.SFT_ROWS)
     return raytrain.run_stage(cfg, job, build_sft_trainer, out_dir, reuse=reuse)

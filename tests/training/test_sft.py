@@ -115,6 +115,19 @@ def test_a_step_changes_lora_weights_and_not_the_base(make_cfg, sft_dir, tmp_pat
     assert changed == trainable  # every LoRA matrix moved; no base parameter did
 
 
+def test_a_trl_value_trl_refuses_is_a_config_error(make_cfg, tmp_path):
+    """TRL checks values as its config is built, on the Ray Train worker: a ConfigError
+    reaches the CLI as one line (raytrain.user_error), any other error as a traceback."""
+    from trl import SFTConfig
+
+    from esevo_ray.config import ConfigError
+    from esevo_ray.training.common import trainer_args
+
+    cfg = make_cfg("sft.trl={lr_scheduler_type: sideways}")
+    with pytest.raises(ConfigError, match=r"sft: invalid training settings for SFTConfig"):
+        trainer_args(SFTConfig, cfg.sft, where="sft", output_dir=str(tmp_path), has_eval=False)
+
+
 def test_unknown_trl_key_fails_when_the_config_loads(make_cfg):
     with pytest.raises(ValueError, match=r"unknown SFTConfig keys \['bogus_key'\]"):
         make_cfg("sft.trl={bogus_key: 1}")
