@@ -57,7 +57,10 @@ def _advice(entry: dict[str, Any]) -> str:
     if entry["counts"].get("golden_parse_failure") and not entry.get("guided_json"):
         fixes.append("set generation.guided_json=true (small models need it to write JSON)")
     if entry["counts"].get("golden_parse_failure"):
-        fixes.append("raise generation.reflection_decoding.max_new_tokens if answers are cut off")
+        fixes.append(
+            "raise generation.reflection_decoding.max_new_tokens if answers are cut off (a "
+            "small model's refined responses of markup count here too: a larger model helps)"
+        )
     fixes.append("or accept it: raise generation.max_fallback_fraction")
     if entry["policy"] == "fail":
         fixes[-1] += " or set generation.fallback_policy=warn"

@@ -219,7 +219,7 @@ _QUOTED = re.compile(r"""(?s)\s*(["'\u201c])(.*)(["'\u201d])\s*""")
 # words outside them (2 of ESConv's 15,654 supporter turns hold a bracket at all).
 _BRACKET = re.compile(r"[{}\[\]]")
 _BRACKETED = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")
-_WORD = re.compile(r"[^\W\d_]{2,}")
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 def _is_markup(reply: str) -> bool:

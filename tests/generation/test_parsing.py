@@ -119,7 +119,8 @@ def test_markup_in_the_refined_response_is_no_reply(junk):
     the next model to answer a seeker with it."""
     with pytest.raises(ParseError, match="markup, not a reply"):
         parse_refinement(json.dumps({"refined_response": junk}))
-    for reply in ["That sounds hard. What happened at work?", "You said [at work] it hurts."]:
+    for reply in ["That sounds hard. What happened at work?", "You said [at work] it hurts.",
+                  "I am sorry [hugs]"]:  # fmt: skip
         assert parse_refinement(json.dumps({"refined_response": reply}))["refined_response"] == (
             reply
         )
