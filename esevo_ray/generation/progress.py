@@ -31,12 +31,16 @@ class Progress:
     # Seconds the actors report: engine builds, generation, part writes (summed over actors).
     phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASE_COLUMNS, 0.0))
     first_batch_work: float = 0.0
-    first_batch_rows: int = 0
+    # Rows and tokens of the batches after each actor's first (for `pace`).
+    paced_rows: int = 0
+    paced_tokens: int = 0
 
     def add(self, batch: pa.Table, elapsed: float) -> None:
         """Count one batch of actor results (rows, tokens, the actors' placement records)."""
-        for placed in batch["actor"].to_pylist():
-            if (record := json.loads(placed)) not in self.actors:
+        records = [json.loads(placed) for placed in batch["actor"].to_pylist()]
+        later = any(r in self.actors for r in records)  # an actor's (node, pid) batch 2, 3, ...
+        for record in records:
+            if record not in self.actors:
                 self.actors.append(record)
         tokens = pc.sum(batch["tokens"]).as_py()
         rows = pc.sum(batch["rows"]).as_py()
@@ -44,7 +48,9 @@ class Progress:
             self.first_batch_work = (
                 pc.sum(batch["compute_s"]).as_py() + pc.sum(batch["io_s"]).as_py()
             )
-            self.first_batch_rows = rows
+        if later:
+            self.paced_rows += rows
+            self.paced_tokens += tokens
         for column in PHASE_COLUMNS:
             self.phases[column] += pc.sum(batch[column]).as_py()
         self.rows += rows
@@ -52,13 +58,14 @@ class Progress:
         self.batches.append((elapsed, tokens))
 
     def pace(self) -> tuple[float, float] | None:
-        """(rows/s, output tokens/s) over the batches after the first: the pool's pace
-        without the wait for the first batch, which holds Ray's, the actors' and the
-        engines' start-up (a minute or two for vLLM on a GPU). None before a second batch."""
-        if len(self.batches) < 2 or self.batches[-1][0] <= self.batches[0][0]:
+        """(rows/s, output tokens/s) since the first batch arrived, counting the batches after
+        each actor's first: the pool's pace without the wait for its first batches, which
+        holds Ray's, the actors' and the engines' start-up (a minute or two for vLLM on a
+        GPU). None before an actor's second batch."""
+        span = self.batches[-1][0] - self.batches[0][0] if self.batches else 0.0
+        if not self.paced_rows or span <= 0:
             return None
-        span = self.batches[-1][0] - self.batches[0][0]
-        return (self.rows - self.first_batch_rows) / span, (self.tokens - self.batches[0][1]) / span
+        return self.paced_rows / span, self.paced_tokens / span
 
     def record_profile(self, driver_io: float) -> None:
         """The stage's start-up, compute and I/O: the actors' seconds, shared by the pool.
