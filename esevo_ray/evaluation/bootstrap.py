@@ -58,7 +58,8 @@ def method_text(
     """How an interval was made, in one sentence for the tables that show it."""
     return (
         f"{100 * confidence:.0f}% percentile interval over {resamples} paired resamples of the "
-        f"dialogues those contexts come from (every turn of a drawn dialogue counts; seed {seed})"
+        f"dialogues those contexts come from (every turn of a drawn dialogue counts; seed {seed}; "
+        f"none on fewer than {MIN_DIALOGUES} dialogues)"
     )
 
 

@@ -82,6 +82,7 @@ def intervals(
         "draws whole dialogues with their contexts); corpus metrics recomputed on each "
         "resample, per-response metrics and judge scores averaged",
         **options,
+        "min_dialogues": bootstrap.MIN_DIALOGUES,  # fewer: no interval (low, high null)
         "comparisons": comparisons,
     }
 
@@ -148,9 +149,8 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
         "`*`: the interval excludes 0 (for that one comparison: with some twenty metrics "
         "and several comparisons, a few marks are expected by chance alone). Judge rows use "
         "the contexts judged for both models. "
-        f"Contexts of fewer than {bootstrap.MIN_DIALOGUES} dialogues get no interval (a "
-        "bootstrap over a few dialogues covers far less than its level), and on a few dozen "
-        f"dialogues an interval is itself rough. Every number is in `{INTERVALS_FILE}`.",
+        "A bootstrap over a few dialogues covers far less than its level, and on a few dozen "
+        f"an interval is itself rough. Every number is in `{INTERVALS_FILE}`.",
         "",
     ]
     for c in done:
