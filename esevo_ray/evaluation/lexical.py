@@ -204,11 +204,14 @@ def nltk_data_dir(data: DataSection | None = None) -> Path | None:
 
 
 def use_nltk_data_dir(data: DataSection | None = None) -> str | None:
-    """Put the NLTK data folder first on nltk's search path; return it (None: no data dir).
-    A run's scoring calls this with its config, so its data.data_dir is searched too."""
+    """Put the NLTK data folder (`nltk_data_dir`) first on nltk's search path; return it
+    (None: no data dir)."""
     import nltk
 
     folder = nltk_data_dir(data)
-    if folder is not None and str(folder) not in nltk.data.path:
-        nltk.data.path.insert(0, str(folder))
-    return str(folder) if folder is not None else None
+    if folder is None:
+        return None
+    if str(folder) in nltk.data.path:
+        nltk.data.path.remove(str(folder))
+    nltk.data.path.insert(0, str(folder))
+    return str(folder)

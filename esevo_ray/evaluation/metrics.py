@@ -45,7 +45,7 @@ from esevo_ray.evaluation.lexical import (
 )
 
 if TYPE_CHECKING:
-    from esevo_ray.config import EvalSection, RunConfig
+    from esevo_ray.config import DataSection, EvalSection, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +74,16 @@ def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
     return [100.0 * scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs, strict=True)]
 
 
-def ensure_wordnet() -> None:
-    """Put the NLTK data folder on nltk's search path and check that WordNet is there.
+def ensure_wordnet(data: DataSection | None = None) -> None:
+    """Put the NLTK data folder (of `data.data_dir` when given) first on nltk's search path
+    and check that WordNet is there.
 
     Raises:
         FileNotFoundError: WordNet is in none of nltk's search folders.
     """
     import nltk
 
-    folder = use_nltk_data_dir()
+    folder = use_nltk_data_dir(data)
     try:
         nltk.data.find("corpora/wordnet.zip")
     except LookupError:
@@ -96,12 +97,14 @@ def ensure_wordnet() -> None:
             ) from None
 
 
-def meteor(hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
-    """METEOR x100 of each response (nltk, WordNet synonyms)."""
+def meteor(
+    hyps: Sequence[str], refs: Sequence[str], data: DataSection | None = None
+) -> list[float]:
+    """METEOR x100 of each response (nltk, WordNet synonyms; see `ensure_wordnet`)."""
     from nltk.translate.meteor_score import meteor_score
 
     check_pairs(hyps, refs)
-    ensure_wordnet()
+    ensure_wordnet(data)
     out = []
     for h, r in zip(hyps, refs, strict=True):
         hyp_tokens, ref_tokens = tokenize(h), tokenize(r)
@@ -140,14 +143,16 @@ def score_all(
     *,
     bertscore: bool = True,
     backbone: Backbone | None = None,
+    data: DataSection | None = None,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Corpus scores and per-response scores (x100) in one pass."""
+    """Corpus scores and per-response scores (x100) in one pass; `data`: the run's data
+    section, whose data_dir holds WordNet (see `ensure_wordnet`)."""
     check_pairs(hyps, refs)
     per: dict[str, list[float]] = {
         "bleu_2": [sentence_bleu(h, r, 2) for h, r in zip(hyps, refs, strict=True)],
         "bleu_3": [sentence_bleu(h, r, 3) for h, r in zip(hyps, refs, strict=True)],
         "rouge_l": rouge_l(hyps, refs),
-        "meteor": meteor(hyps, refs),
+        "meteor": meteor(hyps, refs, data),
     }
     corpus = {
         "bleu_2": corpus_bleu(hyps, refs, 2),
@@ -190,11 +195,14 @@ def metrics_report(
     *,
     bertscore: bool = True,
     backbone: Backbone | None = None,
+    data: DataSection | None = None,
 ) -> dict:
     """The content of metrics.json: corpus scores, per-response scores, the settings, and the
     ESConv-toolkit metric set under `esconv`."""
     backbone = backbone or (resolve_backbone() if bertscore else None)
-    corpus, per = score_all(hypotheses, references, bertscore=bertscore, backbone=backbone)
+    corpus, per = score_all(
+        hypotheses, references, bertscore=bertscore, backbone=backbone, data=data
+    )
     settings: dict = {
         "n": len(hypotheses),
         "scale": 100,
@@ -239,8 +247,6 @@ def score_responses(
     from esevo_ray.schema import EVAL_RESPONSES, read_table
 
     eval_cfg = cfg if isinstance(cfg, EvalSection) else (cfg.eval if cfg else EvalSection())
-    if cfg is not None and not isinstance(cfg, EvalSection):
-        use_nltk_data_dir(cfg.data)  # WordNet under the run's data.data_dir
     table = read_table(responses_parquet, EVAL_RESPONSES)
     if table.num_rows == 0:
         raise DataError(f"{responses_parquet}: no responses to score")
@@ -250,7 +256,8 @@ def score_responses(
     hyps = [r or "" for r in table.column("response").to_pylist()]
     refs = [r or "" for r in table.column("golden").to_pylist()]
     with profile.timed("compute"):  # BERTScore's model load included
-        report = metrics_report(hyps, refs, bertscore=bertscore, backbone=backbone)
+        data = cfg.data if cfg is not None and not isinstance(cfg, EvalSection) else None
+        report = metrics_report(hyps, refs, bertscore=bertscore, backbone=backbone, data=data)
     report["models"] = sorted(set(table.column("model").to_pylist()))
     report["keys"] = {
         "dialogue_id": table.column("dialogue_id").to_pylist(),

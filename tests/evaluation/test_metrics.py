@@ -232,6 +232,12 @@ def test_a_runs_wordnet_is_found_under_its_configs_data_dir(tmp_path, monkeypatc
     report = score_responses(path, tmp_path / "eval", cfg, bertscore=False)
     assert report["scores"]["meteor"] > 0
     assert nltk.data.path[0] == str(data / "nltk_data")
+    # With a data dir of the environment too, the run's own comes first.
+    other = tmp_path / "other"
+    (other / "nltk_data").mkdir(parents=True)
+    monkeypatch.setenv("ESEVO_DATA_DIR", str(other))
+    score_responses(path, tmp_path / "eval", cfg, bertscore=False)
+    assert nltk.data.path[0] == str(data / "nltk_data")
 
 
 def test_an_encoder_layer_the_encoder_lacks_is_a_config_error_before_any_response(tmp_path):
