@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 if TYPE_CHECKING:
     from esevo_ray.config import DataSection
-
-import numpy as np
 
 Smoothing = Literal["method1", "method3"]
 

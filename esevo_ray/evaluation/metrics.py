@@ -255,8 +255,8 @@ def score_responses(
         backbone = resolve_backbone(eval_cfg.bertscore_model, eval_cfg.bertscore_num_layers)
     hyps = [r or "" for r in table.column("response").to_pylist()]
     refs = [r or "" for r in table.column("golden").to_pylist()]
+    data = cfg.data if cfg is not None and not isinstance(cfg, EvalSection) else None
     with profile.timed("compute"):  # BERTScore's model load included
-        data = cfg.data if cfg is not None and not isinstance(cfg, EvalSection) else None
         report = metrics_report(hyps, refs, bertscore=bertscore, backbone=backbone, data=data)
     report["models"] = sorted(set(table.column("model").to_pylist()))
     report["keys"] = {
