@@ -250,7 +250,8 @@ def test_contexts_of_one_dialogue_give_no_interval(tmp_path, weak, strong):
 
 def test_contexts_of_few_dialogues_give_no_interval(weak, strong):
     """A bootstrap over two dialogues has three distinct resamples: its "95% interval" spans
-    the two dialogues' differences and excluded 0 whenever both moved the same way."""
+    the two dialogues' differences and excluded 0 whenever both moved the same way. Below
+    ten dialogues none is given."""
     few = [Model(m.label, m.responses.set_column(0, "dialogue_id",
                  pa.array([f"d{i % 9}" for i in range(N)])), None)
            for m in (weak, strong)]  # fmt: skip

@@ -114,9 +114,9 @@ def test_a_refined_response_at_the_guided_cap_was_cut_there():
              "{'helpful'}.", "[The reFinishs] No way!"],
 )  # fmt: skip
 def test_markup_in_the_refined_response_is_no_reply(junk):
-    """A 135M model writes template and JSON residue into the field (9 of the demo's 15
-    "refined" chosen responses of iteration 1): as the chosen response its SFT term trained
-    the next model to answer a seeker with it."""
+    """A 135M model writes template and JSON residue into the field (13 of the demo's 28
+    "refined" chosen responses): as the chosen response its SFT term trained the next model
+    to answer a seeker with it."""
     with pytest.raises(ParseError, match="markup, not a reply"):
         parse_refinement(json.dumps({"refined_response": junk}))
     for reply in ["That sounds hard. What happened at work?", "You said [at work] it hurts.",
