@@ -2,9 +2,9 @@
 
 Kept out of the session's shared Ray instance: Ray Data restarts the actor once more after
 the batch's last retry, and the failed pool keeps its handle in a reference cycle, so the
-actor held a CPU of the shared instance until some later garbage collection (the exception
-and the logs of the failure keep it alive in a test), and the next test that needed both
-CPUs waited forever. Prints one line: "RESULT <exception type>".
+actor held a CPU of the shared instance until some later garbage collection (in the full
+suite not even `gc.collect()` freed it), and the next test that needed both CPUs waited
+forever. Prints one line: "RESULT <exception type>".
 
     python tests/generation/fatal_batch.py MODEL CONTEXTS OUT_DIR
 """
