@@ -215,15 +215,13 @@ def test_dpo_lora_settings_that_an_init_adapter_overrides_are_named(
 ):
     import logging
 
-    from trl import DPOConfig
-
     from esevo_ray import schema
     from esevo_ray.training import common
 
     job = dpo_job(make_cfg(), pairs_path, mt_adapter)  # M^t: r=8
     with caplog.at_level(logging.WARNING, logger="esevo_ray.training"):
-        common.preflight(make_cfg(), job, schema.PAIRS, DPOConfig)
+        common.preflight(make_cfg(), job, schema.PAIRS)
         assert "is not used" not in caplog.text
-        common.preflight(make_cfg("dpo.lora.r=16"), job, schema.PAIRS, DPOConfig)
+        common.preflight(make_cfg("dpo.lora.r=16"), job, schema.PAIRS)
     assert "dpo.lora {'r': 16, 'alpha': 16} is not used" in caplog.text
     assert "whose LoRA has {'r': 8" in caplog.text

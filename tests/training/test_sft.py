@@ -155,8 +155,6 @@ def test_early_stopping_on_a_metric_of_ones_own_keeps_its_best(make_cfg):
 
 
 def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir, caplog):
-    from trl import SFTConfig
-
     from esevo_ray import schema
 
     # Caught when the config loads, before any data is read.
@@ -166,7 +164,7 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir, caplog):
         make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=3")
     cfg = make_cfg("sft.eval_fraction=0.25", "sft.eval_steps=2", "sft.save_steps=4")
     job = sft_job(cfg, sft_dir)
-    assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
+    assert common.preflight(cfg, job, schema.SFT_ROWS) == {
         "train_rows": 6,
         "eval_rows": 2,
     }
@@ -175,7 +173,7 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir, caplog):
     ids = [f"d{i // 4}:{2 * (i % 4) + 1}" for i in range(8)]
     write_parquet(table.set_column(0, "example_id", pa.array(ids)), sft_dir / "sft.parquet")
     with caplog.at_level("WARNING", logger="esevo_ray.training"):
-        assert common.preflight(cfg, job, schema.SFT_ROWS, SFTConfig) == {
+        assert common.preflight(cfg, job, schema.SFT_ROWS) == {
             "train_rows": 8,
             "eval_rows": 0,
         }
@@ -183,7 +181,7 @@ def test_preflight_checks_steps_and_counts_rows(make_cfg, sft_dir, caplog):
     assert "sft: eval_fraction=0.25 of 8 rows holds out no whole dialogue" in caplog.text
     missing = TrainJob("sft", job.model_path, job.data_path, init_adapter=str(sft_dir))
     with pytest.raises(FileNotFoundError, match="adapter_config"):
-        common.preflight(cfg, missing, schema.SFT_ROWS, SFTConfig)
+        common.preflight(cfg, missing, schema.SFT_ROWS)
 
 
 def test_eval_split_is_seeded_and_disjoint():
