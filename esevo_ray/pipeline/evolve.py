@@ -204,7 +204,8 @@ def _loop(cfg: RunConfig, run: RunLayout, runner: Runner) -> None:
 
 def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None:
     """M0: LoRA SFT of the base model, or (evolve.init: base) the base model itself."""
-    from esevo_ray.training.sft import train_sft
+    from esevo_ray.training.raytrain import trained_as
+    from esevo_ray.training.sft import sft_job, train_sft
 
     name = model_name(0)
     if cfg.evolve.init == "sft":
@@ -212,6 +213,7 @@ def _initial(cfg: RunConfig, run: RunLayout, base: Path, runner: Runner) -> None
             f"sft_{name}", inputs={"sft": run.sft_data, "base": base},
             outputs={"adapter": run.adapter(0)}, folder=run.adapter(0),
             fn=lambda: _trained(train_sft(cfg, run.data, run.adapter(0), reuse=True)),
+            current=lambda: trained_as(run.adapter(0), cfg, sft_job(cfg, run.data)),
         )  # fmt: skip
         return
 
@@ -295,7 +297,8 @@ def _dpo(
 ) -> None:
     """M^t: DPO from M^{t-1} (a fresh adapter against the base when M^{t-1} is the base)."""
     from esevo_ray.generation.inspect import pairs_summary
-    from esevo_ray.training.dpo import train_dpo
+    from esevo_ray.training.dpo import dpo_job, train_dpo
+    from esevo_ray.training.raytrain import trained_as
 
     pairs = run.pairs(t)
 
@@ -308,6 +311,7 @@ def _dpo(
     runner.stage(
         f"dpo_{model_name(t)}", inputs={"pairs": pairs, "init": prev or base},
         outputs={"adapter": run.adapter(t)}, fn=dpo, folder=run.adapter(t),
+        current=lambda: trained_as(run.adapter(t), cfg, dpo_job(cfg, pairs, prev)),
     )  # fmt: skip
 
 

@@ -129,7 +129,12 @@ def run_stage(
         raise
     wall = time.time() - start
     t0 = time.perf_counter()
-    extra = {"run_name": name, "model_fingerprint": base, "wall_seconds": wall}
+    extra = {
+        "run_name": name,
+        "model_fingerprint": base,
+        "trained_on": trained_on(cfg, job),
+        "wall_seconds": wall,
+    }
     out = export(result, cfg, job, out_dir, extra)
     _record_phases(out, start, time.perf_counter() - t0)
     # Exported: the run's checkpoints are done with, and the stage run again on the same
@@ -218,17 +223,50 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     again on the same inputs; on others, or into another folder (another run directory), it
     starts afresh, never from another run's state.
     """
-    not_trained = apply_overrides({}, [f"{key}=true" for key in NOT_TRAINED])  # as `exclude`
     key = {
-        "section": job.section(cfg).model_dump(mode="json", exclude=not_trained),
+        **_trained_key(cfg, job),
         "model": str(Path(job.model_path).resolve()),
-        "dtype": cfg.model.dtype,
-        "data": files_digest(parquet_files(job.data_path), named=True),
-        "init_adapter": adapter_hash(job.init_adapter),
         "out_dir": str(Path(out_dir).resolve()),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.name}-{job.stage}-{digest}"
+
+
+def _trained_key(cfg: RunConfig, job: TrainJob) -> dict[str, Any]:
+    """What decides the weights a stage trains, paths aside: its trained settings, the
+    dtype, the data's bytes and the init adapter's weights."""
+    not_trained = apply_overrides({}, [f"{key}=true" for key in NOT_TRAINED])  # as `exclude`
+    return {
+        "section": job.section(cfg).model_dump(mode="json", exclude=not_trained),
+        "dtype": cfg.model.dtype,
+        "data": files_digest(parquet_files(job.data_path), named=True),
+        "init_adapter": adapter_hash(job.init_adapter),
+    }
+
+
+def trained_on(cfg: RunConfig, job: TrainJob) -> str:
+    """A digest of `_trained_key`, recorded in train_summary.json: with the base model's
+    fingerprint beside it, it names an adapter by what it was trained from, wherever the
+    run folder and the model lie (a run name also holds their paths)."""
+    key = json.dumps(_trained_key(cfg, job), sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def trained_as(adapter_dir: str | Path, cfg: RunConfig, job: TrainJob) -> bool:
+    """Whether the adapter in `adapter_dir` is what `job` under `cfg` trains: False for one
+    that `esevo sft` or `esevo dpo` wrote there from other data, another init adapter or
+    other settings (or without a readable summary). An adapter exported before summaries
+    recorded `trained_on` is taken as it is."""
+    try:
+        summary = read_summary(adapter_dir)
+    except (OSError, ValueError):
+        return False
+    if "trained_on" not in summary:
+        return True
+    base = model_fingerprint(Path(job.model_path))
+    return (
+        summary["trained_on"] == trained_on(cfg, job) and summary.get("model_fingerprint") == base
+    )
 
 
 def _exported_by(adapter_dir: Path, name: str, base: str) -> bool:

@@ -136,9 +136,10 @@ def test_loop_resumes_after_kills_during_generation_and_training(config, data_ro
     assert changed.returncode == 2 and "--new-run" in changed.stderr
 
     # M1 trained again in place (as `esevo dpo --iteration 1` does; here M0's weights stand
-    # in): the next run evaluates M1 again and writes a new report, and reuses the rest.
-    shutil.rmtree(run / "m1" / "adapter")
-    shutil.copytree(run / "m0" / "adapter", run / "m1" / "adapter")
+    # in, under the summary of M1's training): the next run evaluates M1 again and writes a
+    # new report, and reuses the rest.
+    weights = "adapter_model.safetensors"
+    shutil.copyfile(run / "m0" / "adapter" / weights, run / "m1" / "adapter" / weights)
     before = {k: v["end"] for k, v in manifest["stages"].items()}
     rerun = subprocess.run(
         [sys.executable, "-m", "esevo_ray.cli", "evolve", "--config", str(path)],

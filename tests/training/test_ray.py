@@ -20,7 +20,8 @@ from esevo_ray.cli.train import add_parsers
 from esevo_ray.config import load_config
 from esevo_ray.io import write_parquet
 from esevo_ray.models import adapter_hash
-from esevo_ray.training.dpo import train_dpo
+from esevo_ray.training.dpo import dpo_job, train_dpo
+from esevo_ray.training.raytrain import trained_as
 from tests.training.tables import TINY_TRAIN, pairs_table, sft_table
 
 pytestmark = pytest.mark.slow
@@ -124,6 +125,9 @@ def test_dpo_on_two_workers_recovers_from_an_injected_failure(
     assert summary["resumed_from_step"] == 2
     assert summary["global_step"] == 4 and summary["world_size"] == 2
     assert summary["init_adapter_hash"] == adapter_hash(sft_adapter) != adapter_hash(out)
+    # What the loop checks before it reuses the adapter as M^t: trained from these inputs.
+    assert trained_as(out, cfg, dpo_job(cfg, pairs, sft_adapter))
+    assert not trained_as(out, cfg, dpo_job(cfg, pairs, None))
     assert "rewards/margins" in summary["last_metrics"]
     assert not (out / "ref").exists()
     assert (tmp_path / "ray_train").is_dir()  # Ray storage beside the output, not inside it

@@ -420,3 +420,87 @@ def test_the_loop_keeps_an_adapter_its_own_ray_train_run_exported(
     assert not raytrain._exported_by(out, other_run, base)
     # The base model converted again since (its path, in the run name, is the same).
     assert not raytrain._exported_by(out, name, "another base")
+
+
+def _exported(cfg, job, out: Path, tiny_model: Path, seed: int = 1) -> Path:
+    """An adapter at `out` with the summary `raytrain.export` writes for `job`'s run."""
+    import json
+
+    from esevo_ray.models import build_tiny_adapter, model_fingerprint
+    from esevo_ray.training import raytrain
+
+    build_tiny_adapter(tiny_model, out, seed=seed)
+    summary = {
+        "model_fingerprint": model_fingerprint(tiny_model),
+        "trained_on": raytrain.trained_on(cfg, job),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary))
+    return out
+
+
+def test_an_adapter_is_known_by_what_it_was_trained_from_not_where_it_lies(
+    make_cfg, sft_dir, tmp_path, tiny_model
+):
+    import json
+
+    from esevo_ray.training.raytrain import trained_as
+
+    cfg, job = make_cfg(), sft_job(make_cfg(), sft_dir)
+    out = _exported(cfg, job, tmp_path / "m0" / "adapter", tiny_model)
+    assert trained_as(out, cfg, job)
+    # How it was carried out, or where the run folder lies now, is not what it trained.
+    assert trained_as(out, make_cfg("sft.logging_steps=1", f"output_dir={tmp_path}/b"), job)
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / "adapter")
+    assert trained_as(moved, cfg, job)
+    # Other settings, other data, another init adapter, or no summary: not this stage's.
+    assert not trained_as(out, make_cfg("sft.learning_rate=0.5"), job)
+    other = write_parquet(sft_table(5), tmp_path / "other" / "sft.parquet").parent
+    assert not trained_as(out, cfg, sft_job(cfg, other))
+    init = str(_exported(cfg, job, tmp_path / "init", tiny_model, seed=2))
+    assert not trained_as(out, cfg, TrainJob("sft", job.model_path, job.data_path, init))
+    # An adapter exported before summaries recorded it is taken as it is.
+    summary = json.loads((out / "train_summary.json").read_text())
+    (out / "train_summary.json").write_text(json.dumps({**summary, "trained_on": None}))
+    assert not trained_as(out, cfg, job)
+    del summary["trained_on"]
+    (out / "train_summary.json").write_text(json.dumps(summary))
+    assert trained_as(out, cfg, job)
+    (out / "train_summary.json").unlink()
+    assert not trained_as(out, cfg, job)
+
+
+def test_the_loop_trains_m0_again_over_an_adapter_made_there_from_other_data(
+    make_cfg, tmp_path, tiny_model, monkeypatch, caplog
+):
+    """`esevo sft --data <another run's data>` wrote the run's m0 adapter: the loop, finding
+    sft_m0's inputs unchanged, reused it as M0 and built every later model on it."""
+    import logging
+
+    from esevo_ray.layout import RunLayout
+    from esevo_ray.pipeline.evolve import _initial
+    from esevo_ray.pipeline.manifest import Manifest
+    from esevo_ray.pipeline.runner import Runner
+
+    cfg = make_cfg()
+    run = RunLayout.of(cfg)
+    write_parquet(sft_table(), run.sft_data)
+    other = write_parquet(sft_table(5), tmp_path / "other" / "sft.parquet").parent
+    trained: list[Path] = []
+
+    def train_sft(cfg, data_dir, out, reuse=False):  # Ray Train's run, as exported
+        trained.append(Path(data_dir))
+        return _exported(cfg, sft_job(cfg, data_dir), Path(out), tiny_model, len(trained))
+
+    monkeypatch.setattr("esevo_ray.training.sft.train_sft", train_sft)
+
+    def loop() -> None:
+        _initial(cfg, run, tiny_model, Runner(Manifest.open(run.root, cfg)))
+
+    loop()
+    loop()
+    assert trained == [run.data]  # reused while it is what the run trains
+    train_sft(cfg, other, run.adapter(0))  # `esevo sft --data <other>`, default --out
+    with caplog.at_level(logging.WARNING, logger="esevo_ray.pipeline.runner"):
+        loop()
+    assert trained == [run.data, other, run.data]
+    assert "rewritten since it ran" in caplog.text
