@@ -83,6 +83,8 @@ class GenerationSection(Section):
     # Appendix A: a refined response longer than `length_ratio` x the rejected or the golden
     # response (in words) is replaced by the golden response.
     length_ratio: float = Field(2.0, gt=0)
+    # Seed contexts per iteration: a sample of them seeded by data.seed and the iteration
+    # (`data.seeds.sample_contexts`), each iteration its own; None: all of them.
     max_contexts: int | None = Field(None, ge=1)
     cpus_per_actor: float = Field(1, ge=0)
     # Placement (esevo_ray/generation/placement.py). "auto": CUDA when the Ray cluster declares

@@ -5,12 +5,15 @@ Appendix B.1 splits the preference data into two parts, one for each training it
 contexts to two iterations), in the order of the seed file (shuffled by `data prepare`); a
 dialogue goes to the part its middle context falls in when the contexts are cut into T equal
 runs, so parts hold about equally many contexts, and none is left empty.
+
+`sample_contexts` takes an iteration's `generation.max_contexts` of them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from esevo_ray import schema
@@ -61,3 +64,18 @@ def write_seed_part(
     """Write the seed contexts of `iteration` (a CONTEXTS Parquet) to `out_path`; return it."""
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
     return write_parquet(seed_part(contexts, iteration, iterations), Path(out_path))
+
+
+def sample_contexts(contexts: pa.Table, n: int | None, seed: int, iteration: int) -> pa.Table:
+    """`n` of the seed contexts for iteration `iteration`, drawn at random from every seed
+    dialogue, in the file's order; all of them when `n` is None or not below their number.
+
+    The draw is the first `n` of a permutation seeded by `seed` and the iteration: each
+    iteration draws its own (the first `n` rows would give every iteration the same contexts,
+    from the first few dialogues), and a larger `n` keeps every context of a smaller one, so
+    a pairs folder made for fewer contexts is extended, not replaced.
+    """
+    if n is None or n >= contexts.num_rows:
+        return contexts
+    order = np.random.default_rng([seed, iteration]).permutation(contexts.num_rows)
+    return contexts.take(np.sort(order[:n]))

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, GenerationSection, RunConfig
+from esevo_ray.data.seeds import sample_contexts
 from esevo_ray.generation.engine_choice import generation_engine
 from esevo_ray.generation.engines import (
     Completion,
@@ -352,8 +353,7 @@ def generate_pairs(
     """
     out_dir = Path(out_dir)
     contexts = schema.read_table(contexts_path, schema.CONTEXTS)
-    if cfg.generation.max_contexts is not None:
-        contexts = contexts.slice(0, cfg.generation.max_contexts)
+    contexts = sample_contexts(contexts, cfg.generation.max_contexts, cfg.data.seed, iteration)
     reference = chosen == "human_reference"
     if reference:
         golden = pc.utf8_trim_whitespace(pc.fill_null(contexts.column("golden"), ""))

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from esevo_ray import schema
-from esevo_ray.data.seeds import part_of_rows, seed_part, write_seed_part
+from esevo_ray.data.seeds import part_of_rows, sample_contexts, seed_part, write_seed_part
 from esevo_ray.io import write_parquet
 
 
@@ -65,3 +65,27 @@ def test_write_seed_part_reads_and_writes_contexts_parquet(tmp_path):
     out = write_seed_part(source, tmp_path / "m2" / "seed_contexts.parquet", 2, 2)
     part = schema.read_table(out, schema.CONTEXTS)
     assert dialogues(part) == {"d2", "d3"} and part.num_rows == 4
+
+
+def keys(table: pa.Table) -> list[tuple[str, int]]:
+    ids, turns = table.column("dialogue_id").to_pylist(), table.column("turn_index").to_pylist()
+    return list(zip(ids, turns, strict=True))
+
+
+def test_each_iteration_draws_its_own_contexts_from_every_dialogue():
+    """generation.max_contexts took the first rows: every iteration answered the same
+    contexts, from the first few of the seed dialogues."""
+    table = contexts([8] * 20)  # 160 contexts of 20 dialogues
+    first, second = (sample_contexts(table, 16, 42, t) for t in (1, 2))
+    assert first.num_rows == second.num_rows == 16
+    assert keys(first) != keys(second)  # 16 of 160 twice alike: 1 in 4e21
+    assert len(dialogues(first)) > 2  # the first 16 rows hold 2 dialogues
+    assert set(keys(first)) <= set(keys(table))
+    assert keys(first) == sorted(keys(first), key=keys(table).index)  # in the file's order
+    # The same draw again (a resumed stage, the other arm of an ablation) ...
+    assert sample_contexts(table, 16, 42, 1).equals(first)
+    assert not sample_contexts(table, 16, 7, 1).equals(first)  # ... and data.seed decides it
+    # A larger number keeps every context of a smaller: its folder is extended.
+    assert set(keys(first)) <= set(keys(sample_contexts(table, 40, 42, 1)))
+    for n in (None, 160, 500):
+        assert sample_contexts(table, n, 42, 1).equals(table)
