@@ -97,8 +97,9 @@ class GenerationSection(Section):
     # M^t as weights merged once into a cached folder ("merge"), or a vLLM LoRA request.
     lora_mode: Literal["merge", "adapter"] = "merge"
     max_model_len: int = Field(2048, ge=1)
-    # Cap on the tokens of dialogue context; older turns are dropped first.
-    max_context_tokens: int = Field(1024, ge=1)
+    # Cap on the tokens of dialogue context (with P_task); older turns are dropped first.
+    # 896: with decoding's 128 new tokens, dpo.max_length (1024) holds a pair whole.
+    max_context_tokens: int = Field(896, ge=1)
     decoding: DecodingSection = DecodingSection()
     reflection_decoding: DecodingSection = DecodingSection(max_new_tokens=384)
     # Extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization).

@@ -156,6 +156,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
 
     run = RunLayout.of(cfg)
     warn_unused_dpo_lora(cfg)
+    warn_cut_dpo_contexts(cfg)
     # The BERTScore encoder's settings, now rather than at M0's evaluation after SFT.
     resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest
@@ -254,6 +255,30 @@ def warn_unused_dpo_lora(cfg: RunConfig) -> None:
             "of M^t, trained with sft.lora; set sft.lora to change the LoRA",
             ", ".join(f"{k}={getattr(cfg.dpo.lora, k)}" for k in differ),
         )
+
+
+def cut_dpo_contexts(cfg: RunConfig) -> str | None:
+    """Why DPO would score pairs on less context than their rejected responses were
+    generated from (a context of generation.max_context_tokens and a response at its token
+    limit are longer than dpo.max_length, so `rows.fit_prompt` drops their oldest turns);
+    None when they fit, or when the loop trains no DPO."""
+    gen, limit = cfg.generation, cfg.dpo.max_length
+    need = gen.max_context_tokens + gen.decoding.max_new_tokens
+    if not cfg.evolve.iterations or need <= limit:
+        return None
+    return (
+        f"generation.max_context_tokens ({gen.max_context_tokens}) + generation.decoding."
+        f"max_new_tokens ({gen.decoding.max_new_tokens}) exceed dpo.max_length ({limit}): DPO "
+        "drops the oldest turns of longer prompts, scoring those pairs on less context than "
+        f"their rejected responses were generated from; raise dpo.max_length to {need}, or "
+        f"lower generation.max_context_tokens to {limit - gen.decoding.max_new_tokens}"
+    )
+
+
+def warn_cut_dpo_contexts(cfg: RunConfig) -> None:
+    """Said at the loop's start, not after SFT at the first DPO."""
+    if (why := cut_dpo_contexts(cfg)) is not None:
+        logger.warning(why)
 
 
 def _check_seed_split(cfg: RunConfig, run: RunLayout) -> None:

@@ -430,6 +430,24 @@ def test_a_dpo_lora_the_loop_never_uses_is_named_at_its_start(caplog):
     assert "dpo.lora (r=64, dropout=0.2) is not used: under evolve.init: sft" in caplog.text
 
 
+def test_contexts_longer_than_dpo_holds_are_named_at_the_loops_start():
+    """cpu-demo made pairs from contexts of 768 tokens and trained DPO at 512: 6 of its 16
+    pairs lost the turns their rejected response was generated from, and nothing said so."""
+    from esevo_ray.pipeline.evolve import cut_dpo_contexts
+
+    why = cut_dpo_contexts(load_config(None, ["generation.max_context_tokens=768",
+                                              "generation.decoding.max_new_tokens=48",
+                                              "dpo.max_length=512"]))  # fmt: skip
+    assert why is not None and "exceed dpo.max_length (512)" in why
+    assert "raise dpo.max_length to 816, or lower generation.max_context_tokens to 464" in why
+    assert (
+        cut_dpo_contexts(load_config(None, ["dpo.max_length=512", "evolve.iterations=0"])) is None
+    )
+    assert cut_dpo_contexts(load_config(None, [])) is None  # the defaults hold a pair whole
+    for path in sorted(Path(__file__).parents[2].glob("configs/*.yaml")):
+        assert cut_dpo_contexts(load_config(path)) is None, path.name
+
+
 def test_a_bertscore_layer_the_encoder_lacks_stops_the_loop_before_any_stage(tmp_path):
     """Said at M0's evaluation, after data preparation and SFT."""
     from esevo_ray.config import ConfigError
