@@ -170,7 +170,6 @@ def bench_serve_app(
     from ray import serve
 
     from esevo_ray.serving.deploy import (
-        APP_NAME,
         check_no_serve,
         default_run_dir,
         served_run,
@@ -197,7 +196,7 @@ def bench_serve_app(
                 replace(load, clients=c, duration_s=duration_s, ramp_s=ramp_s)
             )
     finally:
-        serve.delete(APP_NAME)
+        serve.shutdown()  # started here (check_no_serve): proxies and all
     ratio = {
         kind: {
             c: round(served[c]["output_tok_per_s"] / runs[c]["output_tok_per_s"], 3) for c in served
@@ -273,7 +272,7 @@ def soak_app(
     alternate; every fifth streamed request hangs up after its first tokens (see `soak`)."""
     from ray import serve
 
-    from esevo_ray.serving.deploy import APP_NAME, start_app
+    from esevo_ray.serving.deploy import start_app
 
     key = os.environ.get(cfg.serve.api_key_env)
     load = Load(
@@ -287,4 +286,4 @@ def soak_app(
         )
         return {"model": model, **soak(soaked)}
     finally:
-        serve.delete(APP_NAME)
+        serve.shutdown()  # started here (check_no_serve): proxies and all

@@ -196,6 +196,10 @@ def check_no_serve(s: ServeSection) -> None:
 def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
     """Start Serve on cfg.serve.host:port with the application; returns the base URL.
 
+    A start that fails or is interrupted shuts Serve down again; so must the caller, when it
+    is done with the application (`serve.shutdown()`: on a cluster that `ray.init()` joined,
+    Serve's controller and proxies outlive this process, and the next start is refused).
+
     Raises:
         UsageError: Serve runs on the Ray cluster already (`ray.init()` joins a running
             one): it would keep its own host and port, and stopping this application's
@@ -210,6 +214,10 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
         ray.init()
     check_no_serve(cfg.serve)
     app = build_application(cfg, run_dir)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=name, route_prefix="/")
+    try:
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        serve.run(app, name=name, route_prefix="/")
+    except BaseException:  # Ctrl-C while replicas start, a replica that fails to deploy
+        serve.shutdown()  # no Serve left on a cluster that `ray.init()` joined
+        raise
     return http_url(cfg.serve.host, cfg.serve.port)
