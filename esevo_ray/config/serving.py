@@ -23,7 +23,8 @@ DEFAULT_CRISIS_TEXT = (
 class HumanEvalSection(Section):
     # SQLite file (WAL); None: <run_dir>/human_eval/db.sqlite.
     db_path: str | None = None
-    # Models drawn for blinded sessions; None: every finished iteration (m0, m1, ...).
+    # Models drawn for blinded sessions, once every one is served; None: every finished
+    # iteration (m0, m1, ...) as it is served.
     models: list[str] | None = None
     # Turns before a point-wise rating may be submitted (the paper: at least 8);
     # pair-wise sessions show "enough turns" after min_turns_pairwise (the paper: 10).

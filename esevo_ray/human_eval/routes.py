@@ -97,11 +97,22 @@ class HumanEval:
     def draw(self, mode: str) -> tuple[str, str | None]:
         """The least-used finished model for a point-wise session; for a pair-wise one, the
         least-used pair, then the pair of least-used models, so that every pair is compared
-        about as often. Ties are broken at random."""
+        about as often. Ties are broken at random. The models `serve.human_eval.models` names
+        are drawn only once all of them are served: drawn from those served so far, the
+        others' sessions went to them."""
         names = self.settings.models or [
             n for n in self.host.served_names() if model_index(n) is not None
         ]
-        pool = sorted({r for n in names if (r := self.host.resolve_name(n)) is not None})
+        resolved = {n: self.host.resolve_name(n) for n in names}
+        if self.settings.models and (missing := [n for n, r in resolved.items() if r is None]):
+            raise ApiError(
+                409,
+                f"serve.human_eval.models names {missing}, not served now (an iteration not "
+                "finished yet, or its adapter missing): sessions start once every one is "
+                "served, or leave them out of serve.human_eval.models",
+                "conflict_error",
+            )
+        pool = sorted({r for r in resolved.values() if r is not None})
         need = 1 if mode == "pointwise" else 2
         if len(pool) < need:
             raise ApiError(

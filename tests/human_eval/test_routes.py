@@ -305,3 +305,30 @@ def test_sessions_started_at_once_are_drawn_one_after_another(tmp_path, monkeypa
     for t in threads:
         t.join()
     assert sorted(_pairs(ev).values()) == [3, 3, 3], _pairs(ev)
+
+
+def test_a_study_waits_for_every_model_it_names(tmp_path):
+    """serve.human_eval.models: [m0, m1] with only m0 trained sent every session to m0, and
+    nothing said so: the study came out unbalanced."""
+    import pytest
+
+    from esevo_ray.api_errors import ApiError
+    from esevo_ray.config import HumanEvalSection
+    from esevo_ray.human_eval.routes import HumanEval
+
+    pool = _Pool(["base", "m0"])
+    ev = HumanEval(pool, tmp_path / "h.sqlite", HumanEvalSection(models=["m0", "m1"]))
+    for mode in ("pointwise", "pairwise"):
+        with pytest.raises(ApiError, match=r"names \['m1'\], not served now") as e:
+            ev.open_session(mode, "r")
+        assert e.value.status == 409
+    assert ev.store.assignments("pointwise") == {}
+    pool.names.append("m1")  # trained meanwhile: the rescan serves it
+    assert {ev.draw("pointwise")[0] for _ in range(20)} <= {"m0", "m1"}
+    assert ev.draw("pairwise") == ("m0", "m1")
+    # Without the setting, the study takes the models finished so far, as documented.
+    pool.names.remove("m1")
+    assert HumanEval(pool, tmp_path / "g.sqlite", HumanEvalSection()).draw("pointwise") == (
+        "m0",
+        None,
+    )
