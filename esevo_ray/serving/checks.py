@@ -52,8 +52,9 @@ def check_auth(request: Request, key_digest_: str | None) -> None:
                 "permission_error",
             )
         return
+    # The scheme is case-insensitive (RFC 7235): curl users write "bearer" too.
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme != "Bearer" or not hmac.compare_digest(key_digest(given), key_digest_):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(key_digest(given), key_digest_):
         raise ApiError(
             401,
             "missing or invalid API key (Authorization: Bearer <key>)",

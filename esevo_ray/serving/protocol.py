@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from esevo_ray.api_errors import ERROR_RESPONSES, ErrorBody, error_body
 
@@ -51,7 +51,11 @@ class ChatRequest(BaseModel):
     """The subset of OpenAI's request that the engines honour. Fields that would change what
     a reply is (JSON mode, log-probabilities, tool calls) are refused when they ask for
     anything, so a client never takes plain text for what it asked; other keys are ignored.
+    Values are taken as JSON types them, not converted (true is no token limit, "yes" no
+    stream); a whole number stands for a float.
     """
+
+    model_config = ConfigDict(strict=True)
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -90,6 +94,13 @@ class ChatRequest(BaseModel):
     @classmethod
     def _no_tool_call(cls, value: str | dict | None) -> str | dict | None:
         return _not_asked(value, "tool_choice", ("none", "auto"))
+
+    @field_validator("stream_options")
+    @classmethod
+    def _with_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("stream", True) is not True:  # (validated first)
+            raise ValueError("only allowed when stream is true")
+        return value
 
     def token_limit(self) -> tuple[str, int | None]:
         """(the field that sets the reply's length, its value): max_completion_tokens, the

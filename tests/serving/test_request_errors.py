@@ -142,7 +142,8 @@ def test_with_a_key_any_host_may_ask():
         headers = [(b"host", b"gpu-box.internal:8000"), (b"authorization", authorization)]
         return Request({"type": "http", "client": ("10.0.0.5", 1), "headers": headers})
 
-    check_auth(request(b"Bearer k"), key_digest("k"))
+    for right in (b"Bearer k", b"bearer k", b"BEARER k"):  # the scheme in any case (RFC 7235)
+        check_auth(request(right), key_digest("k"))
     for wrong in (b"Bearer kk", b"Basic k", b"k", b"Bearer " + key_digest("k").encode()):
         with pytest.raises(ApiError) as e:
             check_auth(request(wrong), key_digest("k"))
@@ -163,3 +164,27 @@ def test_an_unknown_model_error_offers_current_only_once_an_iteration_finished()
         with pytest.raises(ApiError) as e:
             ingress.resolve("m9")
         assert e.value.status == 404 and e.value.message.endswith(offered)
+
+
+@pytest.mark.parametrize(
+    "fields,param,says",
+    [
+        ({"max_tokens": True}, "max_tokens", "valid integer"),  # was a 1-token reply
+        ({"stream": "yes"}, "stream", "valid boolean"),  # was a stream
+        ({"seed": "7"}, "seed", "valid integer"),
+        ({"temperature": "0"}, "temperature", "valid number"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when"),
+        ({"stream_options": {}, "stream": False}, "stream_options", "only allowed when"),
+    ],
+)
+def test_values_are_taken_as_json_types_them(fields, param, says):
+    message, got = validation_error(_errors(**fields))
+    assert got == param and says in message
+
+
+def test_a_whole_number_stands_for_a_float():
+    body = ChatRequest.model_validate(
+        {"model": "m0", "messages": USER, "temperature": 1, "top_p": 1, "stream": True,
+         "stream_options": {"include_usage": True}}
+    )  # fmt: skip
+    assert body.temperature == 1.0 and body.top_p == 1.0 and body.stream_options.include_usage
