@@ -248,3 +248,9 @@ def test_another_bertscore_encoder_with_its_layer_loads_and_survives_a_round_tri
     )
     again = type(cfg).model_validate(cfg.model_dump(mode="json"))  # as Ray workers rebuild it
     assert again.eval.bertscore_num_layers == 17
+
+
+def test_the_human_eval_page_takes_no_message_the_chat_api_refuses():
+    with pytest.raises(ConfigError, match=r"max_message_chars \(2000\) must not exceed max_chars"):
+        load_config(None, ["serve.max_chars=1000"])
+    assert load_config(None, ["serve.max_chars=1000", "serve.human_eval.max_message_chars=1000"])

@@ -95,6 +95,12 @@ class ServeSection(Section):
                 f"max_tokens ({self.max_tokens}) must be below max_model_len "
                 f"({self.max_model_len}), leaving room for the prompt"
             )
+        if self.human_eval.max_message_chars > self.max_chars:
+            raise ValueError(
+                f"human_eval.max_message_chars ({self.human_eval.max_message_chars}) must not "
+                f"exceed max_chars ({self.max_chars}): the page would take messages that the "
+                "chat API refuses"
+            )
         check_engine_keys(self.vllm, "serve", {
             "model": "model.path", "dtype": "model.dtype", "max_model_len": "serve.max_model_len",
             "max_num_seqs": "serve.max_num_seqs", "max_lora_rank": "serve.max_lora_rank",

@@ -140,7 +140,7 @@ def test_recent_history_drops_whole_exchanges_from_the_front():
     from esevo_ray.config import ServeSection
     from esevo_ray.serving.checks import recent_history
 
-    s = ServeSection(max_messages=4, max_chars=100)
+    s = ServeSection(max_messages=4, max_chars=100, human_eval={"max_message_chars": 100})
     dialogue = [{"role": ("user", "assistant")[i % 2], "content": f"t{i}"} for i in range(7)]
     assert [t["content"] for t in recent_history(dialogue, s)] == ["t4", "t5", "t6"]
     dialogue[5]["content"] = "x" * 98
