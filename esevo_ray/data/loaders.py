@@ -91,13 +91,25 @@ def _load(path: str | Path, parse: Callable[[Any, str], Any], on_bad: OnBad, lab
                 raise record
             if not isinstance(record, dict):
                 raise DataError(f"expected an object, got {type(record).__name__}")
-            out.items.append(parse(record, f"{path.stem}-{n}"))
+            item = parse(record, f"{path.stem}-{n}")
+            if isinstance(item, Dialogue):
+                _check_roles(item)
+            out.items.append(item)
         except DataError as e:
             if on_bad == "error":
                 raise DataError(f"{where}: {e}") from None
             out.skipped += 1
             out.problems.append(f"{where}: {e}")
     return out
+
+
+def _check_roles(dialogue: Dialogue) -> None:
+    """A dialogue without a seeker turn, or without a supporter turn, has no context to
+    answer or no reply: loaded, it gave no rows and still took a place among the dialogues
+    that data.max_*_dialogues keep."""
+    roles = {turn.role for turn in dialogue.turns}
+    if missing := [role for role in (SEEKER, SUPPORTER) if role not in roles]:
+        raise DataError(f"the dialogue has no {missing[0]} turn")
 
 
 def _text(value: Any, field_name: str) -> str:
@@ -178,6 +190,8 @@ def load_esconv(path: str | Path, split: str, on_bad: OnBad = "error") -> Loaded
 def _extes_record(record: dict, default_id: str) -> Dialogue:
     turns = []
     for i, item in enumerate(_turn_items(record, "content")):
+        if "User" in item and "AI" in item:  # one of them would be dropped
+            raise DataError(f"content[{i}] has both 'User' and 'AI'; one turn holds one")
         if "User" in item:
             turns.append(Turn(SEEKER, _text(item["User"], f"content[{i}].User")))
         elif "AI" in item:

@@ -201,3 +201,27 @@ def test_json_lines_split_at_newlines_only_and_a_byte_order_mark_is_read(data_ro
     extes = json.loads((ASSETS / "extes_sample.json").read_text())
     (tmp_path / "bom.json").write_text(json.dumps(extes, indent=2), encoding="utf-8-sig")
     assert len(load_extes(tmp_path / "bom.json").items) == len(extes)
+
+
+def test_a_dialogue_without_either_role_is_a_bad_record(tmp_path):
+    """A one-role record loaded as a dialogue of no rows: it took a place among those
+    data.max_*_dialogues keep, and nothing said so."""
+    seeker_only = {"dialog": [{"speaker": "usr", "text": "hi"}, {"speaker": "usr", "text": "so"}]}
+    path = tmp_path / "train.json"
+    _write_lines(path, [GOOD, seeker_only, GOOD])
+    with pytest.raises(DataError, match=r"record 2: the dialogue has no supporter turn"):
+        load_esconv(path, "train")
+    skipped = load_esconv(path, "train", on_bad="skip")
+    assert len(skipped.items) == 2 and skipped.skipped == 1
+    (tmp_path / "x.json").write_text(json.dumps([{"content": [{"AI": "hello"}]}]))
+    with pytest.raises(DataError, match=r"record 0: the dialogue has no seeker turn"):
+        load_extes(tmp_path / "x.json")
+    both = [{"content": [{"User": "hi", "AI": "hello"}]}]  # one of them was dropped
+    (tmp_path / "y.json").write_text(json.dumps(both))
+    with pytest.raises(DataError, match=r"content\[0\] has both 'User' and 'AI'"):
+        load_extes(tmp_path / "y.json")
+    counsel = [{"dialogue": [{"role": "Seeker", "content": "hi"},
+                             {"role": "Strategy Counselor", "content": "ask"}]}]  # fmt: skip
+    (tmp_path / "s.json").write_text(json.dumps(counsel))
+    with pytest.raises(DataError, match=r"record 0: the dialogue has no supporter turn"):
+        load_serveforemo(tmp_path / "s.json")
