@@ -23,15 +23,13 @@ import numpy as np
 import pyarrow as pa
 
 from esevo_ray.evaluation import esconv_metrics, lexical
+from esevo_ray.resampling import MIN_CLUSTERS
 
 RESAMPLES = 1000
 SEED = 0
 CONFIDENCE = 0.95
-# Fewer dialogues give no interval. Drawn from d dialogues, the percentile interval of a mean
-# covers far less than asked: 95% intervals held the true difference 50% of the time on 2
-# dialogues (3 distinct resamples: the interval spans the two dialogues' differences), 81% on
-# 4, 89% on 10, 93% on 20 (2,000 simulated normal cases each).
-MIN_DIALOGUES = 10
+# Fewer dialogues give no interval (esevo_ray/resampling.py says why).
+MIN_DIALOGUES = MIN_CLUSTERS
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 Key = tuple[str, int]

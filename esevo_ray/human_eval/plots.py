@@ -35,7 +35,7 @@ def pointwise_figure(summary: dict[str, dict[str, dict]], path: Path) -> str:
                 continue
             xs.append(g + i * width)
             ys.append(d["mean"])
-            no_ci = d["ci_low"] is None  # one rating
+            no_ci = d["ci_low"] is None  # too few sessions
             lo.append(0.0 if no_ci else d["mean"] - d["ci_low"])
             hi.append(0.0 if no_ci else d["ci_high"] - d["mean"])
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=model)
@@ -71,7 +71,7 @@ def pairwise_figure(entries: list[dict], path: Path) -> str:
                 )
         left = [a + r for a, r in zip(left, rates, strict=True)]
     wins = [e["win"]["rate"] for e in entries]
-    cis = [(e["win"]["ci_low"], e["win"]["ci_high"]) for e in entries]  # None: one session
+    cis = [(e["win"]["ci_low"], e["win"]["ci_high"]) for e in entries]  # None: too few sessions
     err = [
         [0.0 if lo is None else w - lo for w, (lo, _) in zip(wins, cis, strict=True)],
         [0.0 if hi is None else hi - w for w, (_, hi) in zip(wins, cis, strict=True)],

@@ -6,7 +6,9 @@ turn of models X and Y is a win, tie or loss for X. A session's votes come from 
 one dialogue and go together, so the three rates and the margin (win rate minus loss rate,
 above 0 when X wins more often) get percentile bootstrap intervals over sessions, not over
 votes, which would treat ten votes of one rater as ten raters and come out too narrow.
-An interval needs two sessions; with one, the table shows the rate alone.
+Fewer than MIN_SESSIONS sessions give no interval, the table the mean or rate alone: drawn
+from a few sessions, a percentile interval covers far less than 95% (the same floor, and
+for the same reason, as the automatic metrics' intervals over dialogues).
 As in the paper, a pair-wise dialogue lasts at least ten turns: only sessions with at least
 their `min_turns` voted turns count, and the votes of shorter ones are reported as left out.
 """
@@ -23,6 +25,10 @@ from esevo_ray.config import JUDGE_DIMENSIONS
 from esevo_ray.errors import UsageError
 from esevo_ray.human_eval.store import connect
 from esevo_ray.io import atomic_write_text
+from esevo_ray.resampling import MIN_CLUSTERS
+
+# Sessions are the unit resampled, as dialogues are for the automatic metrics.
+MIN_SESSIONS = MIN_CLUSTERS
 
 
 def model_order(name: str) -> tuple[int, str]:
@@ -37,10 +43,10 @@ def model_order(name: str) -> tuple[int, str]:
 def bootstrap_ci(
     values: list[float], n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float] | tuple[None, None]:
-    """95% percentile bootstrap interval of the mean; (None, None) for fewer than two values
-    (every resample of one value is that value: an interval of width 0 says nothing)."""
+    """95% percentile bootstrap interval of the mean of one value per session; (None, None)
+    for fewer than MIN_SESSIONS values."""
     x = np.asarray(values, dtype=float)
-    if len(x) < 2:
+    if len(x) < MIN_SESSIONS:
         return None, None
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
@@ -106,12 +112,11 @@ def pairwise_summary(votes: list[dict], n_boot: int = 2000, seed: int = 0) -> li
         n = int(total.sum())
         entry = {"model": x, "opponent": y, "n": n, "sessions": len(per)}
 
-        # Every resample of one session is that session: no interval (as bootstrap_ci).
-        one = len(per) < 2
+        few = len(per) < MIN_SESSIONS  # no interval, as bootstrap_ci
         for i, outcome in enumerate(OUTCOMES):
             entry[outcome] = {"count": int(total[i]), "rate": total[i] / n,
-                              **_interval(lo[i], hi[i], one)}  # fmt: skip
-        entry["margin"] = {"value": (total[0] - total[2]) / n, **_interval(*margin, one)}
+                              **_interval(lo[i], hi[i], few)}  # fmt: skip
+        entry["margin"] = {"value": (total[0] - total[2]) / n, **_interval(*margin, few)}
         out.append(entry)
     return out
 
@@ -170,7 +175,7 @@ def _markdown(point: dict, pair: list[dict], left_out: dict[str, int]) -> str:
         for e in pair:
 
             def cell(value: float, c: dict, e: dict = e) -> str:
-                ci = f" [{c['ci_low']:.1%}, {c['ci_high']:.1%}]" if e["sessions"] > 1 else ""
+                ci = "" if c["ci_low"] is None else f" [{c['ci_low']:.1%}, {c['ci_high']:.1%}]"
                 return f"{value:.1%}{ci}"
 
             cells = [cell(e[o]["rate"], e[o]) for o in OUTCOMES]
@@ -185,6 +190,8 @@ def _markdown(point: dict, pair: list[dict], left_out: dict[str, int]) -> str:
     if left_out["votes"]:
         lines += ["", f"Left out: {left_out['votes']} vote(s) of {left_out['sessions']} "
                   "session(s) with fewer voted turns than their minimum."]  # fmt: skip
+    lines += ["", f"No interval is given on fewer than {MIN_SESSIONS} sessions: drawn from a "
+              "few, a percentile interval covers far less than 95%."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +209,7 @@ def human_report(db_path: str | Path, out_dir: str | Path) -> dict:
     point, pair = pointwise_summary(ratings), pairwise_summary(votes)
     report = {
         "db": str(db_path), "pointwise": point, "pairwise": pair,
-        "pairwise_left_out": left_out, "figures": [],
+        "pairwise_left_out": left_out, "min_sessions": MIN_SESSIONS, "figures": [],
     }  # fmt: skip
     if point:
         report["figures"].append(pointwise_figure(point, out / "human_pointwise.png"))

@@ -34,14 +34,14 @@ def test_model_order():
 def test_pointwise_summary_means_and_intervals():
     ratings = [
         {"model": m, "dimension": d, "score": s}
-        for m, scores in {"m0": [3, 3, 4], "m1": [4, 5, 5]}.items()
+        for m, scores in {"m0": [3, 3, 4] * 4, "m1": [4, 5, 5] * 4}.items()
         for s in scores
         for d in DIMS
     ]
     summary = pointwise_summary(ratings)
     assert list(summary) == ["m0", "m1"]
     e = summary["m1"]["empathy"]
-    assert e["n"] == 3 and e["mean"] == pytest.approx(14 / 3)
+    assert e["n"] == 12 and e["mean"] == pytest.approx(14 / 3)
     assert 4 <= e["ci_low"] <= e["mean"] <= e["ci_high"] <= 5
     # One rating has no interval, and the table shows none (not [4.00, 4.00]).
     one = pointwise_summary([{"model": "m2", "dimension": "empathy", "score": 4}])
@@ -70,18 +70,40 @@ def test_pairwise_intervals_resample_sessions_not_votes():
     the interval must be as wide as the sessions' spread, not the votes' count."""
     votes = [
         {"session_id": f"s{s}", "model_a": "m1", "model_b": "m0", "choice": "A" if win else "B"}
-        for s, wins in enumerate([10, 0, 10, 0, 10, 0])
+        for s, wins in enumerate([10, 0] * 5)
         for win in [True] * wins + [False] * (10 - wins)
     ]  # fmt: skip
     (entry,) = pairwise_summary(votes)
-    # Per vote, 30 of 60 gives a Wilson interval of about [0.38, 0.62]; three sessions of six
-    # won outright leave the win rate anywhere from about a sixth to five sixths.
+    # Per vote, 50 of 100 gives a Wilson interval of about [0.40, 0.60]; five sessions of ten
+    # won outright leave the win rate anywhere from about a fifth to four fifths.
     assert entry["win"]["ci_low"] < 0.25 and entry["win"]["ci_high"] > 0.75
     assert entry["margin"]["ci_low"] < -0.5 < 0.5 < entry["margin"]["ci_high"]
     one = pairwise_summary([v for v in votes if v["session_id"] == "s0"])[0]
     assert one["sessions"] == 1 and one["win"]["rate"] == 1.0
     # Every resample of one session is that session: no interval, not one of width 0.
     assert one["win"]["ci_low"] is None and one["margin"]["ci_high"] is None
+
+
+def test_fewer_sessions_than_the_floor_give_no_interval():
+    """Three sessions gave a "95%" interval that, drawn from so few, covers far less."""
+    from esevo_ray.human_eval.report import MIN_SESSIONS, _markdown
+
+    assert MIN_SESSIONS == 10
+    ratings = [{"model": "m1", "dimension": "empathy", "score": s} for s in [4, 5] * 5]
+    assert pointwise_summary(ratings[:9])["m1"]["empathy"]["ci_low"] is None
+    assert pointwise_summary(ratings)["m1"]["empathy"]["ci_low"] is not None
+    votes = [
+        {"session_id": f"s{s}", "model_a": "m1", "model_b": "m0", "choice": "AB"[s % 2]}
+        for s in range(10)
+    ]
+    few = pairwise_summary(votes[:9])[0]
+    assert (
+        few["sessions"] == 9 and few["win"]["ci_low"] is None and few["margin"]["ci_high"] is None
+    )
+    assert pairwise_summary(votes)[0]["margin"]["ci_low"] is not None
+    text = _markdown({}, [few], {"votes": 0, "sessions": 0})
+    assert "| m1 vs m0 | 9 | 9 | 55.6% | 0.0% | 44.4% | 11.1% |" in text
+    assert "No interval is given on fewer than 10 sessions" in text
 
 
 def _fill(db) -> None:
