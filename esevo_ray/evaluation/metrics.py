@@ -205,6 +205,10 @@ def metrics_report(
     )
     settings: dict = {
         "n": len(hypotheses),
+        # Scored as they are: an empty response scores 0 on the similarity metrics and holds
+        # no n-gram for Distinct; an empty reference gives every response 0 against it.
+        "empty_responses": sum(not h.strip() for h in hypotheses),
+        "empty_references": sum(not r.strip() for r in references),
         "scale": 100,
         "tokenizer": "ASCII punctuation + lowercase + sacrebleu 13a",
         "bleu": "nltk corpus_bleu, cumulative uniform weights, smoothing method1",

@@ -115,14 +115,21 @@ def metrics_table(metrics: dict[str, dict | None]) -> str:
 
 
 def contexts_text(metrics: dict | None) -> str:
-    """A row's `n`: its contexts, and the dialogues they come from (turns of one dialogue
-    are far from independent: 16 contexts may be 2 dialogues)."""
-    n = (metrics or {}).get("settings", {}).get("n", "–")
+    """A row's `n`: its contexts, the dialogues they come from (turns of one dialogue are far
+    from independent: 16 contexts may be 2 dialogues), and the empty responses and
+    references among them (scored as they are: 0 on the similarity metrics)."""
+    settings = (metrics or {}).get("settings", {})
     ids = (metrics or {}).get("keys", {}).get("dialogue_id")
-    if not ids:
-        return str(n)
-    d = len(set(ids))
-    return f"{n} ({d} dialogue{'' if d == 1 else 's'})"
+    notes = []
+    if ids:
+        d = len(set(ids))
+        notes.append(f"{d} dialogue{'' if d == 1 else 's'}")
+    if empty := settings.get("empty_responses"):
+        notes.append(f"{empty} empty response{'' if empty == 1 else 's'}")
+    if unreferenced := settings.get("empty_references"):
+        notes.append(f"{unreferenced} without a reference")
+    n = str(settings.get("n", "–"))
+    return f"{n} ({'; '.join(notes)})" if notes else n
 
 
 def esconv_table(metrics: dict[str, dict | None]) -> str:

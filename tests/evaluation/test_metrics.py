@@ -249,3 +249,22 @@ def test_an_encoder_layer_the_encoder_lacks_is_a_config_error_before_any_respons
     cfg = load_config(None, ["eval.bertscore_num_layers=12"])
     with pytest.raises(ConfigError, match=r"bertscore_num_layers is 12, and the encoder .* has 6"):
         evaluate_model(cfg, tmp_path / "no-model", tmp_path / "contexts.parquet", tmp_path / "out")
+
+
+def test_empty_responses_and_references_are_counted_where_n_is_shown(tmp_path, backbone):
+    """A model that said nothing on a third of the contexts scored a little lower, and
+    neither metrics.json nor the report said why."""
+    from esevo_ray.evaluation.tables import contexts_text
+
+    path = write_responses(
+        tmp_path / "eval" / "responses.parquet", "M0", ["Losing a job is hard.", " ", ""]
+    )
+    settings = score_responses(path, tmp_path / "eval")["settings"]
+    assert (settings["n"], settings["empty_responses"], settings["empty_references"]) == (3, 2, 0)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert contexts_text(saved) == "3 (3 dialogues; 2 empty responses)"
+    saved["settings"]["empty_responses"] = 0  # as metrics.json written before the count
+    saved["settings"].pop("empty_references")
+    assert contexts_text(saved) == "3 (3 dialogues)"
+    report = metrics_report(["Fine.", "Fine."], ["", "Good."], bertscore=False)
+    assert contexts_text(report) == "2 (1 without a reference)"
