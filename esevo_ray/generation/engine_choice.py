@@ -111,6 +111,32 @@ def choose_engine(
     return kind
 
 
+def check_vllm_options(options: dict, key: str, engine_args: str = "EngineArgs") -> None:
+    """Refuse options in `key` (generation.vllm, serve.vllm) that vLLM's engine does not take
+    (`engine_args`: the class of vllm.engine.arg_utils it is built from). A misspelt one
+    passed the config, and vLLM raised TypeError in the engine's actor or replica, after the
+    stages before it ran (SFT, say). Checked where vllm is installed: the options are its own.
+
+    Raises:
+        ConfigError: an unknown option, with the nearest known one.
+    """
+    if not options or not installed("vllm"):
+        return
+    import dataclasses
+    import difflib
+
+    from vllm.engine import arg_utils
+
+    known = {f.name for f in dataclasses.fields(getattr(arg_utils, engine_args))}
+    if unknown := sorted(set(options) - known):
+        said = [
+            f"{k} (did you mean {near[0]}?)" if (near := difflib.get_close_matches(k, known, 1))
+            else k
+            for k in unknown
+        ]  # fmt: skip
+        raise ConfigError(f"{key} holds options vLLM's engine does not take: {', '.join(said)}")
+
+
 def _on_cluster(device: str) -> str:
     """`device`, with "auto" resolved on the Ray cluster (joined here, where not yet)."""
     if device != "auto":
@@ -124,8 +150,11 @@ def _on_cluster(device: str) -> str:
 
 def generation_engine(gen: GenerationSection, device: str | None = None) -> str:
     """The engine of the generation actors on `device` (default: generation.device), by
-    `choose_engine`."""
-    return choose_engine(
+    `choose_engine`, with generation.vllm checked when it is vllm."""
+    kind = choose_engine(
         gen.engine, "generation.engine", device=device or gen.device, guided_json=gen.guided_json,
         tensor_parallel_size=gen.tensor_parallel_size,
     )  # fmt: skip
+    if kind == "vllm":
+        check_vllm_options(gen.vllm, "generation.vllm")
+    return kind

@@ -151,12 +151,16 @@ def evolve(cfg: RunConfig) -> RunLayout:
 
     Raises:
         RunConflict: the run was made by another config, or another driver runs it now.
+        ConfigError: generation.vllm holds an option vLLM does not take, or a setting found
+            unfit before any stage (the BERTScore encoder's layer, the seed split).
     """
     from esevo_ray.evaluation.backbones import resolve_backbone
+    from esevo_ray.generation.engine_choice import check_vllm_options
 
     run = RunLayout.of(cfg)
     warn_unused_dpo_lora(cfg)
     warn_cut_dpo_contexts(cfg)
+    check_vllm_options(cfg.generation.vllm, "generation.vllm")  # not after SFT
     # The BERTScore encoder's settings, now rather than at M0's evaluation after SFT.
     resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest

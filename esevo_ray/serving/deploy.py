@@ -12,7 +12,7 @@ from pathlib import Path
 
 from esevo_ray.config import RunConfig, ServeSection, load_config
 from esevo_ray.errors import UsageError
-from esevo_ray.generation.engine_choice import choose_engine
+from esevo_ray.generation.engine_choice import check_vllm_options, choose_engine
 from esevo_ray.generation.placement import Placement, node_gpus, place, resolve_device
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_rank, lora_rank_bound
@@ -72,7 +72,10 @@ def serve_engine(s: ServeSection, gpus_by_node: list[float]) -> str:
         EngineUnavailable: it cannot run there (engine_choice.choose_engine).
     """
     device = resolve_device(s.device, gpus_by_node)
-    return choose_engine(s.engine, "serve.engine", device=device)
+    kind = choose_engine(s.engine, "serve.engine", device=device)
+    if kind == "vllm":  # the replicas build vLLM's async engine
+        check_vllm_options(s.vllm, "serve.vllm", "AsyncEngineArgs")
+    return kind
 
 
 def replica_placement(

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from esevo_ray.config import ConfigError, load_config
-from esevo_ray.generation.engine_choice import EngineUnavailable, choose_engine
+from esevo_ray.generation.engine_choice import EngineUnavailable, choose_engine, generation_engine
 from esevo_ray.generation.pipeline import generate_pairs
 from esevo_ray.parts import PART_GLOB
 
@@ -170,3 +170,27 @@ def test_an_actor_built_outside_ray_chooses_by_the_same_rule(missing, tiny_model
     gen = gen_cfg(**{"generation.engine": "auto"}).generation
     actor = Responder(gen, str(tiny_model), None, "float32", str(tmp_path), model_name="m0")
     assert isinstance(actor.engine, HfEngine)
+
+
+def test_an_option_vllm_does_not_take_is_named_before_any_stage(tmp_path):
+    """generation.vllm={gpu_memory_utilisation: ...} loaded, and vLLM raised TypeError in
+    the engine's actor after data preparation and SFT (hours for an 8B model)."""
+    from esevo_ray.generation.engine_choice import check_vllm_options
+    from esevo_ray.pipeline.evolve import evolve
+    from esevo_ray.serving.deploy import serve_engine
+
+    misspelt = "{gpu_memory_utilisation: 0.5, enforce_eager: true}"
+    cfg = load_config(
+        None, [f"output_dir={tmp_path / 'runs'}", "generation.engine=vllm",
+               f"generation.vllm={misspelt}", "serve.engine=vllm", f"serve.vllm={misspelt}"],
+    )  # fmt: skip
+    said = r"generation.vllm holds options vLLM's engine does not take: gpu_memory_utilisation "
+    with pytest.raises(ConfigError, match=said + r"\(did you mean gpu_memory_utilization\?\)"):
+        evolve(cfg)
+    assert not (tmp_path / "runs").exists()  # before any stage
+    with pytest.raises(ConfigError, match="generation.vllm holds"):
+        generation_engine(cfg.generation, device="cpu")
+    with pytest.raises(ConfigError, match="serve.vllm holds options"):
+        serve_engine(cfg.serve, [])
+    check_vllm_options({"gpu_memory_utilization": 0.5, "enforce_eager": True}, "generation.vllm")
+    check_vllm_options({"enable_log_requests": True}, "serve.vllm", "AsyncEngineArgs")
