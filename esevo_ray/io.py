@@ -186,6 +186,8 @@ def check_replaceable(path: str | Path, *, holds: str | tuple[str, ...], what: s
     (names, or glob patterns): not an earlier `what` but something else (a whole run given as
     --out, say) that writing there would replace or mix with."""
     path, marks = Path(path), (holds,) if isinstance(holds, str) else holds
+    if (above := next((p for p in path.parents if p.exists()), None)) and not above.is_dir():
+        raise UsageError(f"{path}: {above} is a file, so nothing can be written under it")
     # A write of ours that a kill left unfinished is no one else's content.
     own = [p for p in path.iterdir() if not _TEMP_NAME.fullmatch(p.name)] if path.is_dir() else []
     if path.is_file() or (own and not any(any(path.glob(m)) for m in marks)):

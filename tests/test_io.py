@@ -166,6 +166,19 @@ def test_a_killed_write_of_ours_does_not_make_a_folder_someone_elses(tmp_path):
         check_replaceable(folder, holds="producer.json", what="generation parts")
 
 
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path):
+    """`esevo dpo --out x.json/adapter` started Ray Train, whose storage beside the adapter
+    (x.json/ray_train) failed with a NotADirectoryError traceback."""
+    from esevo_ray.errors import UsageError
+    from esevo_ray.io import check_replaceable
+
+    (tmp_path / "x.json").write_text("{}")
+    for out in (tmp_path / "x.json" / "adapter", tmp_path / "x.json" / "m1" / "adapter"):
+        with pytest.raises(UsageError, match=r"x.json is a file, so nothing can be written"):
+            check_replaceable(out, holds="adapter_config.json", what="LoRA adapter")
+    check_replaceable(tmp_path / "new" / "adapter", holds="adapter_config.json", what="x")
+
+
 def test_a_folder_that_is_a_link_is_replaced_where_it_points(tmp_path):
     """The link itself was renamed aside and a plain folder put in its place: the data left
     the disk it was linked to, and the next replacement failed on the link left aside."""

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 # bug and keeps its traceback.
 USER_ERRORS = (
     ConfigError, DataError, SchemaError, RunConflict, UsageError, FileNotFoundError,
-    NotADirectoryError, IsADirectoryError, PermissionError, EndpointError, JudgeError,
-    BenchUnavailable, PartsConflict,
+    FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, EndpointError,
+    JudgeError, BenchUnavailable, PartsConflict,
 )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, RunConfig
-from esevo_ray.errors import EndpointError
+from esevo_ray.errors import EndpointError, UsageError
 from esevo_ray.evaluation.responses import PARTS, collect_responses, eval_contexts
 from esevo_ray.generation.pairs import fit_context
 from esevo_ray.generation.pipeline import eval_seed, response_row
@@ -224,7 +224,15 @@ class TokenCounter:
     def __init__(self, tokenizer_path: str | Path):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if not Path(tokenizer_path).is_dir():  # a hub id would be looked up online
+            raise UsageError(f"--tokenizer {tokenizer_path}: no tokenizer folder there")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UsageError(
+                f"--tokenizer {tokenizer_path}: no tokenizer loads from it ({first})"
+            ) from None
 
     def count_tokens(self, messages: list[dict]) -> int:
         text = self.tokenizer.apply_chat_template(
@@ -263,6 +271,7 @@ def endpoint_responses(
             "%s: the server does not say now which model is behind %r, so a resume cannot tell "
             "whether it is the one the earlier answers came from", out_dir, endpoint.model,
         )  # fmt: skip
+    counter = None if tokenizer is None else TokenCounter(tokenizer)  # before any write
     claim(out_dir / PARTS, {
         "stage": "endpoint", "model": f"{endpoint.model} at {endpoint.url}",
         "served": served, "model_name": model_name, "system_prompt": system_prompt,
@@ -277,8 +286,7 @@ def endpoint_responses(
         len(rows),
     )  # fmt: skip
     sent = [r["context"] for r in rows]
-    if tokenizer is not None:
-        counter = TokenCounter(tokenizer)
+    if counter is not None:
         sent = [
             fit_context(counter, c, cfg.generation, system_prompt=system_prompt, refine=False)
             for c in sent

@@ -238,3 +238,23 @@ def test_a_vllm_server_names_its_model_in_its_list(chat_server):
     chat_server.cards["m"] = {"created": 1, "owned_by": "vllm", "root": "/models/m2-merged"}
     assert ChatEndpoint(chat_server.url, "m").identity() == {"root": "/models/m2-merged"}
     assert ChatEndpoint(chat_server.url, "unknown").identity() is None
+
+
+def test_eval_endpoint_names_a_tokenizer_that_does_not_load_before_asking(
+    chat_server, tmp_path, capsys
+):
+    """A wrong --tokenizer printed transformers' traceback about reaching huggingface.co."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "runs")
+    contexts = write_contexts(tmp_path / "ctx.parquet", 2)
+    (tmp_path / "empty").mkdir()
+    for tokenizer, says in (
+        (tmp_path / "nowhere", "no tokenizer folder there"),
+        (contexts, "no tokenizer folder there"),
+        (tmp_path / "empty", "no tokenizer loads from it"),
+    ):
+        argv = ["eval", "--config", str(config), "--model", chat_server.url, "--served-model",
+                "m", "--contexts", str(contexts), "--out", str(tmp_path / "out"),
+                "--tokenizer", str(tokenizer), "--no-bertscore"]  # fmt: skip
+        assert cli.main(argv) == 2
+        assert f"--tokenizer {tokenizer}: {says}" in capsys.readouterr().err
+    assert chat_server.answered == 0 and not (tmp_path / "out" / "parts").exists()
