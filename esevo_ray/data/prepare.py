@@ -91,7 +91,21 @@ def _seed_source_path(cfg: DataSection, source: str) -> str | None:
 
 
 def load_esconv_splits(root: Path, on_bad: str = "error") -> dict[str, Loaded]:
-    return {split: load_esconv(_esconv_file(root, split), split, on_bad) for split in ESCONV_SPLITS}
+    """ESConv's splits under `root`.
+
+    Raises:
+        DataError: a split holds no usable dialogue (an empty file, or every record skipped):
+            `data stats` printed zeros for it, and `data prepare` had nothing to split.
+    """
+    splits = {}
+    for split in ESCONV_SPLITS:
+        splits[split] = loaded = load_esconv(_esconv_file(root, split), split, on_bad)
+        if not loaded.items:
+            raise DataError(
+                f"{_esconv_file(root, split)}: no usable dialogue "
+                f"({loaded.skipped} record(s) skipped)"
+            )
+    return splits
 
 
 def esconv_stats(dialogues: list[Dialogue]) -> dict:
@@ -290,11 +304,6 @@ def prepare_data(
     for split, loaded in splits.items():
         report["skipped"][f"esconv_{split}"] = loaded.skipped
         report["problems"] += loaded.problems[:20]
-        if not loaded.items:
-            raise DataError(
-                f"{_esconv_file(root, split)}: no usable dialogue "
-                f"({loaded.skipped} record(s) skipped)"
-            )
     train_pool = [normalised(d) for d in splits["train"].items]
     test = [normalised(d) for d in splits["test"].items]
     _unique(train_pool + test, f"ESConv in {root / 'esconv'}")

@@ -214,6 +214,19 @@ def test_an_esconv_split_without_dialogues_is_an_error(tmp_path, data_root):
     assert not (tmp_path / "out").exists()
 
 
+def test_data_stats_of_a_split_without_dialogues_is_the_same_error(tmp_path, data_root, capsys):
+    """`esevo data stats`, make demo's first step, printed zeros for it and exited 0."""
+    from esevo_ray.cli import main
+
+    root = tmp_path / "data"
+    (root / "esconv").mkdir(parents=True)
+    (root / "esconv" / "train.json").write_text('{"dialog": "not a list"}\n')
+    (root / "esconv" / "test.json").write_text((data_root / "esconv" / "test.json").read_text())
+    argv = ["data", "stats", "--splits", "test", f"data.data_dir={root}"]
+    assert main([*argv, "--on-bad-record", "skip"]) == 2
+    assert "train.json: no usable dialogue (1 record(s) skipped)" in capsys.readouterr().err
+
+
 def test_seed_ids_are_named_by_source_and_must_be_unique(tmp_path, data_root):
     """Rows are keyed by (dialogue_id, turn_index): two dialogues under one id would merge."""
     records = json.loads((ASSETS / "extes_sample.json").read_text())
