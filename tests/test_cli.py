@@ -556,3 +556,22 @@ def test_endpoint_options_without_an_endpoint_are_refused(tmp_path, config, caps
     argv = ["eval", "--config", config, "--contexts", str(tmp_path / "contexts.parquet")]
     assert main([*argv, "--served-model", "m2"]) == 2
     assert "--served-model: for an endpoint, and --model is no http(s) URL" in _error(capsys)
+
+
+def test_ctrl_c_ends_serving_with_its_line_and_130(config, capsys, monkeypatch):
+    """Serving ended on Ctrl-C with exit status 0 and no word, where every other command
+    says it stopped and exits 130 (as the README has it)."""
+    from ray import serve
+
+    import esevo_ray.cli.serve as serve_cli
+
+    stopped = []
+    monkeypatch.setattr("esevo_ray.serving.deploy.start_app", lambda cfg, run: "http://h:1")
+    monkeypatch.setattr(serve, "shutdown", lambda: stopped.append(True))
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve_cli.time, "sleep", ctrl_c)
+    assert main(["serve", "--config", config]) == 130
+    assert stopped == [True] and "esevo: stopped; Serve shut down" in _error(capsys)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,11 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # how serving ends: its one line, and 130 as for any command
+        print("esevo: stopped; Serve shut down (every rating and vote was stored as it came)",
+              file=sys.stderr)  # fmt: skip
+        return 130
     finally:
         serve.shutdown()
-    return 0
 
 
 def human_db_path(args: argparse.Namespace) -> Path:
