@@ -95,6 +95,14 @@ def test_a_yaml_error_names_the_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_an_alias_inside_what_it_names_is_a_config_error(tmp_path):
+    """It ended in a RecursionError traceback."""
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: x\nserve:\n  vllm: &a {a: *a}\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml holds a YAML alias inside what it names"):
+        load_config(path)
+
+
 def test_a_key_given_twice_is_refused_but_a_merged_key_may_be_overridden(tmp_path):
     """PyYAML keeps the last of two equal keys: a second `dpo:` block replaced the first
     one whole, with what it merged in (GPUs, bf16), and nothing said so."""

@@ -244,11 +244,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
         data = loaded
-    data = _expand_env(apply_overrides(data, overrides or []))
     try:
+        data = _expand_env(apply_overrides(data, overrides or []))
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e, source, overrides or [])) from None
+    except RecursionError:  # `x: &a [*a]`: an alias inside what it names
+        raise ConfigError(f"config {source} holds a YAML alias inside what it names") from None
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
