@@ -1,10 +1,11 @@
 """General-ability benchmarks (paper Table 4) with lm-evaluation-harness against a served model.
 
-Optional: needs the `lm_eval` package (`pip install "lm-eval[api]"`) and, offline, each task's
-data already in the Hugging Face datasets cache. Without either, the command stops with a
-message that says what is missing. Generative tasks (gsm8k, ifeval, mmlu_pro) run over
-chat completions; multiple-choice tasks (truthfulqa_mc2, openbookqa) need log-probabilities,
-i.e. `api="completions"` against a server with `/v1/completions` (e.g. `vllm serve`).
+Optional: needs the `lm_eval` package (`pip install -c constraints.txt "lm-eval[api]"`)
+and, offline, each task's data already in the Hugging Face datasets cache. Without either,
+the command stops with a message that says what is missing. Generative tasks (gsm8k,
+ifeval, mmlu_pro) run over chat completions; multiple-choice tasks (truthfulqa_mc2,
+openbookqa) need log-probabilities, i.e. `api="completions"` against a server with
+`/v1/completions` (e.g. `vllm serve`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ PRIMARY_METRIC = {
     "mmlu_pro": "exact_match,custom-extract",
 }
 INSTALL_HINT = (
-    'install it with `pip install "lm-eval[api]"` (pin the version in constraints.txt); '
+    'install it with `.venv/bin/python -m pip install -c constraints.txt "lm-eval[api]"` '
+    "(the constraints keep the pinned stack); "
     "offline runs also need each task's dataset in the Hugging Face datasets cache "
     "(HF_DATASETS_OFFLINE=1 here), fetched once on a machine with internet access"
 )

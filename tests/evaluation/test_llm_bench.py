@@ -17,7 +17,7 @@ def test_bench_llm_without_lm_eval_says_what_is_missing(tmp_path, capsys):
     assert cli.main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "lm-evaluation-harness is not installed (no Python module 'lm_eval')" in err
-    assert 'pip install "lm-eval[api]"' in err and "datasets cache" in err
+    assert 'pip install -c constraints.txt "lm-eval[api]"' in err and "datasets cache" in err
     assert not out.exists()
 
 
