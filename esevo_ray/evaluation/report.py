@@ -154,7 +154,8 @@ def _render(
         "roberta-large BERTScores. Distinct-n is the paper's definition (distinct n-grams / "
         "n-grams of each response, averaged over the responses that hold one) and Corpus "
         "Distinct-n counts over all responses at once; `n` is the number of contexts a row "
-        "rests on, and the dialogues they come from.",
+        "rests on, and the dialogues they come from (with any empty responses among them, "
+        "which score 0 on the similarity metrics).",
         "",
     ]
     if elsewhere := _other_contexts(run_dir, evaluated):  # `esevo eval --contexts` into m<t>
