@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from esevo_ray.data.dialogue import SEEKER, SUPPORTER, DataError, Dialogue, Turn
+from esevo_ray.data.dialogue import SEEKER, SUPPORTER, DataError, Dialogue, Turn, normalise
 from esevo_ray.storage import job_copy_hint
 
 OnBad = Literal["error", "skip"]
@@ -104,12 +104,14 @@ def _load(path: str | Path, parse: Callable[[Any, str], Any], on_bad: OnBad, lab
 
 
 def _check_roles(dialogue: Dialogue) -> None:
-    """A dialogue without a seeker turn, or without a supporter turn, has no context to
-    answer or no reply: loaded, it gave no rows and still took a place among the dialogues
-    that data.max_*_dialogues keep."""
+    """A dialogue needs a seeker turn answered by a supporter turn (one exchange once
+    `normalise` trims it): without one it gives no rows, and loaded, it still took a place
+    among the dialogues that data.max_*_dialogues keep."""
     roles = {turn.role for turn in dialogue.turns}
     if missing := [role for role in (SEEKER, SUPPORTER) if role not in roles]:
         raise DataError(f"the dialogue has no {missing[0]} turn")
+    if not normalise(dialogue.turns):  # every supporter turn before every seeker turn
+        raise DataError("the dialogue has no seeker turn that a supporter turn answers")
 
 
 def _text(value: Any, field_name: str) -> str:

@@ -213,6 +213,11 @@ def test_a_dialogue_without_either_role_is_a_bad_record(tmp_path):
         load_esconv(path, "train")
     skipped = load_esconv(path, "train", on_bad="skip")
     assert len(skipped.items) == 2 and skipped.skipped == 1
+    answered_before_asked = {"dialog": [{"speaker": "sys", "text": "hello"},
+                                        {"speaker": "usr", "text": "bye"}]}  # fmt: skip
+    _write_lines(path, [GOOD, answered_before_asked])
+    with pytest.raises(DataError, match=r"record 2: .* no seeker turn that a supporter turn"):
+        load_esconv(path, "train")
     (tmp_path / "x.json").write_text(json.dumps([{"content": [{"AI": "hello"}]}]))
     with pytest.raises(DataError, match=r"record 0: the dialogue has no seeker turn"):
         load_extes(tmp_path / "x.json")
