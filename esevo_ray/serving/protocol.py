@@ -13,12 +13,19 @@ from esevo_ray.api_errors import ERROR_RESPONSES, ErrorBody, error_body
 __all__ = ["ERROR_RESPONSES", "ErrorBody", "error_body"]  # the error shape, re-exported
 
 
-class TextPart(BaseModel):
+class _Request(BaseModel):
+    """A part of a chat request: values are taken as JSON types them, not converted (true is
+    no token limit, "yes" no stream); a whole number stands for a float."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class TextPart(_Request):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[TextPart], Field(min_length=1)]
     name: str | None = None
@@ -31,7 +38,7 @@ class ChatMessage(BaseModel):
         return "\n".join(p.text for p in self.content)
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Request):
     include_usage: bool = False
 
 
@@ -47,15 +54,11 @@ def _not_asked(value: Any, field: str, none: tuple = ()) -> Any:
     raise ValueError(f"{what} is not supported by this server (its replies are plain text)")
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_Request):
     """The subset of OpenAI's request that the engines honour. Fields that would change what
     a reply is (JSON mode, log-probabilities, tool calls) are refused when they ask for
     anything, so a client never takes plain text for what it asked; other keys are ignored.
-    Values are taken as JSON types them, not converted (true is no token limit, "yes" no
-    stream); a whole number stands for a float.
     """
-
-    model_config = ConfigDict(strict=True)
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]

@@ -175,6 +175,11 @@ def test_an_unknown_model_error_offers_current_only_once_an_iteration_finished()
         ({"temperature": "0"}, "temperature", "valid number"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when"),
         ({"stream_options": {}, "stream": False}, "stream_options", "only allowed when"),
+        (
+            {"stream": True, "stream_options": {"include_usage": "yes"}},
+            "stream_options.include_usage",
+            "valid boolean",
+        ),
     ],
 )
 def test_values_are_taken_as_json_types_them(fields, param, says):
