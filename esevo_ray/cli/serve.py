@@ -48,11 +48,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:  # how serving ends: its one line, and 130 as for any command
+        serve.shutdown()
         print("esevo: stopped; Serve shut down (every rating and vote was stored as it came)",
               file=sys.stderr)  # fmt: skip
         return 130
-    finally:
+    except BaseException:
         serve.shutdown()
+        raise
 
 
 def human_db_path(args: argparse.Namespace) -> Path:
