@@ -45,12 +45,13 @@ def test_llama3_config_steps_run_at_a_tiny_shape_on_cpu():
     assert report["device"] == "cpu" and report["fits"] is None and report["finite_losses"]
     sft, dpo = report["stages"]["sft"], report["stages"]["dpo"]
     assert (sft["tokens_per_sequence"], dpo["tokens_per_sequence"]) == (96, 128)
-    assert (sft["sequences_per_micro_batch"], dpo["sequences_per_micro_batch"]) == (4, 8)
+    # DPO: 2 pairs (chosen + rejected: 4 sequences) x 4 steps, SFT 4 rows x 2: 8 a step.
+    assert (sft["sequences_per_micro_batch"], dpo["sequences_per_micro_batch"]) == (4, 4)
+    assert (sft["gradient_accumulation_steps"], dpo["gradient_accumulation_steps"]) == (2, 4)
     for stage in (sft, dpo):
         assert stage["optimizer_steps"] == 2 and len(stage["losses"]) == 2
         assert all(math.isfinite(x) for x in stage["losses"])
         assert len(stage["step_seconds"]) == 2
-        assert stage["gradient_accumulation_steps"] == 2
         assert stage["gradient_checkpointing"] and stage["bf16"]
         assert stage["parameters"] == meta_parameters(shape)
         # Only one adapter trains: the base is frozen, and so is DPO's "ref" copy.
