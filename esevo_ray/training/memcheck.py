@@ -268,6 +268,8 @@ def memory_check(
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if steps < 1 or not stages or set(stages) - {"sft", "dpo"}:
         raise ValueError(f"need steps >= 1 and stages from ('sft', 'dpo'), got {steps}, {stages}")
+    if shape is not None:  # a shape the user named is checked on any machine
+        shape = model_shape(cfg, shape)
     if device == "cuda" and not torch.cuda.is_available():
         logger.warning("memory check %s", NO_CUDA)
         return {"config": cfg.name, "skipped": NO_CUDA}

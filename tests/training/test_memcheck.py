@@ -66,6 +66,15 @@ def test_without_cuda_the_check_skips_with_a_message(caplog):
     assert "no CUDA device" in caplog.text and "--device cpu" in NO_CUDA
 
 
+def test_an_unknown_shape_is_named_on_any_machine():
+    """`esevo bench memory --shape bogus` skipped without CUDA, and the mistake surfaced
+    only on the GPU machine."""
+    from esevo_ray.errors import UsageError
+
+    with pytest.raises(UsageError, match="model shape 'bogus': no config.json there"):
+        memory_check(load_config(LLAMA3), shape="bogus")
+
+
 @pytest.mark.parametrize(
     "config, params",
     [
