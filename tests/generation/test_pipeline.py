@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -204,16 +202,12 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_stage(tiny_model, con
     the actor (out of memory, a native crash) reloaded the engine until Ray's 30-minute
     no-progress guard. Now it fails after BATCH_RETRIES retries. In its own process and Ray
     instance (see fatal_batch.py)."""
+    from tests.ray_processes import result_line
+
     path, _ = contexts
     script = Path(__file__).with_name("fatal_batch.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tiny_model), str(path), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=280, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
-    )  # fmt: skip
-    results = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and results, proc.stderr[-3000:]
-    assert results[0] != "RESULT none", "the stage did not fail"
+    result = result_line(script, tiny_model, path, tmp_path / "out", cwd=tmp_path)
+    assert result != "RESULT none", "the stage did not fail"
 
 
 def test_generation_uses_exactly_m_t(tiny_model, contexts, tmp_path):

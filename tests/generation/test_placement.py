@@ -1,9 +1,6 @@
 """GPU placement of the engine actors: the rule, the check before start, and Ray's devices."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,8 +10,7 @@ from esevo_ray.config import ConfigError, load_config
 from esevo_ray.generation.pipeline import generate_pairs
 from esevo_ray.generation.placement import Placement, PlacementError, check_capacity, resolve
 from esevo_ray.parts import PART_GLOB
-
-from ..conftest import REPO
+from tests.ray_processes import result_line
 
 
 def _gen(*overrides):
@@ -163,14 +159,8 @@ def test_declared_gpus_give_each_actor_its_own_device(tiny_model, extes_contexts
     """In a fresh process: Ray declares 2 GPUs; two hf actors, one GPU each (see the script)."""
     path, n = extes_contexts
     script = Path(__file__).with_name("declared_gpus.py")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tiny_model), str(path), str(tmp_path / "pairs")],
-        capture_output=True, text=True, timeout=280, env=env, cwd=tmp_path,
-    )  # fmt: skip
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[0].removeprefix("RESULT "))
+    line = result_line(script, tiny_model, path, tmp_path / "pairs", cwd=tmp_path)
+    result = json.loads(line.removeprefix("RESULT "))
 
     placement = result["placement"]
     assert (placement["device"], placement["gpus"], result["rows"]) == ("cpu", 1.0, n)

@@ -364,17 +364,9 @@ def test_a_start_stopped_part_way_leaves_no_serve_on_the_cluster(tiny_model, tmp
     """Ctrl-C while the replicas started (minutes with vLLM) left Serve's controller and
     proxy on a cluster that `ray.init()` joined: the next `esevo serve` there was refused
     ("Ray Serve runs on this Ray cluster already"). In its own Ray instance."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
+    from tests.ray_processes import result_line
+
     script = Path(__file__).with_name("stopped_start.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tiny_model), str(tmp_path)],
-        capture_output=True, text=True, timeout=280, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
-    )  # fmt: skip
-    results = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and results, proc.stderr[-3000:]
-    assert results[0] == "RESULT 0 0"
+    assert result_line(script, tiny_model, tmp_path, cwd=tmp_path) == "RESULT 0 0"
