@@ -47,14 +47,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:  # how serving ends: its one line, and 130 as for any command
+    except KeyboardInterrupt:  # how serving ends
+        pass
+    finally:
         serve.shutdown()
-        print("esevo: stopped; Serve shut down (every rating and vote was stored as it came)",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    except BaseException:
-        serve.shutdown()
-        raise
+    # Its one line once Serve is down, and 130 as for any command stopped with Ctrl-C.
+    print("esevo: stopped; Serve shut down (every rating and vote was stored as it came)",
+          file=sys.stderr)  # fmt: skip
+    return 130
 
 
 def human_db_path(args: argparse.Namespace) -> Path:
