@@ -36,6 +36,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "conflicting state (human evaluation)",
         413: "request body too large",
         500: "engine failure",
+        503: "the generators' queue is full (serve.max_queued_requests): retry after Retry-After",
     }.items()
 }
 
@@ -51,7 +52,8 @@ def error_body(
 
 
 class ApiError(Exception):
-    """An error for the client, rendered as an OpenAI error body with `status`."""
+    """An error for the client, rendered as an OpenAI error body with `status` (and
+    `headers`, e.g. Retry-After)."""
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
@@ -69,6 +72,7 @@ class ApiError(Exception):
             param,
             code,
         )
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)

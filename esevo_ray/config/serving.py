@@ -78,6 +78,10 @@ class ServeSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_replica: float | None = Field(None, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    # Requests that may wait for a generator replica (all of theirs taken), per ingress
+    # replica; beyond them a request gets a 503 with Retry-After, which OpenAI clients retry.
+    # None: every request waits its turn, however long the queue.
+    max_queued_requests: int | None = Field(None, ge=1)
     # Seconds between rescans of the run directory (the "current" alias follows them).
     rescan_s: float = Field(2.0, ge=0)
     # Request limits; larger requests get a 400/413 with an OpenAI error body.

@@ -8,6 +8,7 @@ guard has the last word. The human-evaluation router is mounted here; the ingres
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentResponseGenerator
 
 from esevo_ray.api_errors import ERROR_RESPONSES, ApiError
 from esevo_ray.config import RunConfig
@@ -47,6 +50,51 @@ from esevo_ray.serving.registry import (
 from esevo_ray.serving.streaming import STREAM_RESPONSE, sse_events
 
 logger = logging.getLogger(__name__)
+
+
+OVERLOADED = "overloaded"
+RETRY_AFTER_S = 1
+
+
+def overloaded() -> ApiError:
+    """The 503 for a request Serve turned away: the generators' queue was full."""
+    return ApiError(
+        503,
+        "the server is busy (its generators' queue is full): retry in a moment",
+        "server_error",
+        code=OVERLOADED,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def started(response: DeploymentResponseGenerator) -> AsyncIterator[dict]:
+    """The generator's deltas of a streamed `response`, the first one fetched already: Serve
+    turning the request away (`serve.max_queued_requests`) is a 503 before the 200 and its
+    events go out. Any other error is left to the stream, which sends it as an event
+    (streaming.sse_events)."""
+    first: dict | None = None
+    error: Exception | None = None
+    try:
+        first = await anext(response)
+    except BackPressureError:
+        raise overloaded() from None
+    except StopAsyncIteration:
+        pass
+    except asyncio.CancelledError:  # the client went away: so does the engine's request
+        response.cancel()
+        raise
+    except Exception as e:
+        error = e
+
+    async def deltas() -> AsyncIterator[dict]:
+        if error is not None:
+            raise error
+        if first is not None:
+            yield first
+            async for delta in response:
+                yield delta
+
+    return deltas()
 
 
 def _human_eval() -> HumanEval:
@@ -133,6 +181,8 @@ class Ingress:
     async def generate(self, model: ServedModel, request: dict) -> dict:
         try:
             return await self.handle(model).generate.remote(request)
+        except BackPressureError:
+            raise overloaded() from None
         except Exception as e:  # a Ray error wrapping the engine's exception
             logger.exception("generation failed for %s", model.key)
             cause = getattr(e, "cause", None) or e
@@ -151,7 +201,7 @@ class Ingress:
         try:
             return await self._reply(model_name, dialogue)
         except ApiError as e:
-            if e.status < 404 and model_name not in e.message:
+            if (e.status < 404 or e.code == OVERLOADED) and model_name not in e.message:
                 raise
             logger.warning("human evaluation: reply of %s failed: %s", model_name, e.message)
             raise ApiError(
@@ -159,6 +209,7 @@ class Ingress:
                 "the reply could not be made (the server log says why)",
                 e.type,
                 code=e.code,
+                headers=e.headers,
             ) from None
 
     async def _reply(self, model_name: str, dialogue: list[dict]) -> tuple[str, bool]:
@@ -229,9 +280,10 @@ class Ingress:
         cid = new_id()
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            deltas = self.handle(model).options(stream=True).stream.remote(req)
+            response = self.handle(model).options(stream=True).stream.remote(req)
+            deltas = await started(response)
             return StreamingResponse(
-                self._events(sse_events(cid, model.name, deltas, guard, usage), deltas),
+                self._events(sse_events(cid, model.name, deltas, guard, usage), response),
                 media_type="text/event-stream",
             )
         result = await self.generate(model, req)
@@ -245,11 +297,13 @@ class Ingress:
         )
 
     @staticmethod
-    async def _events(events: AsyncIterator[str], deltas) -> AsyncIterator[str]:
+    async def _events(
+        events: AsyncIterator[str], response: DeploymentResponseGenerator
+    ) -> AsyncIterator[str]:
         try:
             async for event in events:
                 yield event
         finally:
             # A no-op once the stream has ended; after a client disconnects it cancels the
             # generator call, and with it the request in the engine.
-            deltas.cancel()
+            response.cancel()

@@ -161,6 +161,7 @@ def build_application(cfg: RunConfig, run_dir: str | Path | None = None):
     generator = Generator.options(
         num_replicas=s.num_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests or -1,  # -1: Serve's "no bound"
         ray_actor_options={"num_cpus": s.cpus_per_replica, **placement.ray_options()},
     ).bind(engine_settings(cfg, run, base, kind=kind), placement.as_dict())
     # The replica is given the key's digest: it may start in a process that does not inherit
