@@ -514,6 +514,19 @@ def judged_under(path: str | Path) -> dict:
         return {}
 
 
+def changed_since_judged(path: str | Path, responses: pa.Table) -> int:
+    """How many of the responses a scores file judged are no longer among `responses` as
+    they were judged (changed, or gone): a model evaluated again after its judging (`esevo
+    eval` alone rewrites responses.parquet beside the scores). 0 for a file that does not
+    record what it judged."""
+    try:
+        recorded = json.loads(_metadata(path).get(_JUDGED_KEY) or "[]")
+    except ValueError:
+        return 0
+    now = _judged(responses)
+    return sum(now.get((d, t, m)) != digest for d, t, m, digest in recorded)
+
+
 def is_partial(path: str | Path) -> bool:
     """Whether a scores file holds the verdicts of a judging that stopped part-way."""
     return _metadata(path).get(_PARTIAL_KEY) == b"1"

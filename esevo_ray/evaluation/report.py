@@ -66,14 +66,33 @@ class Stage:
         return is_partial(self.run.judge_scores(self.index))
 
     @cached_property
+    def judged_responses_changed(self) -> int:
+        """How many responses the verdicts on this model judged have changed since (the model
+        evaluated again, and not judged again); 0 without verdicts or responses."""
+        from esevo_ray.evaluation.judge import changed_since_judged
+
+        path = self.run.judge_scores(self.index)
+        if self.responses is None or not path.exists():
+            return 0
+        return changed_since_judged(path, self.responses)
+
+    @cached_property
     def judge(self) -> pa.Table | None:
         """The verdicts on this model; None when there are none, or only those of a judging
-        that stopped part-way (means over them would pass for the whole sample's)."""
+        that stopped part-way (means over them would pass for the whole sample's), or when
+        they judged responses that have changed since (they would score replies the model
+        no longer gives, beside metrics of the ones it does)."""
         path = self.run.judge_scores(self.index)
         if self.judging_unfinished:
             logger.warning(
                 "%s: the judging of %s stopped part-way; its verdicts are left out of the report "
                 "until it is run again to the end", path, self.label,
+            )  # fmt: skip
+            return None
+        if changed := self.judged_responses_changed:
+            logger.warning(
+                "%s: %d of the responses of %s it judged have changed since; its verdicts are "
+                "left out of the report until they are judged again", path, changed, self.label,
             )  # fmt: skip
             return None
         return read_table(path, JUDGE_SCORES) if path.exists() else None
@@ -193,6 +212,12 @@ def _render(
             md += [
                 f"Left out: {', '.join(unfinished)}, whose judging stopped part-way (run it "
                 "again to the end: `esevo evolve`, or `esevo judge`).",
+                "",
+            ]
+        if changed := [s.label for s in evaluated if s.judged_responses_changed]:
+            md += [
+                f"Left out: {', '.join(changed)}, whose responses changed since they were "
+                "judged (judge them again: `esevo evolve`, or `esevo judge`).",
                 "",
             ]
         md += _human_agreement(run_dir, judged)

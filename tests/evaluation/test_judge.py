@@ -697,3 +697,39 @@ def test_settings_no_verdict_depends_on_keep_the_verdicts(server, tmp_path):
     # A local judge's own settings do count for it.
     local = {**first, "backend": "vllm"}
     assert differing_settings([local, {**local, "max_model_len": 1}]) == ["max_model_len"]
+
+
+def test_the_report_leaves_out_verdicts_on_responses_changed_since(server, tmp_path):
+    """`esevo eval` alone rewrites a model's responses beside its verdicts: the report leaves
+    those verdicts out, naming the model, until the new responses are judged."""
+    from esevo_ray.evaluation.report import write_report
+
+    run, cfg = tmp_path / "demo", judge_cfg(dimensions=["empathy"])
+    judge = dict(n_samples=None, base_url=server.url, model="judge-x")
+
+    def evaluate(stage: str, texts: list[str]) -> None:
+        write_responses(run / stage / "eval/responses.parquet", stage, texts)
+
+    def judged(stage: str) -> None:
+        eval_dir = run / stage / "eval"
+        judge_file(eval_dir / "responses.parquet", eval_dir / "judge_scores.parquet", cfg, **judge)
+
+    def table_7() -> tuple[list[str], str]:
+        text = write_report(run, relevance="overlap").read_text()
+        section = text.split("## LLM-as-a-judge")[1].split("\n## ")[0]
+        return [line.split("|")[1].strip() for line in section.splitlines()
+                if line.startswith("| M") and not line.startswith("| Model")], section  # fmt: skip
+
+    for stage, texts in {"m0": ["[ok] a", "[ok] b", "[ok] c"],
+                         "m1": ["[ok] d", "[ok] e", "[ok] f"]}.items():  # fmt: skip
+        evaluate(stage, texts)
+        judged(stage)
+    rows, section = table_7()
+    assert rows == ["M0", "M1"] and "Left out" not in section, section
+    evaluate("m1", ["[ok] d", "[ok] e changed", "[ok] f"])
+    rows, section = table_7()
+    assert rows == ["M0"], section
+    assert "Left out: M1, whose responses changed since they were judged" in section
+    judged("m1")
+    rows, section = table_7()
+    assert rows == ["M0", "M1"] and "Left out" not in section, section
