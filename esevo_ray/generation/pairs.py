@@ -110,6 +110,21 @@ _NO_REFINEMENT = re.compile(
     r"(it is |it's )?(the )?same( as)?( the)?( (original|above|rejected|previous))?"
     r"( (response|reply|one))?|keep( it| the (original|response))?( as it is| as is)?"
 )
+# A short one that talks about the response instead of being one ("Keep the original
+# response.", "Not needed.", "The reply is already appropriate."), found anywhere in its
+# words; a genuine reply may open alike ("No need to apologize", "Keep it up"), hence the
+# nouns the phrases must name.
+_ABOUT_THE_RESPONSE = re.compile(
+    r"^n a\b|"
+    r"\b(original|target|rejected|previous|above|given|initial) (response|reply|answer)\b|"
+    r"\b(response|reply|answer) (is|was) (already )?(appropriate|fine|good|perfect|great|"
+    r"adequate|effective|empathetic|supportive)\b|"
+    r"\b(no|not|none)( (changes?|refinements?|revisions?|edits?|improvements?|modifications?"
+    r"|further|more|is|are|really))* (needed|necessary|required)\b|"
+    r"\bno need to (change|refine|revise|edit|improve|modify|alter)\b|"
+    r"\bkeep (it|the (original|response|reply|answer)) (as it is|as is|unchanged|the same)\b"
+)
+_ABOUT_MAX_WORDS = 15
 
 
 def choose(refined: str | None, rejected: str, golden: str, length_ratio: float) -> tuple[str, str]:
@@ -122,14 +137,21 @@ def choose(refined: str | None, rejected: str, golden: str, length_ratio: float)
     refinement of an empty rejected response (nothing was refined, and any answer is more
     than twice as long), apart in `golden_empty_rejected` so that a model that stops at once
     shows in the fallback counts. A "refinement" that says none is needed ("N/A", "No
-    changes needed."), or holds no word, leaves the response unchanged as well.
+    changes needed.", "The original response is already appropriate."), or holds no word,
+    leaves the response unchanged as well.
     """
     if not rejected.strip():
         return golden, "golden_empty_rejected"
     if refined is None:
         return golden, "golden_parse_failure"
     wording = _wording(refined)
-    if not wording or wording == _wording(rejected) or _NO_REFINEMENT.fullmatch(" ".join(wording)):
+    said = " ".join(wording)
+    if (
+        not wording
+        or wording == _wording(rejected)
+        or _NO_REFINEMENT.fullmatch(said)
+        or (len(wording) <= _ABOUT_MAX_WORDS and _ABOUT_THE_RESPONSE.search(said))
+    ):
         return golden, "golden_unchanged"
     if words(refined) > length_ratio * words(rejected) or words(refined) > length_ratio * words(
         golden

@@ -180,3 +180,28 @@ def test_a_refinement_that_says_none_is_needed_is_no_response(refined):
 )
 def test_a_response_that_starts_like_no_refinement_is_one(refined):
     assert choose(refined, "That sounds hard.", "That must hurt so much.", 3.0)[1] == "refined"
+
+
+@pytest.mark.parametrize(
+    "refined",
+    ["Keep the original response.", "None needed.", "Not needed.", "No need to change.",
+     "N/A - the response is appropriate.", "The original response is already appropriate.",
+     "The reply is fine as it is.", "The response is already good; no refinement is necessary.",
+     "Keep it as it is, the reply is supportive."],
+)  # fmt: skip
+def test_a_short_refinement_about_the_response_is_no_response(refined):
+    """Said otherwise than the phrasings above: each was kept as `refined`, so DPO preferred
+    a remark about the reply to a reply."""
+    rejected, golden = "That sounds really hard. Have you told anyone?", "That must hurt."
+    assert choose(refined, rejected, golden, 3.0) == (golden, "golden_unchanged")
+
+
+@pytest.mark.parametrize(
+    "refined",
+    ["No need to apologize, I am here for you.", "Keep it up, you are doing great!",
+     "No apology needed, I am happy to listen.", "It is good that you reached out.",
+     "Life is hard enough as it is. What would help most right now?"],
+)  # fmt: skip
+def test_a_reply_that_sounds_like_a_remark_on_the_response_is_one(refined):
+    rejected = "That sounds really hard. Have you told anyone about how you feel?"
+    assert choose(refined, rejected, "That must hurt so much, I am sorry.", 3.0)[1] == "refined"
