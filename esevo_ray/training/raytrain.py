@@ -78,7 +78,7 @@ def run_stage(
 
     section, out_dir = job.section(cfg), Path(out_dir).resolve()
     name = run_name(cfg, job, out_dir)
-    base = model_fingerprint(Path(job.model_path))  # run_name has its path, not its content
+    base = model_fingerprint(Path(job.model_path))
     if reuse and _exported_by(out_dir, name, base):
         logger.info("%s: %s holds the adapter of Ray Train run %s already: kept", job.stage,
                     out_dir, name)  # fmt: skip
@@ -216,7 +216,8 @@ def _remove_run(storage: str, name: str) -> None:
 
 def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     """The Ray Train run of a stage, named by what it trains and where: its settings, the
-    model and dtype, the data's bytes, the init adapter's weights and the output folder.
+    model (its path and fingerprint: one converted again in place is another model) and
+    dtype, the data's bytes, the init adapter's weights and the output folder.
 
     Ray Train resumes a run of the same name and storage from its last checkpoint, so a stage
     stopped part-way (a driver stopped, a job killed) continues where it was when it runs
@@ -226,6 +227,7 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     key = {
         **_trained_key(cfg, job),
         "model": str(Path(job.model_path).resolve()),
+        "model_fingerprint": model_fingerprint(Path(job.model_path)),
         "out_dir": str(Path(out_dir).resolve()),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

@@ -32,6 +32,22 @@ def test_a_stage_on_the_same_inputs_is_the_same_run(make_cfg, sft_dir, tiny_mode
     assert name not in others and len(others) == 6
 
 
+def test_a_base_model_converted_again_in_place_is_another_run(make_cfg, sft_dir, tiny_model,
+                                                              tmp_path):  # fmt: skip
+    """The stage trains again on it (its fingerprint changed): resuming the run trained on the
+    model that was there before would bring back that model's adapter and optimizer state."""
+    import dataclasses
+    import shutil
+
+    cfg, out = make_cfg(), tmp_path / "m0" / "adapter"
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    job = dataclasses.replace(sft_job(cfg, sft_dir), model_path=str(model))
+    name = run_name(cfg, job, out)
+    config = model / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"model_max_length": 4096, ', 1))
+    assert run_name(cfg, job, out) != name
+
+
 def test_a_run_folder_ray_cannot_resume_is_set_aside(tmp_path, caplog):
     """Ray refuses a damaged run folder for good, and the name is fixed by the inputs: it
     is moved aside (not deleted) and the stage trains afresh."""
