@@ -376,7 +376,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     restored = restore(ray.train.get_checkpoint(), work)
     if restored is not None and (restored / FINAL_DIR).exists():
         logger.info("%s: the run had finished; nothing to resume", job.stage)
-        return json.loads((restored / FINAL_DIR / SUMMARY_FILE).read_text())
+        summary = json.loads((restored / FINAL_DIR / SUMMARY_FILE).read_text())
+        shutil.rmtree(work, ignore_errors=True)
+        return summary
     resume = None
     if restored is not None:
         resume = str(restored / HF_DIR)
@@ -419,9 +421,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(checkpoint: Any, work: Path) -> Path | None:
-    """Copy the latest reported Ray checkpoint (if any) into the worker's folder."""
+    """Copy the latest reported Ray checkpoint (if any) into the worker's folder, in place of
+    the copies earlier attempts of the run made there (a run failing again and again would
+    fill the disk with them)."""
     if checkpoint is None:
         return None
+    for earlier in work.glob("restored-*"):
+        shutil.rmtree(earlier, ignore_errors=True)
     restored = Path(checkpoint.to_directory(str(work / f"restored-{time.time_ns()}")))
     if (restored / HF_DIR).exists():
         logger.info("resuming from the checkpoint at step %d", checkpoint_step(restored / HF_DIR))

@@ -90,3 +90,21 @@ def test_a_worker_out_of_gpu_memory_is_said_with_the_settings_that_decide_it():
     assert "dpo.per_device_batch_size" in str(said) and "more" not in str(said)
     # Any other worker failure keeps Ray Train's error and traceback.
     assert user_error(WorkerGroupError("rank 0", {0: RuntimeError("boom")}), "dpo") is None
+
+
+def test_a_restart_replaces_the_checkpoint_copies_of_earlier_attempts(tmp_path):
+    """Each attempt of a run copies its last checkpoint into the worker's folder: a run that
+    fails again and again kept every copy (optimizer state included) until it succeeded."""
+    from ray.train import Checkpoint
+
+    from esevo_ray.training.raytrain import restore
+
+    saved = tmp_path / "checkpoint"
+    (saved / "hf").mkdir(parents=True)
+    (saved / "hf" / "optimizer.pt").write_bytes(b"x" * 1000)
+    work = tmp_path / "work"
+    work.mkdir()
+    copies = [restore(Checkpoint.from_directory(str(saved)), work) for _ in range(3)]
+    assert sorted(work.glob("restored-*")) == [copies[-1]]
+    assert (copies[-1] / "hf" / "optimizer.pt").read_bytes() == b"x" * 1000
+    assert restore(None, work) is None
