@@ -35,7 +35,7 @@ def pointwise_figure(summary: dict[str, dict[str, dict]], path: Path) -> str:
                 continue
             xs.append(g + i * width)
             ys.append(d["mean"])
-            no_ci = d["ci_low"] is None  # too few sessions
+            no_ci = d["ci_low"] is None  # too few raters
             lo.append(0.0 if no_ci else d["mean"] - d["ci_low"])
             hi.append(0.0 if no_ci else d["ci_high"] - d["mean"])
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=model)
@@ -71,7 +71,7 @@ def pairwise_figure(entries: list[dict], path: Path) -> str:
                 )
         left = [a + r for a, r in zip(left, rates, strict=True)]
     wins = [e["win"]["rate"] for e in entries]
-    cis = [(e["win"]["ci_low"], e["win"]["ci_high"]) for e in entries]  # None: too few sessions
+    cis = [(e["win"]["ci_low"], e["win"]["ci_high"]) for e in entries]  # None: too few raters
     err = [
         [0.0 if lo is None else w - lo for w, (lo, _) in zip(wins, cis, strict=True)],
         [0.0 if hi is None else hi - w for w, (_, hi) in zip(wins, cis, strict=True)],
@@ -80,7 +80,7 @@ def pairwise_figure(entries: list[dict], path: Path) -> str:
     ax.set_yticks(ys, [f"{e['model']} vs {e['opponent']} (n={e['n']})" for e in entries])
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
-    ax.set_xlabel("share of votes (whisker: 95% bootstrap interval of A win, over sessions)")
+    ax.set_xlabel("share of votes (whisker: 95% bootstrap interval of A win, over raters)")
     ax.set_title("Interactive pair-wise human evaluation (A vs B)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _save(fig, path)

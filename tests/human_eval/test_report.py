@@ -33,9 +33,9 @@ def test_model_order():
 
 def test_pointwise_summary_means_and_intervals():
     ratings = [
-        {"model": m, "dimension": d, "score": s}
+        {"model": m, "dimension": d, "score": s, "rater": f"r{i}"}
         for m, scores in {"m0": [3, 3, 4] * 4, "m1": [4, 5, 5] * 4}.items()
-        for s in scores
+        for i, s in enumerate(scores)
         for d in DIMS
     ]
     summary = pointwise_summary(ratings)
@@ -44,7 +44,7 @@ def test_pointwise_summary_means_and_intervals():
     assert e["n"] == 12 and e["mean"] == pytest.approx(14 / 3)
     assert 4 <= e["ci_low"] <= e["mean"] <= e["ci_high"] <= 5
     # One rating has no interval, and the table shows none (not [4.00, 4.00]).
-    one = pointwise_summary([{"model": "m2", "dimension": "empathy", "score": 4}])
+    one = pointwise_summary([{"model": "m2", "dimension": "empathy", "score": 4, "rater": "r"}])
     assert one["m2"]["empathy"] == {"n": 1, "mean": 4.0, "ci_low": None, "ci_high": None}
     from esevo_ray.human_eval.report import _markdown
 
@@ -84,12 +84,13 @@ def test_pairwise_intervals_resample_sessions_not_votes():
     assert one["win"]["ci_low"] is None and one["margin"]["ci_high"] is None
 
 
-def test_fewer_sessions_than_the_floor_give_no_interval():
+def test_fewer_raters_than_the_floor_give_no_interval():
     """Three sessions gave a "95%" interval that, drawn from so few, covers far less."""
-    from esevo_ray.human_eval.report import MIN_SESSIONS, _markdown
+    from esevo_ray.human_eval.report import MIN_RATERS, _markdown
 
-    assert MIN_SESSIONS == 10
-    ratings = [{"model": "m1", "dimension": "empathy", "score": s} for s in [4, 5] * 5]
+    assert MIN_RATERS == 10
+    ratings = [{"model": "m1", "dimension": "empathy", "score": s, "rater": f"r{i}"}
+               for i, s in enumerate([4, 5] * 5)]  # fmt: skip
     assert pointwise_summary(ratings[:9])["m1"]["empathy"]["ci_low"] is None
     assert pointwise_summary(ratings)["m1"]["empathy"]["ci_low"] is not None
     votes = [
@@ -102,8 +103,8 @@ def test_fewer_sessions_than_the_floor_give_no_interval():
     )
     assert pairwise_summary(votes)[0]["margin"]["ci_low"] is not None
     text = _markdown({}, [few], {"votes": 0, "sessions": 0})
-    assert "| m1 vs m0 | 9 | 9 | 55.6% | 0.0% | 44.4% | 11.1% |" in text
-    assert "No interval is given on fewer than 10 sessions" in text
+    assert "| m1 vs m0 | 9 | 9 | 9 | 55.6% | 0.0% | 44.4% | 11.1% |" in text
+    assert "No interval is given on fewer than 10 raters" in text
 
 
 def _fill(db) -> None:
@@ -141,7 +142,7 @@ def test_human_report_writes_tables_and_figures(tmp_path):
     saved = json.loads((tmp_path / "out" / "human_report.json").read_text())
     assert saved["pairwise"][0]["n"] == 3
     markdown = (tmp_path / "out" / "human_report.md").read_text()
-    assert "| m2 vs m0 | 1 | 3 | 66.7% | 33.3% | 0.0% | 66.7% |" in markdown  # one session: no CI
+    assert "| m2 vs m0 | 1 | 1 | 3 | 66.7% | 33.3% | 0.0% | 66.7% |" in markdown  # one rater: no CI
     assert "Left out: 1 vote(s) of 1 session(s)" in markdown
 
 
@@ -230,3 +231,42 @@ def test_cli_report_still_dispatches_other_reports(tmp_path):
     add_parsers(sub)
     args = parser.parse_args(["report", str(tmp_path)])
     assert args.func(args) == f"run report of {tmp_path}"
+
+
+def test_intervals_resample_raters_not_their_sessions(tmp_path):
+    """Four raters, each true to their own taste over five sessions: twenty sessions gave an
+    interval as if twenty people had voted. Drawn from the database, votes and ratings are
+    grouped by rater: four give no interval, and twelve give one as wide as they disagree."""
+    store = HumanEvalStore(tmp_path / "db.sqlite")
+
+    def study(raters: int, prefix: str) -> None:
+        for r in range(raters):
+            for k in range(5):
+                sid = f"{prefix}{r}-{k}"
+                store.add_session(sid, "pairwise", f"{prefix}{r}", "m1", "m0", 2)
+                for t in range(2):
+                    store.add_turn(sid, t, "hi", "m1", "x", "m0", "y", False)
+                    store.add_vote(sid, t, "m1", "m0", "AB"[r % 2], "AB"[r % 2])
+                point = f"{sid}-p"
+                store.add_session(point, "pointwise", f"{prefix}{r}", "m1", None, 2)
+                store.add_ratings(point, "m1", dict.fromkeys(DIMS, 1 + 4 * (r % 2)))
+
+    study(4, "a")
+    store.close()
+    report = human_report(tmp_path / "db.sqlite", tmp_path / "out")
+    (pair,) = report["pairwise"]
+    assert (pair["raters"], pair["sessions"], pair["n"]) == (4, 20, 40)
+    assert pair["win"]["rate"] == 0.5 and pair["win"]["ci_low"] is None
+    assert report["pointwise"]["m1"]["empathy"]["ci_low"] is None
+    assert "| m1 vs m0 | 4 | 20 | 40 |" in (tmp_path / "out" / "human_report.md").read_text()
+
+    store = HumanEvalStore(tmp_path / "db.sqlite")
+    study(8, "b")  # twelve raters, half of them always for m1, half always against
+    store.close()
+    report = human_report(tmp_path / "db.sqlite", tmp_path / "out")
+    (pair,) = report["pairwise"]
+    assert (pair["raters"], pair["sessions"]) == (12, 60)
+    # Per session (60 that split evenly) the interval would be about [0.37, 0.63].
+    assert pair["win"]["ci_low"] < 0.3 and pair["win"]["ci_high"] > 0.7
+    empathy = report["pointwise"]["m1"]["empathy"]
+    assert empathy["n"] == 60 and empathy["ci_low"] < 2.4 and empathy["ci_high"] > 3.6
