@@ -98,7 +98,9 @@ class GenerationSection(Section):
     lora_mode: Literal["merge", "adapter"] = "merge"
     max_model_len: int = Field(2048, ge=1)
     # Cap on the tokens of dialogue context (with P_task); older turns are dropped first.
-    # 896: with decoding's 128 new tokens, dpo.max_length (1024) holds a pair whole.
+    # 896: with decoding's 128 new tokens, dpo.max_length (1024) holds the prompt and the
+    # rejected response whole; a longer chosen one (a golden fallback, a refinement up to
+    # twice its words) may still lose old turns there, which DPO's stage log counts.
     max_context_tokens: int = Field(896, ge=1)
     decoding: DecodingSection = DecodingSection()
     reflection_decoding: DecodingSection = DecodingSection(max_new_tokens=384)
