@@ -161,6 +161,7 @@ def evolve(cfg: RunConfig) -> RunLayout:
     warn_unused_dpo_lora(cfg)
     warn_cut_dpo_contexts(cfg)
     check_vllm_options(cfg.generation.vllm, "generation.vllm")  # not after SFT
+    resolve_model(cfg.model.path)  # a mistyped path, before the run records its config
     # The BERTScore encoder's settings, now rather than at M0's evaluation after SFT.
     resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     with run_lock(run.root):  # before migrate(), which rewrites the manifest

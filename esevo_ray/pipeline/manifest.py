@@ -122,9 +122,16 @@ def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> N
     stored = _expanduser(data.get("config", {}))  # "~/x" as a path is written now
     changed = config_changes(stored, current, defaults)
     if blocking := [k for k in changed if not _free(k)]:
+        done = any(s.get("status") == "done" for s in data.get("stages", {}).values())
         raise RunConflict(
             f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
             f"{remedy} to continue this one"
+            + (
+                ""
+                if done
+                else f"; none of its stages finished, so removing {run_dir} begins "
+                "it again under this config"
+            )
         )
     before, wanted = stored.get("evolve", {}).get("iterations", 0), current["evolve"]["iterations"]
     if wanted < before and (past := _models_past(run_dir, data, wanted)):  # would stay shown

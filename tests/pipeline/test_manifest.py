@@ -214,3 +214,30 @@ def test_a_lock_file_removed_by_its_holder_after_it_was_opened_is_not_held(tmp_p
         assert os.path.samestat(os.fstat(fd), os.stat(path))
     finally:
         os.close(fd)
+
+
+def test_a_run_with_no_stage_finished_says_it_may_be_removed(tmp_path):
+    """A first run stopped by a mistyped setting recorded it: correcting it was refused, and
+    the message named only --new-run (a run of another name) or the mistake itself."""
+    from esevo_ray.config import load_config
+
+    Manifest.open(tmp_path, load_config(None, ["name=t", "data.max_train_dialogues=5"]))
+    fixed = load_config(None, ["name=t", "data.max_train_dialogues=50"])
+    with pytest.raises(RunConflict, match=rf"none of its stages finished, so removing {tmp_path} "):
+        Manifest.open(tmp_path, fixed)
+    run = Manifest.open(tmp_path, load_config(None, ["name=t", "data.max_train_dialogues=5"]))
+    run.data["stages"]["data"] = {"status": "done"}
+    run.save()
+    with pytest.raises(RunConflict) as refused:
+        Manifest.open(tmp_path, fixed)
+    assert "removing" not in str(refused.value)
+
+
+def test_a_mistyped_model_path_stops_the_loop_before_the_run_records_its_config(tmp_path):
+    from esevo_ray.config import load_config
+    from esevo_ray.pipeline.evolve import evolve
+
+    cfg = load_config(None, ["name=t", f"output_dir={tmp_path}", f"model.path={tmp_path}/nope"])
+    with pytest.raises(FileNotFoundError, match=r"model path .*/nope does not exist"):
+        evolve(cfg)
+    assert not (tmp_path / "t").exists()  # so the path corrected is no other config's run
