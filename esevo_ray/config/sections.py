@@ -165,6 +165,13 @@ def _check_placement(section: Any, engine: str) -> Any:
             f"device cuda needs gpus_per_actor > 0 and >= tensor_parallel_size ({tp}), got "
             f"{gpus:g} (or leave gpus_per_actor unset)"
         )
+    # An engine computes on tensor_parallel_size GPUs (the hf engine on one): GPUs reserved
+    # beyond them sit idle, kept from the other actors and stages.
+    if gpus is not None and gpus > max(1, tp):
+        raise ValueError(
+            f"gpus_per_actor {gpus:g} is more than an engine uses (tensor_parallel_size {tp}, "
+            "1 on the hf engine): set it to tensor_parallel_size, or leave it unset"
+        )
     return section
 
 

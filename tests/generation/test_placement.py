@@ -131,6 +131,22 @@ def test_inconsistent_placement_keys_fail_at_load(overrides, match):
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [["generation.gpus_per_actor=2"], ["generation.engine=hf", "generation.gpus_per_actor=2"],
+     ["generation.gpus_per_actor=1.5"],
+     ["generation.tensor_parallel_size=2", "generation.gpus_per_actor=4"],
+     ["eval.judge.backend=vllm", "eval.judge.gpus_per_actor=2"]],
+)  # fmt: skip
+def test_gpus_an_engine_does_not_use_are_refused_at_load(overrides):
+    """They were reserved for each actor and sat idle, kept from the other actors (1.5 GPUs
+    Ray refused only once the stage started, after the stages before it)."""
+    with pytest.raises(ConfigError, match=r"is more than an engine uses"):
+        load_config(None, overrides)
+    tp = load_config(None, ["generation.tensor_parallel_size=2", "generation.gpus_per_actor=2"])
+    assert tp.generation.gpus_per_actor == 2
+
+
 @pytest.mark.timeout(120)  # the bug this catches is Ray waiting forever for a GPU
 def test_no_gpu_in_the_cluster_stops_the_stage_at_once(
     ray_local, tiny_model, extes_contexts, tmp_path
