@@ -80,7 +80,16 @@ def test_pointwise_and_pairwise_sessions_in_chromium(served, browser):
     form = browser.find_element(By.ID, "rating-form")
     wait.until(lambda d: form.is_displayed())
     point_sid = _session_id(browser)
-    for i, dim in enumerate(DIMS):
+    # Ticks given before a reload are there after it, not sent yet.
+    for i, dim in enumerate(DIMS[:3]):
+        browser.find_element(By.ID, f"{dim}-{1 + i % 5}").click()
+    browser.refresh()
+    wait.until(lambda d: "Resumed your last session" in d.find_element(By.ID, "status").text)
+    form = browser.find_element(By.ID, "rating-form")
+    checked = "#likert-rows input:checked"
+    ticked = [e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, checked)]
+    assert ticked == [f"{dim}-{1 + i % 5}" for i, dim in enumerate(DIMS[:3])]
+    for i, dim in enumerate(DIMS[3:], start=3):
         browser.find_element(By.ID, f"{dim}-{1 + i % 5}").click()
     # A double click sends the rating once (the second would be refused as a conflict).
     browser.execute_script(
