@@ -20,8 +20,8 @@ from esevo_ray import prompts, schema
 from esevo_ray.config import DecodingSection, RunConfig
 from esevo_ray.errors import EndpointError, UsageError
 from esevo_ray.evaluation.responses import PARTS, collect_responses, eval_contexts
-from esevo_ray.generation.pairs import fit_context
-from esevo_ray.generation.pipeline import eval_seed, response_row
+from esevo_ray.generation.engines import TokenizerCounter
+from esevo_ray.generation.pipeline import eval_seed, response_row, task_request
 from esevo_ray.parts import claim, recorded_producer, todo, write_part
 
 logger = logging.getLogger(__name__)
@@ -218,27 +218,24 @@ class ChatEndpoint:
         return f"endpoint {self.url} model {self.model!r}: {what}"
 
 
-class TokenCounter:
-    """Counts chat tokens with a local tokenizer, for `fit_context` without an engine."""
+def token_counter(tokenizer_path: str | Path) -> TokenizerCounter:
+    """Counts chat tokens with the local tokenizer of `--tokenizer`, to fit contexts without
+    an engine.
 
-    def __init__(self, tokenizer_path: str | Path):
-        from transformers import AutoTokenizer
+    Raises:
+        UsageError: no tokenizer folder there, or none loads from it.
+    """
+    from transformers import AutoTokenizer
 
-        if not Path(tokenizer_path).is_dir():  # a hub id would be looked up online
-            raise UsageError(f"--tokenizer {tokenizer_path}: no tokenizer folder there")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        except (OSError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise UsageError(
-                f"--tokenizer {tokenizer_path}: no tokenizer loads from it ({first})"
-            ) from None
-
-    def count_tokens(self, messages: list[dict]) -> int:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+    if not Path(tokenizer_path).is_dir():  # a hub id would be looked up online
+        raise UsageError(f"--tokenizer {tokenizer_path}: no tokenizer folder there")
+    try:
+        return TokenizerCounter(AutoTokenizer.from_pretrained(tokenizer_path))
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"--tokenizer {tokenizer_path}: no tokenizer loads from it ({first})"
+        ) from None
 
 
 def endpoint_responses(
@@ -271,7 +268,7 @@ def endpoint_responses(
             "%s: the server does not say now which model is behind %r, so a resume cannot tell "
             "whether it is the one the earlier answers came from", out_dir, endpoint.model,
         )  # fmt: skip
-    counter = None if tokenizer is None else TokenCounter(tokenizer)  # before any write
+    counter = None if tokenizer is None else token_counter(tokenizer)  # before any write
     claim(out_dir / PARTS, {
         "stage": "endpoint", "model": f"{endpoint.model} at {endpoint.url}",
         "served": served, "model_name": model_name, "system_prompt": system_prompt,
@@ -285,13 +282,11 @@ def endpoint_responses(
         "endpoint %s (%s): %d contexts, %d to go", endpoint.url, model_name, contexts.num_rows,
         len(rows),
     )  # fmt: skip
-    sent = [r["context"] for r in rows]
-    if counter is not None:
-        sent = [
-            fit_context(counter, c, cfg.generation, system_prompt=system_prompt, refine=False)
-            for c in sent
-        ]
-    requests = [prompts.task_messages(c, system_prompt) for c in sent]
+    requests = [
+        prompts.task_messages(r["context"], system_prompt) if counter is None
+        else task_request(counter, cfg.generation, r, system_prompt)
+        for r in rows
+    ]  # fmt: skip
     _answer(cfg, endpoint, rows, requests, out_dir / PARTS, model_name, concurrency)
     return collect_responses(out_dir, contexts)
 

@@ -27,10 +27,16 @@ from esevo_ray.numerics import engine_dtype, release_gpu_memory
 logger = logging.getLogger(__name__)
 
 
-def steady(batches: list[tuple[float, int]]) -> dict[str, float]:
-    """Start-up (to the first batch) and tokens/s over the batches after the first."""
+def steady(batches: list[tuple[float, int]], paced_tokens: int | None = None) -> dict[str, float]:
+    """Start-up (to the first batch) and tokens/s from the first batch to the last.
+
+    `batches`: (seconds since the start, output tokens) of each batch, in order. Counted are
+    the tokens of the batches after the first, or with several actors `paced_tokens`, those
+    after each actor's first (`Progress.paced_tokens`): the other actors' first batches were
+    made mostly before the first one arrived.
+    """
     first, last = batches[0][0], batches[-1][0]
-    later = sum(tokens for _, tokens in batches[1:])
+    later = sum(t for _, t in batches[1:]) if paced_tokens is None else paced_tokens
     return {
         "startup_s": round(first, 2),
         "tok_per_s": later / (last - first) if last > first else float("nan"),
@@ -38,7 +44,10 @@ def steady(batches: list[tuple[float, int]]) -> dict[str, float]:
     }
 
 
-def _pipeline(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, int]]:
+Timed = tuple[list[tuple[float, int]], int | None]  # `steady`'s arguments
+
+
+def _pipeline(cfg: RunConfig, rows: list[dict], model: Path) -> Timed:
     from esevo_ray.generation.pipeline import Responder, run_engine_actors
 
     out = Path(tempfile.mkdtemp(prefix="bench-gen-"))
@@ -54,12 +63,12 @@ def _pipeline(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float
             label="bench",
             model_name="bench",
         )
-        return progress.batches
+        return progress.batches, progress.paced_tokens
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, int]]:
+def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> Timed:
     """The same engine and batches, called in this process without Ray."""
     import torch
 
@@ -84,15 +93,18 @@ def _direct(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, 
         batches.append((time.perf_counter() - t0, sum(o.output_tokens for o in outs)))
     del engine
     release_gpu_memory()  # the next mode's engine runs in a Ray actor on the same GPU
-    return batches
+    return batches, None
 
 
-def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, int]]:
-    """One context at a time through `model.generate`, as a first script would."""
+def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> Timed:
+    """One context at a time through `model.generate`, as a first script would, on the
+    contexts the engines answer (each fit to the task request alone, as `respond` does). Its
+    first context, as the engines' first batch, counts as start-up."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from esevo_ray.generation.engines import GREEDY_BELOW, LOWEST_TEMPERATURE
+    from esevo_ray.generation.engines import GREEDY_BELOW, LOWEST_TEMPERATURE, TokenizerCounter
+    from esevo_ray.generation.pipeline import task_request
 
     torch.set_num_threads(os.cpu_count() or 1)
     d = cfg.generation.decoding
@@ -103,9 +115,9 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
     on_gpu = torch.cuda.is_available() and cfg.generation.device != "cpu"
     device = "cuda" if on_gpu else "cpu"
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
-    batches = [(time.perf_counter() - t0, 0)]  # loading counts as start-up
+    counter, batches = TokenizerCounter(tok), []
     for r in rows:
-        messages = prompts.task_messages(r["context"])
+        messages = task_request(counter, cfg.generation, r, prompts.TASK_PROMPT)
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
         sample = d.temperature >= GREEDY_BELOW  # as the engines: else greedy
@@ -118,7 +130,7 @@ def _naive(cfg: RunConfig, rows: list[dict], model: Path) -> list[tuple[float, i
         batches.append((time.perf_counter() - t0, out.shape[1] - ids["input_ids"].shape[1]))
     del lm
     release_gpu_memory()
-    return batches
+    return batches, None
 
 
 def bench_generate(
@@ -126,11 +138,13 @@ def bench_generate(
 ) -> dict:
     """Median steady-state tokens/s of (a) pipeline, (b) engine alone, (c) naive loop.
 
-    Steady state excludes start-up (engine or model load, and for (a) Ray worker start and
-    the first batch), which is reported separately as seconds to the first batch.
+    Steady state excludes start-up (engine or model load, and the first batch: for (a) each
+    actor's first, for (c) the first context, with Ray worker start for (a)), which is
+    reported separately as seconds to the first batch.
 
     Raises:
-        UsageError: fewer than two batches of contexts (no batch after the first to time).
+        UsageError: fewer than two batches of contexts, or fewer than two naive contexts (no
+            batch after the first to time).
     """
     rows = schema.read_table(contexts, schema.CONTEXTS).slice(0, n).to_pylist()
     batch = cfg.generation.batch_size
@@ -140,6 +154,11 @@ def bench_generate(
             f"generation.batch_size={batch}: the steady state is timed over the batches after "
             f"the first; use -n {2 * batch} or more, or a smaller generation.batch_size"
         )
+    if min(naive_n, len(rows)) < 2:
+        raise UsageError(
+            f"--naive-n {naive_n}: the naive loop times the contexts after its first (the first "
+            "is its start-up, as the engines' first batch is theirs); use --naive-n 2 or more"
+        )
     modes = {
         "pipeline": lambda: _pipeline(cfg, rows, model),
         "engine": lambda: _direct(cfg, rows, model),
@@ -148,7 +167,7 @@ def bench_generate(
     runs: dict[str, list[dict]] = {name: [] for name in modes}
     for r in range(repeats):
         for name, fn in modes.items():  # side by side in each repeat: same machine state
-            result = steady(fn())
+            result = steady(*fn())
             runs[name].append(result)
             logger.info("bench run %d %s: %s", r + 1, name, result)
     med = {

@@ -68,6 +68,19 @@ class TokenCounter(Protocol):
     def count_tokens(self, messages: list[dict]) -> int: ...
 
 
+class TokenizerCounter:
+    """A TokenCounter of a tokenizer alone: a chat's tokens as an engine prompts them."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
 def model_id(model_path: str | Path, adapter: str | Path | None) -> str:
     h = adapter_hash(adapter)
     return f"{Path(model_path).name}+{h}" if h else Path(model_path).name
@@ -118,10 +131,7 @@ class Engine(ABC):
     def _complete(self, batch: ChatBatch) -> list[Completion]: ...
 
     def count_tokens(self, messages: list[dict]) -> int:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return TokenizerCounter(self.tokenizer).count_tokens(messages)
 
 
 def sampling_params(decoding: DecodingSection, seed: int, **extra: Any) -> Any:

@@ -31,6 +31,7 @@ from esevo_ray.generation.engines import (
     Completion,
     Engine,
     EngineOptions,
+    TokenCounter,
     build_engine,
     model_id,
 )
@@ -191,15 +192,20 @@ def respond(
 ) -> list[Completion]:
     """The engine's responses to context rows, as evaluation asks for them: each context fit
     to the task request alone, under `system_prompt`, seeded by its key (`eval_seed`)."""
-    contexts = [
-        fit_context(engine, r["context"], gen, system_prompt=system_prompt, refine=False)
-        for r in rows
-    ]
     return engine.chat(
-        [prompts.task_messages(c, system_prompt) for c in contexts],
+        [task_request(engine, gen, r, system_prompt) for r in rows],
         gen.decoding,
         [eval_seed(gen.decoding, r) for r in rows],
     )
+
+
+def task_request(
+    counter: TokenCounter, gen: GenerationSection, row: dict, system_prompt: str
+) -> list[dict]:
+    """The task request (`system_prompt` || C_n) of a context row, its context fit to the task
+    request alone (`fit_context`), as evaluation responses are asked for."""
+    context = fit_context(counter, row["context"], gen, system_prompt=system_prompt, refine=False)
+    return prompts.task_messages(context, system_prompt)
 
 
 def eval_seed(decoding: DecodingSection, row: dict) -> int:
