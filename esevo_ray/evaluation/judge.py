@@ -523,8 +523,13 @@ def changed_since_judged(path: str | Path, responses: pa.Table) -> int:
         recorded = json.loads(_metadata(path).get(_JUDGED_KEY) or "[]")
     except ValueError:
         return 0
-    now = _judged(responses)
-    return sum(now.get((d, t, m)) != digest for d, t, m, digest in recorded)
+    return len(recorded) - len(_unchanged(recorded, _judged(responses)))
+
+
+def _unchanged(recorded: list[list], judged: dict[tuple, str]) -> set[tuple]:
+    """The keys of a scores file's recorded [dialogue_id, turn_index, model, digest] whose
+    response `judged` (digests by key, `_judged`) still holds as it was judged."""
+    return {(d, t, m) for d, t, m, digest in recorded if judged.get((d, t, m)) == digest}
 
 
 def is_partial(path: str | Path) -> bool:
@@ -577,7 +582,7 @@ def _earlier(
     if _defining(made) != _defining(json.loads(settings)):
         return {}, "it holds the verdicts of another judge or other settings"
     recorded = json.loads(written.get(_JUDGED_KEY, b"[]"))
-    same = {(d, t, m) for d, t, m, digest in recorded if judged.get((d, t, m)) == digest}
+    same = _unchanged(recorded, judged)
     known = {
         (*_response_key(r), r["dimension"]): Verdict(
             r["score"], r["explanation"], r["attempts"], r["error"]

@@ -195,32 +195,37 @@ def _render(
     md += [f"![automatic metrics]({figure})", ""]
 
     judged = {s.label: t for s in evaluated if (t := s.judge) is not None}
-    if judged:
-        md += [
-            "## LLM-as-a-judge (Table 7 layout)",
-            "",
-            judge_table(
-                judged, {s.label: s.judge_settings for s in evaluated if s.label in judged}
-            ),
-            "",
-            "Mean score on a 1-5 scale over the contexts every model has a verdict for on "
-            "that dimension (`n` of them), so each change compares the same contexts; "
-            "`missing` counts each file's verdicts that stayed unparseable or failed.",
-            "",
-        ]
-        if unfinished := [s.label for s in evaluated if s.judging_unfinished]:
+    unfinished = [s.label for s in evaluated if s.judging_unfinished]
+    changed = [
+        s.label for s in evaluated if not s.judging_unfinished and s.judged_responses_changed
+    ]
+    if judged or unfinished or changed:
+        md += ["## LLM-as-a-judge (Table 7 layout)", ""]
+        if judged:
+            md += [
+                judge_table(
+                    judged, {s.label: s.judge_settings for s in evaluated if s.label in judged}
+                ),
+                "",
+                "Mean score on a 1-5 scale over the contexts every model has a verdict for on "
+                "that dimension (`n` of them), so each change compares the same contexts; "
+                "`missing` counts each file's verdicts that stayed unparseable or failed.",
+                "",
+            ]
+        if unfinished:
             md += [
                 f"Left out: {', '.join(unfinished)}, whose judging stopped part-way (run it "
                 "again to the end: `esevo evolve`, or `esevo judge`).",
                 "",
             ]
-        if changed := [s.label for s in evaluated if s.judged_responses_changed]:
+        if changed:
             md += [
                 f"Left out: {', '.join(changed)}, whose responses changed since they were "
                 "judged (judge them again: `esevo evolve`, or `esevo judge`).",
                 "",
             ]
-        md += _human_agreement(run_dir, judged)
+        if judged:
+            md += _human_agreement(run_dir, judged)
 
     md += intervals.report_sections(evaluated, out)
     responses = {s.label: t for s in evaluated if (t := s.responses) is not None}

@@ -733,3 +733,8 @@ def test_the_report_leaves_out_verdicts_on_responses_changed_since(server, tmp_p
     judged("m1")
     rows, section = table_7()
     assert rows == ["M0", "M1"] and "Left out" not in section, section
+    # Every model evaluated again: no table, and the note still names them.
+    evaluate("m0", ["[ok] a changed", "[ok] b", "[ok] c"])
+    evaluate("m1", ["[ok] d", "[ok] e", "[ok] f changed"])
+    rows, section = table_7()
+    assert rows == [] and "Left out: M0, M1, whose responses changed" in section, section
