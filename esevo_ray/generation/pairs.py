@@ -111,18 +111,28 @@ _NO_REFINEMENT = re.compile(
     r"( (response|reply|one))?|keep( it| the (original|response))?( as it is| as is)?"
 )
 # A short one that talks about the response instead of being one ("Keep the original
-# response.", "Not needed.", "The reply is already appropriate."), found anywhere in its
-# words; a genuine reply may open alike ("No need to apologize", "Keep it up"), hence the
-# nouns the phrases must name.
+# response.", "Not needed.", "The reply is already appropriate.", "Nothing needs to be
+# changed."), found in its words. A genuine reply may say alike ("No need to apologize",
+# "It is not necessary to have all the answers", "Your initial response is normal"), hence
+# the nouns and the places each phrase must have.
+_CHANGES = r"changes?|refinements?|revisions?|edits?|improvements?|modifications?"
 _ABOUT_THE_RESPONSE = re.compile(
     r"^n a\b|"
-    r"\b(original|target|rejected|previous|above|given|initial) (response|reply|answer)\b|"
-    r"\b(response|reply|answer) (is|was) (already )?(appropriate|fine|good|perfect|great|"
-    r"adequate|effective|empathetic|supportive)\b|"
-    r"\b(no|not|none)( (changes?|refinements?|revisions?|edits?|improvements?|modifications?"
-    r"|further|more|is|are|really))* (needed|necessary|required)\b|"
-    r"\bno need to (change|refine|revise|edit|improve|modify|alter)\b|"
-    r"\bkeep (it|the (original|response|reply|answer)) (as it is|as is|unchanged|the same)\b"
+    r"\b(the|this|that) (original|target|rejected|previous|above|given|initial) "
+    r"(response|reply|answer|is|was)\b|"
+    r"\b(the|this|that) (response|reply|answer) (is|was|looks|seems|reads) (already )?"
+    r"(appropriate|fine|good|perfect|great|adequate|effective|empathetic|supportive)\b|"
+    rf"^(no|not|none|nothing)( ({_CHANGES}|further|more|is|are|really))* "
+    r"(needed|necessary|required)\b|"
+    rf"\bno ({_CHANGES})( (is|are))? (needed|necessary|required)\b|"
+    rf"\b(needs?|requires?) no ({_CHANGES})|"
+    rf"\b(does not|doesn't|do not|don't) (need|require) (any )?({_CHANGES})|"
+    r"\bnothing (needs to|has to|to) (be )?(changed|refined|revised|improved|change|refine)\b|"
+    r"\bno need to (change|refine|revise|edit|improve|modify|alter)"
+    r"( (it|anything|the (response|reply|answer)))?$|"
+    r"\b(keep|leave) (it|the (original|response|reply|answer)) "
+    r"(as it is|as is|unchanged|the same)\b|"
+    r"^(it's|it is) (fine|good|perfect|great) as (it )?is$"
 )
 _ABOUT_MAX_WORDS = 15
 

@@ -187,7 +187,9 @@ def test_a_response_that_starts_like_no_refinement_is_one(refined):
     ["Keep the original response.", "None needed.", "Not needed.", "No need to change.",
      "N/A - the response is appropriate.", "The original response is already appropriate.",
      "The reply is fine as it is.", "The response is already good; no refinement is necessary.",
-     "Keep it as it is, the reply is supportive."],
+     "Keep it as it is, the reply is supportive.", "The response does not need refinement.",
+     "This response needs no changes.", "Nothing needs to be changed.", "Leave it as is.",
+     "It's fine as it is.", "The response looks good.", "The original is fine."],
 )  # fmt: skip
 def test_a_short_refinement_about_the_response_is_no_response(refined):
     """Said otherwise than the phrasings above: each was kept as `refined`, so DPO preferred
@@ -200,8 +202,14 @@ def test_a_short_refinement_about_the_response_is_no_response(refined):
     "refined",
     ["No need to apologize, I am here for you.", "Keep it up, you are doing great!",
      "No apology needed, I am happy to listen.", "It is good that you reached out.",
-     "Life is hard enough as it is. What would help most right now?"],
+     "Life is hard enough as it is. What would help most right now?",
+     "It is not necessary to have all the answers right now.",
+     "An apology is not required. I am glad you told me.",
+     "There is no need to change who you are for anyone.",
+     "Your initial response of anger is completely normal.",
+     "Your answer was fine, nobody expects you to know everything."],
 )  # fmt: skip
 def test_a_reply_that_sounds_like_a_remark_on_the_response_is_one(refined):
+    """None of ESConv's 8,166 supporter turns of up to 15 words reads as a remark."""
     rejected = "That sounds really hard. Have you told anyone about how you feel?"
     assert choose(refined, rejected, "That must hurt so much, I am sorry.", 3.0)[1] == "refined"
