@@ -143,16 +143,18 @@ def bench_generate(
     reported separately as seconds to the first batch.
 
     Raises:
-        UsageError: fewer than two batches of contexts, or fewer than two naive contexts (no
-            batch after the first to time).
+        UsageError: fewer than two batches of contexts per actor, or fewer than two naive
+            contexts (no batch after the first to time).
     """
     rows = schema.read_table(contexts, schema.CONTEXTS).slice(0, n).to_pylist()
-    batch = cfg.generation.batch_size
-    if len(rows) < 2 * batch:
+    batch, actors = cfg.generation.batch_size, cfg.generation.num_actors
+    if len(rows) < 2 * batch * actors:
+        each = f" for each of generation.num_actors={actors}" if actors > 1 else ""
         raise UsageError(
             f"{len(rows)} contexts (-n {n}, {contexts}) make fewer than two batches of "
-            f"generation.batch_size={batch}: the steady state is timed over the batches after "
-            f"the first; use -n {2 * batch} or more, or a smaller generation.batch_size"
+            f"generation.batch_size={batch}{each}: the steady state is timed over the "
+            f"batches after each actor's first; use -n {2 * batch * actors} or more, or a "
+            "smaller generation.batch_size"
         )
     if min(naive_n, len(rows)) < 2:
         raise UsageError(

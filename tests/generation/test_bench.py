@@ -62,3 +62,7 @@ def test_fewer_contexts_than_two_batches_are_refused_before_any_run(tiny_model, 
     cfg = gen_cfg(**{"generation.batch_size": 256})
     with pytest.raises(UsageError, match=r"-n 128.*fewer than two batches.*use -n 512 or more"):
         bench.bench_generate(cfg, path, tiny_model, n=128, repeats=1)
+    # Two actors, one batch each: no actor had a batch after its first (0 tok/s came out).
+    two = gen_cfg(**{"generation.batch_size": 2, "generation.num_actors": 2})
+    with pytest.raises(UsageError, match=r"for each of generation.num_actors=2.*use -n 8 or more"):
+        bench.bench_generate(two, path, tiny_model, n=4, repeats=1)
