@@ -281,7 +281,9 @@ class Ingress:
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             response = self.handle(model).options(stream=True).stream.remote(req)
-            deltas = await started(response)
+            # Only a bounded queue turns requests away; without one, headers go out at once.
+            bounded = self.scfg.max_queued_requests is not None
+            deltas = await started(response) if bounded else response
             return StreamingResponse(
                 self._events(sse_events(cid, model.name, deltas, guard, usage), response),
                 media_type="text/event-stream",
