@@ -42,8 +42,10 @@ def model_order(name: str) -> tuple[int, str]:
 
 
 def rater(row: dict) -> str:
-    """Whose rating or vote `row` is: its rater, or its session where none is recorded."""
-    return row.get("rater") or row["session_id"]
+    """Whose rating or vote `row` is: its rater, whatever the case of the name as typed
+    ("Alice" and "alice" are one rater), or its session where none is recorded."""
+    name = (row.get("rater") or "").strip().casefold()
+    return name or row["session_id"]
 
 
 def resampled_sums(per_rater: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray | None:

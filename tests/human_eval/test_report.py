@@ -270,3 +270,12 @@ def test_intervals_resample_raters_not_their_sessions(tmp_path):
     assert pair["win"]["ci_low"] < 0.3 and pair["win"]["ci_high"] > 0.7
     empathy = report["pointwise"]["m1"]["empathy"]
     assert empathy["n"] == 60 and empathy["ci_low"] < 2.4 and empathy["ci_high"] > 3.6
+
+
+def test_a_rater_is_one_whatever_the_case_of_the_name_typed():
+    votes = [
+        {"session_id": f"s{i}", "rater": name, "model_a": "m1", "model_b": "m0", "choice": "A"}
+        for i, name in enumerate(["Alice", "alice ", "ALICE", "Bob"])
+    ]
+    (entry,) = pairwise_summary(votes)
+    assert (entry["raters"], entry["sessions"]) == (2, 4)
