@@ -377,7 +377,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if restored is not None and (restored / FINAL_DIR).exists():
         logger.info("%s: the run had finished; nothing to resume", job.stage)
         summary = json.loads((restored / FINAL_DIR / SUMMARY_FILE).read_text())
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work)
         return summary
     resume = None
     if restored is not None:
@@ -414,10 +414,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             (Path(tmp) / FINAL_DIR / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             final = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({**summary["last_metrics"], "final": 1}, checkpoint=final)
+    remove_work_dir(work)
+    return summary
+
+
+def remove_work_dir(work: Path) -> None:
+    """Remove a worker's folder (`new_work_dir`), and the run's when it is the last."""
     shutil.rmtree(work, ignore_errors=True)
     with contextlib.suppress(OSError):
         work.parent.rmdir()  # the last rank to finish removes the run's folder
-    return summary
 
 
 def restore(checkpoint: Any, work: Path) -> Path | None:
