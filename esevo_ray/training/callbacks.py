@@ -162,6 +162,25 @@ def copy_trainable_checkpoint(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=extra_adapters)
 
 
+class StopAgain(TrainerCallback):
+    """For a run resumed from a checkpoint saved as training stopped (early stopping): stop
+    again. transformers restores the stop, then clears it as training begins, so the run
+    trained on to the next evaluation, and past it were that one better. Its loop looks
+    only after a step: one step is taken, and load_best_model_at_end still ends on the
+    best adapter."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        control.should_training_stop = True
+
+
+def stopped_at(hf_checkpoint: str | Path) -> bool:
+    """Whether the Trainer checkpoint was saved as training stopped (early stopping, or
+    max_steps)."""
+    state = json.loads((Path(hf_checkpoint) / "trainer_state.json").read_text())
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {})
+    return bool(control.get("args", {}).get("should_training_stop"))
+
+
 class FailureInjector(TrainerCallback):
     """Test hook: raise right after the first checkpoint at or after `step` is reported."""
 

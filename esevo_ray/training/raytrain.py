@@ -363,7 +363,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         FailureInjector,
         ProgressLogger,
         RayReportCallback,
+        StopAgain,
         restore_best,
+        stopped_at,
     )
 
     loop_start = time.time()
@@ -388,6 +390,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     callbacks: list[Any] = [ProgressLogger(job.stage), report]
     if scaling.inject_failure_at_step is not None and resume is None:
         callbacks.append(FailureInjector(scaling.inject_failure_at_step))
+    if resume is not None and stopped_at(resume):  # killed before its final report
+        callbacks.append(StopAgain())
     trainer = config["builder"](cfg, job, str(work / "hf"), callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressLogger reports instead, on rank 0 only
     numerics = {

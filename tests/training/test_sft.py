@@ -504,3 +504,31 @@ def test_the_loop_trains_m0_again_over_an_adapter_made_there_from_other_data(
         loop()
     assert trained == [run.data, other, run.data]
     assert "rewritten since it ran" in caplog.text
+
+
+def test_a_run_killed_after_early_stopping_stopped_it_stops_again(make_cfg, tmp_path):
+    """transformers clears a restored stop as training begins: a run killed between early
+    stopping (step 4) and its final report trained on to the next evaluation (step 6), and
+    past it were that one better, ending on another adapter than an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from esevo_ray.training.callbacks import StopAgain, stopped_at
+
+    cfg, job = _first_evaluation_best(
+        make_cfg, tmp_path, "sft.max_steps=10", "sft.eval_steps=2", "sft.save_steps=2",
+        "sft.early_stopping_patience=1",
+    )  # fmt: skip
+    whole = build_sft_trainer(cfg, job, str(tmp_path / "a"), [_report_at(4, tmp_path / "ray")])
+    whole.train()
+    assert whole.state.global_step == 4 and whole.state.best_global_step == 2
+    best = load_file(tmp_path / "a" / "checkpoint-2" / "adapter_model.safetensors")
+
+    checkpoint = tmp_path / "ray" / common.HF_DIR
+    assert stopped_at(checkpoint) and not stopped_at(tmp_path / "a" / "checkpoint-2")
+    resumed = build_sft_trainer(cfg, job, str(tmp_path / "a"), [StopAgain()])  # as train_loop
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 5  # the one step its loop takes before it looks
+    weights = {n: p for n, p in resumed.model.named_parameters() if "lora_" in n}
+    for name, value in best.items():
+        torch.testing.assert_close(weights[name.replace(".weight", ".default.weight")].detach(),
+                                   value, msg=name)  # fmt: skip
