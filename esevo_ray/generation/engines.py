@@ -68,17 +68,20 @@ class TokenCounter(Protocol):
     def count_tokens(self, messages: list[dict]) -> int: ...
 
 
+def chat_tokens(tokenizer: Any, messages: list[dict]) -> int:
+    """The tokens of a chat as an engine prompts it: its template, with the generation prompt."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
 class TokenizerCounter:
-    """A TokenCounter of a tokenizer alone: a chat's tokens as an engine prompts them."""
+    """A TokenCounter of a tokenizer alone (no engine)."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
 
     def count_tokens(self, messages: list[dict]) -> int:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return chat_tokens(self.tokenizer, messages)
 
 
 def model_id(model_path: str | Path, adapter: str | Path | None) -> str:
@@ -131,7 +134,7 @@ class Engine(ABC):
     def _complete(self, batch: ChatBatch) -> list[Completion]: ...
 
     def count_tokens(self, messages: list[dict]) -> int:
-        return TokenizerCounter(self.tokenizer).count_tokens(messages)
+        return chat_tokens(self.tokenizer, messages)
 
 
 def sampling_params(decoding: DecodingSection, seed: int, **extra: Any) -> Any:
