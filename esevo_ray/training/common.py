@@ -151,6 +151,18 @@ def use_bf16(section: TrainSection) -> bool:
     return native_bf16(section.scaling.use_gpu)
 
 
+def mixed_precision(section: TrainSection, weights: str) -> dict[str, bool]:
+    """The TRL config's bf16 and fp16 flags for a model whose weights load in `weights`.
+
+    A float16 base on a GPU without bf16 autocast (a T4 or V100) trains with fp16 autocast,
+    which on CUDA brings the gradient scaler: without it small float16 gradients underflow
+    to zero. The LoRA weights themselves stay float32 (PEFT's default), as the scaler needs.
+    """
+    bf16 = use_bf16(section)
+    fp16 = weights == "float16" and section.scaling.use_gpu and not bf16
+    return {"bf16": bf16, "fp16": fp16}
+
+
 def early_stopping_on(section: TrainSection, has_eval: bool) -> bool:
     return has_eval and section.early_stopping_patience is not None
 
@@ -162,10 +174,11 @@ def trainer_args(
     where: str,
     output_dir: str,
     has_eval: bool,
+    weights: str,
     **stage: Any,
 ) -> Any:
-    """The TRL config (SFTConfig / DPOConfig) for a stage; `<stage>.trl` keys (checked when
-    the config loads) are added last."""
+    """The TRL config (SFTConfig / DPOConfig) for a stage whose model loads in `weights`;
+    `<stage>.trl` keys (checked when the config loads) are added last."""
     early = early_stopping_on(section, has_eval)
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
@@ -194,7 +207,7 @@ def trainer_args(
         # way is better from its name ("loss": lower) unless trl says so.
         greater_is_better=False if early and "metric_for_best_model" not in section.trl else None,
         max_length=section.max_length,
-        bf16=use_bf16(section),
+        **mixed_precision(section, weights),
         gradient_checkpointing=section.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=not section.scaling.use_gpu,
@@ -253,6 +266,7 @@ def build_trainer(
         where=where,
         output_dir=output_dir,
         has_eval=held_out is not None,
+        weights=weights_dtype(cfg.model.dtype, use_gpu=section.scaling.use_gpu),
         **stage,
     )
     model, peft_config = build_policy(cfg, job)

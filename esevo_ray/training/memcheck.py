@@ -166,7 +166,8 @@ def build_stage_trainer(
     """The loop's trainer for `stage` around an in-memory model (see sft.py and dpo.py)."""
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    common = dict(where=stage, output_dir=out_dir, has_eval=False)
+    weights = weights_dtype(cfg.model.dtype, use_gpu=section.scaling.use_gpu)
+    common = dict(where=stage, output_dir=out_dir, has_eval=False, weights=weights)
     if stage == "sft":
         args = trainer_args(SFTConfig, section, **common, completion_only_loss=True)
         return SFTTrainer(
@@ -219,7 +220,7 @@ def run_stage(cfg: RunConfig, stage: Stage, shape: Any, *, steps: int, device: s
         if tokens != section.max_length:
             raise RuntimeError(f"{stage}: rows tokenized to {tokens} tokens, not max_length")
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        bf16 = trainer.args.bf16  # "auto" resolved for this device
+        bf16, fp16 = trainer.args.bf16, trainer.args.fp16  # "auto" resolved for this device
         global_step = trainer.train().global_step
     report = {
         "parameters": parameters,
@@ -230,6 +231,7 @@ def run_stage(cfg: RunConfig, stage: Stage, shape: Any, *, steps: int, device: s
         "gradient_accumulation_steps": section.gradient_accumulation_steps,
         "gradient_checkpointing": section.gradient_checkpointing,
         "bf16": bf16,
+        "fp16": fp16,
         "optimizer_steps": global_step,
         "losses": probe.losses,
         "step_seconds": [round(b - a, 3) for a, b in pairwise(probe.ends)],

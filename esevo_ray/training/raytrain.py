@@ -398,6 +398,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         **describe(),
         "weights": weights_dtype(cfg.model.dtype, use_gpu=scaling.use_gpu),
         "bf16_autocast": bool(trainer.args.bf16),
+        "fp16_autocast": bool(trainer.args.fp16),  # with the gradient scaler, on CUDA
     }
     logger.info("%s: numerics %s", job.stage, numerics)
     start = time.time()
@@ -474,5 +475,6 @@ def summarize(
         "train_seconds": seconds,
         "world_size": trainer.args.world_size,
         "bf16": trainer.args.bf16,
+        "fp16": trainer.args.fp16,
         "resumed_from_step": checkpoint_step(resumed) if resumed else None,
     }

@@ -125,7 +125,10 @@ def test_a_trl_value_trl_refuses_is_a_config_error(make_cfg, tmp_path):
 
     cfg = make_cfg("sft.trl={lr_scheduler_type: sideways}")
     with pytest.raises(ConfigError, match=r"sft: invalid training settings for SFTConfig"):
-        trainer_args(SFTConfig, cfg.sft, where="sft", output_dir=str(tmp_path), has_eval=False)
+        trainer_args(
+            SFTConfig, cfg.sft, where="sft", output_dir=str(tmp_path), has_eval=False,
+            weights="float32",
+        )  # fmt: skip
 
 
 def test_unknown_trl_key_fails_when_the_config_loads(make_cfg):
@@ -147,10 +150,12 @@ def test_early_stopping_on_a_metric_of_ones_own_keeps_its_best(make_cfg):
     cfg = make_cfg(
         "dpo.eval_fraction=0.25", "dpo.trl={metric_for_best_model: eval_rewards/accuracies}"
     )
-    args = common.trainer_args(DPOConfig, cfg.dpo, where="dpo", output_dir="/tmp/x", has_eval=True)
+    args = common.trainer_args(
+        DPOConfig, cfg.dpo, where="dpo", output_dir="/tmp/x", has_eval=True, weights="float32"
+    )
     assert args.load_best_model_at_end and args.greater_is_better is True
     loss = common.trainer_args(DPOConfig, make_cfg("dpo.eval_fraction=0.25").dpo, where="dpo",
-                               output_dir="/tmp/x", has_eval=True)  # fmt: skip
+                               output_dir="/tmp/x", has_eval=True, weights="float32")  # fmt: skip
     assert loss.metric_for_best_model == "eval_loss" and loss.greater_is_better is False
 
 
