@@ -117,7 +117,20 @@ def _check_roles(dialogue: Dialogue) -> None:
 def _text(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"field {field_name!r} must be a non-empty string, got {value!r}")
+    _utf8(value, field_name)
     return " ".join(value.split())
+
+
+def _utf8(value: str, field_name: str) -> None:
+    """JSON lets a string hold half a surrogate pair ("\\ud83d", an emoji cut in two), which
+    Parquet, being UTF-8, cannot store: caught here, with its record, not when writing."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"field {field_name!r} holds an unpaired surrogate {value[e.start]!r} at "
+            f"character {e.start}"
+        ) from None
 
 
 def _optional_str(record: dict, key: str) -> str:
@@ -190,20 +203,17 @@ def load_esconv(path: str | Path, split: str, on_bad: OnBad = "error") -> Loaded
 
 
 def _extes_record(record: dict, default_id: str) -> Dialogue:
-    turns = []
+    turns: list[Turn] = []
     for i, item in enumerate(_turn_items(record, "content")):
-        if "User" in item and "AI" in item:  # one of them would be dropped
-            raise DataError(f"content[{i}] has both 'User' and 'AI'; one turn holds one")
-        if "User" in item:
-            turns.append(Turn(SEEKER, _text(item["User"], f"content[{i}].User")))
-        elif "AI" in item:
-            value = item["AI"]
-            if isinstance(value, dict):  # some copies nest the text under "Response"
-                value = value.get("Response")
-            strategy = _label(item.get("AI Strategy"), f"content[{i}].AI Strategy")
-            turns.append(Turn(SUPPORTER, _text(value, f"content[{i}].AI"), strategy))
-        else:
+        if "User" not in item and "AI" not in item:
             raise DataError(f"content[{i}] has neither 'User' nor 'AI' (keys {list(item)})")
+        seeker = Turn(SEEKER, _text(item["User"], f"content[{i}].User")) if "User" in item else None
+        supporter = _extes_supporter(item, i) if "AI" in item else None
+        # Some items of ExTES.json hold both: the speaker the dialogue's turn-taking expects
+        # comes first (the seeker, unless the last turn was the seeker's).
+        if seeker and supporter and turns and turns[-1].role == SEEKER:
+            seeker, supporter = supporter, seeker
+        turns += [turn for turn in (seeker, supporter) if turn]
     return Dialogue(
         dialogue_id=str(record.get("id") or default_id),
         source="extes",
@@ -212,6 +222,16 @@ def _extes_record(record: dict, default_id: str) -> Dialogue:
         situation=_optional_str(record, "description"),
         problem_type=_optional_str(record, "scene"),
     )
+
+
+def _extes_supporter(item: dict, i: int) -> Turn:
+    value = item["AI"]
+    if isinstance(value, dict):  # some copies nest the text under "Response"
+        if "Response" not in value:
+            raise DataError(f"content[{i}].AI is an object without 'Response' (keys {list(value)})")
+        value = value["Response"]
+    strategy = _label(item.get("AI Strategy"), f"content[{i}].AI Strategy")
+    return Turn(SUPPORTER, _text(value, f"content[{i}].AI"), strategy)
 
 
 def load_extes(path: str | Path, on_bad: OnBad = "error") -> Loaded:
@@ -260,6 +280,8 @@ def _alpaca_record(record: dict, default_id: str) -> dict:
             raise DataError(f"field {key!r} must be a string, got {record.get(key)!r:.60}")
     if not record["instruction"].strip():
         raise DataError("field 'instruction' must not be empty")
+    for key in ("instruction", "input", "output"):
+        _utf8(record[key], key)
     return {"example_id": default_id, **{k: record[k] for k in ("instruction", "input", "output")}}
 
 

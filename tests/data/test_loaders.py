@@ -221,12 +221,51 @@ def test_a_dialogue_without_either_role_is_a_bad_record(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps([{"content": [{"AI": "hello"}]}]))
     with pytest.raises(DataError, match=r"record 0: the dialogue has no seeker turn"):
         load_extes(tmp_path / "x.json")
-    both = [{"content": [{"User": "hi", "AI": "hello"}]}]  # one of them was dropped
-    (tmp_path / "y.json").write_text(json.dumps(both))
-    with pytest.raises(DataError, match=r"content\[0\] has both 'User' and 'AI'"):
-        load_extes(tmp_path / "y.json")
     counsel = [{"dialogue": [{"role": "Seeker", "content": "hi"},
                              {"role": "Strategy Counselor", "content": "ask"}]}]  # fmt: skip
     (tmp_path / "s.json").write_text(json.dumps(counsel))
     with pytest.raises(DataError, match=r"record 0: the dialogue has no supporter turn"):
         load_serveforemo(tmp_path / "s.json")
+
+
+def test_an_extes_item_with_both_speakers_is_two_turns_in_turn_taking_order(tmp_path):
+    """Items of ExTES.json holding both "User" and "AI" stopped preparing the paper configs
+    (or, skipped, dropped whole dialogues); each is two turns, the expected speaker first."""
+    content = [
+        {"User": "I lost my job."},
+        {"AI": "That sounds hard.", "AI Strategy": "Emotional Validation", "User": "It is."},
+        {"User": "Okay.", "AI": "Let us look at options.", "AI Strategy": "Suggest Options"},
+    ]
+    (tmp_path / "x.json").write_text(json.dumps([{"scene": "Job", "content": content}]))
+    turns = load_extes(tmp_path / "x.json").items[0].turns
+    assert [(t.role, t.text, t.strategy) for t in turns] == [
+        ("seeker", "I lost my job.", None),
+        ("supporter", "That sounds hard.", "Emotional Validation"),
+        ("seeker", "It is.", None),
+        ("supporter", "Let us look at options.", "Suggest Options"),
+        ("seeker", "Okay.", None),
+    ]
+    nested = [{"content": [{"User": "hi"}, {"AI": {"Text": "hello"}}]}]
+    (tmp_path / "n.json").write_text(json.dumps(nested))
+    with pytest.raises(DataError, match=r"record 0: content\[1\].AI is an object without "
+                       r"'Response' \(keys \['Text'\]\)"):  # fmt: skip
+        load_extes(tmp_path / "n.json")
+
+
+def test_half_a_surrogate_pair_is_a_bad_record_not_a_crash_when_writing(tmp_path):
+    """JSON may hold "\\ud83d" alone (an emoji cut in two); Parquet cannot store it, and
+    preparing stopped with a UnicodeEncodeError naming no file, record or field."""
+    records = [
+        {"content": [{"User": "hi"}, {"AI": "hello"}]},
+        {"content": [{"User": "cut \ud83d here"}, {"AI": "hello"}]},
+    ]
+    (tmp_path / "x.json").write_text(json.dumps(records))  # ensure_ascii keeps it as \ud83d
+    with pytest.raises(DataError, match=r"x.json: record 1: field 'content\[0\].User' holds an "
+                       r"unpaired surrogate '\\ud83d' at character 4"):  # fmt: skip
+        load_extes(tmp_path / "x.json")
+    skipped = load_extes(tmp_path / "x.json", on_bad="skip")
+    assert (len(skipped.items), skipped.skipped) == (1, 1)
+    alpaca = [{"instruction": "q", "input": "", "output": "a \udc80"}]
+    (tmp_path / "a.json").write_text(json.dumps(alpaca))
+    with pytest.raises(DataError, match=r"record 0: field 'output' holds an unpaired surrogate"):
+        load_alpaca(tmp_path / "a.json")
