@@ -177,6 +177,11 @@ def sft_rows(
     return schema.conform(pa.Table.from_pylist(rows, schema=schema.SFT_ROWS), schema.SFT_ROWS)
 
 
+def _no_output(output: str) -> bool:
+    """Alpaca marks examples with no possible text answer "<nooutput>", in any case."""
+    return "<nooutput>" in output.lower()
+
+
 def _alpaca_replay(cfg: DataSection, root: Path, report: dict) -> list[dict]:
     """`data.alpaca_samples` usable Alpaca examples, drawn by seed.
 
@@ -188,7 +193,9 @@ def _alpaca_replay(cfg: DataSection, root: Path, report: dict) -> list[dict]:
         return []
     path = _alpaca_file(root)
     alpaca = load_alpaca(path, cfg.on_bad_record)
-    usable = [a for a in alpaca.items if a["output"].strip() and "<nooutput>" not in a["output"]]
+    report["skipped"]["alpaca"] = alpaca.skipped
+    report["problems"] += alpaca.problems[:20]
+    usable = [a for a in alpaca.items if a["output"].strip() and not _no_output(a["output"])]
     report["alpaca_unusable"] = len(alpaca.items) - len(usable)
     if len(usable) < cfg.alpaca_samples:
         raise DataError(

@@ -348,3 +348,23 @@ def test_seed_sources_name_each_source_once(sources, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"data.seed_sources={sources}"])
+
+
+def test_skipped_alpaca_records_are_reported_and_no_output_is_caught_in_any_case(
+    tmp_path, data_root
+):
+    """Alpaca records skipped as bad vanished from the manifest; "<NoOutput>" (record 35241
+    of the real file) passed the "<nooutput>" filter and could be drawn as a replay target."""
+    alpaca = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(2)]
+    alpaca += [
+        {"instruction": "logo", "input": "", "output": "<NoOutput>"},
+        {"instruction": "q", "output": "a"},  # no input: a bad record
+    ]
+    root = _small_data(tmp_path, data_root, train=4, alpaca=alpaca)
+    cfg = load_config(None, [f"data.data_dir={root}", "data.alpaca_samples=2",
+                             "data.on_bad_record=skip"])  # fmt: skip
+    report = prepare_data(cfg.data, tmp_path / "out")
+    assert report["skipped"]["alpaca"] == 1
+    assert any("alpaca_data.json: record 3: field 'input'" in p for p in report["problems"])
+    assert report["alpaca_unusable"] == 1
+    assert sorted(report["alpaca_ids"]) == ["alpaca_data-0", "alpaca_data-1"]
