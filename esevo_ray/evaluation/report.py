@@ -17,6 +17,7 @@ from esevo_ray.evaluation import analysis, intervals, plots
 from esevo_ray.evaluation.report_sections import pairs_sections, response_sections
 from esevo_ray.evaluation.tables import (
     METRIC_COLUMNS,
+    judge_means,
     judge_table,
     metrics_table,
     read_metrics,
@@ -249,8 +250,9 @@ MIN_MODELS_FOR_AGREEMENT = 3
 
 
 def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
-    """Table 7's p row: per dimension, Pearson r of judge and human point-wise means across
-    models, when the run has a human-evaluation database with ratings."""
+    """Table 7's p row: per dimension, Pearson r of Table 7's judge means (`judge_means`) and
+    the human point-wise means across models, when the run has a human-evaluation database
+    with ratings."""
     from esevo_ray.config import JUDGE_DIMENSIONS
     from esevo_ray.evaluation.judge_scores import pearson_by_dimension
     from esevo_ray.human_eval.report import load_rows
@@ -267,14 +269,26 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
             for r in ratings
         ]
     )
-    judge = pa.concat_tables([t.select(["model", "dimension", "score"]) for t in judged.values()])
+    # The means Table 7 shows, over the contexts every model has a verdict for.
+    table7 = judge_means(judged)
+    judge = pa.Table.from_pylist(
+        [
+            {"model": table7.models[label], "dimension": dimension, "score": mean}
+            for label, by_dimension in table7.means.items()
+            for dimension, mean in by_dimension.items()
+        ],
+        schema=pa.schema(
+            [("model", pa.string()), ("dimension", pa.string()), ("score", pa.float64())]
+        ),
+    )
     both = sorted(set(judge["model"].to_pylist()) & set(human["model"].to_pylist()))
     rho = pearson_by_dimension(judge, human, on=("model",), min_points=MIN_MODELS_FOR_AGREEMENT)
     cells = [f"{100 * r:.2f}%" if (r := rho.get(d)) is not None else "–" for d in JUDGE_DIMENSIONS]
     sessions = len({r["session_id"] for r in ratings})
     where = db.relative_to(run_dir) if db.is_relative_to(run_dir) else db
     return [
-        "Agreement with human point-wise ratings (Pearson r of per-model means over "
+        "Agreement with human point-wise ratings (Pearson r of the judge means above and "
+        "the human per-model means, over "
         f"{len(both)} models rated by both, {sessions} rated sessions in `{where}`; – where "
         f"fewer than {MIN_MODELS_FOR_AGREEMENT} models have both):",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,18 +142,26 @@ def esconv_table(metrics: dict[str, dict | None]) -> str:
     return markdown_table(["Model", *ESCONV_COLUMNS.values(), "n"], rows)
 
 
-def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = None) -> str:
-    """Table 7 layout: mean judge score (1-5) per dimension over the contexts every row has a
-    verdict for on it (so a change between rows compares the same contexts), each file's
-    missing verdicts, that number of contexts, and the judge. `settings`: each row's judge
-    settings (judge.judged_under), named under the table where they differ.
+@dataclass
+class JudgeMeans:
+    """Table 7's numbers, by row label: each dimension's mean over the contexts every row has
+    a verdict for on it (`common`), so a change between rows compares the same contexts."""
+
+    means: dict[str, dict[str, float | None]]  # label -> dimension -> mean (None: not judged)
+    common: dict[str, set[tuple]]  # dimension -> (dialogue_id, turn_index) every row scored
+    scored: dict[str, dict[str, dict[tuple, float]]]  # label -> dimension -> context -> score
+    missing: dict[str, int]  # label -> verdicts that stayed unparseable or failed
+    judges: dict[str, str]  # label -> judge model(s)
+    models: dict[str, str]  # label -> the model its file judged
+
+
+def judge_means(judged: dict[str, pa.Table]) -> JudgeMeans:
+    """The means Table 7 shows of judge score files, one file per row.
 
     Raises:
         ValueError: a file holds verdicts of several models (one file per row).
     """
-    scored: dict[str, dict[str, dict[tuple, float]]] = {}  # label -> dimension -> key -> score
-    missing: dict[str, int] = {}
-    judges: dict[str, str] = {}
+    out = JudgeMeans({}, {}, {}, {}, {}, {})
     for label, table in judged.items():
         models = sorted(set(table.column("model").to_pylist()))
         if len(models) > 1:
@@ -161,27 +170,45 @@ def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = 
                 "Table 7 takes one model's file per row"
             )
         rows = table.select(["dialogue_id", "turn_index", "dimension", "score"]).to_pylist()
-        scored[label] = {}
+        scored: dict[str, dict[tuple, float]] = {}
         for r in rows:
             if r["score"] is not None:
-                key = (r["dialogue_id"], r["turn_index"])
-                scored[label].setdefault(r["dimension"], {})[key] = r["score"]
-        missing[label] = sum(r["score"] is None for r in rows)
-        judges[label] = ", ".join(sorted(set(table.column("judge_model").to_pylist())))
-    dims = [d for d in JUDGE_DIMENSIONS if any(d in s for s in scored.values())]
+                context = (r["dialogue_id"], r["turn_index"])
+                scored.setdefault(r["dimension"], {})[context] = r["score"]
+        out.scored[label] = scored
+        out.missing[label] = sum(r["score"] is None for r in rows)
+        out.judges[label] = ", ".join(sorted(set(table.column("judge_model").to_pylist())))
+        out.models[label] = models[0] if models else label
+    dims = [d for d in JUDGE_DIMENSIONS if any(d in s for s in out.scored.values())]
     # Over the rows judged on it: a row not judged on a dimension shows "–" there, and
     # leaves the other rows' means.
-    common = {d: set.intersection(*(set(s[d]) for s in scored.values() if d in s)) for d in dims}
-    means = {
-        label: {d: sum(s[d][k] for k in common[d]) / len(common[d])
-                if common[d] and d in s else None for d in dims}
-        for label, s in scored.items()
+    out.common = {
+        d: set.intersection(*(set(s[d]) for s in out.scored.values() if d in s)) for d in dims
+    }
+    out.means = {
+        label: {d: sum(s[d][k] for k in out.common[d]) / len(out.common[d])
+                if out.common[d] and d in s else None for d in dims}
+        for label, s in out.scored.items()
     }  # fmt: skip
+    return out
+
+
+def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = None) -> str:
+    """Table 7 layout: `judge_means` per dimension, each file's missing verdicts, the number
+    of contexts the means are over, and the judge. `settings`: each row's judge settings
+    (judge.judged_under), named under the table where they differ.
+
+    Raises:
+        ValueError: a file holds verdicts of several models (one file per row).
+    """
+    table7 = judge_means(judged)
+    means, common, scored, judges = table7.means, table7.common, table7.scored, table7.judges
+    dims = list(common)
     sizes = sorted({len(keys) for keys in common.values()})
     n = "–" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     rows = delta_rows(means, dims)
     for row in rows:
-        row += [str(missing[row[0]]), n]
+        row += [str(table7.missing[row[0]]), n]
     table = markdown_table(["Model", *(d.capitalize() for d in dims), "missing", "n"], rows)
     if len(set(judges.values())) > 1:
         named = "; ".join(f"{label}: {j}" for label, j in judges.items())

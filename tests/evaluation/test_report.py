@@ -209,6 +209,29 @@ def test_report_adds_human_agreement_when_ratings_exist(tmp_path):
     assert "over 3 models rated by both, 3 rated sessions" in text
 
 
+def test_the_p_row_correlates_the_means_table_7_shows(tmp_path):
+    """Table 7 averages over the contexts every model has a verdict for; the p row averaged
+    each model's own verdicts, so a missing verdict gave it other means than the table's."""
+    from esevo_ray.human_eval.store import HumanEvalStore
+
+    run = _evaluated(tmp_path / "demo", ("m0", "m1", "m2"))
+    # d1 is missing for m0: Table 7 averages d0 only (3, 5, 4); m0's own mean would be 3.
+    write_parquet(judge_table("m0", [3, None]), run / "m0/eval/judge_scores.parquet")
+    write_parquet(judge_table("m1", [5, 5]), run / "m1/eval/judge_scores.parquet")
+    write_parquet(judge_table("m2", [4, 2]), run / "m2/eval/judge_scores.parquet")
+    store = HumanEvalStore(run / "human_eval" / "db.sqlite")
+    for i, (model, coherence) in enumerate([("m0", 1), ("m1", 5), ("m2", 3)]):
+        store.add_session(f"s{i}", "pointwise", "r", model, None, 1)
+        store.add_ratings(f"s{i}", model, {"coherence": coherence})
+    store.close()
+    text = write_report(run, relevance="overlap").read_text()
+    judged = text[text.index("## LLM-as-a-judge") :].splitlines()
+    assert next(line for line in judged if line.startswith("| M0 |")).startswith("| M0 | 3.00 |")
+    row = next(line for line in text.splitlines() if line.startswith("| p |"))
+    coherence = [c.strip() for c in row.strip("|").split("|")][1]
+    assert coherence == f"{100 * pearson([3.0, 5.0, 4.0], [1, 5, 3]):.2f}%" == "100.00%"
+
+
 def _evaluated(run, stages):
     """`run` with the evaluation (responses and metrics) of each of `stages`."""
     for stage in stages:
