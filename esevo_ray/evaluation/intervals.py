@@ -108,6 +108,19 @@ def _distinct_scored_zero(metrics: dict) -> bool:
     return "(0 without one)" in str(metrics.get("settings", {}).get("distinct", ""))
 
 
+def _esconv_tokenizers(metrics: dict[str, dict | None]) -> str:
+    """The tokenizer each model's ESConv-toolkit scores were computed with, as recorded: the
+    toolkit's nltk.word_tokenize needs an nltk download, without which a stand-in ran."""
+    used = {
+        label: m["esconv"].get("settings", {}).get("tokenizer", "not recorded")
+        for label, m in metrics.items()
+        if m and "esconv" in m
+    }
+    if len(set(used.values())) == 1:
+        return next(iter(used.values()))
+    return "; ".join(f"{label}: {name}" for label, name in used.items())
+
+
 def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options) -> list[str]:
     """Markdown of the ESConv-toolkit table and the interval tables; writes intervals.json.
 
@@ -131,9 +144,10 @@ def report_sections(models: Sequence[bootstrap.Evaluated], out: Path, **options)
             "",
             esconv_table(metrics),
             "",
-            "As the ESConv authors' metric code computes them: lowercased nltk word_tokenize "
-            "tokens, corpus BLEU-n (method3 smoothing), LCS ROUGE-L (beta 1.2) and corpus "
-            "Distinct-n, whose loop skips each response's last n-gram (kept for comparability).",
+            "As the ESConv authors' metric code computes them: tokens by "
+            f"{_esconv_tokenizers(metrics)}, corpus BLEU-n (method3 smoothing), LCS ROUGE-L "
+            "(beta 1.2) and corpus Distinct-n, whose loop skips each response's last n-gram "
+            "(kept for comparability).",
             "",
         ]
     result = intervals(models, **options)

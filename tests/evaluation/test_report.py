@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from esevo_ray.cli import evaluate as cli
-from esevo_ray.evaluation import score_responses
+from esevo_ray.evaluation import esconv_metrics, score_responses
 from esevo_ray.evaluation.judge_scores import pearson
 from esevo_ray.evaluation.report import find_stages, write_report
 from esevo_ray.io import write_parquet
@@ -114,6 +114,9 @@ def test_write_report_tables_and_plots(run_dir):
 
     # The ESConv-toolkit set, and paired intervals for M1, M2 vs M0 and M2 vs M1.
     assert "## ESConv-toolkit metrics" in text and "| Model | B-1 | B-2 |" in text
+    # The tokenizer that ran, as metrics.json records it (without nltk's punkt_tab, a
+    # stand-in for word_tokenize).
+    assert f"tokens by lowercase + {esconv_metrics.tokenizer_name()}, corpus BLEU-n" in text
     intervals = json.loads((run_dir / "report" / "intervals.json").read_text())
     pairs = [(c["base"], c["model"]) for c in intervals["comparisons"]]
     assert pairs == [("M0", "M1"), ("M0", "M2"), ("M1", "M2")]
