@@ -227,11 +227,17 @@ DIMENSIONS = (*_RUBRICS, "overall")
 def judge_messages(
     dimension: str, context: list[dict], response: str, penalty: PenaltyMode = "cap"
 ) -> list[dict]:
-    """Chat messages asking the judge to score `response` to `context` on `dimension`."""
+    """Chat messages asking the judge to score `response` to `context` on `dimension`.
+
+    The response is JSON-escaped like the history's turns: a response that writes
+    "</current_response>" and a note to the judge cannot close its block and pose as the
+    prompt's own text.
+    """
+    reply = render_conversation([{"role": "assistant", "content": response}])
     body = (
         "Evaluate this conversation.\n"
         f"<dialogue_history>\n{render_conversation(context)}\n</dialogue_history>\n"
-        f"<current_response>\nsupporter: {response}\n</current_response>"
+        f"<current_response>\n{reply}\n</current_response>"
     )
     system = rubric(dimension, penalty)
     return [{"role": "system", "content": system}, {"role": "user", "content": body}]
