@@ -197,8 +197,14 @@ def check_no_serve(s: ServeSection) -> None:
         )
 
 
-def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP_NAME) -> str:
-    """Start Serve on cfg.serve.host:port with the application; returns the base URL.
+def start_app(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> str:
+    """Start Serve on cfg.serve.host:port with the application at `route_prefix`; returns
+    the application's base URL.
 
     A start that fails or is interrupted shuts Serve down again; so must the caller, when it
     is done with the application (`serve.shutdown()`: on a cluster that `ray.init()` joined,
@@ -220,8 +226,8 @@ def start_app(cfg: RunConfig, run_dir: str | Path | None = None, name: str = APP
     app = build_application(cfg, run_dir)
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-        serve.run(app, name=name, route_prefix="/")
+        serve.run(app, name=name, route_prefix=route_prefix)
     except BaseException:  # Ctrl-C while replicas start, a replica that fails to deploy
         serve.shutdown()  # no Serve left on a cluster that `ray.init()` joined
         raise
-    return http_url(cfg.serve.host, cfg.serve.port)
+    return http_url(cfg.serve.host, cfg.serve.port) + route_prefix.rstrip("/")

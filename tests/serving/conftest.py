@@ -60,8 +60,9 @@ def serve_overrides(base: Path, port: int, db: Path, engine: str) -> list[str]:
     ]
 
 
-def start_served(tiny_model: Path, root: Path, engine: str):
-    """Start the application on 127.0.0.1:<free port> with only m0 finished; yield Served."""
+def start_served(tiny_model: Path, root: Path, engine: str, route_prefix: str = "/"):
+    """Start the application on 127.0.0.1:<free port> at `route_prefix`, with only m0
+    finished; yield Served (its `url` holds the prefix)."""
     import httpx
     from ray import serve
 
@@ -73,7 +74,7 @@ def start_served(tiny_model: Path, root: Path, engine: str):
     db = root / "human.sqlite"
     cfg = load_config(None, serve_overrides(tiny_model, free_port(), db, engine))
     os.environ[KEY_ENV] = API_KEY
-    url = start_app(cfg, run_dir, name=APP)
+    url = start_app(cfg, run_dir, name=APP, route_prefix=route_prefix)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     deadline = time.monotonic() + 120
     while httpx.get(f"{url}/health").status_code != 200:
