@@ -346,7 +346,9 @@ def test_baselines_refuse_a_changed_run_before_any_stage_and_take_new_run(
     from esevo_ray.pipeline.manifest import Manifest
 
     vanilla = baseline_configs(load_config(config))["Vanilla"]
-    Manifest.open(RunLayout.of(vanilla).root, vanilla)  # a run made with dpo.beta=0.1
+    made = Manifest.open(RunLayout.of(vanilla).root, vanilla)  # a run made with dpo.beta=0.1
+    made.data["stages"]["data"] = {"status": "done"}  # begun: its config holds
+    made.save()
     started = []
 
     def evolve(cfg):

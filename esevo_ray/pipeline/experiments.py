@@ -102,7 +102,7 @@ def check_runs(cfgs: Iterable[RunConfig]) -> None:
     another config (RunConflict names it and the way out: --new-run)."""
     for c in cfgs:
         root = RunLayout.of(c).root
-        recorded(root, c, remedy=f"move {root} aside to make it again, {NEW_RUN}")
+        recorded(root, c, remedy=f"move {root} aside to make it again, {NEW_RUN}", loop=True)
 
 
 def _check_pairs_table(cfg: RunConfig) -> None:

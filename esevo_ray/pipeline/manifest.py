@@ -60,6 +60,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# vLLM options that size its memory and batches, not what it writes: a run stopped by an
+# engine out of GPU memory continues under others.
+VLLM_MEMORY_KEYS = (
+    "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager",
+    "swap_space", "cpu_offload_gb",
+)  # fmt: skip
+
+
 # Settings a run continues under other values of. Most do not change what the loop writes:
 # where the run folder is found, how it is served, what is done about golden fallbacks
 # (the fallback error says to change these), the actors' count and CPUs (generation batches
@@ -71,8 +79,9 @@ def _now() -> str:
 # evolve.seed_split the pairs stages, whose seed parts it sets, run again).
 FREE_KEYS = (
     "output_dir", "serve", "generation.fallback_policy", "generation.max_fallback_fraction",
-    "generation.num_actors", "generation.cpus_per_actor", "eval.judge", "eval.judge_samples",
-    "evolve.iterations",
+    "generation.num_actors", "generation.cpus_per_actor", "generation.gpus_per_actor",
+    *(f"generation.vllm.{key}" for key in VLLM_MEMORY_KEYS),
+    "eval.judge", "eval.judge_samples", "evolve.iterations",
     *(f"{stage}.{key}" for stage in ("sft", "dpo") for key in NOT_TRAINED),
 )  # fmt: skip
 
@@ -113,25 +122,24 @@ def _free(key: str) -> bool:
 NEW_RUN = "rerun with --new-run to start a new run directory, or restore the original config"
 
 
-def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str) -> None:
+def _check_same_run(run_dir: Path, data: dict, cfg: RunConfig, remedy: str, loop: bool) -> None:
     """Accept a record that differs only by FREE_KEYS and by settings added since (at their
-    defaults); the record then holds the current config, and lists what changed under
-    `config_changes` (and, for this process, `CHANGED_NOW`)."""
+    defaults), or, for the loop (`loop`), any record of a run none of whose stages finished;
+    the record then holds the current config, and lists what changed under `config_changes`
+    (and, for this process, `CHANGED_NOW`)."""
     current = cfg.model_dump(mode="json")
     defaults = RunConfig().model_dump(mode="json")
     stored = _expanduser(data.get("config", {}))  # "~/x" as a path is written now
     changed = config_changes(stored, current, defaults)
-    if blocking := [k for k in changed if not _free(k)]:
-        done = any(s.get("status") == "done" for s in data.get("stages", {}).values())
+    # With no stage finished, the loop finds nothing another config would contradict: its
+    # first stage, data, writes its folder whole or not at all (a first run stopped by a
+    # setting continues under the corrected one, as its error advises). A stage command
+    # writes into the run without recording a stage, so it holds to the recorded config.
+    done = any(s.get("status") == "done" for s in data.get("stages", {}).values())
+    if (done or not loop) and (blocking := [k for k in changed if not _free(k)]):
         raise RunConflict(
             f"{run_dir} was made by a different config ({', '.join(blocking[:8])} changed); "
             f"{remedy} to continue this one"
-            + (
-                ""
-                if done
-                else f"; none of its stages finished, so removing {run_dir} begins "
-                "it again under this config"
-            )
         )
     before, wanted = stored.get("evolve", {}).get("iterations", 0), current["evolve"]["iterations"]
     if wanted < before and (past := _models_past(run_dir, data, wanted)):  # would stay shown
@@ -170,9 +178,10 @@ def _expanduser(node: Any) -> Any:
     return node
 
 
-def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN) -> dict:
+def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN, *, loop: bool = False) -> dict:
     """The manifest of an existing run that `cfg` may continue, holding `cfg` (nothing is
-    written); {} where no run is there yet.
+    written); {} where no run is there yet. `loop`: as `esevo evolve` continues it, which
+    takes any config while none of the run's stages has finished.
 
     Raises:
         RunConflict: the run was made by another config (other than FREE_KEYS); the
@@ -184,7 +193,7 @@ def recorded(run_dir: Path, cfg: RunConfig, remedy: str = NEW_RUN) -> dict:
         return {}
     data = read_manifest(path)
     if data.get("config_digest") != cfg.digest():
-        _check_same_run(run_dir, data, cfg, remedy)
+        _check_same_run(run_dir, data, cfg, remedy, loop)
     return data
 
 
@@ -281,7 +290,7 @@ class Manifest:
         path = run_dir / "manifest.json"
         changed: list[str] = []
         if path.exists():
-            data = recorded(run_dir, cfg)
+            data = recorded(run_dir, cfg, loop=True)
             changed = data.pop(CHANGED_NOW, [])
             data["resumed"] = data.get("resumed", 0) + 1
         else:

@@ -28,6 +28,14 @@ def test_manifest_records_stages_and_refuses_a_changed_config(tmp_path):
         Manifest.open(tmp_path, load_config(None, ["name=t", "dpo.beta=0.3"]))
 
 
+def _begun(run_dir, cfg) -> Manifest:
+    """A run of `cfg` whose data stage finished: other settings than FREE_KEYS are refused."""
+    run = Manifest.open(run_dir, cfg)
+    run.data["stages"]["data"] = {"status": "done"}
+    run.save()
+    return run
+
+
 def _record(tmp_path, edit) -> None:
     """Rewrite the manifest's recorded config as an older version of the code would have."""
     path = tmp_path / "manifest.json"
@@ -39,7 +47,7 @@ def _record(tmp_path, edit) -> None:
 
 def test_settings_added_since_the_run_began_do_not_break_resume(tmp_path):
     cfg = load_config(None, ["name=t"])
-    Manifest.open(tmp_path, cfg)
+    _begun(tmp_path, cfg)
     # The run was made before generation.device existed, and with a since-removed key.
     _record(tmp_path, lambda c: (c["generation"].pop("device"), c["sft"].update(old_key=1)))
     again = Manifest.open(tmp_path, cfg)
@@ -49,7 +57,7 @@ def test_settings_added_since_the_run_began_do_not_break_resume(tmp_path):
 
 
 def test_a_new_setting_away_from_its_default_is_a_change(tmp_path):
-    Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    _begun(tmp_path, load_config(None, ["name=t"]))
     _record(tmp_path, lambda c: c["generation"].pop("device"))
     with pytest.raises(RunConflict, match=r"generation\.device changed"):
         Manifest.open(tmp_path, load_config(None, ["name=t", "generation.device=cpu"]))
@@ -58,7 +66,7 @@ def test_a_new_setting_away_from_its_default_is_a_change(tmp_path):
 def test_a_run_continues_under_the_fallback_errors_own_advice(tmp_path):
     """The fallback error says to change the policy; a run that stopped on it continues under
     the new policy (and other settings that write nothing different), but not another beta."""
-    Manifest.open(tmp_path, load_config(None, ["name=t", "generation.fallback_policy=fail"]))
+    _begun(tmp_path, load_config(None, ["name=t", "generation.fallback_policy=fail"]))
     free = ["generation.fallback_policy=warn", "generation.max_fallback_fraction=0.9",
             "generation.num_actors=2", "eval.judge.concurrency=8", f"output_dir={tmp_path}",
             # the judge moved to another host: its verdicts are kept (judge._TRANSPORT)
@@ -75,7 +83,7 @@ def test_a_run_takes_the_judge_errors_advice_and_more_iterations(tmp_path):
     """The judge error says to set eval.judge.top_k=null; the judge stages run again under it
     (pipeline.runner settings), as they do for another judge or sample, and a finished run
     goes on to more iterations."""
-    Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    _begun(tmp_path, load_config(None, ["name=t"]))
     changed = ["eval.judge.top_k=null", "eval.judge.model=other", "eval.judge_samples=50",
                "evolve.iterations=3"]  # fmt: skip
     again = Manifest.open(tmp_path, load_config(None, ["name=t", *changed]))
@@ -112,7 +120,7 @@ def test_a_home_folder_written_as_tilde_is_the_same_setting(tmp_path, monkeypatc
     """A run recorded "~/models/x" (read as a path where it was used); the config now
     expands it when it loads."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    Manifest.open(tmp_path, load_config(None, ["name=t"]))
+    _begun(tmp_path, load_config(None, ["name=t"]))
     _record(tmp_path, lambda c: c["model"].update(path="~/models/x"))
     Manifest.open(tmp_path, load_config(None, ["name=t", "model.path=~/models/x"]))
 
@@ -120,12 +128,12 @@ def test_a_home_folder_written_as_tilde_is_the_same_setting(tmp_path, monkeypatc
 def test_an_option_removed_from_a_free_form_mapping_is_a_change(tmp_path):
     """`trl` and `vllm` pass options through as they are: one the run was made with and the
     config no longer sets changes what the loop writes."""
-    Manifest.open(tmp_path, load_config(None, ["name=t", "sft.trl={neftune_noise_alpha: 5}"]))
+    _begun(tmp_path, load_config(None, ["name=t", "sft.trl={neftune_noise_alpha: 5}"]))
     with pytest.raises(RunConflict, match=r"sft\.trl\.neftune_noise_alpha changed"):
         Manifest.open(tmp_path, load_config(None, ["name=t"]))
     # ... and one removed from a mapping inside it
     nested = "dpo.trl={model_init_kwargs: {attn_implementation: eager, low_cpu_mem_usage: true}}"
-    Manifest.open(tmp_path / "n", load_config(None, ["name=t", nested]))
+    _begun(tmp_path / "n", load_config(None, ["name=t", nested]))
     fewer = "dpo.trl={model_init_kwargs: {attn_implementation: eager}}"
     with pytest.raises(RunConflict, match=r"model_init_kwargs\.low_cpu_mem_usage changed"):
         Manifest.open(tmp_path / "n", load_config(None, ["name=t", fewer]))
@@ -216,21 +224,37 @@ def test_a_lock_file_removed_by_its_holder_after_it_was_opened_is_not_held(tmp_p
         os.close(fd)
 
 
-def test_a_run_with_no_stage_finished_says_it_may_be_removed(tmp_path):
-    """A first run stopped by a mistyped setting recorded it: correcting it was refused, and
-    the message named only --new-run (a run of another name) or the mistake itself."""
+def test_a_run_with_no_stage_finished_continues_under_a_corrected_config(tmp_path):
+    """A first run stopped by a setting (a missing seed source, say, whose error names the
+    setting to change) recorded it: the corrected setting was refused, and the way out was to
+    remove the run, on a cluster's shared volume. Once a stage has finished, it is refused."""
     from esevo_ray.config import load_config
 
-    Manifest.open(tmp_path, load_config(None, ["name=t", "data.max_train_dialogues=5"]))
-    fixed = load_config(None, ["name=t", "data.max_train_dialogues=50"])
-    with pytest.raises(RunConflict, match=rf"none of its stages finished, so removing {tmp_path} "):
-        Manifest.open(tmp_path, fixed)
-    run = Manifest.open(tmp_path, load_config(None, ["name=t", "data.max_train_dialogues=5"]))
+    Manifest.open(tmp_path, load_config(None, ["name=t", "data.seed_sources=[extes]"]))
+    fixed = load_config(None, ["name=t", "data.seed_sources=[esconv]"])
+    run = Manifest.open(tmp_path, fixed)
+    assert run.data["config"]["data"]["seed_sources"] == ["esconv"]
+    assert run.data["config_changes"][-1]["changed"] == ["data.seed_sources"]
     run.data["stages"]["data"] = {"status": "done"}
     run.save()
-    with pytest.raises(RunConflict) as refused:
-        Manifest.open(tmp_path, fixed)
-    assert "removing" not in str(refused.value)
+    with pytest.raises(RunConflict, match=r"\(data\.seed_sources changed\); rerun with --new-run"):
+        Manifest.open(tmp_path, load_config(None, ["name=t", "data.seed_sources=[extes]"]))
+
+
+def test_memory_and_placement_settings_change_in_a_run_that_ran_out_of_memory(tmp_path):
+    """The out-of-memory errors advise gradient checkpointing, and a vLLM engine is sized by
+    its memory options: a run with SFT done continued under none of them."""
+    from esevo_ray.config import load_config
+
+    _begun(tmp_path, load_config(None, ["name=t"]))
+    free = ["dpo.gradient_checkpointing=true", "generation.gpus_per_actor=1",
+            "generation.vllm={gpu_memory_utilization: 0.8, max_num_seqs: 8, enforce_eager: true}"]  # fmt: skip
+    again = Manifest.open(tmp_path, load_config(None, ["name=t", *free]))
+    assert again.data["config"]["dpo"]["gradient_checkpointing"] is True
+    with pytest.raises(RunConflict, match=r"generation\.vllm\.quantization changed"):
+        Manifest.open(
+            tmp_path, load_config(None, ["name=t", "generation.vllm={quantization: fp8}"])
+        )
 
 
 def test_a_mistyped_model_path_stops_the_loop_before_the_run_records_its_config(tmp_path):
