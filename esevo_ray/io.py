@@ -281,11 +281,51 @@ def waiting_lock(path: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
+def check_report_file(
+    out: str | Path | None,
+    *,
+    flag: str = "--out",
+    file: str = "file to write the report to",
+    earlier: Callable[[str], bool] | None = None,
+) -> None:
+    """Refuse, before any work, a report file `out` that writing would lose or clobber: a
+    folder (the error asks for the `file`), a path under a file, or a file other than an
+    earlier report (`earlier` tells one by its text; default: a JSON object). None: no file
+    asked for.
+
+    Raises:
+        UsageError: naming `flag` and what `out` is.
+    """
+    import json
+
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"{flag} {out} is a folder: name the {file}")
+    if (above := next((p for p in path.parents if p.exists()), None)) and not above.is_dir():
+        raise UsageError(f"{flag} {out}: {above} is a file, so nothing can be written under it")
+    if not path.exists():
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+        ours = earlier(text) if earlier else isinstance(json.loads(text), dict)
+    except (OSError, UnicodeDecodeError, ValueError):
+        ours = False
+    if not ours:
+        raise UsageError(
+            f"{flag} {out} exists and is not an earlier report of this command; choose "
+            "another file, nothing there is replaced"
+        )
+
+
 def emit_json(report: dict, out: str | Path | None = None) -> None:
-    """Print a JSON report and, if `out` is given, also write it there atomically."""
+    """Print a JSON report and, if `out` is given (checked before the work by
+    `check_report_file`), also write it there atomically: printed first, so a write that
+    fails loses nothing."""
     import json
 
     text = json.dumps(report, indent=2)
+    print(text, flush=True)
     if out:
         atomic_write_text(out, text)
-    print(text)

@@ -577,3 +577,51 @@ def test_ctrl_c_ends_serving_with_its_line_and_130(config, capsys, monkeypatch):
     monkeypatch.setattr(serve_cli.time, "sleep", ctrl_c)
     assert main(["serve", "--config", config]) == 130
     assert stopped == [True] and "esevo: stopped; Serve shut down" in _error(capsys)
+
+
+def test_a_report_file_is_checked_before_the_benchmark_runs(tmp_path, config, capsys):
+    """`esevo bench ... --out` was first looked at after minutes of work: a folder lost the
+    result, and any file (BENCHMARKS.md, which `esevo bench --help` names) was replaced."""
+    notes = tmp_path / "BENCHMARKS.md"
+    notes.write_text("# Benchmarks\n")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for bench in (["train", "--pairs", "p"], ["memory"], ["generate"], ["serve"]):
+        for out, why in ((notes, "is not an earlier report"), (folder, "is a folder")):
+            argv = ["bench", *bench, "--config", config, "--out", str(out)]
+            assert main(argv) == 2, argv
+            assert f"--out {out} " in (err := _error(capsys)) and why in err, (argv, err)
+    assert notes.read_text() == "# Benchmarks\n"
+    # An earlier report of the command (a JSON object) is replaced.
+    earlier = tmp_path / "train.json"
+    earlier.write_text('{"tok_per_s": 1}')
+    from esevo_ray.io import check_report_file
+
+    check_report_file(earlier)
+    # `ablate table` writes Markdown: an earlier table, not any file.
+    evals = []
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "metrics.json").write_text('{"scores": {}, "settings": {}}')
+        evals.append(f"{label}={tmp_path / label}")
+    assert main(["ablate", "table", *evals, "--out", str(notes)]) == 2
+    assert "is not an earlier report" in _error(capsys) and notes.read_text() == "# Benchmarks\n"
+    table = tmp_path / "table.md"
+    assert main(["ablate", "table", *evals, "--out", str(table)]) == 0
+    assert main(["ablate", "table", *evals, "--out", str(table)]) == 0  # its own, again
+    assert table.read_text().startswith("| Model |")
+
+
+def test_a_prompt_ablation_writes_only_into_an_earlier_ones_folder(tmp_path):
+    from esevo_ray.config import load_config
+    from esevo_ray.errors import UsageError
+    from esevo_ray.evaluation.ablation import ablate_prompts
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "table.md").write_text("my notes")
+    (mine / "other.txt").write_text("x")
+    with pytest.raises(UsageError, match=r"mine exists and is not a prompt ablation folder"):
+        ablate_prompts(load_config(None), tmp_path / "c.parquet", mine, model_path=tmp_path,
+                       names=("vanilla",), bertscore=False)  # fmt: skip
+    assert (mine / "table.md").read_text() == "my notes"

@@ -191,7 +191,7 @@ def cmd_ablate_pairs(args: argparse.Namespace) -> int:
 def cmd_ablate_table(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.ablation import ablation_table
     from esevo_ray.evaluation.tables import METRIC_COLUMNS, read_metrics
-    from esevo_ray.io import atomic_write_text
+    from esevo_ray.io import atomic_write_text, check_report_file
 
     metrics = {}
     for item in args.evals:
@@ -206,9 +206,11 @@ def cmd_ablate_table(args: argparse.Namespace) -> int:
     unknown = [c for c in columns if c not in METRIC_COLUMNS]
     if unknown:
         raise UsageError(f"--columns: unknown {unknown}; choose from {', '.join(METRIC_COLUMNS)}")
+    # An earlier table of this command starts with its header row.
+    check_report_file(
+        args.out, file="Markdown file to write", earlier=lambda text: text.startswith("| Model |")
+    )
     table = ablation_table(metrics, columns, relative=args.relative)
-    if args.out and Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a folder: name the Markdown file to write")
     if args.out:
         atomic_write_text(args.out, table + "\n")
     print(table)

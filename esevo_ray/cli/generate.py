@@ -75,9 +75,10 @@ def cmd_inspect_pairs(args: argparse.Namespace) -> int:
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     from esevo_ray.generation.bench import bench_generate
-    from esevo_ray.io import emit_json
+    from esevo_ray.io import check_report_file, emit_json
     from esevo_ray.models import resolve_model
 
+    check_report_file(args.out)
     cfg, layout = run_of(args, writes=False)
     contexts = stage_input(
         args, args.contexts, layout.seed_contexts, "--contexts", "contexts", "data prepare"

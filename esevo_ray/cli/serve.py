@@ -143,9 +143,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from esevo_ray.io import emit_json
+    from esevo_ray.io import check_report_file, emit_json
     from esevo_ray.serving.bench import bench_serve_app, soak_app
 
+    check_report_file(args.out)
     cfg = _load(args)
     if args.max_tokens > cfg.serve.max_tokens:  # else every served request is refused
         raise UsageError(

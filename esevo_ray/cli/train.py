@@ -70,9 +70,10 @@ def cmd_dpo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from esevo_ray.io import emit_json
+    from esevo_ray.io import check_report_file, emit_json
     from esevo_ray.training.bench import bench_train
 
+    check_report_file(args.out)
     cfg = load_args_config(args)
     fresh = args.init is None or args.init.lower() == FRESH
     init = None if fresh else adapter_arg(args.init, "--init")
@@ -86,9 +87,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_memory(args: argparse.Namespace) -> int:
-    from esevo_ray.io import emit_json
+    from esevo_ray.io import check_report_file, emit_json
     from esevo_ray.training.memcheck import memory_check
 
+    check_report_file(args.out)
     cfg = load_args_config(args)
     report = memory_check(
         cfg, shape=args.shape, stages=args.stages, steps=args.steps,

@@ -169,6 +169,8 @@ def ablate_prompts(
     if bertscore:  # its settings checked before the responses, not after them
         resolve_backbone(cfg.eval.bertscore_model, cfg.eval.bertscore_num_layers)
     out = Path(out)
+    # Its table.md and summary.json are replaced: only in an earlier ablation's folder.
+    check_replaceable(out, holds=("summary.json", *PROMPTS), what="prompt ablation")
     summary: dict = {"model": str(model_path), "config_digest": cfg.digest(), "prompts": {}}
     metrics: dict[str, dict] = {}
     for name in names:
