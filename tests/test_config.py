@@ -262,3 +262,22 @@ def test_the_human_eval_page_takes_no_message_the_chat_api_refuses():
     with pytest.raises(ConfigError, match=r"max_message_chars \(2000\) must not exceed max_chars"):
         load_config(None, ["serve.max_chars=1000"])
     assert load_config(None, ["serve.max_chars=1000", "serve.human_eval.max_message_chars=1000"])
+
+
+@pytest.mark.parametrize(
+    "override", ["eval.judge_samples=off", "sft.learning_rate=on", "serve.port=true",
+                 "data.max_train_dialogues=yes", "generation.decoding.temperature=false"],
+)  # fmt: skip
+def test_a_boolean_is_no_number(override):
+    """pydantic read true as 1 and false as 0: `eval.judge_samples=off` loaded as 0, which
+    judges every context, the opposite of what was typed."""
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: .*a boolean where none is allowed"):
+        load_config(None, [override])
+
+
+def test_booleans_stay_where_a_field_takes_them():
+    cfg = load_config(None, ["sft.bf16=true", "dpo.gradient_checkpointing=yes",
+                             "sft.trl={packing: true}", "generation.vllm={enforce_eager: true}"])  # fmt: skip
+    assert cfg.sft.bf16 is True and cfg.dpo.gradient_checkpointing is True
+    assert cfg.sft.trl == {"packing": True} and cfg.generation.vllm == {"enforce_eager": True}

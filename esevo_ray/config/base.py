@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used, with the file and key at fault."""
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field of type `annotation` takes true/false as such."""
+    if annotation is bool or annotation is Any:
+        return True
+    if typing.get_origin(annotation) is typing.Literal:
+        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
+    return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+
+
 class Section(BaseModel):
     # inf is no setting: a learning rate or beta of .inf would load and fail mid-run.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 and false as 0, and YAML reads yes/no/on/off as true and
+        false: `eval.judge_samples=off` was 0, "judge every context"."""
+        if isinstance(value, bool) and info.field_name is not None:
+            if not _admits_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError(
+                    "a boolean where none is allowed (YAML reads true/false, yes/no and on/off "
+                    "as booleans)"
+                )
+        return value
