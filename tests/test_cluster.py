@@ -1,6 +1,7 @@
 """Cluster files parse and point at configs and entry points that exist."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,32 @@ def test_the_gpu_image_puts_its_venv_on_login_shells_path():
     assert re.search(
         r"echo 'export PATH=/app/\.venv/bin:\$PATH' > /etc/profile\.d/\S+\.sh", dockerfile
     )
+
+
+def test_the_single_l40_script_passes_overrides_to_the_job(tmp_path):
+    """Only the config reached the job: `single-l40.sh <config> 'data.seed_sources=[esconv]'`
+    ran without the override, so the default config could not run without ExTES. The
+    script runs here with `make` and the venv's `ray` and `python` recording their calls."""
+    import os
+    import subprocess
+
+    (tmp_path / "cluster").mkdir()
+    shutil.copy(REPO / "cluster/single-l40.sh", tmp_path / "cluster")
+    bin_dir, venv = tmp_path / "bin", tmp_path / ".venv" / "bin"
+    bin_dir.mkdir()
+    venv.mkdir(parents=True)
+    calls = tmp_path / "calls"
+    for tool, body in ((bin_dir / "make", ":"), (venv / "python", "echo '{}'"),
+                       (venv / "ray", f'printf "%s\\n" "$*" >> {calls}')):  # fmt: skip
+        tool.write_text(f"#!/bin/sh\n{body}\n")
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ESEVO_RUNS": "/runs"}
+    for extra in ([], ["data.seed_sources=[esconv]", "name=with space"]):
+        calls.unlink(missing_ok=True)
+        script = ["bash", "cluster/single-l40.sh", "configs/x.yaml", *extra]
+        done = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        submit = next(line for line in calls.read_text().splitlines() if "job submit" in line)
+        job = submit.partition(" -- ")[2]
+        assert job == " ".join(["python jobs/self_evolve.py --config configs/x.yaml",
+                                "output_dir=/runs", *extra]).strip()  # fmt: skip
