@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from esevo_ray import profile
-from esevo_ray.config import NOT_TRAINED, ConfigError, RunConfig, apply_overrides, save_config
+from esevo_ray.config import (
+    NOT_TRAINED,
+    ConfigError,
+    RunConfig,
+    ScalingSection,
+    apply_overrides,
+    save_config,
+)
 from esevo_ray.data.dialogue import DataError
 from esevo_ray.io import (
     atomic_dir,
@@ -85,6 +92,7 @@ def run_stage(
         return out_dir
     check_replaceable(out_dir, holds="adapter_config.json", what="LoRA adapter")  # before training
     scaling = section.scaling
+    check_workers(scaling, job.stage)
     storage = scaling.storage_path or str(out_dir.parent / "ray_train")
     local = "://" not in storage
     if local:
@@ -363,6 +371,65 @@ def setup_worker_logging(rank: int) -> None:
         transformers.logging.set_verbosity_error()
 
 
+def check_workers(scaling: ScalingSection, stage: str) -> None:
+    """Refuse at once a worker group that this Ray cluster can never start: Ray Train starts
+    its workers together, each with `cpus_per_worker` CPUs (and a GPU with `use_gpu`) from
+    one node, and retries a group that does not fit every minute without end. A cluster
+    that autoscales is left to Ray Train, which checks the cluster config's largest size
+    and waits for nodes to join.
+
+    Raises:
+        ConfigError: naming the stage's scaling settings and the nodes' resources.
+    """
+    import math
+
+    import ray
+    from ray._private.state import state  # what Ray Train's own check reads
+
+    try:
+        if state.get_max_resources_from_cluster_config():
+            return  # an autoscaling cluster
+    except Exception as e:  # a private API: without it, the live nodes are checked
+        logger.debug("cluster config unreadable (%s); checking the live nodes", e)
+    workers, cpus, gpus = scaling.num_workers, scaling.cpus_per_worker, int(scaling.use_gpu)
+    nodes = [
+        (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+    def fit(have: float, need: float) -> int:
+        return math.floor(have / need + 1e-9) if need else workers
+
+    if sum(min(fit(c, cpus), fit(g, gpus)) for c, g in nodes) >= workers:
+        return
+    shown = "; ".join(f"{c:g} CPUs, {g:g} GPUs" for c, g in nodes) or "no nodes"
+    each = f"{cpus} CPU(s)" + (" and 1 GPU" if gpus else "")
+    fixes = [f"lower {stage}.scaling.num_workers"] if workers > 1 else []
+    fixes.append(f"lower {stage}.scaling.cpus_per_worker")
+    if gpus and not any(g for _, g in nodes):
+        fixes.append(f"set {stage}.scaling.use_gpu=false")
+    raise ConfigError(
+        f"{stage}: {workers} Ray Train worker(s) of {each} each do not fit this Ray cluster at "
+        f"once (nodes: {shown}): {', or '.join(fixes)}, or connect to a larger cluster"
+    )
+
+
+def _check_cuda(scaling: ScalingSection, stage: str) -> None:
+    """A GPU worker whose torch sees no CUDA device: Ray counts GPUs through the driver
+    (NVML), torch needs one new enough for its CUDA build. Without this, TRL's first check
+    says the setup lacks bf16 and advises `use_cpu`, which the config refuses."""
+    import torch
+
+    if scaling.use_gpu and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{stage}: scaling.use_gpu is true and Ray gave this worker a GPU, but torch "
+            f"{torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU build'}) sees no "
+            "CUDA device: an NVIDIA driver older than this CUDA build needs, or a CPU build of "
+            "torch (`make venv-gpu` installs the pinned CUDA set; `nvidia-smi` shows the driver)"
+        )
+
+
 def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     """`train_loop_per_worker` of TorchTrainer: build the stage's trainer, resume, train."""
     import ray.train
@@ -383,6 +450,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config["cfg"])
     job = TrainJob(**config["job"])
     scaling = job.section(cfg).scaling
+    _check_cuda(scaling, job.stage)
     work = new_work_dir(config["run_name"], rank)
     restored = restore(ray.train.get_checkpoint(), work)
     if restored is not None and (restored / FINAL_DIR).exists():

@@ -108,3 +108,40 @@ def test_a_restart_replaces_the_checkpoint_copies_of_earlier_attempts(tmp_path):
     assert sorted(work.glob("restored-*")) == [copies[-1]]
     assert (copies[-1] / "hf" / "optimizer.pt").read_bytes() == b"x" * 1000
     assert restore(None, work) is None
+
+
+def test_a_worker_group_the_cluster_cannot_hold_is_refused_at_once(ray_local, make_cfg):
+    """Ray Train starts its workers together and retries a group that does not fit every
+    minute without end; the tests' cluster has 2 CPUs and no GPU."""
+    import pytest
+
+    from esevo_ray.config import ConfigError
+    from esevo_ray.training.raytrain import check_workers
+
+    check_workers(make_cfg("sft.scaling.cpus_per_worker=2").sft.scaling, "sft")
+    check_workers(make_cfg("sft.scaling.num_workers=2").sft.scaling, "sft")
+    big = make_cfg("sft.scaling.num_workers=2", "sft.scaling.cpus_per_worker=2").sft.scaling
+    with pytest.raises(ConfigError, match=r"sft: 2 Ray Train worker\(s\) of 2 CPU\(s\) each do not "
+                       r"fit this Ray cluster at once \(nodes: 2 CPUs, 0 GPUs\): lower "
+                       r"sft.scaling.num_workers, or lower sft.scaling.cpus_per_worker"):  # fmt: skip
+        check_workers(big, "sft")
+    gpu = make_cfg("dpo.scaling.use_gpu=true").dpo.scaling
+    with pytest.raises(ConfigError, match=r"of 1 CPU\(s\) and 1 GPU each .* or set "
+                       r"dpo.scaling.use_gpu=false, or connect to a larger cluster"):  # fmt: skip
+        check_workers(gpu, "dpo")
+
+
+def test_a_gpu_worker_whose_torch_sees_no_cuda_says_so(make_cfg, monkeypatch):
+    """An NVIDIA driver too old for torch's CUDA build: Ray still counts the GPU (NVML), and
+    TRL then said the setup lacks bf16 and advised use_cpu, which the config refuses."""
+    import pytest
+    import torch
+
+    from esevo_ray.config import ConfigError
+    from esevo_ray.training.raytrain import _check_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _check_cuda(make_cfg().sft.scaling, "sft")  # a CPU worker needs none
+    with pytest.raises(ConfigError, match=r"sft: scaling.use_gpu is true .* sees no CUDA device: "
+                       r"an NVIDIA driver older"):  # fmt: skip
+        _check_cuda(make_cfg("sft.scaling.use_gpu=true").sft.scaling, "sft")
