@@ -22,7 +22,8 @@ from importlib import metadata
 
 from esevo_ray.config import ConfigError, GenerationSection
 from esevo_ray.generation.engines import ENGINES
-from esevo_ray.generation.placement import node_gpus, resolve_device
+from esevo_ray.generation.placement import resolve_device
+from esevo_ray.resources import node_gpus
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from esevo_ray.config import ConfigError
+from esevo_ray.resources import autoscales, node_resources
 
 logger = logging.getLogger(__name__)
 
@@ -193,22 +194,6 @@ def check_cpus(
         )  # fmt: skip
 
 
-def node_resources() -> list[tuple[float, float]]:
-    """(CPUs, GPUs) declared by each live node of the connected Ray cluster."""
-    import ray
-
-    return [
-        (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
-        for n in ray.nodes()
-        if n.get("Alive")
-    ]
-
-
-def node_gpus() -> list[float]:
-    """GPUs declared by each live node of the connected Ray cluster."""
-    return [gpus for _, gpus in node_resources()]
-
-
 def place(
     section: Any,
     engine: str,
@@ -228,8 +213,13 @@ def place(
     if gpus_by_node is None:
         gpus_by_node = [gpus for _, gpus in nodes]
     placement = resolve(section, engine, gpus_by_node, key=key, gpus_key=gpus_key)
-    check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
-    check_cpus(cpus, placement.gpus, actors, nodes, key, cpus_key=cpus_key)
+    try:
+        check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
+        check_cpus(cpus, placement.gpus, actors, nodes, key, cpus_key=cpus_key)
+    except PlacementError as e:
+        if not autoscales():
+            raise
+        logger.warning("%s (this cluster autoscales: the actors wait for nodes to join)", e)
     logger.info(
         "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,
         placement.gpus,

@@ -123,8 +123,8 @@ def offline_tok_per_s(cfg: RunConfig, run_dir: Path, model: str, max_tokens: int
     """`_offline_run` as LoRA and plain, each in a Ray worker that exits afterwards."""
     import ray
 
-    from esevo_ray.generation.placement import node_gpus
     from esevo_ray.models import resolve_model
+    from esevo_ray.resources import node_gpus
     from esevo_ray.serving.deploy import engine_settings, replica_placement, serve_engine
     from esevo_ray.serving.registry import resolve, scan_models
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from esevo_ray.config import RunConfig, ServeSection, load_config
 from esevo_ray.errors import UsageError
 from esevo_ray.generation.engine_choice import check_vllm_options, choose_engine
-from esevo_ray.generation.placement import Placement, node_gpus, place, resolve_device
+from esevo_ray.generation.placement import Placement, place, resolve_device
 from esevo_ray.layout import RunLayout
 from esevo_ray.models import adapter_rank, lora_rank_bound
+from esevo_ray.resources import node_gpus
 from esevo_ray.serving.app import Ingress
 from esevo_ray.serving.checks import key_digest
 from esevo_ray.serving.engine import EngineSettings

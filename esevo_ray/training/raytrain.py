@@ -48,6 +48,7 @@ from esevo_ray.io import (
 from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash, model_fingerprint
 from esevo_ray.numerics import describe, weights_dtype
+from esevo_ray.resources import autoscales, node_resources
 from esevo_ray.schema import parquet_files
 from esevo_ray.storage import check_shared
 from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
@@ -383,20 +384,10 @@ def check_workers(scaling: ScalingSection, stage: str) -> None:
     """
     import math
 
-    import ray
-    from ray._private.state import state  # what Ray Train's own check reads
-
-    try:
-        if state.get_max_resources_from_cluster_config():
-            return  # an autoscaling cluster
-    except Exception as e:  # a private API: without it, the live nodes are checked
-        logger.debug("cluster config unreadable (%s); checking the live nodes", e)
+    if autoscales():
+        return
     workers, cpus, gpus = scaling.num_workers, scaling.cpus_per_worker, int(scaling.use_gpu)
-    nodes = [
-        (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
-        for n in ray.nodes()
-        if n.get("Alive")
-    ]
+    nodes = node_resources()
 
     def fit(have: float, need: float) -> int:
         return math.floor(have / need + 1e-9) if need else workers
