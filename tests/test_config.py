@@ -217,6 +217,12 @@ def test_an_override_of_one_stage_leaves_a_merged_twin_alone(tmp_path):
             r"\(set generation.max_model_len\)",
         ),
         ("serve.vllm={enable_lora: false}", r"serve.vllm may not set enable_lora \(set by"),
+        # accepted, then the replica reserved one GPU and vLLM failed in it, restarted by Serve
+        (
+            "serve.vllm={tensor_parallel_size: 2}",
+            r"serve: .*vllm.tensor_parallel_size 2: a "
+            "replica serves its engine on one GPU",
+        ),
         # generation ran in bf16 while training, merging and its record said model.dtype
         ("generation.vllm={dtype: bfloat16}", r"may not set dtype \(set model.dtype\)"),
         ("generation.vllm={a: 1, a: 2}", "key 'a' is given twice"),

@@ -111,6 +111,14 @@ class ServeSection(Section):
             "max_loras": "serve.max_adapters", "max_cpu_loras": "serve.max_adapters",
             "enable_lora": None, "seed": None, "disable_log_stats": None,
         })  # fmt: skip
+        # A replica's engine runs on one device, placed as gpus_per_replica says: vLLM
+        # sharding the model over more GPUs fails inside the replica, which Serve restarts.
+        for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if self.vllm.get(key, 1) != 1:
+                raise ValueError(
+                    f"vllm.{key} {self.vllm[key]!r}: a replica serves its engine on one "
+                    "GPU (gpus_per_replica); leave it out"
+                )
         if self.device == "cuda" and self.gpus_per_replica == 0:
             raise ValueError(
                 "device cuda needs gpus_per_replica > 0 (a replica sees only the GPUs Ray "
