@@ -97,3 +97,32 @@ def test_main_check_exit_codes(tmp_path, capsys):
     bad.write_text("vllm==0.32.0\n")
     assert gpu_lock.main(["check", str(bad), str(tmp_path / "r.json")]) == 1
     assert "make lock-gpu" in capsys.readouterr().err
+
+
+def test_the_gpu_set_fails_where_the_driver_is_too_old_for_its_cuda_build(monkeypatch, capsys):
+    """Ray counts GPUs through the driver: `make venv-gpu` passed with a driver too old for
+    torch's CUDA build (it printed "GPUs visible: 0"), and the first training stage failed."""
+    import subprocess
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_env", REPO / "tools/gpu_env.py")
+    gpu_env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_env)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(gpu_env.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    listing = "GPU 0: NVIDIA L40S (UUID: GPU-1)\nGPU 1: NVIDIA L40S (UUID: GPU-2)\n"
+    monkeypatch.setattr(
+        gpu_env.subprocess, "run",
+        lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=listing),
+    )  # fmt: skip
+    assert gpu_env.main() == 1
+    assert "nvidia-smi lists 2 GPU(s), but torch" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert gpu_env.main() == 0 and "GPUs visible: 2" in capsys.readouterr().out
+    monkeypatch.setattr(gpu_env.shutil, "which", lambda name: None)  # no GPU on this machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert gpu_env.main() == 0
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert gpu_env.main() == 1 and "is not a CUDA build" in capsys.readouterr().err
