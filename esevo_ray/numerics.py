@@ -40,11 +40,14 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def engine_dtype(dtype: Dtype) -> str:
-    """The dtype an inference engine in this process runs in."""
+def engine_dtype(dtype: Dtype, device: str | None = None) -> str:
+    """The dtype an inference engine in this process runs in on `device` ("cuda" or "cpu";
+    None: CUDA where this process sees a device). A CPU engine in a process that sees a GPU
+    (a local judge in the driver) asks the CPU, not the GPU."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if native_bf16(_on_gpu()) else "float32"
+    on_gpu = _on_gpu() if device is None else device == "cuda"
+    return "bfloat16" if native_bf16(on_gpu) else "float32"
 
 
 def weights_dtype(dtype: Dtype, *, use_gpu: bool) -> str:

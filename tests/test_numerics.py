@@ -43,6 +43,11 @@ def test_auto_on_a_gpu_is_bf16_from_ampere_on(major, native, monkeypatch):
     assert native_bf16(on_gpu=True) is native
     assert engine_dtype("auto") == ("bfloat16" if native else "float32")
     assert weights_dtype("auto", use_gpu=True) == ("bfloat16" if native else "float32")
+    # A CPU engine in a process that sees the GPU (a local judge in the driver, say) follows
+    # the CPU: AVX2 alone here, so float32, as on a machine without the GPU.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert engine_dtype("auto", "cpu") == "float32"
+    assert engine_dtype("auto", "cuda") == engine_dtype("auto")
 
 
 def test_an_explicit_dtype_is_kept(cpu_bf16):

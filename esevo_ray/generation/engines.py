@@ -103,7 +103,7 @@ class Engine(ABC):
         self.model_id = model_id(model_path, adapter)
         self.adapter_hash = adapter_hash(adapter)
         # "auto" resolved here, in the process and on the machine the engine runs on.
-        self.dtype = engine_dtype(options.dtype)
+        self.dtype = engine_dtype(options.dtype, options.device)
         self.options = options
         self._load(model_path, adapter)
 
