@@ -85,8 +85,12 @@ class ChatRequest(_Request):
     @field_validator("response_format")
     @classmethod
     def _text_only(cls, value: dict | None) -> dict | None:
+        """Plain text is what the replies are: `{"type": "text"}`, with whatever other keys
+        a client sends beside it (`"json_schema": null`, say), asks for nothing."""
         kind = value.get("type") if isinstance(value, dict) else None
-        return _not_asked(value, f"response_format type {kind!r}", ({"type": "text"},))
+        if kind == "text":
+            return value
+        return _not_asked(value, f"response_format type {kind!r}")
 
     @field_validator("logprobs", "top_logprobs", "tools", "functions")
     @classmethod

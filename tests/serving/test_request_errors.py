@@ -99,6 +99,13 @@ def test_fields_that_ask_for_nothing_are_accepted():
     ChatRequest.model_validate(
         {"model": "m0", "messages": [{"role": "user", "content": "x"}]} | off
     )
+    # Plain text with other keys beside it was refused as "type 'text' is not supported".
+    text = {"response_format": {"type": "text", "json_schema": None}}
+    ChatRequest.model_validate({"model": "m0", "messages": USER} | text)
+    with pytest.raises(ValueError, match="response_format type 'json_schema' is not supported"):
+        ChatRequest.model_validate(
+            {"model": "m0", "messages": USER, "response_format": {"type": "json_schema"}}
+        )
 
 
 def test_null_n_and_stream_mean_their_defaults():
