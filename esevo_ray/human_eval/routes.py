@@ -159,6 +159,15 @@ router = APIRouter(prefix="/human")
 Service = Depends(human_eval_service)
 
 
+def _authorized(request: Request, ev: HumanEval = Service) -> None:
+    """The API key, checked before the body: a request without it is told so (401), not
+    what its body lacks."""
+    ev.host.auth(request)
+
+
+Authorized = Depends(_authorized)
+
+
 @router.get("", include_in_schema=False)
 def human_page() -> HTMLResponse:
     return HTMLResponse(
@@ -178,16 +187,14 @@ def human_config(ev: HumanEval = Service) -> HumanConfig:
     )
 
 
-@router.post("/api/sessions", response_model=SessionOut)
-def new_session(body: NewSession, request: Request, ev: HumanEval = Service) -> SessionOut:
-    ev.host.auth(request)
+@router.post("/api/sessions", response_model=SessionOut, dependencies=[Authorized])
+def new_session(body: NewSession, ev: HumanEval = Service) -> SessionOut:
     sid, min_turns = ev.open_session(body.mode, body.rater)
     return SessionOut(session_id=sid, mode=body.mode, min_turns=min_turns)
 
 
-@router.get("/api/sessions/{session_id}", response_model=SessionOut)
-def get_session(session_id: str, request: Request, ev: HumanEval = Service) -> SessionOut:
-    ev.host.auth(request)
+@router.get("/api/sessions/{session_id}", response_model=SessionOut, dependencies=[Authorized])
+def get_session(session_id: str, ev: HumanEval = Service) -> SessionOut:
     sess = ev.session(session_id)
     return SessionOut(
         session_id=session_id,
@@ -213,11 +220,8 @@ async def both(a: Awaitable[T], b: Awaitable[T]) -> tuple[T, T]:
     return first, second
 
 
-@router.post("/api/sessions/{session_id}/turns", response_model=TurnOut)
-async def post_turn(
-    session_id: str, body: TurnIn, request: Request, ev: HumanEval = Service
-) -> TurnOut:
-    ev.host.auth(request)
+@router.post("/api/sessions/{session_id}/turns", response_model=TurnOut, dependencies=[Authorized])
+async def post_turn(session_id: str, body: TurnIn, ev: HumanEval = Service) -> TurnOut:
     # The store commits with a full sync, off the event loop that also serves every stream.
     sess = await asyncio.to_thread(ev.session, session_id)
     limit = ev.settings.max_message_chars
@@ -263,9 +267,8 @@ async def _turn(ev: HumanEval, session_id: str, sess: dict, message: str):
     return index, a, b
 
 
-@router.post("/api/sessions/{session_id}/votes", response_model=Ack)
-def post_vote(session_id: str, body: VoteIn, request: Request, ev: HumanEval = Service) -> Ack:
-    ev.host.auth(request)
+@router.post("/api/sessions/{session_id}/votes", response_model=Ack, dependencies=[Authorized])
+def post_vote(session_id: str, body: VoteIn, ev: HumanEval = Service) -> Ack:
     if ev.session(session_id)["mode"] != "pairwise":
         raise ApiError(409, "votes belong to pair-wise sessions", "conflict_error")
     cont = body.continue_with or (None if body.choice == "tie" else body.choice)
@@ -285,11 +288,8 @@ def post_vote(session_id: str, body: VoteIn, request: Request, ev: HumanEval = S
     return Ack(turns=len(turns))
 
 
-@router.post("/api/sessions/{session_id}/ratings", response_model=Ack)
-async def post_rating(
-    session_id: str, body: RatingIn, request: Request, ev: HumanEval = Service
-) -> Ack:
-    ev.host.auth(request)
+@router.post("/api/sessions/{session_id}/ratings", response_model=Ack, dependencies=[Authorized])
+async def post_rating(session_id: str, body: RatingIn, ev: HumanEval = Service) -> Ack:
     sess = await asyncio.to_thread(ev.session, session_id)
     if sess["mode"] != "pointwise":
         raise ApiError(409, "ratings belong to point-wise sessions", "conflict_error")

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -95,6 +95,16 @@ async def started(response: DeploymentResponseGenerator) -> AsyncIterator[dict]:
                 yield delta
 
     return deltas()
+
+
+def _authorized(request: Request) -> None:
+    """The ingress replica's API-key check, as a route dependency: FastAPI runs it before it
+    validates the body, so a request without the key is told so (401), not what its body
+    lacks."""
+    serve.get_replica_context().servable_object.auth(request)
+
+
+Authorized = Depends(_authorized)
 
 
 def _human_eval() -> HumanEval:
@@ -234,9 +244,10 @@ class Ingress:
     def health(self) -> Health:
         return Health(status="ok", models=list(self.models()))
 
-    @app.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
-    def list_models(self, request: Request) -> ModelList:
-        self.auth(request)
+    @app.get(
+        "/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=[Authorized]
+    )
+    def list_models(self) -> ModelList:
         models = self.models()
         cards = [ModelCard(id=name, created=m.stamp // 10**9) for name, m in models.items()]
         target = current_name(models)
@@ -246,10 +257,14 @@ class Ingress:
             )
         return ModelList(data=cards)
 
-    @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERROR_RESPONSES)
-    def get_model(self, model_id: str, request: Request) -> ModelCard:
+    @app.get(
+        "/v1/models/{model_id}",
+        response_model=ModelCard,
+        responses=ERROR_RESPONSES,
+        dependencies=[Authorized],
+    )
+    def get_model(self, model_id: str) -> ModelCard:
         """One model's card, as `client.models.retrieve(name)` asks; 404 as for a request."""
-        self.auth(request)
         model = self.resolve(model_id)
         alias_of = model.name if model_id == CURRENT else None
         return ModelCard(id=model_id, created=model.stamp // 10**9, alias_of=alias_of)
@@ -258,9 +273,9 @@ class Ingress:
         "/v1/chat/completions",
         response_model=ChatCompletion,
         responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
+        dependencies=[Authorized],
     )
-    async def chat_completions(self, body: ChatRequest, request: Request):
-        self.auth(request)
+    async def chat_completions(self, body: ChatRequest):
         model = self.resolve(body.model)
         turns = check_conversation(body.messages, self.scfg)
         field, requested = body.token_limit()

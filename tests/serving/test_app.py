@@ -218,6 +218,14 @@ def test_auth(served):
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{served.url}/v1/models").status_code == 401
     assert httpx.get(f"{served.url}/nowhere", headers=served.headers).status_code == 404
+    # The key before the body: a request without it was told what its body lacked (400).
+    bad = {"model": "m0", "messages": []}
+    r = httpx.post(f"{served.url}/v1/chat/completions", json=bad)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(f"{served.url}/human/api/sessions", json={"mode": "nonsense"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(f"{served.url}/v1/chat/completions", json=bad, headers=served.headers)
+    assert r.status_code == 400
 
 
 def test_the_key_is_not_in_what_ray_shows_of_the_deployments(served):
