@@ -20,7 +20,6 @@ from pathlib import Path
 
 from esevo_ray.config import RunConfig
 from esevo_ray.errors import UsageError
-from esevo_ray.generation.engine_choice import choose_engine
 from esevo_ray.serving.loadgen import Load, Result, prompt, run_clients, summarise
 from esevo_ray.serving.registry import check_host_key, http_url, is_loopback
 
@@ -169,9 +168,11 @@ def bench_serve_app(
     import ray
     from ray import serve
 
+    from esevo_ray.resources import node_gpus
     from esevo_ray.serving.deploy import (
         check_no_serve,
         default_run_dir,
+        serve_engine,
         served_run,
         start_app,
     )
@@ -184,6 +185,15 @@ def bench_serve_app(
     served_run(cfg, run)
     if not ray.is_initialized():
         ray.init()
+    # The offline side is vLLM's engine: the served app on another engine would be divided
+    # by a number it was not measured against.
+    kind = serve_engine(cfg.serve, node_gpus())
+    if kind != "vllm":
+        raise UsageError(
+            f"esevo bench serve compares the application with its vLLM engine run offline, "
+            f"but serve.engine ({cfg.serve.engine}) is {kind} here: set serve.engine=vllm "
+            "where vllm is installed (a soak, `--soak SECONDS`, runs on any engine)"
+        )
     check_no_serve(cfg.serve)
     load_before = round(os.getloadavg()[0], 2)
     offline = offline_tok_per_s(cfg, run, model, max_tokens, clients)
@@ -207,7 +217,7 @@ def bench_serve_app(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "model": model,
-        "engine": choose_engine(cfg.serve.engine, "serve.engine", device=cfg.serve.device),
+        "engine": kind,
         "max_tokens": max_tokens,
         "decoding": cfg.serve.decoding.model_dump(),
         "duration_s": duration_s,

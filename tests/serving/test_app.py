@@ -208,6 +208,12 @@ def test_serve_already_running_on_the_cluster_is_left_alone(served, http, monkey
     monkeypatch.setattr(bench, "offline_tok_per_s", offline)
     with pytest.raises(UsageError, match="Ray Serve runs on this Ray cluster already"):
         bench.bench_serve_app(served.cfg, served.run_dir)
+    # Served on transformers, the app's tokens/s were divided by vLLM's offline ones.
+    on_hf = served.cfg.model_copy(
+        update={"serve": served.cfg.serve.model_copy(update={"engine": "hf"})}
+    )
+    with pytest.raises(UsageError, match=r"serve.engine \(hf\) is hf here: set serve.engine=vllm"):
+        bench.bench_serve_app(on_hf, served.run_dir)
     assert http.get("/health").status_code == 200
 
 
