@@ -93,18 +93,27 @@ def validation_error(errors: Sequence[dict]) -> tuple[str, str | None]:
     """(message, param) of a request that failed validation: one field, its problem.
 
     Of a field whose union branches all failed, the error of the branch that took the input's
-    type is the one to show (five stop sequences: "at most 4 items", not "a valid string").
+    type is the one to show (five stop sequences: "at most 4 items", not "a valid string";
+    `stop: ["a", 5]`: "stop.1: a valid string", where the list branch failed inside).
     """
     if not errors:
         return "invalid request", None
     if errors[0].get("type") == "json_invalid":
         return "request body is not valid JSON", None
+
+    def depth(e: dict) -> int:
+        path = field_path(e.get("loc", ()))
+        return path.count(".") + 1 if path else 0
+
     fitting = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
-    first = (fitting or errors)[0]
+    # Type errors alone: the deepest is inside the branch that took the input's own type.
+    first = fitting[0] if fitting else max(errors, key=depth)  # the first of equals
     param = field_path(first.get("loc", ()))
     said = [str(first.get("msg", "invalid value")).removeprefix("Value error, ")]
     if not fitting:  # no branch took the type: name every type the field accepts
-        said += [e["msg"] for e in errors[1:] if field_path(e.get("loc", ())) == param]
+        said += [
+            e["msg"] for e in errors if e is not first and field_path(e.get("loc", ())) == param
+        ]
     message = f"{param or 'body'}: {', or '.join(dict.fromkeys(said))}"
     # Another branch's type error at this field or above it is no error of another field.
     here = f"{param}." if param else ""

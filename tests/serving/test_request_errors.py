@@ -32,6 +32,14 @@ IMAGE = [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]
         # the part's missing "text" is a second error; the string branch of content is not
         ({"messages": IMAGE}, "messages.0.content.0.type", "'text'", 1),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "greater than or equal to 1", 0),
+        # a list whose item is of the wrong type: was "stop: a valid string" (send a string?)
+        ({"stop": ["a", 5]}, "stop.1", "valid string", 0),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "messages.0.content.0.text",
+            "valid string",
+            0,
+        ),
     ],
 )
 def test_a_union_field_is_named_without_its_branch(fields, param, says, more):
