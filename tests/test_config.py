@@ -287,3 +287,19 @@ def test_booleans_stay_where_a_field_takes_them():
                              "sft.trl={packing: true}", "generation.vllm={enforce_eager: true}"])  # fmt: skip
     assert cfg.sft.bf16 is True and cfg.dpo.gradient_checkpointing is True
     assert cfg.sft.trl == {"packing": True} and cfg.generation.vllm == {"enforce_eager": True}
+
+
+def test_a_field_of_several_types_is_one_line_under_its_own_key():
+    """`sft.bf16=Auto` gave two lines under keys no config has, `sft.bf16.bool` and
+    `sft.bf16.literal['auto']`; a rule over a whole section printed all of it as "got"."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["sft.bf16=Auto"])
+    lines = str(e.value).splitlines()[1:]
+    assert lines == [
+        "  sft.bf16: Input should be a valid boolean, unable to interpret input, or Input "
+        "should be 'auto' (got 'Auto') (from the override 'sft.bf16=Auto')"
+    ]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["generation.decoding.max_new_tokens=5000"])
+    assert "must not exceed max_model_len (2048)" in str(e.value)
+    assert "got {" not in str(e.value) and len(str(e.value)) < 300

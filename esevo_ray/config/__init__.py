@@ -184,37 +184,67 @@ def _section_keys(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: ValidationError, source: str, overrides: list[str]) -> str:
-    """One line per problem: the dotted key, from the file or from an override (named), and
-    for an unknown key the closest known ones."""
+def _key_path(loc: tuple, data: Any) -> tuple:
+    """`loc` without pydantic's union branch tags ("bool", "literal['auto']"): the keys of
+    the config `data`, or fields of its sections (one missing there)."""
+    model: Any = RunConfig
+    node, out = data, []
+    for part in loc:
+        fields = (
+            model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        )
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        )
+        if not present and part not in fields:
+            continue  # a branch of a field of several types
+        field = fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        node = node[part] if present else None
+        out.append(part)
+    return tuple(out)
+
+
+def _describe(err: ValidationError, source: str, overrides: list[str], data: Any) -> str:
+    """One line per key at fault: the dotted key, from the file or from an override (named),
+    for an unknown key the closest known ones, and for a field of several types what each
+    wants."""
     given = [(text.split("=", 1)[0].strip(), text) for text in overrides]
     lines = [f"invalid config {source}" + (" with its overrides:" if overrides else ":")]
+    said: dict[str, int] = {}  # key -> its line, to which another branch's message is added
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = _key_path(e["loc"], data)
+        where = ".".join(str(p) for p in loc) or "<root>"
         unknown = e["type"] == "extra_forbidden"
         texts = [
             text
             for key, text in given
-            # the key itself, a value inside it, or (unknown) a section misspelled above it
+            # the key itself, a value inside it, or (unknown) a section misspelled above it;
+            # a rule over a section's keys blames no one key of it
             if key == where
             or where.startswith(f"{key}.")
             or (unknown and key.startswith(f"{where}."))
         ]
         origin = f" (from the override {texts[-1]!r})" if texts else ""
         if unknown:
-            near = get_close_matches(str(e["loc"][-1]), _section_keys(e["loc"][:-1]), n=1)
-            prefix = ".".join(str(p) for p in e["loc"][:-1])
+            near = get_close_matches(str(loc[-1]), _section_keys(loc[:-1]), n=1)
+            prefix = ".".join(str(p) for p in loc[:-1])
             maybe = ", ".join(f"'{prefix}.{k}'" if prefix else f"'{k}'" for k in near)
             lines.append(
                 f"  unknown key '{where}'{origin}" + (f"; did you mean {maybe}?" if near else "")
             )
-        else:
-            got = e.get("input")
-            # YAML reads 2024-06-01 as a date, 001 as a number, yes as true: text is quoted.
-            typed = e["type"] == "string_type" and isinstance(got, int | float | dt.date)
-            raw = texts[-1].split("=", 1)[1].strip() if texts else str(got)
-            hint = f"; quote it as YAML text: \"{where}='{raw}'\"" if typed else ""
-            lines.append(f"  {where}: {e['msg']} (got {got!r}){origin}{hint}")
+            continue
+        if where in said:  # another branch of a field of several types
+            lines[said[where]] = lines[said[where]].replace(" (got ", f", or {e['msg']} (got ", 1)
+            continue
+        got = e.get("input")
+        # YAML reads 2024-06-01 as a date, 001 as a number, yes as true: text is quoted.
+        typed = e["type"] == "string_type" and isinstance(got, int | float | dt.date)
+        raw = texts[-1].split("=", 1)[1].strip() if texts else str(got)
+        hint = f"; quote it as YAML text: \"{where}='{raw}'\"" if typed else ""
+        shown = "" if _section_keys(loc) else f" (got {got!r})"  # not the whole section
+        said[where] = len(lines)
+        lines.append(f"  {where}: {e['msg']}{shown}{origin}{hint}")
     return "\n".join(lines)
 
 
@@ -248,7 +278,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = _expand_env(apply_overrides(data, overrides or []))
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source, overrides or [])) from None
+        raise ConfigError(_describe(e, source, overrides or [], data)) from None
     except RecursionError:  # `x: &a [*a]`: an alias inside what it names
         raise ConfigError(f"config {source} holds a YAML alias inside what it names") from None
 
