@@ -16,6 +16,7 @@ import functools
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from esevo_ray import prompts
@@ -47,11 +48,14 @@ def fit_context(
     *,
     system_prompt: str = prompts.TASK_PROMPT,
     refine: bool = True,
+    fit_under: Sequence[str] = (),
 ) -> list[dict]:
     """Drop the oldest turns until every request built on C_n fits the model.
 
     The task request (`system_prompt`, P_task by default, || C_n) must fit
-    `max_context_tokens`; for preference pairs (`refine`) the refinement request, with room
+    `max_context_tokens`, and so must C_n under each prompt of `fit_under` (the dialogue a
+    shorter prompt keeps is then no longer than theirs); for preference pairs (`refine`) the
+    refinement request, with room
     for the rejected response inside it and the refined answer after it, must fit
     `max_model_len` too; in two-step mode it also holds the reflection, as long as
     `reflection_decoding.max_new_tokens`. An evaluation response (`refine=False`) is only
@@ -61,9 +65,10 @@ def fit_context(
     analysis = {} if cfg.reflection_mode == "two_step" else None
 
     def fits(ctx: list[dict]) -> bool:
-        return engine.count_tokens(
-            prompts.task_messages(ctx, system_prompt)
-        ) <= cfg.max_context_tokens and (
+        return all(
+            engine.count_tokens(prompts.task_messages(ctx, p)) <= cfg.max_context_tokens
+            for p in (system_prompt, *fit_under)
+        ) and (
             not refine
             or engine.count_tokens(prompts.refine_messages(ctx, "", analysis)) <= refine_budget
         )

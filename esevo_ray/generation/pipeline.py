@@ -203,8 +203,17 @@ def task_request(
     counter: TokenCounter, gen: GenerationSection, row: dict, system_prompt: str
 ) -> list[dict]:
     """The task request (`system_prompt` || C_n) of a context row, its context fit to the task
-    request alone (`fit_context`), as evaluation responses are asked for."""
-    context = fit_context(counter, row["context"], gen, system_prompt=system_prompt, refine=False)
+    request alone (`fit_context`), as evaluation responses are asked for.
+
+    The dialogue is fit under P_task as well: a shorter prompt (the vanilla one of Table 2's
+    baseline, Table 3 and Table 5's M0) answers the same history as the P_task rows it is
+    compared with, not a longer one (its prompt's own effect, not the context's). A longer
+    prompt (self-reflection's) keeps what fits beside it.
+    """
+    context = fit_context(
+        counter, row["context"], gen, system_prompt=system_prompt, refine=False,
+        fit_under=(prompts.TASK_PROMPT,),
+    )  # fmt: skip
     return prompts.task_messages(context, system_prompt)
 
 

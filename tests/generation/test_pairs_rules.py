@@ -147,6 +147,26 @@ def test_an_evaluation_context_is_fitted_to_its_own_request_only():
     assert len(shorter) < len(evaluation)
 
 
+def test_a_shorter_prompt_answers_the_same_dialogue_as_p_task():
+    """The vanilla prompt (63 tokens against P_task's 213 on SmolLM2) kept more old turns at
+    the demo's 464-token budget: Table 2's and Table 5's vanilla rows answered longer
+    histories than the P_task rows they are compared with."""
+    from esevo_ray.config import load_config
+    from esevo_ray.generation.pipeline import task_request
+    from esevo_ray.prompts import TASK_PROMPT, VANILLA_PROMPT
+
+    ctx = [{"role": "user" if i % 2 == 0 else "assistant", "content": "w " * 20} for i in range(41)]
+    budget = len(TASK_PROMPT.split()) + 100  # P_task and five turns
+    gen = load_config(None, [f"generation.max_context_tokens={budget}"]).generation
+    row = {"context": ctx}
+    task = task_request(_WordEngine(), gen, row, TASK_PROMPT)
+    vanilla = task_request(_WordEngine(), gen, row, VANILLA_PROMPT)
+    assert len(task) == len(vanilla) == 1 + 5
+    assert task[1:] == vanilla[1:] and vanilla[0]["content"] == VANILLA_PROMPT
+    longer = "x " * (len(TASK_PROMPT.split()) + 40)  # keeps what fits beside it
+    assert len(task_request(_WordEngine(), gen, row, longer)) == 1 + 3
+
+
 def test_config_rejects_context_longer_than_model():
     import pytest
 
