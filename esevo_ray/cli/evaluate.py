@@ -240,8 +240,9 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.llm_bench import default_tasks, run_lm_eval
 
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else default_tasks(args.api)
+    out = args.out or str(Path("bench") / "llm" / args.served_model)  # a model's own folder
     result = run_lm_eval(
-        args.endpoint, tasks, args.out,
+        args.endpoint, tasks, out,
         served_model=args.served_model, api=args.api, tokenizer=args.tokenizer,
         limit=args.limit, num_fewshot=args.num_fewshot, concurrency=args.concurrency,
     )  # fmt: skip
@@ -367,5 +368,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int)
     p.add_argument("--concurrency", type=positive, default=4)
-    p.add_argument("--out", default="bench/llm", help="folder for results.json and table.md")
+    p.add_argument(
+        "--out", help="folder for results.json and table.md (default: bench/llm/<served model>)"
+    )
     p.set_defaults(func=cmd_bench_llm)

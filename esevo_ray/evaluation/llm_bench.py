@@ -19,7 +19,7 @@ from pathlib import Path
 from esevo_ray.errors import BenchUnavailable, UsageError
 from esevo_ray.evaluation.endpoint import base_url
 from esevo_ray.evaluation.tables import markdown_table
-from esevo_ray.io import atomic_write_text
+from esevo_ray.io import atomic_write_text, check_replaceable
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def run_lm_eval(
     """
     if api not in ("chat", "completions"):
         raise UsageError(f"api must be 'chat' or 'completions', got {api!r}")
+    # results.json and table.md are replaced: in an earlier run's folder only.
+    check_replaceable(out, holds="results.json", what="benchmark results")
     if api == "chat" and (scored := [t for t in tasks if t in LOGLIKELIHOOD_TASKS]):
         raise UsageError(
             f"tasks {scored} are scored by log-likelihood, which chat completions do not give: "

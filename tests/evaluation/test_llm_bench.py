@@ -57,3 +57,24 @@ def test_the_average_needs_every_task(tmp_path):
     results["results"]["hellaswag"] = {"acc_norm,none": 0.3}
     _write_results(results, ["gsm8k", "hellaswag"], "m1", tmp_path)
     assert (tmp_path / "table.md").read_text().strip().endswith("| 40.00 |")
+
+
+def test_results_go_to_the_models_own_folder_and_replace_only_an_earlier_runs(
+    tmp_path, capsys, monkeypatch
+):
+    """Table 4 needs a row per model: benchmarking m2 after m1 under the default --out
+    replaced m1's results, and an --out of other files had its results.json replaced."""
+    from esevo_ray.evaluation import llm_bench
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "draft.md").write_text("mine")
+    argv = ["bench", "llm", "--endpoint", "http://127.0.0.1:9", "--tasks", "gsm8k"]
+    assert cli.main([*argv, "--served-model", "m1", "--out", str(mine)]) == 2
+    assert f"{mine} exists and is not a benchmark results folder" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["draft.md"]
+    asked = []
+    monkeypatch.setattr(llm_bench, "run_lm_eval", lambda *a, **k: asked.append(a[2]) or {})
+    for model in ("m1", "m2"):
+        assert cli.main([*argv, "--served-model", model]) == 0
+    assert asked == ["bench/llm/m1", "bench/llm/m2"]
