@@ -625,3 +625,20 @@ def test_a_prompt_ablation_writes_only_into_an_earlier_ones_folder(tmp_path):
         ablate_prompts(load_config(None), tmp_path / "c.parquet", mine, model_path=tmp_path,
                        names=("vanilla",), bertscore=False)  # fmt: skip
     assert (mine / "table.md").read_text() == "my notes"
+
+
+def test_an_arm_without_its_seed_file_stops_the_table_before_any_arm_runs(
+    tmp_path, config, capsys, monkeypatch
+):
+    """{HM,P} seeds from ESConv and ran its whole loop (hours on 8B) before {HL,P} and {SR,P}
+    found no ExTES file in their data stage."""
+    started = []
+    monkeypatch.setattr(
+        "esevo_ray.pipeline.experiments.evolve", lambda cfg: started.append(cfg.name)
+    )
+    argv = ["ablate", "pairs-table", "--config", config, "data.seed_sources=[extes]",
+            f"data.extes_path={tmp_path / 'none.json'}"]  # fmt: skip
+    assert main(argv) == 2
+    err = _error(capsys)
+    assert "t-hl: data.seed_sources has 'extes' but no file at data.extes_path=" in err
+    assert started == []

@@ -229,17 +229,13 @@ def _esconv_seeds(
     return untrained + taken
 
 
-def _seed_dialogues(
-    cfg: DataSection, root: Path, pool: list[Dialogue], n_sft: int, report: dict
-) -> list[Dialogue]:
-    """The seed dialogues of every source in `data.seed_sources`; ESConv's come from `pool`,
-    the training split shuffled, whose first `n_sft` are SFT's (see `_esconv_seeds`)."""
-    by_source: dict[str, list[Dialogue]] = {}
+def check_seed_sources(cfg: DataSection) -> None:
+    """Raise FileNotFoundError unless every seed source but ESConv has its file, naming the
+    setting and the way round it (ESConv's training pool)."""
     for source in cfg.seed_sources:
         if source == "esconv":
             continue
         path = _seed_source_path(cfg, source)
-        loader = load_extes if source == "extes" else load_serveforemo
         if not path or not Path(path).exists():
             where = (
                 f"no file at data.{source}_path={path}"
@@ -250,6 +246,20 @@ def _seed_dialogues(
                 f"data.seed_sources has {source!r} but {where}: put the {source} release there, "
                 "or seed from ESConv's training pool with data.seed_sources=[esconv]"
             )
+
+
+def _seed_dialogues(
+    cfg: DataSection, root: Path, pool: list[Dialogue], n_sft: int, report: dict
+) -> list[Dialogue]:
+    """The seed dialogues of every source in `data.seed_sources`; ESConv's come from `pool`,
+    the training split shuffled, whose first `n_sft` are SFT's (see `_esconv_seeds`)."""
+    check_seed_sources(cfg)
+    by_source: dict[str, list[Dialogue]] = {}
+    for source in cfg.seed_sources:
+        if source == "esconv":
+            continue
+        path = _seed_source_path(cfg, source)
+        loader = load_extes if source == "extes" else load_serveforemo
         loaded = loader(Path(path), cfg.on_bad_record)
         report["skipped"][source] = loaded.skipped
         report["problems"] += loaded.problems[:20]

@@ -30,6 +30,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from esevo_ray.config import RunConfig
+from esevo_ray.data.prepare import check_seed_sources
 from esevo_ray.errors import UsageError
 from esevo_ray.evaluation import ablation, bootstrap, intervals
 from esevo_ray.evaluation.report import Stage
@@ -99,10 +100,17 @@ def baseline_configs(cfg: RunConfig) -> dict[str, RunConfig]:
 
 def check_runs(cfgs: Iterable[RunConfig]) -> None:
     """Refuse at once, before any stage runs, when a variant's run directory was made by
-    another config (RunConflict names it and the way out: --new-run)."""
+    another config (RunConflict names it and the way out: --new-run), or a variant whose
+    data is still to prepare lacks a seed source's file (the arms before it would run for
+    hours first)."""
     for c in cfgs:
         root = RunLayout.of(c).root
-        recorded(root, c, remedy=f"move {root} aside to make it again, {NEW_RUN}", loop=True)
+        run = recorded(root, c, remedy=f"move {root} aside to make it again, {NEW_RUN}", loop=True)
+        if run.get("stages", {}).get("data", {}).get("status") != "done":
+            try:
+                check_seed_sources(c.data)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{c.name}: {e}") from None
 
 
 def _check_pairs_table(cfg: RunConfig) -> None:
