@@ -35,11 +35,9 @@ class ScalingSection(Section):
 # Settings of a training section that change how a run is carried out, not what it trains:
 # a Ray Train run stopped part-way resumes under other values of them (other storage aside:
 # there it starts afresh), and a run directory continues (`pipeline.manifest.FREE_KEYS`).
-# Gradient checkpointing recomputes activations (RNG state kept): the same gradients, in
-# less memory, which the out-of-memory error advises.
 NOT_TRAINED = (
-    "logging_steps", "gradient_checkpointing", "scaling.cpus_per_worker",
-    "scaling.max_failures", "scaling.storage_path", "scaling.inject_failure_at_step",
+    "logging_steps", "scaling.cpus_per_worker", "scaling.max_failures", "scaling.storage_path",
+    "scaling.inject_failure_at_step",
 )  # fmt: skip
 
 

@@ -170,11 +170,10 @@ def user_error(error: Exception, stage: str) -> Exception | None:
         if isinstance(cause, torch.OutOfMemoryError):
             first_line = (str(cause).strip().splitlines() or [""])[0]
             return ConfigError(
-                f"{stage}: worker {rank} ran out of GPU memory ({first_line}): set "
-                f"{stage}.gradient_checkpointing=true (a run of `esevo evolve` continues under "
-                f"it), or lower {stage}.per_device_batch_size (raising "
-                f"gradient_accumulation_steps keeps the batch) or {stage}.max_length (in a new "
-                "run); `esevo bench memory --config <config>` measures the peak"
+                f"{stage}: worker {rank} ran out of GPU memory ({first_line}): lower "
+                f"{stage}.per_device_batch_size (raising gradient_accumulation_steps keeps the "
+                f"batch) or {stage}.max_length, or set {stage}.gradient_checkpointing=true; "
+                f"`esevo bench memory --config <config>` measures the peak"
             )
     return None
 
@@ -244,17 +243,10 @@ def run_name(cfg: RunConfig, job: TrainJob, out_dir: str | Path) -> str:
     return f"{cfg.name}-{job.stage}-{digest}"
 
 
-# NOT_TRAINED before gradient checkpointing joined it: adapters trained then recorded a
-# digest that holds it, and are still what the same settings train (`trained_as`).
-_NOT_TRAINED_BEFORE = tuple(key for key in NOT_TRAINED if key != "gradient_checkpointing")
-
-
-def _trained_key(
-    cfg: RunConfig, job: TrainJob, not_trained_keys: tuple[str, ...] = NOT_TRAINED
-) -> dict[str, Any]:
+def _trained_key(cfg: RunConfig, job: TrainJob) -> dict[str, Any]:
     """What decides the weights a stage trains, paths aside: its trained settings, the
     dtype, the data's bytes and the init adapter's weights."""
-    not_trained = apply_overrides({}, [f"{key}=true" for key in not_trained_keys])  # `exclude`
+    not_trained = apply_overrides({}, [f"{key}=true" for key in NOT_TRAINED])  # as `exclude`
     return {
         "section": job.section(cfg).model_dump(mode="json", exclude=not_trained),
         "dtype": cfg.model.dtype,
@@ -263,13 +255,11 @@ def _trained_key(
     }
 
 
-def trained_on(
-    cfg: RunConfig, job: TrainJob, not_trained_keys: tuple[str, ...] = NOT_TRAINED
-) -> str:
+def trained_on(cfg: RunConfig, job: TrainJob) -> str:
     """A digest of `_trained_key`, recorded in train_summary.json: with the base model's
     fingerprint beside it, it names an adapter by what it was trained from, wherever the
     run folder and the model lie (a run name also holds their paths)."""
-    key = json.dumps(_trained_key(cfg, job, not_trained_keys), sort_keys=True)
+    key = json.dumps(_trained_key(cfg, job), sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -285,8 +275,9 @@ def trained_as(adapter_dir: str | Path, cfg: RunConfig, job: TrainJob) -> bool:
     if "trained_on" not in summary:
         return True
     base = model_fingerprint(Path(job.model_path))
-    digests = (trained_on(cfg, job), trained_on(cfg, job, _NOT_TRAINED_BEFORE))
-    return summary["trained_on"] in digests and summary.get("model_fingerprint") == base
+    return (
+        summary["trained_on"] == trained_on(cfg, job) and summary.get("model_fingerprint") == base
+    )
 
 
 def _exported_by(adapter_dir: Path, name: str, base: str) -> bool:

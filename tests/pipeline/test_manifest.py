@@ -242,15 +242,15 @@ def test_a_run_with_no_stage_finished_continues_under_a_corrected_config(tmp_pat
 
 
 def test_memory_and_placement_settings_change_in_a_run_that_ran_out_of_memory(tmp_path):
-    """The out-of-memory errors advise gradient checkpointing, and a vLLM engine is sized by
-    its memory options: a run with SFT done continued under none of them."""
+    """A vLLM engine is sized by its memory options, an actor by its GPUs: a run with SFT
+    done continued under none of them."""
     from esevo_ray.config import load_config
 
     _begun(tmp_path, load_config(None, ["name=t"]))
-    free = ["dpo.gradient_checkpointing=true", "generation.gpus_per_actor=1",
+    free = ["generation.gpus_per_actor=1",
             "generation.vllm={gpu_memory_utilization: 0.8, max_num_seqs: 8, enforce_eager: true}"]  # fmt: skip
     again = Manifest.open(tmp_path, load_config(None, ["name=t", *free]))
-    assert again.data["config"]["dpo"]["gradient_checkpointing"] is True
+    assert again.data["config"]["generation"]["vllm"]["max_num_seqs"] == 8
     with pytest.raises(RunConflict, match=r"generation\.vllm\.quantization changed"):
         Manifest.open(
             tmp_path, load_config(None, ["name=t", "generation.vllm={quantization: fp8}"])
