@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from esevo_ray.config import ConfigError
-from esevo_ray.resources import autoscales, node_resources
+from esevo_ray.resources import node_resources
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +213,8 @@ def place(
     if gpus_by_node is None:
         gpus_by_node = [gpus for _, gpus in nodes]
     placement = resolve(section, engine, gpus_by_node, key=key, gpus_key=gpus_key)
-    try:
-        check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
-        check_cpus(cpus, placement.gpus, actors, nodes, key, cpus_key=cpus_key)
-    except PlacementError as e:
-        if not autoscales():
-            raise
-        logger.warning("%s (this cluster autoscales: the actors wait for nodes to join)", e)
+    check_capacity(placement, actors, gpus_by_node, key, gpus_key=gpus_key, count_key=count_key)
+    check_cpus(cpus, placement.gpus, actors, nodes, key, cpus_key=cpus_key)
     logger.info(
         "%s: %d %s engine actor(s) on %s, %g GPU(s) each", key, actors, engine, placement.device,
         placement.gpus,

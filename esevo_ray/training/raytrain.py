@@ -48,7 +48,7 @@ from esevo_ray.io import (
 from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash, model_fingerprint
 from esevo_ray.numerics import describe, weights_dtype
-from esevo_ray.resources import autoscales, node_resources
+from esevo_ray.resources import node_resources
 from esevo_ray.schema import parquet_files
 from esevo_ray.storage import check_shared
 from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
@@ -93,7 +93,6 @@ def run_stage(
         return out_dir
     check_replaceable(out_dir, holds="adapter_config.json", what="LoRA adapter")  # before training
     scaling = section.scaling
-    check_workers(scaling, job.stage)
     storage = scaling.storage_path or str(out_dir.parent / "ray_train")
     local = "://" not in storage
     if local:
@@ -102,6 +101,7 @@ def run_stage(
     # Workers on other nodes read the data and write checkpoints the driver exports.
     reads = [job.data_path, job.model_path, job.init_adapter]
     check_shared(job.stage, writes=[storage] if local else [], reads=reads)
+    check_workers(scaling, job.stage)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -364,19 +364,17 @@ def setup_worker_logging(rank: int) -> None:
 
 
 def check_workers(scaling: ScalingSection, stage: str) -> None:
-    """Refuse at once a worker group that this Ray cluster can never start: Ray Train starts
-    its workers together, each with `cpus_per_worker` CPUs (and a GPU with `use_gpu`) from
-    one node, and retries a group that does not fit every minute without end. A cluster
-    that autoscales is left to Ray Train, which checks the cluster config's largest size
-    and waits for nodes to join.
+    """Refuse at once a worker group that the live nodes of this Ray cluster cannot hold:
+    Ray Train starts its workers together, each with `cpus_per_worker` CPUs (and a GPU with
+    `use_gpu`) from one node, and retries a group that does not fit every minute without
+    end. As for generation actors (`placement.check_cpus`), an autoscaling cluster is to be
+    started with the nodes a stage needs (`min_workers`).
 
     Raises:
         ConfigError: naming the stage's scaling settings and the nodes' resources.
     """
     import math
 
-    if autoscales():
-        return
     workers, cpus, gpus = scaling.num_workers, scaling.cpus_per_worker, int(scaling.use_gpu)
     nodes = node_resources()
 

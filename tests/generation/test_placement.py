@@ -251,19 +251,3 @@ def test_an_actor_waiting_for_cpus_other_work_holds_is_said(ray_local, caplog):
     finally:
         ray.kill(holder)
     assert "generation: one engine actor needs 1 CPU (0 free) now" in caplog.text
-
-
-def test_on_a_cluster_that_autoscales_actors_that_do_not_fit_yet_wait_for_nodes(
-    monkeypatch, caplog
-):
-    """`ray up` (cluster/ray-up-gpu.yaml) starts one GPU worker and adds up to four: four
-    actors of one GPU each were refused before the autoscaler could add a node."""
-    from esevo_ray.generation import placement
-
-    gen = load_config(None, ["generation.device=cuda", "generation.num_actors=4"]).generation
-    with pytest.raises(PlacementError, match=r"4 engine actor\(s\) x 1 GPU\(s\) each do not fit"):
-        placement.place(gen, "vllm", 4, "generation", gpus_by_node=[0.0, 1.0])
-    monkeypatch.setattr(placement, "autoscales", lambda: True)
-    chosen = placement.place(gen, "vllm", 4, "generation", gpus_by_node=[0.0, 1.0])
-    assert (chosen.device, chosen.gpus) == ("cuda", 1.0)
-    assert "this cluster autoscales: the actors wait for nodes to join" in caplog.text
