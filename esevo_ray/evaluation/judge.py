@@ -450,9 +450,16 @@ def judge_file(
     return scores
 
 
+# The judge prompt's format, which verdicts depend on as on any setting: 2 since the judged
+# response is JSON-escaped like the history's turns. A file that does not record it was
+# judged under format 1 (`_defining`), so its verdicts are not mixed with later ones.
+PROMPT_FORMAT = 2
+
+
 def verdict_settings(cfg: JudgeSection) -> dict:
-    """The settings a verdict depends on: every one but the transport's."""
-    return cfg.model_dump(mode="json", exclude=_TRANSPORT)
+    """The settings a verdict depends on: every one but the transport's, and the prompt's
+    format."""
+    return {**cfg.model_dump(mode="json", exclude=_TRANSPORT), "prompt_format": PROMPT_FORMAT}
 
 
 def _settings(cfg: JudgeSection, judge_model: str) -> str:
@@ -464,6 +471,8 @@ def _defining(settings: dict) -> dict:
     """Recorded settings (`judged_under`'s) less those no verdict depends on."""
     ignored = _NAMING_AND_PLACE | (_LOCAL_ONLY if settings.get("backend") == "endpoint" else set())
     kept = {k: v for k, v in settings.items() if k not in ignored}
+    if kept:
+        kept.setdefault("prompt_format", 1)  # recorded before the format was
     if isinstance(kept.get("dimensions"), list):  # verdicts are kept by dimension
         kept["dimensions"] = sorted(kept["dimensions"])
     return kept

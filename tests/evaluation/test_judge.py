@@ -708,6 +708,22 @@ def test_settings_no_verdict_depends_on_keep_the_verdicts(server, tmp_path):
     # A local judge's own settings do count for it.
     local = {**first, "backend": "vllm"}
     assert differing_settings([local, {**local, "max_model_len": 1}]) == ["max_model_len"]
+    # Verdicts recorded before the prompt's format was (the judged response then pasted in
+    # raw) were made under another prompt: not mixed with, nor compared to, later ones.
+    assert first["prompt_format"] == 2
+    before = {k: v for k, v in first.items() if k != "prompt_format"}
+    assert differing_settings([before, first]) == ["prompt_format"]
+    from esevo_ray.evaluation import judge as judging
+
+    judge_file(path, out, same, n_samples=None)  # back to the first settings
+    superseded, asked = len(list(tmp_path.glob("*.superseded-*"))), len(server.bodies)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(judging, "PROMPT_FORMAT", 1)  # a file judged under the first format
+        judge_file(path, out, same, n_samples=None)
+    assert judged_under(out)["prompt_format"] == 1
+    judge_file(path, out, same, n_samples=None)  # the format alone differs: all asked again
+    assert len(list(tmp_path.glob("*.superseded-*"))) == superseded + 2
+    assert len(server.bodies) == asked + 12 and judged_under(out)["prompt_format"] == 2
 
 
 def test_the_report_leaves_out_verdicts_on_responses_changed_since(server, tmp_path):
