@@ -137,6 +137,14 @@ def _optional_str(record: dict, key: str) -> str:
     value = record.get(key) or ""
     if not isinstance(value, str):
         raise DataError(f"field {key!r} must be a string, got {type(value).__name__}")
+    _utf8(value, key)
+    return value
+
+
+def _record_id(record: dict, keys: tuple[str, ...], default: str) -> str:
+    """The record's own id (the first of `keys` it has), else `default`."""
+    value = str(next((record[k] for k in keys if record.get(k)), default))
+    _utf8(value, next((k for k in keys if record.get(k)), "id"))
     return value
 
 
@@ -146,6 +154,7 @@ def _label(value: Any, field_name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise DataError(f"field {field_name!r} must be a string, got {value!r:.60}")
+    _utf8(value, field_name)
     return value
 
 
@@ -187,7 +196,7 @@ def _esconv_record(record: dict, default_id: str, source: str, split: str) -> Di
         role = ESCONV_ROLES[speaker]
         turns.append(Turn(role, text, strategy if role == SUPPORTER else None))
     return Dialogue(
-        dialogue_id=str(record.get("id") or record.get("dialogue_id") or default_id),
+        dialogue_id=_record_id(record, ("id", "dialogue_id"), default_id),
         source=source,
         turns=turns,
         split=split,
@@ -215,7 +224,7 @@ def _extes_record(record: dict, default_id: str) -> Dialogue:
             seeker, supporter = supporter, seeker
         turns += [turn for turn in (seeker, supporter) if turn]
     return Dialogue(
-        dialogue_id=str(record.get("id") or default_id),
+        dialogue_id=_record_id(record, ("id",), default_id),
         source="extes",
         turns=turns,
         split="seed",
@@ -259,7 +268,7 @@ def _serveforemo_record(record: dict, default_id: str) -> Dialogue:
         pending = None if role == SUPPORTER else pending
         turns.append(Turn(role, text, strategy))
     return Dialogue(
-        dialogue_id=str(record.get(f["id"]) or default_id),
+        dialogue_id=_record_id(record, (f["id"],), default_id),
         source="serveforemo",
         turns=turns,
         split="seed",

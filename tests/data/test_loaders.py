@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -265,6 +266,15 @@ def test_half_a_surrogate_pair_is_a_bad_record_not_a_crash_when_writing(tmp_path
         load_extes(tmp_path / "x.json")
     skipped = load_extes(tmp_path / "x.json", on_bad="skip")
     assert (len(skipped.items), skipped.skipped) == (1, 1)
+    # ... nor in a label, a description or an id, which reach Parquet too.
+    for where, record in (
+        ("content[1].AI Strategy", {"content": [{"User": "hi"}, {"AI": "ok", "AI Strategy": "R\ud83d"}]}),
+        ("description", {"description": "lost \ud83d", "content": [{"User": "hi"}, {"AI": "ok"}]}),
+        ("id", {"id": "x\ud83d", "content": [{"User": "hi"}, {"AI": "ok"}]}),
+    ):  # fmt: skip
+        (tmp_path / "y.json").write_text(json.dumps([record]))
+        with pytest.raises(DataError, match=rf"field '{re.escape(where)}' holds an unpaired"):
+            load_extes(tmp_path / "y.json")
     alpaca = [{"instruction": "q", "input": "", "output": "a \udc80"}]
     (tmp_path / "a.json").write_text(json.dumps(alpaca))
     with pytest.raises(DataError, match=r"record 0: field 'output' holds an unpaired surrogate"):
