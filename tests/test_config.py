@@ -282,6 +282,13 @@ def test_a_boolean_is_no_number(override):
         load_config(None, [override])
 
 
+def test_a_text_or_choice_field_keeps_saying_what_it_takes():
+    with pytest.raises(ConfigError, match=r"name: Input should be a valid string .*quote it"):
+        load_config(None, ["name=no"])
+    with pytest.raises(ConfigError, match=r"serve.dtype: Input should be 'auto', 'bfloat16'"):
+        load_config(None, ["serve.dtype=true"])
+
+
 def test_booleans_stay_where_a_field_takes_them():
     cfg = load_config(None, ["sft.bf16=true", "dpo.gradient_checkpointing=yes",
                              "sft.trl={packing: true}", "generation.vllm={enforce_eager: true}"])  # fmt: skip

@@ -12,13 +12,13 @@ class ConfigError(ValueError):
     """A run configuration that cannot be used, with the file and key at fault."""
 
 
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field of type `annotation` takes true/false as such."""
-    if annotation is bool or annotation is Any:
+def _admits(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field of type `annotation` takes values of one of `kinds` as such."""
+    if annotation in kinds or annotation is Any:
         return True
     if typing.get_origin(annotation) is typing.Literal:
-        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
-    return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+        return any(type(arg) in kinds for arg in typing.get_args(annotation))
+    return any(_admits(arg, kinds) for arg in typing.get_args(annotation))
 
 
 class Section(BaseModel):
@@ -29,9 +29,11 @@ class Section(BaseModel):
     @classmethod
     def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic reads true as 1 and false as 0, and YAML reads yes/no/on/off as true and
-        false: `eval.judge_samples=off` was 0, "judge every context"."""
+        false: `eval.judge_samples=off` was 0, "judge every context". (A text or choice
+        field refuses a boolean itself, saying what it takes.)"""
         if isinstance(value, bool) and info.field_name is not None:
-            if not _admits_bool(cls.model_fields[info.field_name].annotation):
+            annotation = cls.model_fields[info.field_name].annotation
+            if _admits(annotation, (int, float)) and not _admits(annotation, (bool,)):
                 raise ValueError(
                     "a boolean where none is allowed (YAML reads true/false, yes/no and on/off "
                     "as booleans)"
