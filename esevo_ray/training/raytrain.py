@@ -514,6 +514,7 @@ def summarize(
     state = trainer.state
     history = state.log_history
     best = best_step(state.best_model_checkpoint) if trainer.args.load_best_model_at_end else None
+    losses = [[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h]
     return {
         "stage": stage,
         "global_step": state.global_step,
@@ -527,8 +528,13 @@ def summarize(
         "train_loss": output.training_loss,
         "train_metrics": output.metrics,
         "last_metrics": latest_metrics(history),
-        "eval_losses": [[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h],
-        "best_eval_loss": state.best_metric,
+        "eval_losses": losses,
+        "best_eval_loss": min((loss for _, loss in losses), default=None),
+        # What early stopping kept the best of: the eval loss, or the metric that
+        # trl.metric_for_best_model names (an accuracy, say); None without early stopping.
+        "best_metric": {"name": trainer.args.metric_for_best_model, "value": state.best_metric}
+        if trainer.args.metric_for_best_model
+        else None,
         "train_seconds": seconds,
         "world_size": trainer.args.world_size,
         "bf16": trainer.args.bf16,

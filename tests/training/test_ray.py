@@ -82,6 +82,7 @@ def test_sft_run_writes_an_adapter_that_reloads_and_generates(sft_adapter, tiny_
     # The adapter is the best evaluation's (a checkpoint every step), which the summary names.
     best = min(summary["eval_losses"], key=lambda e: e[1])
     assert summary["adapter_step"] == best[0] and best[1] == summary["best_eval_loss"]
+    assert summary["best_metric"] == {"name": "eval_loss", "value": best[1]}
     assert summary["config_digest"] == load_config(sft_adapter / "config.yaml").digest()
     # Run again after the failure, the stage continued from the checkpoint at step 2.
     assert summary["resumed_from_step"] == 2 and summary["run_name"].startswith("t-sft-")
