@@ -12,7 +12,8 @@ from esevo_ray.config.base import Section
 class LoraSection(Section):
     r: int = Field(8, ge=1)  # the paper's rank and alpha (Appendix B.1)
     alpha: int = Field(16, ge=1)
-    # Not given by the paper; applies to SFT only (TRL's DPO turns dropout off).
+    # Not given by the paper, whose LLaMA-Factory runs had 0 (the paper configs say so);
+    # applies to SFT only (TRL's DPO turns dropout off).
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
