@@ -22,7 +22,7 @@ from esevo_ray.cli.common import (
     stage_input,
 )
 from esevo_ray.errors import UsageError
-from esevo_ray.layout import RunLayout
+from esevo_ray.layout import RunLayout, label_folder
 from esevo_ray.pipeline.manifest import run_lock
 
 
@@ -240,7 +240,8 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
     from esevo_ray.evaluation.llm_bench import default_tasks, run_lm_eval
 
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else default_tasks(args.api)
-    out = args.out or str(Path("bench") / "llm" / args.served_model)  # a model's own folder
+    # A model's own folder: vLLM names a served model by its path or org/name.
+    out = args.out or str(Path("bench") / "llm" / label_folder(args.served_model))
     result = run_lm_eval(
         args.endpoint, tasks, out,
         served_model=args.served_model, api=args.api, tokenizer=args.tokenizer,

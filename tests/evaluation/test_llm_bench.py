@@ -75,6 +75,8 @@ def test_results_go_to_the_models_own_folder_and_replace_only_an_earlier_runs(
     assert [p.name for p in mine.iterdir()] == ["draft.md"]
     asked = []
     monkeypatch.setattr(llm_bench, "run_lm_eval", lambda *a, **k: asked.append(a[2]) or {})
-    for model in ("m1", "m2"):
+    for model in ("m1", "m2", "/models/Llama-3-8B", "meta-llama/Llama-3-8B"):
         assert cli.main([*argv, "--served-model", model]) == 0
-    assert asked == ["bench/llm/m1", "bench/llm/m2"]
+    # vLLM names a model by its path, or org/name: one folder under bench/llm all the same
+    assert asked == ["bench/llm/m1", "bench/llm/m2", "bench/llm/_models_Llama-3-8B",
+                     "bench/llm/meta-llama_Llama-3-8B"]  # fmt: skip
