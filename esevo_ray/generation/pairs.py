@@ -87,12 +87,20 @@ def fit_context(
         context = [*context[:-1], {**context[-1], "content": text}]
         ok = fits(context)
     if not ok:
-        task = engine.count_tokens(prompts.task_messages(context, system_prompt))
-        request = engine.count_tokens(prompts.refine_messages(context, "", analysis))
+        tasks = [engine.count_tokens(prompts.task_messages(context, p)) for p in
+                 (system_prompt, *fit_under)]  # fmt: skip
+        said = f"the task request takes {max(tasks)} tokens" + (
+            " (with the prompt it is fit under as well, P_task)" if fit_under else ""
+        )
+        if refine:
+            request = engine.count_tokens(prompts.refine_messages(context, "", analysis))
+            said += (
+                f", the refinement request {request} (budget {refine_budget} from "
+                f"generation.max_model_len={cfg.max_model_len})"
+            )
         raise ValueError(
-            f"the prompts do not fit: P_task takes {task} tokens (generation.max_context_tokens="
-            f"{cfg.max_context_tokens}), the refinement request {request} (budget "
-            f"{refine_budget} from generation.max_model_len={cfg.max_model_len})"
+            f"the prompts do not fit with the last turn cut to one character: {said}; "
+            f"generation.max_context_tokens is {cfg.max_context_tokens}"
         )
     return context
 

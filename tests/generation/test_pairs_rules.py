@@ -165,6 +165,13 @@ def test_a_shorter_prompt_answers_the_same_dialogue_as_p_task():
     assert task[1:] == vanilla[1:] and vanilla[0]["content"] == VANILLA_PROMPT
     longer = "x " * (len(TASK_PROMPT.split()) + 40)  # keeps what fits beside it
     assert len(task_request(_WordEngine(), gen, row, longer)) == 1 + 3
+    # Where P_task alone fills the budget, the error says so, not the refinement's numbers.
+    tight = load_config(None, ["generation.max_context_tokens=20"]).generation
+    with pytest.raises(ValueError) as e:
+        task_request(_WordEngine(), tight, row, VANILLA_PROMPT)
+    said = str(e.value)
+    assert f"the task request takes {len(TASK_PROMPT.split()) + 1} tokens" in said
+    assert "fit under as well, P_task" in said and "refinement" not in said
 
 
 def test_config_rejects_context_longer_than_model():
