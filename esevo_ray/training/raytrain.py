@@ -387,11 +387,13 @@ def check_workers(scaling: ScalingSection, stage: str) -> None:
     each = f"{cpus} CPU(s)" + (" and 1 GPU" if gpus else "")
     fixes = [f"lower {stage}.scaling.num_workers"] if workers > 1 else []
     fixes.append(f"lower {stage}.scaling.cpus_per_worker")
+    joining = ""
     if gpus and not any(g for _, g in nodes):
         fixes.append(f"set {stage}.scaling.use_gpu=false")
+        joining = " (on a cluster just started, GPU nodes may still be joining: `ray status`)"
     raise ConfigError(
         f"{stage}: {workers} Ray Train worker(s) of {each} each do not fit this Ray cluster at "
-        f"once (nodes: {shown}): {', or '.join(fixes)}, or connect to a larger cluster"
+        f"once (nodes: {shown}){joining}: {', or '.join(fixes)}, or connect to a larger cluster"
     )
 
 
