@@ -63,11 +63,13 @@ def fit_context(
     """
     refine_budget = cfg.refinement_budget()
     analysis = {} if cfg.reflection_mode == "two_step" else None
+    # Each prompt once: P_task's own requests are not counted twice per turn dropped.
+    under = tuple(dict.fromkeys((system_prompt, *fit_under)))
 
     def fits(ctx: list[dict]) -> bool:
         return all(
             engine.count_tokens(prompts.task_messages(ctx, p)) <= cfg.max_context_tokens
-            for p in (system_prompt, *fit_under)
+            for p in under
         ) and (
             not refine
             or engine.count_tokens(prompts.refine_messages(ctx, "", analysis)) <= refine_budget
@@ -87,10 +89,9 @@ def fit_context(
         context = [*context[:-1], {**context[-1], "content": text}]
         ok = fits(context)
     if not ok:
-        tasks = [engine.count_tokens(prompts.task_messages(context, p)) for p in
-                 (system_prompt, *fit_under)]  # fmt: skip
+        tasks = [engine.count_tokens(prompts.task_messages(context, p)) for p in under]
         said = f"the task request takes {max(tasks)} tokens" + (
-            " (with the prompt it is fit under as well, P_task)" if fit_under else ""
+            " (with the prompt it is fit under as well, P_task)" if len(under) > 1 else ""
         )
         if refine:
             request = engine.count_tokens(prompts.refine_messages(context, "", analysis))
