@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from esevo_ray.config import ConfigError
-from esevo_ray.resources import node_resources
+from esevo_ray.resources import fitting, node_resources
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +175,7 @@ def check_cpus(
     """
     if not cpus:
         return
-
-    def fit(have: float, need: float) -> int:
-        return math.floor(have / need + 1e-9) if need else actors
-
-    fits = sum(min(fit(c, cpus), fit(g, gpus)) for c, g in nodes)
+    fits = fitting(cpus, gpus, nodes, actors)
     shown = ", ".join(f"{c:g} CPUs" + (f" + {g:g} GPUs" if gpus else "") for c, g in nodes)
     if not fits:
         raise PlacementError(

@@ -48,7 +48,7 @@ from esevo_ray.io import (
 from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash, model_fingerprint
 from esevo_ray.numerics import describe, weights_dtype
-from esevo_ray.resources import node_resources
+from esevo_ray.resources import fitting, node_resources
 from esevo_ray.schema import parquet_files
 from esevo_ray.storage import check_shared
 from esevo_ray.training.common import HF_DIR, TrainerBuilder, TrainJob, save_adapter
@@ -373,15 +373,9 @@ def check_workers(scaling: ScalingSection, stage: str) -> None:
     Raises:
         ConfigError: naming the stage's scaling settings and the nodes' resources.
     """
-    import math
-
     workers, cpus, gpus = scaling.num_workers, scaling.cpus_per_worker, int(scaling.use_gpu)
     nodes = node_resources()
-
-    def fit(have: float, need: float) -> int:
-        return math.floor(have / need + 1e-9) if need else workers
-
-    if sum(min(fit(c, cpus), fit(g, gpus)) for c, g in nodes) >= workers:
+    if fitting(cpus, gpus, nodes, workers) >= workers:
         return
     shown = "; ".join(f"{c:g} CPUs, {g:g} GPUs" for c, g in nodes) or "no nodes"
     each = f"{cpus} CPU(s)" + (" and 1 GPU" if gpus else "")
