@@ -40,6 +40,21 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def no_cuda() -> str | None:
+    """Why torch in this process sees no CUDA device, for a process Ray gave a GPU; None
+    where it sees one. Ray counts GPUs through the driver (NVML), while torch needs a
+    driver new enough for its CUDA build."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU build'}) sees no "
+        "CUDA device: an NVIDIA driver older than this CUDA build needs, or a CPU build of "
+        "torch (`make venv-gpu` installs the pinned CUDA set; `nvidia-smi` shows the driver)"
+    )
+
+
 def engine_dtype(dtype: Dtype, device: str | None = None) -> str:
     """The dtype an inference engine in this process runs in on `device` ("cuda" or "cpu";
     None: CUDA where this process sees a device). A CPU engine in a process that sees a GPU

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from esevo_ray.config import ConfigError
+from esevo_ray.numerics import no_cuda
 from esevo_ray.resources import fitting, node_resources
 
 logger = logging.getLogger(__name__)
@@ -249,15 +250,11 @@ def enter_actor(placement: Placement, key: str) -> dict[str, Any]:
         # Ray leaves CUDA_VISIBLE_DEVICES alone for actors without GPUs: hide them all.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     node = ray.util.get_node_ip_address()
-    if placement.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise PlacementError(
-                f"{key}.device resolved to cuda and Ray reserved GPUs {gpu_ids} for this actor, "
-                f"but torch on node {node} sees no CUDA device (a CPU build of torch?): install "
-                f"the GPU set (make venv-gpu) or set {key}.device=cpu"
-            )
+    if placement.device == "cuda" and (why := no_cuda()):
+        raise PlacementError(
+            f"{key}.device resolved to cuda and Ray reserved GPUs {gpu_ids} for this actor, "
+            f"but on node {node} {why}; or set {key}.device=cpu"
+        )
     return {
         "node": node,
         "pid": os.getpid(),

@@ -47,7 +47,7 @@ from esevo_ray.io import (
 )
 from esevo_ray.layout import is_adapter
 from esevo_ray.models import adapter_hash, model_fingerprint
-from esevo_ray.numerics import describe, weights_dtype
+from esevo_ray.numerics import describe, no_cuda, weights_dtype
 from esevo_ray.resources import fitting, node_resources
 from esevo_ray.schema import parquet_files
 from esevo_ray.storage import check_shared
@@ -392,17 +392,12 @@ def check_workers(scaling: ScalingSection, stage: str) -> None:
 
 
 def _check_cuda(scaling: ScalingSection, stage: str) -> None:
-    """A GPU worker whose torch sees no CUDA device: Ray counts GPUs through the driver
-    (NVML), torch needs one new enough for its CUDA build. Without this, TRL's first check
-    says the setup lacks bf16 and advises `use_cpu`, which the config refuses."""
-    import torch
-
-    if scaling.use_gpu and not torch.cuda.is_available():
+    """A GPU worker whose torch sees no CUDA device says why (`numerics.no_cuda`). Without
+    this, TRL's first check says the setup lacks bf16 and advises `use_cpu`, which the
+    config refuses."""
+    if scaling.use_gpu and (why := no_cuda()):
         raise ConfigError(
-            f"{stage}: scaling.use_gpu is true and Ray gave this worker a GPU, but torch "
-            f"{torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU build'}) sees no "
-            "CUDA device: an NVIDIA driver older than this CUDA build needs, or a CPU build of "
-            "torch (`make venv-gpu` installs the pinned CUDA set; `nvidia-smi` shows the driver)"
+            f"{stage}: scaling.use_gpu is true and Ray gave this worker a GPU, but {why}"
         )
 
 
