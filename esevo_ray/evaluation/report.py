@@ -17,6 +17,7 @@ from esevo_ray.evaluation import analysis, intervals, plots
 from esevo_ray.evaluation.report_sections import pairs_sections, response_sections
 from esevo_ray.evaluation.tables import (
     METRIC_COLUMNS,
+    JudgeMeans,
     judge_means,
     judge_table,
     metrics_table,
@@ -202,11 +203,11 @@ def _render(
     ]
     if judged or unfinished or changed:
         md += ["## LLM-as-a-judge (Table 7 layout)", ""]
+        table7 = judge_means(judged) if judged else None  # the table's and the p row's
         if judged:
+            settings = {s.label: s.judge_settings for s in evaluated if s.label in judged}
             md += [
-                judge_table(
-                    judged, {s.label: s.judge_settings for s in evaluated if s.label in judged}
-                ),
+                judge_table(judged, settings, table7),
                 "",
                 "Mean score on a 1-5 scale over the contexts every model has a verdict for on "
                 "that dimension (`n` of them), so each change compares the same contexts; "
@@ -226,7 +227,7 @@ def _render(
                 "",
             ]
         if judged:
-            md += _human_agreement(run_dir, judged)
+            md += _human_agreement(run_dir, table7)
 
     md += intervals.report_sections(evaluated, out)
     responses = {s.label: t for s in evaluated if (t := s.responses) is not None}
@@ -249,7 +250,7 @@ def _render(
 MIN_MODELS_FOR_AGREEMENT = 3
 
 
-def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
+def _human_agreement(run_dir: Path, table7: JudgeMeans) -> list[str]:
     """Table 7's p row: per dimension, Pearson r of Table 7's judge means (`judge_means`) and
     the human point-wise means across models, when the run has a human-evaluation database
     with ratings."""
@@ -270,7 +271,6 @@ def _human_agreement(run_dir: Path, judged: dict[str, pa.Table]) -> list[str]:
         ]
     )
     # The means Table 7 shows, over the contexts every model has a verdict for.
-    table7 = judge_means(judged)
     judge = pa.Table.from_pylist(
         [
             {"model": table7.models[label], "dimension": dimension, "score": mean}

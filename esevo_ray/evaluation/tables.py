@@ -193,15 +193,20 @@ def judge_means(judged: dict[str, pa.Table]) -> JudgeMeans:
     return out
 
 
-def judge_table(judged: dict[str, pa.Table], settings: dict[str, dict] | None = None) -> str:
-    """Table 7 layout: `judge_means` per dimension, each file's missing verdicts, the number
-    of contexts the means are over, and the judge. `settings`: each row's judge settings
-    (judge.judged_under), named under the table where they differ.
+def judge_table(
+    judged: dict[str, pa.Table],
+    settings: dict[str, dict] | None = None,
+    means: JudgeMeans | None = None,
+) -> str:
+    """Table 7 layout: `judge_means` per dimension (`means`, where the caller has them),
+    each file's missing verdicts, the number of contexts the means are over, and the judge.
+    `settings`: each row's judge settings (judge.judged_under), named under the table where
+    they differ.
 
     Raises:
         ValueError: a file holds verdicts of several models (one file per row).
     """
-    table7 = judge_means(judged)
+    table7 = means or judge_means(judged)
     means, common, scored, judges = table7.means, table7.common, table7.scored, table7.judges
     dims = list(common)
     sizes = sorted({len(keys) for keys in common.values()})
