@@ -181,13 +181,18 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def _check_parents(path: Path, named: str) -> None:
+    """Raise UsageError (naming `named`) if a folder above `path` is a file."""
+    if (above := next((p for p in path.parents if p.exists()), None)) and not above.is_dir():
+        raise UsageError(f"{named}: {above} is a file, so nothing can be written under it")
+
+
 def check_replaceable(path: str | Path, *, holds: str | tuple[str, ...], what: str) -> None:
     """Raise UsageError if `path` is a file, or a folder with files but none of `holds`
     (names, or glob patterns): not an earlier `what` but something else (a whole run given as
     --out, say) that writing there would replace or mix with."""
     path, marks = Path(path), (holds,) if isinstance(holds, str) else holds
-    if (above := next((p for p in path.parents if p.exists()), None)) and not above.is_dir():
-        raise UsageError(f"{path}: {above} is a file, so nothing can be written under it")
+    _check_parents(path, str(path))
     # A write of ours that a kill left unfinished is no one else's content.
     own = [p for p in path.iterdir() if not _TEMP_NAME.fullmatch(p.name)] if path.is_dir() else []
     if path.is_file() or (own and not any(any(path.glob(m)) for m in marks)):
@@ -303,8 +308,7 @@ def check_report_file(
     path = Path(out)
     if path.is_dir():
         raise UsageError(f"{flag} {out} is a folder: name the {file}")
-    if (above := next((p for p in path.parents if p.exists()), None)) and not above.is_dir():
-        raise UsageError(f"{flag} {out}: {above} is a file, so nothing can be written under it")
+    _check_parents(path, f"{flag} {out}")
     if not path.exists():
         return
     try:

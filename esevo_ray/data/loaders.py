@@ -143,8 +143,9 @@ def _optional_str(record: dict, key: str) -> str:
 
 def _record_id(record: dict, keys: tuple[str, ...], default: str) -> str:
     """The record's own id (the first of `keys` it has), else `default`."""
-    value = str(next((record[k] for k in keys if record.get(k)), default))
-    _utf8(value, next((k for k in keys if record.get(k)), "id"))
+    key = next((k for k in keys if record.get(k)), None)
+    value = str(record[key]) if key else default
+    _utf8(value, key or "id")
     return value
 
 

@@ -142,11 +142,7 @@ def _on_cluster(device: str) -> str:
     """`device`, with "auto" resolved on the Ray cluster (joined here, where not yet)."""
     if device != "auto":
         return device
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
-    return resolve_device(device, node_gpus())
+    return resolve_device(device, node_gpus())  # node_gpus joins or starts Ray
 
 
 def generation_engine(gen: GenerationSection, device: str | None = None) -> str:
